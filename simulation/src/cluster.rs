@@ -1,0 +1,729 @@
+//! The simulated cluster: node slots, their processes and disks, and the step loop.
+//!
+//! A *slot* is one machine: a fixed node id and addresses, a [`Disk`], and at most one running
+//! process — a production [`Node`]. The cluster is the simulated driver of those nodes: it feeds
+//! each node its inputs (datagrams, messages, timer firings) at their simulated time, drains the
+//! node's outputs after every input, hands sends to the [`Network`], queues timers, and writes
+//! persisted state to the disk — what `chorus::runtime` does with sockets, clocks and RocksDB,
+//! and nothing more. It makes no protocol decision.
+//!
+//! Workloads act on the cluster through its control surface ([`Cluster::add_node`],
+//! [`Cluster::start`], [`Cluster::crash`], [`Cluster::leave`], [`Cluster::network_mut`]) and read
+//! it through [`Cluster::view`] and [`Cluster::snapshot`]. The cluster owns the event queue and
+//! the trace; wake-ups it cannot handle itself (a workload's timer) are returned from
+//! [`Cluster::step`] to the caller, which owns the workloads.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chorus::membership::{NodeInfo, RingStatus};
+use chorus::node::{ClusterView, Node, NodeConfig, NodeError, Output, Timer};
+use chorus::NodeId;
+
+use crate::check::{ClusterSnapshot, NodeSnapshot};
+use crate::disk::{Disk, DiskError};
+use crate::network::{DatagramFate, NetConfig, Network};
+use crate::rng;
+use crate::scheduler::{Scheduler, EVENTS_PENDING_MAX};
+use crate::trace::{End, Kind, Trace};
+
+/// How long a node that left keeps running so its last sends get out (the runtime's
+/// `LEAVE_FLUSH`).
+pub const LEAVE_FLUSH: Duration = Duration::from_millis(500);
+
+/// Most node slots a cluster can have (addresses are `10.0.x.y`).
+pub const SLOTS_MAX: usize = 1000;
+
+/// Static parameters of a simulated cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// The network model.
+    pub net: NetConfig,
+    /// How long a node runs after it has left.
+    pub leave_flush: Duration,
+    /// Bound on pending events.
+    pub events_pending_max: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            net: NetConfig::default(),
+            leave_flush: LEAVE_FLUSH,
+            events_pending_max: EVENTS_PENDING_MAX,
+        }
+    }
+}
+
+/// What a slot's process is doing, as the simulator (the ground truth) knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ProcessState {
+    /// Never started.
+    NotStarted,
+    /// Running.
+    Up,
+    /// Has left the cluster and is flushing its last sends; stops shortly.
+    Leaving,
+    /// Left the cluster and stopped for good.
+    Left,
+    /// Crashed (or failed to start) and not running.
+    Crashed,
+}
+
+impl ProcessState {
+    /// Whether a process is running (it takes inputs).
+    pub fn is_running(self) -> bool {
+        matches!(self, ProcessState::Up | ProcessState::Leaving)
+    }
+
+    /// Lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProcessState::NotStarted => "not started",
+            ProcessState::Up => "up",
+            ProcessState::Leaving => "leaving",
+            ProcessState::Left => "left",
+            ProcessState::Crashed => "crashed",
+        }
+    }
+}
+
+impl fmt::Display for ProcessState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a control action was refused. Each refusal leaves the cluster unchanged, except
+/// [`ControlError::Start`], after which the disk's generation has been bumped (as a real start
+/// attempt would) and the slot counts as crashed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The slot does not exist.
+    #[error("no node n{0}")]
+    NoSuchNode(usize),
+    /// The action needs a running process.
+    #[error("n{node} is not running ({state})")]
+    NotRunning {
+        /// The slot.
+        node: usize,
+        /// Its state.
+        state: ProcessState,
+    },
+    /// The action needs a stopped process.
+    #[error("n{node} is already running ({state})")]
+    Running {
+        /// The slot.
+        node: usize,
+        /// Its state.
+        state: ProcessState,
+    },
+    /// The node's metadata could not be loaded.
+    #[error("n{node}: {source}")]
+    Disk {
+        /// The slot.
+        node: usize,
+        /// The disk error.
+        source: DiskError,
+    },
+    /// The node core refused to start.
+    #[error("n{node}: {source}")]
+    Start {
+        /// The slot.
+        node: usize,
+        /// The core's error.
+        source: NodeError,
+    },
+    /// No more slots.
+    #[error("too many nodes (at most {SLOTS_MAX})")]
+    TooManyNodes,
+}
+
+enum Process {
+    NotStarted,
+    Up(Box<Node>),
+    Leaving(Box<Node>),
+    Left,
+    Crashed,
+}
+
+struct Slot {
+    id: NodeId,
+    info: NodeInfo,
+    seeds: Vec<SocketAddr>,
+    disk: Disk,
+    process: Process,
+    /// Number of processes started in this slot; identifies the current one.
+    epoch: u64,
+    /// Generation of the current (or last) process.
+    generation: u64,
+}
+
+impl Slot {
+    fn state(&self) -> ProcessState {
+        match self.process {
+            Process::NotStarted => ProcessState::NotStarted,
+            Process::Up(_) => ProcessState::Up,
+            Process::Leaving(_) => ProcessState::Leaving,
+            Process::Left => ProcessState::Left,
+            Process::Crashed => ProcessState::Crashed,
+        }
+    }
+
+    fn node(&self) -> Option<&Node> {
+        match &self.process {
+            Process::Up(n) | Process::Leaving(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    fn node_mut(&mut self) -> Option<&mut Node> {
+        match &mut self.process {
+            Process::Up(n) | Process::Leaving(n) => Some(n),
+            _ => None,
+        }
+    }
+}
+
+/// A peer message in flight.
+struct InFlight {
+    from: usize,
+    to: usize,
+    /// The sender's process when it sent.
+    from_epoch: u64,
+    /// The destination's process when the message was sent, if one was running: the
+    /// connection belongs to it.
+    to_epoch: Option<u64>,
+    sent_at: Duration,
+    bytes: Vec<u8>,
+}
+
+enum Event {
+    Gossip { from: usize, to: usize, bytes: Vec<u8> },
+    Message(Box<InFlight>),
+    Timer { node: usize, epoch: u64, timer: Timer },
+    StopLeft { node: usize, epoch: u64 },
+    Wake { actor: usize, token: u64 },
+}
+
+/// What [`Cluster::step`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// No event is due by the horizon.
+    Idle,
+    /// An event was handled inside the cluster.
+    Handled,
+    /// A workload's wake-up is due; the caller dispatches it.
+    Wake {
+        /// The workload's index.
+        actor: usize,
+        /// The token it asked to be woken with.
+        token: u64,
+    },
+}
+
+/// Counters of what the network and the nodes did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Events handled.
+    pub events: u64,
+    /// Datagrams delivered.
+    pub gossip_delivered: u64,
+    /// Messages delivered.
+    pub messages_delivered: u64,
+    /// Timer firings delivered.
+    pub timers: u64,
+    /// Dropped datagrams and messages by reason.
+    pub dropped: BTreeMap<&'static str, u64>,
+}
+
+/// The simulated cluster.
+pub struct Cluster {
+    config: ClusterConfig,
+    seed: u64,
+    now: Duration,
+    queue: Scheduler<Event>,
+    net: Network,
+    slots: Vec<Slot>,
+    by_addr: BTreeMap<SocketAddr, usize>,
+    trace: Trace,
+    stats: Stats,
+}
+
+impl Cluster {
+    /// An empty cluster for the run with `seed`, recording into `trace`.
+    pub fn new(config: ClusterConfig, seed: u64, trace: Trace) -> Self {
+        Cluster {
+            net: Network::new(config.net.clone(), seed),
+            queue: Scheduler::new(config.events_pending_max),
+            config,
+            seed,
+            now: Duration::ZERO,
+            slots: Vec::new(),
+            by_addr: BTreeMap::new(),
+            trace,
+            stats: Stats::default(),
+        }
+    }
+
+    /// The current simulated time.
+    pub fn now(&self) -> Duration {
+        self.now
+    }
+
+    /// Number of node slots (started or not).
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether there is no node slot.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// A slot's process state.
+    pub fn state(&self, node: usize) -> ProcessState {
+        self.slots
+            .get(node)
+            .map_or(ProcessState::NotStarted, Slot::state)
+    }
+
+    /// A slot's node id.
+    pub fn id(&self, node: usize) -> Option<NodeId> {
+        self.slots.get(node).map(|s| s.id)
+    }
+
+    /// Generation of a slot's current (or last) process; 0 if never started.
+    pub fn generation(&self, node: usize) -> u64 {
+        self.slots.get(node).map_or(0, |s| s.generation)
+    }
+
+    /// The QUIC address of a slot.
+    pub fn addr(&self, node: usize) -> Option<SocketAddr> {
+        self.slots.get(node).map(|s| s.info.quic_addr)
+    }
+
+    /// The cluster as a running node sees it.
+    pub fn view(&self, node: usize) -> Option<ClusterView> {
+        self.slots.get(node)?.node().map(Node::cluster_view)
+    }
+
+    /// A running node's own ring status.
+    pub fn own_status(&self, node: usize) -> Option<RingStatus> {
+        let slot = self.slots.get(node)?;
+        let n = slot.node()?;
+        n.ring_state().get(slot.id).map(|e| e.status)
+    }
+
+    /// The network, to read its state.
+    pub fn network(&self) -> &Network {
+        &self.net
+    }
+
+    /// The network, to inject or heal faults.
+    pub fn network_mut(&mut self) -> &mut Network {
+        &mut self.net
+    }
+
+    /// The trace.
+    pub fn trace(&self) -> &Trace {
+        &self.trace
+    }
+
+    /// The trace, to record workload operations.
+    pub fn trace_mut(&mut self) -> &mut Trace {
+        &mut self.trace
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Whether the event queue ever overflowed (the run is then invalid).
+    pub fn overflowed(&self) -> bool {
+        self.queue.overflowed()
+    }
+
+    /// Adds a machine (not started) that will join through the nodes `seeds`; returns its slot.
+    pub fn add_node(&mut self, seeds: &[usize]) -> Result<usize, ControlError> {
+        let i = self.slots.len();
+        if i >= SLOTS_MAX {
+            return Err(ControlError::TooManyNodes);
+        }
+        let host = i as u32 + 1;
+        let ip = [10, 0, (host >> 8) as u8, (host & 0xff) as u8];
+        let info = NodeInfo {
+            quic_addr: SocketAddr::from((ip, 7000)),
+            http_addr: SocketAddr::from((ip, 8000)),
+        };
+        let mut raw = rng::derive(self.seed, "node-id", i as u64);
+        while raw == 0 || self.slots.iter().any(|s| s.id.get() == raw) {
+            raw = rng::mix64(raw);
+        }
+        let seeds = seeds
+            .iter()
+            .filter(|&&s| s != i)
+            .filter_map(|&s| self.addr(s))
+            .collect();
+        self.slots.push(Slot {
+            id: NodeId::new(raw),
+            info,
+            seeds,
+            disk: Disk::new(),
+            process: Process::NotStarted,
+            epoch: 0,
+            generation: 0,
+        });
+        self.by_addr.insert(info.quic_addr, i);
+        self.trace.text(
+            self.now,
+            Kind::Process,
+            End::Node(i),
+            End::None,
+            format_args!("machine n{i}: id {} at {}", NodeId::new(raw), info.quic_addr),
+        );
+        Ok(i)
+    }
+
+    /// Starts a process on a stopped slot, from what its disk holds: the generation is bumped,
+    /// the ring state loaded, as the production runtime does. Returns the new generation.
+    pub fn start(&mut self, node: usize) -> Result<u64, ControlError> {
+        let now = self.now;
+        let slot = self.slots.get_mut(node).ok_or(ControlError::NoSuchNode(node))?;
+        let state = slot.state();
+        if state.is_running() || state == ProcessState::Left {
+            return Err(ControlError::Running { node, state });
+        }
+        let persisted = slot
+            .disk
+            .load_for_start(slot.id)
+            .map_err(|source| ControlError::Disk { node, source })?;
+        slot.generation = persisted.generation;
+        let config = NodeConfig::new(persisted.id, persisted.generation, slot.info, slot.seeds.clone());
+        let node_seed = rng::derive(self.seed, "node-rng", ((node as u64) << 32) | slot.epoch);
+        match Node::new(config, node_seed, persisted.ring) {
+            Ok(mut n) => {
+                slot.epoch += 1;
+                n.start(now);
+                slot.process = Process::Up(Box::new(n));
+                let generation = slot.generation;
+                self.trace.text(
+                    now,
+                    Kind::Process,
+                    End::Node(node),
+                    End::None,
+                    format_args!("start generation {generation}"),
+                );
+                self.drain(node);
+                Ok(generation)
+            }
+            Err(source) => {
+                slot.process = Process::Crashed;
+                self.trace.text(
+                    now,
+                    Kind::Process,
+                    End::Node(node),
+                    End::None,
+                    format_args!("start failed: {source}"),
+                );
+                Err(ControlError::Start { node, source })
+            }
+        }
+    }
+
+    /// Kills a running process: pending outputs, timers and in-flight connections die with it,
+    /// and its disk loses every unsynced write.
+    pub fn crash(&mut self, node: usize) -> Result<(), ControlError> {
+        let slot = self.slots.get_mut(node).ok_or(ControlError::NoSuchNode(node))?;
+        let state = slot.state();
+        if !state.is_running() {
+            return Err(ControlError::NotRunning { node, state });
+        }
+        slot.process = Process::Crashed;
+        slot.disk.crash();
+        self.trace
+            .text(self.now, Kind::Process, End::Node(node), End::None, format_args!("crash"));
+        Ok(())
+    }
+
+    /// Asks a running node to leave the cluster (the admin `leave` request).
+    pub fn leave(&mut self, node: usize) -> Result<(), ControlError> {
+        let now = self.now;
+        let slot = self.slots.get_mut(node).ok_or(ControlError::NoSuchNode(node))?;
+        let state = slot.state();
+        match &mut slot.process {
+            Process::Up(n) => n.leave(now),
+            _ => return Err(ControlError::NotRunning { node, state }),
+        }
+        self.drain(node);
+        Ok(())
+    }
+
+    /// Schedules a workload wake-up; [`Cluster::step`] returns it when it is due.
+    pub fn schedule_wake(&mut self, actor: usize, at: Duration, token: u64) {
+        self.queue.schedule(at.max(self.now), Event::Wake { actor, token });
+    }
+
+    /// Handles the next event due at or before `until`, advancing the clock to it. When
+    /// nothing is due, the clock moves to `until` and [`Step::Idle`] is returned.
+    pub fn step(&mut self, until: Duration) -> Step {
+        let Some((at, event)) = self.queue.pop_due(until) else {
+            self.now = self.now.max(until);
+            return Step::Idle;
+        };
+        self.now = at;
+        self.stats.events += 1;
+        match event {
+            Event::Gossip { from, to, bytes } => self.arrive_gossip(from, to, bytes),
+            Event::Message(m) => self.arrive_message(*m),
+            Event::Timer { node, epoch, timer } => self.fire_timer(node, epoch, timer),
+            Event::StopLeft { node, epoch } => self.stop_left(node, epoch),
+            Event::Wake { actor, token } => return Step::Wake { actor, token },
+        }
+        Step::Handled
+    }
+
+    /// Every slot as the ground truth knows it, with each running node's view.
+    pub fn snapshot(&self) -> ClusterSnapshot {
+        let nodes = self
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| NodeSnapshot {
+                slot: i,
+                id: s.id,
+                process: s.state(),
+                generation: s.generation,
+                view: s.node().map(Node::cluster_view),
+            })
+            .collect();
+        ClusterSnapshot { at: self.now, nodes }
+    }
+
+    fn drop_reason(&mut self, reason: &'static str) {
+        *self.stats.dropped.entry(reason).or_default() += 1;
+    }
+
+    fn arrive_gossip(&mut self, from: usize, to: usize, bytes: Vec<u8>) {
+        let now = self.now;
+        let reason = if self.net.blocked(from, to) {
+            Some("partition")
+        } else if !self.state(to).is_running() {
+            Some("destination down")
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            self.drop_reason(reason);
+            self.trace
+                .bytes(now, Kind::GossipDropped, End::Node(from), End::Node(to), &bytes, reason);
+            return;
+        }
+        self.stats.gossip_delivered += 1;
+        self.trace
+            .bytes(now, Kind::GossipDelivered, End::Node(from), End::Node(to), &bytes, "");
+        if let Some(n) = self.slots[to].node_mut() {
+            n.handle_gossip(&bytes, now);
+        }
+        self.drain(to);
+    }
+
+    fn arrive_message(&mut self, m: InFlight) {
+        let now = self.now;
+        let (from, to) = (m.from, m.to);
+        let dst = &self.slots[to];
+        let dst_running = dst.state().is_running();
+        let sender_alive = self.slots[from].epoch == m.from_epoch && self.state(from).is_running();
+        let verdict: Result<(), &'static str> = match m.to_epoch {
+            // The connection belonged to a process that is gone.
+            Some(e) if e != dst.epoch || !dst_running => Err("connection reset: destination restarted or crashed"),
+            _ if !self.net.blocked(from, to) && dst_running => Ok(()),
+            // The path is cut or nobody listens yet: QUIC keeps retransmitting until it gives up.
+            _ if !sender_alive => Err("sender gone before delivery"),
+            _ if now + self.config.net.retransmit_after > m.sent_at + self.config.net.stream_timeout => {
+                Err(if dst_running {
+                    "stream timeout: partition"
+                } else {
+                    "stream timeout: destination down"
+                })
+            }
+            _ => {
+                let at = now + self.config.net.retransmit_after;
+                self.queue.schedule(at, Event::Message(Box::new(m)));
+                return;
+            }
+        };
+        match verdict {
+            Ok(()) => {
+                self.stats.messages_delivered += 1;
+                self.trace.bytes(
+                    now,
+                    Kind::MessageDelivered,
+                    End::Node(from),
+                    End::Node(to),
+                    &m.bytes,
+                    "",
+                );
+                let from_addr = self.slots[from].info.quic_addr;
+                if let Some(n) = self.slots[to].node_mut() {
+                    n.handle_message(from_addr, &m.bytes, now);
+                }
+                self.drain(to);
+            }
+            Err(reason) => {
+                self.drop_reason(reason);
+                self.trace
+                    .bytes(now, Kind::MessageDropped, End::Node(from), End::Node(to), &m.bytes, reason);
+            }
+        }
+    }
+
+    fn fire_timer(&mut self, node: usize, epoch: u64, timer: Timer) {
+        let now = self.now;
+        let slot = &mut self.slots[node];
+        if slot.epoch != epoch || !slot.state().is_running() {
+            // A timer of a process that no longer exists.
+            return;
+        }
+        self.stats.timers += 1;
+        self.trace
+            .text(now, Kind::Timer, End::Node(node), End::Node(node), format_args!("{timer:?}"));
+        if let Some(n) = self.slots[node].node_mut() {
+            n.handle_timer(timer, now);
+        }
+        self.drain(node);
+    }
+
+    fn stop_left(&mut self, node: usize, epoch: u64) {
+        let slot = &mut self.slots[node];
+        if slot.epoch != epoch || slot.state() != ProcessState::Leaving {
+            return;
+        }
+        slot.process = Process::Left;
+        self.trace.text(
+            self.now,
+            Kind::Process,
+            End::Node(node),
+            End::None,
+            format_args!("stopped after leaving"),
+        );
+    }
+
+    /// Performs every output the node produced, in order.
+    fn drain(&mut self, node: usize) {
+        loop {
+            let Some(out) = self.slots[node].node_mut().and_then(Node::poll_output) else {
+                return;
+            };
+            match out {
+                Output::Gossip { to, bytes } => self.send_gossip(node, to, bytes),
+                Output::Message { to, bytes } => self.send_message(node, to, bytes),
+                Output::SetTimer { at, timer } => {
+                    let epoch = self.slots[node].epoch;
+                    self.queue.schedule(at.max(self.now), Event::Timer { node, epoch, timer });
+                }
+                Output::PersistRing(state) => {
+                    if let Err(e) = self.slots[node].disk.persist_ring(&state) {
+                        // The in-memory store cannot fail; an encoding failure is a core bug
+                        // worth seeing in the trace.
+                        self.trace.text(
+                            self.now,
+                            Kind::Process,
+                            End::Node(node),
+                            End::None,
+                            format_args!("cannot persist ring: {e}"),
+                        );
+                    }
+                }
+                Output::Left => {
+                    let slot = &mut self.slots[node];
+                    if let Process::Up(n) = std::mem::replace(&mut slot.process, Process::Left) {
+                        slot.process = Process::Leaving(n);
+                    }
+                    let epoch = slot.epoch;
+                    let at = self.now + self.config.leave_flush;
+                    self.queue.schedule(at, Event::StopLeft { node, epoch });
+                    self.trace.text(
+                        self.now,
+                        Kind::Process,
+                        End::Node(node),
+                        End::None,
+                        format_args!("left the cluster; stopping in {:?}", self.config.leave_flush),
+                    );
+                }
+            }
+        }
+    }
+
+    fn resolve(&mut self, from: usize, to: SocketAddr, kind: Kind, bytes: &[u8]) -> Option<usize> {
+        match self.by_addr.get(&to) {
+            Some(&i) => Some(i),
+            None => {
+                self.drop_reason("no node at address");
+                self.trace.bytes(
+                    self.now,
+                    kind,
+                    End::Node(from),
+                    End::None,
+                    bytes,
+                    &format!("no node at {to}"),
+                );
+                None
+            }
+        }
+    }
+
+    fn send_gossip(&mut self, from: usize, to: SocketAddr, bytes: Vec<u8>) {
+        let Some(to) = self.resolve(from, to, Kind::GossipDropped, &bytes) else {
+            return;
+        };
+        match self.net.datagram(from, to) {
+            DatagramFate::Lost => {
+                self.drop_reason("loss");
+                self.trace
+                    .bytes(self.now, Kind::GossipDropped, End::Node(from), End::Node(to), &bytes, "loss");
+            }
+            DatagramFate::Arrives(first, second) => {
+                if let Some(second) = second {
+                    let copy = bytes.clone();
+                    self.queue
+                        .schedule(self.now + second, Event::Gossip { from, to, bytes: copy });
+                }
+                self.queue
+                    .schedule(self.now + first, Event::Gossip { from, to, bytes });
+            }
+        }
+    }
+
+    fn send_message(&mut self, from: usize, to: SocketAddr, bytes: Vec<u8>) {
+        let Some(to) = self.resolve(from, to, Kind::MessageDropped, &bytes) else {
+            return;
+        };
+        let dst = &self.slots[to];
+        let m = InFlight {
+            from,
+            to,
+            from_epoch: self.slots[from].epoch,
+            to_epoch: dst.state().is_running().then_some(dst.epoch),
+            sent_at: self.now,
+            bytes,
+        };
+        match self.net.message_delay(from, to) {
+            Some(delay) => self.queue.schedule(self.now + delay, Event::Message(Box::new(m))),
+            None => {
+                self.drop_reason("stream timeout: loss");
+                self.trace.bytes(
+                    self.now,
+                    Kind::MessageDropped,
+                    End::Node(from),
+                    End::Node(to),
+                    &m.bytes,
+                    "stream timeout: loss",
+                );
+            }
+        }
+    }
+}

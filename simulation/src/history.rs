@@ -1,0 +1,239 @@
+//! The history: every client operation of a run with its start, end and outcome.
+//!
+//! Clients (workloads, and the nemesis, which is a client that injects faults) record an
+//! operation when they invoke it and complete it when they learn its outcome, exactly as a
+//! Jepsen history does. An outcome is `ok` (it happened), `failed` (it certainly did not happen)
+//! or `indeterminate` (it may or may not have happened: a timeout, a crash in the middle).
+//! Checkers read the history after the run; nothing here touches the cluster.
+
+use std::fmt;
+use std::time::Duration;
+
+/// Index of an operation in its [`History`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct OpId(pub usize);
+
+/// What an operation does. New workloads add their own variants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OpKind {
+    /// Start a new node (slot `node`) and wait until it is a ring member.
+    Join {
+        /// The node slot.
+        node: usize,
+    },
+    /// Kill a node's process; its unsynced writes are lost.
+    Crash {
+        /// The node slot.
+        node: usize,
+    },
+    /// Start a crashed node's process again from its disk.
+    Restart {
+        /// The node slot.
+        node: usize,
+    },
+    /// Ask a node to leave the cluster for good.
+    Leave {
+        /// The node slot.
+        node: usize,
+    },
+    /// Cut the network (the partition's description).
+    Partition(String),
+    /// End the partition.
+    Heal,
+    /// Degrade every link (the degradation's description).
+    Degrade(String),
+    /// End the degraded period.
+    Restore,
+}
+
+impl OpKind {
+    /// The node the operation is about, if it is about one node.
+    pub fn node(&self) -> Option<usize> {
+        match *self {
+            OpKind::Join { node }
+            | OpKind::Crash { node }
+            | OpKind::Restart { node }
+            | OpKind::Leave { node } => Some(node),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for OpKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpKind::Join { node } => write!(f, "join n{node}"),
+            OpKind::Crash { node } => write!(f, "crash n{node}"),
+            OpKind::Restart { node } => write!(f, "restart n{node}"),
+            OpKind::Leave { node } => write!(f, "leave n{node}"),
+            OpKind::Partition(p) => write!(f, "partition ({p})"),
+            OpKind::Heal => f.write_str("heal"),
+            OpKind::Degrade(d) => write!(f, "degrade ({d})"),
+            OpKind::Restore => f.write_str("restore"),
+        }
+    }
+}
+
+/// How an operation ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// It happened.
+    Ok,
+    /// It certainly did not happen (the reason).
+    Failed(String),
+    /// It may or may not have happened (the reason).
+    Indeterminate(String),
+}
+
+impl Outcome {
+    /// `ok`, `failed` or `indeterminate`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Failed(_) => "failed",
+            Outcome::Indeterminate(_) => "indeterminate",
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Ok => f.write_str("ok"),
+            Outcome::Failed(why) => write!(f, "failed: {why}"),
+            Outcome::Indeterminate(why) => write!(f, "indeterminate: {why}"),
+        }
+    }
+}
+
+/// One operation as recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operation {
+    /// Its index in the history.
+    pub id: OpId,
+    /// The client that issued it (e.g. `membership`, `nemesis`).
+    pub client: &'static str,
+    /// What it does.
+    pub kind: OpKind,
+    /// When it was invoked.
+    pub start: Duration,
+    /// When its outcome became known (`None` while pending).
+    pub end: Option<Duration>,
+    /// Its outcome (`None` while pending).
+    pub outcome: Option<Outcome>,
+}
+
+/// Every operation of a run, in invocation order.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    ops: Vec<Operation>,
+}
+
+/// How many operations ended each way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutcomeCounts {
+    /// Operations that happened.
+    pub ok: usize,
+    /// Operations that certainly did not happen.
+    pub failed: usize,
+    /// Operations that may or may not have happened.
+    pub indeterminate: usize,
+    /// Operations without an outcome yet.
+    pub pending: usize,
+}
+
+impl History {
+    /// An empty history.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records the invocation of an operation.
+    pub fn invoke(&mut self, client: &'static str, kind: OpKind, now: Duration) -> OpId {
+        let id = OpId(self.ops.len());
+        self.ops.push(Operation {
+            id,
+            client,
+            kind,
+            start: now,
+            end: None,
+            outcome: None,
+        });
+        id
+    }
+
+    /// Records the outcome of a pending operation. Completing an operation twice or with an
+    /// unknown id is ignored (the first outcome stands).
+    pub fn complete(&mut self, id: OpId, now: Duration, outcome: Outcome) {
+        if let Some(op) = self.ops.get_mut(id.0) {
+            if op.outcome.is_none() {
+                op.end = Some(now);
+                op.outcome = Some(outcome);
+            }
+        }
+    }
+
+    /// Invokes and completes an instantaneous operation.
+    pub fn instant(&mut self, client: &'static str, kind: OpKind, now: Duration, outcome: Outcome) -> OpId {
+        let id = self.invoke(client, kind, now);
+        self.complete(id, now, outcome);
+        id
+    }
+
+    /// Marks every pending operation indeterminate at `now` (the run is over).
+    pub fn close(&mut self, now: Duration) {
+        for op in self.ops.iter_mut().filter(|op| op.outcome.is_none()) {
+            op.end = Some(now);
+            op.outcome = Some(Outcome::Indeterminate("still pending when the run ended".into()));
+        }
+    }
+
+    /// Every operation, in invocation order.
+    pub fn ops(&self) -> &[Operation] {
+        &self.ops
+    }
+
+    /// One operation.
+    pub fn get(&self, id: OpId) -> Option<&Operation> {
+        self.ops.get(id.0)
+    }
+
+    /// Outcome counts over the whole history.
+    pub fn counts(&self) -> OutcomeCounts {
+        let mut c = OutcomeCounts::default();
+        for op in &self.ops {
+            match &op.outcome {
+                Some(Outcome::Ok) => c.ok += 1,
+                Some(Outcome::Failed(_)) => c.failed += 1,
+                Some(Outcome::Indeterminate(_)) => c.indeterminate += 1,
+                None => c.pending += 1,
+            }
+        }
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operations_complete_once_and_close_marks_the_rest_indeterminate() {
+        let mut h = History::new();
+        let t = Duration::from_secs;
+        let a = h.invoke("membership", OpKind::Join { node: 3 }, t(1));
+        let b = h.invoke("membership", OpKind::Leave { node: 1 }, t(2));
+        h.instant("nemesis", OpKind::Heal, t(3), Outcome::Ok);
+        h.complete(a, t(4), Outcome::Ok);
+        h.complete(a, t(5), Outcome::Failed("late".into()));
+        assert_eq!(h.get(a).unwrap().end, Some(t(4)));
+        assert_eq!(h.counts().pending, 1);
+        h.close(t(9));
+        assert_eq!(h.get(b).unwrap().outcome.as_ref().unwrap().label(), "indeterminate");
+        assert_eq!(
+            h.counts(),
+            OutcomeCounts { ok: 2, failed: 0, indeterminate: 1, pending: 0 }
+        );
+    }
+}

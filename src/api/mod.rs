@@ -1,0 +1,4 @@
+//! User-facing APIs: the HTTP API (axum). The QUIC client API and the Rust client library
+//! arrive with the replicated key-value store.
+
+pub mod http;

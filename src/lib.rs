@@ -1,0 +1,33 @@
+//! Chorus: a leaderless, Dynamo-style, eventually consistent key-value store.
+//!
+//! # Layout
+//!
+//! The deterministic core does no I/O, reads no clock and draws no ambient randomness; the
+//! production runtime and the simulator both drive it.
+//!
+//! - [`id`]: node identity.
+//! - [`causality`]: dots, version vectors, dotted version vector sets (multi-value registers).
+//! - [`crdt`]: G-Counter, PN-Counter, 2P-Set and add-wins OR-Set behind one [`crdt::Crdt`] trait.
+//! - [`ring`]: partitions, the consistent-hash ring with virtual nodes, preference lists, and
+//!   placement plans for operators.
+//! - [`protocol`]: the versioned wire envelope and its limits.
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+
+#[cfg(feature = "server")]
+pub mod api;
+pub mod causality;
+pub mod crdt;
+pub mod id;
+pub mod membership;
+pub mod node;
+pub mod protocol;
+pub mod ring;
+#[cfg(feature = "server")]
+pub mod runtime;
+pub mod storage;
+
+#[cfg(test)]
+pub(crate) mod testing;
+
+pub use id::NodeId;

@@ -1,0 +1,330 @@
+//! The `chorus` command line: run a node, run a local cluster, inspect a cluster, manage
+//! certificates, and plan placement.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+use chorus::node::Liveness;
+use chorus::runtime::dev::{self, DevOptions};
+use chorus::runtime::tls::{ClusterCa, TlsFiles};
+use chorus::runtime::NodeOptions;
+
+use chorus::ring::plan::{self, Change, PlanRequest};
+use chorus::ring::{DEFAULT_PARTITIONS, DEFAULT_VNODES};
+
+/// Chorus: a leaderless, Dynamo-style, eventually consistent key-value store.
+#[derive(Parser, Debug)]
+#[command(name = "chorus", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run one node in the foreground until SIGINT, SIGTERM or a graceful leave.
+    Start(StartArgs),
+    /// Start a local multi-node cluster on 127.0.0.1 and keep it running until Ctrl-C.
+    Dev(DevArgs),
+    /// Show a cluster's members, liveness, ring status and partition counts.
+    Status(StatusArgs),
+    /// Create a cluster certificate authority or issue node certificates.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+    },
+    /// Data placement tools.
+    Ring {
+        #[command(subcommand)]
+        command: RingCommand,
+    },
+}
+
+#[derive(Args, Debug)]
+struct StartArgs {
+    /// TOML file with any of: data_dir, listen, http, join (list), tls_dir. Flags win.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Directory for the node's id, metadata and data.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// QUIC endpoint (UDP) for peers, e.g. 127.0.0.1:7100.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// HTTP API endpoint, e.g. 127.0.0.1:7200.
+    #[arg(long)]
+    http: Option<SocketAddr>,
+    /// QUIC address of a node to join through (repeatable).
+    #[arg(long)]
+    join: Vec<SocketAddr>,
+    /// Directory with ca.pem, node.pem and node.key [default: <data-dir>/tls].
+    #[arg(long)]
+    tls_dir: Option<PathBuf>,
+}
+
+/// The `chorus start` config file.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct StartFile {
+    data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    http: Option<SocketAddr>,
+    #[serde(default)]
+    join: Vec<SocketAddr>,
+    tls_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct DevArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3)]
+    nodes: u16,
+    /// Node i uses QUIC port P+i and HTTP port P+100+i.
+    #[arg(long, default_value_t = 7100)]
+    base_port: u16,
+    /// Directory for the CA and the nodes' data.
+    #[arg(long, default_value = "chorus-dev")]
+    dir: PathBuf,
+    /// Seconds to wait for the cluster to form.
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
+}
+
+#[derive(Args, Debug)]
+struct StatusArgs {
+    /// HTTP address of any node.
+    #[arg(long, default_value = "http://127.0.0.1:7200")]
+    http: String,
+    /// Print the raw JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum CertCommand {
+    /// Create a new cluster CA (ca.pem, ca.key) in DIR.
+    Ca {
+        /// Where to write the CA.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Issue a node certificate signed by the CA in --ca into --out (node.pem, node.key, ca.pem).
+    Issue {
+        /// Directory holding the CA.
+        #[arg(long)]
+        ca: PathBuf,
+        /// Name to put in the certificate (e.g. the host name).
+        #[arg(long)]
+        name: String,
+        /// Output directory: give it to `chorus start --tls-dir`.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RingCommand {
+    /// Dry run of placement: per-member load, imbalance, and what a membership change moves.
+    Plan(PlanArgs),
+}
+
+#[derive(Args, Debug)]
+struct PlanArgs {
+    /// Members of the sample cluster (ids derived from their index).
+    #[arg(long)]
+    members: u32,
+    /// Show the effect of adding this many members.
+    #[arg(long, conflicts_with = "remove")]
+    add: Option<u32>,
+    /// Show the effect of removing this many members.
+    #[arg(long)]
+    remove: Option<u32>,
+    /// Replicas per key (N).
+    #[arg(long, default_value_t = plan::DEFAULT_REPLICAS)]
+    n: u32,
+    /// Number of partitions (Q).
+    #[arg(long, default_value_t = DEFAULT_PARTITIONS)]
+    partitions: u32,
+    /// Virtual nodes per member (V).
+    #[arg(long, default_value_t = DEFAULT_VNODES)]
+    vnodes: u32,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn ring_plan(args: PlanArgs) -> Result<(), String> {
+    let mut request = PlanRequest::new(args.members);
+    request.replicas = args.n;
+    request.partitions = args.partitions;
+    request.vnodes = args.vnodes;
+    if let Some(k) = args.add {
+        request = request.with_change(Change::Add(k));
+    }
+    if let Some(k) = args.remove {
+        request = request.with_change(Change::Remove(k));
+    }
+    let report = plan::plan(&request).map_err(|e| e.to_string())?;
+    if args.json {
+        let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+        println!("{json}");
+    } else {
+        print!("{report}");
+    }
+    Ok(())
+}
+
+fn start(args: StartArgs) -> Result<(), String> {
+    let file = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            toml::from_str::<StartFile>(&text)
+                .map_err(|e| format!("invalid config {}: {e}", path.display()))?
+        }
+        None => StartFile::default(),
+    };
+    let missing = |what: &str| {
+        format!(
+            "--{what} is required (or `{}` in --config)",
+            what.replace('-', "_")
+        )
+    };
+    let options = NodeOptions {
+        data_dir: args
+            .data_dir
+            .or(file.data_dir)
+            .ok_or_else(|| missing("data-dir"))?,
+        listen: args
+            .listen
+            .or(file.listen)
+            .ok_or_else(|| missing("listen"))?,
+        http: args.http.or(file.http).ok_or_else(|| missing("http"))?,
+        join: if args.join.is_empty() {
+            file.join
+        } else {
+            args.join
+        },
+        tls_dir: args.tls_dir.or(file.tls_dir),
+    };
+    chorus::runtime::run_blocking(options).map_err(|e| e.to_string())
+}
+
+fn status(args: StatusArgs) -> Result<(), String> {
+    let http = args
+        .http
+        .trim_start_matches("http://")
+        .trim_end_matches('/');
+    let addr: SocketAddr = http
+        .parse()
+        .map_err(|_| format!("--http {}: expected http://IP:PORT", args.http))?;
+    let view = dev::fetch_cluster(addr, Duration::from_secs(5))
+        .map_err(|e| format!("cannot reach {}: {e}", args.http))?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&view).map_err(|e| e.to_string())?
+        );
+        return Ok(());
+    }
+    println!(
+        "node {} | ring: {} partitions, n={}, {} vnodes",
+        view.node_id, view.ring.partitions, view.ring.n, view.ring.vnodes
+    );
+    println!(
+        "{:<18} {:<22} {:<22} {:<8} {:<8} {:>4} {:>10}",
+        "ID", "QUIC", "HTTP", "LIVENESS", "STATUS", "INC", "PARTITIONS"
+    );
+    for m in &view.members {
+        let liveness = match m.liveness {
+            Liveness::Alive => "alive",
+            Liveness::Suspect => "suspect",
+            Liveness::Down => "down",
+        };
+        println!(
+            "{:<18} {:<22} {:<22} {:<8} {:<8} {:>4} {:>10}",
+            m.id,
+            m.quic_addr.to_string(),
+            m.http_addr.to_string(),
+            liveness,
+            m.status.as_str(),
+            m.incarnation,
+            m.partitions
+        );
+    }
+    Ok(())
+}
+
+fn cert(command: CertCommand) -> Result<(), String> {
+    match command {
+        CertCommand::Ca { dir } => {
+            if dir.join("ca.key").exists() {
+                return Err(format!(
+                    "{} already holds a CA; refusing to overwrite it",
+                    dir.display()
+                ));
+            }
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            let ca = ClusterCa::generate("Chorus cluster CA").map_err(|e| e.to_string())?;
+            ca.save(&dir).map_err(|e| e.to_string())?;
+            println!(
+                "created cluster CA in {} (keep ca.key secret)",
+                dir.display()
+            );
+        }
+        CertCommand::Issue { ca, name, out } => {
+            let ca = ClusterCa::load(&ca).map_err(|e| e.to_string())?;
+            std::fs::create_dir_all(&out)
+                .map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+            let cert = ca.issue_node(&name).map_err(|e| e.to_string())?;
+            cert.save(&out).map_err(|e| e.to_string())?;
+            TlsFiles::in_dir(&out).load().map_err(|e| e.to_string())?;
+            println!("issued node certificate {name:?} in {}", out.display());
+        }
+    }
+    Ok(())
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Start(args) => {
+            init_logging();
+            start(args)
+        }
+        Command::Dev(args) => dev::run(DevOptions {
+            nodes: args.nodes,
+            base_port: args.base_port,
+            dir: args.dir,
+            form_timeout: Duration::from_secs(args.timeout),
+        })
+        .map_err(|e| e.to_string()),
+        Command::Status(args) => status(args),
+        Command::Cert { command } => cert(command),
+        Command::Ring {
+            command: RingCommand::Plan(args),
+        } => ring_plan(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

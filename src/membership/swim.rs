@@ -1,0 +1,269 @@
+//! The glue between Chorus and `foca`: the SWIM identity, the MessagePack codec for SWIM
+//! packets, and the custom-broadcast handler that spreads ring entries.
+
+use std::io::Cursor;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::{Buf, BufMut};
+use foca::{Header, Invalidates, Member};
+use serde::{Deserialize, Serialize};
+
+use super::ring_state::{RingEntry, RingState, RingStatus};
+use crate::id::NodeId;
+use crate::protocol::DEPTH_MAX;
+
+/// A node's identity in SWIM: its id, where to reach it, and its generation (bumped at every
+/// start, so a restarted node replaces its previous incarnation everywhere).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PeerId {
+    /// The node.
+    pub node: NodeId,
+    /// Its QUIC endpoint; SWIM packets travel as QUIC datagrams to it.
+    pub addr: SocketAddr,
+    /// Starts of this node so far; the newest wins.
+    pub generation: u64,
+}
+
+impl PeerId {
+    /// A placeholder identity for a seed known only by address. SWIM accepts an announce
+    /// addressed to any identity with the seed's address, and answers with its real identity.
+    pub fn seed(addr: SocketAddr) -> Self {
+        PeerId {
+            node: NodeId::new(0),
+            addr,
+            generation: 0,
+        }
+    }
+}
+
+/// SWIM's notion of "the same member" is the endpoint address: a seed is known only by its
+/// address, and foca accepts an announce only when the destination's address is its own. Two
+/// identities with one address are the same member; the newer generation wins.
+impl foca::Identity for PeerId {
+    type Addr = SocketAddr;
+
+    fn renew(&self) -> Option<Self> {
+        Some(PeerId {
+            generation: self.generation + 1,
+            ..*self
+        })
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn win_addr_conflict(&self, adversary: &Self) -> bool {
+        self.generation > adversary.generation
+    }
+}
+
+/// Why a SWIM packet or broadcast could not be decoded or encoded.
+#[derive(Debug, thiserror::Error)]
+pub enum SwimCodecError {
+    /// Malformed MessagePack or a value that violates its invariants.
+    #[error("malformed SWIM data: {0}")]
+    Decode(#[from] rmp_serde::decode::Error),
+    /// Encoding failed.
+    #[error("cannot encode SWIM data: {0}")]
+    Encode(#[from] rmp_serde::encode::Error),
+    /// The packet buffer is full.
+    #[error("SWIM packet buffer full ({needed} bytes needed, {available} available)")]
+    BufferFull {
+        /// Bytes the item needs.
+        needed: usize,
+        /// Bytes left in the packet.
+        available: usize,
+    },
+}
+
+/// SWIM packet codec: each header and member is one MessagePack value.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SwimCodec;
+
+impl SwimCodec {
+    fn put<T: Serialize>(value: &T, mut buf: impl BufMut) -> Result<(), SwimCodecError> {
+        let bytes = rmp_serde::to_vec(value)?;
+        if buf.remaining_mut() < bytes.len() {
+            return Err(SwimCodecError::BufferFull {
+                needed: bytes.len(),
+                available: buf.remaining_mut(),
+            });
+        }
+        buf.put_slice(&bytes);
+        Ok(())
+    }
+
+    fn take<T: for<'de> Deserialize<'de>>(mut buf: impl Buf) -> Result<T, SwimCodecError> {
+        let chunk = buf.chunk();
+        let mut de = rmp_serde::Deserializer::new(Cursor::new(chunk));
+        de.set_max_depth(DEPTH_MAX);
+        let value = T::deserialize(&mut de)?;
+        let used = de.position() as usize;
+        buf.advance(used);
+        Ok(value)
+    }
+}
+
+impl foca::Codec<PeerId> for SwimCodec {
+    type Error = SwimCodecError;
+
+    fn encode_header(&mut self, header: &Header<PeerId>, buf: impl BufMut) -> Result<(), Self::Error> {
+        Self::put(header, buf)
+    }
+
+    fn decode_header(&mut self, buf: impl Buf) -> Result<Header<PeerId>, Self::Error> {
+        Self::take(buf)
+    }
+
+    fn encode_member(&mut self, member: &Member<PeerId>, buf: impl BufMut) -> Result<(), Self::Error> {
+        Self::put(member, buf)
+    }
+
+    fn decode_member(&mut self, buf: impl Buf) -> Result<Member<PeerId>, Self::Error> {
+        Self::take(buf)
+    }
+}
+
+/// One ring entry as a SWIM custom broadcast.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RingBroadcast {
+    /// The node the entry describes.
+    pub node: NodeId,
+    /// The entry.
+    pub entry: RingEntry,
+}
+
+impl RingBroadcast {
+    /// The broadcast's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        // A fixed-shape struct of integers and addresses cannot fail to encode.
+        rmp_serde::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// What makes one ring broadcast newer than another of the same node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingBroadcastKey {
+    node: NodeId,
+    status: RingStatus,
+    info_version: u64,
+}
+
+impl Invalidates for RingBroadcastKey {
+    fn invalidates(&self, other: &Self) -> bool {
+        self.node == other.node
+            && self.status >= other.status
+            && self.info_version >= other.info_version
+    }
+}
+
+/// The ring state shared between the node core and the broadcast handler.
+///
+/// `foca` owns its broadcast handler and offers no way to reach it afterwards, so the handler and
+/// the node share the state through this handle. The core is single-threaded; the mutex is never
+/// contended and exists only to make the handle `Send`.
+pub type SharedRing = Arc<Mutex<RingState>>;
+
+/// Merges received ring broadcasts into the shared ring state and tells foca to keep spreading
+/// only those that taught this node something new.
+#[derive(Debug, Clone)]
+pub struct RingBroadcastHandler {
+    ring: SharedRing,
+}
+
+impl RingBroadcastHandler {
+    /// A handler merging into `ring`.
+    pub fn new(ring: SharedRing) -> Self {
+        RingBroadcastHandler { ring }
+    }
+}
+
+impl foca::BroadcastHandler<PeerId> for RingBroadcastHandler {
+    type Key = RingBroadcastKey;
+    type Error = SwimCodecError;
+
+    fn receive_item(
+        &mut self,
+        data: &[u8],
+        _sender: Option<&PeerId>,
+    ) -> Result<Option<Self::Key>, Self::Error> {
+        let item: RingBroadcast = rmp_serde::from_slice(data)?;
+        let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        if ring.merge_entry(item.node, &item.entry) {
+            Ok(Some(RingBroadcastKey {
+                node: item.node,
+                status: item.entry.status,
+                info_version: item.entry.info_version,
+            }))
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use foca::{Codec, Identity};
+
+    use super::*;
+    use crate::membership::NodeInfo;
+
+    fn peer(i: u64, generation: u64) -> PeerId {
+        PeerId {
+            node: NodeId::new(i),
+            addr: SocketAddr::from(([127, 0, 0, 1], 7000 + i as u16)),
+            generation,
+        }
+    }
+
+    #[test]
+    fn newer_generation_wins_and_renew_bumps_it() {
+        let old = peer(1, 3);
+        let new = old.renew().unwrap();
+        assert_eq!(new.generation, 4);
+        assert_eq!(new.addr(), old.addr());
+        assert!(new.win_addr_conflict(&old));
+        assert!(!old.win_addr_conflict(&new));
+    }
+
+    #[test]
+    fn codec_round_trips_members_and_rejects_garbage() {
+        let mut codec = SwimCodec;
+        let member = Member::alive(peer(2, 1));
+        let mut buf = Vec::new();
+        codec.encode_member(&member, &mut buf).unwrap();
+        codec.encode_member(&member, &mut buf).unwrap();
+        let mut slice = buf.as_slice();
+        assert_eq!(codec.decode_member(&mut slice).unwrap(), member);
+        assert_eq!(codec.decode_member(&mut slice).unwrap(), member);
+        assert!(slice.is_empty());
+        let mut junk: &[u8] = &[0xc1, 0xff, 0x00];
+        assert!(codec.decode_member(&mut junk).is_err());
+        let mut small = [0u8; 4];
+        assert!(codec.encode_member(&member, &mut small[..]).is_err());
+    }
+
+    #[test]
+    fn handler_spreads_only_news() {
+        use foca::BroadcastHandler;
+        let ring = SharedRing::default();
+        let mut handler = RingBroadcastHandler::new(ring.clone());
+        let item = RingBroadcast {
+            node: NodeId::new(9),
+            entry: RingEntry {
+                status: RingStatus::Member,
+                info_version: 1,
+                info: NodeInfo {
+                    quic_addr: SocketAddr::from(([127, 0, 0, 1], 1)),
+                    http_addr: SocketAddr::from(([127, 0, 0, 1], 2)),
+                },
+            },
+        };
+        assert!(handler.receive_item(&item.encode(), None).unwrap().is_some());
+        assert!(handler.receive_item(&item.encode(), None).unwrap().is_none());
+        assert!(handler.receive_item(b"\xc1garbage", None).is_err());
+        assert_eq!(ring.lock().unwrap().get(NodeId::new(9)), Some(&item.entry));
+    }
+}

@@ -1,0 +1,295 @@
+//! `chorus dev`: a local multi-node cluster in one command.
+//!
+//! Creates a cluster CA (once) and a certificate per node, starts N `chorus start` processes on
+//! 127.0.0.1 with their own data directories, waits until every node reports all N members
+//! alive, prints a table, and on SIGINT/SIGTERM stops every node and exits 0. Re-running with the
+//! same directory restarts the same nodes (same ids, same data).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::node::{ClusterView, Liveness};
+use crate::runtime::tls::{ClusterCa, TlsFiles};
+
+/// Settings of a local cluster.
+#[derive(Clone, Debug)]
+pub struct DevOptions {
+    /// Number of nodes.
+    pub nodes: u16,
+    /// Node i listens for QUIC on `base_port + i` and for HTTP on `base_port + 100 + i`.
+    pub base_port: u16,
+    /// Directory holding the CA and one data directory per node.
+    pub dir: PathBuf,
+    /// How long to wait for the cluster to form.
+    pub form_timeout: Duration,
+}
+
+/// Why the local cluster could not be run.
+#[derive(Debug, thiserror::Error)]
+pub enum DevError {
+    /// Bad options.
+    #[error("{0}")]
+    Options(String),
+    /// File system trouble.
+    #[error("cannot prepare {path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Certificates could not be created.
+    #[error(transparent)]
+    Tls(#[from] crate::runtime::tls::TlsError),
+    /// A node process could not be started or died early.
+    #[error("node {index}: {message}")]
+    Node {
+        /// Node index.
+        index: u16,
+        /// What went wrong.
+        message: String,
+    },
+    /// The cluster did not form in time.
+    #[error("the cluster did not form within {0:?}; see the node logs in {1}")]
+    Timeout(Duration, PathBuf),
+}
+
+/// One running node process.
+struct DevNode {
+    index: u16,
+    quic: SocketAddr,
+    http: SocketAddr,
+    child: Child,
+}
+
+/// Ports of node `i`.
+pub fn node_addrs(base_port: u16, i: u16) -> Result<(SocketAddr, SocketAddr), DevError> {
+    let quic = base_port.checked_add(i);
+    let http = base_port.checked_add(100).and_then(|p| p.checked_add(i));
+    match (quic, http) {
+        (Some(q), Some(h)) => Ok((
+            SocketAddr::from(([127, 0, 0, 1], q)),
+            SocketAddr::from(([127, 0, 0, 1], h)),
+        )),
+        _ => Err(DevError::Options(format!(
+            "--base-port {base_port} is too high for {} nodes",
+            i + 1
+        ))),
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DevError + '_ {
+    move |source| DevError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Creates the CA (if absent) and node `i`'s certificate (if absent).
+fn prepare_tls(dir: &Path, i: u16) -> Result<PathBuf, DevError> {
+    let ca_dir = dir.join("ca");
+    let ca = if ca_dir.join("ca.pem").exists() {
+        ClusterCa::load(&ca_dir)?
+    } else {
+        std::fs::create_dir_all(&ca_dir).map_err(io(&ca_dir))?;
+        let ca = ClusterCa::generate("Chorus dev cluster CA")?;
+        ca.save(&ca_dir)?;
+        ca
+    };
+    let tls_dir = dir.join(format!("node-{i}")).join("tls");
+    if TlsFiles::in_dir(&tls_dir).load().is_err() {
+        std::fs::create_dir_all(&tls_dir).map_err(io(&tls_dir))?;
+        ca.issue_node(&format!("node-{i}"))?.save(&tls_dir)?;
+    }
+    Ok(tls_dir)
+}
+
+fn spawn_node(exe: &Path, dir: &Path, i: u16, base_port: u16) -> Result<DevNode, DevError> {
+    let (quic, http) = node_addrs(base_port, i)?;
+    let tls_dir = prepare_tls(dir, i)?;
+    let data_dir = dir.join(format!("node-{i}"));
+    let log_path = data_dir.join("node.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(io(&log_path))?;
+    let log_err = log.try_clone().map_err(io(&log_path))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("start")
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .arg("--listen")
+        .arg(quic.to_string())
+        .arg("--http")
+        .arg(http.to_string())
+        .arg("--tls-dir")
+        .arg(&tls_dir);
+    if i > 0 {
+        let (seed, _) = node_addrs(base_port, 0)?;
+        cmd.arg("--join").arg(seed.to_string());
+    }
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .spawn()
+        .map_err(|e| DevError::Node {
+            index: i,
+            message: format!("cannot start {}: {e}", exe.display()),
+        })?;
+    Ok(DevNode {
+        index: i,
+        quic,
+        http,
+        child,
+    })
+}
+
+/// Fetches `GET /v1/cluster` from a node.
+pub fn fetch_cluster(http: SocketAddr, timeout: Duration) -> Result<ClusterView, String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .build()
+        .into();
+    let body = agent
+        .get(format!("http://{http}/v1/cluster"))
+        .call()
+        .map_err(|e| e.to_string())?
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| e.to_string())?;
+    serde_json::from_str::<ClusterView>(&body).map_err(|e| format!("bad /v1/cluster reply: {e}"))
+}
+
+fn formed(nodes: &[DevNode]) -> Option<Vec<ClusterView>> {
+    let mut views = Vec::new();
+    for n in nodes {
+        let view = fetch_cluster(n.http, Duration::from_secs(1)).ok()?;
+        let alive = view
+            .members
+            .iter()
+            .filter(|m| m.liveness == Liveness::Alive)
+            .count();
+        if alive != nodes.len() || view.members.len() != nodes.len() {
+            return None;
+        }
+        views.push(view);
+    }
+    Some(views)
+}
+
+fn stop_all(nodes: &mut [DevNode]) {
+    for n in nodes.iter() {
+        // SIGTERM: each node shuts down cleanly.
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(n.child.id().to_string())
+            .status();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for n in nodes.iter_mut() {
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = n.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = n.child.kill();
+        let _ = n.child.wait();
+    }
+}
+
+/// Runs the local cluster until SIGINT or SIGTERM.
+pub fn run(options: DevOptions) -> Result<(), DevError> {
+    if options.nodes == 0 {
+        return Err(DevError::Options("--nodes must be at least 1".into()));
+    }
+    node_addrs(options.base_port, options.nodes - 1)?;
+    std::fs::create_dir_all(&options.dir).map_err(io(&options.dir))?;
+    let exe = std::env::current_exe().map_err(|e| DevError::Options(e.to_string()))?;
+    let stop = signal_flag().map_err(|e| DevError::Options(format!("cannot watch signals: {e}")))?;
+
+    let mut nodes = Vec::new();
+    for i in 0..options.nodes {
+        match spawn_node(&exe, &options.dir, i, options.base_port) {
+            Ok(n) => nodes.push(n),
+            Err(e) => {
+                stop_all(&mut nodes);
+                return Err(e);
+            }
+        }
+    }
+    let deadline = Instant::now() + options.form_timeout;
+    let views = loop {
+        for n in nodes.iter_mut() {
+            if let Ok(Some(status)) = n.child.try_wait() {
+                let index = n.index;
+                let log = options.dir.join(format!("node-{index}/node.log"));
+                stop_all(&mut nodes);
+                return Err(DevError::Node {
+                    index,
+                    message: format!("exited early ({status}); see {}", log.display()),
+                });
+            }
+        }
+        if let Some(views) = formed(&nodes) {
+            break views;
+        }
+        if Instant::now() > deadline || stop.load(std::sync::atomic::Ordering::SeqCst) {
+            stop_all(&mut nodes);
+            return Err(DevError::Timeout(options.form_timeout, options.dir.clone()));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+
+    println!("Chorus dev cluster: {} nodes, data in {}", nodes.len(), options.dir.display());
+    println!("{:<4} {:<18} {:<22} {:<22}", "#", "NODE ID", "QUIC", "HTTP");
+    for (n, view) in nodes.iter().zip(&views) {
+        println!("{:<4} {:<18} {:<22} {:<22}", n.index, view.node_id, n.quic.to_string(), format!("http://{}", n.http));
+    }
+    println!("cluster formed: every node sees {} alive members. Press Ctrl-C to stop.", nodes.len());
+
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        for n in nodes.iter_mut() {
+            if let Ok(Some(status)) = n.child.try_wait() {
+                eprintln!("node {} exited ({status})", n.index);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!("stopping {} nodes", nodes.len());
+    stop_all(&mut nodes);
+    Ok(())
+}
+
+/// A flag raised by SIGINT or SIGTERM, watched on a small runtime thread.
+fn signal_flag() -> std::io::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let flag = Arc::new(AtomicBool::new(false));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // Register the handlers before returning, so no signal is missed after this call.
+    let (mut int, mut term) = rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok::<_, std::io::Error>((
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+        ))
+    })?;
+    let raised = flag.clone();
+    std::thread::spawn(move || {
+        rt.block_on(async move {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            raised.store(true, Ordering::SeqCst);
+        });
+    });
+    Ok(flag)
+}

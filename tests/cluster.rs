@@ -1,0 +1,258 @@
+//! The cluster fabric with real `chorus start` processes on 127.0.0.1: joining, crash
+//! detection, restart, graceful leave, foreign certificates and garbage input.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use chorus::membership::RingStatus;
+use chorus::node::Liveness;
+use common::*;
+
+#[test]
+fn five_nodes_join_detect_a_crash_and_welcome_the_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = make_ca(tmp.path(), "ca");
+    let seed = NodeProc::start(tmp.path(), "n0", &ca, &[]);
+    let mut nodes = vec![seed];
+    let seed_addr = nodes[0].quic;
+    for i in 1..5 {
+        nodes.push(NodeProc::start(
+            tmp.path(),
+            &format!("n{i}"),
+            &ca,
+            &[seed_addr],
+        ));
+    }
+    let ids: Vec<String> = nodes.iter().map(|n| n.wait_serving()).collect();
+
+    // Every node reports the same five alive members within 10 s.
+    let started = Instant::now();
+    for n in &nodes {
+        let formed = wait_for(Duration::from_secs(10), || {
+            n.view().filter(|v| all_alive(v, &ids))
+        });
+        assert!(
+            formed.is_some(),
+            "{} never saw 5 alive members: {:?}",
+            n.name,
+            n.view()
+        );
+    }
+    eprintln!("5 nodes formed a cluster in {:?}", started.elapsed());
+    for n in &nodes {
+        let v = n.view().unwrap();
+        assert!(
+            v.members.iter().all(|m| m.status == RingStatus::Member),
+            "{v:?}"
+        );
+        assert_eq!(v.members.iter().map(|m| m.partitions).sum::<u64>(), 256 * 3);
+    }
+
+    // SIGKILL one: every survivor reports it down within 10 s.
+    let victim = ids[3].clone();
+    nodes[3].kill();
+    let killed_at = Instant::now();
+    for n in nodes.iter().filter(|n| n.child.is_some()) {
+        let down = wait_for(Duration::from_secs(10), || {
+            n.view()
+                .filter(|v| liveness_of(v, &victim) == Some(Liveness::Down))
+        });
+        assert!(
+            down.is_some(),
+            "{} did not see the crash: {:?}",
+            n.name,
+            n.view()
+        );
+    }
+    eprintln!(
+        "crash detected by all survivors after {:?}",
+        killed_at.elapsed()
+    );
+
+    // Restarted with the same data directory: same id, alive everywhere within 10 s.
+    nodes[3].spawn();
+    let id_after = nodes[3].wait_serving();
+    assert_eq!(id_after, victim, "the node id must survive a restart");
+    for n in &nodes {
+        let back = wait_for(Duration::from_secs(10), || {
+            n.view().filter(|v| all_alive(v, &ids))
+        });
+        assert!(
+            back.is_some(),
+            "{} did not see the restart: {:?}",
+            n.name,
+            n.view()
+        );
+        let v = back.unwrap();
+        let m = v.members.iter().find(|m| m.id == victim).unwrap();
+        assert_eq!(m.incarnation, 2, "restart bumps the generation: {m:?}");
+    }
+
+    // SIGTERM stops a node cleanly with exit code 0.
+    nodes[4].signal("-TERM");
+    let status = nodes[4]
+        .wait_exit(Duration::from_secs(10))
+        .expect("exits after SIGTERM");
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn graceful_leave_shows_left_everywhere_and_exits_zero() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = make_ca(tmp.path(), "ca");
+    let mut nodes = vec![NodeProc::start(tmp.path(), "n0", &ca, &[])];
+    let seed = nodes[0].quic;
+    for i in 1..3 {
+        nodes.push(NodeProc::start(tmp.path(), &format!("n{i}"), &ca, &[seed]));
+    }
+    let ids: Vec<String> = nodes.iter().map(|n| n.wait_serving()).collect();
+    for n in &nodes {
+        assert!(wait_for(Duration::from_secs(10), || n
+            .view()
+            .filter(|v| all_alive(v, &ids)))
+        .is_some());
+    }
+
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into();
+    let resp = agent
+        .post(format!("http://{}/v1/cluster/leave", nodes[2].http))
+        .send_empty()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    let status = nodes[2]
+        .wait_exit(Duration::from_secs(10))
+        .expect("the leaving node exits");
+    assert_eq!(status.code(), Some(0));
+
+    for n in &nodes[..2] {
+        let left = wait_for(Duration::from_secs(10), || {
+            n.view().filter(|v| {
+                v.members
+                    .iter()
+                    .any(|m| m.id == ids[2] && m.status == RingStatus::Left && m.partitions == 0)
+            })
+        });
+        assert!(
+            left.is_some(),
+            "{} does not show the node left: {:?}",
+            n.name,
+            n.view()
+        );
+    }
+
+    // The departed node refuses to start again from the same data directory.
+    nodes[2].spawn();
+    let status = nodes[2]
+        .wait_exit(Duration::from_secs(20))
+        .expect("refuses to start");
+    assert!(!status.success());
+    assert!(
+        nodes[2].log().contains("has left the cluster"),
+        "{}",
+        nodes[2].log()
+    );
+}
+
+#[test]
+fn a_node_with_a_foreign_certificate_never_becomes_a_member() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = make_ca(tmp.path(), "ca");
+    let other_ca = make_ca(tmp.path(), "other-ca");
+    let a = NodeProc::start(tmp.path(), "a", &ca, &[]);
+    let b = NodeProc::start(tmp.path(), "b", &ca, &[a.quic]);
+    let intruder = NodeProc::start(tmp.path(), "intruder", &other_ca, &[a.quic, b.quic]);
+    let ids = vec![a.wait_serving(), b.wait_serving()];
+    let intruder_id = intruder.wait_serving();
+    for n in [&a, &b] {
+        assert!(wait_for(Duration::from_secs(10), || n
+            .view()
+            .filter(|v| all_alive(v, &ids)))
+        .is_some());
+    }
+    // Give the intruder ample time to try.
+    std::thread::sleep(Duration::from_secs(5));
+    for n in [&a, &b] {
+        let v = n.view().unwrap();
+        assert!(
+            v.members.iter().all(|m| m.id != intruder_id),
+            "{} lists the intruder: {v:?}",
+            n.name
+        );
+        assert!(all_alive(&v, &ids));
+    }
+    let v = intruder.view().unwrap();
+    assert_eq!(
+        v.members.len(),
+        1,
+        "the intruder must not learn the cluster: {v:?}"
+    );
+    let logs = format!("{}{}", a.log(), b.log());
+    assert!(logs.contains("handshake"), "the refusal is logged:\n{logs}");
+}
+
+#[test]
+fn garbage_on_the_udp_port_and_junk_streams_are_rejected() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = make_ca(tmp.path(), "ca");
+    let a = NodeProc::start(tmp.path(), "a", &ca, &[]);
+    let b = NodeProc::start(tmp.path(), "b", &ca, &[a.quic]);
+    let ids = vec![a.wait_serving(), b.wait_serving()];
+    assert!(wait_for(Duration::from_secs(10), || a
+        .view()
+        .filter(|v| all_alive(v, &ids)))
+    .is_some());
+
+    // Raw garbage datagrams at the QUIC port.
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for i in 0..200u32 {
+        let junk: Vec<u8> = (0..(i % 1300)).map(|j| (j * 31 + i) as u8).collect();
+        sock.send_to(&junk, a.quic).unwrap();
+    }
+
+    // A client with a valid cluster certificate that sends junk peer messages and SWIM packets.
+    let client_tls = tmp.path().join("junk-client");
+    let out = chorus()
+        .args(["cert", "issue", "--ca"])
+        .arg(&ca)
+        .args(["--name", "junk", "--out"])
+        .arg(&client_tls)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    junk_client(&client_tls, a.quic);
+
+    // The node keeps serving, the cluster is intact, and the rejection is logged.
+    std::thread::sleep(Duration::from_secs(2));
+    let v = a.view().expect("still serving HTTP");
+    assert!(all_alive(&v, &ids), "{v:?}");
+    let log = a.log();
+    assert!(log.contains("rejected peer message"), "{log}");
+    assert!(log.contains("rejected SWIM packet"), "{log}");
+}
+
+fn junk_client(tls_dir: &std::path::Path, target: std::net::SocketAddr) {
+    use chorus::runtime::tls::{quinn_configs, TlsFiles};
+    use chorus::runtime::transport::{Limits, Transport};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (server, client) = quinn_configs(&TlsFiles::in_dir(tls_dir)).unwrap();
+        let (t, _inbound) = Transport::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            server,
+            client,
+            Limits::default(),
+        )
+        .unwrap();
+        for i in 0..20u8 {
+            t.send_message(target, vec![i; 100 + i as usize * 10]);
+            t.send_message(target, b"CH\x01\x92\xc1\xc1".to_vec());
+            t.send_datagram(target, vec![0xde, 0xad, i].into());
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        t.shutdown().await;
+    });
+}
