@@ -10,7 +10,16 @@
 //! - [`crdt`]: G-Counter, PN-Counter, 2P-Set and add-wins OR-Set behind one [`crdt::Crdt`] trait.
 //! - [`ring`]: partitions, the consistent-hash ring with virtual nodes, preference lists, and
 //!   placement plans for operators.
-//! - [`protocol`]: the versioned wire envelope and its limits.
+//! - [`protocol`]: the versioned wire envelope and its limits, peer messages.
+//! - [`membership`]: ring membership as a CRDT, and the SWIM (`foca`) glue.
+//! - [`node`]: the sans-IO node core that both drivers run.
+//! - [`storage`]: the `Store` trait, an in-memory store with crash semantics and (with the
+//!   `server` feature) RocksDB.
+//!
+//! With the `server` feature (the default), the production driver:
+//!
+//! - `runtime`: the tokio driver, QUIC transport with mutual TLS, the `chorus dev` supervisor.
+//! - `api`: the HTTP API.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 

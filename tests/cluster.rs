@@ -235,11 +235,11 @@ fn garbage_on_the_udp_port_and_junk_streams_are_rejected() {
 }
 
 fn junk_client(tls_dir: &std::path::Path, target: std::net::SocketAddr) {
-    use chorus::runtime::tls::{quinn_configs, TlsFiles};
+    use chorus::runtime::tls::{quinn_configs, TlsFiles, PEER_ALPN};
     use chorus::runtime::transport::{Limits, Transport};
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let (server, client) = quinn_configs(&TlsFiles::in_dir(tls_dir)).unwrap();
+        let (server, client) = quinn_configs(&TlsFiles::in_dir(tls_dir), &[PEER_ALPN]).unwrap();
         let (t, _inbound) = Transport::bind(
             "127.0.0.1:0".parse().unwrap(),
             server,

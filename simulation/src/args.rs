@@ -30,7 +30,9 @@ pub enum ArgError {
         reason: &'static str,
     },
     /// Not a fault kind.
-    #[error("unknown fault kind {input:?}; known kinds: partition, loss, crash, join, leave, all, none")]
+    #[error(
+        "unknown fault kind {input:?}; known kinds: partition, loss, crash, join, leave, all, none"
+    )]
     Fault {
         /// The rejected text (truncated).
         input: String,
@@ -67,7 +69,9 @@ pub fn parse_duration(input: &str) -> Result<Duration, ArgError> {
         if digits == 0 {
             return Err(err("expected a number before each unit"));
         }
-        let value: u64 = rest[..digits].parse().map_err(|_| err("number too large"))?;
+        let value: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| err("number too large"))?;
         rest = &rest[digits..];
         let unit_len = rest.bytes().take_while(|b| b.is_ascii_alphabetic()).count();
         let unit_ms: u64 = match &rest[..unit_len] {
@@ -102,7 +106,7 @@ pub fn format_duration(d: Duration) -> String {
     if ms == 0 {
         return "0s".to_owned();
     }
-    if ms % 1000 != 0 {
+    if !ms.is_multiple_of(1000) {
         return format!("{ms}ms");
     }
     let mut secs = ms / 1000;
@@ -290,7 +294,17 @@ mod tests {
 
     #[test]
     fn bad_durations_are_errors() {
-        for bad in ["", "s", "10x", "1.5h", "-3s", "10 m", "99999999999999999999s", "25000h", "h1"] {
+        for bad in [
+            "",
+            "s",
+            "10x",
+            "1.5h",
+            "-3s",
+            "10 m",
+            "99999999999999999999s",
+            "25000h",
+            "h1",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad:?} parsed");
         }
     }
@@ -299,7 +313,15 @@ mod tests {
     fn seed_ranges() {
         assert_eq!("0..200".parse(), Ok(SeedRange { start: 0, end: 200 }));
         assert_eq!("7..=7".parse(), Ok(SeedRange { start: 7, end: 8 }));
-        for bad in ["", "5", "5..5", "9..3", "a..b", "1..=18446744073709551615", "..4"] {
+        for bad in [
+            "",
+            "5",
+            "5..5",
+            "9..3",
+            "a..b",
+            "1..=18446744073709551615",
+            "..4",
+        ] {
             assert!(bad.parse::<SeedRange>().is_err(), "{bad:?} parsed");
         }
     }
@@ -311,7 +333,10 @@ mod tests {
         assert_eq!(s.to_string(), "crash,join");
         assert_eq!("all".parse::<FaultSet>().unwrap(), FaultSet::all());
         assert_eq!("none".parse::<FaultSet>().unwrap().to_string(), "none");
-        assert_eq!(FaultSet::all().to_string(), "partition,loss,crash,join,leave");
+        assert_eq!(
+            FaultSet::all().to_string(),
+            "partition,loss,crash,join,leave"
+        );
         assert!("crash,bogus".parse::<FaultSet>().is_err());
     }
 }

@@ -64,7 +64,8 @@ pub enum ProcessState {
     NotStarted,
     /// Running.
     Up,
-    /// Has left the cluster and is flushing its last sends; stops shortly.
+    /// Asked to leave the cluster; still running until the node reports it has left
+    /// ([`Output::Left`]) and its last sends are flushed.
     Leaving,
     /// Left the cluster and stopped for good.
     Left,
@@ -159,6 +160,8 @@ struct Slot {
     epoch: u64,
     /// Generation of the current (or last) process.
     generation: u64,
+    /// Whether the node reported that it has left ([`Output::Left`]).
+    left_reported: bool,
 }
 
 impl Slot {
@@ -201,11 +204,25 @@ struct InFlight {
 }
 
 enum Event {
-    Gossip { from: usize, to: usize, bytes: Vec<u8> },
+    Gossip {
+        from: usize,
+        to: usize,
+        bytes: Vec<u8>,
+    },
     Message(Box<InFlight>),
-    Timer { node: usize, epoch: u64, timer: Timer },
-    StopLeft { node: usize, epoch: u64 },
-    Wake { actor: usize, token: u64 },
+    Timer {
+        node: usize,
+        epoch: u64,
+        timer: Timer,
+    },
+    StopLeft {
+        node: usize,
+        epoch: u64,
+    },
+    Wake {
+        actor: usize,
+        token: u64,
+    },
 }
 
 /// What [`Cluster::step`] did.
@@ -376,6 +393,7 @@ impl Cluster {
             process: Process::NotStarted,
             epoch: 0,
             generation: 0,
+            left_reported: false,
         });
         self.by_addr.insert(info.quic_addr, i);
         self.trace.text(
@@ -383,18 +401,27 @@ impl Cluster {
             Kind::Process,
             End::Node(i),
             End::None,
-            format_args!("machine n{i}: id {} at {}", NodeId::new(raw), info.quic_addr),
+            format_args!(
+                "machine n{i}: id {} at {}",
+                NodeId::new(raw),
+                info.quic_addr
+            ),
         );
         Ok(i)
     }
 
     /// Starts a process on a stopped slot, from what its disk holds: the generation is bumped,
     /// the ring state loaded, as the production runtime does. Returns the new generation.
+    /// Starting a slot that left is allowed — it is what an operator might try — and the core
+    /// is expected to refuse it.
     pub fn start(&mut self, node: usize) -> Result<u64, ControlError> {
         let now = self.now;
-        let slot = self.slots.get_mut(node).ok_or(ControlError::NoSuchNode(node))?;
+        let slot = self
+            .slots
+            .get_mut(node)
+            .ok_or(ControlError::NoSuchNode(node))?;
         let state = slot.state();
-        if state.is_running() || state == ProcessState::Left {
+        if state.is_running() {
             return Err(ControlError::Running { node, state });
         }
         let persisted = slot
@@ -402,11 +429,17 @@ impl Cluster {
             .load_for_start(slot.id)
             .map_err(|source| ControlError::Disk { node, source })?;
         slot.generation = persisted.generation;
-        let config = NodeConfig::new(persisted.id, persisted.generation, slot.info, slot.seeds.clone());
+        let config = NodeConfig::new(
+            persisted.id,
+            persisted.generation,
+            slot.info,
+            slot.seeds.clone(),
+        );
         let node_seed = rng::derive(self.seed, "node-rng", ((node as u64) << 32) | slot.epoch);
         match Node::new(config, node_seed, persisted.ring) {
             Ok(mut n) => {
                 slot.epoch += 1;
+                let _log = crate::log::enter(node, now);
                 n.start(now);
                 slot.process = Process::Up(Box::new(n));
                 let generation = slot.generation;
@@ -421,7 +454,11 @@ impl Cluster {
                 Ok(generation)
             }
             Err(source) => {
-                slot.process = Process::Crashed;
+                // A node that left stays left (the core refuses it); any other failed start
+                // leaves a stopped process behind.
+                if state != ProcessState::Left {
+                    slot.process = Process::Crashed;
+                }
                 self.trace.text(
                     now,
                     Kind::Process,
@@ -437,34 +474,67 @@ impl Cluster {
     /// Kills a running process: pending outputs, timers and in-flight connections die with it,
     /// and its disk loses every unsynced write.
     pub fn crash(&mut self, node: usize) -> Result<(), ControlError> {
-        let slot = self.slots.get_mut(node).ok_or(ControlError::NoSuchNode(node))?;
+        let slot = self
+            .slots
+            .get_mut(node)
+            .ok_or(ControlError::NoSuchNode(node))?;
         let state = slot.state();
         if !state.is_running() {
             return Err(ControlError::NotRunning { node, state });
         }
         slot.process = Process::Crashed;
         slot.disk.crash();
-        self.trace
-            .text(self.now, Kind::Process, End::Node(node), End::None, format_args!("crash"));
+        self.trace.text(
+            self.now,
+            Kind::Process,
+            End::Node(node),
+            End::None,
+            format_args!("crash"),
+        );
         Ok(())
     }
 
-    /// Asks a running node to leave the cluster (the admin `leave` request).
+    /// Asks a running node to leave the cluster (the admin `leave` request). From now on the
+    /// slot is [`ProcessState::Leaving`]; it stops [`ClusterConfig::leave_flush`] after the node
+    /// reports that it has left ([`Cluster::left_reported`]).
     pub fn leave(&mut self, node: usize) -> Result<(), ControlError> {
         let now = self.now;
-        let slot = self.slots.get_mut(node).ok_or(ControlError::NoSuchNode(node))?;
+        let slot = self
+            .slots
+            .get_mut(node)
+            .ok_or(ControlError::NoSuchNode(node))?;
         let state = slot.state();
-        match &mut slot.process {
-            Process::Up(n) => n.leave(now),
-            _ => return Err(ControlError::NotRunning { node, state }),
+        if state != ProcessState::Up {
+            return Err(ControlError::NotRunning { node, state });
         }
+        let Process::Up(mut n) = std::mem::replace(&mut slot.process, Process::Left) else {
+            return Err(ControlError::NotRunning { node, state });
+        };
+        {
+            let _log = crate::log::enter(node, now);
+            n.leave(now);
+        }
+        slot.process = Process::Leaving(n);
+        self.trace.text(
+            now,
+            Kind::Process,
+            End::Node(node),
+            End::None,
+            format_args!("leave requested"),
+        );
         self.drain(node);
         Ok(())
     }
 
+    /// Whether a node asked to leave has reported that it left ([`Output::Left`]).
+    pub fn left_reported(&self, node: usize) -> bool {
+        self.slots.get(node).is_some_and(|s| s.left_reported)
+    }
+
     /// Schedules a workload wake-up; [`Cluster::step`] returns it when it is due.
     pub fn schedule_wake(&mut self, actor: usize, at: Duration, token: u64) {
-        self.queue.schedule(at.max(self.now), Event::Wake { actor, token });
+        self.queue
+            .schedule(at.max(self.now), Event::Wake { actor, token });
     }
 
     /// Handles the next event due at or before `until`, advancing the clock to it. When
@@ -500,7 +570,10 @@ impl Cluster {
                 view: s.node().map(Node::cluster_view),
             })
             .collect();
-        ClusterSnapshot { at: self.now, nodes }
+        ClusterSnapshot {
+            at: self.now,
+            nodes,
+        }
     }
 
     fn drop_reason(&mut self, reason: &'static str) {
@@ -518,14 +591,27 @@ impl Cluster {
         };
         if let Some(reason) = reason {
             self.drop_reason(reason);
-            self.trace
-                .bytes(now, Kind::GossipDropped, End::Node(from), End::Node(to), &bytes, reason);
+            self.trace.bytes(
+                now,
+                Kind::GossipDropped,
+                End::Node(from),
+                End::Node(to),
+                &bytes,
+                reason,
+            );
             return;
         }
         self.stats.gossip_delivered += 1;
-        self.trace
-            .bytes(now, Kind::GossipDelivered, End::Node(from), End::Node(to), &bytes, "");
+        self.trace.bytes(
+            now,
+            Kind::GossipDelivered,
+            End::Node(from),
+            End::Node(to),
+            &bytes,
+            "",
+        );
         if let Some(n) = self.slots[to].node_mut() {
+            let _log = crate::log::enter(to, now);
             n.handle_gossip(&bytes, now);
         }
         self.drain(to);
@@ -539,11 +625,15 @@ impl Cluster {
         let sender_alive = self.slots[from].epoch == m.from_epoch && self.state(from).is_running();
         let verdict: Result<(), &'static str> = match m.to_epoch {
             // The connection belonged to a process that is gone.
-            Some(e) if e != dst.epoch || !dst_running => Err("connection reset: destination restarted or crashed"),
+            Some(e) if e != dst.epoch || !dst_running => {
+                Err("connection reset: destination restarted or crashed")
+            }
             _ if !self.net.blocked(from, to) && dst_running => Ok(()),
             // The path is cut or nobody listens yet: QUIC keeps retransmitting until it gives up.
             _ if !sender_alive => Err("sender gone before delivery"),
-            _ if now + self.config.net.retransmit_after > m.sent_at + self.config.net.stream_timeout => {
+            _ if now + self.config.net.retransmit_after
+                > m.sent_at + self.config.net.stream_timeout =>
+            {
                 Err(if dst_running {
                     "stream timeout: partition"
                 } else {
@@ -569,14 +659,21 @@ impl Cluster {
                 );
                 let from_addr = self.slots[from].info.quic_addr;
                 if let Some(n) = self.slots[to].node_mut() {
+                    let _log = crate::log::enter(to, now);
                     n.handle_message(from_addr, &m.bytes, now);
                 }
                 self.drain(to);
             }
             Err(reason) => {
                 self.drop_reason(reason);
-                self.trace
-                    .bytes(now, Kind::MessageDropped, End::Node(from), End::Node(to), &m.bytes, reason);
+                self.trace.bytes(
+                    now,
+                    Kind::MessageDropped,
+                    End::Node(from),
+                    End::Node(to),
+                    &m.bytes,
+                    reason,
+                );
             }
         }
     }
@@ -589,9 +686,15 @@ impl Cluster {
             return;
         }
         self.stats.timers += 1;
-        self.trace
-            .text(now, Kind::Timer, End::Node(node), End::Node(node), format_args!("{timer:?}"));
+        self.trace.text(
+            now,
+            Kind::Timer,
+            End::Node(node),
+            End::Node(node),
+            format_args!("{timer:?}"),
+        );
         if let Some(n) = self.slots[node].node_mut() {
+            let _log = crate::log::enter(node, now);
             n.handle_timer(timer, now);
         }
         self.drain(node);
@@ -623,7 +726,8 @@ impl Cluster {
                 Output::Message { to, bytes } => self.send_message(node, to, bytes),
                 Output::SetTimer { at, timer } => {
                     let epoch = self.slots[node].epoch;
-                    self.queue.schedule(at.max(self.now), Event::Timer { node, epoch, timer });
+                    self.queue
+                        .schedule(at.max(self.now), Event::Timer { node, epoch, timer });
                 }
                 Output::PersistRing(state) => {
                     if let Err(e) = self.slots[node].disk.persist_ring(&state) {
@@ -638,11 +742,26 @@ impl Cluster {
                         );
                     }
                 }
+                Output::PersistGeneration(generation) => {
+                    if let Err(e) = self.slots[node].disk.persist_generation(generation) {
+                        self.trace.text(
+                            self.now,
+                            Kind::Process,
+                            End::Node(node),
+                            End::None,
+                            format_args!("cannot persist generation: {e}"),
+                        );
+                    }
+                }
                 Output::Left => {
                     let slot = &mut self.slots[node];
-                    if let Process::Up(n) = std::mem::replace(&mut slot.process, Process::Left) {
-                        slot.process = Process::Leaving(n);
-                    }
+                    slot.left_reported = true;
+                    // Normally the slot is already leaving (it asked); a node may also decide to
+                    // leave on its own.
+                    slot.process = match std::mem::replace(&mut slot.process, Process::Left) {
+                        Process::Up(n) | Process::Leaving(n) => Process::Leaving(n),
+                        other => other,
+                    };
                     let epoch = slot.epoch;
                     let at = self.now + self.config.leave_flush;
                     self.queue.schedule(at, Event::StopLeft { node, epoch });
@@ -651,7 +770,10 @@ impl Cluster {
                         Kind::Process,
                         End::Node(node),
                         End::None,
-                        format_args!("left the cluster; stopping in {:?}", self.config.leave_flush),
+                        format_args!(
+                            "left the cluster; stopping in {:?}",
+                            self.config.leave_flush
+                        ),
                     );
                 }
             }
@@ -683,14 +805,26 @@ impl Cluster {
         match self.net.datagram(from, to) {
             DatagramFate::Lost => {
                 self.drop_reason("loss");
-                self.trace
-                    .bytes(self.now, Kind::GossipDropped, End::Node(from), End::Node(to), &bytes, "loss");
+                self.trace.bytes(
+                    self.now,
+                    Kind::GossipDropped,
+                    End::Node(from),
+                    End::Node(to),
+                    &bytes,
+                    "loss",
+                );
             }
             DatagramFate::Arrives(first, second) => {
                 if let Some(second) = second {
                     let copy = bytes.clone();
-                    self.queue
-                        .schedule(self.now + second, Event::Gossip { from, to, bytes: copy });
+                    self.queue.schedule(
+                        self.now + second,
+                        Event::Gossip {
+                            from,
+                            to,
+                            bytes: copy,
+                        },
+                    );
                 }
                 self.queue
                     .schedule(self.now + first, Event::Gossip { from, to, bytes });
@@ -712,7 +846,9 @@ impl Cluster {
             bytes,
         };
         match self.net.message_delay(from, to) {
-            Some(delay) => self.queue.schedule(self.now + delay, Event::Message(Box::new(m))),
+            Some(delay) => self
+                .queue
+                .schedule(self.now + delay, Event::Message(Box::new(m))),
             None => {
                 self.drop_reason("stream timeout: loss");
                 self.trace.bytes(

@@ -7,43 +7,12 @@
 //! This module does not interpret the ring state; it only stores and loads it.
 
 use chorus::membership::RingState;
-use chorus::protocol;
-use chorus::storage::{MemoryStore, Store, StoreError};
+use chorus::storage::{meta, MemoryStore};
 use chorus::NodeId;
 
-/// Metadata key of the node id (16 hex digits, as text).
-pub const META_NODE_ID: &str = "node_id";
-/// Metadata key of the generation (big-endian `u64`).
-pub const META_GENERATION: &str = "generation";
-/// Metadata key of the ring state (the wire encoding of [`RingState`]).
-pub const META_RING: &str = "ring";
-
-/// Why the metadata on a disk could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum DiskError {
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// A metadata value is unreadable.
-    #[error("corrupt metadata {key:?}: {reason}")]
-    Corrupt {
-        /// The key.
-        key: &'static str,
-        /// What is wrong.
-        reason: String,
-    },
-}
-
-/// What a starting node loads from its disk.
-#[derive(Debug, Clone)]
-pub struct Persisted {
-    /// The node's id (created on first start).
-    pub id: NodeId,
-    /// The generation of this start (previous + 1, already synced).
-    pub generation: u64,
-    /// The ring state as last persisted (empty on first start).
-    pub ring: RingState,
-}
+pub use chorus::storage::meta::{
+    BootInfo as Persisted, MetaError as DiskError, META_GENERATION, META_NODE_ID, META_RING,
+};
 
 /// A node's disk.
 #[derive(Debug, Default, Clone)]
@@ -58,59 +27,25 @@ impl Disk {
     }
 
     /// Loads the metadata for a new start, creating the id (`fresh_id`) on first start and
-    /// bumping the generation, like the production runtime.
+    /// bumping the generation, exactly like the production runtime (both call
+    /// [`chorus::storage::meta::boot`]).
     pub fn load_for_start(&mut self, fresh_id: NodeId) -> Result<Persisted, DiskError> {
-        let corrupt = |key, reason: String| DiskError::Corrupt { key, reason };
-        let id = match self.store.get_meta(META_NODE_ID)? {
-            Some(bytes) => {
-                let text = String::from_utf8(bytes).map_err(|e| corrupt(META_NODE_ID, e.to_string()))?;
-                text.parse::<NodeId>()
-                    .map_err(|e| corrupt(META_NODE_ID, e.to_string()))?
-            }
-            None => {
-                self.store.put_meta(META_NODE_ID, fresh_id.to_string().as_bytes())?;
-                fresh_id
-            }
-        };
-        let previous = match self.store.get_meta(META_GENERATION)? {
-            Some(bytes) => {
-                let raw: [u8; 8] = bytes
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| corrupt(META_GENERATION, format!("{} bytes, expected 8", bytes.len())))?;
-                u64::from_be_bytes(raw)
-            }
-            None => 0,
-        };
-        let generation = previous + 1;
-        self.store.put_meta(META_GENERATION, &generation.to_be_bytes())?;
-        let ring = match self.store.get_meta(META_RING)? {
-            Some(bytes) => protocol::decode::<RingState>(&bytes)
-                .map_err(|e| corrupt(META_RING, e.to_string()))?,
-            None => RingState::new(),
-        };
-        Ok(Persisted { id, generation, ring })
+        meta::boot(&mut self.store, fresh_id)
     }
 
     /// Persists the ring state (a synced metadata write).
     pub fn persist_ring(&mut self, ring: &RingState) -> Result<(), DiskError> {
-        let bytes = protocol::encode(ring).map_err(|e| DiskError::Corrupt {
-            key: META_RING,
-            reason: e.to_string(),
-        })?;
-        self.store.put_meta(META_RING, &bytes)?;
-        Ok(())
+        meta::persist_ring(&mut self.store, ring)
+    }
+
+    /// Records a generation the node reached by renewing its SWIM identity.
+    pub fn persist_generation(&mut self, generation: u64) -> Result<(), DiskError> {
+        meta::persist_generation(&mut self.store, generation)
     }
 
     /// The ring state on disk (empty if none was persisted).
     pub fn ring(&self) -> Result<RingState, DiskError> {
-        match self.store.get_meta(META_RING)? {
-            Some(bytes) => protocol::decode::<RingState>(&bytes).map_err(|e| DiskError::Corrupt {
-                key: META_RING,
-                reason: e.to_string(),
-            }),
-            None => Ok(RingState::new()),
-        }
+        meta::load_ring(&self.store)
     }
 
     /// The process died: every write that was not synced is lost.
@@ -145,7 +80,10 @@ mod tests {
             &RingEntry {
                 status: RingStatus::Member,
                 info_version: 1,
-                info: NodeInfo { quic_addr: addr, http_addr: addr },
+                info: NodeInfo {
+                    quic_addr: addr,
+                    http_addr: addr,
+                },
             },
         );
         disk.persist_ring(&ring).unwrap();

@@ -175,7 +175,13 @@ impl History {
     }
 
     /// Invokes and completes an instantaneous operation.
-    pub fn instant(&mut self, client: &'static str, kind: OpKind, now: Duration, outcome: Outcome) -> OpId {
+    pub fn instant(
+        &mut self,
+        client: &'static str,
+        kind: OpKind,
+        now: Duration,
+        outcome: Outcome,
+    ) -> OpId {
         let id = self.invoke(client, kind, now);
         self.complete(id, now, outcome);
         id
@@ -185,7 +191,9 @@ impl History {
     pub fn close(&mut self, now: Duration) {
         for op in self.ops.iter_mut().filter(|op| op.outcome.is_none()) {
             op.end = Some(now);
-            op.outcome = Some(Outcome::Indeterminate("still pending when the run ended".into()));
+            op.outcome = Some(Outcome::Indeterminate(
+                "still pending when the run ended".into(),
+            ));
         }
     }
 
@@ -230,10 +238,18 @@ mod tests {
         assert_eq!(h.get(a).unwrap().end, Some(t(4)));
         assert_eq!(h.counts().pending, 1);
         h.close(t(9));
-        assert_eq!(h.get(b).unwrap().outcome.as_ref().unwrap().label(), "indeterminate");
+        assert_eq!(
+            h.get(b).unwrap().outcome.as_ref().unwrap().label(),
+            "indeterminate"
+        );
         assert_eq!(
             h.counts(),
-            OutcomeCounts { ok: 2, failed: 0, indeterminate: 1, pending: 0 }
+            OutcomeCounts {
+                ok: 2,
+                failed: 0,
+                indeterminate: 1,
+                pending: 0
+            }
         );
     }
 }

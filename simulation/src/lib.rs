@@ -24,6 +24,7 @@
 //! - [`check`]: the [`check::Checker`] trait, cluster snapshots and the membership checkers.
 //! - [`sim`]: one run — phases (faults, heal, quiet), settling, the report — and sweeps over
 //!   many seeds.
+//! - [`log`]: optional printing of the core's own log lines, stamped with simulated time.
 //! - [`args`]: parsing of durations, seed ranges and fault lists for the command line.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
@@ -33,6 +34,7 @@ pub mod check;
 pub mod cluster;
 pub mod disk;
 pub mod history;
+pub mod log;
 pub mod network;
 pub mod rng;
 pub mod scheduler;

@@ -234,7 +234,11 @@ impl Network {
             + rng::exponential(&mut self.rng, mean, self.config.latency_cap_factor);
         if let Some(deg) = self.degradation {
             if !deg.extra_latency_mean.is_zero() {
-                d += rng::exponential(&mut self.rng, deg.extra_latency_mean, self.config.latency_cap_factor);
+                d += rng::exponential(
+                    &mut self.rng,
+                    deg.extra_latency_mean,
+                    self.config.latency_cap_factor,
+                );
             }
         }
         d
@@ -243,11 +247,13 @@ impl Network {
     /// Decides loss, delay and duplication of a datagram sent now from `from` to `to`.
     /// Partitions are judged on arrival, not here.
     pub fn datagram(&mut self, from: usize, to: usize) -> DatagramFate {
-        if rng::chance(&mut self.rng, self.loss()) {
+        let loss = self.loss();
+        if rng::chance(&mut self.rng, loss) {
             return DatagramFate::Lost;
         }
         let first = self.latency(from, to);
-        let second = rng::chance(&mut self.rng, self.config.duplicate).then(|| self.latency(from, to));
+        let second =
+            rng::chance(&mut self.rng, self.config.duplicate).then(|| self.latency(from, to));
         DatagramFate::Arrives(first, second)
     }
 
@@ -289,7 +295,10 @@ mod tests {
         assert!(one_way.blocks(1, 0), "nobody hears n1");
         assert!(!one_way.blocks(0, 1), "n1 hears everyone");
 
-        let bridge = Partition::Bridge { left: set(&[0, 1]), bridge: 2 };
+        let bridge = Partition::Bridge {
+            left: set(&[0, 1]),
+            bridge: 2,
+        };
         assert!(bridge.blocks(0, 3) && bridge.blocks(4, 1));
         assert!(!bridge.blocks(0, 2) && !bridge.blocks(2, 4) && !bridge.blocks(3, 2));
         assert!(!bridge.blocks(0, 1) && !bridge.blocks(3, 4));
@@ -306,9 +315,16 @@ mod tests {
         for _ in 0..1000 {
             assert!(net.latency(0, 1) >= Duration::from_micros(500));
         }
-        net.degrade(Degradation { loss: 1.0, extra_latency_mean: Duration::ZERO });
+        net.degrade(Degradation {
+            loss: 1.0,
+            extra_latency_mean: Duration::ZERO,
+        });
         assert_eq!(net.datagram(0, 1), DatagramFate::Lost);
-        assert_eq!(net.message_delay(0, 1), None, "every retransmission is lost");
+        assert_eq!(
+            net.message_delay(0, 1),
+            None,
+            "every retransmission is lost"
+        );
         assert!(net.restore());
         let delivered = (0..1000)
             .filter(|_| matches!(net.datagram(0, 1), DatagramFate::Arrives(..)))

@@ -1,7 +1,7 @@
 //! Randomness: every random choice in a run comes from a stream derived from the run's seed.
 //!
 //! Each consumer (network, nemesis, each workload, node seeds and ids) owns its own
-//! [`Xoshiro256PlusPlus`] stream, derived from the seed and a label with [`stream`]. Streams are
+//! [`SimRng`] (xoshiro256++) stream, derived from the seed and a label with [`stream`]. Streams are
 //! independent, so adding a draw in one consumer does not shift every other consumer's choices.
 //! Nothing here reads the OS, the clock or thread state.
 
@@ -88,7 +88,10 @@ mod tests {
         let n = 20_000;
         let total: Duration = (0..n).map(|_| exponential(&mut r, mean, 20.0)).sum();
         let avg = total / n;
-        assert!(avg > Duration::from_millis(9) && avg < Duration::from_millis(11), "{avg:?}");
+        assert!(
+            avg > Duration::from_millis(9) && avg < Duration::from_millis(11),
+            "{avg:?}"
+        );
         for _ in 0..1000 {
             assert!(exponential(&mut r, mean, 3.0) <= Duration::from_millis(30));
         }

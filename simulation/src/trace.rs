@@ -102,7 +102,15 @@ impl Trace {
 
     /// Records an event carrying raw bytes (packets, messages); `note` says why a drop happened
     /// and is hashed too.
-    pub fn bytes(&mut self, at: Duration, kind: Kind, from: End, to: End, bytes: &[u8], note: &str) {
+    pub fn bytes(
+        &mut self,
+        at: Duration,
+        kind: Kind,
+        from: End,
+        to: End,
+        bytes: &[u8],
+        note: &str,
+    ) {
         self.header(at, kind, from, to);
         self.hasher.update(&(bytes.len() as u64).to_le_bytes());
         self.hasher.update(bytes);
@@ -188,8 +196,21 @@ mod tests {
         let run = |to: usize, bytes: &[u8], t: u64| {
             let mut tr = Trace::new(false);
             let at = Duration::from_millis(t);
-            tr.bytes(at, Kind::GossipDelivered, End::Node(0), End::Node(to), bytes, "");
-            tr.text(at, Kind::Timer, End::Node(0), End::Node(0), format_args!("probe {}", 1));
+            tr.bytes(
+                at,
+                Kind::GossipDelivered,
+                End::Node(0),
+                End::Node(to),
+                bytes,
+                "",
+            );
+            tr.text(
+                at,
+                Kind::Timer,
+                End::Node(0),
+                End::Node(0),
+                format_args!("probe {}", 1),
+            );
             tr.hash_hex()
         };
         assert_eq!(run(1, b"abc", 5), run(1, b"abc", 5));
@@ -201,11 +222,35 @@ mod tests {
     #[test]
     fn record_boundaries_are_unambiguous() {
         let mut a = Trace::new(false);
-        a.text(Duration::ZERO, Kind::Operation, End::None, End::None, format_args!("ab"));
-        a.text(Duration::ZERO, Kind::Operation, End::None, End::None, format_args!("c"));
+        a.text(
+            Duration::ZERO,
+            Kind::Operation,
+            End::None,
+            End::None,
+            format_args!("ab"),
+        );
+        a.text(
+            Duration::ZERO,
+            Kind::Operation,
+            End::None,
+            End::None,
+            format_args!("c"),
+        );
         let mut b = Trace::new(false);
-        b.text(Duration::ZERO, Kind::Operation, End::None, End::None, format_args!("a"));
-        b.text(Duration::ZERO, Kind::Operation, End::None, End::None, format_args!("bc"));
+        b.text(
+            Duration::ZERO,
+            Kind::Operation,
+            End::None,
+            End::None,
+            format_args!("a"),
+        );
+        b.text(
+            Duration::ZERO,
+            Kind::Operation,
+            End::None,
+            End::None,
+            format_args!("bc"),
+        );
         assert_ne!(a.hash_hex(), b.hash_hex());
     }
 }

@@ -9,12 +9,12 @@
 //! The node owns no socket, clock, thread or ambient randomness: randomness comes from a seed
 //! the driver passes in. The tokio runtime and the simulator drive this same type.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
-use foca::{AccumulatingRuntime, Foca, OwnedNotification, State};
+use foca::{AccumulatingRuntime, Foca, Incarnation, OwnedNotification, State};
 use rand::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 use serde::{Deserialize, Serialize};
@@ -123,9 +123,13 @@ pub enum Output {
         /// What to fire.
         timer: Timer,
     },
-    /// Persist the ring state (it changed).
+    /// Persist the ring state (it changed). Performed before any later output.
     PersistRing(RingState),
-    /// The node has left the cluster; the driver may shut down once sends are flushed.
+    /// Persist this node's generation: SWIM renewed its identity, and the next start must use
+    /// a newer generation than this one.
+    PersistGeneration(u64),
+    /// The node has left the cluster and enough members confirmed it; the driver may shut
+    /// down once sends are flushed.
     Left,
 }
 
@@ -209,7 +213,23 @@ pub struct Node {
     outputs: VecDeque<Output>,
     /// Whether a peer has sent us its full ring state since we started.
     synced: bool,
-    left: bool,
+    /// Whether SWIM has at least one active member (foca's `Active` / `Idle`).
+    swim_connected: bool,
+    /// Present once [`Node::leave`] was called.
+    leave: Option<LeaveProgress>,
+    /// Members SWIM holds as suspect: their incarnation then, and when we first saw it.
+    suspects: BTreeMap<PeerId, (Incarnation, Duration)>,
+}
+
+/// A leave in progress: the node keeps telling the others until a majority of them confirm.
+#[derive(Debug, Clone)]
+struct LeaveProgress {
+    /// Confirmations needed: a majority of the other nodes SWIM held alive, at least one.
+    needed: usize,
+    /// Nodes that confirmed they recorded this node as `left`.
+    confirmed: BTreeSet<NodeId>,
+    /// Whether [`Output::Left`] was emitted.
+    done: bool,
 }
 
 impl Node {
@@ -259,7 +279,9 @@ impl Node {
             rng: seeds,
             outputs: VecDeque::new(),
             synced: false,
-            left: false,
+            swim_connected: false,
+            leave: None,
+            suspects: BTreeMap::new(),
         };
         node.refresh_ring()?;
         Ok(node)
@@ -286,6 +308,11 @@ impl Node {
 
     /// A SWIM packet arrived. Malformed packets are logged and dropped.
     pub fn handle_gossip(&mut self, bytes: &[u8], now: Duration) {
+        if self.leave.is_some() {
+            // A leaving node is out of SWIM for good: answering probes (or letting foca rejoin
+            // when the others declare it down) would bring it back as alive.
+            return;
+        }
         if let Err(e) = self.swim.handle_data(bytes, &mut self.swim_effects) {
             match e {
                 foca::Error::DataFromOurselves => debug!("ignored own SWIM packet"),
@@ -307,18 +334,26 @@ impl Node {
     /// A timer this node asked for fired.
     pub fn handle_timer(&mut self, timer: Timer, now: Duration) {
         match timer {
+            Timer::Swim(_) if self.leave.is_some() => {}
             Timer::Swim(t) => {
                 if let Err(e) = self.swim.handle_timer(t, &mut self.swim_effects) {
                     debug!(error = %e, "SWIM timer");
                 }
             }
             Timer::RingSync => {
-                self.ring_sync_with_random_member();
+                self.expire_stale_suspects(now);
+                if self.leave.as_ref().is_some_and(|l| !l.done) {
+                    self.push_leave();
+                } else {
+                    self.ring_sync_with_random_member();
+                }
                 self.set_timer(now, self.config.ring_sync_interval, Timer::RingSync);
             }
             Timer::Announce => {
-                if self.swim.num_members() == 0 && !self.left {
+                let alone = !self.swim_connected || self.swim.num_members() == 0;
+                if alone && self.leave.is_none() {
                     self.announce_to_seeds();
+                    self.announce_to_ring_members();
                 }
                 self.set_timer(now, self.config.announce_interval, Timer::Announce);
             }
@@ -327,40 +362,112 @@ impl Node {
     }
 
     /// Leaves the cluster for good. The node holds no data yet, so there is nothing to hand
-    /// off: it records `left`, tells every member directly and through SWIM, and emits
-    /// [`Output::Left`].
+    /// off: it records `left`, leaves SWIM, and keeps sending its ring state to every other node
+    /// that has not left until a majority of the alive ones (at least one) confirm they recorded
+    /// it (they persist it before answering, so the leave survives their restarts). Then it
+    /// emits [`Output::Left`].
     pub fn leave(&mut self, now: Duration) {
-        if self.left {
+        if self.leave.is_some() {
             return;
         }
-        self.left = true;
         let id = self.config.id;
         let mut own = self.own_entry();
         own.status = RingStatus::Left;
         self.lock_ring().merge_entry(id, &own);
+        let others = self.other_nodes_not_left().len();
+        // Wait for a majority of the others SWIM holds alive (at least one), so a leave is not
+        // lost with a minority that crashes for good, nor stuck behind members that are gone.
+        let alive = self
+            .swim
+            .iter_members()
+            .filter(|m| m.id().node != id)
+            .count()
+            .min(others);
+        self.leave = Some(LeaveProgress {
+            needed: alive / 2 + 1,
+            confirmed: BTreeSet::new(),
+            done: false,
+        });
         self.broadcast_own_entry();
-        let state = self.lock_ring().clone();
-        let peers: Vec<SocketAddr> = self.swim.iter_members().map(|m| m.id().addr).collect();
-        for to in peers {
-            self.send(
-                to,
-                PeerMessage::RingSync {
-                    state: state.clone(),
-                    reply: false,
-                },
-            );
+        // Persist `left` first: a restart from this data directory must refuse to rejoin.
+        self.refresh_ring_logged();
+        if others == 0 {
+            self.finish_leave();
+        } else {
+            self.push_leave();
         }
         if let Err(e) = self.swim.leave_cluster(&mut self.swim_effects) {
             warn!(error = %e, "SWIM leave");
         }
+        info!(node = %id, others, "leaving the cluster");
         self.after_input(now);
-        info!(node = %id, "left the cluster");
-        self.outputs.push_back(Output::Left);
     }
 
-    /// Whether this node has left the cluster.
+    fn push_leave(&mut self) {
+        let state = self.lock_ring().clone();
+        for (_, info) in self.other_nodes_not_left() {
+            self.send(
+                info.quic_addr,
+                PeerMessage::RingSync {
+                    state: state.clone(),
+                    reply: true,
+                },
+            );
+        }
+    }
+
+    fn finish_leave(&mut self) {
+        if let Some(l) = self.leave.as_mut() {
+            if !l.done {
+                l.done = true;
+                info!(node = %self.config.id, confirmed = l.confirmed.len(), "left the cluster");
+                self.outputs.push_back(Output::Left);
+            }
+        }
+    }
+
+    /// Other nodes whose ring status is not `left`, with their addresses.
+    fn other_nodes_not_left(&self) -> Vec<(NodeId, NodeInfo)> {
+        self.lock_ring()
+            .iter()
+            .filter(|&(n, e)| n != self.config.id && e.status != RingStatus::Left)
+            .map(|(n, e)| (n, e.info))
+            .collect()
+    }
+
+    /// Works around SWIM timers lost when foca renews its identity or goes idle: a member that
+    /// stays suspect at one incarnation well past the suspicion timeout is declared down.
+    fn expire_stale_suspects(&mut self, now: Duration) {
+        let limit = self.config.suspect_to_down_after + self.config.probe_period * 3;
+        let current: BTreeMap<PeerId, Incarnation> = self
+            .swim
+            .iter_membership_state()
+            .filter(|m| m.state() == State::Suspect)
+            .map(|m| (*m.id(), m.incarnation()))
+            .collect();
+        self.suspects
+            .retain(|p, (inc, _)| current.get(p) == Some(&*inc));
+        let mut expired = Vec::new();
+        for (p, inc) in current {
+            let (_, since) = *self.suspects.entry(p).or_insert((inc, now));
+            if now.saturating_sub(since) > limit {
+                expired.push(foca::Member::new(p, inc, State::Down));
+            }
+        }
+        if !expired.is_empty() {
+            warn!(members = expired.len(), "declaring members down after a lost suspicion timer");
+            if let Err(e) = self
+                .swim
+                .apply_many(expired.into_iter(), true, &mut self.swim_effects)
+            {
+                warn!(error = %e, "SWIM apply");
+            }
+        }
+    }
+
+    /// Whether this node has started leaving the cluster.
     pub fn has_left(&self) -> bool {
-        self.left
+        self.leave.is_some()
     }
 
     /// The next effect to perform, if any.
@@ -414,7 +521,7 @@ impl Node {
 
     fn liveness_of(&self, id: NodeId) -> (Liveness, u64) {
         if id == self.config.id {
-            let liveness = if self.left {
+            let liveness = if self.leave.is_some() {
                 Liveness::Down
             } else {
                 Liveness::Alive
@@ -441,13 +548,17 @@ impl Node {
     }
 
     fn dispatch(&mut self, envelope: PeerEnvelope) {
+        let from = envelope.from;
         match envelope.message {
             PeerMessage::RingSync { state, reply } => {
                 let knew_all = state.covers(&self.lock_ring());
                 self.lock_ring().merge(&state);
+                // Persist before answering: an answer confirms what we now know.
+                self.refresh_ring_logged();
                 self.synced = true;
-                if reply && !knew_all {
-                    let info = self.lock_ring().get(envelope.from).map(|e| e.info);
+                let sender_left = state.get(from).is_some_and(|e| e.status == RingStatus::Left);
+                if reply && (!knew_all || sender_left) {
+                    let info = self.lock_ring().get(from).map(|e| e.info);
                     if let Some(info) = info {
                         let mine = self.lock_ring().clone();
                         self.send(
@@ -459,7 +570,19 @@ impl Node {
                         );
                     }
                 }
+                self.note_leave_confirmation(from, &state);
                 self.maybe_become_member();
+            }
+        }
+    }
+
+    fn note_leave_confirmation(&mut self, from: NodeId, state: &RingState) {
+        let id = self.config.id;
+        let Some(l) = self.leave.as_mut() else { return };
+        if from != id && state.get(id).is_some_and(|e| e.status == RingStatus::Left) {
+            l.confirmed.insert(from);
+            if l.confirmed.len() >= l.needed {
+                self.finish_leave();
             }
         }
     }
@@ -472,6 +595,20 @@ impl Node {
         let pick = rand::RngExt::random_range(&mut self.rng, 0..active.len());
         let state = self.lock_ring().clone();
         self.send(active[pick], PeerMessage::RingSync { state, reply: true });
+    }
+
+    /// Announces to every other node of the ring that has not left: how a node that SWIM
+    /// disconnected (after a partition, or a renewed identity) finds its way back even when
+    /// its seeds are gone.
+    fn announce_to_ring_members(&mut self) {
+        for (_, info) in self.other_nodes_not_left() {
+            if let Err(e) = self
+                .swim
+                .announce(PeerId::seed(info.quic_addr), &mut self.swim_effects)
+            {
+                debug!(addr = %info.quic_addr, error = %e, "announce");
+            }
+        }
     }
 
     fn announce_to_seeds(&mut self) {
@@ -487,7 +624,7 @@ impl Node {
 
     fn maybe_become_member(&mut self) {
         let mut own = self.own_entry();
-        if own.status == RingStatus::Joining && self.synced && !self.left {
+        if own.status == RingStatus::Joining && self.synced && self.leave.is_none() {
             own.status = RingStatus::Member;
             self.lock_ring().merge_entry(self.config.id, &own);
             info!(node = %self.config.id, "joined the ring as a member");
@@ -555,11 +692,24 @@ impl Node {
                 OwnedNotification::Rename(a, b) => {
                     info!(member = %b.node, from = a.generation, to = b.generation, "member restarted")
                 }
-                OwnedNotification::Defunct => warn!("the cluster declared this node down; rejoining"),
-                OwnedNotification::Rejoin(p) => info!(generation = p.generation, "rejoined with a new identity"),
-                other => debug!(notification = ?other, "SWIM"),
+                OwnedNotification::Defunct => {
+                    self.swim_connected = false;
+                    warn!("the cluster declared this node down; rejoining");
+                }
+                OwnedNotification::Rejoin(p) => {
+                    self.swim_connected = false;
+                    self.identity = p;
+                    self.outputs.push_back(Output::PersistGeneration(p.generation));
+                    info!(generation = p.generation, "rejoined with a new identity");
+                }
+                OwnedNotification::Active => self.swim_connected = true,
+                OwnedNotification::Idle => self.swim_connected = false,
             }
         }
+        self.refresh_ring_logged();
+    }
+
+    fn refresh_ring_logged(&mut self) {
         if let Err(e) = self.refresh_ring() {
             warn!(error = %e, "cannot place the ring");
         }

@@ -252,10 +252,15 @@ pub fn run(options: DevOptions) -> Result<(), DevError> {
     }
     println!("cluster formed: every node sees {} alive members. Press Ctrl-C to stop.", nodes.len());
 
+    let mut exited = vec![false; nodes.len()];
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-        for n in nodes.iter_mut() {
+        for (n, done) in nodes.iter_mut().zip(exited.iter_mut()) {
+            if *done {
+                continue;
+            }
             if let Ok(Some(status)) = n.child.try_wait() {
                 eprintln!("node {} exited ({status})", n.index);
+                *done = true;
             }
         }
         std::thread::sleep(Duration::from_millis(200));

@@ -12,7 +12,7 @@ pub mod transport;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use rand::Rng;
@@ -23,16 +23,11 @@ use tracing::{error, info, info_span, warn, Instrument};
 
 use crate::api::http::{self, AdminRequest};
 use crate::id::NodeId;
-use crate::membership::{NodeInfo, RingState};
+use crate::membership::NodeInfo;
 use crate::node::{Node, NodeConfig, Output, Timer};
-use crate::protocol;
-use crate::storage::{RocksStore, Store, StoreError};
+use crate::storage::meta::{self, BootInfo, MetaError};
+use crate::storage::{RocksStore, StoreError};
 use transport::{Inbound, Transport};
-
-/// Metadata keys in the store.
-const META_NODE_ID: &str = "node_id";
-const META_GENERATION: &str = "generation";
-const META_RING: &str = "ring";
 
 /// How long a leaving node keeps its endpoint open so its last messages get out.
 const LEAVE_FLUSH: Duration = Duration::from_millis(500);
@@ -75,16 +70,9 @@ pub enum RuntimeError {
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// Stored metadata is corrupt.
-    #[error("corrupt metadata {key:?} in {path}: {reason}")]
-    CorruptMeta {
-        /// The metadata key.
-        key: &'static str,
-        /// The data directory.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
+    /// Stored metadata is unreadable.
+    #[error(transparent)]
+    Meta(#[from] MetaError),
     /// TLS material is missing or invalid.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
@@ -117,64 +105,14 @@ pub fn run_blocking(options: NodeOptions) -> Result<(), RuntimeError> {
     rt.block_on(run(options))
 }
 
-/// Identity and restart count loaded from (or created in) the store.
-struct Persisted {
-    id: NodeId,
-    generation: u64,
-    ring: RingState,
-}
-
-fn load_meta(store: &mut RocksStore, dir: &Path) -> Result<Persisted, RuntimeError> {
-    let corrupt = |key, reason: String| RuntimeError::CorruptMeta {
-        key,
-        path: dir.to_path_buf(),
-        reason,
-    };
-    let mut os_rng: Xoshiro256PlusPlus = rand::make_rng();
-    let id = match store.get_meta(META_NODE_ID)? {
-        Some(bytes) => {
-            let text = String::from_utf8(bytes).map_err(|e| corrupt(META_NODE_ID, e.to_string()))?;
-            text.parse::<NodeId>()
-                .map_err(|e| corrupt(META_NODE_ID, e.to_string()))?
-        }
-        None => {
-            let id = NodeId::new(os_rng.next_u64());
-            store.put_meta(META_NODE_ID, id.to_string().as_bytes())?;
-            id
-        }
-    };
-    let previous = match store.get_meta(META_GENERATION)? {
-        Some(bytes) => {
-            let arr: [u8; 8] = bytes
-                .as_slice()
-                .try_into()
-                .map_err(|_| corrupt(META_GENERATION, format!("{} bytes, expected 8", bytes.len())))?;
-            u64::from_be_bytes(arr)
-        }
-        None => 0,
-    };
-    let generation = previous + 1;
-    store.put_meta(META_GENERATION, &generation.to_be_bytes())?;
-    let ring = match store.get_meta(META_RING)? {
-        Some(bytes) => {
-            protocol::decode::<RingState>(&bytes).map_err(|e| corrupt(META_RING, e.to_string()))?
-        }
-        None => RingState::new(),
-    };
-    Ok(Persisted {
-        id,
-        generation,
-        ring,
-    })
-}
-
 async fn run(options: NodeOptions) -> Result<(), RuntimeError> {
     std::fs::create_dir_all(&options.data_dir).map_err(|source| RuntimeError::DataDir {
         path: options.data_dir.clone(),
         source,
     })?;
     let mut store = RocksStore::open(&options.data_dir.join("db"))?;
-    let persisted = load_meta(&mut store, &options.data_dir)?;
+    let mut os_rng: Xoshiro256PlusPlus = rand::make_rng();
+    let persisted = meta::boot(&mut store, NodeId::new(os_rng.next_u64()))?;
     let span = info_span!("node", id = %persisted.id);
     run_node(options, store, persisted).instrument(span).await
 }
@@ -182,16 +120,18 @@ async fn run(options: NodeOptions) -> Result<(), RuntimeError> {
 async fn run_node(
     options: NodeOptions,
     mut store: RocksStore,
-    persisted: Persisted,
+    persisted: BootInfo,
 ) -> Result<(), RuntimeError> {
-    let (server_cfg, client_cfg) = tls::quinn_configs(&tls::TlsFiles::in_dir(&options.tls_dir()))?;
-    let (transport, mut inbound) = Transport::bind(
+    let node_tls = tls::TlsFiles::in_dir(&options.tls_dir()).load()?;
+    let (server_cfg, client_cfg) = tls::quinn_configs(&node_tls, &[tls::PEER_ALPN])?;
+    let (transport, mut inbound) = Transport::bind_with_endpoint_config(
         options.listen,
+        node_tls.endpoint_config(),
         server_cfg,
         client_cfg,
         transport::Limits::default(),
     )?;
-    let quic_addr = transport.local_addr()?;
+    let quic_addr = transport.local_addr();
     let http_listener = tokio::net::TcpListener::bind(options.http)
         .await
         .map_err(|source| RuntimeError::Http {
@@ -253,14 +193,16 @@ async fn run_node(
                     timer_seq += 1;
                     timers.insert((at, timer_seq), timer);
                 }
-                Output::PersistRing(state) => match protocol::encode(&state) {
-                    Ok(bytes) => {
-                        if let Err(e) = store.put_meta(META_RING, &bytes) {
-                            error!(error = %e, "cannot persist the ring state");
-                        }
+                Output::PersistRing(state) => {
+                    if let Err(e) = meta::persist_ring(&mut store, &state) {
+                        error!(error = %e, "cannot persist the ring state");
                     }
-                    Err(e) => error!(error = %e, "cannot encode the ring state"),
-                },
+                }
+                Output::PersistGeneration(generation) => {
+                    if let Err(e) = meta::persist_generation(&mut store, generation) {
+                        error!(error = %e, "cannot persist the generation");
+                    }
+                }
                 Output::Left => leave_at = Some(Instant::now() + LEAVE_FLUSH),
             }
         }

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 
+pub mod meta;
 #[cfg(feature = "server")]
 mod rocks;
 

@@ -1,0 +1,677 @@
+//! Membership checkers: after the quiet phase, every running node's view of the cluster must
+//! match the ground truth and every other running node's view.
+//!
+//! - [`Agreement`]: all running nodes list the same members with the same ring status, and
+//!   every running machine is listed.
+//! - [`Liveness`]: running nodes are seen `alive`; crashed nodes and nodes that left are `down`.
+//! - [`RingStatus`]: running nodes are `member` (their join completed); nodes that left are
+//!   `left`; crashed nodes are not `left`.
+//! - [`Restart`]: a crashed-and-restarted node is back: listed, `alive`, with an incarnation at
+//!   least the generation it restarted with (newer than the one that crashed).
+//! - [`LeftStaysGone`] (from the history): a node whose `leave` completed never runs again —
+//!   every later `restart` of it must have failed.
+//!
+//! The "observers" are the running nodes that are not leaving. Crashed or departed nodes that
+//! nobody ever heard of (they crashed or left before reaching anyone) may be absent from views;
+//! if one observer lists them, all must.
+
+use chorus::membership::RingStatus as Status;
+use chorus::node::{ClusterView, Liveness as Seen, MemberView};
+
+use super::{CheckInput, Checker, ClusterSnapshot, NodeSnapshot, Violation};
+use crate::cluster::ProcessState;
+use crate::history::{OpKind, Outcome};
+
+/// Every membership checker.
+pub fn all() -> Vec<Box<dyn Checker>> {
+    vec![
+        Box::new(Agreement),
+        Box::new(Liveness),
+        Box::new(RingStatus),
+        Box::new(Restart),
+        Box::new(LeftStaysGone),
+    ]
+}
+
+fn violation(
+    checker: &'static str,
+    snap: &ClusterSnapshot,
+    observer: Option<usize>,
+    subject: Option<usize>,
+    message: String,
+) -> Violation {
+    Violation {
+        checker,
+        at: snap.at,
+        observer,
+        subject,
+        message,
+    }
+}
+
+/// The machine a view's member is, or a violation naming the stranger.
+fn subject_of<'a>(
+    checker: &'static str,
+    snap: &'a ClusterSnapshot,
+    observer: &NodeSnapshot,
+    m: &MemberView,
+    out: &mut Vec<Violation>,
+) -> Option<&'a NodeSnapshot> {
+    let found = snap.by_id(&m.id);
+    if found.is_none() {
+        out.push(violation(
+            checker,
+            snap,
+            Some(observer.slot),
+            None,
+            format!("lists node id {} which belongs to no machine", m.id),
+        ));
+    }
+    found
+}
+
+fn find<'v>(view: &'v ClusterView, node: &NodeSnapshot) -> Option<&'v MemberView> {
+    let id = node.id.to_string();
+    view.members.iter().find(|m| m.id == id)
+}
+
+/// All running nodes agree on the member set and every member's ring status, and list every
+/// running machine.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Agreement;
+
+impl Checker for Agreement {
+    fn name(&self) -> &'static str {
+        "agreement"
+    }
+
+    fn check(&self, input: &CheckInput<'_>, out: &mut Vec<Violation>) {
+        let snap = input.snapshot;
+        let name = self.name();
+        let observers: Vec<_> = snap.observers().collect();
+        for &(o, view) in &observers {
+            for n in &snap.nodes {
+                if n.process == ProcessState::Up && find(view, n).is_none() {
+                    out.push(violation(
+                        name,
+                        snap,
+                        Some(o.slot),
+                        Some(n.slot),
+                        format!("does not list n{}, which is {}", n.slot, n.process),
+                    ));
+                }
+            }
+        }
+        let Some(&(reference, ref_view)) = observers.first() else {
+            return;
+        };
+        for &(o, view) in &observers[1..] {
+            for n in &snap.nodes {
+                let (a, b) = (find(ref_view, n), find(view, n));
+                let msg = match (a, b) {
+                    (Some(a), None) => format!(
+                        "does not list n{} ({}), which n{} lists as {}",
+                        n.slot,
+                        n.process,
+                        reference.slot,
+                        a.status.as_str()
+                    ),
+                    (None, Some(b)) => format!(
+                        "lists n{} ({}) as {}, which n{} does not list",
+                        n.slot,
+                        n.process,
+                        b.status.as_str(),
+                        reference.slot
+                    ),
+                    (Some(a), Some(b)) if a.status != b.status => format!(
+                        "sees n{} as {}, but n{} sees it as {}",
+                        n.slot,
+                        b.status.as_str(),
+                        reference.slot,
+                        a.status.as_str()
+                    ),
+                    _ => continue,
+                };
+                out.push(violation(name, snap, Some(o.slot), Some(n.slot), msg));
+            }
+        }
+    }
+}
+
+/// Every running node sees running nodes alive and crashed or departed nodes down.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Liveness;
+
+impl Checker for Liveness {
+    fn name(&self) -> &'static str {
+        "liveness"
+    }
+
+    fn check(&self, input: &CheckInput<'_>, out: &mut Vec<Violation>) {
+        let snap = input.snapshot;
+        let name = self.name();
+        for (o, view) in snap.observers() {
+            for m in &view.members {
+                let Some(s) = subject_of(name, snap, o, m, out) else {
+                    continue;
+                };
+                let expected = match s.process {
+                    ProcessState::Up => Seen::Alive,
+                    ProcessState::Leaving
+                    | ProcessState::Left
+                    | ProcessState::Crashed
+                    | ProcessState::NotStarted => Seen::Down,
+                };
+                if m.liveness != expected {
+                    out.push(violation(
+                        name,
+                        snap,
+                        Some(o.slot),
+                        Some(s.slot),
+                        format!(
+                            "sees n{} as {}, but it is {} (generation {}): expected {}",
+                            s.slot,
+                            seen(m.liveness),
+                            s.process,
+                            s.generation,
+                            seen(expected)
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn seen(l: Seen) -> &'static str {
+    match l {
+        Seen::Alive => "alive",
+        Seen::Suspect => "suspect",
+        Seen::Down => "down",
+    }
+}
+
+/// Every running node sees running nodes as `member`, departed nodes as `left`, and crashed
+/// nodes as anything but `left`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RingStatus;
+
+impl Checker for RingStatus {
+    fn name(&self) -> &'static str {
+        "ring-status"
+    }
+
+    fn check(&self, input: &CheckInput<'_>, out: &mut Vec<Violation>) {
+        let snap = input.snapshot;
+        let name = self.name();
+        for (o, view) in snap.observers() {
+            for m in &view.members {
+                let Some(s) = subject_of(name, snap, o, m, out) else {
+                    continue;
+                };
+                let ok = match s.process {
+                    ProcessState::Up => m.status == Status::Member,
+                    ProcessState::Leaving | ProcessState::Left => m.status == Status::Left,
+                    ProcessState::Crashed | ProcessState::NotStarted => m.status != Status::Left,
+                };
+                if !ok {
+                    let expected = match s.process {
+                        ProcessState::Up => "member",
+                        ProcessState::Leaving | ProcessState::Left => "left",
+                        _ => "not left",
+                    };
+                    out.push(violation(
+                        name,
+                        snap,
+                        Some(o.slot),
+                        Some(s.slot),
+                        format!(
+                            "sees n{} as {}, but it is {}: expected {}",
+                            s.slot,
+                            m.status.as_str(),
+                            s.process,
+                            expected
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// A crashed-and-restarted node is back everywhere with a newer incarnation.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Restart;
+
+impl Checker for Restart {
+    fn name(&self) -> &'static str {
+        "restart"
+    }
+
+    fn check(&self, input: &CheckInput<'_>, out: &mut Vec<Violation>) {
+        let snap = input.snapshot;
+        let name = self.name();
+        let restarted = snap
+            .nodes
+            .iter()
+            .filter(|n| n.process == ProcessState::Up && n.generation > 1);
+        for r in restarted {
+            for (o, view) in snap.observers() {
+                let msg = match find(view, r) {
+                    None => format!(
+                        "does not list n{}, restarted with generation {}",
+                        r.slot, r.generation
+                    ),
+                    Some(m) if m.liveness != Seen::Alive => format!(
+                        "sees restarted n{} as {} (incarnation {}), expected alive with incarnation >= {}",
+                        r.slot,
+                        seen(m.liveness),
+                        m.incarnation,
+                        r.generation
+                    ),
+                    Some(m) if m.incarnation < r.generation => format!(
+                        "sees restarted n{} at incarnation {}, older than its generation {}",
+                        r.slot, m.incarnation, r.generation
+                    ),
+                    Some(_) => continue,
+                };
+                out.push(violation(name, snap, Some(o.slot), Some(r.slot), msg));
+            }
+        }
+    }
+}
+
+/// A node that has left never comes back: no `restart` after a completed `leave` succeeds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LeftStaysGone;
+
+impl Checker for LeftStaysGone {
+    fn name(&self) -> &'static str {
+        "left-stays-gone"
+    }
+
+    fn check(&self, input: &CheckInput<'_>, out: &mut Vec<Violation>) {
+        let ops = input.history.ops();
+        for leave in ops
+            .iter()
+            .filter(|o| matches!(o.kind, OpKind::Leave { .. }))
+        {
+            let (Some(Outcome::Ok), Some(left_at), Some(node)) =
+                (&leave.outcome, leave.end, leave.kind.node())
+            else {
+                continue;
+            };
+            let restarts = ops.iter().filter(|o| {
+                o.kind == OpKind::Restart { node }
+                    && o.start >= left_at
+                    && o.outcome == Some(Outcome::Ok)
+            });
+            for r in restarts {
+                out.push(Violation {
+                    checker: self.name(),
+                    at: r.end.unwrap_or(r.start),
+                    observer: None,
+                    subject: Some(node),
+                    message: format!(
+                        "n{node} left at t={:.3}s but was restarted successfully at t={:.3}s",
+                        left_at.as_secs_f64(),
+                        r.start.as_secs_f64()
+                    ),
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use chorus::node::RingView;
+    use chorus::NodeId;
+
+    use super::*;
+    use crate::check::run_all;
+    use crate::history::History;
+
+    const AT: Duration = Duration::from_secs(300);
+
+    fn id(slot: usize) -> NodeId {
+        NodeId::new(0x1000 + slot as u64)
+    }
+
+    fn member(slot: usize, liveness: Seen, status: Status, incarnation: u64) -> MemberView {
+        let addr = SocketAddr::from(([10, 0, 0, slot as u8 + 1], 7000));
+        MemberView {
+            id: id(slot).to_string(),
+            quic_addr: addr,
+            http_addr: addr,
+            liveness,
+            status,
+            incarnation,
+            partitions: 0,
+        }
+    }
+
+    /// Ground truth: n0, n1 up (n1 restarted, generation 2), n2 crashed, n3 left.
+    fn truth() -> Vec<(ProcessState, u64)> {
+        vec![
+            (ProcessState::Up, 1),
+            (ProcessState::Up, 2),
+            (ProcessState::Crashed, 1),
+            (ProcessState::Left, 1),
+        ]
+    }
+
+    /// The settled view every observer should have of `truth()`.
+    fn good_members() -> Vec<MemberView> {
+        vec![
+            member(0, Seen::Alive, Status::Member, 1),
+            member(1, Seen::Alive, Status::Member, 2),
+            member(2, Seen::Down, Status::Member, 1),
+            member(3, Seen::Down, Status::Left, 1),
+        ]
+    }
+
+    /// A snapshot where observer `slot` has the members `edit` makes of the good ones.
+    fn snapshot(edit: impl Fn(usize, &mut Vec<MemberView>)) -> ClusterSnapshot {
+        let nodes = truth()
+            .into_iter()
+            .enumerate()
+            .map(|(slot, (process, generation))| {
+                let view = (process == ProcessState::Up).then(|| {
+                    let mut members = good_members();
+                    edit(slot, &mut members);
+                    ClusterView {
+                        node_id: id(slot).to_string(),
+                        members,
+                        ring: RingView {
+                            partitions: 256,
+                            n: 3,
+                            vnodes: 64,
+                        },
+                    }
+                });
+                NodeSnapshot {
+                    slot,
+                    id: id(slot),
+                    process,
+                    generation,
+                    view,
+                }
+            })
+            .collect();
+        ClusterSnapshot { at: AT, nodes }
+    }
+
+    fn check(c: &dyn Checker, snap: &ClusterSnapshot) -> Vec<Violation> {
+        let history = History::new();
+        let mut out = Vec::new();
+        c.check(
+            &CheckInput {
+                snapshot: snap,
+                history: &history,
+            },
+            &mut out,
+        );
+        out
+    }
+
+    fn one(vs: &[Violation], checker: &str, observer: usize, subject: usize, needle: &str) {
+        assert_eq!(vs.len(), 1, "{vs:#?}");
+        let v = &vs[0];
+        assert_eq!(v.checker, checker);
+        assert_eq!(
+            (v.observer, v.subject),
+            (Some(observer), Some(subject)),
+            "{v}"
+        );
+        assert_eq!(v.at, AT);
+        assert!(
+            v.message.contains(needle),
+            "{:?} lacks {needle:?}",
+            v.message
+        );
+    }
+
+    #[test]
+    fn a_settled_cluster_passes_every_checker() {
+        let snap = snapshot(|_, _| {});
+        let history = History::new();
+        let vs = run_all(
+            &all(),
+            &CheckInput {
+                snapshot: &snap,
+                history: &history,
+            },
+        );
+        assert!(vs.is_empty(), "{vs:#?}");
+    }
+
+    #[test]
+    fn agreement_reports_a_missing_member_and_a_status_split() {
+        // n1 has never heard that n3 left.
+        let snap = snapshot(|o, ms| {
+            if o == 1 {
+                ms.retain(|m| m.id != id(3).to_string());
+            }
+        });
+        one(
+            &check(&Agreement, &snap),
+            "agreement",
+            1,
+            3,
+            "does not list n3 (left), which n0 lists as left",
+        );
+
+        // n1 does not know the running n0 at all.
+        let snap = snapshot(|o, ms| {
+            if o == 1 {
+                ms.retain(|m| m.id != id(0).to_string());
+            }
+        });
+        let vs = check(&Agreement, &snap);
+        assert_eq!(vs.len(), 2, "{vs:#?}");
+        assert!(vs
+            .iter()
+            .all(|v| v.observer == Some(1) && v.subject == Some(0)));
+        assert!(vs[0].message.contains("does not list n0, which is up"));
+        assert!(vs[1].message.contains("which n0 lists as member"));
+
+        let snap = snapshot(|o, ms| {
+            if o == 1 {
+                ms[2].status = Status::Joining;
+            }
+        });
+        one(
+            &check(&Agreement, &snap),
+            "agreement",
+            1,
+            2,
+            "sees n2 as joining, but n0 sees it as member",
+        );
+    }
+
+    #[test]
+    fn agreement_reports_a_member_only_some_list() {
+        // A crashed node nobody must know, but n1 knows and n0 does not.
+        let snap = snapshot(|o, ms| {
+            if o == 0 {
+                ms.retain(|m| m.id != id(2).to_string());
+            }
+        });
+        one(
+            &check(&Agreement, &snap),
+            "agreement",
+            1,
+            2,
+            "which n0 does not list",
+        );
+    }
+
+    #[test]
+    fn liveness_reports_a_suspect_live_node_and_an_alive_crashed_one() {
+        let snap = snapshot(|o, ms| {
+            if o == 0 {
+                ms[1].liveness = Seen::Suspect;
+            }
+        });
+        one(
+            &check(&Liveness, &snap),
+            "liveness",
+            0,
+            1,
+            "sees n1 as suspect, but it is up",
+        );
+
+        let snap = snapshot(|o, ms| {
+            if o == 1 {
+                ms[2].liveness = Seen::Alive;
+            }
+        });
+        one(
+            &check(&Liveness, &snap),
+            "liveness",
+            1,
+            2,
+            "sees n2 as alive, but it is crashed",
+        );
+
+        let snap = snapshot(|o, ms| {
+            if o == 1 {
+                ms[3].liveness = Seen::Alive;
+            }
+        });
+        one(&check(&Liveness, &snap), "liveness", 1, 3, "but it is left");
+    }
+
+    #[test]
+    fn ring_status_reports_a_stuck_join_and_a_forgotten_leave() {
+        let snap = snapshot(|o, ms| {
+            if o == 0 {
+                ms[1].status = Status::Joining;
+            }
+        });
+        one(
+            &check(&RingStatus, &snap),
+            "ring-status",
+            0,
+            1,
+            "sees n1 as joining, but it is up",
+        );
+
+        let snap = snapshot(|o, ms| {
+            if o == 1 {
+                ms[3].status = Status::Member;
+            }
+        });
+        one(
+            &check(&RingStatus, &snap),
+            "ring-status",
+            1,
+            3,
+            "expected left",
+        );
+
+        let snap = snapshot(|o, ms| {
+            if o == 1 {
+                ms[2].status = Status::Left;
+            }
+        });
+        one(
+            &check(&RingStatus, &snap),
+            "ring-status",
+            1,
+            2,
+            "expected not left",
+        );
+    }
+
+    #[test]
+    fn restart_reports_an_old_incarnation_and_a_missing_restarted_node() {
+        let snap = snapshot(|o, ms| {
+            if o == 0 {
+                ms[1].incarnation = 1;
+            }
+        });
+        one(
+            &check(&Restart, &snap),
+            "restart",
+            0,
+            1,
+            "incarnation 1, older than its generation 2",
+        );
+
+        let snap = snapshot(|o, ms| {
+            if o == 0 {
+                ms[1].liveness = Seen::Down;
+            }
+        });
+        one(&check(&Restart, &snap), "restart", 0, 1, "as down");
+
+        let snap = snapshot(|o, ms| {
+            if o == 0 {
+                ms.retain(|m| m.id != id(1).to_string());
+            }
+        });
+        one(&check(&Restart, &snap), "restart", 0, 1, "does not list n1");
+    }
+
+    #[test]
+    fn left_stays_gone_reports_a_node_restarted_after_leaving() {
+        let t = Duration::from_secs;
+        let snap = snapshot(|_, _| {});
+        let mut history = History::new();
+        let leave = history.invoke("membership", OpKind::Leave { node: 3 }, t(10));
+        history.complete(leave, t(11), Outcome::Ok);
+        history.instant(
+            "membership",
+            OpKind::Restart { node: 3 },
+            t(20),
+            Outcome::Failed("node has left the cluster".into()),
+        );
+        // A restart before the leave completed is no violation either.
+        history.instant("membership", OpKind::Restart { node: 3 }, t(5), Outcome::Ok);
+        let mut out = Vec::new();
+        LeftStaysGone.check(
+            &CheckInput {
+                snapshot: &snap,
+                history: &history,
+            },
+            &mut out,
+        );
+        assert!(out.is_empty(), "{out:#?}");
+
+        history.instant(
+            "membership",
+            OpKind::Restart { node: 3 },
+            t(30),
+            Outcome::Ok,
+        );
+        LeftStaysGone.check(
+            &CheckInput {
+                snapshot: &snap,
+                history: &history,
+            },
+            &mut out,
+        );
+        assert_eq!(out.len(), 1, "{out:#?}");
+        assert_eq!((out[0].subject, out[0].at), (Some(3), t(30)));
+        assert!(out[0]
+            .message
+            .contains("n3 left at t=11.000s but was restarted successfully at t=30.000s"));
+    }
+
+    #[test]
+    fn a_stranger_in_a_view_is_reported() {
+        let snap = snapshot(|o, ms| {
+            if o == 0 {
+                ms.push(member(9, Seen::Alive, Status::Member, 1));
+            }
+        });
+        let vs = check(&Liveness, &snap);
+        assert_eq!(vs.len(), 1, "{vs:#?}");
+        assert!(vs[0].message.contains("belongs to no machine"));
+    }
+}

@@ -1,0 +1,561 @@
+//! One simulation run, start to verdict, and sweeps over many seeds.
+//!
+//! A run has three phases:
+//!
+//! 1. **Faults** (`duration`): the workloads bootstrap the cluster and inject faults.
+//! 2. **Heal**: every workload is told to quiesce; the nemesis heals the network, pending
+//!    restarts are cancelled (those nodes stay crashed).
+//! 3. **Quiet**: no new fault. Every second of simulated time the checkers look at the cluster;
+//!    the cluster has *settled* once they all pass. It must settle within `settle_max` (SWIM
+//!    needs a few probe periods, its suspicion timeout, and up to one period of its announce to
+//!    down members — 65 s in foca's LAN preset — to reunite the halves of a healed partition),
+//!    and must still pass `stability` later. Otherwise the run fails with the checkers' last
+//!    violations.
+//!
+//! The run is single-threaded and a pure function of its [`RunConfig`]; the wall clock is read
+//! only to report speed. A sweep runs seeds on worker threads, each run on its own.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::args::{format_duration, FaultSet, SeedRange};
+use crate::check::{self, CheckInput, Checker, ClusterSnapshot, Violation};
+use crate::cluster::{Cluster, ClusterConfig, Stats, Step};
+use crate::history::{History, OpKind};
+use crate::rng::{self, SimRng};
+use crate::trace::Trace;
+use crate::workload::membership::{Membership, MembershipConfig};
+use crate::workload::nemesis::{Nemesis, NemesisConfig};
+use crate::workload::{Ctx, Workload};
+
+/// Most machines in an initial cluster.
+pub const NODES_MAX: usize = 64;
+
+/// Everything that determines a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunConfig {
+    /// The seed of every random choice.
+    pub seed: u64,
+    /// Machines in the initial cluster.
+    pub nodes: usize,
+    /// Length of the fault phase.
+    pub duration: Duration,
+    /// Enabled fault kinds.
+    pub faults: FaultSet,
+    /// Longest the quiet phase may take to settle.
+    pub settle_max: Duration,
+    /// Print every trace record as it happens.
+    pub trace: bool,
+}
+
+impl RunConfig {
+    /// Defaults: 5 nodes, 5 minutes of every fault kind, 3 minutes to settle.
+    pub fn new(seed: u64) -> Self {
+        RunConfig {
+            seed,
+            nodes: 5,
+            duration: Duration::from_secs(300),
+            faults: FaultSet::all(),
+            settle_max: Duration::from_secs(180),
+            trace: false,
+        }
+    }
+
+    /// The command that replays this run.
+    pub fn replay_command(&self) -> String {
+        format!(
+            "cargo run --release -p chorus-sim -- run --seed {} --nodes {} --duration {} --faults {} --settle {}",
+            self.seed,
+            self.nodes,
+            format_duration(self.duration),
+            self.faults,
+            format_duration(self.settle_max)
+        )
+    }
+
+    /// Checks the parameters.
+    pub fn validate(&self) -> Result<(), SimError> {
+        if !(1..=NODES_MAX).contains(&self.nodes) {
+            return Err(SimError::Config(format!(
+                "--nodes must be between 1 and {NODES_MAX}, got {}",
+                self.nodes
+            )));
+        }
+        if self.settle_max < STABILITY {
+            return Err(SimError::Config(format!(
+                "--settle must be at least {}",
+                format_duration(STABILITY)
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// How often the quiet phase checks whether the cluster has settled.
+pub const CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// How long after settling the checkers must still pass.
+pub const STABILITY: Duration = Duration::from_secs(10);
+
+/// Why a run could not be carried out (as opposed to a run that found a violation).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SimError {
+    /// Bad parameters.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The event queue overflowed; the cluster generated events without bound.
+    #[error("the event queue overflowed at t={0:?}: a node or the simulator produces events without bound")]
+    QueueOverflow(Duration),
+}
+
+/// What a run found.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    /// The run's parameters.
+    pub config: RunConfig,
+    /// BLAKE3 of the whole trace, in hex.
+    pub trace_hash: String,
+    /// Records in the trace.
+    pub trace_records: u64,
+    /// Every violation (empty: the run passed).
+    pub violations: Vec<Violation>,
+    /// When the heal happened.
+    pub healed_at: Duration,
+    /// How long after the heal the cluster settled, if it did.
+    pub settled_after: Option<Duration>,
+    /// Simulated time at the end.
+    pub end: Duration,
+    /// Network and event counters.
+    pub stats: Stats,
+    /// Every operation.
+    pub history: History,
+    /// The cluster at the end.
+    pub snapshot: ClusterSnapshot,
+    /// Wall-clock time the run took (not part of the deterministic result).
+    pub wall: Duration,
+}
+
+impl RunReport {
+    /// Whether the run found no violation.
+    pub fn passed(&self) -> bool {
+        self.violations.is_empty()
+    }
+
+    /// Simulated seconds per wall-clock second.
+    pub fn speedup(&self) -> f64 {
+        self.end.as_secs_f64() / self.wall.as_secs_f64().max(1e-9)
+    }
+}
+
+struct Simulation {
+    cluster: Cluster,
+    history: History,
+    workloads: Vec<(Box<dyn Workload>, SimRng)>,
+}
+
+impl Simulation {
+    fn with_ctx(&mut self, actor: usize, f: impl FnOnce(&mut dyn Workload, &mut Ctx<'_>)) {
+        let (w, rng) = &mut self.workloads[actor];
+        let mut cx = Ctx::new(actor, w.name(), &mut self.cluster, &mut self.history, rng);
+        f(w.as_mut(), &mut cx);
+    }
+
+    fn run_until(&mut self, until: Duration) -> Result<(), SimError> {
+        loop {
+            match self.cluster.step(until) {
+                Step::Idle => break,
+                Step::Handled => {}
+                Step::Wake { actor, token } => self.with_ctx(actor, |w, cx| w.wake(token, cx)),
+            }
+        }
+        if self.cluster.overflowed() {
+            return Err(SimError::QueueOverflow(self.cluster.now()));
+        }
+        Ok(())
+    }
+
+    fn check(&self, checkers: &[Box<dyn Checker>]) -> (ClusterSnapshot, Vec<Violation>) {
+        let snapshot = self.cluster.snapshot();
+        let input = CheckInput {
+            snapshot: &snapshot,
+            history: &self.history,
+        };
+        let violations = check::run_all(checkers, &input);
+        (snapshot, violations)
+    }
+}
+
+/// Carries out one run.
+pub fn run(config: &RunConfig) -> Result<RunReport, SimError> {
+    config.validate()?;
+    let wall = Instant::now();
+    let trace = Trace::new(config.trace);
+    let cluster = Cluster::new(ClusterConfig::default(), config.seed, trace);
+    let workloads: Vec<Box<dyn Workload>> = vec![
+        Box::new(Membership::new(MembershipConfig::new(
+            config.nodes,
+            config.faults.clone(),
+        ))),
+        Box::new(Nemesis::new(NemesisConfig::new(config.faults.clone()))),
+    ];
+    let mut sim = Simulation {
+        cluster,
+        history: History::new(),
+        workloads: workloads
+            .into_iter()
+            .map(|w| {
+                let r = rng::stream(config.seed, w.name());
+                (w, r)
+            })
+            .collect(),
+    };
+    let checkers = check::default_checkers();
+
+    for actor in 0..sim.workloads.len() {
+        sim.with_ctx(actor, |w, cx| w.start(cx));
+    }
+    sim.run_until(config.duration)?;
+    let healed_at = sim.cluster.now();
+    for actor in 0..sim.workloads.len() {
+        sim.with_ctx(actor, |w, cx| w.quiesce(cx));
+    }
+
+    let deadline = healed_at + config.settle_max;
+    let mut t = healed_at;
+    let (mut snapshot, mut violations);
+    let settled_after = loop {
+        t += CHECK_EVERY;
+        sim.run_until(t)?;
+        (snapshot, violations) = sim.check(&checkers);
+        if violations.is_empty() {
+            break Some(t - healed_at);
+        }
+        if t >= deadline {
+            violations.insert(
+                0,
+                Violation {
+                    checker: "settle",
+                    at: t,
+                    observer: None,
+                    subject: None,
+                    message: format!(
+                        "the cluster did not settle within {} after the heal at t={:.3}s; the checkers still report:",
+                        format_duration(config.settle_max),
+                        healed_at.as_secs_f64()
+                    ),
+                },
+            );
+            break None;
+        }
+    };
+    if settled_after.is_some() {
+        sim.run_until(t + STABILITY)?;
+        (snapshot, violations) = sim.check(&checkers);
+        if !violations.is_empty() {
+            violations.insert(
+                0,
+                Violation {
+                    checker: "stability",
+                    at: sim.cluster.now(),
+                    observer: None,
+                    subject: None,
+                    message: format!(
+                        "the cluster settled at t={:.3}s but no longer passes {} later:",
+                        t.as_secs_f64(),
+                        format_duration(STABILITY)
+                    ),
+                },
+            );
+        }
+    }
+    let end = sim.cluster.now();
+    sim.history.close(end);
+    Ok(RunReport {
+        config: config.clone(),
+        trace_hash: sim.cluster.trace().hash_hex(),
+        trace_records: sim.cluster.trace().records(),
+        violations,
+        healed_at,
+        settled_after,
+        end,
+        stats: sim.cluster.stats().clone(),
+        history: sim.history,
+        snapshot,
+        wall: wall.elapsed(),
+    })
+}
+
+/// The human-readable summary of a run, ending with the `trace-hash:` line.
+pub fn summary(r: &RunReport) -> String {
+    let mut s = String::new();
+    let c = &r.config;
+    let _ = writeln!(
+        s,
+        "chorus-sim run: seed {}, {} nodes, {} of faults ({}), settle limit {}",
+        c.seed,
+        c.nodes,
+        format_duration(c.duration),
+        c.faults,
+        format_duration(c.settle_max)
+    );
+    let counts = r.history.counts();
+    let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+    for op in r.history.ops() {
+        let k = match op.kind {
+            OpKind::Join { .. } => "join",
+            OpKind::Crash { .. } => "crash",
+            OpKind::Restart { .. } => "restart",
+            OpKind::Leave { .. } => "leave",
+            OpKind::Partition(_) => "partition",
+            OpKind::Heal => "heal",
+            OpKind::Degrade(_) => "degrade",
+            OpKind::Restore => "restore",
+        };
+        *kinds.entry(k).or_default() += 1;
+    }
+    let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    let _ = writeln!(
+        s,
+        "operations: {} ({}): {} ok, {} failed, {} indeterminate",
+        r.history.ops().len(),
+        kinds.join(", "),
+        counts.ok,
+        counts.failed,
+        counts.indeterminate
+    );
+    for op in r.history.ops() {
+        if let Some(o) = op.outcome.as_ref().filter(|o| o.label() != "ok") {
+            let _ = writeln!(
+                s,
+                "  [t={:.3}s] {} {}: {o}",
+                op.start.as_secs_f64(),
+                op.client,
+                op.kind
+            );
+        }
+    }
+    let st = &r.stats;
+    let dropped: u64 = st.dropped.values().sum();
+    let reasons: Vec<String> = st.dropped.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    let _ = writeln!(
+        s,
+        "network: {} datagrams and {} messages delivered, {} dropped ({})",
+        st.gossip_delivered,
+        st.messages_delivered,
+        dropped,
+        reasons.join(", ")
+    );
+    let _ = writeln!(
+        s,
+        "events: {} ({} timer firings), {} trace records",
+        st.events, st.timers, r.trace_records
+    );
+    match r.settled_after {
+        Some(d) => {
+            let _ = writeln!(
+                s,
+                "settled: {} after the heal at t={:.0}s",
+                format_duration(d),
+                r.healed_at.as_secs_f64()
+            );
+        }
+        None => {
+            let _ = writeln!(s, "settled: no");
+        }
+    }
+    let _ = writeln!(s, "final cluster (t={:.3}s):", r.snapshot.at.as_secs_f64());
+    for n in &r.snapshot.nodes {
+        let status = n.view.as_ref().and_then(|v| {
+            let me = v.members.iter().find(|m| m.id == v.node_id)?;
+            Some(format!(
+                ", {} ring members known, own status {}",
+                v.members.len(),
+                me.status.as_str()
+            ))
+        });
+        let _ = writeln!(
+            s,
+            "  n{} id {} generation {}: {}{}",
+            n.slot,
+            n.id,
+            n.generation,
+            n.process,
+            status.unwrap_or_default()
+        );
+    }
+    let _ = writeln!(
+        s,
+        "speed: {:.0} s simulated in {:.2} s wall ({:.0}x)",
+        r.end.as_secs_f64(),
+        r.wall.as_secs_f64(),
+        r.speedup()
+    );
+    if r.passed() {
+        let _ = writeln!(s, "result: ok");
+    } else {
+        let _ = writeln!(s, "result: FAILED ({} violations)", r.violations.len());
+        for v in &r.violations {
+            let _ = writeln!(s, "  {v}");
+        }
+        let _ = writeln!(s, "replay: {}", c.replay_command());
+    }
+    let _ = write!(s, "trace-hash: {}", r.trace_hash);
+    s
+}
+
+/// Parameters of a sweep.
+#[derive(Debug, Clone)]
+pub struct SweepConfig {
+    /// The seeds.
+    pub seeds: SeedRange,
+    /// Worker threads.
+    pub jobs: usize,
+    /// Everything else of each run (its seed is replaced).
+    pub base: RunConfig,
+}
+
+/// One failing seed of a sweep.
+#[derive(Debug, Clone)]
+pub struct SweepFailure {
+    /// The seed.
+    pub seed: u64,
+    /// The first violation, or the error that stopped the run.
+    pub reason: String,
+    /// The command that replays it.
+    pub replay: String,
+}
+
+/// What a sweep found.
+#[derive(Debug, Clone)]
+pub struct SweepReport {
+    /// Seeds run.
+    pub runs: u64,
+    /// Failing seeds, in seed order.
+    pub failures: Vec<SweepFailure>,
+    /// BLAKE3 over every run's trace hash in seed order: equal sweeps, equal hash, whatever
+    /// the number of jobs.
+    pub sweep_hash: String,
+    /// Simulated time over all runs.
+    pub simulated: Duration,
+    /// Wall-clock time of the sweep.
+    pub wall: Duration,
+}
+
+/// Progress of a sweep, reported periodically.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    /// Runs finished.
+    pub done: u64,
+    /// Runs in total.
+    pub total: u64,
+    /// Runs that failed so far.
+    pub failed: u64,
+    /// Wall-clock time so far.
+    pub elapsed: Duration,
+}
+
+/// One seed's result in a sweep: its trace hash, its simulated end time, and the reason it
+/// failed (if it did).
+type SeedOutcome = (String, Duration, Option<String>);
+
+/// Runs every seed of the sweep on `jobs` threads, calling `progress` every `every` of wall
+/// time while it runs.
+pub fn sweep(config: &SweepConfig, every: Duration, progress: impl Fn(Progress)) -> SweepReport {
+    let wall = Instant::now();
+    let total = config.seeds.len();
+    let next = AtomicU64::new(0);
+    let done = AtomicU64::new(0);
+    let failed = AtomicUsize::new(0);
+    let results: Mutex<BTreeMap<u64, SeedOutcome>> = Mutex::new(BTreeMap::new());
+    let jobs = config.jobs.clamp(1, 256).min(total.max(1) as usize);
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    return;
+                }
+                let seed = config.seeds.start + i;
+                let mut rc = config.base.clone();
+                rc.seed = seed;
+                rc.trace = false;
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&rc)));
+                let outcome = match result {
+                    Ok(Ok(r)) => {
+                        let reason = r.violations.first().map(|v| {
+                            let more = r
+                                .violations
+                                .get(1)
+                                .map(|v| format!("; {v}"))
+                                .unwrap_or_default();
+                            format!("{v}{more}")
+                        });
+                        (r.trace_hash, r.end, reason)
+                    }
+                    Ok(Err(e)) => (String::new(), Duration::ZERO, Some(e.to_string())),
+                    Err(panic) => {
+                        let what = panic
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                            .unwrap_or_default();
+                        (
+                            String::new(),
+                            Duration::ZERO,
+                            Some(format!("panicked: {what}")),
+                        )
+                    }
+                };
+                if outcome.2.is_some() {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+                results
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(seed, outcome);
+                done.fetch_add(1, Ordering::Relaxed);
+            });
+        }
+        let mut last = Instant::now();
+        while done.load(Ordering::Relaxed) < total {
+            std::thread::sleep(Duration::from_millis(50));
+            if last.elapsed() >= every {
+                last = Instant::now();
+                progress(Progress {
+                    done: done.load(Ordering::Relaxed),
+                    total,
+                    failed: failed.load(Ordering::Relaxed) as u64,
+                    elapsed: wall.elapsed(),
+                });
+            }
+        }
+    });
+    let results = results.into_inner().unwrap_or_else(|p| p.into_inner());
+    let mut hasher = blake3::Hasher::new();
+    let mut failures = Vec::new();
+    let mut simulated = Duration::ZERO;
+    for (&seed, (hash, end, reason)) in &results {
+        hasher.update(&seed.to_le_bytes());
+        hasher.update(hash.as_bytes());
+        simulated += *end;
+        if let Some(reason) = reason {
+            let mut rc = config.base.clone();
+            rc.seed = seed;
+            failures.push(SweepFailure {
+                seed,
+                reason: reason.clone(),
+                replay: rc.replay_command(),
+            });
+        }
+    }
+    SweepReport {
+        runs: results.len() as u64,
+        failures,
+        sweep_hash: hasher.finalize().to_hex().to_string(),
+        simulated,
+        wall: wall.elapsed(),
+    }
+}

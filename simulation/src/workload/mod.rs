@@ -1,0 +1,160 @@
+//! Workloads: simulated clients that act on the cluster and record what they did.
+//!
+//! A [`Workload`] is an actor driven by the scheduler: it is started once at time zero, woken
+//! at the times it asks for (with a token of its choosing), and told when the fault phase ends.
+//! It acts only through its [`Ctx`]: the cluster's control surface, its own random stream, and
+//! the shared [`History`] where every operation is invoked and completed. The scheduler never
+//! looks inside a workload, so new clients (replicated reads and writes, anti-entropy probes)
+//! plug in by implementing this trait and being added to the run's workload list.
+//!
+//! - [`membership`]: bootstraps the cluster, then crashes, restarts, adds and removes nodes.
+//! - [`nemesis`]: the network nemesis — partitions and degraded periods — recorded as
+//!   operations of a client named `nemesis`, as Jepsen does.
+//!
+//! Workloads that need answers from nodes (replicated reads and writes) learn outcomes today by
+//! polling node state, as the membership workload does for joins. When the core grows client
+//! requests with replies, the cluster will hand each reply back to the workload that sent the
+//! request the same way it hands back wake-ups (a new [`crate::cluster::Step`] variant), and
+//! this trait will grow a method with a default body: existing workloads, the event queue and
+//! the run loop stay as they are.
+
+pub mod membership;
+pub mod nemesis;
+
+use std::time::Duration;
+
+use crate::cluster::Cluster;
+use crate::history::{History, OpId, OpKind, Outcome};
+use crate::rng::SimRng;
+use crate::trace::{End, Kind};
+
+/// A simulated client.
+pub trait Workload {
+    /// Short name; also the client name in the history and the label of its random stream.
+    fn name(&self) -> &'static str;
+
+    /// Called once at time zero.
+    fn start(&mut self, cx: &mut Ctx<'_>);
+
+    /// A wake-up this workload asked for with [`Ctx::wake_at`] is due.
+    fn wake(&mut self, token: u64, cx: &mut Ctx<'_>);
+
+    /// The fault phase is over: undo any fault still in effect and start nothing new.
+    /// Operations already in progress may still complete during the quiet phase.
+    fn quiesce(&mut self, cx: &mut Ctx<'_>);
+}
+
+/// What a workload may touch while it runs.
+pub struct Ctx<'a> {
+    actor: usize,
+    client: &'static str,
+    cluster: &'a mut Cluster,
+    history: &'a mut History,
+    rng: &'a mut SimRng,
+}
+
+impl<'a> Ctx<'a> {
+    /// A context for workload number `actor` named `client`.
+    pub fn new(
+        actor: usize,
+        client: &'static str,
+        cluster: &'a mut Cluster,
+        history: &'a mut History,
+        rng: &'a mut SimRng,
+    ) -> Self {
+        Ctx {
+            actor,
+            client,
+            cluster,
+            history,
+            rng,
+        }
+    }
+
+    /// The current simulated time.
+    pub fn now(&self) -> Duration {
+        self.cluster.now()
+    }
+
+    /// This workload's random stream.
+    pub fn rng(&mut self) -> &mut SimRng {
+        self.rng
+    }
+
+    /// The cluster, to read.
+    pub fn cluster(&self) -> &Cluster {
+        self.cluster
+    }
+
+    /// The cluster, to act on.
+    pub fn cluster_mut(&mut self) -> &mut Cluster {
+        self.cluster
+    }
+
+    /// Asks to be woken at `at` with `token`.
+    pub fn wake_at(&mut self, at: Duration, token: u64) {
+        self.cluster.schedule_wake(self.actor, at, token);
+    }
+
+    /// Asks to be woken after `after` with `token`.
+    pub fn wake_after(&mut self, after: Duration, token: u64) {
+        let at = self.now() + after;
+        self.wake_at(at, token);
+    }
+
+    /// Records the invocation of an operation (in the history and the trace).
+    pub fn invoke(&mut self, kind: OpKind) -> OpId {
+        let now = self.now();
+        let subject = kind.node().map_or(End::None, End::Node);
+        self.cluster.trace_mut().text(
+            now,
+            Kind::Operation,
+            End::None,
+            subject,
+            format_args!("{} invoke {kind}", self.client),
+        );
+        self.history.invoke(self.client, kind, now)
+    }
+
+    /// Records the outcome of an operation (in the history and the trace).
+    pub fn complete(&mut self, id: OpId, outcome: Outcome) {
+        let now = self.now();
+        if let Some(op) = self.history.get(id) {
+            let subject = op.kind.node().map_or(End::None, End::Node);
+            let kind = &op.kind;
+            self.cluster.trace_mut().text(
+                now,
+                Kind::Operation,
+                End::None,
+                subject,
+                format_args!("{} {outcome} {kind}", self.client),
+            );
+        }
+        self.history.complete(id, now, outcome);
+    }
+
+    /// Invokes and completes an instantaneous operation.
+    pub fn instant(&mut self, kind: OpKind, outcome: Outcome) -> OpId {
+        let id = self.invoke(kind);
+        self.complete(id, outcome);
+        id
+    }
+}
+
+/// Fisher–Yates shuffle driven by a simulation stream.
+pub fn shuffle<T>(rng: &mut SimRng, items: &mut [T]) {
+    use rand::RngExt;
+    for i in (1..items.len()).rev() {
+        let j = rng.random_range(0..=i);
+        items.swap(i, j);
+    }
+}
+
+/// A uniformly chosen element.
+pub fn pick<T: Copy>(rng: &mut SimRng, items: &[T]) -> Option<T> {
+    use rand::RngExt;
+    if items.is_empty() {
+        return None;
+    }
+    Some(items[rng.random_range(0..items.len())])
+}

@@ -1,0 +1,955 @@
+//! Cluster PKI and TLS configuration for node-to-node QUIC.
+//!
+//! This module owns the cluster certificate authority ([`ClusterCa`]), node certificates
+//! ([`NodeCert`]), their files on disk, and turning them into quinn client and server
+//! configurations that enforce mutual TLS 1.3 under the cluster CA ([`quinn_configs`]). It uses
+//! the `ring` crypto provider, passed explicitly, never a process-wide default.
+//!
+//! It opens no sockets and spawns no tasks: the transport (`runtime::transport`) does. It reads
+//! the wall clock only to pick certificate validity periods and to check a loaded certificate has
+//! not expired.
+//!
+//! # Files
+//!
+//! A CA directory holds `ca.pem` (certificate) and `ca.key` (private key, mode 0600). A node
+//! directory is self-contained: `node.pem`, `node.key` (mode 0600) and a copy of the CA
+//! certificate as `ca.pem`, which is all a node needs to join the cluster.
+//!
+//! # Trust model
+//!
+//! Every node certificate names [`NODE_SERVER_NAME`] as a DNS subject alternative name, and every
+//! client verifies the server against that name, so any node signed by the cluster CA can talk to
+//! any other whatever its address. Servers demand a client certificate chaining to the same CA.
+//! A certificate from any other CA is refused during the handshake.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{IdleTimeout, TransportConfig, VarInt};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
+};
+use rustls::client::danger::ServerCertVerifier;
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::RootCertStore;
+
+/// The DNS name every node certificate carries and every node verifies its peers against.
+pub const NODE_SERVER_NAME: &str = "chorus-node";
+
+/// ALPN protocol identifier of node-to-node traffic (peer RPC, gossip, anti-entropy).
+pub const PEER_ALPN: &[u8] = b"chorus-peer/1";
+
+/// File name of the CA certificate, in both CA and node directories.
+pub const CA_CERT_FILE: &str = "ca.pem";
+/// File name of the CA private key in a CA directory.
+pub const CA_KEY_FILE: &str = "ca.key";
+/// File name of the node certificate in a node directory.
+pub const NODE_CERT_FILE: &str = "node.pem";
+/// File name of the node private key in a node directory.
+pub const NODE_KEY_FILE: &str = "node.key";
+
+/// How long a freshly generated cluster CA is valid.
+pub const CA_VALIDITY_DAYS: u32 = 10 * 365;
+/// How long a freshly issued node certificate is valid.
+pub const NODE_VALIDITY_DAYS: u32 = 5 * 365;
+/// Certificates are valid from this long before their creation, to tolerate clock skew.
+const BACKDATE_DAYS: u32 = 1;
+
+/// Interval of QUIC keep-alive pings on peer connections, so idle links stay open.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// A peer connection with no traffic (keep-alives included) for this long is closed.
+pub const IDLE_TIMEOUT_MS: u32 = 30_000;
+/// Most unidirectional streams a peer may have open towards us at once.
+pub const UNI_STREAMS_MAX: u32 = 64;
+/// Bytes of received datagrams quinn buffers before dropping the oldest.
+pub const DATAGRAM_RECEIVE_BUFFER_BYTES: usize = 1 << 20;
+
+/// Key-file permissions: owner read/write only.
+#[cfg(unix)]
+const KEY_FILE_MODE: u32 = 0o600;
+/// Certificate-file permissions.
+#[cfg(unix)]
+const CERT_FILE_MODE: u32 = 0o644;
+
+/// Why certificate material could not be generated, read, written or turned into a TLS
+/// configuration. No variant leaves a partially written file behind except [`TlsError::Write`]
+/// while creating a CA, which names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read (missing, unreadable, not a file).
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A file or directory could not be written.
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// Saving a cluster CA would overwrite an existing one; nothing was written.
+    #[error("{} already exists; refusing to overwrite a cluster CA", path.display())]
+    AlreadyExists {
+        /// The existing file.
+        path: PathBuf,
+    },
+    /// A file holds no PEM certificate, or a malformed one.
+    #[error("{} holds no valid PEM certificate: {reason}", path.display())]
+    BadCertificate {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A file holds no PEM private key, or a malformed or unsupported one.
+    #[error("{} holds no usable PEM private key: {reason}", path.display())]
+    BadKey {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A private key does not belong to the certificate it was loaded with.
+    #[error("the key in {} does not match the certificate in {}", key.display(), cert.display())]
+    KeyMismatch {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+    },
+    /// A node certificate does not verify under the CA it was loaded with (wrong CA, expired,
+    /// or not a node certificate).
+    #[error(
+        "{} is not a valid node certificate under the CA in {}: {reason}",
+        cert.display(),
+        ca.display()
+    )]
+    NotTrusted {
+        /// The node certificate file.
+        cert: PathBuf,
+        /// The CA certificate file.
+        ca: PathBuf,
+        /// What the verifier reported.
+        reason: rustls::Error,
+    },
+    /// The node name cannot appear in a certificate (must be a DNS name or an IP address).
+    #[error("invalid node name {name:?}: must be a DNS name or an IP address")]
+    InvalidNodeName {
+        /// The rejected name.
+        name: String,
+    },
+    /// Certificate generation failed.
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// rustls rejected the configuration.
+    #[error("TLS configuration rejected: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// The client-certificate verifier could not be built.
+    #[error("cannot build the client certificate verifier: {0}")]
+    ClientVerifier(#[from] rustls::server::VerifierBuilderError),
+    /// The TLS configuration lacks the cipher suite QUIC needs for its initial packets.
+    #[error("TLS configuration unusable for QUIC: {0}")]
+    Quic(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
+}
+
+/// The crypto provider every configuration here uses: `ring`, passed explicitly.
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The cluster certificate authority: signs node certificates.
+///
+/// Holds the CA private key; keep its directory off the nodes in production and hand each node
+/// only its [`NodeCert`] directory.
+pub struct ClusterCa {
+    issuer: Issuer<'static, KeyPair>,
+    cert_pem: String,
+    cert_der: CertificateDer<'static>,
+}
+
+impl fmt::Debug for ClusterCa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterCa").finish_non_exhaustive()
+    }
+}
+
+impl ClusterCa {
+    /// Generates a new CA (ECDSA P-256) whose subject common name is `common_name`.
+    pub fn generate(common_name: &str) -> Result<ClusterCa, TlsError> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = distinguished_name(common_name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        set_validity(&mut params, CA_VALIDITY_DAYS);
+        let key = KeyPair::generate()?;
+        let cert = params.self_signed(&key)?;
+        Ok(ClusterCa {
+            cert_pem: cert.pem(),
+            cert_der: cert.der().clone(),
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// The CA certificate in PEM form (what nodes trust).
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// The CA certificate in DER form.
+    pub fn cert_der(&self) -> &CertificateDer<'static> {
+        &self.cert_der
+    }
+
+    /// Writes `ca.pem` and `ca.key` (mode 0600) into `dir`, creating it if needed.
+    ///
+    /// Refuses to overwrite an existing CA: losing a cluster's CA key is not recoverable.
+    pub fn save(&self, dir: &Path) -> Result<(), TlsError> {
+        let cert_path = dir.join(CA_CERT_FILE);
+        let key_path = dir.join(CA_KEY_FILE);
+        for path in [&cert_path, &key_path] {
+            if path.exists() {
+                return Err(TlsError::AlreadyExists { path: path.clone() });
+            }
+        }
+        create_dir(dir)?;
+        write_new(
+            &key_path,
+            self.issuer.key().serialize_pem().as_bytes(),
+            true,
+        )?;
+        write_new(&cert_path, self.cert_pem.as_bytes(), false)?;
+        Ok(())
+    }
+
+    /// Reads a CA saved by [`ClusterCa::save`] from `dir`.
+    pub fn load(dir: &Path) -> Result<ClusterCa, TlsError> {
+        let cert_path = dir.join(CA_CERT_FILE);
+        let key_path = dir.join(CA_KEY_FILE);
+        let cert_pem = read_string(&cert_path)?;
+        let key_pem = read_string(&key_path)?;
+        let cert_der = parse_certs(&cert_path, &cert_pem)?.swap_remove(0);
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| TlsError::BadKey {
+            path: key_path.clone(),
+            reason: e.to_string(),
+        })?;
+        let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        check_keys_match(&cert_path, &key_path, &cert_der, key_der)?;
+        let issuer =
+            Issuer::from_ca_cert_der(&cert_der, key).map_err(|e| TlsError::BadCertificate {
+                path: cert_path.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(ClusterCa {
+            issuer,
+            cert_pem,
+            cert_der,
+        })
+    }
+
+    /// Loads the CA in `dir`, or, if `dir` holds neither `ca.pem` nor `ca.key`, generates one
+    /// named `common_name` and saves it there: how a local development cluster gets its CA.
+    /// A directory holding only one of the two files is an error naming the missing one.
+    pub fn load_or_generate(dir: &Path, common_name: &str) -> Result<ClusterCa, TlsError> {
+        let cert_exists = dir.join(CA_CERT_FILE).exists();
+        let key_exists = dir.join(CA_KEY_FILE).exists();
+        if cert_exists || key_exists {
+            return ClusterCa::load(dir);
+        }
+        let ca = ClusterCa::generate(common_name)?;
+        ca.save(dir)?;
+        Ok(ca)
+    }
+
+    /// Issues a node certificate for `name` (a DNS name or IP address), with subject alternative
+    /// names [`NODE_SERVER_NAME`] and `name`, usable for both server and client authentication.
+    pub fn issue_node(&self, name: &str) -> Result<NodeCert, TlsError> {
+        if name.is_empty() || ServerName::try_from(name).is_err() {
+            return Err(TlsError::InvalidNodeName {
+                name: name.to_owned(),
+            });
+        }
+        let mut sans = vec![NODE_SERVER_NAME.to_owned()];
+        if name != NODE_SERVER_NAME {
+            sans.push(name.to_owned());
+        }
+        let mut params = CertificateParams::new(sans)?;
+        params.distinguished_name = distinguished_name(name);
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        set_validity(&mut params, NODE_VALIDITY_DAYS);
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(NodeCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            ca_pem: self.cert_pem.clone(),
+            chain: vec![cert.der().clone()],
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            ca_certs: vec![self.cert_der.clone()],
+        })
+    }
+}
+
+/// A node's certificate, its private key, and the CA certificate(s) it trusts: everything
+/// [`quinn_configs`] needs.
+pub struct NodeCert {
+    cert_pem: String,
+    key_pem: String,
+    ca_pem: String,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    ca_certs: Vec<CertificateDer<'static>>,
+}
+
+impl Clone for NodeCert {
+    fn clone(&self) -> Self {
+        NodeCert {
+            cert_pem: self.cert_pem.clone(),
+            key_pem: self.key_pem.clone(),
+            ca_pem: self.ca_pem.clone(),
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+            ca_certs: self.ca_certs.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for NodeCert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NodeCert")
+            .field("chain_len", &self.chain.len())
+            .field("ca_certs_len", &self.ca_certs.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeCert {
+    /// Writes `node.pem`, `node.key` (mode 0600) and `ca.pem` into `dir`, creating it if
+    /// needed. Each file is replaced atomically, so re-issuing a node's certificate is safe.
+    pub fn save(&self, dir: &Path) -> Result<(), TlsError> {
+        create_dir(dir)?;
+        let files = TlsFiles::in_dir(dir);
+        write_replace(&files.key, self.key_pem.as_bytes(), true)?;
+        write_replace(&files.cert, self.cert_pem.as_bytes(), false)?;
+        write_replace(&files.ca_cert, self.ca_pem.as_bytes(), false)?;
+        Ok(())
+    }
+
+    /// Reads a node directory written by [`NodeCert::save`]; see [`TlsFiles::load`].
+    pub fn load(dir: &Path) -> Result<NodeCert, TlsError> {
+        TlsFiles::in_dir(dir).load()
+    }
+
+    /// The node certificate in PEM form.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// The trusted CA certificate(s) in PEM form.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// The node's certificate chain, leaf first, in DER form.
+    pub fn chain(&self) -> &[CertificateDer<'static>] {
+        &self.chain
+    }
+
+    /// A quinn endpoint configuration that lets this node's peers notice at once when it
+    /// restarts.
+    ///
+    /// A node that crashes and restarts on the same address leaves its peers holding
+    /// connections to its previous incarnation; with quinn's defaults they only notice after
+    /// the idle timeout (30 s), and everything they send meanwhile is lost. This configuration
+    /// derives the stateless-reset key from the node's private key (HMAC-SHA256 with a fixed
+    /// label: stable across restarts, revealing nothing about the key) and accepts any
+    /// connection ID as possibly its own, so the new incarnation answers such packets with a
+    /// stateless reset the peer recognises, and the peer reconnects on its next send.
+    pub fn endpoint_config(&self) -> quinn::EndpointConfig {
+        let secret_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, self.key.secret_der());
+        let reset_secret = ring::hmac::sign(&secret_key, b"chorus quic stateless reset key v1");
+        let cid_secret = ring::hmac::sign(&secret_key, b"chorus quic connection id key v1");
+        let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_secret.as_ref());
+        let cid_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, cid_secret.as_ref());
+        let mut config = quinn::EndpointConfig::new(Arc::new(reset_key));
+        config.cid_generator(move || Box::new(RandomCidGenerator::new(cid_key.clone())));
+        config
+    }
+}
+
+/// Length of the connection IDs this node issues.
+const CID_LEN: usize = 8;
+
+/// Issues random 8-byte connection IDs and, unlike quinn's default generator (whose IDs carry
+/// a per-process checksum), treats every ID as possibly its own, so a restarted node answers
+/// packets for its previous incarnation's connections with a stateless reset instead of
+/// silently dropping them. Resets are smaller than the packets that provoke them and
+/// rate-limited by quinn, so this cannot amplify traffic.
+struct RandomCidGenerator {
+    rng: ring::rand::SystemRandom,
+    /// Fallback if the OS random source fails: a keyed PRF over a counter and the clock.
+    fallback_key: ring::hmac::Key,
+    fallback_counter: u64,
+}
+
+impl RandomCidGenerator {
+    fn new(fallback_key: ring::hmac::Key) -> RandomCidGenerator {
+        RandomCidGenerator {
+            rng: ring::rand::SystemRandom::new(),
+            fallback_key,
+            fallback_counter: 0,
+        }
+    }
+}
+
+impl quinn::ConnectionIdGenerator for RandomCidGenerator {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        use ring::rand::SecureRandom;
+        let mut cid = [0u8; CID_LEN];
+        if self.rng.fill(&mut cid).is_err() {
+            self.fallback_counter = self.fallback_counter.wrapping_add(1);
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            let mut input = [0u8; 24];
+            input[..8].copy_from_slice(&self.fallback_counter.to_le_bytes());
+            input[8..].copy_from_slice(&nanos.to_le_bytes());
+            let tag = ring::hmac::sign(&self.fallback_key, &input);
+            cid.copy_from_slice(&tag.as_ref()[..CID_LEN]);
+        }
+        quinn::ConnectionId::new(&cid)
+    }
+
+    fn cid_len(&self) -> usize {
+        CID_LEN
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// Paths of the three files a node's TLS needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM file of the cluster CA certificate(s) to trust.
+    pub ca_cert: PathBuf,
+    /// PEM file of this node's certificate (leaf first, then any intermediates).
+    pub cert: PathBuf,
+    /// PEM file of this node's private key.
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// The standard layout of a node directory: `ca.pem`, `node.pem`, `node.key`.
+    pub fn in_dir(dir: &Path) -> TlsFiles {
+        TlsFiles {
+            ca_cert: dir.join(CA_CERT_FILE),
+            cert: dir.join(NODE_CERT_FILE),
+            key: dir.join(NODE_KEY_FILE),
+        }
+    }
+
+    /// Reads and checks the three files: each must parse, the key must match the certificate,
+    /// and the certificate must verify under the CA as a current node certificate (name
+    /// [`NODE_SERVER_NAME`], not expired). Errors name the offending file.
+    pub fn load(&self) -> Result<NodeCert, TlsError> {
+        let ca_pem = read_string(&self.ca_cert)?;
+        let cert_pem = read_string(&self.cert)?;
+        let key_pem = read_string(&self.key)?;
+        let ca_certs = parse_certs(&self.ca_cert, &ca_pem)?;
+        let chain = parse_certs(&self.cert, &cert_pem)?;
+        let key =
+            PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| TlsError::BadKey {
+                path: self.key.clone(),
+                reason: e.to_string(),
+            })?;
+        check_keys_match(&self.cert, &self.key, &chain[0], key.clone_key())?;
+        let roots = root_store(&self.ca_cert, &ca_certs)?;
+        let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| TlsError::BadCertificate {
+                path: self.ca_cert.clone(),
+                reason: e.to_string(),
+            })?;
+        let server_name = ServerName::try_from(NODE_SERVER_NAME)
+            .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
+        verifier
+            .verify_server_cert(&chain[0], &chain[1..], &server_name, &[], UnixTime::now())
+            .map_err(|reason| TlsError::NotTrusted {
+                cert: self.cert.clone(),
+                ca: self.ca_cert.clone(),
+                reason,
+            })?;
+        Ok(NodeCert {
+            cert_pem,
+            key_pem,
+            ca_pem,
+            chain,
+            key,
+            ca_certs,
+        })
+    }
+}
+
+/// Certificate material [`quinn_configs`] accepts: a [`NodeCert`] already in memory, or the
+/// [`TlsFiles`] to load one from.
+pub trait TlsMaterial {
+    /// The node certificate, loaded (and checked) if need be.
+    fn node_cert(&self) -> Result<Cow<'_, NodeCert>, TlsError>;
+}
+
+impl TlsMaterial for NodeCert {
+    fn node_cert(&self) -> Result<Cow<'_, NodeCert>, TlsError> {
+        Ok(Cow::Borrowed(self))
+    }
+}
+
+impl TlsMaterial for TlsFiles {
+    fn node_cert(&self) -> Result<Cow<'_, NodeCert>, TlsError> {
+        self.load().map(Cow::Owned)
+    }
+}
+
+/// The QUIC transport parameters of peer connections: keep-alive every [`KEEP_ALIVE`], idle
+/// timeout [`IDLE_TIMEOUT_MS`], datagrams enabled, at most [`UNI_STREAMS_MAX`] concurrent
+/// unidirectional streams per peer and no bidirectional streams (the peer transport neither
+/// opens nor accepts them; raise the limit before using them).
+pub fn peer_transport_config() -> TransportConfig {
+    let mut config = TransportConfig::default();
+    config
+        .keep_alive_interval(Some(KEEP_ALIVE))
+        .max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(IDLE_TIMEOUT_MS))))
+        .max_concurrent_uni_streams(VarInt::from_u32(UNI_STREAMS_MAX))
+        .max_concurrent_bidi_streams(VarInt::from_u32(0))
+        .datagram_receive_buffer_size(Some(DATAGRAM_RECEIVE_BUFFER_BYTES));
+    config
+}
+
+/// Builds the server and client halves of mutual TLS 1.3 for one endpoint.
+///
+/// `material` is a loaded [`NodeCert`] or the [`TlsFiles`] to load it from. The server demands a
+/// client certificate that chains to the node's CA certificates; the client presents the node's
+/// certificate and accepts only a server certificate that chains to the same CAs and names
+/// [`NODE_SERVER_NAME`]. Both offer exactly the `alpn` protocols (use `&[PEER_ALPN]` for
+/// node-to-node traffic), so a peer offering none of them is refused, and both use
+/// [`peer_transport_config`].
+pub fn quinn_configs(
+    material: &impl TlsMaterial,
+    alpn: &[&[u8]],
+) -> Result<(quinn::ServerConfig, quinn::ClientConfig), TlsError> {
+    let node = material.node_cert()?;
+    let provider = provider();
+    let alpn: Vec<Vec<u8>> = alpn.iter().map(|p| p.to_vec()).collect();
+    let roots = Arc::new(root_store(Path::new(CA_CERT_FILE), &node.ca_certs)?);
+    let transport = Arc::new(peer_transport_config());
+
+    let client_verifier =
+        WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone()).build()?;
+    let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(client_verifier)
+        .with_single_cert(node.chain.clone(), node.key.clone_key())?;
+    server.alpn_protocols = alpn.clone();
+    let mut server_config =
+        quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(server)?));
+    server_config.transport_config(transport.clone());
+
+    let mut client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(node.chain.clone(), node.key.clone_key())?;
+    client.alpn_protocols = alpn;
+    let mut client_config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(client)?));
+    client_config.transport_config(transport);
+
+    Ok((server_config, client_config))
+}
+
+fn distinguished_name(common_name: &str) -> DistinguishedName {
+    let mut name = DistinguishedName::new();
+    name.push(DnType::OrganizationName, "Chorus");
+    name.push(DnType::CommonName, common_name);
+    name
+}
+
+/// Valid from [`BACKDATE_DAYS`] before today (UTC) for `days` days.
+fn set_validity(params: &mut CertificateParams, days: u32) {
+    let today = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 86_400);
+    let today = i64::try_from(today).unwrap_or(i64::MAX / 2);
+    let (y, m, d) = civil_from_days(today - i64::from(BACKDATE_DAYS));
+    params.not_before = rcgen::date_time_ymd(y, m, d);
+    let (y, m, d) = civil_from_days(today + i64::from(days));
+    params.not_after = rcgen::date_time_ymd(y, m, d);
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i32, u8, u8) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    // Day and month are in range by construction; years stay within i32 for any real clock.
+    (
+        i32::try_from(year).unwrap_or(9999),
+        u8::try_from(month).unwrap_or(1),
+        u8::try_from(day).unwrap_or(1),
+    )
+}
+
+fn root_store(path: &Path, certs: &[CertificateDer<'static>]) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in certs {
+        roots
+            .add(cert.clone())
+            .map_err(|e| TlsError::BadCertificate {
+                path: path.to_owned(),
+                reason: format!("not usable as a trust anchor: {e}"),
+            })?;
+    }
+    Ok(roots)
+}
+
+/// Checks that `key` is the private key of `cert`.
+fn check_keys_match(
+    cert_path: &Path,
+    key_path: &Path,
+    cert: &CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
+) -> Result<(), TlsError> {
+    let signing_key =
+        provider()
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| TlsError::BadKey {
+                path: key_path.to_owned(),
+                reason: e.to_string(),
+            })?;
+    rustls::sign::CertifiedKey::new(vec![cert.clone()], signing_key)
+        .keys_match()
+        .map_err(|_| TlsError::KeyMismatch {
+            cert: cert_path.to_owned(),
+            key: key_path.to_owned(),
+        })
+}
+
+/// All certificates of a PEM file; at least one.
+fn parse_certs(path: &Path, pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::BadCertificate {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::BadCertificate {
+            path: path.to_owned(),
+            reason: "no CERTIFICATE block".to_owned(),
+        });
+    }
+    Ok(certs)
+}
+
+fn read_string(path: &Path) -> Result<String, TlsError> {
+    std::fs::read_to_string(path).map_err(|source| TlsError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn create_dir(dir: &Path) -> Result<(), TlsError> {
+    std::fs::create_dir_all(dir).map_err(|source| TlsError::Write {
+        path: dir.to_owned(),
+        source,
+    })
+}
+
+fn open_options(secret: bool) -> std::fs::OpenOptions {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(if secret {
+            KEY_FILE_MODE
+        } else {
+            CERT_FILE_MODE
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = secret;
+    options
+}
+
+/// Creates `path`, failing if it exists, and writes `bytes` durably.
+fn write_new(path: &Path, bytes: &[u8], secret: bool) -> Result<(), TlsError> {
+    let wrap = |source| TlsError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = open_options(secret)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                TlsError::AlreadyExists {
+                    path: path.to_owned(),
+                }
+            } else {
+                wrap(e)
+            }
+        })?;
+    file.write_all(bytes).map_err(wrap)?;
+    file.sync_all().map_err(wrap)
+}
+
+/// Replaces `path` atomically (write a temporary file beside it, then rename).
+fn write_replace(path: &Path, bytes: &[u8], secret: bool) -> Result<(), TlsError> {
+    let wrap = |source| TlsError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    let result = (|| {
+        let mut file = open_options(secret)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(wrap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fresh, empty directory under the system temp dir, removed on drop.
+    pub(crate) struct TempDir(pub(crate) PathBuf);
+
+    impl TempDir {
+        pub(crate) fn new(label: &str) -> TempDir {
+            use std::sync::atomic::{AtomicU32, Ordering};
+            static NEXT: AtomicU32 = AtomicU32::new(0);
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let path =
+                std::env::temp_dir().join(format!("chorus-tls-{label}-{}-{n}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&path);
+            std::fs::create_dir_all(&path).expect("create temp dir");
+            TempDir(path)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(civil_from_days(20_454), (2026, 1, 1));
+    }
+
+    #[test]
+    fn ca_save_load_round_trip_and_issue() {
+        let dir = TempDir::new("ca");
+        let ca = ClusterCa::generate("test cluster").unwrap();
+        ca.save(&dir.0).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.0.join(CA_KEY_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "ca.key must be private");
+        }
+        let loaded = ClusterCa::load(&dir.0).unwrap();
+        assert_eq!(loaded.cert_der(), ca.cert_der());
+        assert_eq!(loaded.cert_pem(), ca.cert_pem());
+
+        // A node issued by the reloaded CA verifies under the original CA certificate.
+        let node = loaded.issue_node("node-1.example").unwrap();
+        let node_dir = TempDir::new("node");
+        node.save(&node_dir.0).unwrap();
+        std::fs::write(node_dir.0.join(CA_CERT_FILE), ca.cert_pem()).unwrap();
+        let reloaded = NodeCert::load(&node_dir.0).unwrap();
+        assert_eq!(reloaded.chain(), node.chain());
+        quinn_configs(&reloaded, &[PEER_ALPN]).unwrap();
+        quinn_configs(&TlsFiles::in_dir(&node_dir.0), &[PEER_ALPN]).unwrap();
+        let err = quinn_configs(&TlsFiles::in_dir(&dir.0), &[PEER_ALPN]).unwrap_err();
+        assert!(err.to_string().contains(NODE_CERT_FILE), "{err}");
+    }
+
+    #[test]
+    fn load_or_generate_creates_once() {
+        let dir = TempDir::new("ca-auto");
+        let first = ClusterCa::load_or_generate(&dir.0, "dev").unwrap();
+        let second = ClusterCa::load_or_generate(&dir.0, "dev").unwrap();
+        assert_eq!(first.cert_der(), second.cert_der());
+        std::fs::remove_file(dir.0.join(CA_KEY_FILE)).unwrap();
+        let err = ClusterCa::load_or_generate(&dir.0, "dev").unwrap_err();
+        assert!(err.to_string().contains(CA_KEY_FILE), "{err}");
+    }
+
+    #[test]
+    fn ca_save_refuses_to_overwrite() {
+        let dir = TempDir::new("ca-twice");
+        ClusterCa::generate("one").unwrap().save(&dir.0).unwrap();
+        let before = std::fs::read(dir.0.join(CA_KEY_FILE)).unwrap();
+        let err = ClusterCa::generate("two")
+            .unwrap()
+            .save(&dir.0)
+            .unwrap_err();
+        assert!(matches!(err, TlsError::AlreadyExists { .. }), "{err}");
+        assert_eq!(std::fs::read(dir.0.join(CA_KEY_FILE)).unwrap(), before);
+    }
+
+    #[test]
+    fn node_save_load_round_trip() {
+        let ca = ClusterCa::generate("test cluster").unwrap();
+        let node = ca.issue_node("10.0.0.7").unwrap();
+        let dir = TempDir::new("node-rt");
+        node.save(&dir.0).unwrap();
+        for file in [CA_CERT_FILE, NODE_CERT_FILE, NODE_KEY_FILE] {
+            assert!(dir.0.join(file).is_file(), "{file} missing");
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.0.join(NODE_KEY_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "node.key must be private");
+        }
+        let loaded = NodeCert::load(&dir.0).unwrap();
+        assert_eq!(loaded.chain(), node.chain());
+        assert_eq!(loaded.ca_pem(), ca.cert_pem());
+        // Saving again replaces the files in place.
+        let renewed = ca.issue_node("10.0.0.7").unwrap();
+        renewed.save(&dir.0).unwrap();
+        assert_eq!(NodeCert::load(&dir.0).unwrap().chain(), renewed.chain());
+    }
+
+    #[test]
+    fn missing_files_are_named() {
+        let dir = TempDir::new("missing");
+        let err = ClusterCa::load(&dir.0).unwrap_err();
+        assert!(err.to_string().contains(CA_CERT_FILE), "{err}");
+        let err = NodeCert::load(&dir.0).unwrap_err();
+        assert!(matches!(err, TlsError::Read { .. }), "{err}");
+        assert!(err.to_string().contains(CA_CERT_FILE), "{err}");
+
+        let ca = ClusterCa::generate("c").unwrap();
+        ca.issue_node("n1").unwrap().save(&dir.0).unwrap();
+        std::fs::remove_file(dir.0.join(NODE_KEY_FILE)).unwrap();
+        let err = NodeCert::load(&dir.0).unwrap_err();
+        assert!(err.to_string().contains(NODE_KEY_FILE), "{err}");
+
+        // Only the certificate of a CA directory present.
+        let ca_dir = TempDir::new("missing-ca-key");
+        ca.save(&ca_dir.0).unwrap();
+        std::fs::remove_file(ca_dir.0.join(CA_KEY_FILE)).unwrap();
+        let err = ClusterCa::load(&ca_dir.0).unwrap_err();
+        assert!(err.to_string().contains(CA_KEY_FILE), "{err}");
+    }
+
+    #[test]
+    fn garbage_and_mismatched_files_are_rejected() {
+        let ca = ClusterCa::generate("c").unwrap();
+        let dir = TempDir::new("garbage");
+        ca.issue_node("n1").unwrap().save(&dir.0).unwrap();
+
+        std::fs::write(dir.0.join(NODE_CERT_FILE), "not pem at all").unwrap();
+        let err = NodeCert::load(&dir.0).unwrap_err();
+        assert!(matches!(err, TlsError::BadCertificate { .. }), "{err}");
+        assert!(err.to_string().contains(NODE_CERT_FILE), "{err}");
+
+        // Certificate of one node with the key of another.
+        let other = ca.issue_node("n2").unwrap();
+        std::fs::write(dir.0.join(NODE_CERT_FILE), other.cert_pem()).unwrap();
+        let err = NodeCert::load(&dir.0).unwrap_err();
+        assert!(matches!(err, TlsError::KeyMismatch { .. }), "{err}");
+
+        // A node certificate under a different CA than the ca.pem beside it.
+        let foreign = ClusterCa::generate("foreign")
+            .unwrap()
+            .issue_node("n1")
+            .unwrap();
+        foreign.save(&dir.0).unwrap();
+        std::fs::write(dir.0.join(CA_CERT_FILE), ca.cert_pem()).unwrap();
+        let err = NodeCert::load(&dir.0).unwrap_err();
+        assert!(matches!(err, TlsError::NotTrusted { .. }), "{err}");
+
+        std::fs::write(
+            dir.0.join(NODE_KEY_FILE),
+            "-----BEGIN PRIVATE KEY-----\n!!\n",
+        )
+        .unwrap();
+        let err = NodeCert::load(&dir.0).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                TlsError::BadKey { .. } | TlsError::BadCertificate { .. }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn invalid_node_names_are_rejected() {
+        let ca = ClusterCa::generate("c").unwrap();
+        for name in ["", "has space", "bad/slash"] {
+            let err = ca.issue_node(name).unwrap_err();
+            assert!(
+                matches!(err, TlsError::InvalidNodeName { .. }),
+                "{name:?}: {err}"
+            );
+        }
+        ca.issue_node(NODE_SERVER_NAME).unwrap();
+        ca.issue_node("::1").unwrap();
+    }
+}

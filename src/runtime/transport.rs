@@ -1,0 +1,1249 @@
+//! The node-to-node QUIC transport: one quinn endpoint that both listens and dials.
+//!
+//! This module owns the node's UDP port, its QUIC connections to and from peers, and moving
+//! opaque byte payloads over them: QUIC datagrams (unreliable; SWIM gossip rides these) and whole
+//! peer messages, one per unidirectional stream. It does not interpret payloads — decoding and
+//! validating them is `protocol`'s job — and it holds no protocol state. TLS material comes
+//! from `runtime::tls`.
+//!
+//! # Shape
+//!
+//! - Received payloads arrive on the [`Inbound`] channel returned by [`Transport::bind`], tagged
+//!   with the peer's address.
+//! - Sending never blocks and never fails loudly: each peer address has one bounded queue and one
+//!   task that dials lazily, keeps one long-lived connection and redials on the next send after
+//!   it is lost. A full queue, an unreachable peer or too many peers drop the payload and log it
+//!   at debug level ([`Transport::try_send_message`] and [`Transport::try_send_datagram`] also
+//!   report it as a [`SendError`]); callers (SWIM, quorum RPC with timeouts) tolerate loss.
+//! - Connections in both directions are mutually authenticated by rustls under the cluster CA
+//!   before any payload is accepted; a refused handshake is logged with the remote address.
+//!   Connections we accept are only read from: replies to a peer go over our own connection to
+//!   its address.
+//!
+//! Everything is bounded by [`Limits`]: payload sizes, queue lengths, peers, streams in
+//! flight, handshake and stream durations. Nothing a peer sends can panic this module.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use quinn::{
+    ClientConfig, Connection, ConnectionError, Endpoint, EndpointConfig, ReadToEndError,
+    RecvStream, SendDatagramError, ServerConfig, VarInt,
+};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::time::{timeout, timeout_at, Instant};
+use tracing::{debug, info, warn};
+
+use super::tls::NODE_SERVER_NAME;
+
+/// Application error code closing connections when the transport shuts down.
+const CLOSE_SHUTDOWN: VarInt = VarInt::from_u32(0);
+/// Application error code stopping a stream whose message exceeds the size limit.
+const STREAM_TOO_LARGE: VarInt = VarInt::from_u32(1);
+/// Application error code stopping or resetting a stream that took too long.
+const STREAM_TIMEOUT: VarInt = VarInt::from_u32(2);
+
+/// A deadline that never comes, for timeouts too large to add to the clock.
+const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// A configured queue length or permit count, made usable by tokio (at least one, at most
+/// what a semaphore holds), so no setting can make a constructor panic.
+fn capacity(n: usize) -> usize {
+    n.clamp(1, Semaphore::MAX_PERMITS)
+}
+
+/// Limits on everything the transport holds or waits for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest peer message, in bytes, sent or received on one stream. Larger incoming streams
+    /// are stopped and dropped; larger outgoing messages are refused by
+    /// [`Transport::send_message`].
+    pub message_bytes_max: usize,
+    /// Payloads waiting to be sent to one peer; beyond this, new ones are dropped.
+    pub peer_queue_len: usize,
+    /// Peers with an outgoing queue at once, and also incoming connections at once.
+    pub peers_max: usize,
+    /// How long dialing a peer, or accepting a peer's handshake, may take.
+    pub connect_timeout: Duration,
+    /// How long receiving or sending one whole message may take before the stream is abandoned.
+    pub stream_timeout: Duration,
+    /// Messages being read from (or written to) one connection at once. Reading more waits,
+    /// which pushes back on the sender through QUIC flow control.
+    pub streams_in_flight_max: usize,
+    /// Received payloads waiting for the consumer of [`Inbound`]. When full, datagrams are
+    /// dropped and message streams wait.
+    pub inbound_queue_len: usize,
+    /// How long [`Transport::shutdown`] waits for connections to close gracefully.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            message_bytes_max: crate::protocol::DEFAULT_FRAME_BYTES_MAX,
+            peer_queue_len: 256,
+            peers_max: 1024,
+            connect_timeout: Duration::from_secs(3),
+            stream_timeout: Duration::from_secs(30),
+            streams_in_flight_max: 16,
+            inbound_queue_len: 4096,
+            shutdown_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A payload received from a peer.
+///
+/// `from` is the remote address of the connection it came on. Because a transport dials from
+/// its listening socket, that is the peer's listen address whenever the peer binds a specific
+/// IP; a peer bound to a wildcard address appears with the source IP its kernel picked. Peer
+/// identity belongs in the payload; `from` is for logs and replies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inbound {
+    /// A QUIC datagram: unreliable, unordered, at most one packet.
+    Datagram {
+        /// The peer's remote address.
+        from: SocketAddr,
+        /// The payload.
+        bytes: Bytes,
+    },
+    /// One whole message, the entire content of one unidirectional stream.
+    Message {
+        /// The peer's remote address.
+        from: SocketAddr,
+        /// The payload, at most [`Limits::message_bytes_max`] bytes.
+        bytes: Vec<u8>,
+    },
+}
+
+/// Why the transport could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// [`Transport::bind`] was called outside a tokio runtime.
+    #[error("the QUIC transport must be started inside a tokio runtime")]
+    NoRuntime,
+    /// The UDP socket could not be bound or set up.
+    #[error("cannot bind QUIC endpoint on {addr}: {source}")]
+    Bind {
+        /// The requested listen address.
+        addr: SocketAddr,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// Why a payload was dropped instead of queued. Dropping is normal under loss or overload and
+/// has already been logged; nothing else changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The transport has shut down.
+    #[error("transport is shut down")]
+    Closed,
+    /// The queue to this peer is full (the peer is slow, or unreachable and being dialed).
+    #[error("send queue to {to} is full")]
+    QueueFull {
+        /// The peer.
+        to: SocketAddr,
+    },
+    /// Queues to [`Limits::peers_max`] other peers exist already.
+    #[error("already sending to {max} peers; not opening a queue to {to}")]
+    TooManyPeers {
+        /// The peer.
+        to: SocketAddr,
+        /// The limit in force.
+        max: usize,
+    },
+    /// The payload is larger than the limit for its kind: [`Limits::message_bytes_max`]
+    /// for messages, the connection's current maximum datagram size for datagrams.
+    #[error("{len}-byte payload to {to} exceeds the {max}-byte limit")]
+    TooLarge {
+        /// The peer.
+        to: SocketAddr,
+        /// Size of the payload.
+        len: usize,
+        /// The limit in force.
+        max: usize,
+    },
+    /// The peer's connection does not accept datagrams.
+    #[error("{to} does not accept datagrams")]
+    DatagramsUnsupported {
+        /// The peer.
+        to: SocketAddr,
+    },
+}
+
+/// A payload waiting in a peer's queue.
+enum Outbound {
+    Datagram(Bytes),
+    Message(Bytes),
+}
+
+/// One peer's queue, owned by the peer's task.
+struct Peer {
+    /// Distinguishes successive tasks for the same address.
+    id: u64,
+    queue: mpsc::Sender<Outbound>,
+    /// The task's current connection, for sending datagrams without a queue hop.
+    conn: Option<Connection>,
+}
+
+/// State shared by the transport handles and its tasks.
+struct Shared {
+    endpoint: Endpoint,
+    client_config: ClientConfig,
+    limits: Limits,
+    local_addr: SocketAddr,
+    runtime: tokio::runtime::Handle,
+    peers: Mutex<HashMap<SocketAddr, Peer>>,
+    next_peer_id: AtomicU64,
+    closed: AtomicBool,
+    /// Taken on close, so the [`Inbound`] channel ends once every task has.
+    inbound: Mutex<Option<mpsc::Sender<Inbound>>>,
+}
+
+impl Shared {
+    fn peers(&self) -> MutexGuard<'_, HashMap<SocketAddr, Peer>> {
+        self.peers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn inbound_sender(&self) -> Option<mpsc::Sender<Inbound>> {
+        self.inbound
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_conn(&self, to: SocketAddr, id: u64, conn: Option<Connection>) {
+        if let Some(peer) = self.peers().get_mut(&to).filter(|p| p.id == id) {
+            peer.conn = conn;
+        }
+    }
+
+    fn remove_peer(&self, to: SocketAddr, id: u64) {
+        let mut peers = self.peers();
+        if peers.get(&to).is_some_and(|p| p.id == id) {
+            peers.remove(&to);
+        }
+    }
+
+    /// Stops accepting work: closes the endpoint and every connection, drops every queue (their
+    /// tasks then end) and the inbound sender.
+    fn close(&self) {
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        self.endpoint.close(CLOSE_SHUTDOWN, b"shutdown");
+        self.peers().clear();
+        self.inbound
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+    }
+}
+
+/// Closes the transport when the last [`Transport`] handle is dropped.
+struct CloseGuard(Arc<Shared>);
+
+impl Drop for CloseGuard {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+/// The node's QUIC transport. Cheap to clone; all clones share one endpoint. Dropping the last
+/// clone closes it, like [`Transport::shutdown`] without the wait.
+#[derive(Clone)]
+pub struct Transport {
+    shared: Arc<Shared>,
+    _guard: Arc<CloseGuard>,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transport")
+            .field("local_addr", &self.shared.local_addr)
+            .finish()
+    }
+}
+
+impl Transport {
+    /// Binds a QUIC endpoint on `listen` that accepts peers with `server_config` and dials them
+    /// with `client_config` (both from `tls::quinn_configs`), with a random stateless-reset key.
+    ///
+    /// Returns the transport and the channel of everything peers send. Must be called inside a
+    /// tokio runtime; the transport's tasks run on that runtime.
+    pub fn bind(
+        listen: SocketAddr,
+        server_config: ServerConfig,
+        client_config: ClientConfig,
+        limits: Limits,
+    ) -> Result<(Transport, mpsc::Receiver<Inbound>), TransportError> {
+        Transport::bind_with_endpoint_config(
+            listen,
+            EndpointConfig::default(),
+            server_config,
+            client_config,
+            limits,
+        )
+    }
+
+    /// Like [`Transport::bind`], with an explicit endpoint configuration. Pass
+    /// `NodeCert::endpoint_config()` so that after a restart on the same address peers learn at
+    /// once (by stateless reset) that their old connections are gone, instead of after the idle
+    /// timeout.
+    pub fn bind_with_endpoint_config(
+        listen: SocketAddr,
+        endpoint_config: EndpointConfig,
+        server_config: ServerConfig,
+        client_config: ClientConfig,
+        limits: Limits,
+    ) -> Result<(Transport, mpsc::Receiver<Inbound>), TransportError> {
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| TransportError::NoRuntime)?;
+        let bind_err = |source| TransportError::Bind {
+            addr: listen,
+            source,
+        };
+        let socket = std::net::UdpSocket::bind(listen).map_err(bind_err)?;
+        let endpoint = Endpoint::new(
+            endpoint_config,
+            Some(server_config),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(bind_err)?;
+        let local_addr = endpoint.local_addr().map_err(bind_err)?;
+        let (inbound_tx, inbound_rx) = mpsc::channel(capacity(limits.inbound_queue_len));
+        let shared = Arc::new(Shared {
+            endpoint: endpoint.clone(),
+            client_config,
+            limits,
+            local_addr,
+            runtime: runtime.clone(),
+            peers: Mutex::new(HashMap::new()),
+            next_peer_id: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            inbound: Mutex::new(Some(inbound_tx.clone())),
+        });
+        runtime.spawn(accept_loop(
+            endpoint,
+            inbound_tx,
+            shared.limits.clone(),
+            Arc::new(Semaphore::new(
+                shared.limits.peers_max.min(Semaphore::MAX_PERMITS),
+            )),
+        ));
+        info!(addr = %local_addr, "QUIC transport listening");
+        let guard = Arc::new(CloseGuard(shared.clone()));
+        Ok((
+            Transport {
+                shared,
+                _guard: guard,
+            },
+            inbound_rx,
+        ))
+    }
+
+    /// The address the endpoint is bound to (with the real port when bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local_addr
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.shared.limits
+    }
+
+    /// The largest datagram the current connection to `to` can carry, or `None` when there is
+    /// no live connection to it yet (or it takes no datagrams).
+    pub fn max_datagram_size(&self, to: SocketAddr) -> Option<usize> {
+        let conn = self.shared.peers().get(&to).and_then(|p| p.conn.clone())?;
+        conn.max_datagram_size()
+    }
+
+    /// Sends `bytes` to `to` as one QUIC datagram, without blocking; see
+    /// [`Transport::try_send_datagram`]. A dropped datagram is logged, not reported.
+    pub fn send_datagram(&self, to: SocketAddr, bytes: Bytes) {
+        let _ = self.try_send_datagram(to, bytes);
+    }
+
+    /// Sends `bytes` to `to` as one message on its own unidirectional stream, without blocking;
+    /// see [`Transport::try_send_message`]. A dropped message is logged, not reported.
+    pub fn send_message(&self, to: SocketAddr, bytes: Vec<u8>) {
+        let _ = self.try_send_message(to, bytes);
+    }
+
+    /// Sends `bytes` to `to` as one QUIC datagram, without blocking, and says if it was dropped.
+    ///
+    /// Over a live connection it is handed to quinn at once; otherwise it is queued while the
+    /// peer is dialed. Delivery is never guaranteed. A datagram larger than the connection's
+    /// maximum datagram size is dropped with a warning.
+    pub fn try_send_datagram(&self, to: SocketAddr, bytes: Bytes) -> Result<(), SendError> {
+        if self.shared.closed.load(Ordering::Relaxed) {
+            return Err(SendError::Closed);
+        }
+        let conn = self.shared.peers().get(&to).and_then(|p| p.conn.clone());
+        if let Some(conn) = conn.filter(|c| c.close_reason().is_none()) {
+            match send_datagram_on(&conn, to, bytes.clone()) {
+                Err(DatagramFailure::Dropped(e)) => return Err(e),
+                Err(DatagramFailure::ConnectionLost) => {} // queue it; the task redials
+                Ok(()) => return Ok(()),
+            }
+        }
+        self.enqueue(to, Outbound::Datagram(bytes))
+    }
+
+    /// Sends `bytes` to `to` as one message on its own unidirectional stream, without blocking,
+    /// and says if it was dropped before being queued.
+    ///
+    /// The message is queued for the peer's task, which dials if needed. It arrives whole or
+    /// not at all: if the connection fails after queueing it is dropped (logged at debug level).
+    pub fn try_send_message(&self, to: SocketAddr, bytes: Vec<u8>) -> Result<(), SendError> {
+        if self.shared.closed.load(Ordering::Relaxed) {
+            return Err(SendError::Closed);
+        }
+        let max = self.shared.limits.message_bytes_max;
+        let len = bytes.len();
+        if len > max {
+            debug!(peer = %to, len, max, "dropping oversized outgoing message");
+            return Err(SendError::TooLarge { to, len, max });
+        }
+        self.enqueue(to, Outbound::Message(Bytes::from(bytes)))
+    }
+
+    /// Puts `item` on `to`'s queue, starting the peer's task if it has none.
+    fn enqueue(&self, to: SocketAddr, item: Outbound) -> Result<(), SendError> {
+        let shared = &self.shared;
+        let mut peers = shared.peers();
+        if shared.closed.load(Ordering::Relaxed) {
+            return Err(SendError::Closed);
+        }
+        let mut item = item;
+        if let Some(peer) = peers.get(&to) {
+            match peer.queue.try_send(item) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    debug!(peer = %to, "send queue full; dropping payload");
+                    return Err(SendError::QueueFull { to });
+                }
+                Err(mpsc::error::TrySendError::Closed(back)) => {
+                    // The task ended (connection lost or dial failed); start afresh below.
+                    item = back;
+                    peers.remove(&to);
+                }
+            }
+        }
+        let max = shared.limits.peers_max;
+        if peers.len() >= max {
+            debug!(peer = %to, max, "too many peers; dropping payload");
+            return Err(SendError::TooManyPeers { to, max });
+        }
+        let (queue, rx) = mpsc::channel(capacity(shared.limits.peer_queue_len));
+        let id = shared.next_peer_id.fetch_add(1, Ordering::Relaxed);
+        // A fresh queue has room for one item.
+        if queue.try_send(item).is_err() {
+            return Err(SendError::QueueFull { to });
+        }
+        peers.insert(
+            to,
+            Peer {
+                id,
+                queue,
+                conn: None,
+            },
+        );
+        shared.runtime.spawn(peer_task(shared.clone(), to, id, rx));
+        Ok(())
+    }
+
+    /// Closes every connection and the endpoint, then waits up to
+    /// [`Limits::shutdown_timeout`] for peers to be told. Afterwards sends fail with
+    /// [`SendError::Closed`] and the [`Inbound`] channel ends once in-flight deliveries finish.
+    pub async fn shutdown(&self) {
+        self.shared.close();
+        if timeout(
+            self.shared.limits.shutdown_timeout,
+            self.shared.endpoint.wait_idle(),
+        )
+        .await
+        .is_err()
+        {
+            let addr = self.shared.local_addr;
+            debug!(%addr, "QUIC endpoint did not drain before the shutdown timeout");
+        }
+        info!(addr = %self.shared.local_addr, "QUIC transport shut down");
+    }
+
+    /// Connections open on the endpoint, in both directions.
+    #[cfg(test)]
+    fn open_connections(&self) -> usize {
+        self.shared.endpoint.open_connections()
+    }
+}
+
+/// Why a datagram did not go out.
+enum DatagramFailure {
+    /// Dropped for good; already logged.
+    Dropped(SendError),
+    /// The connection is gone; a new one may carry it.
+    ConnectionLost,
+}
+
+fn send_datagram_on(
+    conn: &Connection,
+    to: SocketAddr,
+    bytes: Bytes,
+) -> Result<(), DatagramFailure> {
+    let len = bytes.len();
+    match conn.max_datagram_size() {
+        None => {
+            warn!(peer = %to, "peer does not accept datagrams; dropping one");
+            return Err(DatagramFailure::Dropped(SendError::DatagramsUnsupported {
+                to,
+            }));
+        }
+        Some(max) if len > max => {
+            warn!(peer = %to, len, max, "dropping datagram larger than the connection allows");
+            return Err(DatagramFailure::Dropped(SendError::TooLarge {
+                to,
+                len,
+                max,
+            }));
+        }
+        Some(_) => {}
+    }
+    match conn.send_datagram(bytes) {
+        Ok(()) => Ok(()),
+        Err(SendDatagramError::ConnectionLost(_)) => Err(DatagramFailure::ConnectionLost),
+        Err(SendDatagramError::TooLarge) => {
+            warn!(peer = %to, len, "dropping datagram larger than the connection allows");
+            Err(DatagramFailure::Dropped(SendError::TooLarge {
+                to,
+                len,
+                max: len.saturating_sub(1),
+            }))
+        }
+        Err(SendDatagramError::UnsupportedByPeer | SendDatagramError::Disabled) => {
+            warn!(peer = %to, "peer does not accept datagrams; dropping one");
+            Err(DatagramFailure::Dropped(SendError::DatagramsUnsupported {
+                to,
+            }))
+        }
+    }
+}
+
+/// Why dialing a peer failed.
+#[derive(Debug, thiserror::Error)]
+enum DialError {
+    #[error("cannot start connecting: {0}")]
+    Connect(#[from] quinn::ConnectError),
+    #[error("handshake failed: {0}")]
+    Handshake(#[from] ConnectionError),
+    #[error("handshake timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+async fn dial(shared: &Shared, to: SocketAddr) -> Result<Connection, DialError> {
+    let connecting =
+        shared
+            .endpoint
+            .connect_with(shared.client_config.clone(), to, NODE_SERVER_NAME)?;
+    let limit = shared.limits.connect_timeout;
+    match timeout(limit, connecting).await {
+        Ok(conn) => Ok(conn?),
+        Err(_) => Err(DialError::Timeout(limit)),
+    }
+}
+
+/// Owns the queue to one peer: dials on demand, sends, and ends when the connection is lost
+/// with nothing queued, when dialing fails, or when the transport closes.
+async fn peer_task(shared: Arc<Shared>, to: SocketAddr, id: u64, mut rx: mpsc::Receiver<Outbound>) {
+    let writes = Arc::new(Semaphore::new(capacity(
+        shared.limits.streams_in_flight_max,
+    )));
+    let mut conn: Option<Connection> = None;
+    loop {
+        let item = match &conn {
+            Some(live) => tokio::select! {
+                item = rx.recv() => item,
+                reason = live.closed() => {
+                    debug!(peer = %to, %reason, "connection to peer lost");
+                    conn = None;
+                    shared.set_conn(to, id, None);
+                    if rx.is_empty() {
+                        break;
+                    }
+                    continue;
+                }
+            },
+            None => rx.recv().await,
+        };
+        let Some(item) = item else { break };
+        let live = match conn.as_ref().filter(|c| c.close_reason().is_none()) {
+            Some(live) => live.clone(),
+            None => match dial(&shared, to).await {
+                Ok(live) => {
+                    debug!(peer = %to, "connected to peer");
+                    if let Some(inbound) = shared.inbound_sender() {
+                        // The peer may also send to us on this connection.
+                        shared.runtime.spawn(serve_connection(
+                            live.clone(),
+                            inbound,
+                            shared.limits.clone(),
+                            None,
+                        ));
+                    }
+                    shared.set_conn(to, id, Some(live.clone()));
+                    conn = Some(live.clone());
+                    live
+                }
+                Err(error) => {
+                    // Unregister first, so the next send starts a fresh dial.
+                    shared.remove_peer(to, id);
+                    rx.close();
+                    let dropped = rx.len() + 1;
+                    debug!(peer = %to, %error, dropped, "cannot reach peer; dropping payloads");
+                    return;
+                }
+            },
+        };
+        match item {
+            Outbound::Datagram(bytes) => {
+                // Dropped datagrams are logged inside; a lost connection shows up above.
+                let _ = send_datagram_on(&live, to, bytes);
+            }
+            Outbound::Message(bytes) => {
+                let Ok(permit) = writes.clone().acquire_owned().await else {
+                    break;
+                };
+                let stream_timeout = shared.limits.stream_timeout;
+                shared
+                    .runtime
+                    .spawn(write_message(live, to, bytes, stream_timeout, permit));
+            }
+        }
+    }
+    shared.remove_peer(to, id);
+    if !rx.is_empty() {
+        debug!(peer = %to, dropped = rx.len(), "dropping payloads queued to peer");
+    }
+}
+
+/// Writes one message on a new unidirectional stream; on any failure the stream is reset so the
+/// peer never sees a truncated message as whole.
+async fn write_message(
+    conn: Connection,
+    to: SocketAddr,
+    bytes: Bytes,
+    stream_timeout: Duration,
+    _permit: OwnedSemaphorePermit,
+) {
+    let now = Instant::now();
+    let deadline = now.checked_add(stream_timeout).unwrap_or(now + FAR_FUTURE);
+    let len = bytes.len();
+    let mut send = match timeout_at(deadline, conn.open_uni()).await {
+        Ok(Ok(send)) => send,
+        Ok(Err(error)) => {
+            debug!(peer = %to, len, %error, "cannot open stream; dropping message");
+            return;
+        }
+        Err(_) => {
+            debug!(peer = %to, len, "timed out opening stream; dropping message");
+            return;
+        }
+    };
+    match timeout_at(deadline, send.write_chunk(bytes)).await {
+        Ok(Ok(())) => {
+            // Quinn keeps sending (and retransmitting) the finished stream after it is dropped.
+            let _ = send.finish();
+        }
+        Ok(Err(error)) => {
+            let _ = send.reset(STREAM_TIMEOUT);
+            debug!(peer = %to, len, %error, "message stream failed; dropping message");
+        }
+        Err(_) => {
+            let _ = send.reset(STREAM_TIMEOUT);
+            debug!(peer = %to, len, ?stream_timeout, "message stream timed out; dropped");
+        }
+    }
+}
+
+/// Accepts incoming connections until the endpoint closes. Each handshake runs in its own task,
+/// so a slow or hostile client cannot stall the loop.
+async fn accept_loop(
+    endpoint: Endpoint,
+    inbound: mpsc::Sender<Inbound>,
+    limits: Limits,
+    slots: Arc<Semaphore>,
+) {
+    while let Some(incoming) = endpoint.accept().await {
+        let remote = incoming.remote_address();
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            let max = limits.peers_max;
+            warn!(peer = %remote, max, "too many incoming connections; refusing one");
+            incoming.refuse();
+            continue;
+        };
+        let inbound = inbound.clone();
+        let limits = limits.clone();
+        tokio::spawn(async move {
+            let handshake = async { incoming.accept()?.await };
+            match timeout(limits.connect_timeout, handshake).await {
+                Ok(Ok(conn)) => {
+                    debug!(peer = %remote, "accepted peer connection");
+                    serve_connection(conn, inbound, limits, Some(slot)).await;
+                }
+                Ok(Err(error)) => {
+                    // Unknown CA, missing client certificate, wrong ALPN, ...
+                    warn!(peer = %remote, %error, "incoming handshake failed");
+                }
+                Err(_) => {
+                    let timeout = limits.connect_timeout;
+                    info!(peer = %remote, ?timeout, "incoming handshake timed out");
+                }
+            }
+        });
+    }
+    debug!("accept loop ended: endpoint closed");
+}
+
+/// Delivers a connection's datagrams and unidirectional streams to `inbound` until it closes.
+async fn serve_connection(
+    conn: Connection,
+    inbound: mpsc::Sender<Inbound>,
+    limits: Limits,
+    _slot: Option<OwnedSemaphorePermit>,
+) {
+    let from = conn.remote_address();
+    let datagrams = async {
+        loop {
+            match conn.read_datagram().await {
+                Ok(bytes) => match inbound.try_send(Inbound::Datagram { from, bytes }) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        debug!(peer = %from, "inbound queue full; dropping datagram");
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => return,
+                },
+                Err(_) => return,
+            }
+        }
+    };
+    let streams = async {
+        let reads = Arc::new(Semaphore::new(capacity(limits.streams_in_flight_max)));
+        loop {
+            let Ok(permit) = reads.clone().acquire_owned().await else {
+                return;
+            };
+            match conn.accept_uni().await {
+                Ok(recv) => {
+                    tokio::spawn(read_message(
+                        recv,
+                        from,
+                        inbound.clone(),
+                        limits.clone(),
+                        permit,
+                    ));
+                }
+                Err(_) => return,
+            }
+        }
+    };
+    tokio::join!(datagrams, streams);
+    let reason = conn.close_reason();
+    debug!(peer = %from, ?reason, "peer connection closed");
+}
+
+/// Reads one whole message from a stream and delivers it; drops (and logs) oversized, broken
+/// or too-slow streams.
+async fn read_message(
+    mut recv: RecvStream,
+    from: SocketAddr,
+    inbound: mpsc::Sender<Inbound>,
+    limits: Limits,
+    _permit: OwnedSemaphorePermit,
+) {
+    let max = limits.message_bytes_max;
+    match timeout(limits.stream_timeout, recv.read_to_end(max)).await {
+        Ok(Ok(bytes)) => {
+            if inbound
+                .send(Inbound::Message { from, bytes })
+                .await
+                .is_err()
+            {
+                debug!(peer = %from, "transport closed; dropping received message");
+            }
+        }
+        Ok(Err(ReadToEndError::TooLong)) => {
+            let _ = recv.stop(STREAM_TOO_LARGE);
+            warn!(peer = %from, max, "dropping message stream over the size limit");
+        }
+        Ok(Err(ReadToEndError::Read(error))) => {
+            info!(peer = %from, %error, "dropping broken message stream");
+        }
+        Err(_) => {
+            let _ = recv.stop(STREAM_TIMEOUT);
+            let timeout = limits.stream_timeout;
+            warn!(peer = %from, ?timeout, "dropping message stream that took too long");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::tls::{quinn_configs, ClusterCa, NodeCert, PEER_ALPN};
+
+    const TEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+    fn loopback() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    }
+
+    fn test_limits() -> Limits {
+        Limits {
+            connect_timeout: Duration::from_millis(500),
+            ..Limits::default()
+        }
+    }
+
+    fn start(node: &NodeCert, limits: Limits) -> (Transport, mpsc::Receiver<Inbound>) {
+        start_at(node, loopback(), limits).expect("bind")
+    }
+
+    fn start_at(
+        node: &NodeCert,
+        addr: SocketAddr,
+        limits: Limits,
+    ) -> Result<(Transport, mpsc::Receiver<Inbound>), TransportError> {
+        let (server, client) = quinn_configs(node, &[PEER_ALPN]).expect("configs");
+        Transport::bind_with_endpoint_config(addr, node.endpoint_config(), server, client, limits)
+    }
+
+    /// Waits for the next inbound payload, or `None` after `wait`.
+    async fn next(rx: &mut mpsc::Receiver<Inbound>, wait: Duration) -> Option<Inbound> {
+        timeout(wait, rx.recv()).await.ok().flatten()
+    }
+
+    /// Waits for the next message whose bytes satisfy `want`, skipping others.
+    async fn wait_message(
+        rx: &mut mpsc::Receiver<Inbound>,
+        want: impl Fn(&[u8]) -> bool,
+    ) -> (SocketAddr, Vec<u8>) {
+        loop {
+            match next(rx, Duration::from_secs(5)).await {
+                Some(Inbound::Message { from, bytes }) if want(&bytes) => return (from, bytes),
+                Some(_) => {}
+                None => panic!("expected message did not arrive"),
+            }
+        }
+    }
+
+    async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
+        timeout(TEST_TIMEOUT, test).await.expect("test timed out");
+    }
+
+    #[tokio::test]
+    async fn peers_exchange_datagrams_and_messages_both_ways() {
+        bounded(async {
+            let ca = ClusterCa::generate("test").unwrap();
+            let (a, mut a_rx) = start(&ca.issue_node("a").unwrap(), test_limits());
+            let (b, mut b_rx) = start(&ca.issue_node("b").unwrap(), test_limits());
+
+            a.try_send_message(b.local_addr(), b"hello b".to_vec())
+                .unwrap();
+            let got = next(&mut b_rx, Duration::from_secs(5)).await;
+            assert_eq!(
+                got,
+                Some(Inbound::Message {
+                    from: a.local_addr(),
+                    bytes: b"hello b".to_vec()
+                })
+            );
+            a.try_send_datagram(b.local_addr(), Bytes::from_static(b"ping"))
+                .unwrap();
+            let got = next(&mut b_rx, Duration::from_secs(5)).await;
+            assert_eq!(
+                got,
+                Some(Inbound::Datagram {
+                    from: a.local_addr(),
+                    bytes: Bytes::from_static(b"ping")
+                })
+            );
+
+            b.try_send_datagram(a.local_addr(), Bytes::from_static(b"pong"))
+                .unwrap();
+            let got = next(&mut a_rx, Duration::from_secs(5)).await;
+            assert_eq!(
+                got,
+                Some(Inbound::Datagram {
+                    from: b.local_addr(),
+                    bytes: Bytes::from_static(b"pong")
+                })
+            );
+            let big: Vec<u8> = (0..3_000_000u32).map(|i| i as u8).collect();
+            b.try_send_message(a.local_addr(), big.clone()).unwrap();
+            let (from, bytes) = wait_message(&mut a_rx, |_| true).await;
+            assert_eq!(from, b.local_addr());
+            assert_eq!(bytes, big);
+
+            // Many sends reuse one connection per direction.
+            for i in 0..100u32 {
+                a.try_send_message(b.local_addr(), i.to_be_bytes().to_vec())
+                    .unwrap();
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            while seen.len() < 100 {
+                let (_, bytes) = wait_message(&mut b_rx, |_| true).await;
+                seen.insert(bytes);
+            }
+            assert_eq!(
+                a.open_connections(),
+                2,
+                "one outgoing and one incoming connection"
+            );
+            assert!(a
+                .max_datagram_size(b.local_addr())
+                .is_some_and(|m| m > 1000));
+
+            a.shutdown().await;
+            b.shutdown().await;
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn oversized_datagram_is_dropped_not_sent() {
+        bounded(async {
+            let ca = ClusterCa::generate("test").unwrap();
+            let (a, _a_rx) = start(&ca.issue_node("a").unwrap(), test_limits());
+            let (b, mut b_rx) = start(&ca.issue_node("b").unwrap(), test_limits());
+            a.try_send_message(b.local_addr(), b"connect".to_vec())
+                .unwrap();
+            wait_message(&mut b_rx, |m| m == b"connect").await;
+
+            let max = a.max_datagram_size(b.local_addr()).unwrap();
+            let err = a
+                .try_send_datagram(b.local_addr(), Bytes::from(vec![7u8; max + 1]))
+                .unwrap_err();
+            assert!(matches!(err, SendError::TooLarge { .. }), "{err}");
+            a.try_send_datagram(b.local_addr(), Bytes::from(vec![8u8; max]))
+                .unwrap();
+            match next(&mut b_rx, Duration::from_secs(5)).await {
+                Some(Inbound::Datagram { bytes, .. }) => assert_eq!(bytes.len(), max),
+                other => panic!("unexpected {other:?}"),
+            }
+            let limit = a.limits().message_bytes_max;
+            let err = a
+                .try_send_message(b.local_addr(), vec![0u8; limit + 1])
+                .unwrap_err();
+            assert!(matches!(err, SendError::TooLarge { .. }), "{err}");
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn foreign_ca_is_refused_and_good_peers_still_work() {
+        bounded(async {
+            let ca = ClusterCa::generate("cluster").unwrap();
+            let rogue_ca = ClusterCa::generate("cluster").unwrap(); // same name, other key
+            let (a, mut a_rx) = start(&ca.issue_node("a").unwrap(), test_limits());
+            let (rogue, mut rogue_rx) = start(&rogue_ca.issue_node("a").unwrap(), test_limits());
+
+            for i in 0..20u8 {
+                let _ = rogue.try_send_message(a.local_addr(), vec![i]);
+                rogue.send_datagram(a.local_addr(), Bytes::from(vec![i]));
+                let _ = a.try_send_message(rogue.local_addr(), vec![i]);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            assert_eq!(next(&mut a_rx, Duration::from_secs(1)).await, None);
+            assert_eq!(next(&mut rogue_rx, Duration::from_millis(100)).await, None);
+
+            let (b, _b_rx) = start(&ca.issue_node("b").unwrap(), test_limits());
+            b.try_send_message(a.local_addr(), b"still fine".to_vec())
+                .unwrap();
+            let (from, _) = wait_message(&mut a_rx, |m| m == b"still fine").await;
+            assert_eq!(from, b.local_addr());
+        })
+        .await;
+    }
+
+    /// A raw quinn client endpoint with the given rustls client configuration.
+    fn raw_client(crypto: rustls::ClientConfig) -> Endpoint {
+        let mut endpoint = Endpoint::client(loopback()).unwrap();
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).unwrap();
+        endpoint.set_default_client_config(ClientConfig::new(Arc::new(quic)));
+        endpoint
+    }
+
+    #[tokio::test]
+    async fn client_without_certificate_or_with_wrong_alpn_is_refused() {
+        bounded(async {
+            let ca = ClusterCa::generate("cluster").unwrap();
+            let (a, mut a_rx) = start(&ca.issue_node("a").unwrap(), test_limits());
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca.cert_der().clone()).unwrap();
+
+            let mut no_cert = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            no_cert.alpn_protocols = vec![PEER_ALPN.to_vec()];
+            let client = raw_client(no_cert);
+            let result = async {
+                let conn = client.connect(a.local_addr(), NODE_SERVER_NAME)?.await?;
+                // TLS 1.3: the client may finish before the server rejects its (missing)
+                // certificate, so also try to use the connection.
+                let mut send = conn.open_uni().await?;
+                send.write_all(b"sneaky").await?;
+                send.finish()?;
+                conn.closed().await;
+                Ok::<_, Box<dyn std::error::Error>>(())
+            };
+            let _ = timeout(Duration::from_secs(3), result).await;
+            assert_eq!(next(&mut a_rx, Duration::from_millis(500)).await, None);
+
+            // A proper node certificate but the wrong protocol.
+            let node = ca.issue_node("c").unwrap();
+            let (_, client_config) = quinn_configs(&node, &[b"not-chorus"]).unwrap();
+            let client = Endpoint::client(loopback()).unwrap();
+            let conn = client
+                .connect_with(client_config, a.local_addr(), NODE_SERVER_NAME)
+                .unwrap();
+            let result = timeout(Duration::from_secs(3), conn).await.unwrap();
+            assert!(result.is_err(), "ALPN mismatch must fail the handshake");
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn garbage_and_hostile_streams_do_not_break_the_transport() {
+        bounded(async {
+            let ca = ClusterCa::generate("cluster").unwrap();
+            let limits = Limits {
+                message_bytes_max: 64 * 1024,
+                stream_timeout: Duration::from_millis(1000),
+                ..test_limits()
+            };
+            let (a, mut a_rx) = start(&ca.issue_node("a").unwrap(), limits);
+
+            // Raw UDP junk, including things that look like QUIC long and short headers.
+            let udp = tokio::net::UdpSocket::bind(loopback()).await.unwrap();
+            let mut junk: Vec<Vec<u8>> = vec![vec![], vec![0], vec![0xff; 1500], vec![0x40; 40]];
+            let mut long_header = vec![0xc0, 0, 0, 0, 1, 8];
+            long_header.extend([0xab; 1194]);
+            junk.push(long_header);
+            for len in [1usize, 7, 21, 100, 1200, 1350] {
+                junk.push((0..len).map(|i| (i * 31 + len) as u8).collect());
+            }
+            for packet in &junk {
+                udp.send_to(packet, a.local_addr()).await.unwrap();
+            }
+
+            // A client with a valid certificate sending junk, oversized, reset and stalled
+            // streams.
+            let node = ca.issue_node("hostile").unwrap();
+            let (_, client_config) = quinn_configs(&node, &[PEER_ALPN]).unwrap();
+            let client = Endpoint::client(loopback()).unwrap();
+            let conn = client
+                .connect_with(client_config, a.local_addr(), NODE_SERVER_NAME)
+                .unwrap()
+                .await
+                .unwrap();
+            let mut s = conn.open_uni().await.unwrap();
+            s.write_all(&[0xde, 0xad, 0xbe, 0xef]).await.unwrap();
+            s.finish().unwrap();
+            let mut s = conn.open_uni().await.unwrap();
+            let _ = s.write_all(&vec![1u8; 200 * 1024]).await; // over the limit: stopped
+            let _ = s.finish();
+            let mut s = conn.open_uni().await.unwrap();
+            s.write_all(b"half a mess").await.unwrap();
+            s.reset(VarInt::from_u32(9)).unwrap();
+            let mut stalled = conn.open_uni().await.unwrap();
+            stalled.write_all(b"never finished").await.unwrap();
+            conn.send_datagram(Bytes::from_static(b"raw datagram"))
+                .unwrap();
+
+            let mut messages = Vec::new();
+            let mut datagrams = Vec::new();
+            while let Some(item) = next(&mut a_rx, Duration::from_millis(1500)).await {
+                match item {
+                    Inbound::Message { bytes, .. } => messages.push(bytes),
+                    Inbound::Datagram { bytes, .. } => datagrams.push(bytes),
+                }
+            }
+            assert_eq!(messages, vec![vec![0xde, 0xad, 0xbe, 0xef]]);
+            assert_eq!(datagrams, vec![Bytes::from_static(b"raw datagram")]);
+
+            // The same connection still works, and so does a real peer.
+            let mut s = conn.open_uni().await.unwrap();
+            s.write_all(b"good after bad").await.unwrap();
+            s.finish().unwrap();
+            wait_message(&mut a_rx, |m| m == b"good after bad").await;
+            drop(stalled);
+            let (b, _b_rx) = start(&ca.issue_node("b").unwrap(), test_limits());
+            b.try_send_message(a.local_addr(), b"from b".to_vec())
+                .unwrap();
+            wait_message(&mut a_rx, |m| m == b"from b").await;
+        })
+        .await;
+    }
+
+    /// An address nothing listens on.
+    fn dead_addr() -> SocketAddr {
+        let socket = std::net::UdpSocket::bind(loopback()).unwrap();
+        socket.local_addr().unwrap()
+    }
+
+    #[tokio::test]
+    async fn sending_to_dead_peers_never_blocks() {
+        bounded(async {
+            let ca = ClusterCa::generate("cluster").unwrap();
+            let limits = Limits {
+                peers_max: 4,
+                peer_queue_len: 8,
+                ..test_limits()
+            };
+            let (a, _a_rx) = start(&ca.issue_node("a").unwrap(), limits);
+            let dead = dead_addr();
+
+            let started = std::time::Instant::now();
+            let mut queued = 0;
+            for i in 0..10_000u32 {
+                let result = if i % 2 == 0 {
+                    a.try_send_datagram(dead, Bytes::from(i.to_be_bytes().to_vec()))
+                } else {
+                    a.try_send_message(dead, i.to_be_bytes().to_vec())
+                };
+                match result {
+                    Ok(()) => queued += 1,
+                    Err(SendError::QueueFull { to }) => assert_eq!(to, dead),
+                    Err(other) => panic!("unexpected {other}"),
+                }
+            }
+            assert!(started.elapsed() < Duration::from_secs(1), "sends blocked");
+            assert!(queued <= 9, "queue bound not enforced: {queued}");
+
+            // More dead peers than allowed: refused at once, without blocking.
+            let mut refused = 0;
+            for _ in 0..8 {
+                if let Err(SendError::TooManyPeers { .. }) =
+                    a.try_send_message(dead_addr(), vec![1])
+                {
+                    refused += 1;
+                }
+            }
+            assert!(refused >= 4, "peer bound not enforced: {refused}");
+
+            // After the dials time out the queues are gone and sending works again.
+            let started = std::time::Instant::now();
+            while !a.shared.peers().is_empty() {
+                assert!(
+                    started.elapsed() < Duration::from_secs(5),
+                    "dead peers not dropped"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            a.try_send_message(dead, vec![1]).unwrap();
+            let (b, mut b_rx) = start(&ca.issue_node("b").unwrap(), test_limits());
+            a.try_send_message(b.local_addr(), b"alive".to_vec())
+                .unwrap();
+            wait_message(&mut b_rx, |m| m == b"alive").await;
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn crashed_and_restarted_peer_is_redialed_promptly() {
+        bounded(async {
+            let ca = ClusterCa::generate("cluster").unwrap();
+            let b_cert = ca.issue_node("b").unwrap();
+            let (a, _a_rx) = start(&ca.issue_node("a").unwrap(), test_limits());
+
+            // B runs on its own runtime so that it can die without closing its connections.
+            let b_runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            let (b, mut b_rx) = {
+                let _entered = b_runtime.enter();
+                start(&b_cert, test_limits())
+            };
+            let b_addr = b.local_addr();
+            a.try_send_message(b_addr, b"before".to_vec()).unwrap();
+            wait_message(&mut b_rx, |m| m == b"before").await;
+            b_runtime.shutdown_background();
+            drop(b);
+            drop(b_rx);
+
+            let started = std::time::Instant::now();
+            let (b2, mut b2_rx) = loop {
+                match start_at(&b_cert, b_addr, test_limits()) {
+                    Ok(bound) => break bound,
+                    Err(_) if started.elapsed() < Duration::from_secs(5) => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(e) => panic!("cannot rebind {b_addr}: {e}"),
+                }
+            };
+
+            // A still holds a connection to the dead incarnation. The new one answers its
+            // packets with a stateless reset A recognises (same reset key, derived from B's
+            // node key), so A redials well before the 30 s idle timeout.
+            let started = std::time::Instant::now();
+            loop {
+                a.send_message(b_addr, b"after".to_vec());
+                if let Some(Inbound::Message { bytes, .. }) =
+                    next(&mut b2_rx, Duration::from_millis(200)).await
+                {
+                    assert_eq!(bytes, b"after");
+                    break;
+                }
+                assert!(started.elapsed() < Duration::from_secs(10), "no redial");
+            }
+            b2.shutdown().await;
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn shutdown_stops_sending_and_ends_inbound() {
+        bounded(async {
+            let ca = ClusterCa::generate("cluster").unwrap();
+            let (a, mut a_rx) = start(&ca.issue_node("a").unwrap(), test_limits());
+            let (b, mut b_rx) = start(&ca.issue_node("b").unwrap(), test_limits());
+            a.try_send_message(b.local_addr(), b"x".to_vec()).unwrap();
+            wait_message(&mut b_rx, |m| m == b"x").await;
+            b.try_send_message(a.local_addr(), b"y".to_vec()).unwrap();
+            wait_message(&mut a_rx, |m| m == b"y").await;
+
+            a.shutdown().await;
+            assert_eq!(
+                a.try_send_message(b.local_addr(), vec![1]),
+                Err(SendError::Closed)
+            );
+            assert_eq!(
+                a.try_send_datagram(b.local_addr(), Bytes::from(vec![1])),
+                Err(SendError::Closed)
+            );
+            assert_eq!(next(&mut a_rx, Duration::from_secs(5)).await, None);
+        })
+        .await;
+    }
+
+    #[test]
+    fn bind_outside_a_runtime_is_an_error() {
+        let ca = ClusterCa::generate("cluster").unwrap();
+        let node = ca.issue_node("a").unwrap();
+        let (server, client) = quinn_configs(&node, &[PEER_ALPN]).unwrap();
+        let err = Transport::bind(loopback(), server, client, Limits::default());
+        assert!(matches!(err, Err(TransportError::NoRuntime)));
+    }
+}

@@ -1,0 +1,139 @@
+//! Node metadata on a [`Store`]: the node id, the generation and the ring state, under fixed
+//! keys and encodings. Both drivers (the runtime and the simulator) boot through [`boot`], so a
+//! simulated restart reads exactly what a real one does.
+
+use super::{Store, StoreError};
+use crate::id::NodeId;
+use crate::membership::RingState;
+use crate::protocol;
+
+/// Key of the node id (16 hex digits, as text).
+pub const META_NODE_ID: &str = "node_id";
+/// Key of the generation (big-endian `u64`).
+pub const META_GENERATION: &str = "generation";
+/// Key of the ring state (the wire encoding of [`RingState`]).
+pub const META_RING: &str = "ring";
+
+/// Why metadata could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A stored value is unreadable; nothing was changed.
+    #[error("corrupt metadata {key:?}: {reason}")]
+    Corrupt {
+        /// The key.
+        key: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// What a starting node loads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootInfo {
+    /// The node's id (created on first start).
+    pub id: NodeId,
+    /// This start's generation: one more than any generation stored before (synced).
+    pub generation: u64,
+    /// The ring state as last persisted (empty on first start).
+    pub ring: RingState,
+}
+
+/// Loads the metadata for a start: creates the id (`fresh_id`) on first start, bumps and syncs
+/// the generation, and reads the persisted ring state.
+pub fn boot<S: Store + ?Sized>(store: &mut S, fresh_id: NodeId) -> Result<BootInfo, MetaError> {
+    let corrupt = |key, reason: String| MetaError::Corrupt { key, reason };
+    let id = match store.get_meta(META_NODE_ID)? {
+        Some(bytes) => {
+            let text = String::from_utf8(bytes).map_err(|e| corrupt(META_NODE_ID, e.to_string()))?;
+            text.parse::<NodeId>()
+                .map_err(|e| corrupt(META_NODE_ID, e.to_string()))?
+        }
+        None => {
+            store.put_meta(META_NODE_ID, fresh_id.to_string().as_bytes())?;
+            fresh_id
+        }
+    };
+    let generation = stored_generation(store)? + 1;
+    store.put_meta(META_GENERATION, &generation.to_be_bytes())?;
+    Ok(BootInfo {
+        id,
+        generation,
+        ring: load_ring(store)?,
+    })
+}
+
+fn stored_generation<S: Store + ?Sized>(store: &S) -> Result<u64, MetaError> {
+    match store.get_meta(META_GENERATION)? {
+        Some(bytes) => {
+            let raw: [u8; 8] = bytes.as_slice().try_into().map_err(|_| MetaError::Corrupt {
+                key: META_GENERATION,
+                reason: format!("{} bytes, expected 8", bytes.len()),
+            })?;
+            Ok(u64::from_be_bytes(raw))
+        }
+        None => Ok(0),
+    }
+}
+
+/// Records a generation the node reached while running (SWIM renewed its identity), so the
+/// next start goes beyond it. Never lowers the stored generation.
+pub fn persist_generation<S: Store + ?Sized>(store: &mut S, generation: u64) -> Result<(), MetaError> {
+    if generation > stored_generation(store)? {
+        store.put_meta(META_GENERATION, &generation.to_be_bytes())?;
+    }
+    Ok(())
+}
+
+/// Persists the ring state (a synced write).
+pub fn persist_ring<S: Store + ?Sized>(store: &mut S, ring: &RingState) -> Result<(), MetaError> {
+    let bytes = protocol::encode(ring).map_err(|e| MetaError::Corrupt {
+        key: META_RING,
+        reason: e.to_string(),
+    })?;
+    store.put_meta(META_RING, &bytes)?;
+    Ok(())
+}
+
+/// The persisted ring state (empty if none).
+pub fn load_ring<S: Store + ?Sized>(store: &S) -> Result<RingState, MetaError> {
+    match store.get_meta(META_RING)? {
+        Some(bytes) => protocol::decode::<RingState>(&bytes).map_err(|e| MetaError::Corrupt {
+            key: META_RING,
+            reason: e.to_string(),
+        }),
+        None => Ok(RingState::new()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemoryStore;
+
+    #[test]
+    fn boot_creates_the_id_once_and_bumps_the_generation() {
+        let mut s = MemoryStore::new();
+        let first = boot(&mut s, NodeId::new(7)).unwrap();
+        assert_eq!((first.id, first.generation), (NodeId::new(7), 1));
+        let mut s = s.crash();
+        let second = boot(&mut s, NodeId::new(99)).unwrap();
+        assert_eq!((second.id, second.generation), (NodeId::new(7), 2));
+        persist_generation(&mut s, 5).unwrap();
+        persist_generation(&mut s, 3).unwrap();
+        assert_eq!(boot(&mut s, NodeId::new(1)).unwrap().generation, 6);
+    }
+
+    #[test]
+    fn corrupt_metadata_is_reported_not_used() {
+        let mut s = MemoryStore::new();
+        s.put_meta(META_GENERATION, b"xyz").unwrap();
+        let err = boot(&mut s, NodeId::new(1)).unwrap_err();
+        assert!(err.to_string().contains("generation"), "{err}");
+        let mut s = MemoryStore::new();
+        s.put_meta(META_RING, b"junk").unwrap();
+        assert!(matches!(boot(&mut s, NodeId::new(1)), Err(MetaError::Corrupt { key: META_RING, .. })));
+    }
+}
