@@ -41,11 +41,11 @@ fn five_nodes_join_detect_a_crash_and_welcome_the_restart() {
     }
     eprintln!("5 nodes formed a cluster in {:?}", started.elapsed());
     for n in &nodes {
-        let v = n.view().unwrap();
-        assert!(
-            v.members.iter().all(|m| m.status == RingStatus::Member),
-            "{v:?}"
-        );
+        let members = wait_for(Duration::from_secs(10), || {
+            n.view()
+                .filter(|v| v.members.iter().all(|m| m.status == RingStatus::Member))
+        });
+        let v = members.unwrap_or_else(|| panic!("{}: not all members: {:?}", n.name, n.view()));
         assert_eq!(v.members.iter().map(|m| m.partitions).sum::<u64>(), 256 * 3);
     }
 

@@ -34,7 +34,10 @@ impl<V: Clone> Entry<V> {
 
     /// Drops the live values whose dots are covered by `seen`.
     fn discard_upto(&mut self, seen: u64) {
-        let keep = self.counter.saturating_sub(seen).min(self.values.len() as u64);
+        let keep = self
+            .counter
+            .saturating_sub(seen)
+            .min(self.values.len() as u64);
         self.values.truncate(keep as usize);
     }
 
@@ -217,8 +220,7 @@ impl Register {
 
     /// Writes `value` through coordinator `node`, superseding what `context` covers.
     pub fn put(&mut self, node: NodeId, context: &VersionVector, value: Vec<u8>) -> Dot {
-        self.state
-            .write(node, context, RegisterValue::Bytes(value))
+        self.state.write(node, context, RegisterValue::Bytes(value))
     }
 
     /// Deletes through coordinator `node`: a tombstone supersedes what `context` covers; values
@@ -438,8 +440,10 @@ mod tests {
         fn apply(&mut self, op: &Op) {
             match *op {
                 Op::Read { client, replica } => {
-                    self.clients[client] =
-                        (self.replicas[replica].context(), self.known[replica].clone());
+                    self.clients[client] = (
+                        self.replicas[replica].context(),
+                        self.known[replica].clone(),
+                    );
                 }
                 Op::Write {
                     client,

@@ -35,7 +35,9 @@ pub enum CausalityError {
         counter: u64,
     },
     /// A DVV set entry lists more live values than its node has events.
-    #[error("dvvset entry for node {node} holds {values} values but its counter is only {counter}")]
+    #[error(
+        "dvvset entry for node {node} holds {values} values but its counter is only {counter}"
+    )]
     TooManyValues {
         /// The offending node.
         node: NodeId,

@@ -183,18 +183,30 @@ mod tests {
         let mut s = RingState::new();
         assert!(s.merge_entry(
             n,
-            &RingEntry { status: RingStatus::Leaving, info_version: 1, info: info(1) }
+            &RingEntry {
+                status: RingStatus::Leaving,
+                info_version: 1,
+                info: info(1)
+            }
         ));
         assert!(s.merge_entry(
             n,
-            &RingEntry { status: RingStatus::Member, info_version: 2, info: info(7) }
+            &RingEntry {
+                status: RingStatus::Member,
+                info_version: 2,
+                info: info(7)
+            }
         ));
         let e = s.get(n).unwrap();
         assert_eq!(e.status, RingStatus::Leaving);
         assert_eq!(e.info, info(7));
         assert!(!s.merge_entry(
             n,
-            &RingEntry { status: RingStatus::Joining, info_version: 0, info: info(9) }
+            &RingEntry {
+                status: RingStatus::Joining,
+                info_version: 0,
+                info: info(9)
+            }
         ));
         assert_eq!(s.owners().collect::<Vec<_>>(), vec![n]);
     }

@@ -109,7 +109,11 @@ impl SwimCodec {
 impl foca::Codec<PeerId> for SwimCodec {
     type Error = SwimCodecError;
 
-    fn encode_header(&mut self, header: &Header<PeerId>, buf: impl BufMut) -> Result<(), Self::Error> {
+    fn encode_header(
+        &mut self,
+        header: &Header<PeerId>,
+        buf: impl BufMut,
+    ) -> Result<(), Self::Error> {
         Self::put(header, buf)
     }
 
@@ -117,7 +121,11 @@ impl foca::Codec<PeerId> for SwimCodec {
         Self::take(buf)
     }
 
-    fn encode_member(&mut self, member: &Member<PeerId>, buf: impl BufMut) -> Result<(), Self::Error> {
+    fn encode_member(
+        &mut self,
+        member: &Member<PeerId>,
+        buf: impl BufMut,
+    ) -> Result<(), Self::Error> {
         Self::put(member, buf)
     }
 
@@ -261,8 +269,14 @@ mod tests {
                 },
             },
         };
-        assert!(handler.receive_item(&item.encode(), None).unwrap().is_some());
-        assert!(handler.receive_item(&item.encode(), None).unwrap().is_none());
+        assert!(handler
+            .receive_item(&item.encode(), None)
+            .unwrap()
+            .is_some());
+        assert!(handler
+            .receive_item(&item.encode(), None)
+            .unwrap()
+            .is_none());
         assert!(handler.receive_item(b"\xc1garbage", None).is_err());
         assert_eq!(ring.lock().unwrap().get(NodeId::new(9)), Some(&item.entry));
     }

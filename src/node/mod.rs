@@ -455,7 +455,10 @@ impl Node {
             }
         }
         if !expired.is_empty() {
-            warn!(members = expired.len(), "declaring members down after a lost suspicion timer");
+            warn!(
+                members = expired.len(),
+                "declaring members down after a lost suspicion timer"
+            );
             if let Err(e) = self
                 .swim
                 .apply_many(expired.into_iter(), true, &mut self.swim_effects)
@@ -556,7 +559,9 @@ impl Node {
                 // Persist before answering: an answer confirms what we now know.
                 self.refresh_ring_logged();
                 self.synced = true;
-                let sender_left = state.get(from).is_some_and(|e| e.status == RingStatus::Left);
+                let sender_left = state
+                    .get(from)
+                    .is_some_and(|e| e.status == RingStatus::Left);
                 if reply && (!knew_all || sender_left) {
                     let info = self.lock_ring().get(from).map(|e| e.info);
                     if let Some(info) = info {
@@ -616,7 +621,10 @@ impl Node {
             if seed == self.config.info.quic_addr {
                 continue;
             }
-            if let Err(e) = self.swim.announce(PeerId::seed(seed), &mut self.swim_effects) {
+            if let Err(e) = self
+                .swim
+                .announce(PeerId::seed(seed), &mut self.swim_effects)
+            {
                 debug!(%seed, error = %e, "announce");
             }
         }
@@ -687,8 +695,12 @@ impl Node {
         }
         while let Some(n) = self.swim_effects.to_notify() {
             match n {
-                OwnedNotification::MemberUp(p) => info!(member = %p.node, addr = %p.addr, generation = p.generation, "member up"),
-                OwnedNotification::MemberDown(p) => info!(member = %p.node, addr = %p.addr, "member down"),
+                OwnedNotification::MemberUp(p) => {
+                    info!(member = %p.node, addr = %p.addr, generation = p.generation, "member up")
+                }
+                OwnedNotification::MemberDown(p) => {
+                    info!(member = %p.node, addr = %p.addr, "member down")
+                }
                 OwnedNotification::Rename(a, b) => {
                     info!(member = %b.node, from = a.generation, to = b.generation, "member restarted")
                 }
@@ -699,10 +711,16 @@ impl Node {
                 OwnedNotification::Rejoin(p) => {
                     self.swim_connected = false;
                     self.identity = p;
-                    self.outputs.push_back(Output::PersistGeneration(p.generation));
+                    self.outputs
+                        .push_back(Output::PersistGeneration(p.generation));
                     info!(generation = p.generation, "rejoined with a new identity");
                 }
-                OwnedNotification::Active => self.swim_connected = true,
+                OwnedNotification::Active => {
+                    self.swim_connected = true;
+                    // Catch up with the ring right away rather than at the next periodic sync:
+                    // a joining node becomes a member as soon as it has.
+                    self.ring_sync_with_random_member();
+                }
                 OwnedNotification::Idle => self.swim_connected = false,
             }
         }

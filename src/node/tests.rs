@@ -70,14 +70,18 @@ impl Net {
     }
 
     fn drain(&mut self, a: SocketAddr) {
-        let Some(node) = self.nodes.get_mut(&a) else { return };
+        let Some(node) = self.nodes.get_mut(&a) else {
+            return;
+        };
         let mut outs = Vec::new();
         while let Some(o) = node.poll_output() {
             outs.push(o);
         }
         for o in outs {
             match o {
-                Output::Gossip { to, bytes } => self.push(self.now + LATENCY, to, Event::Gossip(bytes)),
+                Output::Gossip { to, bytes } => {
+                    self.push(self.now + LATENCY, to, Event::Gossip(bytes))
+                }
                 Output::Message { to, bytes } => {
                     self.push(self.now + LATENCY, to, Event::Message(a, bytes))
                 }
@@ -101,7 +105,9 @@ impl Net {
             }
             let ((at, _), (to, event)) = entry.remove_entry();
             self.now = at;
-            let Some(node) = self.nodes.get_mut(&to) else { continue };
+            let Some(node) = self.nodes.get_mut(&to) else {
+                continue;
+            };
             match event {
                 Event::Gossip(b) => node.handle_gossip(&b, at),
                 Event::Message(from, b) => node.handle_message(from, &b, at),
@@ -169,7 +175,11 @@ fn crash_is_detected_and_restart_rejoins_with_new_generation() {
     for i in 0..4 {
         let v = net.view(i);
         let m = v.members.iter().find(|m| m.id == crashed).unwrap();
-        assert_eq!((m.liveness, m.incarnation), (Liveness::Alive, 2), "node {i}: {m:?}");
+        assert_eq!(
+            (m.liveness, m.incarnation),
+            (Liveness::Alive, 2),
+            "node {i}: {m:?}"
+        );
         assert_eq!(v.members.len(), 4);
     }
 }
@@ -206,7 +216,13 @@ fn garbage_input_is_dropped_and_changes_nothing() {
     let before = summary(&net.view(1));
     let ring_before = net.nodes[&addr(1)].ring_state();
     let node = net.nodes.get_mut(&addr(1)).unwrap();
-    for junk in [&b""[..], b"\x00", b"\xff\xff\xff\xff", b"CH\x01\xc1", &[0x93; 64]] {
+    for junk in [
+        &b""[..],
+        b"\x00",
+        b"\xff\xff\xff\xff",
+        b"CH\x01\xc1",
+        &[0x93; 64],
+    ] {
         node.handle_gossip(junk, net.now);
         node.handle_message(addr(9), junk, net.now);
     }
@@ -227,6 +243,9 @@ fn a_late_seed_is_reached_by_re_announcing() {
     for i in 0..2 {
         let v = net.view(i);
         assert_eq!(v.members.len(), 2, "{v:?}");
-        assert!(v.members.iter().all(|m| m.status == RingStatus::Member && m.liveness == Liveness::Alive));
+        assert!(v
+            .members
+            .iter()
+            .all(|m| m.status == RingStatus::Member && m.liveness == Liveness::Alive));
     }
 }

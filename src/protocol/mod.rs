@@ -111,7 +111,10 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
 }
 
 /// Decodes a `T` from an envelope of at most `max_bytes` bytes.
-pub fn decode_with_limit<T: DeserializeOwned>(bytes: &[u8], max_bytes: usize) -> Result<T, WireError> {
+pub fn decode_with_limit<T: DeserializeOwned>(
+    bytes: &[u8],
+    max_bytes: usize,
+) -> Result<T, WireError> {
     let what = std::any::type_name::<T>();
     if bytes.len() > max_bytes {
         return Err(WireError::TooLarge {
@@ -133,8 +136,7 @@ pub fn decode_with_limit<T: DeserializeOwned>(bytes: &[u8], max_bytes: usize) ->
     let body = &bytes[HEADER_BYTES..];
     let mut de = rmp_serde::Deserializer::new(Cursor::new(body));
     de.set_max_depth(DEPTH_MAX);
-    let value =
-        T::deserialize(&mut de).map_err(|source| WireError::Malformed { what, source })?;
+    let value = T::deserialize(&mut de).map_err(|source| WireError::Malformed { what, source })?;
     let used = de.position() as usize;
     if used != body.len() {
         return Err(WireError::TrailingBytes {

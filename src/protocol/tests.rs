@@ -20,17 +20,28 @@ where
     let back: T = decode(&bytes).expect("decode");
     prop_assert_eq!(&back, value);
     for cut in 0..bytes.len() {
-        prop_assert!(decode::<T>(&bytes[..cut]).is_err(), "prefix of {} bytes decoded", cut);
+        prop_assert!(
+            decode::<T>(&bytes[..cut]).is_err(),
+            "prefix of {} bytes decoded",
+            cut
+        );
     }
     let mut longer = bytes.clone();
     longer.push(0);
-    let trailing = matches!(decode::<T>(&longer), Err(WireError::TrailingBytes { extra: 1, .. }));
+    let trailing = matches!(
+        decode::<T>(&longer),
+        Err(WireError::TrailingBytes { extra: 1, .. })
+    );
     prop_assert!(trailing, "a trailing byte was accepted");
     Ok(())
 }
 
 fn arb_register() -> impl Strategy<Value = Register> {
-    let op = (arb_node(), arb_vv(), proptest::option::of(proptest::collection::vec(any::<u8>(), 0..8)));
+    let op = (
+        arb_node(),
+        arb_vv(),
+        proptest::option::of(proptest::collection::vec(any::<u8>(), 0..8)),
+    );
     proptest::collection::vec(op, 0..12).prop_map(|ops| {
         let mut r = Register::new();
         for (node, ctx, value) in ops {
@@ -80,10 +91,16 @@ proptest! {
 #[test]
 fn envelope_errors_say_what_is_wrong() {
     let good = encode(&VersionVector::new()).unwrap();
-    assert!(matches!(decode::<VersionVector>(&good[..2]), Err(WireError::Truncated { len: 2 })));
+    assert!(matches!(
+        decode::<VersionVector>(&good[..2]),
+        Err(WireError::Truncated { len: 2 })
+    ));
     let mut bad_magic = good.clone();
     bad_magic[0] = b'X';
-    assert!(matches!(decode::<VersionVector>(&bad_magic), Err(WireError::BadMagic { .. })));
+    assert!(matches!(
+        decode::<VersionVector>(&bad_magic),
+        Err(WireError::BadMagic { .. })
+    ));
     let mut future = good.clone();
     future[2] = WIRE_VERSION + 1;
     let err = decode::<VersionVector>(&future).unwrap_err();
@@ -98,7 +115,16 @@ fn envelope_errors_say_what_is_wrong() {
 #[test]
 fn huge_declared_lengths_are_rejected_without_allocating() {
     // A bin32 header declaring 4 GiB of bytes, followed by nothing.
-    let mut bytes = vec![MAGIC[0], MAGIC[1], WIRE_VERSION, 0xc6, 0xff, 0xff, 0xff, 0xff];
+    let mut bytes = vec![
+        MAGIC[0],
+        MAGIC[1],
+        WIRE_VERSION,
+        0xc6,
+        0xff,
+        0xff,
+        0xff,
+        0xff,
+    ];
     assert!(decode::<Register>(&bytes).is_err());
     // An array32 header declaring 4 billion elements.
     bytes[3] = 0xdd;
@@ -110,7 +136,10 @@ fn huge_declared_lengths_are_rejected_without_allocating() {
 fn deep_nesting_is_rejected() {
     let mut bytes = vec![MAGIC[0], MAGIC[1], WIRE_VERSION];
     bytes.extend(std::iter::repeat_n(0x91u8, 10_000)); // fixarray of one element, nested
-    assert!(matches!(decode::<Register>(&bytes), Err(WireError::Malformed { .. })));
+    assert!(matches!(
+        decode::<Register>(&bytes),
+        Err(WireError::Malformed { .. })
+    ));
 }
 
 #[test]
@@ -124,9 +153,17 @@ fn invalid_states_are_rejected_on_decode() {
 #[test]
 fn counters_beyond_the_limit_are_rejected() {
     use crate::causality::COUNTER_MAX;
-    let bytes = encode(&std::collections::BTreeMap::from([(NodeId::new(1), COUNTER_MAX + 1)])).unwrap();
+    let bytes = encode(&std::collections::BTreeMap::from([(
+        NodeId::new(1),
+        COUNTER_MAX + 1,
+    )]))
+    .unwrap();
     assert!(decode::<VersionVector>(&bytes).is_err());
-    let ok = encode(&std::collections::BTreeMap::from([(NodeId::new(1), COUNTER_MAX)])).unwrap();
+    let ok = encode(&std::collections::BTreeMap::from([(
+        NodeId::new(1),
+        COUNTER_MAX,
+    )]))
+    .unwrap();
     assert!(decode::<VersionVector>(&ok).is_ok());
 }
 

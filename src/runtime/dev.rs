@@ -210,7 +210,8 @@ pub fn run(options: DevOptions) -> Result<(), DevError> {
     node_addrs(options.base_port, options.nodes - 1)?;
     std::fs::create_dir_all(&options.dir).map_err(io(&options.dir))?;
     let exe = std::env::current_exe().map_err(|e| DevError::Options(e.to_string()))?;
-    let stop = signal_flag().map_err(|e| DevError::Options(format!("cannot watch signals: {e}")))?;
+    let stop =
+        signal_flag().map_err(|e| DevError::Options(format!("cannot watch signals: {e}")))?;
 
     let mut nodes = Vec::new();
     for i in 0..options.nodes {
@@ -245,12 +246,25 @@ pub fn run(options: DevOptions) -> Result<(), DevError> {
         std::thread::sleep(Duration::from_millis(200));
     };
 
-    println!("Chorus dev cluster: {} nodes, data in {}", nodes.len(), options.dir.display());
+    println!(
+        "Chorus dev cluster: {} nodes, data in {}",
+        nodes.len(),
+        options.dir.display()
+    );
     println!("{:<4} {:<18} {:<22} {:<22}", "#", "NODE ID", "QUIC", "HTTP");
     for (n, view) in nodes.iter().zip(&views) {
-        println!("{:<4} {:<18} {:<22} {:<22}", n.index, view.node_id, n.quic.to_string(), format!("http://{}", n.http));
+        println!(
+            "{:<4} {:<18} {:<22} {:<22}",
+            n.index,
+            view.node_id,
+            n.quic.to_string(),
+            format!("http://{}", n.http)
+        );
     }
-    println!("cluster formed: every node sees {} alive members. Press Ctrl-C to stop.", nodes.len());
+    println!(
+        "cluster formed: every node sees {} alive members. Press Ctrl-C to stop.",
+        nodes.len()
+    );
 
     let mut exited = vec![false; nodes.len()];
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {

@@ -149,7 +149,12 @@ async fn run_node(
         quic_addr,
         http_addr,
     };
-    let config = NodeConfig::new(persisted.id, persisted.generation, info, options.join.clone());
+    let config = NodeConfig::new(
+        persisted.id,
+        persisted.generation,
+        info,
+        options.join.clone(),
+    );
     let mut os_rng: Xoshiro256PlusPlus = rand::make_rng();
     let mut node = Node::new(config, os_rng.next_u64(), persisted.ring)?;
     info!(
@@ -165,8 +170,8 @@ async fn run_node(
     let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let http_task = tokio::spawn(
         async move {
-            let server = axum::serve(http_listener, http::router(admin_tx))
-                .with_graceful_shutdown(async {
+            let server =
+                axum::serve(http_listener, http::router(admin_tx)).with_graceful_shutdown(async {
                     let _ = http_stop_rx.await;
                 });
             if let Err(e) = server.await {

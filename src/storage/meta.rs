@@ -47,7 +47,8 @@ pub fn boot<S: Store + ?Sized>(store: &mut S, fresh_id: NodeId) -> Result<BootIn
     let corrupt = |key, reason: String| MetaError::Corrupt { key, reason };
     let id = match store.get_meta(META_NODE_ID)? {
         Some(bytes) => {
-            let text = String::from_utf8(bytes).map_err(|e| corrupt(META_NODE_ID, e.to_string()))?;
+            let text =
+                String::from_utf8(bytes).map_err(|e| corrupt(META_NODE_ID, e.to_string()))?;
             text.parse::<NodeId>()
                 .map_err(|e| corrupt(META_NODE_ID, e.to_string()))?
         }
@@ -68,10 +69,13 @@ pub fn boot<S: Store + ?Sized>(store: &mut S, fresh_id: NodeId) -> Result<BootIn
 fn stored_generation<S: Store + ?Sized>(store: &S) -> Result<u64, MetaError> {
     match store.get_meta(META_GENERATION)? {
         Some(bytes) => {
-            let raw: [u8; 8] = bytes.as_slice().try_into().map_err(|_| MetaError::Corrupt {
-                key: META_GENERATION,
-                reason: format!("{} bytes, expected 8", bytes.len()),
-            })?;
+            let raw: [u8; 8] = bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| MetaError::Corrupt {
+                    key: META_GENERATION,
+                    reason: format!("{} bytes, expected 8", bytes.len()),
+                })?;
             Ok(u64::from_be_bytes(raw))
         }
         None => Ok(0),
@@ -80,7 +84,10 @@ fn stored_generation<S: Store + ?Sized>(store: &S) -> Result<u64, MetaError> {
 
 /// Records a generation the node reached while running (SWIM renewed its identity), so the
 /// next start goes beyond it. Never lowers the stored generation.
-pub fn persist_generation<S: Store + ?Sized>(store: &mut S, generation: u64) -> Result<(), MetaError> {
+pub fn persist_generation<S: Store + ?Sized>(
+    store: &mut S,
+    generation: u64,
+) -> Result<(), MetaError> {
     if generation > stored_generation(store)? {
         store.put_meta(META_GENERATION, &generation.to_be_bytes())?;
     }
@@ -134,6 +141,9 @@ mod tests {
         assert!(err.to_string().contains("generation"), "{err}");
         let mut s = MemoryStore::new();
         s.put_meta(META_RING, b"junk").unwrap();
-        assert!(matches!(boot(&mut s, NodeId::new(1)), Err(MetaError::Corrupt { key: META_RING, .. })));
+        assert!(matches!(
+            boot(&mut s, NodeId::new(1)),
+            Err(MetaError::Corrupt { key: META_RING, .. })
+        ));
     }
 }

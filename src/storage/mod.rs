@@ -85,7 +85,10 @@ mod tests {
         let mut s = MemoryStore::new();
         s.put_meta("node_id", b"abc").unwrap();
         let after = s.crash();
-        assert_eq!(after.get_meta("node_id").unwrap().as_deref(), Some(&b"abc"[..]));
+        assert_eq!(
+            after.get_meta("node_id").unwrap().as_deref(),
+            Some(&b"abc"[..])
+        );
         assert_eq!(after.get_meta("missing").unwrap(), None);
     }
 }

@@ -30,10 +30,12 @@ impl RocksStore {
     }
 
     fn meta(&self) -> Result<&rocksdb::ColumnFamily, StoreError> {
-        self.db.cf_handle(CF_META).ok_or_else(|| StoreError::Engine {
-            path: self.path.display().to_string(),
-            message: format!("column family {CF_META} missing"),
-        })
+        self.db
+            .cf_handle(CF_META)
+            .ok_or_else(|| StoreError::Engine {
+                path: self.path.display().to_string(),
+                message: format!("column family {CF_META} missing"),
+            })
     }
 }
 
@@ -73,7 +75,10 @@ mod tests {
             s.put_meta("generation", b"7").unwrap();
         }
         let s = RocksStore::open(&dir).unwrap();
-        assert_eq!(s.get_meta("generation").unwrap().as_deref(), Some(&b"7"[..]));
+        assert_eq!(
+            s.get_meta("generation").unwrap().as_deref(),
+            Some(&b"7"[..])
+        );
         drop(s);
         std::fs::remove_dir_all(&dir).unwrap();
     }
