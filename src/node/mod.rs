@@ -391,7 +391,7 @@ impl Node {
         self.broadcast_own_entry();
         // Persist `left` first: a restart from this data directory must refuse to rejoin.
         self.refresh_ring_logged();
-        if others == 0 {
+        if self.leave_targets().is_empty() {
             self.finish_leave();
         } else {
             self.push_leave();
@@ -403,11 +403,24 @@ impl Node {
         self.after_input(now);
     }
 
+    /// Where a leaving node tells of its leave: every other node of the ring that has not left,
+    /// and the seeds (a node leaving before it caught up may know nobody else, while the
+    /// others already saw it joining).
+    fn leave_targets(&self) -> BTreeSet<SocketAddr> {
+        let own = self.config.info.quic_addr;
+        self.other_nodes_not_left()
+            .into_iter()
+            .map(|(_, info)| info.quic_addr)
+            .chain(self.config.seeds.iter().copied())
+            .filter(|&a| a != own)
+            .collect()
+    }
+
     fn push_leave(&mut self) {
         let state = self.lock_ring().clone();
-        for (_, info) in self.other_nodes_not_left() {
+        for to in self.leave_targets() {
             self.send(
-                info.quic_addr,
+                to,
                 PeerMessage::RingSync {
                     state: state.clone(),
                     reply: true,
@@ -576,7 +589,30 @@ impl Node {
                     }
                 }
                 self.note_leave_confirmation(from, &state);
+                self.announce_if_strange(from);
                 self.maybe_become_member();
+            }
+        }
+    }
+
+    /// A ring node that talks to us but is not among SWIM's active members: one of the two
+    /// SWIM views is stale (it may hold us down, or we it). Announcing to it makes SWIM sort
+    /// it out: a node held down is told so and rejoins with a new identity.
+    fn announce_if_strange(&mut self, from: NodeId) {
+        if self.leave.is_some() || from == self.config.id {
+            return;
+        }
+        let Some(entry) = self.lock_ring().get(from).copied() else {
+            return;
+        };
+        let addr = entry.info.quic_addr;
+        let known = self.swim.iter_members().any(|m| m.id().addr == addr);
+        if entry.status != RingStatus::Left && !known {
+            if let Err(e) = self
+                .swim
+                .announce(PeerId::seed(addr), &mut self.swim_effects)
+            {
+                debug!(%addr, error = %e, "announce");
             }
         }
     }
@@ -592,14 +628,32 @@ impl Node {
         }
     }
 
+    /// The periodic full-state exchange: with a random member SWIM holds alive, and also with
+    /// a random ring node SWIM does not (down, or out of SWIM because it is leaving). The second
+    /// exchange is how a leaving node, whose known peers may all be gone, learns about nodes that
+    /// joined after it left SWIM, so its leave reaches them.
     fn ring_sync_with_random_member(&mut self) {
-        let active: Vec<SocketAddr> = self.swim.iter_members().map(|m| m.id().addr).collect();
-        if active.is_empty() {
-            return;
-        }
-        let pick = rand::RngExt::random_range(&mut self.rng, 0..active.len());
+        let active: BTreeSet<SocketAddr> = self.swim.iter_members().map(|m| m.id().addr).collect();
+        let unreachable: Vec<SocketAddr> = self
+            .other_nodes_not_left()
+            .into_iter()
+            .map(|(_, info)| info.quic_addr)
+            .filter(|a| !active.contains(a))
+            .collect();
         let state = self.lock_ring().clone();
-        self.send(active[pick], PeerMessage::RingSync { state, reply: true });
+        for pool in [active.into_iter().collect::<Vec<_>>(), unreachable] {
+            if pool.is_empty() {
+                continue;
+            }
+            let pick = rand::RngExt::random_range(&mut self.rng, 0..pool.len());
+            self.send(
+                pool[pick],
+                PeerMessage::RingSync {
+                    state: state.clone(),
+                    reply: true,
+                },
+            );
+        }
     }
 
     /// Announces to every other node of the ring that has not left: how a node that SWIM

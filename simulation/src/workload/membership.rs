@@ -206,7 +206,9 @@ impl Membership {
         if f.contains(FaultKind::Leave) && up.len() >= 3 && size > n.saturating_sub(slack).max(2) {
             kinds.push(FaultKind::Leave);
         }
-        if f.contains(FaultKind::Join) && size < n + slack && !up.is_empty() {
+        // Join to grow back to N running nodes too: machines that crashed for good still count
+        // in `size`, and without replacements a long run would shrink to a couple of nodes.
+        if f.contains(FaultKind::Join) && (size < n + slack || up.len() < n) && !up.is_empty() {
             kinds.push(FaultKind::Join);
         }
         let departed: Vec<usize> = (0..cx.cluster().len())
