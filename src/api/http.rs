@@ -4,7 +4,8 @@
 //! Stable endpoints:
 //! - `GET /health` → 200 once the node serves.
 //! - `GET /v1/cluster` → the cluster as this node sees it ([`ClusterView`] as JSON).
-//! - `POST /v1/cluster/leave` → 202; the node leaves gracefully and exits.
+//! - `POST /v1/cluster/leave` → 202 `{"status":"leaving"}`; the node leaves gracefully and
+//!   exits once a majority of the live members confirmed its departure.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -64,7 +65,7 @@ async fn leave(State(admin): State<mpsc::Sender<AdminRequest>>) -> Response {
     match rx.await {
         Ok(()) => (
             StatusCode::ACCEPTED,
-            Json(serde_json::json!({"status": "left"})),
+            Json(serde_json::json!({"status": "leaving"})),
         )
             .into_response(),
         Err(_) => unavailable(),
