@@ -69,14 +69,7 @@ fn start_reads_a_config_file_and_status_reports_the_node() {
     let tmp = tempfile::tempdir().unwrap();
     let ca = make_ca(tmp.path(), "ca");
     let tls = tmp.path().join("tls");
-    let out = chorus()
-        .args(["cert", "issue", "--ca"])
-        .arg(&ca)
-        .args(["--name", "solo", "--out"])
-        .arg(&tls)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    issue_cert(&ca, "solo", &tls);
     let (quic, http) = free_ports();
     let config = tmp.path().join("node.toml");
     std::fs::write(

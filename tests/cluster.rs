@@ -215,14 +215,7 @@ fn garbage_on_the_udp_port_and_junk_streams_are_rejected() {
 
     // A client with a valid cluster certificate that sends junk peer messages and SWIM packets.
     let client_tls = tmp.path().join("junk-client");
-    let out = chorus()
-        .args(["cert", "issue", "--ca"])
-        .arg(&ca)
-        .args(["--name", "junk", "--out"])
-        .arg(&client_tls)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    issue_cert(&ca, "junk", &client_tls);
     junk_client(&client_tls, a.quic);
 
     // The node keeps serving, the cluster is intact, and the rejection is logged.

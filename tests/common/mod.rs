@@ -51,6 +51,22 @@ pub fn make_ca(root: &Path, name: &str) -> PathBuf {
     dir
 }
 
+/// Issues a node certificate from the CA in `ca` into `out` with `chorus cert issue`.
+pub fn issue_cert(ca: &Path, name: &str, out: &Path) {
+    let res = chorus()
+        .args(["cert", "issue", "--ca"])
+        .arg(ca)
+        .args(["--name", name, "--out"])
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(
+        res.status.success(),
+        "cert issue: {}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+}
+
 /// One `chorus start` process.
 pub struct NodeProc {
     pub name: String,
@@ -67,18 +83,7 @@ impl NodeProc {
     pub fn start(root: &Path, name: &str, ca: &Path, join: &[SocketAddr]) -> NodeProc {
         let data_dir = root.join(name);
         let tls_dir = data_dir.join("tls");
-        let out = chorus()
-            .args(["cert", "issue", "--ca"])
-            .arg(ca)
-            .args(["--name", name, "--out"])
-            .arg(&tls_dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "cert issue: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        issue_cert(ca, name, &tls_dir);
         let (quic, http) = free_ports();
         let mut node = NodeProc {
             name: name.to_string(),
