@@ -20,12 +20,11 @@
 //! `crash` and `restart` complete at once. Restarts due after the fault phase are cancelled:
 //! those nodes stay crashed.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chorus::membership::RingStatus;
 
-use super::{pick, shuffle, Ctx, Workload};
+use super::{pick, shuffle, Ctx, Wakeups, Workload};
 use crate::args::{FaultKind, FaultSet};
 use crate::cluster::ProcessState;
 use crate::history::{OpId, OpKind, Outcome};
@@ -106,8 +105,7 @@ enum Pending {
 #[derive(Debug)]
 pub struct Membership {
     config: MembershipConfig,
-    pending: BTreeMap<u64, Pending>,
-    next_token: u64,
+    wakeups: Wakeups<Pending>,
     quiesced: bool,
 }
 
@@ -116,16 +114,13 @@ impl Membership {
     pub fn new(config: MembershipConfig) -> Self {
         Membership {
             config,
-            pending: BTreeMap::new(),
-            next_token: 0,
+            wakeups: Wakeups::default(),
             quiesced: false,
         }
     }
 
     fn schedule(&mut self, cx: &mut Ctx<'_>, at: Duration, what: Pending) {
-        self.next_token += 1;
-        self.pending.insert(self.next_token, what);
-        cx.wake_at(at, self.next_token);
+        self.wakeups.schedule(cx, at, what);
     }
 
     fn up_nodes(cx: &Ctx<'_>) -> Vec<usize> {
@@ -313,7 +308,7 @@ impl Workload for Membership {
     }
 
     fn wake(&mut self, token: u64, cx: &mut Ctx<'_>) {
-        let Some(what) = self.pending.remove(&token) else {
+        let Some(what) = self.wakeups.take(token) else {
             return;
         };
         match what {

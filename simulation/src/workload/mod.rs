@@ -44,6 +44,37 @@ pub trait Workload {
     fn quiesce(&mut self, cx: &mut Ctx<'_>);
 }
 
+/// The wake-ups a workload has asked for, each with what it will do then: a token per
+/// wake-up, so a workload only keeps the state of its own plans.
+#[derive(Debug)]
+pub struct Wakeups<P> {
+    pending: std::collections::BTreeMap<u64, P>,
+    next_token: u64,
+}
+
+impl<P> Default for Wakeups<P> {
+    fn default() -> Self {
+        Wakeups {
+            pending: std::collections::BTreeMap::new(),
+            next_token: 0,
+        }
+    }
+}
+
+impl<P> Wakeups<P> {
+    /// Plans `what` for simulated time `at`.
+    pub fn schedule(&mut self, cx: &mut Ctx<'_>, at: Duration, what: P) {
+        self.next_token += 1;
+        self.pending.insert(self.next_token, what);
+        cx.wake_at(at, self.next_token);
+    }
+
+    /// What was planned for the wake-up `token`, once.
+    pub fn take(&mut self, token: u64) -> Option<P> {
+        self.pending.remove(&token)
+    }
+}
+
 /// What a workload may touch while it runs.
 pub struct Ctx<'a> {
     actor: usize,

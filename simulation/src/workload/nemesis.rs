@@ -8,12 +8,12 @@
 //! link (loss 5–60 %, extra latency up to a few hundred milliseconds) for a while. Each start
 //! and end is an instantaneous operation of the client `nemesis` in the history.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use rand::RngExt;
 
-use super::{pick, shuffle, Ctx, Workload};
+use super::{pick, shuffle, Ctx, Wakeups, Workload};
 use crate::args::{FaultKind, FaultSet};
 use crate::cluster::ProcessState;
 use crate::history::{OpKind, Outcome};
@@ -65,8 +65,7 @@ enum Pending {
 #[derive(Debug)]
 pub struct Nemesis {
     config: NemesisConfig,
-    pending: BTreeMap<u64, Pending>,
-    next_token: u64,
+    wakeups: Wakeups<Pending>,
     quiesced: bool,
 }
 
@@ -75,16 +74,13 @@ impl Nemesis {
     pub fn new(config: NemesisConfig) -> Self {
         Nemesis {
             config,
-            pending: BTreeMap::new(),
-            next_token: 0,
+            wakeups: Wakeups::default(),
             quiesced: false,
         }
     }
 
     fn schedule(&mut self, cx: &mut Ctx<'_>, at: Duration, what: Pending) {
-        self.next_token += 1;
-        self.pending.insert(self.next_token, what);
-        cx.wake_at(at, self.next_token);
+        self.wakeups.schedule(cx, at, what);
     }
 
     fn next(&mut self, cx: &mut Ctx<'_>) {
@@ -200,7 +196,7 @@ impl Workload for Nemesis {
     }
 
     fn wake(&mut self, token: u64, cx: &mut Ctx<'_>) {
-        let Some(what) = self.pending.remove(&token) else {
+        let Some(what) = self.wakeups.take(token) else {
             return;
         };
         if self.quiesced {
