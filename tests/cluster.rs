@@ -158,6 +158,83 @@ fn graceful_leave_shows_left_everywhere_and_exits_zero() {
 }
 
 #[test]
+fn an_operator_removes_a_dead_node_over_http() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = make_ca(tmp.path(), "ca");
+    let mut nodes = vec![NodeProc::start(tmp.path(), "n0", &ca, &[])];
+    let seed = nodes[0].quic;
+    for i in 1..3 {
+        nodes.push(NodeProc::start(tmp.path(), &format!("n{i}"), &ca, &[seed]));
+    }
+    let ids: Vec<String> = nodes.iter().map(|n| n.wait_serving()).collect();
+    for n in &nodes {
+        assert!(wait_for(Duration::from_secs(10), || n
+            .view()
+            .filter(|v| all_alive(v, &ids)))
+        .is_some());
+    }
+    nodes[2].kill();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(5)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let post = |path: &str| {
+        let mut resp = agent
+            .post(format!("http://{}{path}", nodes[0].http))
+            .send_empty()
+            .unwrap();
+        let body: serde_json::Value = resp.body_mut().read_json().unwrap();
+        (resp.status().as_u16(), body)
+    };
+    // Bad input is refused and changes nothing.
+    let (status, body) = post("/v1/cluster/remove/not-an-id");
+    assert_eq!((status, body["error"].as_str()), (400, Some("bad_node_id")));
+    let (status, body) = post("/v1/cluster/remove/00000000000000ab");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (404, Some("unknown_node"))
+    );
+    let (status, body) = post(&format!("/v1/cluster/remove/{}", ids[0]));
+    assert_eq!((status, body["error"].as_str()), (409, Some("refused")));
+    assert!(
+        nodes[0]
+            .view()
+            .unwrap()
+            .members
+            .iter()
+            .all(|m| m.status == RingStatus::Member),
+        "refused removals change nothing"
+    );
+
+    let (status, body) = post(&format!("/v1/cluster/remove/{}", ids[2]));
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["status"], "removing");
+    for n in &nodes[..2] {
+        let removed = wait_for(Duration::from_secs(10), || {
+            n.view().filter(|v| {
+                v.pending.is_empty()
+                    && v.members.iter().any(|m| {
+                        m.id == ids[2] && m.status == RingStatus::Left && m.partitions == 0
+                    })
+            })
+        });
+        assert!(removed.is_some(), "{}: {:?}", n.name, n.view());
+    }
+    // The machine comes back after all: it learns it was removed and stops by itself.
+    nodes[2].spawn();
+    let status = nodes[2]
+        .wait_exit(Duration::from_secs(20))
+        .expect("a removed node stops");
+    assert_eq!(status.code(), Some(0), "{}", nodes[2].log());
+    assert!(
+        nodes[2].log().contains("removed this node"),
+        "{}",
+        nodes[2].log()
+    );
+}
+
+#[test]
 fn a_node_with_a_foreign_certificate_never_becomes_a_member() {
     let tmp = tempfile::tempdir().unwrap();
     let ca = make_ca(tmp.path(), "ca");

@@ -1,11 +1,21 @@
 //! The simulated cluster: node slots, their processes and disks, and the step loop.
 //!
-//! A *slot* is one machine: a fixed node id and addresses, a [`Disk`], and at most one running
+//! A *slot* is one machine: a fixed node id, its addresses, a [`Disk`], and at most one running
 //! process — a production [`Node`]. The cluster is the simulated driver of those nodes: it feeds
 //! each node its inputs (datagrams, messages, timer firings) at their simulated time, drains the
 //! node's outputs after every input, hands sends to the [`Network`], queues timers, and writes
 //! persisted state to the disk — what `chorus::runtime` does with sockets, clocks and RocksDB,
 //! and nothing more. It makes no protocol decision.
+//!
+//! # Outputs, durability and crashes at any point
+//!
+//! A node's outputs go into the slot's outbox and are performed in order. A persist output is
+//! written to the disk unsynced and followed by a sync that takes simulated time
+//! ([`ClusterConfig::disk_sync`]); nothing after it in the outbox is performed until the sync
+//! completes — the barrier the core's documentation asks of every driver. A crash loses the
+//! outbox and every unsynced write. [`Cluster::crash_after_outputs`] arms a crash that fires
+//! between two outputs of the node (after `k` more are performed), so a crash can fall between a
+//! persist and the message that depends on it, not only between events.
 //!
 //! Workloads act on the cluster through its control surface ([`Cluster::add_node`],
 //! [`Cluster::start`], [`Cluster::crash`], [`Cluster::leave`], [`Cluster::network_mut`]) and read
@@ -13,20 +23,22 @@
 //! the trace; wake-ups it cannot handle itself (a workload's timer) are returned from
 //! [`Cluster::step`] to the caller, which owns the workloads.
 
-use std::collections::BTreeMap;
-use std::fmt;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use chorus::membership::{NodeInfo, RingStatus};
-use chorus::node::{ClusterView, Node, NodeConfig, NodeError, Output, Timer};
+use chorus::node::{
+    ClusterView, Node, NodeConfig, NodeError, Output, Persisted, RemoveError, Timer,
+};
 use chorus::NodeId;
 
-use crate::check::{ClusterSnapshot, NodeSnapshot};
 use crate::disk::{Disk, DiskError};
 use crate::network::{DatagramFate, NetConfig, Network};
-use crate::rng;
+use crate::rng::{self, SimRng};
 use crate::scheduler::{Scheduler, EVENTS_PENDING_MAX};
+pub use crate::snapshot::ProcessState;
+use crate::snapshot::{ClusterSnapshot, NodeObservation, NodeSnapshot, Observation};
 use crate::trace::{End, Kind, Trace};
 
 /// How long a node that left keeps running so its last sends get out (the runtime's
@@ -43,8 +55,15 @@ pub struct ClusterConfig {
     pub net: NetConfig,
     /// How long a node runs after it has left.
     pub leave_flush: Duration,
+    /// How long a disk sync (fsync) takes: uniform in this range, and now and then (one in
+    /// [`ClusterConfig::disk_slow_one_in`]) ten times the upper end.
+    pub disk_sync: (Duration, Duration),
+    /// One sync in this many is slow.
+    pub disk_slow_one_in: u32,
     /// Bound on pending events.
     pub events_pending_max: usize,
+    /// Record an [`Observation`] after every step (for the per-step safety checker).
+    pub observe: bool,
 }
 
 impl Default for ClusterConfig {
@@ -52,48 +71,11 @@ impl Default for ClusterConfig {
         ClusterConfig {
             net: NetConfig::default(),
             leave_flush: LEAVE_FLUSH,
+            disk_sync: (Duration::from_micros(200), Duration::from_millis(4)),
+            disk_slow_one_in: 50,
             events_pending_max: EVENTS_PENDING_MAX,
+            observe: true,
         }
-    }
-}
-
-/// What a slot's process is doing, as the simulator (the ground truth) knows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum ProcessState {
-    /// Never started.
-    NotStarted,
-    /// Running.
-    Up,
-    /// Asked to leave the cluster; still running until the node reports it has left
-    /// ([`Output::Left`]) and its last sends are flushed.
-    Leaving,
-    /// Left the cluster and stopped for good.
-    Left,
-    /// Crashed (or failed to start) and not running.
-    Crashed,
-}
-
-impl ProcessState {
-    /// Whether a process is running (it takes inputs).
-    pub fn is_running(self) -> bool {
-        matches!(self, ProcessState::Up | ProcessState::Leaving)
-    }
-
-    /// Lowercase name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProcessState::NotStarted => "not started",
-            ProcessState::Up => "up",
-            ProcessState::Leaving => "leaving",
-            ProcessState::Left => "left",
-            ProcessState::Crashed => "crashed",
-        }
-    }
-}
-
-impl fmt::Display for ProcessState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -140,6 +122,16 @@ pub enum ControlError {
     /// No more slots.
     #[error("too many nodes (at most {SLOTS_MAX})")]
     TooManyNodes,
+    /// The node refused the removal.
+    #[error("n{via} refused to remove n{node}: {source}")]
+    Remove {
+        /// The node asked.
+        via: usize,
+        /// The node to remove.
+        node: usize,
+        /// Why.
+        source: RemoveError,
+    },
 }
 
 enum Process {
@@ -160,8 +152,18 @@ struct Slot {
     epoch: u64,
     /// Generation of the current (or last) process.
     generation: u64,
-    /// Whether the node reported that it has left ([`Output::Left`]).
+    /// Whether the node's leave completed: it reported [`Output::Left`] and the mark is durable.
     left_reported: bool,
+    /// Outputs taken from the node and not yet performed.
+    outbox: VecDeque<Output>,
+    /// A disk sync is in flight; the outbox waits for it.
+    syncing: bool,
+    /// The sync in flight makes a completed leave durable.
+    left_pending: bool,
+    /// Crash after performing this many more outputs.
+    crash_trap: Option<u32>,
+    /// An operator removed this machine from the ring.
+    removed: bool,
 }
 
 impl Slot {
@@ -215,6 +217,14 @@ enum Event {
         epoch: u64,
         timer: Timer,
     },
+    SyncDone {
+        node: usize,
+        epoch: u64,
+    },
+    CrashDeadline {
+        node: usize,
+        epoch: u64,
+    },
     StopLeft {
         node: usize,
         epoch: u64,
@@ -254,6 +264,10 @@ pub struct Stats {
     pub timers: u64,
     /// Dropped datagrams and messages by reason.
     pub dropped: BTreeMap<&'static str, u64>,
+    /// Disk syncs completed.
+    pub syncs: u64,
+    /// Outputs lost because their process crashed before performing them.
+    pub outputs_lost: u64,
 }
 
 /// The simulated cluster.
@@ -265,8 +279,12 @@ pub struct Cluster {
     net: Network,
     slots: Vec<Slot>,
     by_addr: BTreeMap<SocketAddr, usize>,
+    /// Addresses handed out so far (a restart may move a machine to a new one).
+    hosts: u32,
+    disk_rng: SimRng,
     trace: Trace,
     stats: Stats,
+    observations: Vec<Observation>,
 }
 
 impl Cluster {
@@ -280,8 +298,11 @@ impl Cluster {
             now: Duration::ZERO,
             slots: Vec::new(),
             by_addr: BTreeMap::new(),
+            hosts: 0,
+            disk_rng: rng::stream(seed, "disk"),
             trace,
             stats: Stats::default(),
+            observations: Vec::new(),
         }
     }
 
@@ -329,9 +350,24 @@ impl Cluster {
 
     /// A running node's own ring status.
     pub fn own_status(&self, node: usize) -> Option<RingStatus> {
-        let slot = self.slots.get(node)?;
-        let n = slot.node()?;
-        n.ring_state().get(slot.id).map(|e| e.status)
+        Some(self.slots.get(node)?.node()?.own_status())
+    }
+
+    /// Whether the removal of `node` that `via` started is confirmed by a majority (`None`:
+    /// `via` is not running or started no such removal).
+    pub fn removal_confirmed(&self, via: usize, node: usize) -> Option<bool> {
+        let id = self.id(node)?;
+        self.slots.get(via)?.node()?.removal_confirmed(id)
+    }
+
+    /// Whether an operator removed the machine.
+    pub fn removed(&self, node: usize) -> bool {
+        self.slots.get(node).is_some_and(|s| s.removed)
+    }
+
+    /// Takes the observations recorded since the last call (see [`ClusterConfig::observe`]).
+    pub fn take_observations(&mut self) -> Vec<Observation> {
+        std::mem::take(&mut self.observations)
     }
 
     /// The network, to read its state.
@@ -370,12 +406,7 @@ impl Cluster {
         if i >= SLOTS_MAX {
             return Err(ControlError::TooManyNodes);
         }
-        let host = i as u32 + 1;
-        let ip = [10, 0, (host >> 8) as u8, (host & 0xff) as u8];
-        let info = NodeInfo {
-            quic_addr: SocketAddr::from((ip, 7000)),
-            http_addr: SocketAddr::from((ip, 8000)),
-        };
+        let info = self.next_address();
         let mut raw = rng::derive(self.seed, "node-id", i as u64);
         while raw == 0 || self.slots.iter().any(|s| s.id.get() == raw) {
             raw = rng::mix64(raw);
@@ -394,6 +425,11 @@ impl Cluster {
             epoch: 0,
             generation: 0,
             left_reported: false,
+            outbox: VecDeque::new(),
+            syncing: false,
+            left_pending: false,
+            crash_trap: None,
+            removed: false,
         });
         self.by_addr.insert(info.quic_addr, i);
         self.trace.text(
@@ -410,10 +446,54 @@ impl Cluster {
         Ok(i)
     }
 
+    /// A fresh address (`10.0.x.y`) no machine has had.
+    fn next_address(&mut self) -> NodeInfo {
+        self.hosts += 1;
+        let host = self.hosts;
+        let ip = [
+            10,
+            (host >> 16) as u8,
+            (host >> 8) as u8,
+            (host & 0xff) as u8,
+        ];
+        NodeInfo {
+            quic_addr: SocketAddr::from((ip, 7000)),
+            http_addr: SocketAddr::from((ip, 8000)),
+        }
+    }
+
+    /// Moves a stopped machine to a new address (its next start announces it): what happens
+    /// when a machine comes back with another IP.
+    pub fn move_address(&mut self, node: usize) -> Result<SocketAddr, ControlError> {
+        let state = self.state(node);
+        if node >= self.slots.len() {
+            return Err(ControlError::NoSuchNode(node));
+        }
+        if state.is_running() {
+            return Err(ControlError::Running { node, state });
+        }
+        let info = self.next_address();
+        let old = std::mem::replace(&mut self.slots[node].info, info);
+        self.by_addr.remove(&old.quic_addr);
+        self.by_addr.insert(info.quic_addr, node);
+        self.trace.text(
+            self.now,
+            Kind::Process,
+            End::Node(node),
+            End::None,
+            format_args!(
+                "machine n{node} moves from {} to {}",
+                old.quic_addr, info.quic_addr
+            ),
+        );
+        Ok(info.quic_addr)
+    }
+
     /// Starts a process on a stopped slot, from what its disk holds: the generation is bumped,
     /// the ring state loaded, as the production runtime does. Returns the new generation.
     /// Starting a slot that left is allowed — it is what an operator might try — and the core
-    /// is expected to refuse it.
+    /// is expected to refuse it. A node that resumes an unfinished leave runs as
+    /// [`ProcessState::Leaving`].
     pub fn start(&mut self, node: usize) -> Result<u64, ControlError> {
         let now = self.now;
         let slot = self
@@ -436,20 +516,46 @@ impl Cluster {
             slot.seeds.clone(),
         );
         let node_seed = rng::derive(self.seed, "node-rng", ((node as u64) << 32) | slot.epoch);
-        match Node::new(config, node_seed, persisted.ring) {
+        let saved = Persisted {
+            ring: persisted.ring,
+            leave_complete: persisted.leave_complete,
+        };
+        match Node::new(config, node_seed, saved) {
             Ok(mut n) => {
                 slot.epoch += 1;
+                slot.outbox.clear();
+                slot.syncing = false;
+                slot.left_pending = false;
+                slot.crash_trap = None;
                 let _log = crate::log::enter(node, now);
                 n.start(now);
-                slot.process = Process::Up(Box::new(n));
-                let generation = slot.generation;
+                let leaving = n.has_left();
+                slot.process = if leaving {
+                    Process::Leaving(Box::new(n))
+                } else {
+                    Process::Up(Box::new(n))
+                };
+                let (generation, epoch, id, addr) =
+                    (slot.generation, slot.epoch, slot.id, slot.info.quic_addr);
                 self.trace.text(
                     now,
                     Kind::Process,
                     End::Node(node),
                     End::None,
-                    format_args!("start generation {generation}"),
+                    format_args!(
+                        "start generation {generation}{}",
+                        if leaving { " (resuming a leave)" } else { "" }
+                    ),
                 );
+                if self.config.observe {
+                    self.observations.push(Observation::Started {
+                        slot: node,
+                        id,
+                        epoch,
+                        generation,
+                        addr,
+                    });
+                }
                 self.drain(node);
                 Ok(generation)
             }
@@ -482,15 +588,98 @@ impl Cluster {
         if !state.is_running() {
             return Err(ControlError::NotRunning { node, state });
         }
+        self.kill(node, "crash");
+        Ok(())
+    }
+
+    /// Arms a crash of a running process between two of its outputs: it crashes right before
+    /// performing its `k`-th output from now (its outbox and unsynced writes are lost), or at
+    /// `deadline` from now if it has not performed that many by then.
+    pub fn crash_after_outputs(
+        &mut self,
+        node: usize,
+        k: u32,
+        deadline: Duration,
+    ) -> Result<(), ControlError> {
+        let slot = self
+            .slots
+            .get_mut(node)
+            .ok_or(ControlError::NoSuchNode(node))?;
+        let state = slot.state();
+        if !state.is_running() {
+            return Err(ControlError::NotRunning { node, state });
+        }
+        slot.crash_trap = Some(k);
+        let epoch = slot.epoch;
+        self.queue
+            .schedule(self.now + deadline, Event::CrashDeadline { node, epoch });
+        // Outputs already waiting behind a sync count too: the crash may fall among them.
+        self.pump(node);
+        Ok(())
+    }
+
+    fn kill(&mut self, node: usize, why: &str) {
+        let slot = &mut self.slots[node];
         slot.process = Process::Crashed;
+        self.stats.outputs_lost += slot.outbox.len() as u64;
+        slot.outbox.clear();
+        slot.syncing = false;
+        slot.left_pending = false;
+        slot.crash_trap = None;
         slot.disk.crash();
+        let (id, epoch) = (slot.id, slot.epoch);
         self.trace.text(
             self.now,
             Kind::Process,
             End::Node(node),
             End::None,
-            format_args!("crash"),
+            format_args!("{why}"),
         );
+        if self.config.observe {
+            self.observations.push(Observation::Stopped {
+                slot: node,
+                id,
+                epoch,
+            });
+        }
+    }
+
+    /// Asks the running node `via` to remove the stopped machine `node` from the ring for good
+    /// (an operator's decision: the machine is gone). From now on the machine counts as
+    /// removed; it must not be started again.
+    pub fn remove(&mut self, via: usize, node: usize) -> Result<(), ControlError> {
+        let now = self.now;
+        let target = self.slots.get(node).ok_or(ControlError::NoSuchNode(node))?;
+        let state = target.state();
+        if state.is_running() {
+            return Err(ControlError::Running { node, state });
+        }
+        let id = target.id;
+        let v = self
+            .slots
+            .get_mut(via)
+            .ok_or(ControlError::NoSuchNode(via))?;
+        let vstate = v.state();
+        let Some(n) = v.node_mut() else {
+            return Err(ControlError::NotRunning {
+                node: via,
+                state: vstate,
+            });
+        };
+        let result = {
+            let _log = crate::log::enter(via, now);
+            n.remove(id, now)
+        };
+        result.map_err(|source| ControlError::Remove { via, node, source })?;
+        self.slots[node].removed = true;
+        self.trace.text(
+            now,
+            Kind::Process,
+            End::Node(via),
+            End::Node(node),
+            format_args!("remove n{node} requested"),
+        );
+        self.drain(via);
         Ok(())
     }
 
@@ -550,10 +739,35 @@ impl Cluster {
             Event::Gossip { from, to, bytes } => self.arrive_gossip(from, to, bytes),
             Event::Message(m) => self.arrive_message(*m),
             Event::Timer { node, epoch, timer } => self.fire_timer(node, epoch, timer),
+            Event::SyncDone { node, epoch } => self.sync_done(node, epoch),
+            Event::CrashDeadline { node, epoch } => {
+                let slot = &self.slots[node];
+                if slot.epoch == epoch && slot.state().is_running() && slot.crash_trap.is_some() {
+                    self.kill(node, "crash (deadline of an armed crash)");
+                }
+            }
             Event::StopLeft { node, epoch } => self.stop_left(node, epoch),
             Event::Wake { actor, token } => return Step::Wake { actor, token },
         }
         Step::Handled
+    }
+
+    /// What the per-step checker sees of a running node now.
+    fn observe(&mut self, node: usize) {
+        if !self.config.observe {
+            return;
+        }
+        let slot = &self.slots[node];
+        let Some(n) = slot.node() else { return };
+        self.observations.push(Observation::Node(NodeObservation {
+            slot: node,
+            epoch: slot.epoch,
+            id: slot.id,
+            process: slot.state(),
+            ring: n.ring_state(),
+            generations: n.swim_generations(),
+            left_reported: slot.left_reported,
+        }));
     }
 
     /// Every slot as the ground truth knows it, with each running node's view.
@@ -567,6 +781,7 @@ impl Cluster {
                 id: s.id,
                 process: s.state(),
                 generation: s.generation,
+                removed: s.removed,
                 view: s.node().map(Node::cluster_view),
             })
             .collect();
@@ -706,6 +921,8 @@ impl Cluster {
             return;
         }
         slot.process = Process::Left;
+        slot.outbox.clear();
+        let id = slot.id;
         self.trace.text(
             self.now,
             Kind::Process,
@@ -713,71 +930,156 @@ impl Cluster {
             End::None,
             format_args!("stopped after leaving"),
         );
+        if self.config.observe {
+            self.observations.push(Observation::Stopped {
+                slot: node,
+                id,
+                epoch,
+            });
+        }
     }
 
-    /// Performs every output the node produced, in order.
+    /// Takes every output the node produced into its outbox and performs what it can.
     fn drain(&mut self, node: usize) {
+        let slot = &mut self.slots[node];
+        if let Some(n) = slot.node_mut() {
+            let mut outs = Vec::new();
+            while let Some(o) = n.poll_output() {
+                outs.push(o);
+            }
+            slot.outbox.extend(outs);
+        }
+        self.pump(node);
+        if self.slots[node].state().is_running() {
+            self.observe(node);
+        }
+    }
+
+    /// Performs the outbox in order until it is empty, a sync must complete first, or an armed
+    /// crash fires.
+    fn pump(&mut self, node: usize) {
         loop {
-            let Some(out) = self.slots[node].node_mut().and_then(Node::poll_output) else {
+            let slot = &mut self.slots[node];
+            if slot.syncing || !slot.state().is_running() {
+                return;
+            }
+            if slot.outbox.is_empty() {
+                return;
+            }
+            if slot.crash_trap == Some(0) {
+                self.kill(node, "crash (between two outputs)");
+                return;
+            }
+            if let Some(k) = slot.crash_trap.as_mut() {
+                *k -= 1;
+            }
+            let Some(out) = slot.outbox.pop_front() else {
                 return;
             };
-            match out {
-                Output::Gossip { to, bytes } => self.send_gossip(node, to, bytes),
-                Output::Message { to, bytes } => self.send_message(node, to, bytes),
-                Output::SetTimer { at, timer } => {
-                    let epoch = self.slots[node].epoch;
-                    self.queue
-                        .schedule(at.max(self.now), Event::Timer { node, epoch, timer });
-                }
-                Output::PersistRing(state) => {
-                    if let Err(e) = self.slots[node].disk.persist_ring(&state) {
-                        // The in-memory store cannot fail; an encoding failure is a core bug
-                        // worth seeing in the trace.
-                        self.trace.text(
-                            self.now,
-                            Kind::Process,
-                            End::Node(node),
-                            End::None,
-                            format_args!("cannot persist ring: {e}"),
-                        );
-                    }
-                }
-                Output::PersistGeneration(generation) => {
-                    if let Err(e) = self.slots[node].disk.persist_generation(generation) {
-                        self.trace.text(
-                            self.now,
-                            Kind::Process,
-                            End::Node(node),
-                            End::None,
-                            format_args!("cannot persist generation: {e}"),
-                        );
-                    }
-                }
-                Output::Left => {
-                    let slot = &mut self.slots[node];
-                    slot.left_reported = true;
-                    // Normally the slot is already leaving (it asked); a node may also decide to
-                    // leave on its own.
-                    slot.process = match std::mem::replace(&mut slot.process, Process::Left) {
-                        Process::Up(n) | Process::Leaving(n) => Process::Leaving(n),
-                        other => other,
-                    };
-                    let epoch = slot.epoch;
-                    let at = self.now + self.config.leave_flush;
-                    self.queue.schedule(at, Event::StopLeft { node, epoch });
+            self.perform(node, out);
+        }
+    }
+
+    fn perform(&mut self, node: usize, out: Output) {
+        match out {
+            Output::Gossip { to, bytes } => self.send_gossip(node, to, bytes),
+            Output::Message { addr, bytes, .. } => self.send_message(node, addr, bytes),
+            Output::SetTimer { at, timer } => {
+                let epoch = self.slots[node].epoch;
+                self.queue
+                    .schedule(at.max(self.now), Event::Timer { node, epoch, timer });
+            }
+            Output::PersistRing(state) => {
+                if let Err(e) = self.slots[node].disk.write_ring(&state) {
+                    // An encoding failure is a core bug worth seeing in the trace.
                     self.trace.text(
                         self.now,
                         Kind::Process,
                         End::Node(node),
                         End::None,
-                        format_args!(
-                            "left the cluster; stopping in {:?}",
-                            self.config.leave_flush
-                        ),
+                        format_args!("cannot persist ring: {e}"),
                     );
                 }
+                self.start_sync(node);
+            }
+            Output::PersistGeneration(generation) => {
+                if let Err(e) = self.slots[node].disk.write_generation(generation) {
+                    self.trace.text(
+                        self.now,
+                        Kind::Process,
+                        End::Node(node),
+                        End::None,
+                        format_args!("cannot persist generation: {e}"),
+                    );
+                }
+                self.start_sync(node);
+            }
+            Output::Left => {
+                let slot = &mut self.slots[node];
+                slot.disk.write_left();
+                slot.left_pending = true;
+                self.start_sync(node);
             }
         }
+    }
+
+    /// Starts a disk sync; the outbox waits until it completes.
+    fn start_sync(&mut self, node: usize) {
+        let (lo, hi) = self.config.disk_sync;
+        let mut latency =
+            lo + (hi.saturating_sub(lo)).mul_f64(rand::RngExt::random::<f64>(&mut self.disk_rng));
+        if self.config.disk_slow_one_in > 0
+            && rand::RngExt::random_range(&mut self.disk_rng, 0..self.config.disk_slow_one_in) == 0
+        {
+            latency = hi * 10;
+        }
+        let slot = &mut self.slots[node];
+        slot.syncing = true;
+        let epoch = slot.epoch;
+        self.queue
+            .schedule(self.now + latency, Event::SyncDone { node, epoch });
+    }
+
+    fn sync_done(&mut self, node: usize, epoch: u64) {
+        let slot = &mut self.slots[node];
+        if slot.epoch != epoch || !slot.state().is_running() || !slot.syncing {
+            return;
+        }
+        slot.disk.sync();
+        slot.syncing = false;
+        self.stats.syncs += 1;
+        if std::mem::take(&mut slot.left_pending) {
+            self.left_durable(node);
+        }
+        self.pump(node);
+        if self.slots[node].state().is_running() {
+            self.observe(node);
+        }
+    }
+
+    /// The node's completed leave is on disk: it stops once its last sends are out.
+    fn left_durable(&mut self, node: usize) {
+        let slot = &mut self.slots[node];
+        slot.left_reported = true;
+        // Normally the slot is already leaving (it asked); a node may also learn that an
+        // operator removed it.
+        slot.process = match std::mem::replace(&mut slot.process, Process::Left) {
+            Process::Up(n) | Process::Leaving(n) => Process::Leaving(n),
+            other => other,
+        };
+        let epoch = slot.epoch;
+        let at = self.now + self.config.leave_flush;
+        self.queue.schedule(at, Event::StopLeft { node, epoch });
+        self.trace.text(
+            self.now,
+            Kind::Process,
+            End::Node(node),
+            End::None,
+            format_args!(
+                "left the cluster; stopping in {:?}",
+                self.config.leave_flush
+            ),
+        );
     }
 
     fn resolve(&mut self, from: usize, to: SocketAddr, kind: Kind, bytes: &[u8]) -> Option<usize> {

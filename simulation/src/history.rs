@@ -37,6 +37,14 @@ pub enum OpKind {
         /// The node slot.
         node: usize,
     },
+    /// Ask node `via` to remove the dead node `node` from the ring for good (an operator's
+    /// decision after a machine is lost).
+    Remove {
+        /// The node slot removed.
+        node: usize,
+        /// The node slot asked to do it.
+        via: usize,
+    },
     /// Cut the network (the partition's description).
     Partition(String),
     /// End the partition.
@@ -54,7 +62,8 @@ impl OpKind {
             OpKind::Join { node }
             | OpKind::Crash { node }
             | OpKind::Restart { node }
-            | OpKind::Leave { node } => Some(node),
+            | OpKind::Leave { node }
+            | OpKind::Remove { node, .. } => Some(node),
             _ => None,
         }
     }
@@ -67,6 +76,7 @@ impl fmt::Display for OpKind {
             OpKind::Crash { node } => write!(f, "crash n{node}"),
             OpKind::Restart { node } => write!(f, "restart n{node}"),
             OpKind::Leave { node } => write!(f, "leave n{node}"),
+            OpKind::Remove { node, via } => write!(f, "remove n{node} via n{via}"),
             OpKind::Partition(p) => write!(f, "partition ({p})"),
             OpKind::Heal => f.write_str("heal"),
             OpKind::Degrade(d) => write!(f, "degrade ({d})"),

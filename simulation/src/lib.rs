@@ -16,12 +16,17 @@
 //! - [`disk`]: one node's simulated disk (a [`chorus::storage::MemoryStore`] with crash
 //!   semantics) and the metadata a driver keeps on it (id, generation, ring state).
 //! - [`trace`]: the event trace: a running BLAKE3 hash and optional printing.
+//! - [`snapshot`]: what checkers see — process states, cluster snapshots, per-step
+//!   observations. A leaf: checkers depend on it, never on the harness.
 //! - [`cluster`]: the nodes, their processes and disks, and the step loop that delivers events
-//!   to them; the control surface workloads use (start, crash, restart, leave, join).
+//!   to them and performs their outputs in order (persists are barriers; a crash may fall
+//!   between any two outputs); the control surface workloads use (start, crash, leave, remove,
+//!   join, move a machine to a new address).
 //! - [`history`]: client operations with start, end and outcome (ok, failed, indeterminate).
 //! - [`workload`]: the [`workload::Workload`] trait for simulated clients, the membership
 //!   workload, and the network nemesis (a client that injects faults, as in Jepsen).
-//! - [`check`]: the [`check::Checker`] trait, cluster snapshots and the membership checkers.
+//! - [`check`]: the [`check::Checker`] trait, the membership checkers, and the safety
+//!   invariants checked after every step.
 //! - [`sim`]: one run — phases (faults, heal, quiet), settling, the report — and sweeps over
 //!   many seeds.
 //! - [`log`]: optional printing of the core's own log lines, stamped with simulated time.
@@ -39,5 +44,6 @@ pub mod network;
 pub mod rng;
 pub mod scheduler;
 pub mod sim;
+pub mod snapshot;
 pub mod trace;
 pub mod workload;

@@ -9,6 +9,7 @@
 
 use std::cell::Cell;
 use std::fmt::{self, Write as _};
+use std::io::Write;
 use std::time::Duration;
 
 use tracing::field::{Field, Visit};
@@ -87,7 +88,9 @@ impl Subscriber for Printer {
             None => ("-".to_owned(), "[          ?s]".to_owned()),
         };
         let meta = event.metadata();
-        println!(
+        // A closed stdout (`| head`) drops the line instead of panicking.
+        let _ = writeln!(
+            std::io::stdout().lock(),
             "{at} log {:<5}    {who} {}:{}",
             meta.level(),
             meta.target(),

@@ -3,6 +3,7 @@
 //! Exit status: 0 when every run passed, 1 when a run found a violation (the replay command is
 //! printed), 2 on invalid arguments or when a run could not be carried out.
 
+use std::io::Write;
 use std::num::NonZeroUsize;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::process::ExitCode;
@@ -62,8 +63,9 @@ struct Common {
     /// (or all, none).
     #[arg(long, default_value = "all")]
     faults: FaultSet,
-    /// Longest the quiet phase after the heal may take to settle.
-    #[arg(long, default_value = "3m", value_parser = parse_duration)]
+    /// Longest the quiet phase after the heal may take to settle (every check passing and
+    /// every membership operation complete).
+    #[arg(long, default_value = "1m", value_parser = parse_duration)]
     settle: Duration,
 }
 
@@ -120,7 +122,7 @@ fn run_one(config: &RunConfig) -> ExitCode {
     }
     match catch_unwind(AssertUnwindSafe(|| sim::run(config))) {
         Ok(Ok(report)) => {
-            println!("{}", sim::summary(&report));
+            emit(&sim::summary(&report));
             if report.passed() {
                 ExitCode::SUCCESS
             } else {
@@ -163,22 +165,35 @@ fn run_sweep(config: &SweepConfig) -> ExitCode {
             p.elapsed.as_secs_f64()
         );
     });
+    let mut text = String::new();
     for f in &report.failures {
-        println!("FAILED seed {}: {}", f.seed, f.reason);
-        println!("  replay: {}", f.replay);
+        text.push_str(&format!("FAILED seed {}: {}\n", f.seed, f.reason));
+        text.push_str(&format!("  replay: {}\n", f.replay));
     }
-    println!(
-        "sweep: {} seeds, {} failed; {:.0} s simulated in {:.1} s wall ({:.0}x)",
+    text.push_str(&format!(
+        "sweep: {} seeds, {} failed; {:.0} s simulated in {:.1} s wall ({:.0}x)\n",
         report.runs,
         report.failures.len(),
         report.simulated.as_secs_f64(),
         report.wall.as_secs_f64(),
         report.simulated.as_secs_f64() / report.wall.as_secs_f64().max(1e-9)
-    );
-    println!("sweep-hash: {}", report.sweep_hash);
+    ));
+    text.push_str(&format!(
+        "settle times after the heal: {}\n",
+        sim::settle_distribution(&report.settle_times)
+    ));
+    text.push_str(&format!("sweep-hash: {}", report.sweep_hash));
+    emit(&text);
     if report.failures.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     }
+}
+
+/// Prints `text` and a newline to stdout. A closed pipe (`chorus-sim run ... | head`) ends the
+/// output quietly instead of panicking; the exit status still reports the result.
+fn emit(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}").and_then(|()| out.flush());
 }

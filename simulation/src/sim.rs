@@ -6,11 +6,15 @@
 //! 2. **Heal**: every workload is told to quiesce; the nemesis heals the network, pending
 //!    restarts are cancelled (those nodes stay crashed).
 //! 3. **Quiet**: no new fault. Every second of simulated time the checkers look at the cluster;
-//!    the cluster has *settled* once they all pass. It must settle within `settle_max` (SWIM
-//!    needs a few probe periods, its suspicion timeout, and up to one period of its announce to
-//!    down members — 65 s in foca's LAN preset — to reunite the halves of a healed partition),
-//!    and must still pass `stability` later. Otherwise the run fails with the checkers' last
-//!    violations.
+//!    the cluster has *settled* once they all pass — which includes every membership operation
+//!    having completed. It must settle within `settle_max` (SWIM needs a few probe periods, its
+//!    suspicion timeout, and up to one period of its announce to down members to reunite the
+//!    halves of a healed partition; restarted nodes must rejoin and pending leaves and removals
+//!    finish), and must still pass `stability` later. Otherwise the run fails with the
+//!    checkers' last violations.
+//!
+//! Throughout all three phases, the safety invariants of [`crate::check::safety`] are checked
+//! after every step; any breach fails the run.
 //!
 //! The run is single-threaded and a pure function of its [`RunConfig`]; the wall clock is read
 //! only to report speed. A sweep runs seeds on worker threads, each run on its own.
@@ -22,6 +26,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::args::{format_duration, FaultSet, SeedRange};
+use crate::check::safety::SafetyMonitor;
 use crate::check::{self, CheckInput, Checker, ClusterSnapshot, Violation};
 use crate::cluster::{Cluster, ClusterConfig, Stats, Step};
 use crate::history::{History, OpKind};
@@ -52,14 +57,14 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
-    /// Defaults: 5 nodes, 5 minutes of every fault kind, 3 minutes to settle.
+    /// Defaults: 5 nodes, 5 minutes of every fault kind, [`SETTLE_MAX`] to settle.
     pub fn new(seed: u64) -> Self {
         RunConfig {
             seed,
             nodes: 5,
             duration: Duration::from_secs(300),
             faults: FaultSet::all(),
-            settle_max: Duration::from_secs(180),
+            settle_max: SETTLE_MAX,
             trace: false,
         }
     }
@@ -93,6 +98,11 @@ impl RunConfig {
         Ok(())
     }
 }
+
+/// Default limit on the time to settle after the heal: what the protocols need (rejoining after
+/// a restart, SWIM's suspicion timeout, a period of re-announcing to down members, pending leaves
+/// and removals), with margin, and short enough that slow recovery fails the run.
+pub const SETTLE_MAX: Duration = Duration::from_secs(60);
 
 /// How often the quiet phase checks whether the cluster has settled.
 pub const CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -154,6 +164,8 @@ struct Simulation {
     cluster: Cluster,
     history: History,
     workloads: Vec<(Box<dyn Workload>, SimRng)>,
+    safety: SafetyMonitor,
+    healed_at: Option<Duration>,
 }
 
 impl Simulation {
@@ -170,6 +182,10 @@ impl Simulation {
                 Step::Handled => {}
                 Step::Wake { actor, token } => self.with_ctx(actor, |w, cx| w.wake(token, cx)),
             }
+            let at = self.cluster.now();
+            for obs in self.cluster.take_observations() {
+                self.safety.observe(at, &obs);
+            }
         }
         if self.cluster.overflowed() {
             return Err(SimError::QueueOverflow(self.cluster.now()));
@@ -182,6 +198,7 @@ impl Simulation {
         let input = CheckInput {
             snapshot: &snapshot,
             history: &self.history,
+            healed_at: self.healed_at,
         };
         let violations = check::run_all(checkers, &input);
         (snapshot, violations)
@@ -211,14 +228,17 @@ pub fn run(config: &RunConfig) -> Result<RunReport, SimError> {
                 (w, r)
             })
             .collect(),
+        safety: SafetyMonitor::new(),
+        healed_at: None,
     };
-    let checkers = check::default_checkers();
+    let checkers = check::default_checkers(config.settle_max);
 
     for actor in 0..sim.workloads.len() {
         sim.with_ctx(actor, |w, cx| w.start(cx));
     }
     sim.run_until(config.duration)?;
     let healed_at = sim.cluster.now();
+    sim.healed_at = Some(healed_at);
     for actor in 0..sim.workloads.len() {
         sim.with_ctx(actor, |w, cx| w.quiesce(cx));
     }
@@ -272,6 +292,23 @@ pub fn run(config: &RunConfig) -> Result<RunReport, SimError> {
         }
     }
     let end = sim.cluster.now();
+    for obs in sim.cluster.take_observations() {
+        sim.safety.observe(end, &obs);
+    }
+    if !sim.safety.violations().is_empty() {
+        let mut safety = sim.safety.violations().to_vec();
+        if sim.safety.dropped() > 0 {
+            safety.push(Violation {
+                checker: "safety",
+                at: end,
+                observer: None,
+                subject: None,
+                message: format!("... and {} more safety violations", sim.safety.dropped()),
+            });
+        }
+        safety.append(&mut violations);
+        violations = safety;
+    }
     sim.history.close(end);
     Ok(RunReport {
         config: config.clone(),
@@ -309,6 +346,7 @@ pub fn summary(r: &RunReport) -> String {
             OpKind::Crash { .. } => "crash",
             OpKind::Restart { .. } => "restart",
             OpKind::Leave { .. } => "leave",
+            OpKind::Remove { .. } => "remove",
             OpKind::Partition(_) => "partition",
             OpKind::Heal => "heal",
             OpKind::Degrade(_) => "degrade",
@@ -350,8 +388,8 @@ pub fn summary(r: &RunReport) -> String {
     );
     let _ = writeln!(
         s,
-        "events: {} ({} timer firings), {} trace records",
-        st.events, st.timers, r.trace_records
+        "events: {} ({} timer firings, {} disk syncs, {} outputs lost in crashes), {} trace records",
+        st.events, st.timers, st.syncs, st.outputs_lost, r.trace_records
     );
     match r.settled_after {
         Some(d) => {
@@ -433,6 +471,8 @@ pub struct SweepFailure {
 pub struct SweepReport {
     /// Seeds run.
     pub runs: u64,
+    /// Time to settle after the heal of every run that settled, in seed order.
+    pub settle_times: Vec<Duration>,
     /// Failing seeds, in seed order.
     pub failures: Vec<SweepFailure>,
     /// BLAKE3 over every run's trace hash in seed order: equal sweeps, equal hash, whatever
@@ -457,9 +497,9 @@ pub struct Progress {
     pub elapsed: Duration,
 }
 
-/// One seed's result in a sweep: its trace hash, its simulated end time, and the reason it
-/// failed (if it did).
-type SeedOutcome = (String, Duration, Option<String>);
+/// One seed's result in a sweep: its trace hash, its simulated end time, how long it took to
+/// settle, and the reason it failed (if it did).
+type SeedOutcome = (String, Duration, Option<Duration>, Option<String>);
 
 /// Runs every seed of the sweep on `jobs` threads, calling `progress` every `every` of wall
 /// time while it runs.
@@ -493,9 +533,9 @@ pub fn sweep(config: &SweepConfig, every: Duration, progress: impl Fn(Progress))
                                 .unwrap_or_default();
                             format!("{v}{more}")
                         });
-                        (r.trace_hash, r.end, reason)
+                        (r.trace_hash, r.end, r.settled_after, reason)
                     }
-                    Ok(Err(e)) => (String::new(), Duration::ZERO, Some(e.to_string())),
+                    Ok(Err(e)) => (String::new(), Duration::ZERO, None, Some(e.to_string())),
                     Err(panic) => {
                         let what = panic
                             .downcast_ref::<String>()
@@ -505,11 +545,12 @@ pub fn sweep(config: &SweepConfig, every: Duration, progress: impl Fn(Progress))
                         (
                             String::new(),
                             Duration::ZERO,
+                            None,
                             Some(format!("panicked: {what}")),
                         )
                     }
                 };
-                if outcome.2.is_some() {
+                if outcome.3.is_some() {
                     failed.fetch_add(1, Ordering::Relaxed);
                 }
                 results
@@ -537,10 +578,12 @@ pub fn sweep(config: &SweepConfig, every: Duration, progress: impl Fn(Progress))
     let mut hasher = blake3::Hasher::new();
     let mut failures = Vec::new();
     let mut simulated = Duration::ZERO;
-    for (&seed, (hash, end, reason)) in &results {
+    let mut settle_times = Vec::new();
+    for (&seed, (hash, end, settled, reason)) in &results {
         hasher.update(&seed.to_le_bytes());
         hasher.update(hash.as_bytes());
         simulated += *end;
+        settle_times.extend(*settled);
         if let Some(reason) = reason {
             let mut rc = config.base.clone();
             rc.seed = seed;
@@ -553,9 +596,31 @@ pub fn sweep(config: &SweepConfig, every: Duration, progress: impl Fn(Progress))
     }
     SweepReport {
         runs: results.len() as u64,
+        settle_times,
         failures,
         sweep_hash: hasher.finalize().to_hex().to_string(),
         simulated,
         wall: wall.elapsed(),
     }
+}
+
+/// A one-line distribution of settle times: `p50 2s, p90 5s, p99 9s, max 12s (n runs)`.
+pub fn settle_distribution(times: &[Duration]) -> String {
+    if times.is_empty() {
+        return "no run settled".to_owned();
+    }
+    let mut sorted = times.to_vec();
+    sorted.sort_unstable();
+    let at = |q: f64| {
+        let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+        format_duration(sorted[i.min(sorted.len() - 1)])
+    };
+    format!(
+        "p50 {}, p90 {}, p99 {}, max {} ({} runs)",
+        at(0.5),
+        at(0.9),
+        at(0.99),
+        at(1.0),
+        sorted.len()
+    )
 }

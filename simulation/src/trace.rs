@@ -118,12 +118,12 @@ impl Trace {
         self.hasher.update(note.as_bytes());
         if self.print {
             let sep = if note.is_empty() { "" } else { " " };
-            println!(
+            self.print_line(format_args!(
                 "{} {:<12} {from} -> {to} {} B{sep}{note}",
                 stamp(at),
                 kind.label(),
                 bytes.len()
-            );
+            ));
         }
     }
 
@@ -140,7 +140,20 @@ impl Trace {
         let len = w.len;
         self.hasher.update(&len.to_le_bytes());
         if self.print {
-            println!("{} {:<12} {from} -> {to} {text}", stamp(at), kind.label());
+            self.print_line(format_args!(
+                "{} {:<12} {from} -> {to} {text}",
+                stamp(at),
+                kind.label()
+            ));
+        }
+    }
+
+    /// Prints one line; once stdout is closed (`chorus-sim run --trace | head`), printing stops
+    /// quietly and the run goes on (the trace hash does not depend on printing).
+    fn print_line(&mut self, line: fmt::Arguments<'_>) {
+        let mut out = std::io::stdout().lock();
+        if writeln!(out, "{line}").is_err() {
+            self.print = false;
         }
     }
 

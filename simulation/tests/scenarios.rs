@@ -63,3 +63,68 @@ fn faults_are_injected_and_recorded() {
     assert!(report.stats.dropped.get("partition").copied().unwrap_or(0) > 0);
     assert!(report.stats.dropped.get("loss").copied().unwrap_or(0) > 0);
 }
+
+/// Two groups form apart: the founder's side and a side whose seeds point at each other and at
+/// the founder, which they cannot reach at first. The far side must not promote itself to
+/// members on its own, and once the network heals it must find the founder through its seeds
+/// although none of its nodes is alone.
+#[test]
+fn two_groups_that_formed_apart_merge_after_the_heal() {
+    use chorus_sim::check::{self, CheckInput};
+    use chorus_sim::cluster::{Cluster, ClusterConfig, Step};
+    use chorus_sim::history::History;
+    use chorus_sim::network::Partition;
+    use chorus_sim::trace::Trace;
+
+    let mut c = Cluster::new(ClusterConfig::default(), 5, Trace::new(false));
+    let seeds: [&[usize]; 5] = [&[], &[0], &[0, 3], &[0, 2], &[0, 2]];
+    for s in seeds {
+        c.add_node(s).unwrap();
+    }
+    c.network_mut().partition(Partition::Split {
+        side: [0, 1].into_iter().collect(),
+    });
+    for i in 0..5 {
+        c.start(i).unwrap();
+    }
+    let run_to = |c: &mut Cluster, t: u64| {
+        while c.step(Duration::from_secs(t)) != Step::Idle {}
+    };
+    run_to(&mut c, 60);
+    for i in 2..5 {
+        let v = c.view(i).unwrap();
+        assert!(
+            v.members
+                .iter()
+                .all(|m| m.status != chorus::membership::RingStatus::Member),
+            "n{i} must not become a member without syncing with one: {v:?}"
+        );
+        assert!(v.members.len() >= 2, "the far side found each other: {v:?}");
+    }
+    assert!(c.network_mut().heal_partition());
+    let healed_at = c.now();
+    let checkers = check::default_checkers(Duration::from_secs(60));
+    let history = History::new();
+    let mut settled = None;
+    for t in 61..=120 {
+        run_to(&mut c, t);
+        let snapshot = c.snapshot();
+        let violations = check::run_all(
+            &checkers,
+            &CheckInput {
+                snapshot: &snapshot,
+                history: &history,
+                healed_at: Some(healed_at),
+            },
+        );
+        if violations.is_empty() {
+            settled = Some(t - 60);
+            break;
+        }
+    }
+    let settled = settled.expect("one cluster within a minute of the heal");
+    assert!(settled <= 30, "merged {settled} s after the heal");
+    for i in 0..5 {
+        assert_eq!(c.view(i).unwrap().members.len(), 5);
+    }
+}

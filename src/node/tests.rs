@@ -21,8 +21,8 @@ struct Net {
     now: Duration,
     seq: u64,
     nodes: BTreeMap<SocketAddr, Node>,
-    /// Persisted ring states, as a driver would keep them on disk.
-    disks: BTreeMap<SocketAddr, RingState>,
+    /// What each node persisted, as a driver would keep it on disk.
+    disks: BTreeMap<SocketAddr, Persisted>,
     queue: BTreeMap<(Duration, u64), (SocketAddr, Event)>,
     down: BTreeSet<SocketAddr>,
     left: BTreeSet<SocketAddr>,
@@ -82,15 +82,16 @@ impl Net {
                 Output::Gossip { to, bytes } => {
                     self.push(self.now + LATENCY, to, Event::Gossip(bytes))
                 }
-                Output::Message { to, bytes } => {
-                    self.push(self.now + LATENCY, to, Event::Message(a, bytes))
-                }
+                Output::Message {
+                    addr: to, bytes, ..
+                } => self.push(self.now + LATENCY, to, Event::Message(a, bytes)),
                 Output::SetTimer { at, timer } => self.push(at, a, Event::Timer(timer)),
                 Output::PersistRing(state) => {
-                    self.disks.insert(a, state);
+                    self.disks.entry(a).or_default().ring = state;
                 }
                 Output::PersistGeneration(_) => {}
                 Output::Left => {
+                    self.disks.entry(a).or_default().leave_complete = true;
                     self.left.insert(a);
                 }
             }
@@ -247,5 +248,169 @@ fn a_late_seed_is_reached_by_re_announcing() {
             .members
             .iter()
             .all(|m| m.status == RingStatus::Member && m.liveness == Liveness::Alive));
+    }
+}
+
+fn member_of(view: &ClusterView, i: u64) -> Option<&MemberView> {
+    let id = NodeId::new(100 + i).to_string();
+    view.members.iter().find(|m| m.id == id)
+}
+
+#[test]
+fn a_leave_waits_for_a_majority_of_the_ring_members_not_of_swim() {
+    let mut net = cluster(5);
+    for i in 1..4 {
+        net.crash(addr(i));
+    }
+    // SWIM now knows only n0 alive: a majority of *that* view would be n0 alone.
+    net.run_for(Duration::from_secs(15));
+    net.nodes.get_mut(&addr(4)).unwrap().leave(net.now);
+    net.drain(addr(4));
+    net.run_for(Duration::from_secs(20));
+    assert!(
+        !net.left.contains(&addr(4)),
+        "one confirmation of four is not a majority"
+    );
+    let pending = net.view(4).pending;
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    let p = &pending[0];
+    assert_eq!((p.kind.as_str(), p.status), ("leave", RingStatus::Leaving));
+    assert_eq!((p.confirmed, p.needed), (1, 3), "{p:?}");
+    assert_eq!(p.waiting_for.len(), 3);
+    assert!(p.caught_up);
+    // Two of the crashed members come back: the leave completes.
+    net.start(config(1, 2, vec![addr(0)]));
+    net.start(config(2, 2, vec![addr(0)]));
+    net.run_for(Duration::from_secs(20));
+    assert!(net.left.contains(&addr(4)));
+    for i in 0..3 {
+        let v = net.view(i);
+        assert_eq!(member_of(&v, 4).unwrap().status, RingStatus::Left, "n{i}");
+    }
+}
+
+#[test]
+fn a_node_asked_to_leave_while_joining_waits_until_it_knows_the_members() {
+    let mut net = Net::new();
+    // n1 joins through n0, which is not running yet: n1 knows nobody.
+    net.start(config(1, 1, vec![addr(0)]));
+    net.run_for(Duration::from_secs(1));
+    net.nodes.get_mut(&addr(1)).unwrap().leave(net.now);
+    net.drain(addr(1));
+    net.run_for(Duration::from_secs(10));
+    assert!(
+        !net.left.contains(&addr(1)),
+        "no member confirmed anything: the leave must not complete"
+    );
+    let pending = net.view(1).pending;
+    assert_eq!(pending.len(), 1);
+    assert!(!pending[0].caught_up);
+    net.start(config(0, 1, vec![]));
+    net.run_for(Duration::from_secs(10));
+    assert!(net.left.contains(&addr(1)));
+    assert_eq!(
+        member_of(&net.view(0), 1).unwrap().status,
+        RingStatus::Left,
+        "the founder learned of the leave"
+    );
+}
+
+#[test]
+fn a_leave_interrupted_by_a_crash_resumes_after_the_restart() {
+    let mut net = cluster(3);
+    net.nodes.get_mut(&addr(2)).unwrap().leave(net.now);
+    net.drain(addr(2));
+    // It crashes before anyone heard of the leave; its disk says `leaving`.
+    net.crash(addr(2));
+    net.queue.clear();
+    assert_eq!(
+        net.disks[&addr(2)]
+            .ring
+            .get(NodeId::new(102))
+            .unwrap()
+            .status,
+        RingStatus::Leaving
+    );
+    let mut n0 = Net::new();
+    std::mem::swap(&mut n0.disks, &mut net.disks);
+    // Restart everyone from disk; n2 resumes its leave on its own.
+    let mut net = n0;
+    net.start(config(0, 2, vec![]));
+    net.start(config(1, 2, vec![addr(0)]));
+    net.start(config(2, 2, vec![addr(0)]));
+    assert!(net.nodes[&addr(2)].has_left(), "resumed");
+    net.run_for(Duration::from_secs(20));
+    assert!(net.left.contains(&addr(2)));
+    assert_eq!(member_of(&net.view(0), 2).unwrap().status, RingStatus::Left);
+    let disk = net.disks[&addr(2)].clone();
+    assert!(disk.leave_complete);
+    assert!(matches!(
+        Node::new(config(2, 3, vec![addr(0)]), 1, disk),
+        Err(NodeError::AlreadyLeft(_))
+    ));
+}
+
+#[test]
+fn an_operator_removes_a_dead_node_and_a_revived_one_stops() {
+    let mut net = cluster(4);
+    net.crash(addr(3));
+    net.run_for(Duration::from_secs(10));
+    let dead = NodeId::new(103);
+    let n0 = net.nodes.get_mut(&addr(0)).unwrap();
+    assert_eq!(
+        n0.remove(NodeId::new(100), net.now),
+        Err(RemoveError::Itself(NodeId::new(100)))
+    );
+    assert_eq!(
+        n0.remove(NodeId::new(999), net.now),
+        Err(RemoveError::Unknown(NodeId::new(999)))
+    );
+    assert_eq!(n0.remove(dead, net.now), Ok(()));
+    assert_eq!(n0.removal_confirmed(dead), Some(false));
+    net.drain(addr(0));
+    net.run_for(Duration::from_secs(5));
+    assert_eq!(net.nodes[&addr(0)].removal_confirmed(dead), Some(true));
+    for i in 0..3 {
+        let v = net.view(i);
+        let m = member_of(&v, 3).unwrap();
+        assert_eq!((m.status, m.partitions), (RingStatus::Left, 0), "n{i}");
+        let total: u64 = v.members.iter().map(|m| m.partitions).sum();
+        assert_eq!(total, 256 * 3, "three owners hold every replica");
+        assert!(v.pending.is_empty());
+    }
+    // The machine was not dead after all: it comes back, learns it was removed, and stops.
+    net.start(config(3, 2, vec![addr(0)]));
+    net.run_for(Duration::from_secs(10));
+    assert!(net.left.contains(&addr(3)));
+    assert!(net.nodes[&addr(3)].has_left());
+    assert!(matches!(
+        Node::new(config(3, 3, vec![addr(0)]), 1, net.disks[&addr(3)].clone()),
+        Err(NodeError::AlreadyLeft(_))
+    ));
+}
+
+#[test]
+fn a_joining_node_becomes_a_member_only_after_syncing_with_a_member() {
+    let mut net = Net::new();
+    // n1 and n2 know only each other and n0, which is down: they must not promote themselves.
+    net.start(config(1, 1, vec![addr(2)]));
+    net.start(config(2, 1, vec![addr(1), addr(0)]));
+    net.run_for(Duration::from_secs(10));
+    for i in [1, 2] {
+        assert_eq!(
+            member_of(&net.view(i), i).unwrap().status,
+            RingStatus::Joining,
+            "n{i} synced only with a joining node"
+        );
+    }
+    net.start(config(0, 1, vec![]));
+    net.run_for(Duration::from_secs(15));
+    for i in 0..3 {
+        let v = net.view(i);
+        assert_eq!(v.members.len(), 3, "n{i}: {v:?}");
+        assert!(
+            v.members.iter().all(|m| m.status == RingStatus::Member),
+            "n{i}: {v:?}"
+        );
     }
 }

@@ -14,14 +14,10 @@
 //! semantic invariants. Garbage, truncated or oversized input gives a [`WireError`], never a panic,
 //! and never allocates more than the input's size. This module does no I/O.
 
-mod peer;
-
 use std::io::Cursor;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-
-pub use peer::{PeerEnvelope, PeerMessage};
 
 /// The two bytes every envelope starts with.
 pub const MAGIC: [u8; 2] = *b"CH";

@@ -24,7 +24,7 @@ use tracing::{error, info, info_span, warn, Instrument};
 use crate::api::http::{self, AdminRequest};
 use crate::id::NodeId;
 use crate::membership::NodeInfo;
-use crate::node::{Node, NodeConfig, Output, Timer};
+use crate::node::{Node, NodeConfig, Output, Persisted, Timer};
 use crate::storage::meta::{self, BootInfo, MetaError};
 use crate::storage::{RocksStore, StoreError};
 use transport::{Inbound, Transport};
@@ -156,7 +156,14 @@ async fn run_node(
         options.join.clone(),
     );
     let mut os_rng: Xoshiro256PlusPlus = rand::make_rng();
-    let mut node = Node::new(config, os_rng.next_u64(), persisted.ring)?;
+    let mut node = Node::new(
+        config,
+        os_rng.next_u64(),
+        Persisted {
+            ring: persisted.ring.clone(),
+            leave_complete: persisted.leave_complete,
+        },
+    )?;
     info!(
         node = %persisted.id,
         generation = persisted.generation,
@@ -188,27 +195,37 @@ async fn run_node(
     let mut signals = Signals::new();
 
     node.start(epoch.elapsed());
-    loop {
-        // Perform every effect the last input produced.
+    let result = 'run: loop {
+        // Perform every effect the last input produced, in order. A persist that fails stops
+        // the node (fail-stop): nothing after it may go out, since it could reveal or confirm
+        // what is not on disk.
         while let Some(out) = node.poll_output() {
             match out {
                 Output::Gossip { to, bytes } => transport.send_datagram(to, bytes.into()),
-                Output::Message { to, bytes } => transport.send_message(to, bytes),
+                Output::Message { addr, bytes, .. } => transport.send_message(addr, bytes),
                 Output::SetTimer { at, timer } => {
                     timer_seq += 1;
                     timers.insert((at, timer_seq), timer);
                 }
                 Output::PersistRing(state) => {
                     if let Err(e) = meta::persist_ring(&mut store, &state) {
-                        error!(error = %e, "cannot persist the ring state");
+                        error!(error = %e, "cannot persist the ring state; stopping");
+                        break 'run Err(RuntimeError::Meta(e));
                     }
                 }
                 Output::PersistGeneration(generation) => {
                     if let Err(e) = meta::persist_generation(&mut store, generation) {
-                        error!(error = %e, "cannot persist the generation");
+                        error!(error = %e, "cannot persist the generation; stopping");
+                        break 'run Err(RuntimeError::Meta(e));
                     }
                 }
-                Output::Left => leave_at = Some(Instant::now() + LEAVE_FLUSH),
+                Output::Left => {
+                    if let Err(e) = meta::persist_left(&mut store) {
+                        error!(error = %e, "cannot record the completed leave; stopping");
+                        break 'run Err(RuntimeError::Meta(e));
+                    }
+                    leave_at = Some(Instant::now() + LEAVE_FLUSH);
+                }
             }
         }
         let next_timer = timers.keys().next().map(|&(at, _)| epoch + at);
@@ -229,11 +246,14 @@ async fn run_node(
                     node.leave(epoch.elapsed());
                     let _ = reply.send(());
                 }
+                AdminRequest::Remove(id, reply) => {
+                    let _ = reply.send(node.remove(id, epoch.elapsed()));
+                }
             },
             _ = sleep_until_opt(wake) => {
                 if leave_at.is_some_and(|t| t <= Instant::now()) {
                     info!("left the cluster; shutting down");
-                    break;
+                    break 'run Ok(());
                 }
                 let now = epoch.elapsed();
                 while let Some(entry) = timers.first_entry() {
@@ -246,15 +266,15 @@ async fn run_node(
             }
             sig = signals.recv() => {
                 info!(signal = sig, "shutting down");
-                break;
+                break 'run Ok(());
             }
         }
-    }
+    };
     let _ = http_stop_tx.send(());
     transport.shutdown().await;
     let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
     info!("node stopped");
-    Ok(())
+    result
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {

@@ -13,6 +13,9 @@ pub const META_NODE_ID: &str = "node_id";
 pub const META_GENERATION: &str = "generation";
 /// Key of the ring state (the wire encoding of [`RingState`]).
 pub const META_RING: &str = "ring";
+/// Key present once the node's leave completed (a majority confirmed it): the data directory
+/// must never start a node again.
+pub const META_LEFT: &str = "left";
 
 /// Why metadata could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +42,8 @@ pub struct BootInfo {
     pub generation: u64,
     /// The ring state as last persisted (empty on first start).
     pub ring: RingState,
+    /// Whether the node's leave completed ([`persist_left`]).
+    pub leave_complete: bool,
 }
 
 /// Loads the metadata for a start: creates the id (`fresh_id`) on first start, bumps and syncs
@@ -63,6 +68,7 @@ pub fn boot<S: Store + ?Sized>(store: &mut S, fresh_id: NodeId) -> Result<BootIn
         id,
         generation,
         ring: load_ring(store)?,
+        leave_complete: store.get_meta(META_LEFT)?.is_some(),
     })
 }
 
@@ -96,12 +102,23 @@ pub fn persist_generation<S: Store + ?Sized>(
 
 /// Persists the ring state (a synced write).
 pub fn persist_ring<S: Store + ?Sized>(store: &mut S, ring: &RingState) -> Result<(), MetaError> {
-    let bytes = protocol::encode(ring).map_err(|e| MetaError::Corrupt {
-        key: META_RING,
-        reason: e.to_string(),
-    })?;
+    let bytes = encode_ring(ring)?;
     store.put_meta(META_RING, &bytes)?;
     Ok(())
+}
+
+/// Records that the node's leave completed (a synced write): no start from this store again.
+pub fn persist_left<S: Store + ?Sized>(store: &mut S) -> Result<(), MetaError> {
+    store.put_meta(META_LEFT, b"1")?;
+    Ok(())
+}
+
+/// The wire encoding of a ring state as it is stored under [`META_RING`].
+pub fn encode_ring(ring: &RingState) -> Result<Vec<u8>, MetaError> {
+    protocol::encode(ring).map_err(|e| MetaError::Corrupt {
+        key: META_RING,
+        reason: e.to_string(),
+    })
 }
 
 /// The persisted ring state (empty if none).
@@ -128,9 +145,12 @@ mod tests {
         let mut s = s.crash();
         let second = boot(&mut s, NodeId::new(99)).unwrap();
         assert_eq!((second.id, second.generation), (NodeId::new(7), 2));
+        assert!(!second.leave_complete);
         persist_generation(&mut s, 5).unwrap();
         persist_generation(&mut s, 3).unwrap();
         assert_eq!(boot(&mut s, NodeId::new(1)).unwrap().generation, 6);
+        persist_left(&mut s).unwrap();
+        assert!(boot(&mut s, NodeId::new(1)).unwrap().leave_complete);
     }
 
     #[test]

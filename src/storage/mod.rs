@@ -50,6 +50,23 @@ impl MemoryStore {
         Self::default()
     }
 
+    /// Writes a metadata value without syncing it: it is visible at once, but a crash before
+    /// the next [`MemoryStore::sync`] loses it (what a driver's write-then-fsync goes through).
+    pub fn put_meta_unsynced(&mut self, key: &str, value: &[u8]) {
+        self.unsynced.insert(key.to_owned(), value.to_vec());
+    }
+
+    /// Makes every unsynced write durable (an fsync).
+    pub fn sync(&mut self) {
+        let unsynced = std::mem::take(&mut self.unsynced);
+        self.synced.extend(unsynced);
+    }
+
+    /// Whether some write would be lost by a crash now.
+    pub fn has_unsynced(&self) -> bool {
+        !self.unsynced.is_empty()
+    }
+
     /// What survives a crash: the synced state, with every unsynced write lost.
     pub fn crash(&self) -> MemoryStore {
         MemoryStore {
@@ -90,5 +107,23 @@ mod tests {
             Some(&b"abc"[..])
         );
         assert_eq!(after.get_meta("missing").unwrap(), None);
+    }
+
+    #[test]
+    fn unsynced_writes_are_visible_but_lost_by_a_crash_until_synced() {
+        let mut s = MemoryStore::new();
+        s.put_meta("a", b"1").unwrap();
+        s.put_meta_unsynced("a", b"2");
+        s.put_meta_unsynced("b", b"3");
+        assert!(s.has_unsynced());
+        assert_eq!(s.get_meta("a").unwrap().as_deref(), Some(&b"2"[..]));
+        let crashed = s.crash();
+        assert_eq!(crashed.get_meta("a").unwrap().as_deref(), Some(&b"1"[..]));
+        assert_eq!(crashed.get_meta("b").unwrap(), None);
+        s.sync();
+        assert!(!s.has_unsynced());
+        let crashed = s.crash();
+        assert_eq!(crashed.get_meta("a").unwrap().as_deref(), Some(&b"2"[..]));
+        assert_eq!(crashed.get_meta("b").unwrap().as_deref(), Some(&b"3"[..]));
     }
 }

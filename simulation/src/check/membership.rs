@@ -10,26 +10,35 @@
 //!   least the generation it restarted with (newer than the one that crashed).
 //! - [`LeftStaysGone`] (from the history): a node whose `leave` completed never runs again —
 //!   every later `restart` of it must have failed.
+//! - [`Placement`]: every observer's partition counts are the pure placement of the member set
+//!   it lists.
+//! - [`Operations`] (from the history): every join, leave and removal completed, within a bound
+//!   after the heal, and no node is still leaving.
 //!
 //! The "observers" are the running nodes that are not leaving. Crashed or departed nodes that
 //! nobody ever heard of (they crashed or left before reaching anyone) may be absent from views;
 //! if one observer lists them, all must.
 
+use std::time::Duration;
+
 use chorus::membership::RingStatus as Status;
 use chorus::node::{ClusterView, Liveness as Seen, MemberView};
+use chorus::ring::{Member, Ring, RingConfig};
 
 use super::{CheckInput, Checker, ClusterSnapshot, NodeSnapshot, Violation};
-use crate::cluster::ProcessState;
 use crate::history::{OpKind, Outcome};
+use crate::snapshot::ProcessState;
 
-/// Every membership checker.
-pub fn all() -> Vec<Box<dyn Checker>> {
+/// Every membership checker; membership operations must complete within `bound` of the heal.
+pub fn all(bound: Duration) -> Vec<Box<dyn Checker>> {
     vec![
         Box::new(Agreement),
         Box::new(Liveness),
         Box::new(RingStatus),
         Box::new(Restart),
         Box::new(LeftStaysGone),
+        Box::new(Placement),
+        Box::new(Operations { bound }),
     ]
 }
 
@@ -191,8 +200,8 @@ fn seen(l: Seen) -> &'static str {
     }
 }
 
-/// Every running node sees running nodes as `member`, departed nodes as `left`, and crashed
-/// nodes as anything but `left`.
+/// Every running node sees running nodes as `member`, departed and removed nodes as `left`,
+/// nodes still leaving as `leaving` or `left`, and other crashed nodes as anything but `left`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RingStatus;
 
@@ -210,14 +219,18 @@ impl Checker for RingStatus {
                     continue;
                 };
                 let ok = match s.process {
+                    _ if s.removed => m.status == Status::Left,
                     ProcessState::Up => m.status == Status::Member,
-                    ProcessState::Leaving | ProcessState::Left => m.status == Status::Left,
+                    ProcessState::Leaving => m.status >= Status::Leaving,
+                    ProcessState::Left => m.status == Status::Left,
                     ProcessState::Crashed | ProcessState::NotStarted => m.status != Status::Left,
                 };
                 if !ok {
                     let expected = match s.process {
+                        _ if s.removed => "left (removed)",
                         ProcessState::Up => "member",
-                        ProcessState::Leaving | ProcessState::Left => "left",
+                        ProcessState::Leaving => "leaving or left",
+                        ProcessState::Left => "left",
                         _ => "not left",
                     };
                     out.push(violation(
@@ -323,6 +336,150 @@ impl Checker for LeftStaysGone {
     }
 }
 
+/// Every observer's partition counts are what the pure placement function gives for the
+/// member set (members and leaving nodes) it lists: the view is computed from the ring state it
+/// shows, with no stale placement.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Placement;
+
+impl Checker for Placement {
+    fn name(&self) -> &'static str {
+        "placement"
+    }
+
+    fn check(&self, input: &CheckInput<'_>, out: &mut Vec<Violation>) {
+        let snap = input.snapshot;
+        let name = self.name();
+        for (o, view) in snap.observers() {
+            let config = match RingConfig::new(view.ring.partitions, view.ring.vnodes) {
+                Ok(c) => c,
+                Err(e) => {
+                    out.push(violation(
+                        name,
+                        snap,
+                        Some(o.slot),
+                        None,
+                        format!("reports an impossible ring: {e}"),
+                    ));
+                    continue;
+                }
+            };
+            let owners: Vec<Member> = view
+                .members
+                .iter()
+                .filter(|m| m.status.owns_partitions())
+                .filter_map(|m| m.id.parse().ok())
+                .map(Member::new)
+                .collect();
+            let expected = if owners.is_empty() {
+                Default::default()
+            } else {
+                match Ring::new(owners, config) {
+                    Ok(r) => r.replica_counts(view.ring.n),
+                    Err(e) => {
+                        out.push(violation(
+                            name,
+                            snap,
+                            Some(o.slot),
+                            None,
+                            format!("lists owners that cannot be placed: {e}"),
+                        ));
+                        continue;
+                    }
+                }
+            };
+            for m in &view.members {
+                let want =
+                    m.id.parse()
+                        .ok()
+                        .and_then(|id| expected.get(&id).copied())
+                        .unwrap_or(0);
+                if m.partitions != want {
+                    let subject = snap.by_id(&m.id).map(|s| s.slot);
+                    out.push(violation(
+                        name,
+                        snap,
+                        Some(o.slot),
+                        subject,
+                        format!(
+                            "says {} ({}) holds {} partition replicas, but the placement of the members it lists gives {}",
+                            m.id,
+                            m.status.as_str(),
+                            m.partitions,
+                            want
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// Every membership operation (join, leave, removal) has completed, no later than `bound`
+/// after the heal, and no node is still leaving: a protocol that needs an operation to stall
+/// forever, or only recovers slowly, is caught here.
+#[derive(Debug, Clone, Copy)]
+pub struct Operations {
+    /// How long after the heal an operation may take to complete.
+    pub bound: Duration,
+}
+
+impl Checker for Operations {
+    fn name(&self) -> &'static str {
+        "operations"
+    }
+
+    fn check(&self, input: &CheckInput<'_>, out: &mut Vec<Violation>) {
+        let Some(healed_at) = input.healed_at else {
+            return;
+        };
+        let snap = input.snapshot;
+        let limit = healed_at + self.bound;
+        for op in input.history.ops() {
+            if !matches!(
+                op.kind,
+                OpKind::Join { .. } | OpKind::Leave { .. } | OpKind::Remove { .. }
+            ) {
+                continue;
+            }
+            let message = match (op.end, &op.outcome) {
+                (None, _) | (_, None) => format!(
+                    "{} (invoked at t={:.3}s) has not completed",
+                    op.kind,
+                    op.start.as_secs_f64()
+                ),
+                (Some(end), Some(outcome)) if end > limit => format!(
+                    "{} completed ({}) at t={:.3}s, more than {:?} after the heal at t={:.3}s",
+                    op.kind,
+                    outcome.label(),
+                    end.as_secs_f64(),
+                    self.bound,
+                    healed_at.as_secs_f64()
+                ),
+                _ => continue,
+            };
+            out.push(Violation {
+                checker: self.name(),
+                at: snap.at,
+                observer: None,
+                subject: op.kind.node(),
+                message,
+            });
+        }
+        for n in &snap.nodes {
+            if n.process == ProcessState::Leaving {
+                out.push(violation(
+                    self.name(),
+                    snap,
+                    None,
+                    Some(n.slot),
+                    format!("n{} is still leaving after the heal", n.slot),
+                ));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddr;
@@ -336,6 +493,7 @@ mod tests {
     use crate::history::History;
 
     const AT: Duration = Duration::from_secs(300);
+    const BOUND: Duration = Duration::from_secs(60);
 
     fn id(slot: usize) -> NodeId {
         NodeId::new(0x1000 + slot as u64)
@@ -364,14 +522,21 @@ mod tests {
         ]
     }
 
-    /// The settled view every observer should have of `truth()`.
+    /// The settled view every observer should have of `truth()`, with the partition counts
+    /// of the three owners' placement.
     fn good_members() -> Vec<MemberView> {
-        vec![
+        let mut ms = vec![
             member(0, Seen::Alive, Status::Member, 1),
             member(1, Seen::Alive, Status::Member, 2),
             member(2, Seen::Down, Status::Member, 1),
             member(3, Seen::Down, Status::Left, 1),
-        ]
+        ];
+        let ring = Ring::new((0..3).map(id).map(Member::new), RingConfig::default()).unwrap();
+        let counts = ring.replica_counts(3);
+        for (slot, m) in ms.iter_mut().enumerate() {
+            m.partitions = counts.get(&id(slot)).copied().unwrap_or(0);
+        }
+        ms
     }
 
     /// A snapshot where observer `slot` has the members `edit` makes of the good ones.
@@ -391,6 +556,7 @@ mod tests {
                             n: 3,
                             vnodes: 64,
                         },
+                        pending: Vec::new(),
                     }
                 });
                 NodeSnapshot {
@@ -398,6 +564,7 @@ mod tests {
                     id: id(slot),
                     process,
                     generation,
+                    removed: false,
                     view,
                 }
             })
@@ -412,6 +579,7 @@ mod tests {
             &CheckInput {
                 snapshot: snap,
                 history: &history,
+                healed_at: Some(AT),
             },
             &mut out,
         );
@@ -440,13 +608,94 @@ mod tests {
         let snap = snapshot(|_, _| {});
         let history = History::new();
         let vs = run_all(
-            &all(),
+            &all(BOUND),
             &CheckInput {
                 snapshot: &snap,
                 history: &history,
+                healed_at: Some(AT),
             },
         );
         assert!(vs.is_empty(), "{vs:#?}");
+    }
+
+    #[test]
+    fn placement_reports_counts_that_do_not_match_the_listed_members() {
+        // n0 still counts partitions as if n3 had not left.
+        let snap = snapshot(|o, ms| {
+            if o == 0 {
+                let stale = Ring::new((0..4).map(id).map(Member::new), RingConfig::default())
+                    .unwrap()
+                    .replica_counts(3);
+                for (slot, m) in ms.iter_mut().enumerate() {
+                    m.partitions = stale.get(&id(slot)).copied().unwrap_or(0);
+                }
+            }
+        });
+        let vs = check(&Placement, &snap);
+        assert_eq!(vs.len(), 4, "every member's count is off: {vs:#?}");
+        assert!(vs.iter().all(|v| v.observer == Some(0)));
+        let about_n3 = vs.iter().find(|v| v.subject == Some(3)).unwrap();
+        assert!(
+            about_n3.message.contains("(left) holds")
+                && about_n3.message.ends_with("members it lists gives 0"),
+            "{about_n3}"
+        );
+    }
+
+    #[test]
+    fn ring_status_expects_a_removed_node_to_be_left() {
+        let mut snap = snapshot(|_, _| {});
+        snap.nodes[2].removed = true;
+        let vs = check(&RingStatus, &snap);
+        assert_eq!(vs.len(), 2, "both observers: {vs:#?}");
+        assert!(vs[0].message.contains("expected left (removed)"));
+        let snap = snapshot(|_, ms| ms[2].status = Status::Left);
+        let mut snap2 = snap.clone();
+        snap2.nodes[2].removed = true;
+        assert!(check(&RingStatus, &snap2).is_empty());
+    }
+
+    #[test]
+    fn operations_reports_pending_late_and_stuck_leaves() {
+        let t = Duration::from_secs;
+        let snap = snapshot(|_, _| {});
+        let mut history = History::new();
+        // Healed at t=300; bound 60 s.
+        let ok = history.invoke("membership", OpKind::Join { node: 0 }, t(10));
+        history.complete(ok, t(340), Outcome::Ok);
+        let interrupted = history.invoke("membership", OpKind::Leave { node: 2 }, t(20));
+        history.complete(
+            interrupted,
+            t(30),
+            Outcome::Indeterminate("crashed while leaving".into()),
+        );
+        let input = |h: &History, s: &ClusterSnapshot, out: &mut Vec<Violation>| {
+            Operations { bound: BOUND }.check(
+                &CheckInput {
+                    snapshot: s,
+                    history: h,
+                    healed_at: Some(AT),
+                },
+                out,
+            )
+        };
+        let mut out = Vec::new();
+        input(&history, &snap, &mut out);
+        assert!(out.is_empty(), "{out:#?}");
+
+        let late = history.invoke("membership", OpKind::Leave { node: 1 }, t(250));
+        history.complete(late, t(361), Outcome::Ok);
+        history.invoke("membership", OpKind::Remove { node: 2, via: 0 }, t(290));
+        let mut stuck = snap.clone();
+        stuck.nodes[1].process = ProcessState::Leaving;
+        input(&history, &stuck, &mut out);
+        let msgs: Vec<&str> = out.iter().map(|v| v.message.as_str()).collect();
+        assert_eq!(msgs.len(), 3, "{msgs:#?}");
+        assert!(
+            msgs[0].contains("leave n1 completed (ok) at t=361.000s, more than 60s after the heal")
+        );
+        assert!(msgs[1].contains("remove n2 via n0 (invoked at t=290.000s) has not completed"));
+        assert!(msgs[2].contains("n1 is still leaving after the heal"));
     }
 
     #[test]
@@ -638,6 +887,7 @@ mod tests {
             &CheckInput {
                 snapshot: &snap,
                 history: &history,
+                healed_at: None,
             },
             &mut out,
         );
@@ -653,6 +903,7 @@ mod tests {
             &CheckInput {
                 snapshot: &snap,
                 history: &history,
+                healed_at: None,
             },
             &mut out,
         );

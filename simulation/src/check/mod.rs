@@ -1,72 +1,38 @@
-//! Checkers: properties the cluster must have once it has settled, judged from outside.
+//! Checkers: properties the cluster must have, judged from outside.
 //!
 //! A [`Checker`] reads a [`CheckInput`] — a [`ClusterSnapshot`] (the simulator's ground truth
 //! about every machine plus each running node's own view) and the [`History`] of client
 //! operations — and reports every [`Violation`] it finds: what is wrong, where (which node saw
-//! it, about which node) and when (simulated time). Checkers never touch the running cluster, so
-//! they can be tested on hand-made snapshots with planted violations.
+//! it, about which node) and when (simulated time). Checkers depend on the snapshot types
+//! ([`crate::snapshot`]) and the node's own types, never on the harness that runs the cluster,
+//! so they are tested on hand-made snapshots with planted violations.
 //!
-//! The membership checkers live in [`membership`]; replicated-data checkers (convergence, lost
-//! writes, CRDT bounds) plug in beside them by implementing the same trait and, when they need
-//! more state than views (stores, Merkle roots), by adding fields to [`NodeSnapshot`].
+//! - [`membership`]: end-of-run properties of a settled cluster (agreement, liveness, ring
+//!   status, restarts, placement, operation outcomes).
+//! - [`safety`]: invariants checked after every simulated step.
+//!
+//! Replicated-data checkers (convergence, lost writes, CRDT bounds) plug in beside them by
+//! implementing the same trait and, when they need more state than views, by adding fields to
+//! [`NodeSnapshot`].
 
 pub mod membership;
+pub mod safety;
 
 use std::fmt;
 use std::time::Duration;
 
-use chorus::node::ClusterView;
-use chorus::NodeId;
-
-use crate::cluster::ProcessState;
 use crate::history::History;
-
-/// One machine at the moment of a snapshot.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeSnapshot {
-    /// Its slot (shown as `n<slot>`).
-    pub slot: usize,
-    /// Its node id.
-    pub id: NodeId,
-    /// What its process is doing (ground truth).
-    pub process: ProcessState,
-    /// Generation of its current (or last) process; 0 if never started.
-    pub generation: u64,
-    /// The cluster as the node sees it, if it is running.
-    pub view: Option<ClusterView>,
-}
-
-/// Every machine of the cluster at one simulated instant.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClusterSnapshot {
-    /// When the snapshot was taken.
-    pub at: Duration,
-    /// Every slot, in slot order.
-    pub nodes: Vec<NodeSnapshot>,
-}
-
-impl ClusterSnapshot {
-    /// The machine with node id `id` (as shown in views: 16 hex digits).
-    pub fn by_id(&self, id: &str) -> Option<&NodeSnapshot> {
-        self.nodes.iter().find(|n| n.id.to_string() == id)
-    }
-
-    /// Running machines that are not leaving, with their views: the nodes whose opinion counts.
-    pub fn observers(&self) -> impl Iterator<Item = (&NodeSnapshot, &ClusterView)> + '_ {
-        self.nodes
-            .iter()
-            .filter(|n| n.process == ProcessState::Up)
-            .filter_map(|n| n.view.as_ref().map(|v| (n, v)))
-    }
-}
+pub use crate::snapshot::{ClusterSnapshot, NodeSnapshot};
 
 /// What a checker reads.
 #[derive(Debug, Clone, Copy)]
 pub struct CheckInput<'a> {
-    /// The cluster at the end of the run.
+    /// The cluster at the moment of the check.
     pub snapshot: &'a ClusterSnapshot,
-    /// Every client operation of the run.
+    /// Every client operation of the run so far.
     pub history: &'a History,
+    /// When the faults were healed (`None` while they still run).
+    pub healed_at: Option<Duration>,
 }
 
 /// A property that failed.
@@ -103,9 +69,9 @@ pub trait Checker {
     fn check(&self, input: &CheckInput<'_>, out: &mut Vec<Violation>);
 }
 
-/// The checkers every run applies.
-pub fn default_checkers() -> Vec<Box<dyn Checker>> {
-    membership::all()
+/// The checkers every run applies; operations must complete within `bound` of the heal.
+pub fn default_checkers(bound: Duration) -> Vec<Box<dyn Checker>> {
+    membership::all(bound)
 }
 
 /// Runs every checker over `input`.

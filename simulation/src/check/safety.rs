@@ -1,0 +1,404 @@
+//! Safety invariants checked after every simulated step, not only at the end of a run.
+//!
+//! The end-of-run checkers judge a settled cluster; a protocol can still misbehave on the way
+//! (a status that goes backwards and forwards again, two processes with one identity) and
+//! recover before the end. [`SafetyMonitor`] sees an [`Observation`] after every step and
+//! records a [`Violation`] the moment an invariant breaks:
+//!
+//! - **ring status never moves backwards**: within one process, no node's ring entry regresses
+//!   (`joining → member → leaving → left` only forward) or disappears;
+//! - **generations never drop**: each start of a slot has a newer generation than the last,
+//!   and within one process the generation SWIM knows for a node never decreases;
+//! - **a node that left never serves again**: once a slot reported that its leave completed,
+//!   it never starts again and is never seen up;
+//! - **one process per node id**: no two running processes share a node id.
+//!
+//! It depends only on the observation types of [`crate::snapshot`] and the node's own types.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use chorus::membership::RingStatus;
+use chorus::NodeId;
+
+use super::Violation;
+use crate::snapshot::{NodeObservation, Observation, ProcessState};
+
+const CHECKER: &str = "safety";
+
+/// Most violations kept (the first ones matter; a broken invariant tends to repeat).
+const VIOLATIONS_MAX: usize = 32;
+
+/// Watches every step of a run; see the module documentation.
+#[derive(Debug, Default)]
+pub struct SafetyMonitor {
+    /// Per (slot, subject): the process it was seen in and the furthest status seen there.
+    statuses: BTreeMap<(usize, NodeId), (u64, RingStatus)>,
+    /// Per (slot, subject): the process and the newest SWIM generation seen there.
+    swim_generations: BTreeMap<(usize, NodeId), (u64, u64)>,
+    /// Per slot: the generation of its last start.
+    generations: BTreeMap<usize, u64>,
+    /// Slots whose leave completed.
+    left: BTreeSet<usize>,
+    /// Running processes by node id.
+    running: BTreeMap<NodeId, BTreeSet<usize>>,
+    violations: Vec<Violation>,
+    dropped: usize,
+}
+
+impl SafetyMonitor {
+    /// A monitor that has seen nothing.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every violation so far (at most a bounded number; see [`SafetyMonitor::dropped`]).
+    pub fn violations(&self) -> &[Violation] {
+        &self.violations
+    }
+
+    /// How many further violations were not kept.
+    pub fn dropped(&self) -> usize {
+        self.dropped
+    }
+
+    fn report(&mut self, at: Duration, observer: usize, subject: Option<usize>, message: String) {
+        if self.violations.len() >= VIOLATIONS_MAX {
+            self.dropped += 1;
+            return;
+        }
+        self.violations.push(Violation {
+            checker: CHECKER,
+            at,
+            observer: Some(observer),
+            subject,
+            message,
+        });
+    }
+
+    /// Checks one observation made at simulated time `at`.
+    pub fn observe(&mut self, at: Duration, obs: &Observation) {
+        match obs {
+            Observation::Started {
+                slot,
+                id,
+                epoch,
+                generation,
+                ..
+            } => self.started(at, *slot, *id, *epoch, *generation),
+            Observation::Stopped { slot, id, .. } => {
+                if let Some(set) = self.running.get_mut(id) {
+                    set.remove(slot);
+                    if set.is_empty() {
+                        self.running.remove(id);
+                    }
+                }
+            }
+            Observation::Node(n) => self.node(at, n),
+        }
+    }
+
+    fn started(&mut self, at: Duration, slot: usize, id: NodeId, epoch: u64, generation: u64) {
+        if self.left.contains(&slot) {
+            self.report(
+                at,
+                slot,
+                Some(slot),
+                format!("n{slot} completed its leave but started again (process {epoch})"),
+            );
+        }
+        if let Some(&last) = self.generations.get(&slot) {
+            if generation <= last {
+                self.report(
+                    at,
+                    slot,
+                    Some(slot),
+                    format!(
+                        "n{slot} started with generation {generation}, not newer than its last start's {last}"
+                    ),
+                );
+            }
+        }
+        self.generations.insert(slot, generation);
+        let others: Vec<usize> = self
+            .running
+            .get(&id)
+            .map(|s| s.iter().copied().filter(|&o| o != slot).collect())
+            .unwrap_or_default();
+        for other in others {
+            self.report(
+                at,
+                slot,
+                Some(other),
+                format!("n{slot} started as node {id}, which n{other} is already running as"),
+            );
+        }
+        self.running.entry(id).or_default().insert(slot);
+    }
+
+    fn node(&mut self, at: Duration, n: &NodeObservation) {
+        let slot = n.slot;
+        if n.left_reported {
+            self.left.insert(slot);
+        }
+        if self.left.contains(&slot) && n.process == ProcessState::Up {
+            self.report(
+                at,
+                slot,
+                Some(slot),
+                format!("n{slot} completed its leave but is serving as an up node"),
+            );
+        }
+        // Ring entries only move forward within one process, and never disappear.
+        let mut regressions = Vec::new();
+        for (subject, entry) in n.ring.iter() {
+            let seen = self
+                .statuses
+                .entry((slot, subject))
+                .or_insert((n.epoch, entry.status));
+            if seen.0 != n.epoch {
+                *seen = (n.epoch, entry.status);
+            } else if entry.status < seen.1 {
+                regressions.push(format!(
+                    "ring entry of {subject} went back from {} to {}",
+                    seen.1.as_str(),
+                    entry.status.as_str()
+                ));
+            } else {
+                seen.1 = entry.status;
+            }
+        }
+        let vanished: Vec<NodeId> = self
+            .statuses
+            .range((slot, NodeId::new(0))..=(slot, NodeId::new(u64::MAX)))
+            .filter(|(&(_, subject), &(epoch, _))| {
+                epoch == n.epoch && n.ring.get(subject).is_none()
+            })
+            .map(|(&(_, subject), _)| subject)
+            .collect();
+        for subject in vanished {
+            regressions.push(format!("ring entry of {subject} disappeared"));
+            self.statuses.remove(&(slot, subject));
+        }
+        for message in regressions {
+            self.report(at, slot, None, message);
+        }
+        // SWIM generations never drop within one process.
+        let mut drops = Vec::new();
+        for (&subject, &generation) in &n.generations {
+            let seen = self
+                .swim_generations
+                .entry((slot, subject))
+                .or_insert((n.epoch, generation));
+            if seen.0 != n.epoch {
+                *seen = (n.epoch, generation);
+            } else if generation < seen.1 {
+                drops.push(format!(
+                    "SWIM generation of {subject} dropped from {} to {generation}",
+                    seen.1
+                ));
+            } else {
+                seen.1 = generation;
+            }
+        }
+        for message in drops {
+            self.report(at, slot, None, message);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use chorus::membership::{NodeInfo, RingEntry, RingState};
+
+    use super::*;
+
+    fn t(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    fn id(i: u64) -> NodeId {
+        NodeId::new(0x100 + i)
+    }
+
+    fn ring(entries: &[(u64, RingStatus)]) -> RingState {
+        let mut r = RingState::new();
+        for &(i, status) in entries {
+            let addr = SocketAddr::from(([10, 0, 0, i as u8], 7000));
+            r.merge_entry(
+                id(i),
+                &RingEntry {
+                    status,
+                    info_version: 1,
+                    info: NodeInfo {
+                        quic_addr: addr,
+                        http_addr: addr,
+                    },
+                },
+            );
+        }
+        r
+    }
+
+    fn started(slot: usize, epoch: u64, generation: u64) -> Observation {
+        Observation::Started {
+            slot,
+            id: id(slot as u64),
+            epoch,
+            generation,
+            addr: SocketAddr::from(([10, 0, 0, slot as u8], 7000)),
+        }
+    }
+
+    fn seen(slot: usize, epoch: u64, r: RingState, generations: &[(u64, u64)]) -> Observation {
+        Observation::Node(NodeObservation {
+            slot,
+            epoch,
+            id: id(slot as u64),
+            process: ProcessState::Up,
+            ring: r,
+            generations: generations.iter().map(|&(i, g)| (id(i), g)).collect(),
+            left_reported: false,
+        })
+    }
+
+    #[test]
+    fn a_healthy_history_passes() {
+        let mut m = SafetyMonitor::new();
+        m.observe(t(0), &started(0, 1, 1));
+        m.observe(t(1), &seen(0, 1, ring(&[(0, RingStatus::Joining)]), &[]));
+        m.observe(
+            t(2),
+            &seen(0, 1, ring(&[(0, RingStatus::Member)]), &[(1, 1)]),
+        );
+        m.observe(
+            t(3),
+            &seen(
+                0,
+                1,
+                ring(&[(0, RingStatus::Member), (1, RingStatus::Left)]),
+                &[(1, 2)],
+            ),
+        );
+        m.observe(
+            t(4),
+            &Observation::Stopped {
+                slot: 0,
+                id: id(0),
+                epoch: 1,
+            },
+        );
+        // A new process may start from an older ring (it lost unsynced writes).
+        m.observe(t(5), &started(0, 2, 2));
+        m.observe(
+            t(6),
+            &seen(0, 2, ring(&[(0, RingStatus::Member)]), &[(1, 1)]),
+        );
+        assert!(m.violations().is_empty(), "{:#?}", m.violations());
+    }
+
+    #[test]
+    fn a_status_moving_backwards_is_caught() {
+        let mut m = SafetyMonitor::new();
+        m.observe(t(1), &seen(0, 1, ring(&[(1, RingStatus::Left)]), &[]));
+        m.observe(t(2), &seen(0, 1, ring(&[(1, RingStatus::Member)]), &[]));
+        assert_eq!(m.violations().len(), 1, "{:#?}", m.violations());
+        let v = &m.violations()[0];
+        assert_eq!((v.checker, v.at, v.observer), (CHECKER, t(2), Some(0)));
+        assert!(v.message.contains("went back from left to member"), "{v}");
+        // And an entry that disappears.
+        m.observe(t(3), &seen(0, 1, ring(&[]), &[]));
+        assert!(m.violations()[1].message.contains("disappeared"));
+    }
+
+    #[test]
+    fn a_generation_drop_is_caught() {
+        let mut m = SafetyMonitor::new();
+        m.observe(t(0), &started(3, 1, 4));
+        m.observe(t(1), &started(3, 2, 4));
+        assert!(m.violations()[0]
+            .message
+            .contains("generation 4, not newer than its last start's 4"));
+        m.observe(t(2), &seen(0, 1, ring(&[]), &[(1, 5)]));
+        m.observe(t(3), &seen(0, 1, ring(&[]), &[(1, 3)]));
+        assert_eq!(m.violations().len(), 2);
+        assert!(m.violations()[1]
+            .message
+            .contains("SWIM generation of 0000000000000101 dropped from 5 to 3"));
+    }
+
+    #[test]
+    fn a_node_that_left_and_serves_again_is_caught() {
+        let mut m = SafetyMonitor::new();
+        let mut obs = NodeObservation {
+            slot: 2,
+            epoch: 1,
+            id: id(2),
+            process: ProcessState::Leaving,
+            ring: ring(&[(2, RingStatus::Left)]),
+            generations: BTreeMap::new(),
+            left_reported: true,
+        };
+        m.observe(t(1), &Observation::Node(obs.clone()));
+        assert!(m.violations().is_empty());
+        obs.process = ProcessState::Up;
+        m.observe(t(2), &Observation::Node(obs));
+        m.observe(t(3), &started(2, 2, 2));
+        let msgs: Vec<&str> = m.violations().iter().map(|v| v.message.as_str()).collect();
+        assert_eq!(msgs.len(), 2, "{msgs:?}");
+        assert!(msgs[0].contains("is serving as an up node"));
+        assert!(msgs[1].contains("completed its leave but started again"));
+    }
+
+    #[test]
+    fn two_processes_with_one_id_are_caught() {
+        let mut m = SafetyMonitor::new();
+        m.observe(t(0), &started(1, 1, 1));
+        // Slot 4 runs a copy of n1's data directory: same id.
+        m.observe(
+            t(1),
+            &Observation::Started {
+                slot: 4,
+                id: id(1),
+                epoch: 1,
+                generation: 7,
+                addr: SocketAddr::from(([10, 0, 0, 9], 7000)),
+            },
+        );
+        assert_eq!(m.violations().len(), 1);
+        assert_eq!(m.violations()[0].subject, Some(1));
+        assert!(m.violations()[0]
+            .message
+            .contains("n4 started as node 0000000000000101, which n1 is already running as"));
+        // Once n1 is gone, n4 may run as that id.
+        m.observe(
+            t(2),
+            &Observation::Stopped {
+                slot: 1,
+                id: id(1),
+                epoch: 1,
+            },
+        );
+        m.observe(
+            t(3),
+            &Observation::Stopped {
+                slot: 4,
+                id: id(1),
+                epoch: 1,
+            },
+        );
+        m.observe(
+            t(4),
+            &Observation::Started {
+                slot: 4,
+                id: id(1),
+                epoch: 2,
+                generation: 8,
+                addr: SocketAddr::from(([10, 0, 0, 9], 7000)),
+            },
+        );
+        assert_eq!(m.violations().len(), 1);
+    }
+}
