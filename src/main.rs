@@ -12,7 +12,7 @@ use serde::Deserialize;
 use chorus::node::Liveness;
 use chorus::runtime::dev::{self, DevOptions};
 use chorus::runtime::tls::{ClusterCa, TlsFiles};
-use chorus::runtime::NodeOptions;
+use chorus::runtime::{NodeOptions, SyncPolicy};
 
 use chorus::ring::plan::{self, Change, PlanRequest};
 use chorus::ring::{DEFAULT_PARTITIONS, DEFAULT_VNODES};
@@ -65,6 +65,11 @@ struct StartArgs {
     /// Directory with ca.pem, node.pem and node.key [default: <data-dir>/tls].
     #[arg(long)]
     tls_dir: Option<PathBuf>,
+    /// When data writes count as durable: `always` syncs the write-ahead log before a write is
+    /// acknowledged (many writes share one sync); `never` skips the sync (benchmarks only: a
+    /// machine crash may lose acknowledged writes). Default: always.
+    #[arg(long)]
+    sync: Option<SyncPolicy>,
 }
 
 /// The `chorus start` config file.
@@ -77,6 +82,7 @@ struct StartFile {
     #[serde(default)]
     join: Vec<SocketAddr>,
     tls_dir: Option<PathBuf>,
+    sync: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -211,6 +217,11 @@ fn start(args: StartArgs) -> Result<(), String> {
             args.join
         },
         tls_dir: args.tls_dir.or(file.tls_dir),
+        sync: match (args.sync, file.sync) {
+            (Some(s), _) => s,
+            (None, Some(s)) => s.parse().map_err(|e| format!("sync in --config: {e}"))?,
+            (None, None) => SyncPolicy::Always,
+        },
     };
     chorus::runtime::run_blocking(options).map_err(|e| e.to_string())
 }

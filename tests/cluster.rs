@@ -168,9 +168,9 @@ fn an_operator_removes_a_dead_node_over_http() {
     }
     let ids: Vec<String> = nodes.iter().map(|n| n.wait_serving()).collect();
     for n in &nodes {
-        assert!(wait_for(Duration::from_secs(10), || n
-            .view()
-            .filter(|v| all_alive(v, &ids)))
+        assert!(wait_for(Duration::from_secs(10), || n.view().filter(|v| {
+            all_alive(v, &ids) && v.members.iter().all(|m| m.status == RingStatus::Member)
+        }))
         .is_some());
     }
     nodes[2].kill();

@@ -9,11 +9,14 @@
 //!
 //! # Outputs, durability and crashes at any point
 //!
-//! A node's outputs go into the slot's outbox and are performed in order. A persist output is
-//! written to the disk unsynced and followed by a sync that takes simulated time
-//! ([`ClusterConfig::disk_sync`]); nothing after it in the outbox is performed until the sync
-//! completes — the barrier the core's documentation asks of every driver. A crash loses the
-//! outbox and every unsynced write. [`Cluster::crash_after_outputs`] arms a crash that fires
+//! A node's outputs go into the slot's outbox and are performed in order. Every write goes to
+//! the disk unsynced; a sync takes simulated time ([`ClusterConfig::disk_sync`]) and covers
+//! everything written before it started, and writes made while one runs wait for the next (group
+//! commit). A metadata write is a barrier: nothing after it in the outbox is performed until a
+//! sync covering it completes — what the core's documentation asks of every driver. Data batches
+//! are not barriers: the node learns they are durable through `handle_durable` when a sync
+//! covering them completes. A crash loses the outbox and every unsynced write, and every client
+//! request in flight at the node ends as a lost connection. [`Cluster::crash_after_outputs`] arms a crash that fires
 //! between two outputs of the node (after `k` more are performed), so a crash can fall between a
 //! persist and the message that depends on it, not only between events.
 //!
@@ -29,7 +32,8 @@ use std::time::Duration;
 
 use chorus::membership::{NodeInfo, RingStatus};
 use chorus::node::{
-    ClusterView, Node, NodeConfig, NodeError, Output, Persisted, RemoveError, Timer,
+    ClientError, ClientReply, ClientRequest, ClusterView, Node, NodeConfig, NodeError, Output,
+    Persisted, RemoveError, Timer,
 };
 use chorus::NodeId;
 
@@ -156,10 +160,20 @@ struct Slot {
     left_reported: bool,
     /// Outputs taken from the node and not yet performed.
     outbox: VecDeque<Output>,
-    /// A disk sync is in flight; the outbox waits for it.
-    syncing: bool,
-    /// The sync in flight makes a completed leave durable.
-    left_pending: bool,
+    /// A metadata write is not yet durable: the outbox waits for it.
+    barrier: bool,
+    /// Metadata writes so far in this process (a sync covers those made before it started).
+    meta_writes: u64,
+    /// The completed-leave mark was written as metadata write number this.
+    left_written: Option<u64>,
+    /// Highest data batch written to the disk.
+    data_written: u64,
+    /// Highest data batch reported durable to the node.
+    data_reported: u64,
+    /// The sync in flight: (data batch, metadata writes) it covers.
+    sync_in_flight: Option<(u64, u64)>,
+    /// Client requests in flight at this node: handle → (workload, token, is a write).
+    clients: BTreeMap<u64, (usize, u64, bool)>,
     /// Crash after performing this many more outputs.
     crash_trap: Option<u32>,
     /// An operator removed this machine from the ring.
@@ -221,6 +235,11 @@ enum Event {
         node: usize,
         epoch: u64,
     },
+    ClientReply {
+        actor: usize,
+        token: u64,
+        reply: Box<ClientReply>,
+    },
     CrashDeadline {
         node: usize,
         epoch: u64,
@@ -236,7 +255,7 @@ enum Event {
 }
 
 /// What [`Cluster::step`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
     /// No event is due by the horizon.
     Idle,
@@ -248,6 +267,15 @@ pub enum Step {
         actor: usize,
         /// The token it asked to be woken with.
         token: u64,
+    },
+    /// The answer to a workload's client request arrived; the caller dispatches it.
+    Reply {
+        /// The workload's index.
+        actor: usize,
+        /// The token it sent the request with.
+        token: u64,
+        /// The answer.
+        reply: Box<ClientReply>,
     },
 }
 
@@ -285,6 +313,7 @@ pub struct Cluster {
     trace: Trace,
     stats: Stats,
     observations: Vec<Observation>,
+    next_client: u64,
 }
 
 impl Cluster {
@@ -303,6 +332,7 @@ impl Cluster {
             trace,
             stats: Stats::default(),
             observations: Vec::new(),
+            next_client: 0,
         }
     }
 
@@ -426,8 +456,13 @@ impl Cluster {
             generation: 0,
             left_reported: false,
             outbox: VecDeque::new(),
-            syncing: false,
-            left_pending: false,
+            barrier: false,
+            meta_writes: 0,
+            left_written: None,
+            data_written: 0,
+            data_reported: 0,
+            sync_in_flight: None,
+            clients: BTreeMap::new(),
             crash_trap: None,
             removed: false,
         });
@@ -520,12 +555,16 @@ impl Cluster {
             ring: persisted.ring,
             leave_complete: persisted.leave_complete,
         };
-        match Node::new(config, node_seed, saved) {
+        match Node::new(config, node_seed, saved, slot.disk.handle()) {
             Ok(mut n) => {
                 slot.epoch += 1;
                 slot.outbox.clear();
-                slot.syncing = false;
-                slot.left_pending = false;
+                slot.barrier = false;
+                slot.meta_writes = 0;
+                slot.left_written = None;
+                slot.data_written = 0;
+                slot.data_reported = 0;
+                slot.sync_in_flight = None;
                 slot.crash_trap = None;
                 let _log = crate::log::enter(node, now);
                 n.start(now);
@@ -623,11 +662,12 @@ impl Cluster {
         slot.process = Process::Crashed;
         self.stats.outputs_lost += slot.outbox.len() as u64;
         slot.outbox.clear();
-        slot.syncing = false;
-        slot.left_pending = false;
+        slot.barrier = false;
+        slot.sync_in_flight = None;
         slot.crash_trap = None;
         slot.disk.crash();
         let (id, epoch) = (slot.id, slot.epoch);
+        self.lose_clients(node);
         self.trace.text(
             self.now,
             Kind::Process,
@@ -641,6 +681,27 @@ impl Cluster {
                 id,
                 epoch,
             });
+        }
+    }
+
+    /// Clients of a process that stopped lose their connection: a write's fate is unknown.
+    fn lose_clients(&mut self, node: usize) {
+        let lost = std::mem::take(&mut self.slots[node].clients);
+        for (_, (actor, token, write)) in lost {
+            let reply = ClientReply::Failed(ClientError::Unavailable {
+                message: "connection lost: the node stopped".into(),
+                indeterminate: write,
+                acks: 0,
+                needed: 1,
+            });
+            self.queue.schedule(
+                self.now + Duration::from_millis(1),
+                Event::ClientReply {
+                    actor,
+                    token,
+                    reply: Box::new(reply),
+                },
+            );
         }
     }
 
@@ -715,6 +776,49 @@ impl Cluster {
         Ok(())
     }
 
+    /// Sends a client request to node `node` for workload `actor`; the answer comes back from
+    /// [`Cluster::step`] as [`Step::Reply`] with `token`. A node that is not running answers
+    /// at once that the connection was refused (nothing applied).
+    pub fn client_request(
+        &mut self,
+        node: usize,
+        actor: usize,
+        token: u64,
+        request: ClientRequest,
+    ) {
+        let now = self.now;
+        let write = request.op.is_write();
+        let Some(slot) = self
+            .slots
+            .get_mut(node)
+            .filter(|s| s.state() == ProcessState::Up)
+        else {
+            let reply = ClientReply::Failed(ClientError::Unavailable {
+                message: format!("connection refused: n{node} is not serving"),
+                indeterminate: false,
+                acks: 0,
+                needed: 1,
+            });
+            self.queue.schedule(
+                now + Duration::from_millis(1),
+                Event::ClientReply {
+                    actor,
+                    token,
+                    reply: Box::new(reply),
+                },
+            );
+            return;
+        };
+        self.next_client += 1;
+        let handle = self.next_client;
+        slot.clients.insert(handle, (actor, token, write));
+        if let Some(n) = slot.node_mut() {
+            let _log = crate::log::enter(node, now);
+            n.handle_client(handle, request, now);
+        }
+        self.drain(node);
+    }
+
     /// Whether a node asked to leave has reported that it left ([`Output::Left`]).
     pub fn left_reported(&self, node: usize) -> bool {
         self.slots.get(node).is_some_and(|s| s.left_reported)
@@ -740,6 +844,17 @@ impl Cluster {
             Event::Message(m) => self.arrive_message(*m),
             Event::Timer { node, epoch, timer } => self.fire_timer(node, epoch, timer),
             Event::SyncDone { node, epoch } => self.sync_done(node, epoch),
+            Event::ClientReply {
+                actor,
+                token,
+                reply,
+            } => {
+                return Step::Reply {
+                    actor,
+                    token,
+                    reply,
+                }
+            }
             Event::CrashDeadline { node, epoch } => {
                 let slot = &self.slots[node];
                 if slot.epoch == epoch && slot.state().is_running() && slot.crash_trap.is_some() {
@@ -783,6 +898,9 @@ impl Cluster {
                 generation: s.generation,
                 removed: s.removed,
                 view: s.node().map(Node::cluster_view),
+                data: s.node().map(Node::data_stats),
+                objects: s.disk.objects(),
+                hints_on_disk: s.disk.hints(),
             })
             .collect();
         ClusterSnapshot {
@@ -825,9 +943,10 @@ impl Cluster {
             &bytes,
             "",
         );
+        let from_id = self.slots[from].id;
         if let Some(n) = self.slots[to].node_mut() {
             let _log = crate::log::enter(to, now);
-            n.handle_gossip(&bytes, now);
+            n.handle_gossip(from_id, &bytes, now);
         }
         self.drain(to);
     }
@@ -872,10 +991,11 @@ impl Cluster {
                     &m.bytes,
                     "",
                 );
-                let from_addr = self.slots[from].info.quic_addr;
+                // The simulated handshake authenticates the sending machine's node id.
+                let from_id = self.slots[from].id;
                 if let Some(n) = self.slots[to].node_mut() {
                     let _log = crate::log::enter(to, now);
-                    n.handle_message(from_addr, &m.bytes, now);
+                    n.handle_message(from_id, &m.bytes, now);
                 }
                 self.drain(to);
             }
@@ -930,6 +1050,7 @@ impl Cluster {
             End::None,
             format_args!("stopped after leaving"),
         );
+        self.lose_clients(node);
         if self.config.observe {
             self.observations.push(Observation::Stopped {
                 slot: node,
@@ -955,12 +1076,12 @@ impl Cluster {
         }
     }
 
-    /// Performs the outbox in order until it is empty, a sync must complete first, or an armed
-    /// crash fires.
+    /// Performs the outbox in order until it is empty, a metadata write must become durable
+    /// first, or an armed crash fires.
     fn pump(&mut self, node: usize) {
         loop {
             let slot = &mut self.slots[node];
-            if slot.syncing || !slot.state().is_running() {
+            if slot.barrier || !slot.state().is_running() {
                 return;
             }
             if slot.outbox.is_empty() {
@@ -1000,7 +1121,7 @@ impl Cluster {
                         format_args!("cannot persist ring: {e}"),
                     );
                 }
-                self.start_sync(node);
+                self.meta_written(node);
             }
             Output::PersistGeneration(generation) => {
                 if let Err(e) = self.slots[node].disk.write_generation(generation) {
@@ -1012,19 +1133,49 @@ impl Cluster {
                         format_args!("cannot persist generation: {e}"),
                     );
                 }
-                self.start_sync(node);
+                self.meta_written(node);
             }
             Output::Left => {
+                self.slots[node].disk.write_left();
+                self.meta_written(node);
                 let slot = &mut self.slots[node];
-                slot.disk.write_left();
-                slot.left_pending = true;
-                self.start_sync(node);
+                slot.left_written = Some(slot.meta_writes);
+            }
+            Output::Persist { seq, batch } => {
+                let slot = &mut self.slots[node];
+                slot.disk.write_batch(&batch);
+                slot.data_written = slot.data_written.max(seq);
+                self.request_sync(node);
+            }
+            Output::Reply { client, reply } => {
+                if let Some((actor, token, _)) = self.slots[node].clients.remove(&client) {
+                    let latency = self.net.latency(node, node);
+                    self.queue.schedule(
+                        self.now + latency,
+                        Event::ClientReply {
+                            actor,
+                            token,
+                            reply: Box::new(reply),
+                        },
+                    );
+                }
             }
         }
     }
 
-    /// Starts a disk sync; the outbox waits until it completes.
-    fn start_sync(&mut self, node: usize) {
+    /// A metadata write went to the disk: later outputs wait until a sync covers it.
+    fn meta_written(&mut self, node: usize) {
+        let slot = &mut self.slots[node];
+        slot.meta_writes += 1;
+        slot.barrier = true;
+        self.request_sync(node);
+    }
+
+    /// Starts a sync unless one is in flight (then the next one starts when it completes).
+    fn request_sync(&mut self, node: usize) {
+        if self.slots[node].sync_in_flight.is_some() {
+            return;
+        }
         let (lo, hi) = self.config.disk_sync;
         let mut latency =
             lo + (hi.saturating_sub(lo)).mul_f64(rand::RngExt::random::<f64>(&mut self.disk_rng));
@@ -1034,7 +1185,7 @@ impl Cluster {
             latency = hi * 10;
         }
         let slot = &mut self.slots[node];
-        slot.syncing = true;
+        slot.sync_in_flight = Some((slot.data_written, slot.meta_writes));
         let epoch = slot.epoch;
         self.queue
             .schedule(self.now + latency, Event::SyncDone { node, epoch });
@@ -1042,14 +1193,45 @@ impl Cluster {
 
     fn sync_done(&mut self, node: usize, epoch: u64) {
         let slot = &mut self.slots[node];
-        if slot.epoch != epoch || !slot.state().is_running() || !slot.syncing {
+        if slot.epoch != epoch || !slot.state().is_running() {
             return;
         }
+        let Some((data, meta)) = slot.sync_in_flight.take() else {
+            return;
+        };
+        // The disk model syncs everything written so far; the node is told only of what the
+        // sync covered when it started.
         slot.disk.sync();
-        slot.syncing = false;
         self.stats.syncs += 1;
-        if std::mem::take(&mut slot.left_pending) {
+        if slot.barrier && meta == slot.meta_writes {
+            slot.barrier = false;
+        }
+        let left_now = slot.left_written.is_some_and(|w| w <= meta) && !slot.left_reported;
+        let report = (data > slot.data_reported).then_some(data);
+        let again = slot.data_written > data || slot.meta_writes > meta;
+        if let Some(seq) = report {
+            slot.data_reported = seq;
+        }
+        if left_now {
             self.left_durable(node);
+        }
+        if let Some(seq) = report {
+            let now = self.now;
+            if let Some(n) = self.slots[node].node_mut() {
+                let _log = crate::log::enter(node, now);
+                n.handle_durable(seq, now);
+            }
+            let slot = &mut self.slots[node];
+            if let Some(n) = slot.node_mut() {
+                let mut outs = Vec::new();
+                while let Some(o) = n.poll_output() {
+                    outs.push(o);
+                }
+                slot.outbox.extend(outs);
+            }
+        }
+        if again {
+            self.request_sync(node);
         }
         self.pump(node);
         if self.slots[node].state().is_running() {
@@ -1060,6 +1242,9 @@ impl Cluster {
     /// The node's completed leave is on disk: it stops once its last sends are out.
     fn left_durable(&mut self, node: usize) {
         let slot = &mut self.slots[node];
+        if slot.left_reported {
+            return;
+        }
         slot.left_reported = true;
         // Normally the slot is already leaving (it asked); a node may also learn that an
         // operator removed it.

@@ -1,14 +1,18 @@
 //! One node's simulated disk and the metadata a driver keeps on it.
 //!
-//! The disk is the core's [`MemoryStore`]: a write is visible at once but lost by a crash until
-//! it is synced, and a sync takes simulated time (the cluster schedules it). On it the simulated
-//! driver keeps exactly what the production runtime keeps, under the same keys and encodings:
-//! the node id, the generation (starts so far, bumped and synced at every start), the ring state
-//! (rewritten on every [`chorus::node::Output::PersistRing`]) and the completed-leave mark. This
-//! module does not interpret any of it; it only stores and loads.
+//! The disk is the core's [`SharedMemoryStore`]: the node reads it directly (as it reads RocksDB
+//! in production), the simulated driver writes, syncs and crashes it. A write is visible at once
+//! but lost by a crash until it is synced, and a sync takes simulated time (the cluster
+//! schedules it). On it the driver keeps exactly what the production runtime keeps, under the
+//! same keys and encodings: the node id, the generation (bumped and synced at every start), the
+//! ring state, the completed-leave mark, and the data and hints the node stages. This module
+//! interprets none of it.
 
 use chorus::membership::RingState;
-use chorus::storage::{meta, MemoryStore, Store};
+use chorus::node::Object;
+use chorus::storage::{
+    meta, split_data_key, MemoryStore, ReadStore, SharedMemoryStore, Space, Store, WriteBatch,
+};
 use chorus::NodeId;
 
 pub use chorus::storage::meta::{
@@ -19,7 +23,7 @@ pub use chorus::storage::meta::{
 /// A node's disk.
 #[derive(Debug, Default, Clone)]
 pub struct Disk {
-    store: MemoryStore,
+    store: SharedMemoryStore,
 }
 
 impl Disk {
@@ -35,10 +39,15 @@ impl Disk {
         meta::boot(&mut self.store, fresh_id)
     }
 
+    /// A handle the node core reads through.
+    pub fn handle(&self) -> SharedMemoryStore {
+        self.store.clone()
+    }
+
     /// Writes the ring state (not yet synced).
     pub fn write_ring(&mut self, ring: &RingState) -> Result<(), DiskError> {
         let bytes = meta::encode_ring(ring)?;
-        self.store.put_meta_unsynced(META_RING, &bytes);
+        self.store.lock().put_meta_unsynced(META_RING, &bytes);
         Ok(())
     }
 
@@ -51,6 +60,7 @@ impl Disk {
         };
         if generation > stored {
             self.store
+                .lock()
                 .put_meta_unsynced(META_GENERATION, &generation.to_be_bytes());
         }
         Ok(())
@@ -58,12 +68,17 @@ impl Disk {
 
     /// Writes the completed-leave mark (not yet synced).
     pub fn write_left(&mut self) {
-        self.store.put_meta_unsynced(META_LEFT, b"1");
+        self.store.lock().put_meta_unsynced(META_LEFT, b"1");
+    }
+
+    /// Writes a batch the node staged (not yet synced).
+    pub fn write_batch(&mut self, batch: &WriteBatch) {
+        self.store.lock().write_unsynced(batch);
     }
 
     /// Makes every write so far durable.
     pub fn sync(&mut self) {
-        self.store.sync();
+        self.store.lock().sync();
     }
 
     /// The ring state on disk (empty if none was persisted).
@@ -73,12 +88,29 @@ impl Disk {
 
     /// The process died: every write that was not synced is lost.
     pub fn crash(&mut self) {
-        self.store = self.store.crash();
+        let mut s = self.store.lock();
+        let survived: MemoryStore = s.crash();
+        *s = survived;
     }
 
-    /// The underlying store, for checkers that inspect what is on disk.
-    pub fn store(&self) -> &MemoryStore {
-        &self.store
+    /// Every object in the data space, by user key (for checkers).
+    pub fn objects(&self) -> Vec<(Vec<u8>, Object)> {
+        let entries = self
+            .store
+            .scan(Space::Data, &[], &[], usize::MAX)
+            .unwrap_or_default();
+        entries
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let (_, key) = split_data_key(&k)?;
+                Some((key.to_vec(), Object::decode(&v).ok()?))
+            })
+            .collect()
+    }
+
+    /// Number of hints on the disk.
+    pub fn hints(&self) -> usize {
+        self.store.lock().count(Space::Hints)
     }
 }
 
@@ -125,14 +157,20 @@ mod tests {
     }
 
     #[test]
-    fn writes_not_synced_are_lost_by_a_crash() {
+    fn writes_not_synced_are_lost_by_a_crash_and_the_handle_sees_it() {
         let mut disk = Disk::new();
         disk.load_for_start(NodeId::new(7)).unwrap();
+        let handle = disk.handle();
         disk.write_ring(&ring()).unwrap();
         disk.write_generation(9).unwrap();
         disk.write_left();
+        let mut b = WriteBatch::new();
+        b.put(Space::Hints, b"h".to_vec(), b"x".to_vec());
+        disk.write_batch(&b);
         assert_eq!(disk.ring().unwrap(), ring(), "visible before the sync");
+        assert_eq!(disk.hints(), 1);
         disk.crash();
+        assert_eq!(handle.get(Space::Hints, b"h").unwrap(), None);
         let again = disk.load_for_start(NodeId::new(7)).unwrap();
         assert!(again.ring.is_empty());
         assert_eq!(again.generation, 2);

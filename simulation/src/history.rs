@@ -9,6 +9,9 @@
 use std::fmt;
 use std::time::Duration;
 
+use chorus::causality::{Dot, VersionVector};
+use chorus::NodeId;
+
 /// Index of an operation in its [`History`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct OpId(pub usize);
@@ -45,6 +48,29 @@ pub enum OpKind {
         /// The node slot asked to do it.
         via: usize,
     },
+    /// Read a register key through node `node`.
+    Read {
+        /// The key.
+        key: String,
+        /// The node asked.
+        node: usize,
+    },
+    /// Write `value` to a register key through node `node`.
+    Write {
+        /// The key.
+        key: String,
+        /// The value (unique in a run).
+        value: String,
+        /// The node asked.
+        node: usize,
+    },
+    /// Delete a register key through node `node`.
+    Delete {
+        /// The key.
+        key: String,
+        /// The node asked.
+        node: usize,
+    },
     /// Cut the network (the partition's description).
     Partition(String),
     /// End the partition.
@@ -64,6 +90,9 @@ impl OpKind {
             | OpKind::Restart { node }
             | OpKind::Leave { node }
             | OpKind::Remove { node, .. } => Some(node),
+            OpKind::Read { node, .. }
+            | OpKind::Write { node, .. }
+            | OpKind::Delete { node, .. } => Some(node),
             _ => None,
         }
     }
@@ -77,6 +106,9 @@ impl fmt::Display for OpKind {
             OpKind::Restart { node } => write!(f, "restart n{node}"),
             OpKind::Leave { node } => write!(f, "leave n{node}"),
             OpKind::Remove { node, via } => write!(f, "remove n{node} via n{via}"),
+            OpKind::Read { key, node } => write!(f, "read {key} at n{node}"),
+            OpKind::Write { key, value, node } => write!(f, "write {key}={value} at n{node}"),
+            OpKind::Delete { key, node } => write!(f, "delete {key} at n{node}"),
             OpKind::Partition(p) => write!(f, "partition ({p})"),
             OpKind::Heal => f.write_str("heal"),
             OpKind::Degrade(d) => write!(f, "degrade ({d})"),
@@ -134,10 +166,51 @@ pub struct Operation {
     pub outcome: Option<Outcome>,
 }
 
+/// What a register operation sent and got back, beyond its kind and outcome: what the data
+/// checkers judge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataOp {
+    /// The operation.
+    pub op: OpId,
+    /// The key.
+    pub key: String,
+    /// The context the client sent (writes and deletes).
+    pub context: Option<VersionVector>,
+    /// Whether it is one of the reads done after the heal to judge what survived.
+    pub final_read: bool,
+    /// What came back, once something did.
+    pub result: Option<DataResult>,
+}
+
+/// A register operation's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataResult {
+    /// A read: the live values and the context.
+    Read {
+        /// The values (strings in the simulator).
+        values: Vec<String>,
+        /// The context, if the key is known.
+        context: Option<VersionVector>,
+    },
+    /// A write or delete: the live values after it, the new context, the write's dot and who
+    /// acknowledged it durably.
+    Written {
+        /// The values after the write.
+        values: Vec<String>,
+        /// The new context.
+        context: VersionVector,
+        /// The write's dot.
+        dot: Dot,
+        /// Who acknowledged it.
+        acked_by: Vec<NodeId>,
+    },
+}
+
 /// Every operation of a run, in invocation order.
 #[derive(Debug, Clone, Default)]
 pub struct History {
     ops: Vec<Operation>,
+    data: Vec<DataOp>,
 }
 
 /// How many operations ended each way.
@@ -210,6 +283,23 @@ impl History {
     /// Every operation, in invocation order.
     pub fn ops(&self) -> &[Operation] {
         &self.ops
+    }
+
+    /// Records the details of a register operation.
+    pub fn record_data(&mut self, data: DataOp) {
+        self.data.push(data);
+    }
+
+    /// Sets what a register operation got back.
+    pub fn data_result(&mut self, op: OpId, result: DataResult) {
+        if let Some(d) = self.data.iter_mut().rev().find(|d| d.op == op) {
+            d.result = Some(result);
+        }
+    }
+
+    /// Every register operation's details, in invocation order.
+    pub fn data(&self) -> &[DataOp] {
+        &self.data
     }
 
     /// One operation.

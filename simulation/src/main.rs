@@ -67,6 +67,9 @@ struct Common {
     /// every membership operation complete).
     #[arg(long, default_value = "1m", value_parser = parse_duration)]
     settle: Duration,
+    /// Run membership and faults only, without the register workload's clients.
+    #[arg(long)]
+    no_data: bool,
 }
 
 impl Common {
@@ -78,6 +81,7 @@ impl Common {
             faults: self.faults.clone(),
             settle_max: self.settle,
             trace: false,
+            data: !self.no_data,
         }
     }
 }

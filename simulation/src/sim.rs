@@ -34,6 +34,7 @@ use crate::rng::{self, SimRng};
 use crate::trace::Trace;
 use crate::workload::membership::{Membership, MembershipConfig};
 use crate::workload::nemesis::{Nemesis, NemesisConfig};
+use crate::workload::register::{Register, RegisterConfig};
 use crate::workload::{Ctx, Workload};
 
 /// Most machines in an initial cluster.
@@ -54,6 +55,9 @@ pub struct RunConfig {
     pub settle_max: Duration,
     /// Print every trace record as it happens.
     pub trace: bool,
+    /// Run the register workload (clients reading, writing and deleting keys) besides the
+    /// membership workload and the nemesis.
+    pub data: bool,
 }
 
 impl RunConfig {
@@ -66,18 +70,20 @@ impl RunConfig {
             faults: FaultSet::all(),
             settle_max: SETTLE_MAX,
             trace: false,
+            data: true,
         }
     }
 
     /// The command that replays this run.
     pub fn replay_command(&self) -> String {
         format!(
-            "cargo run --release -p chorus-sim -- run --seed {} --nodes {} --duration {} --faults {} --settle {}",
+            "cargo run --release -p chorus-sim -- run --seed {} --nodes {} --duration {} --faults {} --settle {}{}",
             self.seed,
             self.nodes,
             format_duration(self.duration),
             self.faults,
-            format_duration(self.settle_max)
+            format_duration(self.settle_max),
+            if self.data { "" } else { " --no-data" }
         )
     }
 
@@ -181,6 +187,11 @@ impl Simulation {
                 Step::Idle => break,
                 Step::Handled => {}
                 Step::Wake { actor, token } => self.with_ctx(actor, |w, cx| w.wake(token, cx)),
+                Step::Reply {
+                    actor,
+                    token,
+                    reply,
+                } => self.with_ctx(actor, |w, cx| w.reply(token, *reply, cx)),
             }
             let at = self.cluster.now();
             for obs in self.cluster.take_observations() {
@@ -211,13 +222,16 @@ pub fn run(config: &RunConfig) -> Result<RunReport, SimError> {
     let wall = Instant::now();
     let trace = Trace::new(config.trace);
     let cluster = Cluster::new(ClusterConfig::default(), config.seed, trace);
-    let workloads: Vec<Box<dyn Workload>> = vec![
+    let mut workloads: Vec<Box<dyn Workload>> = vec![
         Box::new(Membership::new(MembershipConfig::new(
             config.nodes,
             config.faults.clone(),
         ))),
         Box::new(Nemesis::new(NemesisConfig::new(config.faults.clone()))),
     ];
+    if config.data {
+        workloads.push(Box::new(Register::new(RegisterConfig::default())));
+    }
     let mut sim = Simulation {
         cluster,
         history: History::new(),
@@ -347,6 +361,9 @@ pub fn summary(r: &RunReport) -> String {
             OpKind::Restart { .. } => "restart",
             OpKind::Leave { .. } => "leave",
             OpKind::Remove { .. } => "remove",
+            OpKind::Read { .. } => "read",
+            OpKind::Write { .. } => "write",
+            OpKind::Delete { .. } => "delete",
             OpKind::Partition(_) => "partition",
             OpKind::Heal => "heal",
             OpKind::Degrade(_) => "degrade",

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use chorus::membership::{RingState, RingStatus};
-use chorus::node::ClusterView;
+use chorus::node::{ClusterView, DataStats, Object};
 use chorus::NodeId;
 
 /// What a slot's process is doing, as the simulator (the ground truth) knows it.
@@ -70,6 +70,12 @@ pub struct NodeSnapshot {
     pub removed: bool,
     /// The cluster as the node sees it, if it is running.
     pub view: Option<ClusterView>,
+    /// The node's data-path counters, if it is running.
+    pub data: Option<DataStats>,
+    /// Every object on its disk (durable or not), by user key, running or not.
+    pub objects: Vec<(Vec<u8>, Object)>,
+    /// Hints on its disk.
+    pub hints_on_disk: usize,
 }
 
 /// Every machine of the cluster at one simulated instant.

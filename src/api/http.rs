@@ -1,7 +1,7 @@
-//! The HTTP API (axum). Handlers never touch the node core directly: they send an
-//! [`AdminRequest`] to the driver task that owns the core and await its answer.
+//! The HTTP API (axum). Handlers never touch the node core: they send an [`AdminRequest`] or a
+//! [`ClientCall`] to the driver task that owns the core and await its answer.
 //!
-//! Stable endpoints:
+//! Cluster endpoints:
 //! - `GET /health` → 200 once the node serves.
 //! - `GET /v1/cluster` → the cluster as this node sees it ([`ClusterView`] as JSON).
 //! - `POST /v1/cluster/leave` → 202 `{"status":"leaving"}`; the node leaves gracefully and
@@ -11,16 +11,50 @@
 //!   writes off a dead node; its partitions move to the others. Progress shows under `pending`
 //!   in `GET /v1/cluster`. 400 for a malformed id, 404 for a node not in the ring, 409 when the
 //!   node is this one (use leave) or this node is leaving.
+//!
+//! Data endpoints, each with the query parameters `r`, `w`, `strict` and `timeout_ms`. The key
+//! is the rest of the path, percent-decoded to bytes (so any byte string up to the limit can be
+//! a key):
+//! - `PUT /v1/kv/{key}`: the body is the value; optional `x-chorus-context`. 204 when the write
+//!   left one value, 300 with the siblings' JSON when concurrent values remain; either way with
+//!   `x-chorus-context` (the new context), `x-chorus-acks` and `x-chorus-sync`.
+//! - `GET /v1/kv/{key}`: 200 with the raw value and `x-chorus-context` for one value; 300 with
+//!   `{"context": "...", "values": ["<base64>", ...]}` for siblings (200 for any count with
+//!   `Accept: application/json`); 404 when absent or deleted (with `x-chorus-context` when a
+//!   tombstone exists).
+//! - `DELETE /v1/kv/{key}`: optional `x-chorus-context`; 204 with the new context.
+//!
+//! Errors are JSON `{"error": "<code>", "message": "..."}`, with `"indeterminate": true|false`
+//! on 503s that concern a write: 400 malformed input, 413 key or value over the limit, 409 a
+//! key of another type, 503 quorum not reached or node overloaded, 500 internal failure. Bad
+//! input is refused before anything changes.
 
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use base64::Engine as _;
+use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::id::NodeId;
-use crate::node::{ClusterView, RemoveError};
+use crate::node::{
+    ClientError, ClientOp, ClientReply, ClientRequest, ClusterView, Context, RemoveError,
+    RequestOptions,
+};
+
+/// Request header carrying a causal context.
+pub const CONTEXT_HEADER: &str = "x-chorus-context";
+/// Response header: replicas that acknowledged durably.
+pub const ACKS_HEADER: &str = "x-chorus-acks";
+/// Response header: the sync policy that applied to the write.
+pub const SYNC_HEADER: &str = "x-chorus-sync";
+
+/// The path prefix of the data endpoints.
+const KV_PREFIX: &str = "/v1/kv/";
 
 /// A request from the HTTP API to the driver that owns the node core.
 #[derive(Debug)]
@@ -33,31 +67,85 @@ pub enum AdminRequest {
     Remove(NodeId, oneshot::Sender<Result<(), RemoveError>>),
 }
 
-/// The router for the HTTP API, forwarding to the driver through `admin`.
-pub fn router(admin: mpsc::Sender<AdminRequest>) -> Router {
+/// A client request for the node core, with where to send its answer.
+#[derive(Debug)]
+pub struct ClientCall {
+    /// The request.
+    pub request: ClientRequest,
+    /// Where the answer goes.
+    pub reply: oneshot::Sender<ClientReply>,
+}
+
+/// Size limits the API enforces before a request reaches the core (which checks them again).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest key, in bytes.
+    pub key_bytes_max: usize,
+    /// Largest value, in bytes.
+    pub value_bytes_max: usize,
+}
+
+/// What the handlers share.
+#[derive(Clone, Debug)]
+pub struct ApiState {
+    /// Admin requests to the driver.
+    pub admin: mpsc::Sender<AdminRequest>,
+    /// Client requests to the driver.
+    pub clients: mpsc::Sender<ClientCall>,
+    /// The node's sync policy, reported on writes.
+    pub sync: &'static str,
+    /// Size limits.
+    pub limits: Limits,
+}
+
+/// The router for the HTTP API.
+pub fn router(state: ApiState) -> Router {
+    let body_max = state.limits.value_bytes_max.saturating_add(1);
     Router::new()
         .route("/health", get(health))
         .route("/v1/cluster", get(cluster))
         .route("/v1/cluster/leave", post(leave))
         .route("/v1/cluster/remove/{node}", post(remove))
-        .with_state(admin)
+        .route("/v1/kv/{*key}", get(kv_get).put(kv_put).delete(kv_delete))
+        .layer(DefaultBodyLimit::max(body_max))
+        .with_state(state)
 }
 
 async fn health() -> &'static str {
     "ok\n"
 }
 
-fn unavailable() -> Response {
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    indeterminate: Option<bool>,
+}
+
+fn error(status: StatusCode, code: &str, message: String) -> Response {
     (
-        StatusCode::SERVICE_UNAVAILABLE,
-        Json(serde_json::json!({"error": "the node is shutting down"})),
+        status,
+        Json(ErrorBody {
+            error: code,
+            message,
+            indeterminate: None,
+        }),
     )
         .into_response()
 }
 
-async fn cluster(State(admin): State<mpsc::Sender<AdminRequest>>) -> Response {
+fn unavailable() -> Response {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "shutting_down",
+        "the node is shutting down".into(),
+    )
+}
+
+async fn cluster(State(api): State<ApiState>) -> Response {
     let (tx, rx) = oneshot::channel();
-    if admin.send(AdminRequest::Cluster(tx)).await.is_err() {
+    if api.admin.send(AdminRequest::Cluster(tx)).await.is_err() {
         return unavailable();
     }
     match rx.await {
@@ -66,9 +154,9 @@ async fn cluster(State(admin): State<mpsc::Sender<AdminRequest>>) -> Response {
     }
 }
 
-async fn leave(State(admin): State<mpsc::Sender<AdminRequest>>) -> Response {
+async fn leave(State(api): State<ApiState>) -> Response {
     let (tx, rx) = oneshot::channel();
-    if admin.send(AdminRequest::Leave(tx)).await.is_err() {
+    if api.admin.send(AdminRequest::Leave(tx)).await.is_err() {
         return unavailable();
     }
     match rx.await {
@@ -81,24 +169,13 @@ async fn leave(State(admin): State<mpsc::Sender<AdminRequest>>) -> Response {
     }
 }
 
-fn error(status: StatusCode, code: &str, message: String) -> Response {
-    (
-        status,
-        Json(serde_json::json!({"error": code, "message": message})),
-    )
-        .into_response()
-}
-
-async fn remove(
-    State(admin): State<mpsc::Sender<AdminRequest>>,
-    Path(node): Path<String>,
-) -> Response {
+async fn remove(State(api): State<ApiState>, Path(node): Path<String>) -> Response {
     let id = match node.parse::<NodeId>() {
         Ok(id) => id,
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad_node_id", e.to_string()),
     };
     let (tx, rx) = oneshot::channel();
-    if admin.send(AdminRequest::Remove(id, tx)).await.is_err() {
+    if api.admin.send(AdminRequest::Remove(id, tx)).await.is_err() {
         return unavailable();
     }
     match rx.await {
@@ -112,5 +189,327 @@ async fn remove(
         }
         Ok(Err(e)) => error(StatusCode::CONFLICT, "refused", e.to_string()),
         Err(_) => unavailable(),
+    }
+}
+
+/// Why a request was refused before reaching the core.
+struct Refusal(Box<Response>);
+
+fn bad(message: impl Into<String>) -> Refusal {
+    Refusal(Box::new(error(
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        message.into(),
+    )))
+}
+
+/// The key: the path after `/v1/kv/`, percent-decoded to bytes.
+fn key_of(uri: &Uri, limits: &Limits) -> Result<Vec<u8>, Refusal> {
+    let raw = uri.path().strip_prefix(KV_PREFIX).unwrap_or_default();
+    let key = percent_decode(raw).ok_or_else(|| bad("the key is not validly percent-encoded"))?;
+    if key.is_empty() {
+        return Err(bad("the key is empty"));
+    }
+    if key.len() > limits.key_bytes_max {
+        return Err(Refusal(Box::new(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "the key is {} bytes, more than the limit of {}",
+                key.len(),
+                limits.key_bytes_max
+            ),
+        ))));
+    }
+    Ok(key)
+}
+
+fn percent_decode(s: &str) -> Option<Vec<u8>> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+/// `r`, `w`, `strict`, `timeout_ms` from the query string; anything else is refused.
+fn options_of(query: Option<String>) -> Result<RequestOptions, Refusal> {
+    let mut o = RequestOptions::default();
+    let Some(q) = query else { return Ok(o) };
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(&q).map_err(|e| bad(format!("bad query string: {e}")))?;
+    for (k, v) in pairs {
+        let number = |v: &str| {
+            v.parse::<u64>()
+                .map_err(|_| bad(format!("{k}={v:?} is not a non-negative integer")))
+        };
+        match k.as_str() {
+            "r" => o.r = Some(number(&v)? as usize),
+            "w" => o.w = Some(number(&v)? as usize),
+            "timeout_ms" => o.timeout_ms = Some(number(&v)?),
+            "strict" => {
+                o.strict = match v.as_str() {
+                    "" | "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => return Err(bad(format!("strict={v:?} is not true or false"))),
+                }
+            }
+            other => return Err(bad(format!("unknown parameter {other:?}"))),
+        }
+    }
+    Ok(o)
+}
+
+fn context_of(headers: &HeaderMap, key: &[u8]) -> Result<Option<Context>, Refusal> {
+    let Some(v) = headers.get(CONTEXT_HEADER) else {
+        return Ok(None);
+    };
+    let token = v
+        .to_str()
+        .map_err(|_| bad("the context header is not ASCII"))?;
+    Context::from_token(token, key)
+        .map(Some)
+        .map_err(|e| bad(e.to_string()))
+}
+
+fn wants_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/json"))
+}
+
+async fn call(api: &ApiState, request: ClientRequest) -> Result<ClientReply, Response> {
+    let (tx, rx) = oneshot::channel();
+    if api
+        .clients
+        .send(ClientCall { request, reply: tx })
+        .await
+        .is_err()
+    {
+        return Err(unavailable());
+    }
+    rx.await.map_err(|_| unavailable())
+}
+
+fn failure(e: &ClientError, write: bool) -> Response {
+    let (status, indeterminate) = match e {
+        ClientError::BadRequest(_) => (StatusCode::BAD_REQUEST, None),
+        ClientError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, None),
+        ClientError::TypeConflict(_) => (StatusCode::CONFLICT, None),
+        ClientError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, write.then_some(false)),
+        ClientError::Unavailable { indeterminate, .. } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            write.then_some(*indeterminate),
+        ),
+        ClientError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, write.then_some(false)),
+    };
+    (
+        status,
+        Json(ErrorBody {
+            error: e.code(),
+            message: e.to_string(),
+            indeterminate,
+        }),
+    )
+        .into_response()
+}
+
+#[derive(Serialize)]
+struct Siblings {
+    context: Option<String>,
+    values: Vec<String>,
+}
+
+fn siblings_json(values: &[Vec<u8>], context: Option<&Context>) -> Json<Siblings> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    Json(Siblings {
+        context: context.map(Context::to_token),
+        values: values.iter().map(|v| b64.encode(v)).collect(),
+    })
+}
+
+fn header(v: &str) -> HeaderValue {
+    HeaderValue::from_str(v).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+async fn kv_get(
+    State(api): State<ApiState>,
+    uri: Uri,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let request = match (key_of(&uri, &api.limits), options_of(query)) {
+        (Ok(key), Ok(options)) => ClientRequest {
+            key,
+            op: ClientOp::Get,
+            options,
+        },
+        (Err(r), _) | (_, Err(r)) => return *r.0,
+    };
+    let reply = match call(&api, request).await {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let read = match reply {
+        ClientReply::Read(r) => r,
+        ClientReply::Failed(e) => return failure(&e, false),
+        ClientReply::Written(_) => return unavailable(),
+    };
+    let mut resp = if read.values.is_empty() {
+        error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            if read.deleted {
+                "the key was deleted".into()
+            } else {
+                "no such key".into()
+            },
+        )
+    } else if wants_json(&headers) {
+        siblings_json(&read.values, read.context.as_ref()).into_response()
+    } else if read.values.len() == 1 {
+        let mut r = read.values[0].clone().into_response();
+        r.headers_mut().insert(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        r
+    } else {
+        (
+            StatusCode::MULTIPLE_CHOICES,
+            siblings_json(&read.values, read.context.as_ref()),
+        )
+            .into_response()
+    };
+    if let Some(c) = &read.context {
+        resp.headers_mut()
+            .insert(CONTEXT_HEADER, header(&c.to_token()));
+    }
+    resp
+}
+
+async fn kv_put(
+    State(api): State<ApiState>,
+    uri: Uri,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!(
+                    "the value is more than the limit of {} bytes",
+                    api.limits.value_bytes_max
+                ),
+            )
+        }
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", e.body_text()),
+    };
+    write(&api, uri, query, &headers, Some(body.to_vec())).await
+}
+
+async fn kv_delete(
+    State(api): State<ApiState>,
+    uri: Uri,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    write(&api, uri, query, &headers, None).await
+}
+
+async fn write(
+    api: &ApiState,
+    uri: Uri,
+    query: Option<String>,
+    headers: &HeaderMap,
+    value: Option<Vec<u8>>,
+) -> Response {
+    let key = match key_of(&uri, &api.limits) {
+        Ok(k) => k,
+        Err(r) => return *r.0,
+    };
+    let (options, context) = match (options_of(query), context_of(headers, &key)) {
+        (Ok(o), Ok(c)) => (o, c),
+        (Err(r), _) | (_, Err(r)) => return *r.0,
+    };
+    let op = match value {
+        Some(value) => ClientOp::Put { value, context },
+        None => ClientOp::Delete { context },
+    };
+    let request = ClientRequest { key, op, options };
+    let reply = match call(api, request).await {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let w = match reply {
+        ClientReply::Written(w) => w,
+        ClientReply::Failed(e) => return failure(&e, true),
+        ClientReply::Read(_) => return unavailable(),
+    };
+    // A context that covers a sibling never reaches a client without that sibling.
+    let mut resp = if w.values.len() > 1 {
+        (
+            StatusCode::MULTIPLE_CHOICES,
+            siblings_json(&w.values, Some(&w.context)),
+        )
+            .into_response()
+    } else {
+        StatusCode::NO_CONTENT.into_response()
+    };
+    let h = resp.headers_mut();
+    h.insert(CONTEXT_HEADER, header(&w.context.to_token()));
+    h.insert(ACKS_HEADER, header(&w.acks.to_string()));
+    h.insert(SYNC_HEADER, header(api.sync));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_percent_decoded_to_bytes() {
+        let limits = Limits {
+            key_bytes_max: 8,
+            value_bytes_max: 8,
+        };
+        let k = |p: &str| key_of(&p.parse::<Uri>().unwrap(), &limits).map_err(|r| r.0.status());
+        assert_eq!(k("/v1/kv/cart%3A1"), Ok(b"cart:1".to_vec()));
+        assert_eq!(k("/v1/kv/a/b"), Ok(b"a/b".to_vec()));
+        assert_eq!(k("/v1/kv/%FF%00"), Ok(vec![0xff, 0]));
+        assert_eq!(k("/v1/kv/%zz"), Err(StatusCode::BAD_REQUEST));
+        assert_eq!(k("/v1/kv/%4"), Err(StatusCode::BAD_REQUEST));
+        assert_eq!(k("/v1/kv/"), Err(StatusCode::BAD_REQUEST));
+        assert_eq!(k("/v1/kv/123456789"), Err(StatusCode::PAYLOAD_TOO_LARGE));
+    }
+
+    #[test]
+    fn options_parse_and_refuse_unknown_or_malformed_parameters() {
+        let o = options_of(Some("r=3&w=1&strict=true&timeout_ms=250".into()))
+            .ok()
+            .unwrap();
+        assert_eq!(
+            (o.r, o.w, o.strict, o.timeout_ms),
+            (Some(3), Some(1), true, Some(250))
+        );
+        for q in ["r=-1", "w=x", "strict=maybe", "nope=1", "timeout_ms=1.5"] {
+            assert!(options_of(Some(q.into())).is_err(), "{q}");
+        }
+        assert!(options_of(None).is_ok());
     }
 }

@@ -83,6 +83,15 @@ pub enum SwimCodecError {
 pub struct SwimCodec;
 
 impl SwimCodec {
+    /// The node a SWIM packet says it comes from (its header's source), or `None` for a packet
+    /// whose header does not decode. The transport knows the real sender from its certificate;
+    /// a packet claiming another is refused.
+    pub fn sender(packet: &[u8]) -> Option<NodeId> {
+        Self::take::<Header<PeerId>>(packet)
+            .ok()
+            .map(|h| h.src.node)
+    }
+
     fn put<T: Serialize>(value: &T, mut buf: impl BufMut) -> Result<(), SwimCodecError> {
         let bytes = rmp_serde::to_vec(value)?;
         if buf.remaining_mut() < bytes.len() {

@@ -31,6 +31,7 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, error, info, warn};
 
+use super::topology::Topology;
 use super::{Outbox, Output, SWIM_PACKET_BYTES_MAX};
 use crate::id::NodeId;
 use crate::membership::{
@@ -245,6 +246,16 @@ pub(crate) struct Membership {
     suspects: BTreeMap<PeerId, (Incarnation, Duration)>,
     /// When the seeds were last re-announced to while connected.
     reannounced: Duration,
+    /// The placement once pending leaves complete (members only).
+    future: Option<Ring>,
+    /// Bumped when the owners of the current or future placement change.
+    placement_version: u64,
+    /// Bumped when anything the data path's topology shows changes (placement, liveness,
+    /// addresses).
+    topology_version: u64,
+    /// Whether the data path reports this node's partitions handed to their future owners
+    /// (a leave waits for it before `left`).
+    handoff_done: bool,
 }
 
 impl Membership {
@@ -316,6 +327,10 @@ impl Membership {
             removals: BTreeMap::new(),
             suspects: BTreeMap::new(),
             reannounced: Duration::ZERO,
+            future: None,
+            placement_version: 0,
+            topology_version: 0,
+            handoff_done: false,
         };
         m.place()?;
         Ok(m)
@@ -452,6 +467,8 @@ impl Membership {
         let mut own = self.own_entry();
         own.status = RingStatus::Leaving;
         self.lock_ring().merge_entry(self.id, &own);
+        // The data path must hand this node's partitions over under the new placement first.
+        self.handoff_done = false;
         self.leave = Some(Leave {
             phase: RingStatus::Leaving,
             confirmations: Confirmations {
@@ -513,6 +530,44 @@ impl Membership {
         self.push_changes(now, out);
         self.after_input(now, out);
         Ok(())
+    }
+
+    /// Changes whenever the data path's view of the cluster (placement, liveness, addresses)
+    /// may have changed.
+    pub(crate) fn topology_version(&self) -> u64 {
+        self.topology_version
+    }
+
+    /// The data path's view of the cluster, with `n` replicas per key.
+    pub(crate) fn topology(&self, n: usize) -> Topology {
+        let ring = self.lock_ring().clone();
+        let addrs = ring.iter().map(|(id, e)| (id, e.info.quic_addr)).collect();
+        let alive = self
+            .swim
+            .iter_membership_state()
+            .filter(|m| m.state() != State::Down)
+            .map(|m| m.id().node)
+            .collect();
+        Topology {
+            me: self.id,
+            n,
+            partitions: self.config.ring.partitions(),
+            ring: self.placement.clone(),
+            future: self.future.clone(),
+            alive,
+            addrs,
+            placement_version: self.placement_version,
+        }
+    }
+
+    /// The data path reports whether this node's partitions are with their future owners; a
+    /// leave in its `leaving` phase waits for it.
+    pub(crate) fn set_handoff_done(&mut self, done: bool, now: Duration, out: &mut Outbox) {
+        self.handoff_done = done;
+        if done && self.leave.is_some() {
+            self.advance_leave(now, out);
+            self.after_input(now, out);
+        }
     }
 
     /// Whether the removal of `node` started here is confirmed by a majority (`None`: no
@@ -718,8 +773,9 @@ impl Membership {
                 return;
             }
             match l.phase {
+                RingStatus::Leaving if !self.handoff_done => return,
                 RingStatus::Leaving => {
-                    // Partition handoff completes here once the node holds data.
+                    // Every partition is with its future owners: nothing is lost by going.
                     let mut own = self.own_entry();
                     own.status = RingStatus::Left;
                     self.lock_ring().merge_entry(self.id, &own);
@@ -882,6 +938,7 @@ impl Membership {
             {
                 warn!(error = %e, "SWIM apply");
             }
+            self.topology_version += 1;
         }
     }
 
@@ -1056,6 +1113,8 @@ impl Membership {
 
     fn handle_notifications(&mut self, out: &mut Outbox) {
         while let Some(n) = self.swim_effects.to_notify() {
+            // Liveness may have changed: the data path routes around down nodes.
+            self.topology_version += 1;
             match n {
                 OwnedNotification::MemberUp(p) => {
                     info!(member = %p.node, addr = %p.addr, generation = p.generation, "member up")
@@ -1099,6 +1158,7 @@ impl Membership {
             warn!(error = %e, "cannot place the ring");
         }
         self.ring_seen = current;
+        self.topology_version += 1;
         let own = self.own_entry().status;
         if own == RingStatus::Left && self.leave.is_none() {
             error!(
@@ -1133,6 +1193,25 @@ impl Membership {
             } else {
                 Some(Ring::new(members, self.config.ring)?)
             };
+            self.placement_version += 1;
+        }
+        let future_of = |s: &RingState| -> Vec<NodeId> {
+            s.iter()
+                .filter(|(_, e)| e.status == RingStatus::Member)
+                .map(|(n, _)| n)
+                .collect()
+        };
+        let future = future_of(current);
+        if future != future_of(&self.ring_seen) || self.future.is_none() {
+            self.future = if future.is_empty() {
+                None
+            } else {
+                Some(Ring::new(
+                    future.into_iter().map(Member::new),
+                    self.config.ring,
+                )?)
+            };
+            self.placement_version += 1;
         }
         Ok(())
     }

@@ -2,51 +2,88 @@
 //!
 //! [`Node`] is a router. It decodes each input, hands it to the one sub-machine that owns it,
 //! and collects what the sub-machines emit into one queue of [`Output`]s. Sub-machines never
-//! call each other; they own their messages and timers:
+//! call each other: each owns its messages and timers, and one reaches another only through the
+//! router — a message to this node's own id is delivered locally, never encoded.
 //!
 //! - [`membership`]: SWIM liveness (foca), the ring-state CRDT, joins, leaves and removals.
+//! - [`coordinator`]: client requests in flight — targets, quorums, deadlines, read repair,
+//!   sloppy fallbacks, forwarding.
+//! - [`replica`]: this node's copy of its keys — minting dots, merging, staging writes.
+//! - [`hints`]: writes held for down replicas and their hand-back.
+//! - [`sync`]: partition handoff when owners change.
+//!
+//! Shared plumbing: the [`topology`] (placement and liveness, rebuilt from membership when it
+//! changes and lent read-only to the others) and the [`journal`] (staged writes and what waits
+//! for them to be durable).
 //!
 //! # Inputs
 //!
 //! Every input carries `now`, a [`Duration`] since an epoch the driver chooses (monotonic):
 //!
 //! - [`Node::start`], once, before anything else;
-//! - [`Node::handle_gossip`]: a SWIM packet (a QUIC datagram);
-//! - [`Node::handle_message`]: a peer message (an encoded [`PeerEnvelope`]);
+//! - [`Node::handle_gossip`]: a SWIM packet (a QUIC datagram) from an authenticated peer;
+//! - [`Node::handle_message`]: a peer message from an authenticated peer — the sender is the
+//!   node id bound to the peer's certificate, never a field of the payload;
+//! - [`Node::handle_client`]: a client request, with a handle for its answer;
 //! - [`Node::handle_timer`]: a [`Timer`] the node asked for is due;
-//! - admin requests: [`Node::leave`], [`Node::remove`]; queries: [`Node::cluster_view`] and
-//!   friends, which change nothing.
+//! - [`Node::handle_durable`]: every [`Output::Persist`] up to a number is on stable storage;
+//! - admin requests: [`Node::leave`], [`Node::remove`]; queries ([`Node::cluster_view`] and
+//!   friends) change nothing.
 //!
 //! # Outputs
 //!
 //! After every input the driver calls [`Node::poll_output`] until it returns `None` and
-//! performs each [`Output`] **in order**. Persist outputs are barriers: an output after a
-//! [`Output::PersistRing`] (a message confirming what was persisted, say) must not be performed
-//! before the write is durable. A driver that crashes part-way through the queue loses the rest,
-//! which the protocols tolerate.
-//!
-//! The node owns no socket, clock, thread or ambient randomness: randomness comes from a seed
-//! the driver passes in. The tokio runtime and the simulator drive this same type.
+//! performs each [`Output`] in order, with one exception: [`Output::Persist`] batches are
+//! committed in the background, in number order, as many per sync as convenient (group
+//! commit), and reported with [`Node::handle_durable`]; outputs after them need not wait. The
+//! metadata outputs ([`Output::PersistRing`], [`Output::PersistGeneration`], [`Output::Left`])
+//! are barriers: an output after one (a message confirming what was persisted, say) must not be
+//! performed before the write is durable. A driver that cannot persist must stop the node
+//! (fail-stop); one that crashes part-way through the queue loses the rest, which the protocols
+//! tolerate. The core owns no socket, clock, thread or ambient randomness: randomness comes from
+//! a seed the driver passes in. The tokio runtime and the simulator drive this same type.
 
+pub mod client;
+pub mod coordinator;
+pub mod hints;
+mod journal;
 pub mod membership;
+pub mod object;
+pub mod replica;
+pub mod sync;
+mod topology;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use rand::SeedableRng;
+use rand_xoshiro::Xoshiro256PlusPlus;
 use serde::{Deserialize, Serialize};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::id::NodeId;
 use crate::membership::{NodeInfo, RingState, RingStatus};
 use crate::protocol;
 use crate::ring::{Ring, RingConfig};
+use crate::storage::{ReadStore, StoreError, WriteBatch};
 
+pub use client::{
+    ClientError, ClientOp, ClientReply, ClientRequest, DataConfig, ReadResult, RequestOptions,
+    WriteResult,
+};
+pub use coordinator::{CoordinatorMessage, CoordinatorTimer};
+pub use hints::{HintsMessage, HintsTimer};
+use journal::Journal;
 use membership::Membership;
 pub use membership::{
     Liveness, MembershipConfig, MembershipError, MembershipMessage, MembershipTimer, PendingChange,
     RemoveError, SyncReply,
 };
+pub use object::{Context, ContextError, Object};
+pub use replica::{MergeEntry, MergeReply, ReplicaMessage};
+pub use sync::{SyncMessage, SyncTimer};
+use topology::Topology;
 
 /// Largest SWIM packet: fits a QUIC datagram on a fresh loopback connection (1162 bytes measured).
 pub const SWIM_PACKET_BYTES_MAX: usize = 1100;
@@ -62,6 +99,8 @@ pub struct NodeConfig {
     pub info: NodeInfo,
     /// Membership settings (seeds, ring, SWIM timings).
     pub membership: MembershipConfig,
+    /// Data-path settings (quorums, limits, timeouts).
+    pub data: DataConfig,
 }
 
 impl NodeConfig {
@@ -72,6 +111,7 @@ impl NodeConfig {
             generation,
             info,
             membership: MembershipConfig::new(seeds),
+            data: DataConfig::default(),
         }
     }
 }
@@ -85,35 +125,55 @@ pub struct Persisted {
     pub leave_complete: bool,
 }
 
-/// A timer the node asks its driver to fire. Timers are never cancelled: a stale one is
-/// ignored when it fires.
+/// A timer the node asks its driver to fire, one enum per sub-machine. Timers are never
+/// cancelled: a stale one is ignored when it fires.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Timer {
     /// A timer of the membership sub-machine.
     Membership(MembershipTimer),
+    /// A timer of the coordinator.
+    Coordinator(CoordinatorTimer),
+    /// A timer of the hints sub-machine.
+    Hints(HintsTimer),
+    /// A timer of the sync sub-machine.
+    Sync(SyncTimer),
 }
 
-/// Everything nodes say to each other outside SWIM, one enum per sub-machine.
+/// Everything nodes say to each other outside SWIM, one enum per sub-machine. It travels in the
+/// wire envelope of [`crate::protocol`]; the sender is never part of it (the transport knows it
+/// from the peer's certificate).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerMessage {
     /// For the membership sub-machine.
     Membership(MembershipMessage),
+    /// For the coordinator.
+    Coordinator(CoordinatorMessage),
+    /// For the replica.
+    Replica(ReplicaMessage),
+    /// For the hints sub-machine.
+    Hints(HintsMessage),
+    /// For the sync sub-machine.
+    Sync(SyncMessage),
 }
 
-impl From<MembershipMessage> for PeerMessage {
-    fn from(m: MembershipMessage) -> Self {
-        PeerMessage::Membership(m)
-    }
+macro_rules! into_enum {
+    ($outer:ident :: $variant:ident ($inner:ty)) => {
+        impl From<$inner> for $outer {
+            fn from(m: $inner) -> Self {
+                $outer::$variant(m)
+            }
+        }
+    };
 }
-
-/// A peer message with the sender's id, as it travels in the wire envelope.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PeerEnvelope {
-    /// The sending node.
-    pub from: NodeId,
-    /// What it says.
-    pub message: PeerMessage,
-}
+into_enum!(PeerMessage::Membership(MembershipMessage));
+into_enum!(PeerMessage::Coordinator(CoordinatorMessage));
+into_enum!(PeerMessage::Replica(ReplicaMessage));
+into_enum!(PeerMessage::Hints(HintsMessage));
+into_enum!(PeerMessage::Sync(SyncMessage));
+into_enum!(Timer::Membership(MembershipTimer));
+into_enum!(Timer::Coordinator(CoordinatorTimer));
+into_enum!(Timer::Hints(HintsTimer));
+into_enum!(Timer::Sync(SyncTimer));
 
 /// An effect for the driver to perform.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -144,8 +204,23 @@ pub enum Output {
     /// Persist the ring state (it changed). A barrier: later outputs wait until it is durable.
     PersistRing(RingState),
     /// Persist this node's generation: SWIM renewed its identity, and the next start must use
-    /// a newer generation than this one.
+    /// a newer generation than this one. A barrier.
     PersistGeneration(u64),
+    /// Commit `batch` (after every batch with a smaller number) and report it with
+    /// [`Node::handle_durable`] once it is on stable storage. Not a barrier.
+    Persist {
+        /// The batch's number: consecutive, from 1.
+        seq: u64,
+        /// The writes.
+        batch: WriteBatch,
+    },
+    /// The answer to the client request the driver submitted with handle `client`.
+    Reply {
+        /// The driver's handle.
+        client: u64,
+        /// The answer.
+        reply: ClientReply,
+    },
     /// The node has left the cluster (or an operator removed it) and a majority of the members
     /// confirmed it. The driver persists that the leave is complete (so the data directory
     /// never starts again), then shuts down once sends are flushed.
@@ -155,14 +230,12 @@ pub enum Output {
 /// Where sub-machines put their effects; the router's single output queue.
 #[derive(Debug)]
 pub(crate) struct Outbox {
-    from: NodeId,
     queue: VecDeque<Output>,
 }
 
 impl Outbox {
-    fn new(from: NodeId) -> Self {
+    fn new() -> Self {
         Outbox {
-            from,
             queue: VecDeque::new(),
         }
     }
@@ -179,11 +252,7 @@ impl Outbox {
         addr: SocketAddr,
         message: impl Into<PeerMessage>,
     ) {
-        let envelope = PeerEnvelope {
-            from: self.from,
-            message: message.into(),
-        };
-        match protocol::encode(&envelope) {
+        match protocol::encode(&message.into()) {
             Ok(bytes) => self.push(Output::Message { to, addr, bytes }),
             Err(e) => warn!(error = %e, "cannot encode peer message"),
         }
@@ -198,9 +267,57 @@ impl Outbox {
     }
 }
 
-impl From<MembershipTimer> for Timer {
-    fn from(t: MembershipTimer) -> Self {
-        Timer::Membership(t)
+/// A message to send once a journal number is durable.
+#[derive(Debug)]
+pub(crate) struct Deferred {
+    to: NodeId,
+    message: PeerMessage,
+}
+
+/// Local calls between sub-machines that never cross the network.
+#[derive(Debug)]
+pub(crate) enum Call {
+    /// To the replica.
+    Replica(replica::ReplicaCall),
+    /// To the coordinator: the replica minted the write of request `req`.
+    Minted {
+        /// The coordinator's request.
+        req: u64,
+        /// The minted state and dot, or why not.
+        result: Result<replica::Minted, ClientError>,
+    },
+}
+
+/// What a sub-machine may touch while it handles an input: the topology (read-only), the
+/// journal, and the router's queues. Messages to this node's own id are delivered locally.
+pub(crate) struct Effects<'a> {
+    pub(crate) me: NodeId,
+    pub(crate) now: Duration,
+    pub(crate) topo: &'a Topology,
+    pub(crate) journal: &'a mut Journal<Deferred>,
+    pub(crate) mail: &'a mut VecDeque<(NodeId, PeerMessage)>,
+    pub(crate) calls: &'a mut VecDeque<Call>,
+    pub(crate) out: &'a mut Outbox,
+    /// Storage keys of the data the replica staged in this input (for handoff).
+    pub(crate) staged: &'a mut Vec<Vec<u8>>,
+}
+
+impl Effects<'_> {
+    /// Sends `message` to node `to` (delivered locally when `to` is this node).
+    pub(crate) fn send(&mut self, to: NodeId, message: PeerMessage) {
+        self.mail.push_back((to, message));
+    }
+
+    /// Sends `message` to `to` once everything staged up to journal number `seq` is durable.
+    pub(crate) fn after_durable(&mut self, seq: u64, to: NodeId, message: PeerMessage) {
+        if let Some(d) = self.journal.after_durable(seq, Deferred { to, message }) {
+            self.mail.push_back((d.to, d.message));
+        }
+    }
+
+    /// Asks to be called with `timer` after `after`.
+    pub(crate) fn set_timer(&mut self, after: Duration, timer: impl Into<Timer>) {
+        self.out.set_timer(self.now, after, timer);
     }
 }
 
@@ -213,6 +330,9 @@ pub enum NodeError {
     /// The ring configuration cannot place data.
     #[error("invalid ring: {0}")]
     Ring(#[from] crate::ring::RingError),
+    /// The store could not be read at start.
+    #[error("cannot read the store: {0}")]
+    Store(#[from] StoreError),
 }
 
 impl From<MembershipError> for NodeError {
@@ -267,6 +387,24 @@ pub struct ClusterView {
     /// (its own leave, operator removals).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending: Vec<PendingChange>,
+    /// The reporting node's data-path counters, when the driver adds them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<DataStats>,
+}
+
+/// Counters of the data path, for status pages and checks.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataStats {
+    /// Client requests in flight (coordinated here or forwarded).
+    pub requests_in_flight: usize,
+    /// Hints held for other nodes.
+    pub hints_pending: usize,
+    /// Partition pushes still to make.
+    pub handoff_pending: usize,
+    /// Keys staged and not yet durable.
+    pub staged_keys: usize,
+    /// Events waiting for durability.
+    pub waiting_for_durability: usize,
 }
 
 /// One Chorus node's protocol state.
@@ -275,28 +413,84 @@ pub struct Node {
     ring_config: RingConfig,
     replicas: usize,
     membership: Membership,
+    coordinator: coordinator::Coordinator,
+    replica: replica::Replica,
+    hints: hints::Hints,
+    sync: sync::Sync,
+    topo: Topology,
+    topo_version: Option<u64>,
+    journal: Journal<Deferred>,
+    mail: VecDeque<(NodeId, PeerMessage)>,
+    calls: VecDeque<Call>,
     out: Outbox,
+    /// Storage keys staged by the replica and not yet shown to the sync sub-machine.
+    staged: Vec<Vec<u8>>,
+    /// What the sync sub-machine last said about a leaving node's handoff.
+    handoff_done: bool,
+}
+
+/// Splits the router into the sub-machine it calls and the [`Effects`] it lends it.
+macro_rules! fx {
+    ($node:ident, $now:expr) => {
+        Effects {
+            me: $node.id,
+            now: $now,
+            topo: &$node.topo,
+            journal: &mut $node.journal,
+            mail: &mut $node.mail,
+            calls: &mut $node.calls,
+            out: &mut $node.out,
+            staged: &mut $node.staged,
+        }
+    };
 }
 
 impl Node {
-    /// A node with `config`, randomness from `seed`, and what it persisted before (empty on
-    /// first start). Call [`Node::start`] next.
-    pub fn new(config: NodeConfig, seed: u64, persisted: Persisted) -> Result<Node, NodeError> {
+    /// A node with `config`, randomness from `seed`, what it persisted before (empty on first
+    /// start), and read access to its store. Call [`Node::start`] next.
+    pub fn new<S: ReadStore + Clone + 'static>(
+        config: NodeConfig,
+        seed: u64,
+        persisted: Persisted,
+        store: S,
+    ) -> Result<Node, NodeError> {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+        let membership_seed = rand::Rng::next_u64(&mut rng);
+        // This process's dot-minting actor: fresh at every start (see `replica`).
+        let actor = loop {
+            let a = rand::Rng::next_u64(&mut rng);
+            if a != 0 {
+                break NodeId::new(a);
+            }
+        };
         let membership = Membership::new(
             config.id,
             config.info,
             config.generation,
             config.membership.clone(),
-            seed,
+            membership_seed,
             persisted.ring,
             persisted.leave_complete,
         )?;
+        let partitions = config.membership.ring.partitions();
+        let d = &config.data;
         Ok(Node {
             id: config.id,
             ring_config: config.membership.ring,
             replicas: config.membership.replicas,
             membership,
-            out: Outbox::new(config.id),
+            coordinator: coordinator::Coordinator::new(d.clone()),
+            replica: replica::Replica::new(Box::new(store.clone()), actor, partitions),
+            hints: hints::Hints::new(Box::new(store.clone()), d.hint_interval, d.hint_batch_max)?,
+            sync: sync::Sync::new(Box::new(store), d.handoff_interval, d.handoff_batch_max)?,
+            topo: Topology::default(),
+            topo_version: None,
+            journal: Journal::new(),
+            mail: VecDeque::new(),
+            calls: VecDeque::new(),
+            out: Outbox::new(),
+            staged: Vec::new(),
+            handoff_done: false,
         })
     }
 
@@ -305,48 +499,168 @@ impl Node {
         self.id
     }
 
+    /// The actor that mints this process's dots.
+    pub fn actor(&self) -> NodeId {
+        self.replica.actor()
+    }
+
     /// Starts the protocols: announces this node, contacts the seeds, arms the timers.
     pub fn start(&mut self, now: Duration) {
         self.membership.start(now, &mut self.out);
+        self.refresh_topology(now);
+        self.hints.start(&mut fx!(self, now));
+        self.sync.start(&mut fx!(self, now));
+        self.settle(now);
     }
 
-    /// A SWIM packet arrived. Malformed packets are logged and dropped.
-    pub fn handle_gossip(&mut self, bytes: &[u8], now: Duration) {
-        self.membership.handle_gossip(bytes, now, &mut self.out);
+    /// A SWIM packet arrived from node `from` (the id the transport authenticated). A packet
+    /// that claims another sender, or is malformed, is logged and dropped.
+    pub fn handle_gossip(&mut self, from: NodeId, bytes: &[u8], now: Duration) {
+        match crate::membership::SwimCodec::sender(bytes) {
+            Some(claimed) if claimed == from => {
+                self.membership.handle_gossip(bytes, now, &mut self.out);
+            }
+            Some(claimed) => warn!(
+                %from, %claimed,
+                "rejected SWIM packet: it claims another sender than the authenticated peer"
+            ),
+            None => warn!(%from, len = bytes.len(), "rejected SWIM packet: malformed header"),
+        }
+        self.settle(now);
     }
 
-    /// A peer message arrived from the endpoint `from`. Malformed messages are logged and
-    /// dropped; they change nothing.
-    pub fn handle_message(&mut self, from: SocketAddr, bytes: &[u8], now: Duration) {
-        match protocol::decode::<PeerEnvelope>(bytes) {
-            Ok(envelope) => match envelope.message {
-                PeerMessage::Membership(m) => {
-                    self.membership
-                        .handle_message(envelope.from, m, now, &mut self.out)
-                }
-            },
+    /// A peer message arrived from node `from` (the id the transport authenticated). Malformed
+    /// messages are logged and dropped; they change nothing.
+    pub fn handle_message(&mut self, from: NodeId, bytes: &[u8], now: Duration) {
+        match protocol::decode::<PeerMessage>(bytes) {
+            Ok(message) => self.dispatch(from, message, now),
             Err(e) => warn!(%from, error = %e, "rejected peer message"),
         }
+        self.settle(now);
+    }
+
+    /// A client request arrived; its answer comes back as [`Output::Reply`] with `client`.
+    pub fn handle_client(&mut self, client: u64, request: ClientRequest, now: Duration) {
+        self.coordinator
+            .handle_client(client, request, &mut fx!(self, now));
+        self.settle(now);
     }
 
     /// A timer this node asked for fired.
     pub fn handle_timer(&mut self, timer: Timer, now: Duration) {
         match timer {
             Timer::Membership(t) => self.membership.handle_timer(t, now, &mut self.out),
+            Timer::Coordinator(t) => self.coordinator.handle_timer(t, &mut fx!(self, now)),
+            Timer::Hints(t) => self.hints.handle_timer(t, &mut fx!(self, now)),
+            Timer::Sync(t) => self.sync.handle_timer(t, &mut fx!(self, now)),
         }
+        self.settle(now);
     }
 
-    /// Leaves the cluster for good: the node records `leaving`, then `left`, each confirmed by
-    /// a majority of the ring's members, then emits [`Output::Left`]. Until then it keeps
-    /// trying and reports the leave in [`ClusterView::pending`].
+    /// Every [`Output::Persist`] numbered up to `seq` is on stable storage.
+    pub fn handle_durable(&mut self, seq: u64, now: Duration) {
+        for d in self.journal.durable(seq) {
+            self.mail.push_back((d.to, d.message));
+        }
+        self.replica.durable(self.journal.durable_seq());
+        self.settle(now);
+    }
+
+    /// Leaves the cluster for good: the node records `leaving`, hands its partitions to their
+    /// future owners, records `left`, each step confirmed by a majority of the ring's members,
+    /// then emits [`Output::Left`]. Until then it keeps trying and reports the leave in
+    /// [`ClusterView::pending`].
     pub fn leave(&mut self, now: Duration) {
+        self.handoff_done = false;
         self.membership.leave(now, &mut self.out);
+        self.settle(now);
     }
 
     /// Removes the dead node `node` from the ring for good (an operator's decision); the change
     /// is pushed until a majority of the members confirm it ([`Node::removal_confirmed`]).
     pub fn remove(&mut self, node: NodeId, now: Duration) -> Result<(), RemoveError> {
-        self.membership.remove(node, now, &mut self.out)
+        let r = self.membership.remove(node, now, &mut self.out);
+        self.settle(now);
+        r
+    }
+
+    fn dispatch(&mut self, from: NodeId, message: PeerMessage, now: Duration) {
+        match message {
+            PeerMessage::Membership(m) => {
+                self.membership.handle_message(from, m, now, &mut self.out)
+            }
+            PeerMessage::Coordinator(m) => {
+                self.coordinator
+                    .handle_message(from, m, &mut fx!(self, now))
+            }
+            PeerMessage::Replica(m) => self.replica.handle_message(from, m, &mut fx!(self, now)),
+            PeerMessage::Hints(m) => self.hints.handle_message(from, m, &mut fx!(self, now)),
+            PeerMessage::Sync(m) => self.sync.handle_message(from, m, &mut fx!(self, now)),
+        }
+    }
+
+    /// Runs local deliveries and calls until none is left, follows membership changes, then
+    /// turns the staged writes into one [`Output::Persist`].
+    fn settle(&mut self, now: Duration) {
+        loop {
+            if let Some((to, message)) = self.mail.pop_front() {
+                if to == self.id {
+                    self.dispatch(to, message, now);
+                } else {
+                    self.transmit(to, message);
+                }
+                continue;
+            }
+            if let Some(call) = self.calls.pop_front() {
+                match call {
+                    Call::Replica(c) => self.replica.handle_call(c, &mut fx!(self, now)),
+                    Call::Minted { req, result } => {
+                        self.coordinator.on_minted(req, result, &mut fx!(self, now))
+                    }
+                }
+                continue;
+            }
+            if self.refresh_topology(now) {
+                continue;
+            }
+            if !self.staged.is_empty() {
+                let keys = std::mem::take(&mut self.staged);
+                self.sync.note_staged(keys, &mut fx!(self, now));
+                continue;
+            }
+            let done = self.sync.handoff_complete(&fx!(self, now));
+            if done != self.handoff_done {
+                self.handoff_done = done;
+                self.membership.set_handoff_done(done, now, &mut self.out);
+                continue;
+            }
+            break;
+        }
+        if let Some((seq, batch)) = self.journal.take_batch() {
+            self.out.push(Output::Persist { seq, batch });
+        }
+    }
+
+    /// Rebuilds the topology when membership changed; tells the sub-machines that care.
+    fn refresh_topology(&mut self, now: Duration) -> bool {
+        let v = self.membership.topology_version();
+        if self.topo_version == Some(v) {
+            return false;
+        }
+        self.topo_version = Some(v);
+        self.topo = self.membership.topology(self.replicas);
+        let staged = self.replica.staged_partitions();
+        self.sync.topology_changed(&staged, &mut fx!(self, now));
+        self.hints.deliver(&mut fx!(self, now));
+        true
+    }
+
+    fn transmit(&mut self, to: NodeId, message: PeerMessage) {
+        let Some(addr) = self.topo.addr(to) else {
+            debug!(%to, "no address for a peer; message dropped");
+            return;
+        };
+        self.out.send(Some(to), addr, message);
     }
 
     /// Whether the removal of `node` started here is confirmed (`None`: not started here).
@@ -384,6 +698,22 @@ impl Node {
         self.membership.swim_generations()
     }
 
+    /// Counters of the data path.
+    pub fn data_stats(&self) -> DataStats {
+        DataStats {
+            requests_in_flight: self.coordinator.in_flight(),
+            hints_pending: self.hints.pending(),
+            handoff_pending: self.sync.pending(),
+            staged_keys: self.replica.overlay_len(),
+            waiting_for_durability: self.journal.waiting(),
+        }
+    }
+
+    /// This node's local copy of `key` (for checks and tools; clients read through quorums).
+    pub fn local_object(&self, key: &[u8]) -> Result<Option<Object>, ClientError> {
+        self.replica.load(key)
+    }
+
     /// The cluster as this node sees it.
     pub fn cluster_view(&self) -> ClusterView {
         let ring = self.membership.ring_state();
@@ -416,6 +746,7 @@ impl Node {
                 vnodes: self.ring_config.vnodes(),
             },
             pending: self.membership.pending_changes(),
+            data: None,
         }
     }
 }

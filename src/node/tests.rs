@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::*;
+use crate::storage::{SharedMemoryStore, Store as _};
 
 fn addr(i: u64) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 7000 + i as u16))
@@ -23,15 +24,23 @@ struct Net {
     nodes: BTreeMap<SocketAddr, Node>,
     /// What each node persisted, as a driver would keep it on disk.
     disks: BTreeMap<SocketAddr, Persisted>,
+    /// Each node's store (writes are synced at once).
+    stores: BTreeMap<SocketAddr, SharedMemoryStore>,
+    /// Answers to client requests, by handle.
+    replies: BTreeMap<u64, ClientReply>,
     queue: BTreeMap<(Duration, u64), (SocketAddr, Event)>,
     down: BTreeSet<SocketAddr>,
     left: BTreeSet<SocketAddr>,
 }
 
 enum Event {
-    Gossip(Vec<u8>),
-    Message(SocketAddr, Vec<u8>),
+    Gossip(NodeId, Vec<u8>),
+    Message(NodeId, Vec<u8>),
     Timer(Timer),
+}
+
+fn id_of(a: SocketAddr) -> NodeId {
+    NodeId::new(100 + u64::from(a.port() - 7000))
 }
 
 const LATENCY: Duration = Duration::from_millis(1);
@@ -43,6 +52,8 @@ impl Net {
             seq: 0,
             nodes: BTreeMap::new(),
             disks: BTreeMap::new(),
+            stores: BTreeMap::new(),
+            replies: BTreeMap::new(),
             queue: BTreeMap::new(),
             down: BTreeSet::new(),
             left: BTreeSet::new(),
@@ -52,7 +63,8 @@ impl Net {
     fn start(&mut self, config: NodeConfig) {
         let a = config.info.quic_addr;
         let disk = self.disks.get(&a).cloned().unwrap_or_default();
-        let mut node = Node::new(config, a.port() as u64, disk).unwrap();
+        let store = self.stores.entry(a).or_default().clone();
+        let mut node = Node::new(config, a.port() as u64, disk, store).unwrap();
         node.start(self.now);
         self.nodes.insert(a, node);
         self.down.remove(&a);
@@ -80,11 +92,25 @@ impl Net {
         for o in outs {
             match o {
                 Output::Gossip { to, bytes } => {
-                    self.push(self.now + LATENCY, to, Event::Gossip(bytes))
+                    self.push(self.now + LATENCY, to, Event::Gossip(id_of(a), bytes))
                 }
                 Output::Message {
                     addr: to, bytes, ..
-                } => self.push(self.now + LATENCY, to, Event::Message(a, bytes)),
+                } => self.push(self.now + LATENCY, to, Event::Message(id_of(a), bytes)),
+                Output::Persist { seq, batch } => {
+                    self.stores
+                        .get_mut(&a)
+                        .expect("started nodes have a store")
+                        .write(&batch, true)
+                        .unwrap();
+                    if let Some(n) = self.nodes.get_mut(&a) {
+                        n.handle_durable(seq, self.now);
+                    }
+                    self.drain(a);
+                }
+                Output::Reply { client, reply } => {
+                    self.replies.insert(client, reply);
+                }
                 Output::SetTimer { at, timer } => self.push(at, a, Event::Timer(timer)),
                 Output::PersistRing(state) => {
                     self.disks.entry(a).or_default().ring = state;
@@ -110,7 +136,7 @@ impl Net {
                 continue;
             };
             match event {
-                Event::Gossip(b) => node.handle_gossip(&b, at),
+                Event::Gossip(from, b) => node.handle_gossip(from, &b, at),
                 Event::Message(from, b) => node.handle_message(from, &b, at),
                 Event::Timer(t) => node.handle_timer(t, at),
             }
@@ -122,6 +148,68 @@ impl Net {
     fn view(&self, i: u64) -> ClusterView {
         self.nodes[&addr(i)].cluster_view()
     }
+
+    /// Submits a client request at node `i` and runs until it is answered (or 10 s pass).
+    fn request(
+        &mut self,
+        i: u64,
+        key: &[u8],
+        op: ClientOp,
+        options: RequestOptions,
+    ) -> ClientReply {
+        self.seq += 1;
+        let handle = self.seq;
+        let now = self.now;
+        let node = self.nodes.get_mut(&addr(i)).expect("running");
+        node.handle_client(
+            handle,
+            ClientRequest {
+                key: key.to_vec(),
+                op,
+                options,
+            },
+            now,
+        );
+        self.drain(addr(i));
+        for _ in 0..1000 {
+            if let Some(r) = self.replies.remove(&handle) {
+                return r;
+            }
+            self.run_for(Duration::from_millis(10));
+        }
+        panic!("no answer to request {handle}");
+    }
+
+    fn put(&mut self, i: u64, key: &[u8], value: &[u8], context: Option<Context>) -> ClientReply {
+        let op = ClientOp::Put {
+            value: value.to_vec(),
+            context,
+        };
+        self.request(i, key, op, RequestOptions::default())
+    }
+
+    fn get(&mut self, i: u64, key: &[u8], r: usize) -> ReadResult {
+        let options = RequestOptions {
+            r: Some(r),
+            ..RequestOptions::default()
+        };
+        match self.request(i, key, ClientOp::Get, options) {
+            ClientReply::Read(r) => r,
+            other => panic!("read failed: {other:?}"),
+        }
+    }
+}
+
+fn written(reply: ClientReply) -> WriteResult {
+    match reply {
+        ClientReply::Written(w) => w,
+        other => panic!("write failed: {other:?}"),
+    }
+}
+
+fn sorted(mut v: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    v.sort();
+    v
 }
 
 fn summary(view: &ClusterView) -> Vec<(String, Liveness, RingStatus)> {
@@ -206,7 +294,12 @@ fn graceful_leave_shows_left_everywhere_and_cannot_restart() {
     }
     let disk = net.disks[&addr(2)].clone();
     assert!(matches!(
-        Node::new(config(2, 2, vec![addr(0)]), 1, disk),
+        Node::new(
+            config(2, 2, vec![addr(0)]),
+            1,
+            disk,
+            SharedMemoryStore::new()
+        ),
         Err(NodeError::AlreadyLeft(_))
     ));
 }
@@ -224,8 +317,8 @@ fn garbage_input_is_dropped_and_changes_nothing() {
         b"CH\x01\xc1",
         &[0x93; 64],
     ] {
-        node.handle_gossip(junk, net.now);
-        node.handle_message(addr(9), junk, net.now);
+        node.handle_gossip(NodeId::new(109), junk, net.now);
+        node.handle_message(NodeId::new(109), junk, net.now);
     }
     assert_eq!(node.ring_state(), ring_before);
     net.drain(addr(1));
@@ -333,6 +426,7 @@ fn a_leave_interrupted_by_a_crash_resumes_after_the_restart() {
     );
     let mut n0 = Net::new();
     std::mem::swap(&mut n0.disks, &mut net.disks);
+    std::mem::swap(&mut n0.stores, &mut net.stores);
     // Restart everyone from disk; n2 resumes its leave on its own.
     let mut net = n0;
     net.start(config(0, 2, vec![]));
@@ -345,7 +439,12 @@ fn a_leave_interrupted_by_a_crash_resumes_after_the_restart() {
     let disk = net.disks[&addr(2)].clone();
     assert!(disk.leave_complete);
     assert!(matches!(
-        Node::new(config(2, 3, vec![addr(0)]), 1, disk),
+        Node::new(
+            config(2, 3, vec![addr(0)]),
+            1,
+            disk,
+            SharedMemoryStore::new()
+        ),
         Err(NodeError::AlreadyLeft(_))
     ));
 }
@@ -384,7 +483,12 @@ fn an_operator_removes_a_dead_node_and_a_revived_one_stops() {
     assert!(net.left.contains(&addr(3)));
     assert!(net.nodes[&addr(3)].has_left());
     assert!(matches!(
-        Node::new(config(3, 3, vec![addr(0)]), 1, net.disks[&addr(3)].clone()),
+        Node::new(
+            config(3, 3, vec![addr(0)]),
+            1,
+            net.disks[&addr(3)].clone(),
+            SharedMemoryStore::new()
+        ),
         Err(NodeError::AlreadyLeft(_))
     ));
 }
@@ -413,4 +517,268 @@ fn a_joining_node_becomes_a_member_only_after_syncing_with_a_member() {
             "n{i}: {v:?}"
         );
     }
+}
+
+#[test]
+fn a_write_on_one_node_is_read_from_every_node_and_kept_on_three_replicas() {
+    let mut net = cluster(4);
+    let w = written(net.put(3, b"cart:1", b"apples", None));
+    assert!(w.acks >= 2, "{w:?}");
+    assert_eq!(w.values, vec![b"apples".to_vec()]);
+    net.run_for(Duration::from_secs(1));
+    for i in 0..4 {
+        let r = net.get(i, b"cart:1", 3);
+        assert_eq!(r.values, vec![b"apples".to_vec()], "via n{i}");
+        assert!(!r.deleted);
+    }
+    let holders = (0..4)
+        .filter(|&i| {
+            net.nodes[&addr(i)]
+                .local_object(b"cart:1")
+                .unwrap()
+                .is_some()
+        })
+        .count();
+    assert_eq!(holders, 3, "N=3 replicas hold the key");
+}
+
+#[test]
+fn stale_contexts_make_siblings_and_the_returned_context_resolves_them() {
+    let mut net = cluster(3);
+    let first = written(net.put(0, b"k", b"v0", None));
+    let stale = first.context.clone();
+    let a = written(net.put(1, b"k", b"a", Some(stale.clone())));
+    let b = written(net.put(2, b"k", b"b", Some(stale)));
+    assert_eq!(a.values, vec![b"a".to_vec()]);
+    // The second writer learns of the first's value with its own answer.
+    assert_eq!(sorted(b.values.clone()), vec![b"a".to_vec(), b"b".to_vec()]);
+    net.run_for(Duration::from_secs(1));
+    let r = net.get(0, b"k", 3);
+    assert_eq!(sorted(r.values.clone()), vec![b"a".to_vec(), b"b".to_vec()]);
+    let resolved = written(net.put(0, b"k", b"ab", r.context));
+    assert_eq!(resolved.values, vec![b"ab".to_vec()]);
+    net.run_for(Duration::from_secs(1));
+    for i in 0..3 {
+        assert_eq!(net.get(i, b"k", 3).values, vec![b"ab".to_vec()], "n{i}");
+    }
+}
+
+#[test]
+fn deletes_leave_a_tombstone_and_a_context() {
+    let mut net = cluster(3);
+    let w = written(net.put(0, b"gone", b"x", None));
+    let d = written(net.request(
+        1,
+        b"gone",
+        ClientOp::Delete {
+            context: Some(w.context),
+        },
+        RequestOptions::default(),
+    ));
+    assert!(d.values.is_empty(), "{d:?}");
+    net.run_for(Duration::from_secs(1));
+    let r = net.get(2, b"gone", 3);
+    assert!(
+        r.values.is_empty() && r.deleted && r.context.is_some(),
+        "{r:?}"
+    );
+    let never = net.get(2, b"never", 2);
+    assert!(never.values.is_empty() && !never.deleted && never.context.is_none());
+}
+
+#[test]
+fn bad_requests_are_refused_and_change_nothing() {
+    let mut net = cluster(3);
+    written(net.put(0, b"k", b"v", None));
+    let other_ctx = written(net.put(0, b"other", b"o", None)).context;
+    let bad = [
+        net.put(0, b"k", b"x", Some(other_ctx)),
+        net.put(0, &[1; 1025], b"x", None),
+        net.put(0, b"k", &vec![0; 1024 * 1024 + 1], None),
+        net.request(
+            0,
+            b"k",
+            ClientOp::Get,
+            RequestOptions {
+                r: Some(4),
+                ..RequestOptions::default()
+            },
+        ),
+        net.request(
+            0,
+            b"k",
+            ClientOp::Put {
+                value: b"x".to_vec(),
+                context: None,
+            },
+            RequestOptions {
+                w: Some(0),
+                ..RequestOptions::default()
+            },
+        ),
+    ];
+    let codes: Vec<&str> = bad
+        .iter()
+        .map(|r| match r {
+            ClientReply::Failed(e) => e.code(),
+            other => panic!("accepted: {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            "bad_request",
+            "too_large",
+            "too_large",
+            "bad_request",
+            "bad_request"
+        ]
+    );
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(net.get(1, b"k", 3).values, vec![b"v".to_vec()]);
+}
+
+#[test]
+fn with_a_replica_down_writes_go_to_a_fallback_and_the_hint_comes_home() {
+    let mut net = cluster(4);
+    // Find a key n3 replicates, then crash n3.
+    let key = (0..1000)
+        .map(|i| format!("key{i}").into_bytes())
+        .find(|k| {
+            let ring = net.nodes[&addr(0)].placement().unwrap();
+            let p = ring.partition_of(k);
+            ring.is_replica(p, NodeId::new(103), 3)
+        })
+        .unwrap();
+    net.crash(addr(3));
+    net.run_for(Duration::from_secs(10));
+    let w = written(net.put(0, &key, b"during", None));
+    assert!(w.acks >= 2, "{w:?}");
+    net.run_for(Duration::from_secs(1));
+    let held: usize = (0..3)
+        .map(|i| net.nodes[&addr(i)].data_stats().hints_pending)
+        .sum();
+    assert_eq!(held, 1, "a fallback holds the write for n3");
+    // Strict writes refuse fallbacks: only two replicas are up, so w=3 fails at once.
+    let strict = net.request(
+        0,
+        &key,
+        ClientOp::Put {
+            value: b"strict".to_vec(),
+            context: None,
+        },
+        RequestOptions {
+            w: Some(3),
+            strict: true,
+            ..RequestOptions::default()
+        },
+    );
+    assert!(
+        matches!(
+            strict,
+            ClientReply::Failed(ClientError::Unavailable {
+                indeterminate: false,
+                ..
+            })
+        ),
+        "{strict:?}"
+    );
+    net.start(config(3, 2, vec![addr(0)]));
+    net.run_for(Duration::from_secs(10));
+    let held: usize = (0..4)
+        .map(|i| net.nodes[&addr(i)].data_stats().hints_pending)
+        .sum();
+    assert_eq!(held, 0, "hints drained");
+    let local = net.nodes[&addr(3)].local_object(&key).unwrap().unwrap();
+    let values: Vec<&[u8]> = local.as_register().unwrap().values().collect();
+    assert_eq!(values, vec![&b"during"[..]], "n3 got the write it missed");
+}
+
+#[test]
+fn a_non_replica_forwards_a_write_to_a_replica_which_mints_the_dot() {
+    let mut net = cluster(5);
+    let ring = net.nodes[&addr(0)].placement().unwrap().clone();
+    let (key, outsider) = (0..1000)
+        .map(|i| format!("fwd{i}").into_bytes())
+        .find_map(|k| {
+            let p = ring.partition_of(&k);
+            (0..5)
+                .find(|&i| !ring.is_replica(p, NodeId::new(100 + i), 3))
+                .map(|i| (k, i))
+        })
+        .unwrap();
+    let w = written(net.put(outsider, &key, b"v", None));
+    let minter = w.dot.node;
+    let replicas: Vec<NodeId> = ring.preference_list(ring.partition_of(&key), 3);
+    let actors: Vec<NodeId> = replicas
+        .iter()
+        .map(|&r| net.nodes[&addr(r.get() - 100)].actor())
+        .collect();
+    assert!(
+        actors.contains(&minter),
+        "the dot was minted by a replica's actor"
+    );
+    assert_ne!(minter, net.nodes[&addr(outsider)].actor());
+}
+
+#[test]
+fn a_read_repairs_a_stale_replica() {
+    let mut net = cluster(3);
+    written(net.put(0, b"rr", b"old", None));
+    net.run_for(Duration::from_secs(1));
+    net.crash(addr(2));
+    net.run_for(Duration::from_secs(10));
+    let ctx = net.get(0, b"rr", 2).context;
+    // A strict write leaves no hint for n2: when it comes back, its copy is stale.
+    let strict = RequestOptions {
+        strict: true,
+        ..RequestOptions::default()
+    };
+    let op = ClientOp::Put {
+        value: b"new".to_vec(),
+        context: ctx,
+    };
+    written(net.request(0, b"rr", op, strict));
+    let hints: usize = (0..2)
+        .map(|i| net.nodes[&addr(i)].data_stats().hints_pending)
+        .sum();
+    assert_eq!(hints, 0, "strict writes leave no hints");
+    net.start(config(2, 2, vec![addr(0)]));
+    net.run_for(Duration::from_secs(10));
+    let r = net.get(1, b"rr", 3);
+    assert_eq!(r.values, vec![b"new".to_vec()]);
+    net.run_for(Duration::from_millis(100));
+    let local = net.nodes[&addr(2)].local_object(b"rr").unwrap().unwrap();
+    let values: Vec<&[u8]> = local.as_register().unwrap().values().collect();
+    assert_eq!(
+        values,
+        vec![&b"new"[..]],
+        "read repair brought n2 up to date"
+    );
+}
+
+#[test]
+fn a_replica_that_does_not_answer_gets_a_hint_kept_by_the_coordinator() {
+    // Three nodes: no fallback exists, so the coordinator keeps the hint itself.
+    let mut net = cluster(3);
+    net.crash(addr(2));
+    // Before SWIM notices, the write still goes to n2, which never answers.
+    let w = written(net.put(0, b"silent", b"v", None));
+    assert_eq!(w.acks, 2);
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(net.nodes[&addr(0)].data_stats().hints_pending, 1);
+    net.run_for(Duration::from_secs(5));
+    assert_eq!(
+        net.nodes[&addr(0)].data_stats().requests_in_flight,
+        0,
+        "the request lingered until its deadline, no longer"
+    );
+    net.start(config(2, 2, vec![addr(0)]));
+    net.run_for(Duration::from_secs(10));
+    assert_eq!(net.nodes[&addr(0)].data_stats().hints_pending, 0);
+    let local = net.nodes[&addr(2)]
+        .local_object(b"silent")
+        .unwrap()
+        .unwrap();
+    assert_eq!(local.as_register().unwrap().values().count(), 1);
 }

@@ -1,36 +1,78 @@
 //! The tokio driver: runs one node core against the real world.
 //!
-//! One task owns the [`Node`] and feeds it inputs — QUIC datagrams (SWIM) and streams (peer
-//! messages) from the [`transport`], timer firings, HTTP admin requests — each with the time
-//! since the driver started. After every input it performs the core's outputs: sends, timers,
-//! and metadata writes to RocksDB. This is the only place (with `storage::rocks`) that touches
-//! sockets, clocks, disks and OS randomness; it makes no protocol decision of its own.
+//! One task owns the [`Node`] and feeds it inputs — QUIC datagrams (SWIM) and peer messages
+//! from the [`transport`] with the sender its certificate names, client requests from the HTTP
+//! API, timer firings, durability reports — each with the time since the driver started. After
+//! every input it performs the core's outputs in order: sends, timers, replies, and writes.
+//!
+//! Writes take two paths. Metadata writes (ring state, generation, the completed-leave mark) are
+//! barriers: written and synced on the spot, before any later output. Data batches go to the
+//! storage thread, which commits everything queued since its last sync as one RocksDB write
+//! with one WAL sync (group commit) and reports the highest durable batch back; the core
+//! releases acknowledgements only then. A failed write stops the node (fail-stop): it must not
+//! acknowledge what is not on disk. This module (with `storage::rocks`) is the only place that
+//! touches sockets, clocks, disks and OS randomness; it makes no protocol decision of its own.
 
 pub mod dev;
 pub mod tls;
 pub mod transport;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use rand::Rng;
 use rand_xoshiro::Xoshiro256PlusPlus;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{error, info, info_span, warn, Instrument};
 
-use crate::api::http::{self, AdminRequest};
+use crate::api::http::{self, AdminRequest, ClientCall};
 use crate::id::NodeId;
 use crate::membership::NodeInfo;
-use crate::node::{Node, NodeConfig, Output, Persisted, Timer};
-use crate::storage::meta::{self, BootInfo, MetaError};
-use crate::storage::{RocksStore, StoreError};
+use crate::node::{ClientReply, Node, NodeConfig, Output, Persisted, Timer};
+use crate::storage::meta::{self, MetaError};
+use crate::storage::{RocksStore, Store, StoreError, WriteBatch};
 use transport::{Inbound, Transport};
 
 /// How long a leaving node keeps its endpoint open so its last messages get out.
 const LEAVE_FLUSH: Duration = Duration::from_millis(500);
+
+/// Batches the storage thread takes into one commit at most.
+const GROUP_COMMIT_BATCHES_MAX: usize = 4096;
+
+/// When data writes count as durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// Sync the write-ahead log before acknowledging (many writes share one sync). The default.
+    Always,
+    /// Acknowledge once RocksDB has the write, without syncing: a machine crash may lose the
+    /// last writes. For benchmarks.
+    Never,
+}
+
+impl SyncPolicy {
+    /// `always` or `never`, as the API reports it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncPolicy::Always => "always",
+            SyncPolicy::Never => "never",
+        }
+    }
+}
+
+impl std::str::FromStr for SyncPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "always" => Ok(SyncPolicy::Always),
+            "never" => Ok(SyncPolicy::Never),
+            other => Err(format!("unknown sync policy {other:?} (always, never)")),
+        }
+    }
+}
 
 /// Everything needed to run one node.
 #[derive(Clone, Debug)]
@@ -45,6 +87,8 @@ pub struct NodeOptions {
     pub join: Vec<SocketAddr>,
     /// Directory with `ca.pem`, `node.pem` and `node.key`; defaults to `<data-dir>/tls`.
     pub tls_dir: Option<PathBuf>,
+    /// When data writes count as durable.
+    pub sync: SyncPolicy,
 }
 
 impl NodeOptions {
@@ -76,6 +120,21 @@ pub enum RuntimeError {
     /// TLS material is missing or invalid.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// The data directory belongs to another node than the certificate.
+    #[error(
+        "the certificate in {tls_dir} belongs to node {cert}, but the data directory {data_dir} \
+         belongs to node {stored}; start with this node's own certificate or an empty data directory"
+    )]
+    IdentityMismatch {
+        /// Node id bound to the certificate.
+        cert: NodeId,
+        /// Node id stored in the data directory.
+        stored: NodeId,
+        /// The TLS directory.
+        tls_dir: PathBuf,
+        /// The data directory.
+        data_dir: PathBuf,
+    },
     /// The QUIC endpoint could not be set up.
     #[error(transparent)]
     Transport(#[from] transport::TransportError),
@@ -93,6 +152,9 @@ pub enum RuntimeError {
     /// The tokio runtime could not be built.
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
+    /// The storage thread stopped.
+    #[error("the storage thread failed: {0}")]
+    StorageThread(String),
 }
 
 /// Runs a node until SIGINT, SIGTERM or a graceful leave. Blocks the calling thread.
@@ -110,19 +172,79 @@ async fn run(options: NodeOptions) -> Result<(), RuntimeError> {
         path: options.data_dir.clone(),
         source,
     })?;
+    let node_tls = tls::TlsFiles::in_dir(&options.tls_dir()).load()?;
+    let cert_id = node_tls.node_id()?;
     let mut store = RocksStore::open(&options.data_dir.join("db"))?;
-    let mut os_rng: Xoshiro256PlusPlus = rand::make_rng();
-    let persisted = meta::boot(&mut store, NodeId::new(os_rng.next_u64()))?;
+    let persisted = meta::boot(&mut store, cert_id)?;
+    if persisted.id != cert_id {
+        return Err(RuntimeError::IdentityMismatch {
+            cert: cert_id,
+            stored: persisted.id,
+            tls_dir: options.tls_dir(),
+            data_dir: options.data_dir.clone(),
+        });
+    }
     let span = info_span!("node", id = %persisted.id);
-    run_node(options, store, persisted).instrument(span).await
+    run_node(options, node_tls, store, persisted)
+        .instrument(span)
+        .await
+}
+
+/// A data batch for the storage thread.
+struct Job {
+    seq: u64,
+    batch: WriteBatch,
+}
+
+/// What the storage thread reports.
+enum Committed {
+    /// Every batch up to this number is durable.
+    Durable(u64),
+    /// A write failed: the node must stop.
+    Failed(StoreError),
+}
+
+/// The storage thread: commits queued batches in groups, one write and one sync per group.
+fn storage_thread(
+    mut store: RocksStore,
+    sync: SyncPolicy,
+    jobs: std::sync::mpsc::Receiver<Job>,
+    done: mpsc::UnboundedSender<Committed>,
+) {
+    while let Ok(first) = jobs.recv() {
+        let mut last = first.seq;
+        let mut group = first.batch;
+        let mut batches = 1;
+        while batches < GROUP_COMMIT_BATCHES_MAX {
+            match jobs.try_recv() {
+                Ok(job) => {
+                    last = job.seq;
+                    group.extend(job.batch);
+                    batches += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        match store.write(&group, sync == SyncPolicy::Always) {
+            Ok(()) => {
+                if done.send(Committed::Durable(last)).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                let _ = done.send(Committed::Failed(e));
+                return;
+            }
+        }
+    }
 }
 
 async fn run_node(
     options: NodeOptions,
+    node_tls: tls::NodeCert,
     mut store: RocksStore,
-    persisted: BootInfo,
+    persisted: meta::BootInfo,
 ) -> Result<(), RuntimeError> {
-    let node_tls = tls::TlsFiles::in_dir(&options.tls_dir()).load()?;
     let (server_cfg, client_cfg) = tls::quinn_configs(&node_tls, &[tls::PEER_ALPN])?;
     let (transport, mut inbound) = Transport::bind_with_endpoint_config(
         options.listen,
@@ -155,6 +277,10 @@ async fn run_node(
         info,
         options.join.clone(),
     );
+    let limits = http::Limits {
+        key_bytes_max: config.data.key_bytes_max,
+        value_bytes_max: config.data.value_bytes_max,
+    };
     let mut os_rng: Xoshiro256PlusPlus = rand::make_rng();
     let mut node = Node::new(
         config,
@@ -163,24 +289,43 @@ async fn run_node(
             ring: persisted.ring.clone(),
             leave_complete: persisted.leave_complete,
         },
+        store.clone(),
     )?;
     info!(
         node = %persisted.id,
         generation = persisted.generation,
         %quic_addr,
         %http_addr,
+        sync = options.sync.as_str(),
         data_dir = %options.data_dir.display(),
         "node starting"
     );
 
+    let (jobs_tx, jobs_rx) = std::sync::mpsc::channel::<Job>();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Committed>();
+    let storage = {
+        let store = store.clone();
+        let sync = options.sync;
+        std::thread::Builder::new()
+            .name("chorus-storage".into())
+            .spawn(move || storage_thread(store, sync, jobs_rx, done_tx))
+            .map_err(|e| RuntimeError::StorageThread(e.to_string()))?
+    };
+
     let (admin_tx, mut admin_rx) = mpsc::channel::<AdminRequest>(64);
-    let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (client_tx, mut client_rx) = mpsc::channel::<ClientCall>(4096);
+    let (http_stop_tx, http_stop_rx) = oneshot::channel::<()>();
+    let router = http::router(http::ApiState {
+        admin: admin_tx,
+        clients: client_tx,
+        sync: options.sync.as_str(),
+        limits,
+    });
     let http_task = tokio::spawn(
         async move {
-            let server =
-                axum::serve(http_listener, http::router(admin_tx)).with_graceful_shutdown(async {
-                    let _ = http_stop_rx.await;
-                });
+            let server = axum::serve(http_listener, router).with_graceful_shutdown(async {
+                let _ = http_stop_rx.await;
+            });
             if let Err(e) = server.await {
                 error!(error = %e, "HTTP server failed");
             }
@@ -193,19 +338,31 @@ async fn run_node(
     let mut timer_seq = 0u64;
     let mut leave_at: Option<Instant> = None;
     let mut signals = Signals::new();
+    let mut pending: HashMap<u64, oneshot::Sender<ClientReply>> = HashMap::new();
+    let mut next_client = 0u64;
 
     node.start(epoch.elapsed());
     let result = 'run: loop {
-        // Perform every effect the last input produced, in order. A persist that fails stops
-        // the node (fail-stop): nothing after it may go out, since it could reveal or confirm
-        // what is not on disk.
+        // Perform every effect the last input produced, in order. A metadata write that fails
+        // stops the node (fail-stop): nothing after it may go out, since it could reveal or
+        // confirm what is not on disk.
         while let Some(out) = node.poll_output() {
             match out {
                 Output::Gossip { to, bytes } => transport.send_datagram(to, bytes.into()),
-                Output::Message { addr, bytes, .. } => transport.send_message(addr, bytes),
+                Output::Message { to, addr, bytes } => transport.send_message_to(to, addr, bytes),
                 Output::SetTimer { at, timer } => {
                     timer_seq += 1;
                     timers.insert((at, timer_seq), timer);
+                }
+                Output::Persist { seq, batch } => {
+                    if jobs_tx.send(Job { seq, batch }).is_err() {
+                        break 'run Err(RuntimeError::StorageThread("stopped".into()));
+                    }
+                }
+                Output::Reply { client, reply } => {
+                    if let Some(tx) = pending.remove(&client) {
+                        let _ = tx.send(reply);
+                    }
                 }
                 Output::PersistRing(state) => {
                     if let Err(e) = meta::persist_ring(&mut store, &state) {
@@ -235,12 +392,30 @@ async fn run_node(
         };
         tokio::select! {
             Some(msg) = inbound.recv() => match msg {
-                Inbound::Datagram { bytes, .. } => node.handle_gossip(&bytes, epoch.elapsed()),
-                Inbound::Message { from, bytes } => node.handle_message(from, &bytes, epoch.elapsed()),
+                Inbound::Datagram { peer, bytes, .. } => {
+                    node.handle_gossip(peer, &bytes, epoch.elapsed())
+                }
+                Inbound::Message { peer, bytes, .. } => {
+                    node.handle_message(peer, &bytes, epoch.elapsed())
+                }
+            },
+            Some(call) = client_rx.recv() => {
+                next_client += 1;
+                pending.insert(next_client, call.reply);
+                node.handle_client(next_client, call.request, epoch.elapsed());
+            }
+            Some(done) = done_rx.recv() => match done {
+                Committed::Durable(seq) => node.handle_durable(seq, epoch.elapsed()),
+                Committed::Failed(e) => {
+                    error!(error = %e, "a data write failed; stopping");
+                    break 'run Err(RuntimeError::Store(e));
+                }
             },
             Some(req) = admin_rx.recv() => match req {
                 AdminRequest::Cluster(reply) => {
-                    let _ = reply.send(node.cluster_view());
+                    let mut view = node.cluster_view();
+                    view.data = Some(node.data_stats());
+                    let _ = reply.send(view);
                 }
                 AdminRequest::Leave(reply) => {
                     node.leave(epoch.elapsed());
@@ -273,6 +448,12 @@ async fn run_node(
     let _ = http_stop_tx.send(());
     transport.shutdown().await;
     let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
+    // Let the storage thread finish what it was given.
+    drop(jobs_tx);
+    let joined = tokio::task::spawn_blocking(move || storage.join()).await;
+    if !matches!(joined, Ok(Ok(()))) {
+        warn!("the storage thread did not stop cleanly");
+    }
     info!("node stopped");
     result
 }

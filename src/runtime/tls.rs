@@ -43,6 +43,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 
+use crate::id::NodeId;
+
 /// The DNS name every node certificate carries and every node verifies its peers against.
 pub const NODE_SERVER_NAME: &str = "chorus-node";
 
@@ -165,6 +167,27 @@ pub enum TlsError {
     /// The TLS configuration lacks the cipher suite QUIC needs for its initial packets.
     #[error("TLS configuration unusable for QUIC: {0}")]
     Quic(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
+    /// A certificate's public key cannot be read, so no node id can be derived from it.
+    #[error("cannot derive a node id from the certificate: {0}")]
+    NoNodeId(String),
+}
+
+/// The node id bound to a certificate: the first 8 bytes (big-endian) of BLAKE3 over its
+/// subject public key info, with a domain-separation prefix. A node's id is therefore fixed by
+/// its key: a process holding another node's certificate but not its key cannot complete a
+/// handshake, and one with its own certificate can only ever speak as itself.
+pub fn node_id_of(cert: &CertificateDer<'_>) -> Result<NodeId, TlsError> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|e| TlsError::NoNodeId(e.to_string()))?;
+    let spki = parsed.tbs_certificate.subject_pki.raw;
+    let mut h = blake3::Hasher::new();
+    h.update(b"chorus/node-id/v1\0");
+    h.update(spki);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&h.finalize().as_bytes()[..8]);
+    // Zero is never an id (the core uses it as "nobody"); a key hashing to it is as unlikely as
+    // a collision, but map it away anyway.
+    Ok(NodeId::new(u64::from_be_bytes(first).max(1)))
 }
 
 /// The crypto provider every configuration here uses: `ring`, passed explicitly.
@@ -377,6 +400,15 @@ impl NodeCert {
     /// The node's certificate chain, leaf first, in DER form.
     pub fn chain(&self) -> &[CertificateDer<'static>] {
         &self.chain
+    }
+
+    /// The node id this certificate binds ([`node_id_of`] its leaf).
+    pub fn node_id(&self) -> Result<NodeId, TlsError> {
+        let leaf = self
+            .chain
+            .first()
+            .ok_or_else(|| TlsError::NoNodeId("empty certificate chain".into()))?;
+        node_id_of(leaf)
     }
 
     /// A quinn endpoint configuration that lets this node's peers notice at once when it
@@ -817,6 +849,10 @@ mod tests {
         std::fs::write(node_dir.0.join(CA_CERT_FILE), ca.cert_pem()).unwrap();
         let reloaded = NodeCert::load(&node_dir.0).unwrap();
         assert_eq!(reloaded.chain(), node.chain());
+        // The node id is bound to the key: stable across save and load, distinct per node.
+        assert_eq!(reloaded.node_id().unwrap(), node.node_id().unwrap());
+        let other = loaded.issue_node("node-1.example").unwrap();
+        assert_ne!(other.node_id().unwrap(), node.node_id().unwrap());
         quinn_configs(&reloaded, &[PEER_ALPN]).unwrap();
         quinn_configs(&TlsFiles::in_dir(&node_dir.0), &[PEER_ALPN]).unwrap();
         let err = quinn_configs(&TlsFiles::in_dir(&dir.0), &[PEER_ALPN]).unwrap_err();

@@ -9,7 +9,13 @@
 //! # Shape
 //!
 //! - Received payloads arrive on the [`Inbound`] channel returned by [`Transport::bind`], tagged
-//!   with the peer's address.
+//!   with the peer's node id — derived from the certificate it authenticated with
+//!   ([`super::tls::node_id_of`]), never taken from a payload — and its address.
+//! - Messages up to [`SMALL_MESSAGE_BYTES`] travel as length-prefixed frames on one long-lived
+//!   unidirectional stream per connection, written in batches (everything queued while the
+//!   previous write was in progress goes out in one write); larger ones get a stream each, so
+//!   they never hold up small ones. A message addressed to a node id is dropped (and logged)
+//!   when the certificate at that address names another node.
 //! - Sending never blocks and never fails loudly: each peer address has one bounded queue and one
 //!   task that dials lazily, keeps one long-lived connection and redials on the next send after
 //!   it is lost. A full queue, an unreachable peer or too many peers drop the payload and log it
@@ -38,7 +44,8 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{timeout, timeout_at, Instant};
 use tracing::{debug, info, warn};
 
-use super::tls::NODE_SERVER_NAME;
+use super::tls::{node_id_of, NODE_SERVER_NAME};
+use crate::id::NodeId;
 
 /// Application error code closing connections when the transport shuts down.
 const CLOSE_SHUTDOWN: VarInt = VarInt::from_u32(0);
@@ -46,6 +53,20 @@ const CLOSE_SHUTDOWN: VarInt = VarInt::from_u32(0);
 const STREAM_TOO_LARGE: VarInt = VarInt::from_u32(1);
 /// Application error code stopping or resetting a stream that took too long.
 const STREAM_TIMEOUT: VarInt = VarInt::from_u32(2);
+
+/// Application error code closing a connection whose certificate yields no node id.
+const CLOSE_NO_IDENTITY: VarInt = VarInt::from_u32(3);
+
+/// The first byte of a stream carrying one whole message.
+const STREAM_SINGLE: u8 = b'S';
+/// The first byte of a stream carrying length-prefixed frames.
+const STREAM_FRAMED: u8 = b'F';
+
+/// Messages up to this size travel on the connection's framed stream; larger ones get their own.
+pub const SMALL_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// Most bytes gathered into one write on the framed stream.
+const BATCH_BYTES_MAX: usize = 1024 * 1024;
 
 /// A deadline that never comes, for timeouts too large to add to the clock.
 const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 86_400);
@@ -85,12 +106,12 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             message_bytes_max: crate::protocol::DEFAULT_FRAME_BYTES_MAX,
-            peer_queue_len: 256,
+            peer_queue_len: 8192,
             peers_max: 1024,
             connect_timeout: Duration::from_secs(3),
             stream_timeout: Duration::from_secs(30),
             streams_in_flight_max: 16,
-            inbound_queue_len: 4096,
+            inbound_queue_len: 16384,
             shutdown_timeout: Duration::from_secs(2),
         }
     }
@@ -98,21 +119,25 @@ impl Default for Limits {
 
 /// A payload received from a peer.
 ///
-/// `from` is the remote address of the connection it came on. Because a transport dials from
-/// its listening socket, that is the peer's listen address whenever the peer binds a specific
-/// IP; a peer bound to a wildcard address appears with the source IP its kernel picked. Peer
-/// identity belongs in the payload; `from` is for logs and replies.
+/// `peer` is the node id bound to the certificate the peer authenticated with: the only
+/// trustworthy statement of who sent it. `from` is the remote address of the connection it came
+/// on (for logs): because a transport dials from its listening socket, that is the peer's listen
+/// address whenever the peer binds a specific IP.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inbound {
     /// A QUIC datagram: unreliable, unordered, at most one packet.
     Datagram {
+        /// The authenticated sender.
+        peer: NodeId,
         /// The peer's remote address.
         from: SocketAddr,
         /// The payload.
         bytes: Bytes,
     },
-    /// One whole message, the entire content of one unidirectional stream.
+    /// One whole message.
     Message {
+        /// The authenticated sender.
+        peer: NodeId,
         /// The peer's remote address.
         from: SocketAddr,
         /// The payload, at most [`Limits::message_bytes_max`] bytes.
@@ -179,7 +204,8 @@ pub enum SendError {
 /// A payload waiting in a peer's queue.
 enum Outbound {
     Datagram(Bytes),
-    Message(Bytes),
+    /// A message, and the node it is for (checked against the peer's certificate).
+    Message(Bytes, Option<NodeId>),
 }
 
 /// One peer's queue, owned by the peer's task.
@@ -371,10 +397,17 @@ impl Transport {
         let _ = self.try_send_datagram(to, bytes);
     }
 
-    /// Sends `bytes` to `to` as one message on its own unidirectional stream, without blocking;
-    /// see [`Transport::try_send_message`]. A dropped message is logged, not reported.
+    /// Sends `bytes` to `to` as one message, without blocking; see
+    /// [`Transport::try_send_message`]. A dropped message is logged, not reported.
     pub fn send_message(&self, to: SocketAddr, bytes: Vec<u8>) {
         let _ = self.try_send_message(to, bytes);
+    }
+
+    /// Sends `bytes` to node `node` at `to`, without blocking: like
+    /// [`Transport::send_message`], but the message is dropped (and logged) if the certificate
+    /// of whoever answers at `to` names another node.
+    pub fn send_message_to(&self, node: Option<NodeId>, to: SocketAddr, bytes: Vec<u8>) {
+        let _ = self.try_send_message_to(node, to, bytes);
     }
 
     /// Sends `bytes` to `to` as one QUIC datagram, without blocking, and says if it was dropped.
@@ -403,6 +436,16 @@ impl Transport {
     /// The message is queued for the peer's task, which dials if needed. It arrives whole or
     /// not at all: if the connection fails after queueing it is dropped (logged at debug level).
     pub fn try_send_message(&self, to: SocketAddr, bytes: Vec<u8>) -> Result<(), SendError> {
+        self.try_send_message_to(None, to, bytes)
+    }
+
+    /// [`Transport::try_send_message`] to a given node (see [`Transport::send_message_to`]).
+    pub fn try_send_message_to(
+        &self,
+        node: Option<NodeId>,
+        to: SocketAddr,
+        bytes: Vec<u8>,
+    ) -> Result<(), SendError> {
         if self.shared.closed.load(Ordering::Relaxed) {
             return Err(SendError::Closed);
         }
@@ -412,7 +455,7 @@ impl Transport {
             debug!(peer = %to, len, max, "dropping oversized outgoing message");
             return Err(SendError::TooLarge { to, len, max });
         }
-        self.enqueue(to, Outbound::Message(Bytes::from(bytes)))
+        self.enqueue(to, Outbound::Message(Bytes::from(bytes), node))
     }
 
     /// Puts `item` on `to`'s queue, starting the peer's task if it has none.
@@ -536,6 +579,20 @@ fn send_datagram_on(
     }
 }
 
+/// The node id bound to the certificate a connection's peer authenticated with.
+fn peer_node(conn: &Connection) -> Result<NodeId, String> {
+    let identity = conn
+        .peer_identity()
+        .ok_or_else(|| "the peer presented no certificate".to_owned())?;
+    let chain = identity
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .map_err(|_| "unexpected peer identity type".to_owned())?;
+    let leaf = chain
+        .first()
+        .ok_or_else(|| "empty certificate chain".to_owned())?;
+    node_id_of(leaf).map_err(|e| e.to_string())
+}
+
 /// Why dialing a peer failed.
 #[derive(Debug, thiserror::Error)]
 enum DialError {
@@ -559,20 +616,30 @@ async fn dial(shared: &Shared, to: SocketAddr) -> Result<Connection, DialError> 
     }
 }
 
+/// The connection a peer task currently uses.
+struct Live {
+    conn: Connection,
+    /// Whom the peer's certificate names.
+    node: NodeId,
+    /// The framed stream for small messages, opened on first use.
+    framed: Option<quinn::SendStream>,
+}
+
 /// Owns the queue to one peer: dials on demand, sends, and ends when the connection is lost
 /// with nothing queued, when dialing fails, or when the transport closes.
 async fn peer_task(shared: Arc<Shared>, to: SocketAddr, id: u64, mut rx: mpsc::Receiver<Outbound>) {
     let writes = Arc::new(Semaphore::new(capacity(
         shared.limits.streams_in_flight_max,
     )));
-    let mut conn: Option<Connection> = None;
+    let mut live: Option<Live> = None;
+    let mut batch: Vec<u8> = Vec::new();
     loop {
-        let item = match &conn {
-            Some(live) => tokio::select! {
+        let item = match &live {
+            Some(l) => tokio::select! {
                 item = rx.recv() => item,
-                reason = live.closed() => {
+                reason = l.conn.closed() => {
                     debug!(peer = %to, %reason, "connection to peer lost");
-                    conn = None;
+                    live = None;
                     shared.set_conn(to, id, None);
                     if rx.is_empty() {
                         break;
@@ -583,23 +650,40 @@ async fn peer_task(shared: Arc<Shared>, to: SocketAddr, id: u64, mut rx: mpsc::R
             None => rx.recv().await,
         };
         let Some(item) = item else { break };
-        let live = match conn.as_ref().filter(|c| c.close_reason().is_none()) {
-            Some(live) => live.clone(),
-            None => match dial(&shared, to).await {
-                Ok(live) => {
-                    debug!(peer = %to, "connected to peer");
+        if live
+            .as_ref()
+            .is_some_and(|l| l.conn.close_reason().is_some())
+        {
+            live = None;
+        }
+        if live.is_none() {
+            match dial(&shared, to).await {
+                Ok(conn) => {
+                    let node = match peer_node(&conn) {
+                        Ok(n) => n,
+                        Err(error) => {
+                            warn!(peer = %to, %error, "peer certificate yields no node id; closing");
+                            conn.close(CLOSE_NO_IDENTITY, b"no node id");
+                            shared.remove_peer(to, id);
+                            return;
+                        }
+                    };
+                    debug!(peer = %to, %node, "connected to peer");
                     if let Some(inbound) = shared.inbound_sender() {
                         // The peer may also send to us on this connection.
                         shared.runtime.spawn(serve_connection(
-                            live.clone(),
+                            conn.clone(),
                             inbound,
                             shared.limits.clone(),
                             None,
                         ));
                     }
-                    shared.set_conn(to, id, Some(live.clone()));
-                    conn = Some(live.clone());
-                    live
+                    shared.set_conn(to, id, Some(conn.clone()));
+                    live = Some(Live {
+                        conn,
+                        node,
+                        framed: None,
+                    });
                 }
                 Err(error) => {
                     // Unregister first, so the next send starts a fresh dial.
@@ -609,27 +693,98 @@ async fn peer_task(shared: Arc<Shared>, to: SocketAddr, id: u64, mut rx: mpsc::R
                     debug!(peer = %to, %error, dropped, "cannot reach peer; dropping payloads");
                     return;
                 }
-            },
-        };
-        match item {
-            Outbound::Datagram(bytes) => {
-                // Dropped datagrams are logged inside; a lost connection shows up above.
-                let _ = send_datagram_on(&live, to, bytes);
             }
-            Outbound::Message(bytes) => {
-                let Ok(permit) = writes.clone().acquire_owned().await else {
-                    break;
-                };
-                let stream_timeout = shared.limits.stream_timeout;
-                shared
-                    .runtime
-                    .spawn(write_message(live, to, bytes, stream_timeout, permit));
+        }
+        let Some(l) = live.as_mut() else { continue };
+        // Take this item and everything already queued behind it: small messages go out in
+        // one write on the framed stream.
+        let mut next = Some(item);
+        batch.clear();
+        let mut framed_count = 0usize;
+        while let Some(item) = next.take() {
+            match item {
+                Outbound::Datagram(bytes) => {
+                    // Dropped datagrams are logged inside; a lost connection shows up above.
+                    let _ = send_datagram_on(&l.conn, to, bytes);
+                }
+                Outbound::Message(bytes, Some(want)) if want != l.node => {
+                    warn!(
+                        peer = %to, expected = %want, found = %l.node,
+                        "the node at this address is not the one addressed; dropping a message"
+                    );
+                    let _ = bytes;
+                }
+                Outbound::Message(bytes, _) if bytes.len() <= SMALL_MESSAGE_BYTES => {
+                    batch.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+                    batch.extend_from_slice(&bytes);
+                    framed_count += 1;
+                }
+                Outbound::Message(bytes, _) => {
+                    let Ok(permit) = writes.clone().acquire_owned().await else {
+                        break;
+                    };
+                    let stream_timeout = shared.limits.stream_timeout;
+                    shared.runtime.spawn(write_message(
+                        l.conn.clone(),
+                        to,
+                        bytes,
+                        stream_timeout,
+                        permit,
+                    ));
+                }
             }
+            if batch.len() < BATCH_BYTES_MAX {
+                next = rx.try_recv().ok();
+            }
+        }
+        if framed_count > 0 {
+            write_framed(l, to, &batch, framed_count, shared.limits.stream_timeout).await;
         }
     }
     shared.remove_peer(to, id);
     if !rx.is_empty() {
         debug!(peer = %to, dropped = rx.len(), "dropping payloads queued to peer");
+    }
+}
+
+/// Writes a batch of frames on the connection's framed stream, opening it if needed. On
+/// failure the stream is reset (the peer drops a partial frame) and reopened next time; the
+/// batch is lost, which callers tolerate like any lost message.
+async fn write_framed(l: &mut Live, to: SocketAddr, batch: &[u8], frames: usize, limit: Duration) {
+    if l.framed.is_none() {
+        match timeout(limit, l.conn.open_uni()).await {
+            Ok(Ok(mut send)) => {
+                if send.write_all(&[STREAM_FRAMED]).await.is_err() {
+                    debug!(peer = %to, frames, "cannot start the framed stream; dropping messages");
+                    return;
+                }
+                l.framed = Some(send);
+            }
+            Ok(Err(error)) => {
+                debug!(peer = %to, frames, %error, "cannot open the framed stream; dropping messages");
+                return;
+            }
+            Err(_) => {
+                debug!(peer = %to, frames, "timed out opening the framed stream; dropping messages");
+                return;
+            }
+        }
+    }
+    let Some(send) = l.framed.as_mut() else {
+        return;
+    };
+    match timeout(limit, send.write_all(batch)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            let _ = send.reset(STREAM_TIMEOUT);
+            l.framed = None;
+            debug!(peer = %to, frames, %error, "framed stream failed; dropping messages");
+        }
+        Err(_) => {
+            let _ = send.reset(STREAM_TIMEOUT);
+            l.framed = None;
+            debug!(peer = %to, frames, "framed stream write timed out; dropping messages");
+        }
     }
 }
 
@@ -656,7 +811,10 @@ async fn write_message(
             return;
         }
     };
-    match timeout_at(deadline, send.write_chunk(bytes)).await {
+    let mut header = Vec::with_capacity(1 + len);
+    header.push(STREAM_SINGLE);
+    header.extend_from_slice(&bytes);
+    match timeout_at(deadline, send.write_chunk(Bytes::from(header))).await {
         Ok(Ok(())) => {
             // Quinn keeps sending (and retransmitting) the finished stream after it is dropped.
             let _ = send.finish();
@@ -719,10 +877,18 @@ async fn serve_connection(
     _slot: Option<OwnedSemaphorePermit>,
 ) {
     let from = conn.remote_address();
+    let peer = match peer_node(&conn) {
+        Ok(n) => n,
+        Err(error) => {
+            warn!(peer = %from, %error, "peer certificate yields no node id; closing");
+            conn.close(CLOSE_NO_IDENTITY, b"no node id");
+            return;
+        }
+    };
     let datagrams = async {
         loop {
             match conn.read_datagram().await {
-                Ok(bytes) => match inbound.try_send(Inbound::Datagram { from, bytes }) {
+                Ok(bytes) => match inbound.try_send(Inbound::Datagram { peer, from, bytes }) {
                     Ok(()) => {}
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         debug!(peer = %from, "inbound queue full; dropping datagram");
@@ -741,8 +907,9 @@ async fn serve_connection(
             };
             match conn.accept_uni().await {
                 Ok(recv) => {
-                    tokio::spawn(read_message(
+                    tokio::spawn(read_stream(
                         recv,
+                        peer,
                         from,
                         inbound.clone(),
                         limits.clone(),
@@ -758,20 +925,52 @@ async fn serve_connection(
     debug!(peer = %from, ?reason, "peer connection closed");
 }
 
-/// Reads one whole message from a stream and delivers it; drops (and logs) oversized, broken
-/// or too-slow streams.
-async fn read_message(
+/// Reads one stream: a single whole message, or a sequence of frames. Drops (and logs)
+/// oversized, broken, unknown or too-slow streams.
+async fn read_stream(
     mut recv: RecvStream,
+    peer: NodeId,
     from: SocketAddr,
     inbound: mpsc::Sender<Inbound>,
     limits: Limits,
     _permit: OwnedSemaphorePermit,
 ) {
+    let mut kind = [0u8; 1];
+    match timeout(limits.stream_timeout, recv.read_exact(&mut kind)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            info!(peer = %from, %error, "dropping a stream that ended before its kind byte");
+            return;
+        }
+        Err(_) => {
+            let _ = recv.stop(STREAM_TIMEOUT);
+            warn!(peer = %from, "dropping a stream that sent nothing");
+            return;
+        }
+    }
+    match kind[0] {
+        STREAM_SINGLE => read_message(recv, peer, from, inbound, limits).await,
+        STREAM_FRAMED => read_frames(recv, peer, from, inbound, limits).await,
+        other => {
+            let _ = recv.stop(STREAM_TOO_LARGE);
+            warn!(peer = %from, kind = other, "dropping a stream of unknown kind");
+        }
+    }
+}
+
+/// Reads the rest of a single-message stream and delivers it.
+async fn read_message(
+    mut recv: RecvStream,
+    peer: NodeId,
+    from: SocketAddr,
+    inbound: mpsc::Sender<Inbound>,
+    limits: Limits,
+) {
     let max = limits.message_bytes_max;
     match timeout(limits.stream_timeout, recv.read_to_end(max)).await {
         Ok(Ok(bytes)) => {
             if inbound
-                .send(Inbound::Message { from, bytes })
+                .send(Inbound::Message { peer, from, bytes })
                 .await
                 .is_err()
             {
@@ -789,6 +988,56 @@ async fn read_message(
             let _ = recv.stop(STREAM_TIMEOUT);
             let timeout = limits.stream_timeout;
             warn!(peer = %from, ?timeout, "dropping message stream that took too long");
+        }
+    }
+}
+
+/// Reads length-prefixed frames until the stream ends, delivering each. A frame over the limit,
+/// or one that starts and does not complete in time, ends the stream (and is logged).
+async fn read_frames(
+    mut recv: RecvStream,
+    peer: NodeId,
+    from: SocketAddr,
+    inbound: mpsc::Sender<Inbound>,
+    limits: Limits,
+) {
+    let max = limits.message_bytes_max.min(SMALL_MESSAGE_BYTES);
+    loop {
+        let mut len = [0u8; 4];
+        match recv.read_exact(&mut len).await {
+            Ok(()) => {}
+            Err(quinn::ReadExactError::FinishedEarly(0)) => return,
+            Err(error) => {
+                debug!(peer = %from, %error, "framed stream ended");
+                return;
+            }
+        }
+        let len = u32::from_be_bytes(len) as usize;
+        if len > max {
+            let _ = recv.stop(STREAM_TOO_LARGE);
+            warn!(peer = %from, len, max, "dropping a framed stream with an oversized frame");
+            return;
+        }
+        let mut bytes = vec![0u8; len];
+        match timeout(limits.stream_timeout, recv.read_exact(&mut bytes)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                info!(peer = %from, %error, "dropping a framed stream with a truncated frame");
+                return;
+            }
+            Err(_) => {
+                let _ = recv.stop(STREAM_TIMEOUT);
+                warn!(peer = %from, "dropping a framed stream whose frame took too long");
+                return;
+            }
+        }
+        if inbound
+            .send(Inbound::Message { peer, from, bytes })
+            .await
+            .is_err()
+        {
+            debug!(peer = %from, "transport closed; dropping received messages");
+            return;
         }
     }
 }
@@ -836,7 +1085,7 @@ mod tests {
     ) -> (SocketAddr, Vec<u8>) {
         loop {
             match next(rx, Duration::from_secs(5)).await {
-                Some(Inbound::Message { from, bytes }) if want(&bytes) => return (from, bytes),
+                Some(Inbound::Message { from, bytes, .. }) if want(&bytes) => return (from, bytes),
                 Some(_) => {}
                 None => panic!("expected message did not arrive"),
             }
@@ -851,8 +1100,10 @@ mod tests {
     async fn peers_exchange_datagrams_and_messages_both_ways() {
         bounded(async {
             let ca = ClusterCa::generate("test").unwrap();
-            let (a, mut a_rx) = start(&ca.issue_node("a").unwrap(), test_limits());
-            let (b, mut b_rx) = start(&ca.issue_node("b").unwrap(), test_limits());
+            let (a_cert, b_cert) = (ca.issue_node("a").unwrap(), ca.issue_node("b").unwrap());
+            let (a_id, b_id) = (a_cert.node_id().unwrap(), b_cert.node_id().unwrap());
+            let (a, mut a_rx) = start(&a_cert, test_limits());
+            let (b, mut b_rx) = start(&b_cert, test_limits());
 
             a.try_send_message(b.local_addr(), b"hello b".to_vec())
                 .unwrap();
@@ -860,6 +1111,7 @@ mod tests {
             assert_eq!(
                 got,
                 Some(Inbound::Message {
+                    peer: a_id,
                     from: a.local_addr(),
                     bytes: b"hello b".to_vec()
                 })
@@ -870,6 +1122,7 @@ mod tests {
             assert_eq!(
                 got,
                 Some(Inbound::Datagram {
+                    peer: a_id,
                     from: a.local_addr(),
                     bytes: Bytes::from_static(b"ping")
                 })
@@ -881,6 +1134,7 @@ mod tests {
             assert_eq!(
                 got,
                 Some(Inbound::Datagram {
+                    peer: b_id,
                     from: b.local_addr(),
                     bytes: Bytes::from_static(b"pong")
                 })
@@ -891,16 +1145,23 @@ mod tests {
             assert_eq!(from, b.local_addr());
             assert_eq!(bytes, big);
 
-            // Many sends reuse one connection per direction.
-            for i in 0..100u32 {
+            // Many sends reuse one connection per direction; small messages keep their order
+            // on the framed stream.
+            for i in 0..5000u32 {
                 a.try_send_message(b.local_addr(), i.to_be_bytes().to_vec())
                     .unwrap();
             }
-            let mut seen = std::collections::BTreeSet::new();
-            while seen.len() < 100 {
+            for i in 0..5000u32 {
                 let (_, bytes) = wait_message(&mut b_rx, |_| true).await;
-                seen.insert(bytes);
+                assert_eq!(bytes, i.to_be_bytes().to_vec());
             }
+            // Addressed to the wrong node: dropped; to the right one: delivered.
+            a.try_send_message_to(Some(a_id), b.local_addr(), b"for a".to_vec())
+                .unwrap();
+            a.try_send_message_to(Some(b_id), b.local_addr(), b"for b".to_vec())
+                .unwrap();
+            let (_, bytes) = wait_message(&mut b_rx, |_| true).await;
+            assert_eq!(bytes, b"for b");
             assert_eq!(
                 a.open_connections(),
                 2,
@@ -1057,16 +1318,25 @@ mod tests {
                 .await
                 .unwrap();
             let mut s = conn.open_uni().await.unwrap();
+            s.write_all(&[0xde, 0xad, 0xbe, 0xef]).await.unwrap(); // unknown stream kind
+            s.finish().unwrap();
+            let mut s = conn.open_uni().await.unwrap();
+            s.write_all(b"S").await.unwrap();
             s.write_all(&[0xde, 0xad, 0xbe, 0xef]).await.unwrap();
             s.finish().unwrap();
             let mut s = conn.open_uni().await.unwrap();
+            s.write_all(b"S").await.unwrap();
             let _ = s.write_all(&vec![1u8; 200 * 1024]).await; // over the limit: stopped
             let _ = s.finish();
             let mut s = conn.open_uni().await.unwrap();
-            s.write_all(b"half a mess").await.unwrap();
+            s.write_all(b"Shalf a mess").await.unwrap();
             s.reset(VarInt::from_u32(9)).unwrap();
+            // Frames: one good, then one claiming 4 GiB.
+            let mut s = conn.open_uni().await.unwrap();
+            s.write_all(b"F\0\0\0\x02ok\xff\xff\xff\xff").await.unwrap();
+            let _ = s.finish();
             let mut stalled = conn.open_uni().await.unwrap();
-            stalled.write_all(b"never finished").await.unwrap();
+            stalled.write_all(b"Snever finished").await.unwrap();
             conn.send_datagram(Bytes::from_static(b"raw datagram"))
                 .unwrap();
 
@@ -1078,12 +1348,13 @@ mod tests {
                     Inbound::Datagram { bytes, .. } => datagrams.push(bytes),
                 }
             }
-            assert_eq!(messages, vec![vec![0xde, 0xad, 0xbe, 0xef]]);
+            messages.sort();
+            assert_eq!(messages, vec![b"ok".to_vec(), vec![0xde, 0xad, 0xbe, 0xef]]);
             assert_eq!(datagrams, vec![Bytes::from_static(b"raw datagram")]);
 
             // The same connection still works, and so does a real peer.
             let mut s = conn.open_uni().await.unwrap();
-            s.write_all(b"good after bad").await.unwrap();
+            s.write_all(b"Sgood after bad").await.unwrap();
             s.finish().unwrap();
             wait_message(&mut a_rx, |m| m == b"good after bad").await;
             drop(stalled);

@@ -1,12 +1,21 @@
 //! Storage: the [`Store`] trait and its implementations.
 //!
-//! The node core never touches a disk; its drivers persist what it asks them to through a
-//! `Store`. Two implementations: [`MemoryStore`] (simulator and tests; it can model a crash by
-//! dropping writes that were not synced) and, with the `server` feature, [`RocksStore`]
-//! (RocksDB, for real nodes). Today the store holds node metadata (id, generation, ring state);
-//! the replicated key-value data will live beside it in its own column family.
+//! The node core never writes to a disk: it stages [`WriteBatch`]es and its driver commits them
+//! (in groups, one sync for many batches) and reports when they are durable. The core may read
+//! through a [`ReadStore`] handle synchronously (reads are served from memory in the common
+//! case). Two implementations: [`MemoryStore`] (simulator and tests; a crash drops every write
+//! that was not synced) and, with the `server` feature, [`RocksStore`] (RocksDB, for real
+//! nodes).
+//!
+//! A store has three key spaces ([`Space`]), column families in RocksDB: `meta` (node id,
+//! generation, ring state), `data` (one replicated object per key, keyed by [`data_key`]) and
+//! `hints` (writes held for a down replica, keyed by [`hint_key`]).
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::id::NodeId;
+use crate::ring::PartitionId;
 
 pub mod meta;
 #[cfg(feature = "server")]
@@ -16,7 +25,7 @@ mod rocks;
 pub use rocks::RocksStore;
 
 /// Why a storage operation failed. A failed write may or may not have reached the disk.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The storage engine reported an error.
     #[error("storage engine error at {path}: {message}")]
@@ -28,20 +37,193 @@ pub enum StoreError {
     },
 }
 
-/// Durable storage for one node.
-pub trait Store {
-    /// Reads a metadata value.
-    fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
-
-    /// Writes a metadata value and syncs it to stable storage before returning.
-    fn put_meta(&mut self, key: &str, value: &[u8]) -> Result<(), StoreError>;
+/// A key space of the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Space {
+    /// Node metadata (id, generation, ring state).
+    Meta,
+    /// Replicated objects, one per key, keyed by [`data_key`].
+    Data,
+    /// Hints held for down replicas, keyed by [`hint_key`].
+    Hints,
 }
 
-/// An in-memory store with crash semantics: [`MemoryStore::crash`] keeps only synced writes.
+impl Space {
+    /// Every space, in a fixed order.
+    pub const ALL: [Space; 3] = [Space::Meta, Space::Data, Space::Hints];
+
+    /// The column family name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Space::Meta => "meta",
+            Space::Data => "data",
+            Space::Hints => "hints",
+        }
+    }
+}
+
+/// One write of a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteOp {
+    /// Set `key` to `value`.
+    Put {
+        /// The key space.
+        space: Space,
+        /// The key.
+        key: Vec<u8>,
+        /// The value.
+        value: Vec<u8>,
+    },
+    /// Remove `key`.
+    Delete {
+        /// The key space.
+        space: Space,
+        /// The key.
+        key: Vec<u8>,
+    },
+}
+
+/// Writes applied atomically, in order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WriteBatch {
+    ops: Vec<WriteOp>,
+}
+
+impl WriteBatch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a put.
+    pub fn put(&mut self, space: Space, key: Vec<u8>, value: Vec<u8>) {
+        self.ops.push(WriteOp::Put { space, key, value });
+    }
+
+    /// Adds a delete.
+    pub fn delete(&mut self, space: Space, key: Vec<u8>) {
+        self.ops.push(WriteOp::Delete { space, key });
+    }
+
+    /// Appends every write of `other`.
+    pub fn extend(&mut self, other: WriteBatch) {
+        self.ops.extend(other.ops);
+    }
+
+    /// The writes, in order.
+    pub fn ops(&self) -> &[WriteOp] {
+        &self.ops
+    }
+
+    /// Number of writes.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Whether the batch writes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Bytes of keys and values in the batch.
+    pub fn bytes(&self) -> usize {
+        self.ops
+            .iter()
+            .map(|op| match op {
+                WriteOp::Put { key, value, .. } => key.len() + value.len(),
+                WriteOp::Delete { key, .. } => key.len(),
+            })
+            .sum()
+    }
+}
+
+/// The storage key of user key `key` in partition `p`: the partition (2 bytes, big-endian) then
+/// the key, so a partition's keys are one contiguous range.
+pub fn data_key(p: PartitionId, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + key.len());
+    k.extend_from_slice(&p.get().to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+/// The range of storage keys of partition `p`: `[start, end)` (`end` empty: to the end).
+pub fn partition_range(p: PartitionId) -> (Vec<u8>, Vec<u8>) {
+    let start = p.get().to_be_bytes().to_vec();
+    let end = match p.get().checked_add(1) {
+        Some(next) => next.to_be_bytes().to_vec(),
+        None => Vec::new(),
+    };
+    (start, end)
+}
+
+/// Splits a storage key into its partition and user key.
+pub fn split_data_key(k: &[u8]) -> Option<(PartitionId, &[u8])> {
+    let (p, key) = k.split_first_chunk::<2>()?;
+    Some((PartitionId::new(u16::from_be_bytes(*p)), key))
+}
+
+/// The storage key of hint number `seq` held for node `target`.
+pub fn hint_key(target: NodeId, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(16);
+    k.extend_from_slice(&target.get().to_be_bytes());
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Splits a hint's storage key into its target and number.
+pub fn split_hint_key(k: &[u8]) -> Option<(NodeId, u64)> {
+    let (t, s) = k.split_first_chunk::<8>()?;
+    let s: [u8; 8] = s.try_into().ok()?;
+    Some((NodeId::new(u64::from_be_bytes(*t)), u64::from_be_bytes(s)))
+}
+
+/// Entries of a scan: (key, value) pairs in key order.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Read access to a store, for the node core. Reads see every write handed to the store, durable
+/// or not.
+pub trait ReadStore: Send {
+    /// The value of `key` in `space`.
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Up to `limit` entries of `space` with keys in `[from, to)` (`to` empty: no upper bound),
+    /// in key order.
+    fn scan(
+        &self,
+        space: Space,
+        from: &[u8],
+        to: &[u8],
+        limit: usize,
+    ) -> Result<Entries, StoreError>;
+}
+
+/// Durable storage for one node: what drivers write through.
+pub trait Store: ReadStore {
+    /// Reads a metadata value.
+    fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get(Space::Meta, key.as_bytes())
+    }
+
+    /// Writes a metadata value and syncs it to stable storage before returning.
+    fn put_meta(&mut self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        let mut b = WriteBatch::new();
+        b.put(Space::Meta, key.as_bytes().to_vec(), value.to_vec());
+        self.write(&b, true)
+    }
+
+    /// Applies `batch` atomically; with `sync`, it is on stable storage when this returns.
+    fn write(&mut self, batch: &WriteBatch, sync: bool) -> Result<(), StoreError>;
+}
+
+type Synced = BTreeMap<(Space, Vec<u8>), Vec<u8>>;
+
+/// An in-memory store with crash semantics: writes are visible at once, and
+/// [`MemoryStore::crash`] keeps only what was synced.
 #[derive(Debug, Default, Clone)]
 pub struct MemoryStore {
-    synced: BTreeMap<String, Vec<u8>>,
-    unsynced: BTreeMap<String, Vec<u8>>,
+    synced: Synced,
+    /// Writes since the last sync, in order (`None`: a delete).
+    unsynced: BTreeMap<(Space, Vec<u8>), Option<Vec<u8>>>,
 }
 
 impl MemoryStore {
@@ -53,13 +235,37 @@ impl MemoryStore {
     /// Writes a metadata value without syncing it: it is visible at once, but a crash before
     /// the next [`MemoryStore::sync`] loses it (what a driver's write-then-fsync goes through).
     pub fn put_meta_unsynced(&mut self, key: &str, value: &[u8]) {
-        self.unsynced.insert(key.to_owned(), value.to_vec());
+        self.unsynced
+            .insert((Space::Meta, key.as_bytes().to_vec()), Some(value.to_vec()));
+    }
+
+    /// Applies a batch without syncing it.
+    pub fn write_unsynced(&mut self, batch: &WriteBatch) {
+        for op in batch.ops() {
+            match op {
+                WriteOp::Put { space, key, value } => {
+                    self.unsynced
+                        .insert((*space, key.clone()), Some(value.clone()));
+                }
+                WriteOp::Delete { space, key } => {
+                    self.unsynced.insert((*space, key.clone()), None);
+                }
+            }
+        }
     }
 
     /// Makes every unsynced write durable (an fsync).
     pub fn sync(&mut self) {
-        let unsynced = std::mem::take(&mut self.unsynced);
-        self.synced.extend(unsynced);
+        for (k, v) in std::mem::take(&mut self.unsynced) {
+            match v {
+                Some(v) => {
+                    self.synced.insert(k, v);
+                }
+                None => {
+                    self.synced.remove(&k);
+                }
+            }
+        }
     }
 
     /// Whether some write would be lost by a crash now.
@@ -74,22 +280,106 @@ impl MemoryStore {
             unsynced: BTreeMap::new(),
         }
     }
+
+    /// Number of keys in `space` (durable or not).
+    pub fn count(&self, space: Space) -> usize {
+        self.scan(space, &[], &[], usize::MAX)
+            .map(|v| v.len())
+            .unwrap_or(0)
+    }
+}
+
+impl ReadStore for MemoryStore {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let k = (space, key.to_vec());
+        Ok(match self.unsynced.get(&k) {
+            Some(v) => v.clone(),
+            None => self.synced.get(&k).cloned(),
+        })
+    }
+
+    fn scan(
+        &self,
+        space: Space,
+        from: &[u8],
+        to: &[u8],
+        limit: usize,
+    ) -> Result<Entries, StoreError> {
+        use std::ops::Bound;
+        let lo = Bound::Included((space, from.to_vec()));
+        let hi = if to.is_empty() {
+            match Space::ALL.iter().position(|&s| s == space) {
+                Some(i) if i + 1 < Space::ALL.len() => {
+                    Bound::Excluded((Space::ALL[i + 1], Vec::new()))
+                }
+                _ => Bound::Unbounded,
+            }
+        } else {
+            Bound::Excluded((space, to.to_vec()))
+        };
+        let mut merged: BTreeMap<&[u8], Option<&Vec<u8>>> = BTreeMap::new();
+        for ((_, k), v) in self.synced.range((lo.clone(), hi.clone())) {
+            merged.insert(k, Some(v));
+        }
+        for ((_, k), v) in self.unsynced.range((lo, hi)) {
+            merged.insert(k, v.as_ref());
+        }
+        Ok(merged
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k.to_vec(), v.clone())))
+            .take(limit)
+            .collect())
+    }
 }
 
 impl Store for MemoryStore {
-    fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self
-            .unsynced
-            .get(key)
-            .or_else(|| self.synced.get(key))
-            .cloned())
+    fn write(&mut self, batch: &WriteBatch, sync: bool) -> Result<(), StoreError> {
+        self.write_unsynced(batch);
+        if sync {
+            self.sync();
+        }
+        Ok(())
+    }
+}
+
+/// A [`MemoryStore`] shared between a driver (which writes, syncs and crashes it) and the node
+/// core (which reads it): the simulator's disk.
+#[derive(Debug, Default, Clone)]
+pub struct SharedMemoryStore {
+    inner: Arc<Mutex<MemoryStore>>,
+}
+
+impl SharedMemoryStore {
+    /// An empty shared store.
+    pub fn new() -> Self {
+        Self::default()
     }
 
-    fn put_meta(&mut self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        // Metadata writes are synced: they go straight to the durable map.
-        self.unsynced.remove(key);
-        self.synced.insert(key.to_owned(), value.to_vec());
-        Ok(())
+    /// The store, locked (never contended: one driver thread uses it).
+    pub fn lock(&self) -> MutexGuard<'_, MemoryStore> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl ReadStore for SharedMemoryStore {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.lock().get(space, key)
+    }
+
+    fn scan(
+        &self,
+        space: Space,
+        from: &[u8],
+        to: &[u8],
+        limit: usize,
+    ) -> Result<Entries, StoreError> {
+        self.lock().scan(space, from, to, limit)
+    }
+}
+
+impl Store for SharedMemoryStore {
+    fn write(&mut self, batch: &WriteBatch, sync: bool) -> Result<(), StoreError> {
+        self.lock().write(batch, sync)
     }
 }
 
@@ -125,5 +415,59 @@ mod tests {
         let crashed = s.crash();
         assert_eq!(crashed.get_meta("a").unwrap().as_deref(), Some(&b"2"[..]));
         assert_eq!(crashed.get_meta("b").unwrap().as_deref(), Some(&b"3"[..]));
+    }
+
+    #[test]
+    fn scans_see_unsynced_puts_and_deletes_within_their_space_and_range() {
+        let mut s = MemoryStore::new();
+        let p = PartitionId::new(3);
+        let mut b = WriteBatch::new();
+        for k in [&b"a"[..], b"b", b"c"] {
+            b.put(Space::Data, data_key(p, k), k.to_vec());
+        }
+        b.put(
+            Space::Data,
+            data_key(PartitionId::new(4), b"z"),
+            b"z".to_vec(),
+        );
+        b.put(Space::Hints, hint_key(NodeId::new(1), 1), b"h".to_vec());
+        s.write(&b, true).unwrap();
+        let mut b = WriteBatch::new();
+        b.delete(Space::Data, data_key(p, b"b"));
+        b.put(Space::Data, data_key(p, b"d"), b"d".to_vec());
+        s.write_unsynced(&b);
+        let (from, to) = partition_range(p);
+        let keys: Vec<Vec<u8>> = s
+            .scan(Space::Data, &from, &to, 10)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| split_data_key(&k).unwrap().1.to_vec())
+            .collect();
+        assert_eq!(keys, vec![b"a".to_vec(), b"c".to_vec(), b"d".to_vec()]);
+        assert_eq!(s.scan(Space::Data, &from, &to, 2).unwrap().len(), 2);
+        assert_eq!(s.count(Space::Data), 4);
+        assert_eq!(s.count(Space::Hints), 1);
+        let crashed = s.crash();
+        assert_eq!(crashed.count(Space::Data), 4, "a b c z");
+        assert!(crashed
+            .get(Space::Data, &data_key(p, b"d"))
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn keys_round_trip() {
+        let p = PartitionId::new(0x1234);
+        let k = data_key(p, b"hello");
+        assert_eq!(split_data_key(&k), Some((p, &b"hello"[..])));
+        let (from, to) = partition_range(p);
+        assert!(from.as_slice() <= k.as_slice() && k.as_slice() < to.as_slice());
+        assert_eq!(
+            partition_range(PartitionId::new(u16::MAX)).1,
+            Vec::<u8>::new()
+        );
+        let h = hint_key(NodeId::new(7), 9);
+        assert_eq!(split_hint_key(&h), Some((NodeId::new(7), 9)));
+        assert_eq!(split_hint_key(b"short"), None);
     }
 }

@@ -193,3 +193,146 @@ pub fn all_alive(view: &ClusterView, ids: &[String]) -> bool {
             .iter()
             .all(|id| liveness_of(view, id) == Some(Liveness::Alive))
 }
+
+/// An HTTP answer: status, the headers we care about, body.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub context: Option<String>,
+    pub acks: Option<String>,
+    pub sync: Option<String>,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// The values of a siblings JSON body, decoded.
+    pub fn sibling_values(&self) -> Vec<Vec<u8>> {
+        use base64::Engine as _;
+        let mut v: Vec<Vec<u8>> = self.json()["values"]
+            .as_array()
+            .expect("values")
+            .iter()
+            .map(|s| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(s.as_str().unwrap())
+                    .unwrap()
+            })
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(20)))
+        .http_status_as_error(false)
+        // 300 Multiple Choices is an answer here, not a redirect.
+        .max_redirects(0)
+        .build()
+        .into()
+}
+
+fn answer(mut resp: ureq::http::Response<ureq::Body>) -> Answer {
+    let h = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let (context, acks, sync) = (
+        h("x-chorus-context"),
+        h("x-chorus-acks"),
+        h("x-chorus-sync"),
+    );
+    Answer {
+        status: resp.status().as_u16(),
+        context,
+        acks,
+        sync,
+        body: resp
+            .body_mut()
+            .with_config()
+            .limit(16 * 1024 * 1024)
+            .read_to_vec()
+            .unwrap_or_default(),
+    }
+}
+
+/// `PUT /v1/kv/{key}?{query}` with an optional context.
+pub fn put(
+    http: SocketAddr,
+    key: &str,
+    value: &[u8],
+    context: Option<&str>,
+    query: &str,
+) -> Answer {
+    let mut req = agent().put(format!("http://{http}/v1/kv/{key}?{query}"));
+    if let Some(c) = context {
+        req = req.header("x-chorus-context", c);
+    }
+    answer(req.send(value).expect("PUT"))
+}
+
+/// `GET /v1/kv/{key}?{query}`.
+pub fn get(http: SocketAddr, key: &str, query: &str) -> Answer {
+    answer(
+        agent()
+            .get(format!("http://{http}/v1/kv/{key}?{query}"))
+            .call()
+            .expect("GET"),
+    )
+}
+
+/// `GET` asking for the JSON form.
+pub fn get_json(http: SocketAddr, key: &str) -> Answer {
+    answer(
+        agent()
+            .get(format!("http://{http}/v1/kv/{key}"))
+            .header("accept", "application/json")
+            .call()
+            .expect("GET"),
+    )
+}
+
+/// `DELETE /v1/kv/{key}` with an optional context.
+pub fn delete(http: SocketAddr, key: &str, context: Option<&str>) -> Answer {
+    let mut req = agent().delete(format!("http://{http}/v1/kv/{key}"));
+    if let Some(c) = context {
+        req = req.header("x-chorus-context", c);
+    }
+    answer(req.call().expect("DELETE"))
+}
+
+/// Starts `n` nodes joining through the first, and waits until all are alive members.
+pub fn start_cluster(root: &Path, n: usize) -> (Vec<NodeProc>, Vec<String>) {
+    let ca = make_ca(root, "ca");
+    let mut nodes = vec![NodeProc::start(root, "n0", &ca, &[])];
+    let seed = nodes[0].quic;
+    for i in 1..n {
+        nodes.push(NodeProc::start(root, &format!("n{i}"), &ca, &[seed]));
+    }
+    let ids: Vec<String> = nodes.iter().map(|n| n.wait_serving()).collect();
+    wait_members(&nodes, &ids);
+    (nodes, ids)
+}
+
+/// Waits until every running node lists exactly `ids`, all alive members.
+pub fn wait_members(nodes: &[NodeProc], ids: &[String]) {
+    for n in nodes.iter().filter(|n| n.child.is_some()) {
+        let ok = wait_for(Duration::from_secs(20), || {
+            n.view().filter(|v| {
+                all_alive(v, ids)
+                    && v.members
+                        .iter()
+                        .all(|m| m.status == chorus::membership::RingStatus::Member)
+            })
+        });
+        assert!(ok.is_some(), "{}: {:?}\n{}", n.name, n.view(), n.log());
+    }
+}

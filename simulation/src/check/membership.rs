@@ -557,6 +557,7 @@ mod tests {
                             vnodes: 64,
                         },
                         pending: Vec::new(),
+                        data: None,
                     }
                 });
                 NodeSnapshot {
@@ -566,6 +567,9 @@ mod tests {
                     generation,
                     removed: false,
                     view,
+                    data: None,
+                    objects: Vec::new(),
+                    hints_on_disk: 0,
                 }
             })
             .collect();

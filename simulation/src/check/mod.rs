@@ -9,13 +9,16 @@
 //!
 //! - [`membership`]: end-of-run properties of a settled cluster (agreement, liveness, ring
 //!   status, restarts, placement, operation outcomes).
+//! - [`register`]: what clients of registers saw, and what replicas hold (no lost or
+//!   resurrected writes, no phantoms, only truly concurrent siblings, hints drained, no dot
+//!   minted twice).
 //! - [`safety`]: invariants checked after every simulated step.
 //!
-//! Replicated-data checkers (convergence, lost writes, CRDT bounds) plug in beside them by
-//! implementing the same trait and, when they need more state than views, by adding fields to
-//! [`NodeSnapshot`].
+//! Further checkers (CRDT bounds, convergence) plug in beside them by implementing the same
+//! trait and, when they need more state, by adding fields to [`NodeSnapshot`].
 
 pub mod membership;
+pub mod register;
 pub mod safety;
 
 use std::fmt;
@@ -71,7 +74,9 @@ pub trait Checker {
 
 /// The checkers every run applies; operations must complete within `bound` of the heal.
 pub fn default_checkers(bound: Duration) -> Vec<Box<dyn Checker>> {
-    membership::all(bound)
+    let mut all = membership::all(bound);
+    all.extend(register::all());
+    all
 }
 
 /// Runs every checker over `input`.

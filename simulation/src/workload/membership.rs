@@ -359,8 +359,14 @@ impl Membership {
     }
 
     fn restart(&mut self, cx: &mut Ctx<'_>, node: usize) {
-        self.restarts_due.remove(&node);
         let state = cx.cluster().state(node);
+        if self.restarts_due.contains(&node) && state.is_running() {
+            // A crash armed between outputs has not fired yet: come back once it has.
+            let at = cx.now() + Duration::from_secs(1);
+            self.schedule(cx, at, Pending::Restart(node));
+            return;
+        }
+        self.restarts_due.remove(&node);
         if !matches!(state, ProcessState::Crashed | ProcessState::Left) {
             return;
         }

@@ -8,20 +8,20 @@
 //! plug in by implementing this trait and being added to the run's workload list.
 //!
 //! - [`membership`]: bootstraps the cluster, then crashes, restarts, adds and removes nodes.
+//! - [`register`]: clients that read, write and delete register keys through random nodes.
 //! - [`nemesis`]: the network nemesis — partitions and degraded periods — recorded as
 //!   operations of a client named `nemesis`, as Jepsen does.
 //!
-//! Workloads that need answers from nodes (replicated reads and writes) learn outcomes today by
-//! polling node state, as the membership workload does for joins. When the core grows client
-//! requests with replies, the cluster will hand each reply back to the workload that sent the
-//! request the same way it hands back wake-ups (a new [`crate::cluster::Step`] variant), and
-//! this trait will grow a method with a default body: existing workloads, the event queue and
-//! the run loop stay as they are.
+//! Workloads that send client requests ([`Ctx::request`]) get each answer back through
+//! [`Workload::reply`], which the cluster delivers like a wake-up.
 
 pub mod membership;
 pub mod nemesis;
+pub mod register;
 
 use std::time::Duration;
+
+use chorus::node::{ClientReply, ClientRequest};
 
 use crate::cluster::Cluster;
 use crate::history::{History, OpId, OpKind, Outcome};
@@ -42,6 +42,11 @@ pub trait Workload {
     /// The fault phase is over: undo any fault still in effect and start nothing new.
     /// Operations already in progress may still complete during the quiet phase.
     fn quiesce(&mut self, cx: &mut Ctx<'_>);
+
+    /// The answer to a client request this workload sent with [`Ctx::request`] arrived.
+    fn reply(&mut self, token: u64, reply: ClientReply, cx: &mut Ctx<'_>) {
+        let _ = (token, reply, cx);
+    }
 }
 
 /// The wake-ups a workload has asked for, each with what it will do then: a token per
@@ -125,6 +130,18 @@ impl<'a> Ctx<'a> {
     /// Asks to be woken at `at` with `token`.
     pub fn wake_at(&mut self, at: Duration, token: u64) {
         self.cluster.schedule_wake(self.actor, at, token);
+    }
+
+    /// Sends a client request to node `node`; its answer comes back through
+    /// [`Workload::reply`] with `token`.
+    pub fn request(&mut self, node: usize, token: u64, request: ClientRequest) {
+        self.cluster
+            .client_request(node, self.actor, token, request);
+    }
+
+    /// The history, to record operation details.
+    pub fn history_mut(&mut self) -> &mut History {
+        self.history
     }
 
     /// Asks to be woken after `after` with `token`.

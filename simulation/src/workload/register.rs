@@ -1,0 +1,351 @@
+//! The register workload: clients that read, write and delete a few keys through random nodes,
+//! under whatever the nemesis and the membership workload do.
+//!
+//! Each client runs one operation at a time against a node picked at random among those
+//! serving: a read (sometimes with `r=1` or `r=3`), a write with the context of its last read or
+//! write of the key, a blind write (no context: a sibling by design), or a delete with its
+//! context; writes sometimes use `w=1`, `w=3` or `strict`. Values are unique in a run
+//! (`c<client>-<n>`), so checkers can tell every write apart. Every operation goes into the
+//! history with what it sent and got back ([`DataOp`]); its outcome is `ok`, `failed` (certainly
+//! not applied) or `indeterminate` (it may have been).
+//!
+//! After the heal it stops writing and reads every key it touched with `r=N` every few seconds:
+//! the [`crate::check::register`] checkers judge the latest of these final reads.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chorus::node::{ClientError, ClientOp, ClientReply, ClientRequest, Context, RequestOptions};
+use rand::RngExt;
+
+use super::{pick, Ctx, Wakeups, Workload};
+use crate::history::{DataOp, DataResult, OpId, OpKind, Outcome};
+use crate::rng;
+use crate::snapshot::ProcessState;
+
+/// Parameters of the register workload.
+#[derive(Debug, Clone)]
+pub struct RegisterConfig {
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Keys they share.
+    pub keys: usize,
+    /// Pause between a client's operations (uniform).
+    pub think: (Duration, Duration),
+    /// No operation before this time (the cluster bootstraps).
+    pub warmup: Duration,
+    /// After the heal, how often every key is read with `r=N`.
+    pub final_read_every: Duration,
+    /// Replicas per key (for the final reads).
+    pub n: usize,
+}
+
+impl Default for RegisterConfig {
+    fn default() -> Self {
+        RegisterConfig {
+            clients: 4,
+            keys: 6,
+            think: (Duration::from_millis(20), Duration::from_millis(800)),
+            warmup: Duration::from_secs(8),
+            final_read_every: Duration::from_secs(3),
+            n: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Pending {
+    Next(usize),
+    FinalRound,
+}
+
+#[derive(Debug, Default)]
+struct Client {
+    /// The context of this client's last answer for each key.
+    contexts: BTreeMap<String, Context>,
+    next_value: u64,
+}
+
+/// A request in flight.
+#[derive(Debug)]
+struct InFlight {
+    client: Option<usize>,
+    op: OpId,
+    key: String,
+    write: bool,
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct Register {
+    config: RegisterConfig,
+    wakeups: Wakeups<Pending>,
+    clients: Vec<Client>,
+    in_flight: BTreeMap<u64, InFlight>,
+    next_token: u64,
+    quiesced: bool,
+}
+
+impl Register {
+    /// A workload with `config`.
+    pub fn new(config: RegisterConfig) -> Self {
+        let clients = (0..config.clients).map(|_| Client::default()).collect();
+        Register {
+            config,
+            wakeups: Wakeups::default(),
+            clients,
+            in_flight: BTreeMap::new(),
+            next_token: 0,
+            quiesced: false,
+        }
+    }
+
+    fn key(i: usize) -> String {
+        format!("k{i}")
+    }
+
+    fn serving(cx: &Ctx<'_>) -> Vec<usize> {
+        (0..cx.cluster().len())
+            .filter(|&i| cx.cluster().state(i) == ProcessState::Up)
+            .collect()
+    }
+
+    fn think(&mut self, cx: &mut Ctx<'_>, client: usize) {
+        let (lo, hi) = self.config.think;
+        let at = cx.now() + rng::uniform(cx.rng(), lo, hi);
+        self.wakeups.schedule(cx, at, Pending::Next(client));
+    }
+
+    fn send(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        client: Option<usize>,
+        node: usize,
+        kind: OpKind,
+        request: ClientRequest,
+        final_read: bool,
+    ) {
+        let key = String::from_utf8_lossy(&request.key).into_owned();
+        let write = request.op.is_write();
+        let context = match &request.op {
+            ClientOp::Put { context, .. } | ClientOp::Delete { context } => {
+                context.as_ref().map(|c| c.seen().clone())
+            }
+            ClientOp::Get => None,
+        };
+        let op = cx.invoke(kind);
+        cx.history_mut().record_data(DataOp {
+            op,
+            key: key.clone(),
+            context,
+            final_read,
+            result: None,
+        });
+        self.next_token += 1;
+        let token = self.next_token;
+        self.in_flight.insert(
+            token,
+            InFlight {
+                client,
+                op,
+                key,
+                write,
+            },
+        );
+        cx.request(node, token, request);
+    }
+
+    fn next_op(&mut self, cx: &mut Ctx<'_>, client: usize) {
+        if self.quiesced {
+            return;
+        }
+        let serving = Self::serving(cx);
+        let Some(node) = pick(cx.rng(), &serving) else {
+            self.think(cx, client);
+            return;
+        };
+        let k = cx.rng().random_range(0..self.config.keys);
+        let key = Self::key(k);
+        let dice: u32 = cx.rng().random_range(0..100);
+        let mut options = RequestOptions::default();
+        let known = self.clients[client].contexts.get(&key).cloned();
+        let (kind, op) = if dice < 35 {
+            options.r = match cx.rng().random_range(0..10) {
+                0..=5 => None,
+                6 | 7 => Some(1),
+                _ => Some(self.config.n),
+            };
+            (
+                OpKind::Read {
+                    key: key.clone(),
+                    node,
+                },
+                ClientOp::Get,
+            )
+        } else {
+            options.w = match cx.rng().random_range(0..20) {
+                0..=11 => None,
+                12..=14 => Some(1),
+                15..=17 => Some(self.config.n),
+                _ => {
+                    options.strict = true;
+                    None
+                }
+            };
+            let c = &mut self.clients[client];
+            if dice < 88 {
+                c.next_value += 1;
+                let value = format!("c{client}-{}", c.next_value);
+                let context = if dice < 72 { known } else { None };
+                (
+                    OpKind::Write {
+                        key: key.clone(),
+                        value: value.clone(),
+                        node,
+                    },
+                    ClientOp::Put {
+                        value: value.into_bytes(),
+                        context,
+                    },
+                )
+            } else {
+                (
+                    OpKind::Delete {
+                        key: key.clone(),
+                        node,
+                    },
+                    ClientOp::Delete { context: known },
+                )
+            }
+        };
+        let request = ClientRequest {
+            key: key.into_bytes(),
+            op,
+            options,
+        };
+        self.send(cx, Some(client), node, kind, request, false);
+    }
+
+    fn final_round(&mut self, cx: &mut Ctx<'_>) {
+        let serving = Self::serving(cx);
+        if !serving.is_empty() {
+            for k in 0..self.config.keys {
+                let Some(node) = pick(cx.rng(), &serving) else {
+                    break;
+                };
+                // Every replica: N, or all the owners when fewer remain.
+                let owners = cx.cluster().view(node).map_or(0, |v| {
+                    v.members
+                        .iter()
+                        .filter(|m| m.status.owns_partitions())
+                        .count()
+                });
+                let r = self.config.n.min(owners).max(1);
+                let key = Self::key(k);
+                let request = ClientRequest {
+                    key: key.clone().into_bytes(),
+                    op: ClientOp::Get,
+                    options: RequestOptions {
+                        r: Some(r),
+                        ..RequestOptions::default()
+                    },
+                };
+                self.send(cx, None, node, OpKind::Read { key, node }, request, true);
+            }
+        }
+        let at = cx.now() + self.config.final_read_every;
+        self.wakeups.schedule(cx, at, Pending::FinalRound);
+    }
+}
+
+fn strings(values: &[Vec<u8>]) -> Vec<String> {
+    values
+        .iter()
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect()
+}
+
+impl Workload for Register {
+    fn name(&self) -> &'static str {
+        "register"
+    }
+
+    fn start(&mut self, cx: &mut Ctx<'_>) {
+        for c in 0..self.config.clients {
+            let jitter = rng::uniform(cx.rng(), Duration::ZERO, Duration::from_secs(1));
+            let at = self.config.warmup + jitter;
+            self.wakeups.schedule(cx, at, Pending::Next(c));
+        }
+    }
+
+    fn wake(&mut self, token: u64, cx: &mut Ctx<'_>) {
+        match self.wakeups.take(token) {
+            Some(Pending::Next(c)) => self.next_op(cx, c),
+            Some(Pending::FinalRound) => self.final_round(cx),
+            None => {}
+        }
+    }
+
+    fn quiesce(&mut self, cx: &mut Ctx<'_>) {
+        self.quiesced = true;
+        let at = cx.now() + Duration::from_secs(2);
+        self.wakeups.schedule(cx, at, Pending::FinalRound);
+    }
+
+    fn reply(&mut self, token: u64, reply: ClientReply, cx: &mut Ctx<'_>) {
+        let Some(f) = self.in_flight.remove(&token) else {
+            return;
+        };
+        let outcome = match reply {
+            ClientReply::Read(r) => {
+                if let (Some(c), Some(ctx)) = (f.client, &r.context) {
+                    self.clients[c].contexts.insert(f.key.clone(), ctx.clone());
+                }
+                cx.history_mut().data_result(
+                    f.op,
+                    DataResult::Read {
+                        values: strings(&r.values),
+                        context: r.context.map(|c| c.seen().clone()),
+                    },
+                );
+                Outcome::Ok
+            }
+            ClientReply::Written(w) => {
+                if let Some(c) = f.client {
+                    self.clients[c]
+                        .contexts
+                        .insert(f.key.clone(), w.context.clone());
+                }
+                cx.history_mut().data_result(
+                    f.op,
+                    DataResult::Written {
+                        values: strings(&w.values),
+                        context: w.context.seen().clone(),
+                        dot: w.dot,
+                        acked_by: w.acked_by,
+                    },
+                );
+                Outcome::Ok
+            }
+            ClientReply::Failed(e) => {
+                let indeterminate = f.write
+                    && matches!(
+                        e,
+                        ClientError::Unavailable {
+                            indeterminate: true,
+                            ..
+                        }
+                    );
+                if indeterminate {
+                    Outcome::Indeterminate(e.to_string())
+                } else {
+                    Outcome::Failed(e.to_string())
+                }
+            }
+        };
+        cx.complete(f.op, outcome);
+        if let Some(c) = f.client {
+            self.think(cx, c);
+        }
+    }
+}

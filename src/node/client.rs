@@ -1,0 +1,352 @@
+//! Client requests and replies as the node core sees them: what the HTTP API (and later the
+//! QUIC client API) hands to [`super::Node::handle_client`] and gets back as
+//! [`super::Output::Reply`].
+//!
+//! Everything a client can send is validated here, before anything changes:
+//! [`DataConfig::validate`] turns a request with a key or value over its limit, or quorums
+//! outside `1..=N`, into a [`ClientError`]. This module does no I/O.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::object::Context;
+use crate::causality::Dot;
+use crate::id::NodeId;
+
+/// Data-path settings of a node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataConfig {
+    /// Replies a read waits for when the request does not say (R).
+    pub r: usize,
+    /// Durable acknowledgements a write waits for when the request does not say (W).
+    pub w: usize,
+    /// Timeout of a request that does not set one.
+    pub timeout: Duration,
+    /// Longest timeout a request may ask for.
+    pub timeout_max: Duration,
+    /// Largest key, in bytes.
+    pub key_bytes_max: usize,
+    /// Largest value, in bytes.
+    pub value_bytes_max: usize,
+    /// Client requests this node coordinates (or forwarded) at once; beyond, requests are
+    /// refused as overloaded (nothing is applied).
+    pub requests_in_flight_max: usize,
+    /// A write target that has not acknowledged after this long gets a fallback with a hint
+    /// (sloppy quorum), unless the request is strict.
+    pub hedge_after: Duration,
+    /// How often held hints are offered to their owners.
+    pub hint_interval: Duration,
+    /// Most hints handed back in one message.
+    pub hint_batch_max: usize,
+    /// How often partition handoff makes progress.
+    pub handoff_interval: Duration,
+    /// Most keys in one handoff message.
+    pub handoff_batch_max: usize,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig {
+            r: 2,
+            w: 2,
+            timeout: Duration::from_secs(5),
+            timeout_max: Duration::from_secs(120),
+            key_bytes_max: 1024,
+            value_bytes_max: 1024 * 1024,
+            requests_in_flight_max: 8192,
+            hedge_after: Duration::from_millis(300),
+            hint_interval: Duration::from_millis(500),
+            hint_batch_max: 64,
+            handoff_interval: Duration::from_millis(500),
+            handoff_batch_max: 64,
+        }
+    }
+}
+
+/// Per-request options (query parameters `r`, `w`, `strict`, `timeout_ms` on the HTTP API).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestOptions {
+    /// Replies a read waits for (default: the node's R).
+    pub r: Option<usize>,
+    /// Durable acknowledgements a write waits for (default: the node's W).
+    pub w: Option<usize>,
+    /// Refuse sloppy quorum: only the key's own replicas count.
+    pub strict: bool,
+    /// How long the request may take (default: the node's timeout).
+    pub timeout_ms: Option<u64>,
+}
+
+/// What a client asks of a key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientOp {
+    /// Read every concurrent value and the context.
+    Get,
+    /// Write a value, superseding what the context covers (no context: a sibling).
+    Put {
+        /// The value.
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        /// What the client saw.
+        context: Option<Context>,
+    },
+    /// Delete: a tombstone superseding what the context covers.
+    Delete {
+        /// What the client saw.
+        context: Option<Context>,
+    },
+}
+
+impl ClientOp {
+    /// Whether the operation writes.
+    pub fn is_write(&self) -> bool {
+        !matches!(self, ClientOp::Get)
+    }
+}
+
+/// One client request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientRequest {
+    /// The key.
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    /// What to do.
+    pub op: ClientOp,
+    /// Quorums, strictness, timeout.
+    pub options: RequestOptions,
+}
+
+/// A read's answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadResult {
+    /// Every live value (none: absent or deleted).
+    pub values: Vec<Vec<u8>>,
+    /// The context covering them; `None` when no replica knows the key at all.
+    pub context: Option<Context>,
+    /// Whether the key exists only as a tombstone (deleted).
+    pub deleted: bool,
+    /// Replicas that answered before the reply.
+    pub replies: usize,
+}
+
+/// A write's (or delete's) answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteResult {
+    /// The live values after the write: just the new one, or it and the concurrent siblings
+    /// the context did not cover (none after a delete that left no sibling).
+    pub values: Vec<Vec<u8>>,
+    /// The context covering exactly those values.
+    pub context: Context,
+    /// Replicas (or fallbacks holding a hint) that acknowledged durably before the reply.
+    pub acks: usize,
+    /// Who they were.
+    pub acked_by: Vec<NodeId>,
+    /// The dot the write was given.
+    pub dot: Dot,
+}
+
+/// Why a request failed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ClientError {
+    /// Malformed input (bad context, bad parameter); nothing changed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// A key or value over its limit; nothing changed.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The key holds another type; nothing changed.
+    #[error("{0}")]
+    TypeConflict(String),
+    /// Too many requests in flight on this node; nothing was applied.
+    #[error("the node has too many requests in flight; retry later")]
+    Overloaded,
+    /// The quorum was not reached. With `indeterminate`, the write may still have been applied
+    /// (it reached some replicas, or its fate is unknown); without, it certainly was not.
+    #[error("{message}")]
+    Unavailable {
+        /// What happened.
+        message: String,
+        /// Whether a write may have been applied.
+        indeterminate: bool,
+        /// Acknowledgements (or read replies) received.
+        acks: usize,
+        /// How many were needed.
+        needed: usize,
+    },
+    /// The node failed internally (its storage returned an error); nothing was applied by this
+    /// node.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ClientError {
+    /// A short machine-readable code (the HTTP API's `error` field).
+    pub fn code(&self) -> &'static str {
+        match self {
+            ClientError::BadRequest(_) => "bad_request",
+            ClientError::TooLarge(_) => "too_large",
+            ClientError::TypeConflict(_) => "type_conflict",
+            ClientError::Overloaded => "overloaded",
+            ClientError::Unavailable { .. } => "unavailable",
+            ClientError::Internal(_) => "internal",
+        }
+    }
+}
+
+/// The answer to one client request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientReply {
+    /// A read.
+    Read(ReadResult),
+    /// A write or delete.
+    Written(WriteResult),
+    /// A failure.
+    Failed(ClientError),
+}
+
+/// A request with its quorums and timeout resolved against the node's defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Resolved {
+    pub(crate) r: usize,
+    pub(crate) w: usize,
+    pub(crate) strict: bool,
+    pub(crate) timeout: Duration,
+}
+
+impl DataConfig {
+    /// Checks a request against the limits and resolves its options with replicas `n`.
+    pub(crate) fn validate(&self, req: &ClientRequest, n: usize) -> Result<Resolved, ClientError> {
+        if req.key.is_empty() {
+            return Err(ClientError::BadRequest("the key is empty".into()));
+        }
+        if req.key.len() > self.key_bytes_max {
+            return Err(ClientError::TooLarge(format!(
+                "the key is {} bytes, more than the limit of {}",
+                req.key.len(),
+                self.key_bytes_max
+            )));
+        }
+        if let ClientOp::Put { value, .. } = &req.op {
+            if value.len() > self.value_bytes_max {
+                return Err(ClientError::TooLarge(format!(
+                    "the value is {} bytes, more than the limit of {}",
+                    value.len(),
+                    self.value_bytes_max
+                )));
+            }
+        }
+        if let ClientOp::Put {
+            context: Some(c), ..
+        }
+        | ClientOp::Delete { context: Some(c) } = &req.op
+        {
+            if !c.is_for(&req.key) {
+                return Err(ClientError::BadRequest(
+                    "the context belongs to another key".into(),
+                ));
+            }
+        }
+        let quorum = |name: &str, v: Option<usize>, default: usize| match v {
+            None => Ok(default.min(n).max(1)),
+            Some(v) if (1..=n).contains(&v) => Ok(v),
+            Some(v) => Err(ClientError::BadRequest(format!(
+                "{name}={v} is outside 1..={n} (N={n})"
+            ))),
+        };
+        let r = quorum("r", req.options.r, self.r)?;
+        let w = quorum("w", req.options.w, self.w)?;
+        let timeout = match req.options.timeout_ms {
+            None => self.timeout,
+            Some(0) => {
+                return Err(ClientError::BadRequest(
+                    "timeout_ms must be positive".into(),
+                ))
+            }
+            Some(ms) if Duration::from_millis(ms) > self.timeout_max => {
+                return Err(ClientError::BadRequest(format!(
+                    "timeout_ms={ms} exceeds the limit of {}",
+                    self.timeout_max.as_millis()
+                )))
+            }
+            Some(ms) => Duration::from_millis(ms),
+        };
+        Ok(Resolved {
+            r,
+            w,
+            strict: req.options.strict,
+            timeout,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::causality::VersionVector;
+
+    fn put(key: &[u8], value: usize, options: RequestOptions) -> ClientRequest {
+        ClientRequest {
+            key: key.to_vec(),
+            op: ClientOp::Put {
+                value: vec![0; value],
+                context: None,
+            },
+            options,
+        }
+    }
+
+    #[test]
+    fn limits_and_quorums_are_validated() {
+        let c = DataConfig::default();
+        let ok = c
+            .validate(&put(b"k", 10, RequestOptions::default()), 3)
+            .unwrap();
+        assert_eq!((ok.r, ok.w, ok.strict), (2, 2, false));
+        assert_eq!(ok.timeout, Duration::from_secs(5));
+        assert!(matches!(
+            c.validate(&put(&[7; 1025], 1, RequestOptions::default()), 3),
+            Err(ClientError::TooLarge(_))
+        ));
+        assert!(matches!(
+            c.validate(&put(b"k", 1024 * 1024 + 1, RequestOptions::default()), 3),
+            Err(ClientError::TooLarge(_))
+        ));
+        assert!(matches!(
+            c.validate(&put(b"", 1, RequestOptions::default()), 3),
+            Err(ClientError::BadRequest(_))
+        ));
+        for (r, w) in [(Some(0), None), (None, Some(4)), (Some(9), None)] {
+            let o = RequestOptions {
+                r,
+                w,
+                ..RequestOptions::default()
+            };
+            assert!(matches!(
+                c.validate(&put(b"k", 1, o), 3),
+                Err(ClientError::BadRequest(_))
+            ));
+        }
+        let o = RequestOptions {
+            timeout_ms: Some(0),
+            ..RequestOptions::default()
+        };
+        assert!(c.validate(&put(b"k", 1, o), 3).is_err());
+        // One replica: defaults shrink to fit.
+        let one = c
+            .validate(&put(b"k", 1, RequestOptions::default()), 1)
+            .unwrap();
+        assert_eq!((one.r, one.w), (1, 1));
+        // A context from another key.
+        let req = ClientRequest {
+            key: b"a".to_vec(),
+            op: ClientOp::Delete {
+                context: Some(Context::new(b"b", VersionVector::new())),
+            },
+            options: RequestOptions::default(),
+        };
+        assert!(matches!(
+            c.validate(&req, 3),
+            Err(ClientError::BadRequest(m)) if m.contains("another key")
+        ));
+    }
+}

@@ -1,0 +1,763 @@
+//! The coordinator sub-machine: client requests in flight.
+//!
+//! For each request it picks the replicas (the key's preference list, with fallbacks holding
+//! hints for down replicas unless the request is strict), sends them the work, counts their
+//! answers against the request's quorum, answers the client, and repairs stale replicas after a
+//! read. It owns the request table — request id, targets, replies so far, deadline, outcome —
+//! and nothing else: local state changes go through the replica (a local call to mint, messages
+//! like any other replica's), hints through the hints sub-machine on the fallback.
+//!
+//! Rules:
+//!
+//! - A write is coordinated by a replica of its key (it mints the dot): a node that is not one
+//!   forwards the request to the first reachable replica, and relays the answer. With no
+//!   reachable replica, a non-strict write is coordinated where it arrived.
+//! - A write is acknowledged to the client once `w` targets hold it durably. A request that
+//!   times out first is *indeterminate*: it may still land.
+//! - A read waits for `r` replies, answers with their merge, then waits for the remaining
+//!   replies (until its deadline) and sends the merge to every replica that answered with
+//!   something older.
+//! - At most [`DataConfig::requests_in_flight_max`] requests are in flight; more are refused
+//!   as overloaded, having changed nothing. Every request has a deadline timer, so none stays
+//!   in the table forever.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tracing::debug;
+
+use super::client::{
+    ClientError, ClientOp, ClientReply, ClientRequest, DataConfig, ReadResult, Resolved,
+    WriteResult,
+};
+use super::hints::HintsMessage;
+use super::object::{Context, Object};
+use super::replica::{MintOp, Minted, ReplicaCall, ReplicaMessage};
+use super::{Call, Effects, Output};
+use crate::causality::Dot;
+use crate::id::NodeId;
+
+/// Extra time a node waits for a request it forwarded, beyond the request's own timeout.
+const FORWARD_GRACE: Duration = Duration::from_millis(500);
+
+/// Messages to a node's coordinator.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CoordinatorMessage {
+    /// The sender durably holds the write of request `req` (as a replica, or a hint).
+    Ack {
+        /// The request.
+        req: u64,
+    },
+    /// The sender's copy of the key of read `req` (`None`: it has none).
+    ReadReply {
+        /// The request.
+        req: u64,
+        /// The copy.
+        object: Option<Object>,
+    },
+    /// The sender could not do its part of request `req`.
+    Refused {
+        /// The request.
+        req: u64,
+        /// Why.
+        error: ClientError,
+    },
+    /// Coordinate `request` for the sender, and answer with [`CoordinatorMessage::Forwarded`].
+    Forward {
+        /// The sender's request id.
+        req: u64,
+        /// The request.
+        request: ClientRequest,
+    },
+    /// The answer to a request the receiver forwarded.
+    Forwarded {
+        /// The receiver's request id.
+        req: u64,
+        /// The answer.
+        reply: ClientReply,
+    },
+}
+
+/// Timers of the coordinator: stale ones (for a request that is gone) are ignored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CoordinatorTimer {
+    /// Request `req` is out of time.
+    Deadline {
+        /// The request.
+        req: u64,
+    },
+    /// Time to send write `req` to fallbacks for the targets that have not acknowledged.
+    Hedge {
+        /// The request.
+        req: u64,
+    },
+}
+
+/// Who gets the answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    /// A client of this node (the driver's handle).
+    Client(u64),
+    /// Another node that forwarded the request.
+    Peer { node: NodeId, req: u64 },
+}
+
+/// A node a write is sent to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Target {
+    node: NodeId,
+    /// The down replica whose write it holds as a hint, for a fallback.
+    hint_for: Option<NodeId>,
+}
+
+#[derive(Debug)]
+enum State {
+    Read {
+        targets: Vec<NodeId>,
+        replies: BTreeMap<NodeId, Option<Object>>,
+        merged: Option<Object>,
+        answered: bool,
+    },
+    Minting {
+        targets: Vec<Target>,
+        /// Down replicas no fallback could take: this node keeps their hints.
+        orphans: Vec<NodeId>,
+    },
+    Writing {
+        object: Object,
+        dot: Dot,
+        targets: Vec<Target>,
+        acked: BTreeSet<NodeId>,
+        /// Replicas this node already keeps a hint for (no fallback could take them).
+        hinted: BTreeSet<NodeId>,
+        /// The client has its answer; the request lingers to hint silent replicas.
+        answered: bool,
+    },
+    Forwarded {
+        to: NodeId,
+        write: bool,
+    },
+}
+
+#[derive(Debug)]
+struct Request {
+    origin: Origin,
+    key: Vec<u8>,
+    opts: Resolved,
+    state: State,
+}
+
+/// The coordinator sub-machine.
+pub(crate) struct Coordinator {
+    config: DataConfig,
+    next_req: u64,
+    requests: BTreeMap<u64, Request>,
+}
+
+impl Coordinator {
+    pub(crate) fn new(config: DataConfig) -> Self {
+        Coordinator {
+            config,
+            next_req: 1,
+            requests: BTreeMap::new(),
+        }
+    }
+
+    /// Requests in flight.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.requests.len()
+    }
+
+    /// A client request arrived at this node; `client` is the driver's handle for the answer.
+    pub(crate) fn handle_client(
+        &mut self,
+        client: u64,
+        request: ClientRequest,
+        fx: &mut Effects<'_>,
+    ) {
+        self.start(Origin::Client(client), request, fx);
+    }
+
+    /// A message from node `from`.
+    pub(crate) fn handle_message(
+        &mut self,
+        from: NodeId,
+        msg: CoordinatorMessage,
+        fx: &mut Effects<'_>,
+    ) {
+        match msg {
+            CoordinatorMessage::Forward { req, request } => {
+                self.start(Origin::Peer { node: from, req }, request, fx)
+            }
+            CoordinatorMessage::Forwarded { req, reply } => {
+                let relayed = matches!(
+                    self.requests.get(&req).map(|r| &r.state),
+                    Some(State::Forwarded { to, .. }) if *to == from
+                );
+                if relayed {
+                    if let Some(r) = self.requests.remove(&req) {
+                        answer(r.origin, reply, fx);
+                    }
+                }
+            }
+            CoordinatorMessage::Ack { req } => self.on_ack(req, from, fx),
+            CoordinatorMessage::ReadReply { req, object } => {
+                self.on_read_reply(req, from, Some(object), fx)
+            }
+            CoordinatorMessage::Refused { req, error } => {
+                debug!(req, %from, %error, "a replica refused its part");
+                if let Some(r) = self.requests.get(&req) {
+                    if matches!(r.state, State::Read { .. }) {
+                        self.on_read_reply(req, from, None, fx);
+                    } else if let (State::Writing { .. }, ClientError::TypeConflict(_)) =
+                        (&r.state, &error)
+                    {
+                        if let Some(r) = self.requests.remove(&req) {
+                            answer(r.origin, ClientReply::Failed(error), fx);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The local replica minted the write of request `req`.
+    pub(crate) fn on_minted(
+        &mut self,
+        req: u64,
+        result: Result<Minted, ClientError>,
+        fx: &mut Effects<'_>,
+    ) {
+        let Some(r) = self.requests.get_mut(&req) else {
+            return;
+        };
+        let State::Minting { targets, orphans } = &mut r.state else {
+            return;
+        };
+        let (targets, orphans) = (std::mem::take(targets), std::mem::take(orphans));
+        let Minted { object, dot } = match result {
+            Ok(m) => m,
+            Err(e) => {
+                if let Some(r) = self.requests.remove(&req) {
+                    answer(r.origin, ClientReply::Failed(e), fx);
+                }
+                return;
+            }
+        };
+        for t in &targets {
+            if t.node == fx.me {
+                // The local replica's acknowledgement comes with durability of the mint.
+                continue;
+            }
+            send_to_target(req, &r.key, &object, *t, fx);
+        }
+        for primary in orphans {
+            fx.send(
+                fx.me,
+                HintsMessage::Store {
+                    req: 0,
+                    target: primary,
+                    key: r.key.clone(),
+                    object: object.clone(),
+                }
+                .into(),
+            );
+        }
+        fx.set_timer(self.config.hedge_after, CoordinatorTimer::Hedge { req });
+        r.state = State::Writing {
+            object,
+            dot,
+            targets,
+            acked: BTreeSet::new(),
+            hinted: BTreeSet::new(),
+            answered: false,
+        };
+    }
+
+    /// A timer fired.
+    pub(crate) fn handle_timer(&mut self, timer: CoordinatorTimer, fx: &mut Effects<'_>) {
+        match timer {
+            CoordinatorTimer::Deadline { req } => self.on_deadline(req, fx),
+            CoordinatorTimer::Hedge { req } => self.on_hedge(req, fx),
+        }
+    }
+
+    fn start(&mut self, origin: Origin, request: ClientRequest, fx: &mut Effects<'_>) {
+        if self.requests.len() >= self.config.requests_in_flight_max {
+            answer(origin, ClientReply::Failed(ClientError::Overloaded), fx);
+            return;
+        }
+        let opts = match self.config.validate(&request, fx.topo.n.max(1)) {
+            Ok(o) => o,
+            Err(e) => {
+                answer(origin, ClientReply::Failed(e), fx);
+                return;
+            }
+        };
+        let p = fx.topo.partition(&request.key);
+        let primaries = fx.topo.primaries(p);
+        if primaries.is_empty() {
+            let error = unavailable("no node owns partitions yet", false, 0, 1);
+            answer(origin, ClientReply::Failed(error), fx);
+            return;
+        }
+        let req = self.next_req;
+        self.next_req += 1;
+        let ClientRequest { key, op, .. } = request.clone();
+        let state = match op {
+            ClientOp::Get => {
+                let targets: Vec<NodeId> = primaries
+                    .iter()
+                    .copied()
+                    .filter(|&n| fx.topo.is_alive(n))
+                    .collect();
+                if targets.len() < opts.r {
+                    let error = unavailable(
+                        &format!(
+                            "only {} of the key's {} replicas are reachable; r={}",
+                            targets.len(),
+                            primaries.len(),
+                            opts.r
+                        ),
+                        false,
+                        targets.len(),
+                        opts.r,
+                    );
+                    answer(origin, ClientReply::Failed(error), fx);
+                    return;
+                }
+                for &t in &targets {
+                    fx.send(
+                        t,
+                        ReplicaMessage::Read {
+                            req,
+                            key: key.clone(),
+                        }
+                        .into(),
+                    );
+                }
+                State::Read {
+                    targets,
+                    replies: BTreeMap::new(),
+                    merged: None,
+                    answered: false,
+                }
+            }
+            ClientOp::Put { .. } | ClientOp::Delete { .. } => {
+                let first_alive = primaries.iter().copied().find(|&n| fx.topo.is_alive(n));
+                let forward_to = match (origin, first_alive) {
+                    (Origin::Client(_), Some(f)) if !primaries.contains(&fx.me) => Some(f),
+                    _ => None,
+                };
+                if let Some(to) = forward_to {
+                    fx.send(to, CoordinatorMessage::Forward { req, request }.into());
+                    fx.set_timer(
+                        opts.timeout + FORWARD_GRACE,
+                        CoordinatorTimer::Deadline { req },
+                    );
+                    self.requests.insert(
+                        req,
+                        Request {
+                            origin,
+                            key,
+                            opts,
+                            state: State::Forwarded { to, write: true },
+                        },
+                    );
+                    return;
+                }
+                let (targets, orphans) = self.write_targets(&primaries, p, &opts, fx);
+                let reachable = targets.len();
+                if reachable < opts.w {
+                    let why = if opts.strict {
+                        format!(
+                            "only {reachable} of the key's {} replicas are reachable and the request is strict; w={}",
+                            primaries.len(),
+                            opts.w
+                        )
+                    } else {
+                        format!("only {reachable} nodes can take the write; w={}", opts.w)
+                    };
+                    answer(
+                        origin,
+                        ClientReply::Failed(unavailable(&why, false, 0, opts.w)),
+                        fx,
+                    );
+                    return;
+                }
+                let (mint, context) = match op {
+                    ClientOp::Put { value, context } => (MintOp::Put(value), context),
+                    ClientOp::Delete { context } => (MintOp::Delete, context),
+                    ClientOp::Get => unreachable!("reads are handled above"),
+                };
+                fx.calls.push_back(Call::Replica(ReplicaCall::Mint {
+                    req,
+                    key: key.clone(),
+                    op: mint,
+                    context,
+                }));
+                State::Minting { targets, orphans }
+            }
+        };
+        fx.set_timer(opts.timeout, CoordinatorTimer::Deadline { req });
+        self.requests.insert(
+            req,
+            Request {
+                origin,
+                key,
+                opts,
+                state,
+            },
+        );
+    }
+
+    /// The nodes a write goes to: each reachable replica, and for each unreachable one the next
+    /// reachable fallback (not for a strict request). Replicas no fallback can cover are
+    /// returned apart: this node keeps their hints.
+    fn write_targets(
+        &self,
+        primaries: &[NodeId],
+        p: crate::ring::PartitionId,
+        opts: &Resolved,
+        fx: &Effects<'_>,
+    ) -> (Vec<Target>, Vec<NodeId>) {
+        let mut targets: Vec<Target> = Vec::new();
+        let mut orphans = Vec::new();
+        let mut fallbacks = fx
+            .topo
+            .fallbacks(p)
+            .into_iter()
+            .filter(|&n| fx.topo.is_alive(n));
+        for &node in primaries {
+            if fx.topo.is_alive(node) {
+                targets.push(Target {
+                    node,
+                    hint_for: None,
+                });
+            } else if opts.strict {
+                continue;
+            } else if let Some(fb) = fallbacks.next() {
+                targets.push(Target {
+                    node: fb,
+                    hint_for: Some(node),
+                });
+            } else {
+                orphans.push(node);
+            }
+        }
+        (targets, orphans)
+    }
+
+    fn on_ack(&mut self, req: u64, from: NodeId, fx: &mut Effects<'_>) {
+        let Some(r) = self.requests.get_mut(&req) else {
+            return;
+        };
+        let State::Writing {
+            targets,
+            acked,
+            answered,
+            ..
+        } = &mut r.state
+        else {
+            return;
+        };
+        if !targets.iter().any(|t| t.node == from) {
+            // Not one of this request's targets: an acknowledgement nobody asked for counts
+            // for nothing.
+            debug!(req, %from, "ignored an acknowledgement from a node that is not a target");
+            return;
+        }
+        acked.insert(from);
+        let everyone = targets.iter().all(|t| acked.contains(&t.node));
+        if !*answered && acked.len() >= r.opts.w {
+            *answered = true;
+            let (origin, reply) = (r.origin, written(r));
+            answer(origin, reply, fx);
+        }
+        if everyone {
+            self.requests.remove(&req);
+        }
+    }
+
+    fn on_read_reply(
+        &mut self,
+        req: u64,
+        from: NodeId,
+        object: Option<Option<Object>>,
+        fx: &mut Effects<'_>,
+    ) {
+        let Some(r) = self.requests.get_mut(&req) else {
+            return;
+        };
+        let State::Read {
+            targets,
+            replies,
+            merged,
+            answered,
+        } = &mut r.state
+        else {
+            return;
+        };
+        if !targets.contains(&from) || replies.contains_key(&from) {
+            return;
+        }
+        match object {
+            Some(obj) => {
+                if let Some(o) = &obj {
+                    match merged {
+                        None => *merged = Some(o.clone()),
+                        Some(m) => {
+                            if m.merge(o).is_err() {
+                                debug!(req, %from, "replicas disagree on the key's type");
+                            }
+                        }
+                    }
+                }
+                replies.insert(from, obj);
+            }
+            // A refusal: counts as answered (so the read does not wait for it) but not as a
+            // reply for the quorum or repair.
+            None => {
+                targets.retain(|&t| t != from);
+            }
+        }
+        let answers = replies.len();
+        if !*answered && answers >= r.opts.r {
+            *answered = true;
+            let reply = read_result(&r.key, merged.as_ref(), answers);
+            answer(r.origin, ClientReply::Read(reply), fx);
+        }
+        if replies.len() >= targets.len() {
+            if let Some(r) = self.requests.remove(&req) {
+                finish_read(req, r, fx);
+            }
+        }
+    }
+
+    fn on_deadline(&mut self, req: u64, fx: &mut Effects<'_>) {
+        let Some(r) = self.requests.remove(&req) else {
+            return;
+        };
+        match &r.state {
+            State::Read { answered: true, .. } => finish_read(req, r, fx),
+            State::Read { replies, .. } => {
+                let got = replies.len();
+                let error = unavailable(
+                    &format!(
+                        "timed out after {} ms with {got} of {} replies",
+                        r.opts.timeout.as_millis(),
+                        r.opts.r
+                    ),
+                    false,
+                    got,
+                    r.opts.r,
+                );
+                let (origin, needed) = (r.origin, r.opts.r);
+                let _ = needed;
+                finish_read(req, r, fx);
+                answer(origin, ClientReply::Failed(error), fx);
+            }
+            State::Writing { answered: true, .. } => {}
+            State::Minting { .. } | State::Writing { .. } => {
+                let acks = match &r.state {
+                    State::Writing { acked, .. } => acked.len(),
+                    _ => 0,
+                };
+                let error = unavailable(
+                    &format!(
+                        "timed out after {} ms with {acks} of {} acknowledgements; the write may still be applied",
+                        r.opts.timeout.as_millis(),
+                        r.opts.w
+                    ),
+                    true,
+                    acks,
+                    r.opts.w,
+                );
+                answer(r.origin, ClientReply::Failed(error), fx);
+            }
+            State::Forwarded { to, write } => {
+                let error = unavailable(
+                    &format!("no answer from {to}, which coordinates the request"),
+                    *write,
+                    0,
+                    r.opts.w,
+                );
+                answer(r.origin, ClientReply::Failed(error), fx);
+            }
+        }
+    }
+
+    /// Write `req` has targets that have not acknowledged after a while: each gets a fallback
+    /// holding a hint for the replica (not for a strict request), or, when no fallback is left,
+    /// this node keeps the hint itself, so the replica gets the write when it is back.
+    fn on_hedge(&mut self, req: u64, fx: &mut Effects<'_>) {
+        let Some(r) = self.requests.get_mut(&req) else {
+            return;
+        };
+        let State::Writing {
+            object,
+            targets,
+            acked,
+            hinted,
+            ..
+        } = &mut r.state
+        else {
+            return;
+        };
+        let p = fx.topo.partition(&r.key);
+        let used: BTreeSet<NodeId> = targets.iter().map(|t| t.node).collect();
+        let candidates: Vec<NodeId> = if r.opts.strict {
+            Vec::new()
+        } else {
+            fx.topo
+                .fallbacks(p)
+                .into_iter()
+                .filter(|&n| fx.topo.is_alive(n) && !used.contains(&n) && n != fx.me)
+                .collect()
+        };
+        let mut fallbacks = candidates.into_iter();
+        let covered: BTreeSet<NodeId> = targets
+            .iter()
+            .filter_map(|t| t.hint_for)
+            .chain(hinted.iter().copied())
+            .collect();
+        let silent: Vec<Target> = targets
+            .iter()
+            .copied()
+            .filter(|t| !acked.contains(&t.node))
+            .collect();
+        let mut added = Vec::new();
+        for t in silent {
+            let primary = t.hint_for.unwrap_or(t.node);
+            if t.hint_for.is_none() && covered.contains(&primary) {
+                continue;
+            }
+            match fallbacks.next() {
+                Some(fb) => {
+                    // The placement may have moved since the write started: a fallback that is
+                    // the silent replica itself takes a plain write, not a hint for itself.
+                    let extra = Target {
+                        node: fb,
+                        hint_for: (fb != primary).then_some(primary),
+                    };
+                    send_to_target(req, &r.key, object, extra, fx);
+                    added.push(extra);
+                }
+                None if primary != fx.me && hinted.insert(primary) => {
+                    fx.send(
+                        fx.me,
+                        HintsMessage::Store {
+                            req: 0,
+                            target: primary,
+                            key: r.key.clone(),
+                            object: object.clone(),
+                        }
+                        .into(),
+                    );
+                }
+                None => {}
+            }
+        }
+        targets.extend(added);
+        fx.set_timer(self.config.hedge_after, CoordinatorTimer::Hedge { req });
+    }
+}
+
+fn send_to_target(req: u64, key: &[u8], object: &Object, t: Target, fx: &mut Effects<'_>) {
+    let msg = match t.hint_for {
+        None => ReplicaMessage::Write {
+            req,
+            key: key.to_vec(),
+            object: object.clone(),
+        }
+        .into(),
+        Some(primary) => HintsMessage::Store {
+            req,
+            target: primary,
+            key: key.to_vec(),
+            object: object.clone(),
+        }
+        .into(),
+    };
+    fx.send(t.node, msg);
+}
+
+/// After a read: send the merged state to every replica that answered with less.
+fn finish_read(req: u64, r: Request, fx: &mut Effects<'_>) {
+    let State::Read {
+        replies, merged, ..
+    } = r.state
+    else {
+        return;
+    };
+    let Some(merged) = merged else { return };
+    for (node, reply) in replies {
+        if reply.as_ref() != Some(&merged) {
+            debug!(req, %node, "read repair");
+            fx.send(
+                node,
+                ReplicaMessage::Write {
+                    req: 0,
+                    key: r.key.clone(),
+                    object: merged.clone(),
+                }
+                .into(),
+            );
+        }
+    }
+}
+
+fn read_result(key: &[u8], merged: Option<&Object>, replies: usize) -> ReadResult {
+    match merged.and_then(Object::as_register) {
+        None => ReadResult {
+            values: Vec::new(),
+            context: None,
+            deleted: false,
+            replies,
+        },
+        Some(reg) => ReadResult {
+            values: reg.values().map(<[u8]>::to_vec).collect(),
+            context: Some(Context::new(key, reg.context())),
+            deleted: reg.is_deleted(),
+            replies,
+        },
+    }
+}
+
+fn written(r: &Request) -> ClientReply {
+    let State::Writing {
+        object, dot, acked, ..
+    } = &r.state
+    else {
+        return ClientReply::Failed(ClientError::Internal("not a write".into()));
+    };
+    let Some(reg) = object.as_register() else {
+        return ClientReply::Failed(ClientError::Internal("not a register".into()));
+    };
+    ClientReply::Written(WriteResult {
+        values: reg.values().map(<[u8]>::to_vec).collect(),
+        context: Context::new(&r.key, reg.context()),
+        acks: acked.len(),
+        acked_by: acked.iter().copied().collect(),
+        dot: *dot,
+    })
+}
+
+fn unavailable(message: &str, indeterminate: bool, acks: usize, needed: usize) -> ClientError {
+    ClientError::Unavailable {
+        message: message.to_owned(),
+        indeterminate,
+        acks,
+        needed,
+    }
+}
+
+fn answer(origin: Origin, reply: ClientReply, fx: &mut Effects<'_>) {
+    match origin {
+        Origin::Client(client) => fx.out.push(Output::Reply { client, reply }),
+        Origin::Peer { node, req } => {
+            fx.send(node, CoordinatorMessage::Forwarded { req, reply }.into())
+        }
+    }
+}

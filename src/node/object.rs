@@ -1,0 +1,242 @@
+//! What a replica stores for one key, and the causal context clients carry.
+//!
+//! An [`Object`] is a key's replicated state: today a multi-value register (dotted version
+//! vector set); the CRDT types join it as further variants. Its stored and wire form is the
+//! MessagePack envelope of [`crate::protocol`], so identical states encode to identical bytes.
+//!
+//! A [`Context`] is the opaque token a client gets back from a read or a write and returns
+//! with its next write: the version vector of what it saw, bound to its key. Decoding it checks
+//! the binding (a context of key A sent with key B is refused) and refuses counters near the
+//! encoding limit, so no client can make a key's state undecodable. This module does no I/O.
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+use crate::causality::{Register, VersionVector, COUNTER_MAX};
+use crate::protocol::{self, WireError};
+use crate::ring::key_hash;
+
+/// Largest encoded object a replica stores or accepts (a value of 1 MiB with a few concurrent
+/// siblings fits many times over).
+pub const OBJECT_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Largest context token accepted from a client, in characters.
+pub const CONTEXT_CHARS_MAX: usize = 16 * 1024;
+
+/// Most version-vector entries a client context may carry.
+pub const CONTEXT_ENTRIES_MAX: usize = 1024;
+
+/// Largest counter a client context may carry: far beyond any real history, and far enough
+/// below [`COUNTER_MAX`] that writes after it can never push a counter past the limit.
+pub const CONTEXT_COUNTER_MAX: u64 = COUNTER_MAX / 2;
+
+/// A key's replicated state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Object {
+    /// A multi-value register.
+    Register(Register),
+}
+
+/// Why two states of one key cannot be merged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the key holds a {held}, not a {offered}")]
+pub struct TypeConflict {
+    /// The type the replica holds.
+    pub held: &'static str,
+    /// The type offered.
+    pub offered: &'static str,
+}
+
+impl Object {
+    /// The type's name as the API shows it.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Object::Register(_) => "register",
+        }
+    }
+
+    /// Merges another replica's state of the same key (commutative, associative, idempotent).
+    /// A state of another type is refused and changes nothing.
+    pub fn merge(&mut self, other: &Object) -> Result<(), TypeConflict> {
+        match (self, other) {
+            (Object::Register(a), Object::Register(b)) => {
+                a.sync(b);
+                Ok(())
+            }
+        }
+    }
+
+    /// The stored and wire encoding.
+    pub fn encode(&self) -> Result<Vec<u8>, WireError> {
+        protocol::encode(self)
+    }
+
+    /// Decodes a stored or received object, enforcing [`OBJECT_BYTES_MAX`].
+    pub fn decode(bytes: &[u8]) -> Result<Object, WireError> {
+        protocol::decode_with_limit(bytes, OBJECT_BYTES_MAX)
+    }
+
+    /// The register, if this is one.
+    pub fn as_register(&self) -> Option<&Register> {
+        match self {
+            Object::Register(r) => Some(r),
+        }
+    }
+}
+
+/// Why a client's context token was refused. Nothing was changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ContextError {
+    /// Not a token this cluster issues (bad base64, bad encoding, too long).
+    #[error("malformed context token: {0}")]
+    Malformed(String),
+    /// A token issued for another key.
+    #[error("the context belongs to another key")]
+    WrongKey,
+    /// A counter beyond what any real history reaches.
+    #[error("the context carries a counter beyond {CONTEXT_COUNTER_MAX}")]
+    CounterTooLarge,
+    /// More entries than any real history has.
+    #[error("the context carries more than {CONTEXT_ENTRIES_MAX} entries")]
+    TooManyEntries,
+}
+
+/// What a client saw of a key: an opaque token on the API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Context {
+    /// Binds the context to its key: the key's stable hash.
+    key: u64,
+    /// Every write the client saw.
+    seen: VersionVector,
+}
+
+impl Context {
+    /// The context of `seen` for `key`.
+    pub fn new(key: &[u8], seen: VersionVector) -> Self {
+        Context {
+            key: key_hash(key),
+            seen,
+        }
+    }
+
+    /// The writes the client saw.
+    pub fn seen(&self) -> &VersionVector {
+        &self.seen
+    }
+
+    /// Whether the context was issued for `key`.
+    pub fn is_for(&self, key: &[u8]) -> bool {
+        self.key == key_hash(key)
+    }
+
+    /// The token: URL-safe base64 of the MessagePack encoding.
+    pub fn to_token(&self) -> String {
+        // A struct of integers cannot fail to encode.
+        let bytes = rmp_serde::to_vec(self).unwrap_or_default();
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    /// Decodes and validates a client's token for `key`.
+    pub fn from_token(token: &str, key: &[u8]) -> Result<Context, ContextError> {
+        let token = token.trim();
+        if token.len() > CONTEXT_CHARS_MAX {
+            return Err(ContextError::Malformed(format!(
+                "{} characters, more than {CONTEXT_CHARS_MAX}",
+                token.len()
+            )));
+        }
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token)
+            .map_err(|e| ContextError::Malformed(e.to_string()))?;
+        let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(&bytes[..]));
+        de.set_max_depth(protocol::DEPTH_MAX);
+        let ctx =
+            Context::deserialize(&mut de).map_err(|e| ContextError::Malformed(e.to_string()))?;
+        if de.position() as usize != bytes.len() {
+            return Err(ContextError::Malformed("trailing bytes".into()));
+        }
+        if ctx.key != key_hash(key) {
+            return Err(ContextError::WrongKey);
+        }
+        if ctx.seen.len() > CONTEXT_ENTRIES_MAX {
+            return Err(ContextError::TooManyEntries);
+        }
+        if ctx.seen.iter().any(|(_, c)| c > CONTEXT_COUNTER_MAX) {
+            return Err(ContextError::CounterTooLarge);
+        }
+        Ok(ctx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::NodeId;
+
+    fn vv(pairs: &[(u64, u64)]) -> VersionVector {
+        pairs.iter().map(|&(n, c)| (NodeId::new(n), c)).collect()
+    }
+
+    #[test]
+    fn contexts_round_trip_and_are_bound_to_their_key() {
+        let c = Context::new(b"cart:1", vv(&[(1, 3), (2, 5)]));
+        let t = c.to_token();
+        assert_eq!(Context::from_token(&t, b"cart:1"), Ok(c));
+        assert_eq!(
+            Context::from_token(&t, b"cart:2"),
+            Err(ContextError::WrongKey)
+        );
+    }
+
+    #[test]
+    fn bad_tokens_are_refused() {
+        for bad in ["", "!!!", "AAAA", &"A".repeat(CONTEXT_CHARS_MAX + 1)] {
+            assert!(
+                matches!(
+                    Context::from_token(bad, b"k"),
+                    Err(ContextError::Malformed(_))
+                ),
+                "{bad:?}"
+            );
+        }
+        let huge = Context::new(b"k", vv(&[(1, CONTEXT_COUNTER_MAX + 1)]));
+        assert_eq!(
+            Context::from_token(&huge.to_token(), b"k"),
+            Err(ContextError::CounterTooLarge)
+        );
+        let wide = Context::new(
+            b"k",
+            (1..=CONTEXT_ENTRIES_MAX as u64 + 1)
+                .map(|n| (NodeId::new(n), 1))
+                .collect(),
+        );
+        assert_eq!(
+            Context::from_token(&wide.to_token(), b"k"),
+            Err(ContextError::TooManyEntries)
+        );
+        // A valid token with a byte appended is not valid.
+        let mut raw = rmp_serde::to_vec(&Context::new(b"k", vv(&[(1, 1)]))).unwrap();
+        raw.push(0);
+        let t = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+        assert!(matches!(
+            Context::from_token(&t, b"k"),
+            Err(ContextError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn objects_round_trip_and_merge() {
+        let mut a = Register::new();
+        a.put(NodeId::new(1), &VersionVector::new(), b"x".to_vec());
+        let mut b = Register::new();
+        b.put(NodeId::new(2), &VersionVector::new(), b"y".to_vec());
+        let mut oa = Object::Register(a);
+        let ob = Object::Register(b);
+        oa.merge(&ob).unwrap();
+        let bytes = oa.encode().unwrap();
+        let back = Object::decode(&bytes).unwrap();
+        assert_eq!(back, oa);
+        assert_eq!(back.as_register().unwrap().values().count(), 2);
+        assert!(Object::decode(b"CH\x01\xc1").is_err());
+    }
+}

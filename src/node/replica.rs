@@ -1,0 +1,357 @@
+//! The replica sub-machine: this node's copy of the keys it holds.
+//!
+//! It owns local reads and writes of objects: it mints dots for writes this node coordinates
+//! ([`ReplicaCall::Mint`], a local call only), merges states other nodes send
+//! ([`ReplicaMessage::Write`], [`ReplicaMessage::Merge`]), answers reads, and stages every change
+//! in the journal, acknowledging a write only once it is durable. It keeps the states staged but
+//! not yet durable in an overlay, so reads and later writes see them; the store holds the rest.
+//! It never decides who replicates what (that is the coordinator's and the topology's job) and
+//! never touches hints or membership.
+//!
+//! # Dots are never minted twice
+//!
+//! Dots are minted by an *actor*, a 64-bit id this node draws at random (from the core's seeded
+//! generator) when it starts. A new process is a new actor, so a node that lost unsynced writes
+//! in a crash, or runs on a restored data directory, cannot mint a dot it minted before: its
+//! earlier dots belong to an actor that no longer mints. Within one process the local copy holds
+//! every dot the actor minted for a key (they are staged before anything else sees them, and this
+//! version never deletes a local copy), so counters only move forward.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+use tracing::{error, warn};
+
+use super::client::ClientError;
+use super::coordinator::CoordinatorMessage;
+use super::hints::HintsMessage;
+use super::object::{Context, Object, TypeConflict};
+use super::sync::SyncMessage;
+use super::{Call, Effects};
+use crate::causality::{Dot, Register, VersionVector};
+use crate::id::NodeId;
+use crate::storage::{data_key, ReadStore, Space};
+
+/// Messages to a node's replica.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplicaMessage {
+    /// Merge `object` into the local copy of `key`. With `req` other than 0, acknowledge to the
+    /// sender ([`CoordinatorMessage::Ack`]) once the result is durable. Read repair sends 0.
+    Write {
+        /// The coordinator's request, or 0.
+        req: u64,
+        /// The key.
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        /// The state to merge.
+        object: Object,
+    },
+    /// Answer with the local copy of `key` ([`CoordinatorMessage::ReadReply`]).
+    Read {
+        /// The coordinator's request.
+        req: u64,
+        /// The key.
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
+    /// Merge many keys (hints handed back, a partition handed off) and acknowledge all of them
+    /// once durable.
+    Merge {
+        /// Whom to acknowledge.
+        reply: MergeReply,
+        /// The keys and their states.
+        entries: Vec<MergeEntry>,
+    },
+}
+
+/// One key of a [`ReplicaMessage::Merge`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MergeEntry {
+    /// The key.
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    /// Its state.
+    pub object: Object,
+}
+
+/// How to acknowledge a [`ReplicaMessage::Merge`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MergeReply {
+    /// With [`HintsMessage::Delivered`].
+    Hints {
+        /// The delivery.
+        batch: u64,
+    },
+    /// With [`SyncMessage::Pushed`].
+    Handoff {
+        /// The push.
+        batch: u64,
+    },
+}
+
+/// What the local coordinator asks of the replica to write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum MintOp {
+    /// Write a value.
+    Put(Vec<u8>),
+    /// Write a tombstone.
+    Delete,
+}
+
+/// The result of a mint, handed back to the local coordinator.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Minted {
+    /// The key's state after the write (what the coordinator replicates).
+    pub(crate) object: Object,
+    /// The new write's dot.
+    pub(crate) dot: Dot,
+}
+
+/// Local calls into the replica (never from the network).
+#[derive(Debug)]
+pub(crate) enum ReplicaCall {
+    /// Mint a write for the local coordinator's request `req`; the result comes back as
+    /// [`Call::Minted`] at once, and an acknowledgement as [`CoordinatorMessage::Ack`] from
+    /// this node once durable.
+    Mint {
+        req: u64,
+        key: Vec<u8>,
+        op: MintOp,
+        context: Option<Context>,
+    },
+}
+
+/// The replica sub-machine.
+pub(crate) struct Replica {
+    store: Box<dyn ReadStore>,
+    /// States staged but maybe not yet durable, by storage key, with their journal number. It
+    /// holds only what the driver has not yet committed, so it stays small.
+    overlay: BTreeMap<Vec<u8>, (u64, Object)>,
+    /// Overlay entries in journal order, to prune once durable.
+    staged: VecDeque<(u64, Vec<u8>)>,
+    /// Who mints this process's dots.
+    actor: NodeId,
+    partitions: u32,
+}
+
+impl Replica {
+    pub(crate) fn new(store: Box<dyn ReadStore>, actor: NodeId, partitions: u32) -> Self {
+        Replica {
+            store,
+            overlay: BTreeMap::new(),
+            staged: VecDeque::new(),
+            actor,
+            partitions,
+        }
+    }
+
+    /// The actor minting this process's dots.
+    pub(crate) fn actor(&self) -> NodeId {
+        self.actor
+    }
+
+    fn storage_key(&self, key: &[u8]) -> Vec<u8> {
+        data_key(crate::ring::partition_of(key, self.partitions.max(1)), key)
+    }
+
+    /// The local copy of `key`, staged or stored.
+    pub(crate) fn load(&self, key: &[u8]) -> Result<Option<Object>, ClientError> {
+        let skey = self.storage_key(key);
+        self.load_storage_key(&skey)
+    }
+
+    fn load_storage_key(&self, skey: &[u8]) -> Result<Option<Object>, ClientError> {
+        if let Some((_, o)) = self.overlay.get(skey) {
+            return Ok(Some(o.clone()));
+        }
+        match self.store.get(Space::Data, skey) {
+            Ok(None) => Ok(None),
+            Ok(Some(bytes)) => Object::decode(&bytes).map(Some).map_err(|e| {
+                error!(error = %e, "corrupt object in the store");
+                ClientError::Internal(format!("corrupt object in the store: {e}"))
+            }),
+            Err(e) => {
+                error!(error = %e, "store read failed");
+                Err(ClientError::Internal(format!("store read failed: {e}")))
+            }
+        }
+    }
+
+    /// The journal number `key`'s local copy becomes (or became) durable under.
+    fn durable_point(&self, skey: &[u8], fx: &Effects<'_>) -> u64 {
+        self.overlay
+            .get(skey)
+            .map_or(fx.journal.durable_seq(), |(s, _)| *s)
+    }
+
+    /// Stages `object` as the new local copy; returns its journal number.
+    fn stage(
+        &mut self,
+        skey: Vec<u8>,
+        object: Object,
+        fx: &mut Effects<'_>,
+    ) -> Result<u64, ClientError> {
+        let bytes = object.encode().map_err(|e| {
+            warn!(error = %e, "cannot encode an object");
+            ClientError::TooLarge(format!("the key's state cannot be stored: {e}"))
+        })?;
+        if bytes.len() > super::object::OBJECT_BYTES_MAX {
+            return Err(ClientError::TooLarge(format!(
+                "the key's state would be {} bytes (too many large siblings); resolve them first",
+                bytes.len()
+            )));
+        }
+        let seq = fx.journal.staging_seq();
+        fx.journal.batch().put(Space::Data, skey.clone(), bytes);
+        fx.staged.push(skey.clone());
+        self.overlay.insert(skey.clone(), (seq, object));
+        self.staged.push_back((seq, skey));
+        Ok(seq)
+    }
+
+    /// Merges `incoming` into the local copy of `key`; returns the journal number the result is
+    /// durable under. A type conflict keeps the local copy.
+    fn merge_in(
+        &mut self,
+        key: &[u8],
+        incoming: &Object,
+        fx: &mut Effects<'_>,
+    ) -> Result<u64, ClientError> {
+        let skey = self.storage_key(key);
+        let merged = match self.load_storage_key(&skey)? {
+            None => incoming.clone(),
+            Some(mut mine) => {
+                let before = mine.clone();
+                mine.merge(incoming)
+                    .map_err(|TypeConflict { held, offered }| {
+                        warn!(held, offered, "refused a state of another type");
+                        ClientError::TypeConflict(format!(
+                            "the key holds a {held}, not a {offered}"
+                        ))
+                    })?;
+                if mine == before {
+                    return Ok(self.durable_point(&skey, fx));
+                }
+                mine
+            }
+        };
+        self.stage(skey, merged, fx)
+    }
+
+    /// Handles a message from node `from`.
+    pub(crate) fn handle_message(
+        &mut self,
+        from: NodeId,
+        msg: ReplicaMessage,
+        fx: &mut Effects<'_>,
+    ) {
+        match msg {
+            ReplicaMessage::Write { req, key, object } => match self.merge_in(&key, &object, fx) {
+                Ok(seq) if req != 0 => {
+                    fx.after_durable(seq, from, CoordinatorMessage::Ack { req }.into());
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    if req != 0 {
+                        fx.send(from, CoordinatorMessage::Refused { req, error: e }.into());
+                    }
+                }
+            },
+            ReplicaMessage::Read { req, key } => {
+                let reply = match self.load(&key) {
+                    Ok(object) => CoordinatorMessage::ReadReply { req, object },
+                    Err(error) => CoordinatorMessage::Refused { req, error },
+                };
+                fx.send(from, reply.into());
+            }
+            ReplicaMessage::Merge { reply, entries } => {
+                let mut last = fx.journal.durable_seq();
+                for e in &entries {
+                    match self.merge_in(&e.key, &e.object, fx) {
+                        Ok(seq) => last = last.max(seq),
+                        // A conflicting type stays as it is; the sender must not retry it
+                        // forever, so it counts as handled.
+                        Err(ClientError::TypeConflict(_)) => {}
+                        // Anything else (storage failing): do not acknowledge.
+                        Err(_) => return,
+                    }
+                }
+                let ack = match reply {
+                    MergeReply::Hints { batch } => HintsMessage::Delivered { batch }.into(),
+                    MergeReply::Handoff { batch } => SyncMessage::Pushed { batch }.into(),
+                };
+                fx.after_durable(last, from, ack);
+            }
+        }
+    }
+
+    /// Handles a local call.
+    pub(crate) fn handle_call(&mut self, call: ReplicaCall, fx: &mut Effects<'_>) {
+        match call {
+            ReplicaCall::Mint {
+                req,
+                key,
+                op,
+                context,
+            } => {
+                let result = self.mint(&key, op, context.as_ref(), fx);
+                if let Ok((_, seq)) = &result {
+                    fx.after_durable(*seq, fx.me, CoordinatorMessage::Ack { req }.into());
+                }
+                fx.calls.push_back(Call::Minted {
+                    req,
+                    result: result.map(|(m, _)| m),
+                });
+            }
+        }
+    }
+
+    fn mint(
+        &mut self,
+        key: &[u8],
+        op: MintOp,
+        context: Option<&Context>,
+        fx: &mut Effects<'_>,
+    ) -> Result<(Minted, u64), ClientError> {
+        let skey = self.storage_key(key);
+        let mut register = match self.load_storage_key(&skey)? {
+            None => Register::new(),
+            Some(Object::Register(r)) => r,
+        };
+        let empty = VersionVector::new();
+        let seen = context.map_or(&empty, Context::seen);
+        let dot = match op {
+            MintOp::Put(value) => register.put(self.actor, seen, value),
+            MintOp::Delete => register.delete(self.actor, seen),
+        };
+        let object = Object::Register(register);
+        let seq = self.stage(skey, object.clone(), fx)?;
+        Ok((Minted { object, dot }, seq))
+    }
+
+    /// Everything up to journal number `seq` is durable: drop it from the overlay (the store has
+    /// it now).
+    pub(crate) fn durable(&mut self, seq: u64) {
+        while self.staged.front().is_some_and(|(s, _)| *s <= seq) {
+            let Some((s, skey)) = self.staged.pop_front() else {
+                break;
+            };
+            if self.overlay.get(&skey).is_some_and(|(cur, _)| *cur == s) {
+                self.overlay.remove(&skey);
+            }
+        }
+    }
+
+    /// Keys staged and not yet durable.
+    pub(crate) fn overlay_len(&self) -> usize {
+        self.overlay.len()
+    }
+
+    /// The partitions with data staged and maybe not yet in the store.
+    pub(crate) fn staged_partitions(&self) -> std::collections::BTreeSet<crate::ring::PartitionId> {
+        self.staged
+            .iter()
+            .filter_map(|(_, k)| crate::storage::split_data_key(k).map(|(p, _)| p))
+            .collect()
+    }
+}

@@ -1,0 +1,443 @@
+//! The sync sub-machine: partition handoff when the owners of a partition change.
+//!
+//! For every partition it holds data for, the node remembers which of the partition's future
+//! owners (the placement once pending leaves complete) already received its copy, and whether
+//! its copy changed since (*dirty*). When the owner set changes (a join, a leave, a removal),
+//! it pushes its copy to each new owner; and when it stops being an owner of a partition whose
+//! copy changed, to every owner — its copy may hold the only replica of a write that reached
+//! no other owner. Pushes go a page of keys at a time ([`ReplicaMessage::Merge`]), moving on
+//! only once the owner acknowledged the page durably; a page not acknowledged in time is sent
+//! again. Keys staged while a push is under way, or in a partition this node no longer owns,
+//! are pushed on their own. A leaving node reports through
+//! [`Sync::handoff_complete`] when every partition it holds is with all of its future owners:
+//! only then may its leave move to `left`. The record of who received what is persisted
+//! (`handoff` in the metadata), so a restart does not push everything again.
+//!
+//! This version copies whole partitions; Merkle-tree exchange, which sends only the keys that
+//! differ and also repairs replicas that lost data, will replace the page walk. It never
+//! deletes a local copy (see the replica's note on dots).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tracing::{debug, info, warn};
+
+use super::object::Object;
+use super::replica::{MergeEntry, MergeReply, ReplicaMessage};
+use super::Effects;
+use crate::id::NodeId;
+use crate::ring::PartitionId;
+use crate::storage::{partition_range, split_data_key, ReadStore, Space, StoreError};
+
+/// Metadata key of the handoff record.
+pub const META_HANDOFF: &str = "handoff";
+
+/// A page not acknowledged within this long is sent again.
+const PUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Pages in flight at once, over all partitions and owners.
+const PUSHES_IN_FLIGHT_MAX: usize = 4;
+
+/// Messages to a node's sync sub-machine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SyncMessage {
+    /// The sender durably merged push `batch`.
+    Pushed {
+        /// The push.
+        batch: u64,
+    },
+}
+
+/// Timers of the sync sub-machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncTimer {
+    /// Time to make progress on pending pushes.
+    Tick,
+}
+
+/// A pending push of one partition to one owner.
+#[derive(Debug, Default)]
+struct Task {
+    /// The storage key after which the next page starts (empty: from the start).
+    cursor: Vec<u8>,
+    /// Whether the whole partition has been walked.
+    scanned: bool,
+    /// Keys staged here after the walk passed them: pushed on their own.
+    extras: BTreeSet<Vec<u8>>,
+}
+
+#[derive(Debug)]
+enum Sent {
+    /// A page of the walk, ending at this storage key.
+    Page(Vec<u8>),
+    /// These extra keys.
+    Extras(Vec<Vec<u8>>),
+}
+
+#[derive(Debug)]
+struct Push {
+    p: PartitionId,
+    to: NodeId,
+    sent: Sent,
+    sent_at: Duration,
+}
+
+/// The persisted handoff record.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Record {
+    /// Per partition: the future owners that received this node's copy.
+    known: BTreeMap<PartitionId, BTreeSet<NodeId>>,
+    /// Partitions whose local copy changed since it was last pushed to every owner.
+    dirty: BTreeSet<PartitionId>,
+}
+
+/// The sync sub-machine.
+pub(crate) struct Sync {
+    store: Box<dyn ReadStore>,
+    interval: Duration,
+    batch_max: usize,
+    /// What survives restarts: who received which partition, and which copies changed since.
+    record: Record,
+    /// Pending pushes, by (partition, owner).
+    tasks: BTreeMap<(PartitionId, NodeId), Task>,
+    in_flight: BTreeMap<u64, Push>,
+    next_batch: u64,
+    /// The placement version the tasks were computed for.
+    seen_version: Option<u64>,
+}
+
+impl Sync {
+    /// The sync sub-machine with the handoff record in `store`.
+    pub(crate) fn new(
+        store: Box<dyn ReadStore>,
+        interval: Duration,
+        batch_max: usize,
+    ) -> Result<Self, StoreError> {
+        let record = match store.get(Space::Meta, META_HANDOFF.as_bytes())? {
+            None => Record::default(),
+            Some(bytes) => match crate::protocol::decode::<Record>(&bytes) {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(error = %e, "unreadable handoff record; every partition will be pushed again");
+                    Record::default()
+                }
+            },
+        };
+        Ok(Sync {
+            store,
+            interval,
+            batch_max: batch_max.max(1),
+            record,
+            tasks: BTreeMap::new(),
+            in_flight: BTreeMap::new(),
+            next_batch: 1,
+            seen_version: None,
+        })
+    }
+
+    /// Arms the progress timer.
+    pub(crate) fn start(&mut self, fx: &mut Effects<'_>) {
+        fx.set_timer(self.interval, SyncTimer::Tick);
+    }
+
+    /// Pushes still to make (partition, owner).
+    pub(crate) fn pending(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Whether every partition this node holds is with all of its future owners, as of the
+    /// current placement: a leaving node may then go.
+    pub(crate) fn handoff_complete(&self, fx: &Effects<'_>) -> bool {
+        self.seen_version == Some(fx.topo.placement_version) && self.tasks.is_empty()
+    }
+
+    /// The placement may have changed: plan the pushes it calls for. `staged` are the
+    /// partitions with data staged but maybe not yet in the store.
+    pub(crate) fn topology_changed(
+        &mut self,
+        staged: &BTreeSet<PartitionId>,
+        fx: &mut Effects<'_>,
+    ) {
+        if self.seen_version == Some(fx.topo.placement_version) || fx.topo.future.is_none() {
+            return;
+        }
+        self.seen_version = Some(fx.topo.placement_version);
+        let mut planned = 0;
+        let mut record_changed = false;
+        for p in fx.topo.partition_ids() {
+            let owners: BTreeSet<NodeId> = fx
+                .topo
+                .future_owners(p)
+                .into_iter()
+                .filter(|&n| n != fx.me)
+                .collect();
+            // Forget pushes to nodes that are no longer owners.
+            self.tasks
+                .retain(|&(tp, to), _| tp != p || owners.contains(&to));
+            let losing = !fx.topo.future_owners(p).contains(&fx.me);
+            let missing: Vec<NodeId> = match self.record.known.get(&p) {
+                // A copy that changed goes to every owner when this node stops being one.
+                Some(_) if losing && self.record.dirty.contains(&p) => {
+                    owners.iter().copied().collect()
+                }
+                Some(known) => owners.difference(known).copied().collect(),
+                None => owners.iter().copied().collect(),
+            };
+            if missing.is_empty() {
+                continue;
+            }
+            if !staged.contains(&p) && !self.holds(p) {
+                // Nothing to hand over: the new owners get this partition's writes directly.
+                self.record.known.entry(p).or_default().extend(missing);
+                record_changed = true;
+                continue;
+            }
+            for to in missing {
+                self.tasks.entry((p, to)).or_default();
+                planned += 1;
+            }
+        }
+        self.in_flight
+            .retain(|_, push| owners_contain(fx, push.p, push.to));
+        if record_changed {
+            self.persist(fx);
+        }
+        if planned > 0 {
+            info!(pushes = planned, "partition handoff planned");
+            self.progress(fx);
+        }
+    }
+
+    fn holds(&self, p: PartitionId) -> bool {
+        let (from, to) = partition_range(p);
+        match self.store.scan(Space::Data, &from, &to, 1) {
+            Ok(v) => !v.is_empty(),
+            Err(e) => {
+                warn!(error = %e, "cannot scan a partition; assuming it holds data");
+                true
+            }
+        }
+    }
+
+    fn persist(&self, fx: &mut Effects<'_>) {
+        match crate::protocol::encode(&self.record) {
+            Ok(bytes) => {
+                fx.journal
+                    .batch()
+                    .put(Space::Meta, META_HANDOFF.as_bytes().to_vec(), bytes)
+            }
+            Err(e) => warn!(error = %e, "cannot encode the handoff record"),
+        }
+    }
+
+    pub(crate) fn handle_message(&mut self, from: NodeId, msg: SyncMessage, fx: &mut Effects<'_>) {
+        match msg {
+            SyncMessage::Pushed { batch } => {
+                let ok = self.in_flight.get(&batch).is_some_and(|p| p.to == from);
+                if !ok {
+                    return;
+                }
+                if let Some(push) = self.in_flight.remove(&batch) {
+                    if let Some(task) = self.tasks.get_mut(&(push.p, push.to)) {
+                        match push.sent {
+                            Sent::Page(last) => task.cursor = last,
+                            Sent::Extras(keys) => {
+                                for k in keys {
+                                    task.extras.remove(&k);
+                                }
+                            }
+                        }
+                    }
+                }
+                self.progress(fx);
+            }
+        }
+    }
+
+    pub(crate) fn handle_timer(&mut self, timer: SyncTimer, fx: &mut Effects<'_>) {
+        match timer {
+            SyncTimer::Tick => {
+                self.progress(fx);
+                fx.set_timer(self.interval, SyncTimer::Tick);
+            }
+        }
+    }
+
+    /// Keys the replica staged: a key behind a push's walk is pushed on its own, and a key of
+    /// a partition this node will not own goes to every future owner before a leave completes.
+    pub(crate) fn note_staged(&mut self, keys: Vec<Vec<u8>>, fx: &mut Effects<'_>) {
+        let mut newly_dirty = false;
+        for skey in keys {
+            let Some((p, _)) = split_data_key(&skey) else {
+                continue;
+            };
+            newly_dirty |= self.record.dirty.insert(p);
+            for ((tp, _), task) in self
+                .tasks
+                .range_mut((p, NodeId::new(0))..=(p, NodeId::new(u64::MAX)))
+            {
+                debug_assert_eq!(*tp, p);
+                if task.scanned || (!task.cursor.is_empty() && task.cursor >= skey) {
+                    task.extras.insert(skey.clone());
+                }
+            }
+            if fx.topo.future.is_none() {
+                continue;
+            }
+            let owners = fx.topo.future_owners(p);
+            if owners.contains(&fx.me) {
+                continue;
+            }
+            for to in owners {
+                self.tasks
+                    .entry((p, to))
+                    .or_insert_with(|| Task {
+                        scanned: true,
+                        ..Task::default()
+                    })
+                    .extras
+                    .insert(skey.clone());
+            }
+        }
+        if newly_dirty {
+            self.persist(fx);
+        }
+    }
+
+    /// Sends the next page (or extra keys) of every task that has none in flight, up to the
+    /// bound.
+    fn progress(&mut self, fx: &mut Effects<'_>) {
+        let now = fx.now;
+        self.in_flight
+            .retain(|_, p| now.saturating_sub(p.sent_at) <= PUSH_TIMEOUT);
+        let busy: BTreeSet<(PartitionId, NodeId)> =
+            self.in_flight.values().map(|p| (p.p, p.to)).collect();
+        let ready: Vec<(PartitionId, NodeId)> = self
+            .tasks
+            .keys()
+            .copied()
+            .filter(|t| !busy.contains(t) && fx.topo.is_alive(t.1))
+            .collect();
+        let mut done = Vec::new();
+        for (p, to) in ready {
+            if self.in_flight.len() >= PUSHES_IN_FLIGHT_MAX {
+                break;
+            }
+            let Some(task) = self.tasks.get_mut(&(p, to)) else {
+                continue;
+            };
+            let (entries, sent) = if !task.extras.is_empty() {
+                let mut found = Vec::new();
+                let mut entries = Vec::new();
+                for k in task.extras.iter().take(self.batch_max) {
+                    match self.store.get(Space::Data, k) {
+                        Ok(Some(v)) => {
+                            if let (Some((_, key)), Ok(object)) =
+                                (split_data_key(k), Object::decode(&v))
+                            {
+                                entries.push(MergeEntry {
+                                    key: key.to_vec(),
+                                    object,
+                                });
+                            }
+                            found.push(k.clone());
+                        }
+                        // Not in the store yet (staged, not yet committed): next time.
+                        Ok(None) => {}
+                        Err(e) => warn!(error = %e, "cannot read a key for handoff"),
+                    }
+                }
+                if found.is_empty() {
+                    continue;
+                }
+                (entries, Sent::Extras(found))
+            } else if !task.scanned {
+                let (start, end) = partition_range(p);
+                let from = if task.cursor.is_empty() {
+                    start
+                } else {
+                    let mut k = task.cursor.clone();
+                    k.push(0);
+                    k
+                };
+                let page = match self.store.scan(Space::Data, &from, &end, self.batch_max) {
+                    Ok(page) => page,
+                    Err(e) => {
+                        warn!(error = %e, partition = %p, "cannot scan for handoff");
+                        continue;
+                    }
+                };
+                let Some((last, _)) = page.last() else {
+                    task.scanned = true;
+                    if task.extras.is_empty() {
+                        done.push((p, to));
+                    }
+                    continue;
+                };
+                let last = last.clone();
+                let mut entries = Vec::with_capacity(page.len());
+                for (k, v) in page {
+                    let Some((_, key)) = split_data_key(&k) else {
+                        continue;
+                    };
+                    match Object::decode(&v) {
+                        Ok(object) => entries.push(MergeEntry {
+                            key: key.to_vec(),
+                            object,
+                        }),
+                        Err(e) => warn!(error = %e, "skipping an unreadable object in handoff"),
+                    }
+                }
+                (entries, Sent::Page(last))
+            } else {
+                done.push((p, to));
+                continue;
+            };
+            let batch = self.next_batch;
+            self.next_batch += 1;
+            debug!(partition = %p, %to, keys = entries.len(), batch, "handing a partition page over");
+            fx.send(
+                to,
+                ReplicaMessage::Merge {
+                    reply: MergeReply::Handoff { batch },
+                    entries,
+                }
+                .into(),
+            );
+            self.in_flight.insert(
+                batch,
+                Push {
+                    p,
+                    to,
+                    sent,
+                    sent_at: now,
+                },
+            );
+        }
+        if !done.is_empty() {
+            for (p, to) in done {
+                self.tasks.remove(&(p, to));
+                self.record.known.entry(p).or_default().insert(to);
+                let owners = fx.topo.future_owners(p);
+                let everyone = owners
+                    .iter()
+                    .all(|o| *o == fx.me || self.record.known[&p].contains(o));
+                let pending = self.tasks.keys().any(|(tp, _)| *tp == p);
+                if everyone && !pending && !owners.contains(&fx.me) {
+                    // Every owner has this node's copy now.
+                    self.record.dirty.remove(&p);
+                }
+                debug!(partition = %p, %to, "partition handed over");
+            }
+            self.persist(fx);
+            if self.tasks.is_empty() {
+                info!("partition handoff complete");
+            }
+        }
+    }
+}
+
+fn owners_contain(fx: &Effects<'_>, p: PartitionId, node: NodeId) -> bool {
+    fx.topo.future_owners(p).contains(&node)
+}

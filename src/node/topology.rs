@@ -1,0 +1,94 @@
+//! The cluster as the data path sees it: who replicates what, who is reachable, and where.
+//!
+//! The router rebuilds a [`Topology`] from the membership sub-machine whenever placement or
+//! liveness changes and lends it, read-only, to the other sub-machines with each input. It is a
+//! plain value: no I/O, and nothing here changes membership.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+
+use crate::id::NodeId;
+use crate::ring::{partition_of, PartitionId, Ring};
+
+/// Placement and liveness, as one node sees them.
+#[derive(Clone, Debug)]
+pub(crate) struct Topology {
+    /// This node.
+    pub(crate) me: NodeId,
+    /// Replicas per key (N).
+    pub(crate) n: usize,
+    /// Partitions (Q).
+    pub(crate) partitions: u32,
+    /// The current placement: members and leaving nodes own partitions.
+    pub(crate) ring: Option<Ring>,
+    /// The placement once every pending leave completed (members only): where handoff sends
+    /// data.
+    pub(crate) future: Option<Ring>,
+    /// Nodes SWIM holds reachable (alive or suspect), and this node.
+    pub(crate) alive: BTreeSet<NodeId>,
+    /// Every known node's QUIC address.
+    pub(crate) addrs: BTreeMap<NodeId, SocketAddr>,
+    /// Bumped whenever the owner set (of `ring` or `future`) changes.
+    pub(crate) placement_version: u64,
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Topology {
+            me: NodeId::new(0),
+            n: 1,
+            partitions: 1,
+            ring: None,
+            future: None,
+            alive: BTreeSet::new(),
+            addrs: BTreeMap::new(),
+            placement_version: 0,
+        }
+    }
+}
+
+impl Topology {
+    /// The partition of `key`.
+    pub(crate) fn partition(&self, key: &[u8]) -> PartitionId {
+        partition_of(key, self.partitions.max(1))
+    }
+
+    /// The N replicas of partition `p` in the current placement (empty without one).
+    pub(crate) fn primaries(&self, p: PartitionId) -> Vec<NodeId> {
+        self.ring
+            .as_ref()
+            .map(|r| r.preference_list(p, self.n))
+            .unwrap_or_default()
+    }
+
+    /// The members after the primaries of `p`, in sloppy-quorum order.
+    pub(crate) fn fallbacks(&self, p: PartitionId) -> Vec<NodeId> {
+        self.ring
+            .as_ref()
+            .map(|r| r.fallbacks(p, self.n).collect())
+            .unwrap_or_default()
+    }
+
+    /// The replicas of `p` once pending leaves complete.
+    pub(crate) fn future_owners(&self, p: PartitionId) -> Vec<NodeId> {
+        self.future
+            .as_ref()
+            .map(|r| r.preference_list(p, self.n))
+            .unwrap_or_default()
+    }
+
+    /// Whether `node` is reachable (this node always is).
+    pub(crate) fn is_alive(&self, node: NodeId) -> bool {
+        node == self.me || self.alive.contains(&node)
+    }
+
+    /// Where `node` listens.
+    pub(crate) fn addr(&self, node: NodeId) -> Option<SocketAddr> {
+        self.addrs.get(&node).copied()
+    }
+
+    /// Every partition of the ring, in order.
+    pub(crate) fn partition_ids(&self) -> impl Iterator<Item = PartitionId> {
+        (0..self.partitions).filter_map(|i| u16::try_from(i).ok().map(PartitionId::new))
+    }
+}
