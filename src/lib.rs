@@ -20,11 +20,14 @@
 //!
 //! - `runtime`: the tokio driver, QUIC transport with mutual TLS, the `chorus dev` supervisor.
 //! - `api`: the HTTP API.
+//! - `bench`: the `chorus bench` load generator (a client of the HTTP API).
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
 #[cfg(feature = "server")]
 pub mod api;
+#[cfg(feature = "server")]
+pub mod bench;
 pub mod causality;
 pub mod crdt;
 pub mod id;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
+use chorus::bench::{self, BenchOptions, Distribution, Workload};
 use chorus::node::Liveness;
 use chorus::runtime::dev::{self, DevOptions};
 use chorus::runtime::tls::{ClusterCa, TlsFiles};
@@ -16,6 +17,11 @@ use chorus::runtime::{NodeOptions, SyncPolicy};
 
 use chorus::ring::plan::{self, Change, PlanRequest};
 use chorus::ring::{DEFAULT_PARTITIONS, DEFAULT_VNODES};
+
+/// mimalloc: the node allocates many small, short-lived buffers on several threads; glibc's
+/// allocator spent a tenth of the CPU of a benchmark run in its own bookkeeping.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Chorus: a leaderless, Dynamo-style, eventually consistent key-value store.
 #[derive(Parser, Debug)]
@@ -33,6 +39,8 @@ enum Command {
     Dev(DevArgs),
     /// Show a cluster's members, liveness, ring status and partition counts.
     Status(StatusArgs),
+    /// Load-test a running cluster over HTTP (YCSB A/B/C or write-only workloads).
+    Bench(BenchArgs),
     /// Create a cluster certificate authority or issue node certificates.
     Cert {
         #[command(subcommand)]
@@ -99,6 +107,50 @@ struct DevArgs {
     /// Seconds to wait for the cluster to form.
     #[arg(long, default_value_t = 60)]
     timeout: u64,
+    /// The nodes' sync policy: always (fsync before acknowledging) or never (benchmarks).
+    #[arg(long, default_value = "always")]
+    sync: SyncPolicy,
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    /// HTTP address of any node; the benchmark spreads over every live member.
+    #[arg(long, default_value = "http://127.0.0.1:7200")]
+    http: String,
+    /// Operation mix: a (50% read / 50% update), b (95/5), c (read only), w (update only).
+    #[arg(long, default_value = "a")]
+    workload: Workload,
+    /// Keys in the data set.
+    #[arg(long, default_value_t = 10_000)]
+    records: u64,
+    /// Bytes per value.
+    #[arg(long, default_value_t = 1024)]
+    value_size: usize,
+    /// Key distribution: zipfian or uniform.
+    #[arg(long, default_value = "zipfian")]
+    distribution: Distribution,
+    /// Concurrent keep-alive connections.
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Length of the run phase (e.g. 30s, 2m).
+    #[arg(long, default_value = "30s", value_parser = bench::parse_duration)]
+    duration: Duration,
+    /// Open loop: this many operations per second, latency measured from the intended send
+    /// time (default: closed loop).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Skip the load phase (the records are already there).
+    #[arg(long)]
+    no_load: bool,
+    /// Extra query parameters for every request, e.g. `w=3&r=1`.
+    #[arg(long, default_value = "")]
+    query: String,
+    /// Seed of the key and operation choices.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -226,6 +278,41 @@ fn start(args: StartArgs) -> Result<(), String> {
     chorus::runtime::run_blocking(options).map_err(|e| e.to_string())
 }
 
+fn bench_cmd(args: BenchArgs) -> Result<(), String> {
+    use std::io::IsTerminal;
+    let http = args
+        .http
+        .trim_start_matches("http://")
+        .trim_end_matches('/');
+    let addr: SocketAddr = http
+        .parse()
+        .map_err(|_| format!("--http {}: expected http://IP:PORT", args.http))?;
+    let report = bench::run_blocking(BenchOptions {
+        http: addr,
+        workload: args.workload,
+        records: args.records,
+        value_size: args.value_size,
+        distribution: args.distribution,
+        connections: args.connections,
+        duration: args.duration,
+        rate: args.rate,
+        load: !args.no_load,
+        query: args.query,
+        progress: std::io::stderr().is_terminal() && !args.json,
+        seed: args.seed,
+    })
+    .map_err(|e| e.to_string())?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+        );
+    } else {
+        print!("{report}");
+    }
+    Ok(())
+}
+
 fn status(args: StatusArgs) -> Result<(), String> {
     let http = args
         .http
@@ -324,8 +411,10 @@ fn main() -> ExitCode {
             base_port: args.base_port,
             dir: args.dir,
             form_timeout: Duration::from_secs(args.timeout),
+            sync: args.sync,
         })
         .map_err(|e| e.to_string()),
+        Command::Bench(args) => bench_cmd(args),
         Command::Status(args) => status(args),
         Command::Cert { command } => cert(command),
         Command::Ring {

@@ -407,3 +407,81 @@ fn a_certificate_holder_cannot_acknowledge_for_another_node() {
     rt.block_on(transport.shutdown());
     drain.abort();
 }
+
+#[test]
+fn chorus_bench_loads_runs_and_reports_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (nodes, _) = start_cluster(tmp.path(), 3);
+    let out = chorus()
+        .args(["bench", "--http"])
+        .arg(format!("http://{}", nodes[0].http))
+        .args([
+            "--records",
+            "300",
+            "--connections",
+            "4",
+            "--duration",
+            "2s",
+            "--value-size",
+            "100",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["nodes"].as_array().unwrap().len(),
+        3,
+        "spread over every node"
+    );
+    assert_eq!(report["load"]["ops"]["insert"]["count"], 300);
+    let run = &report["run"];
+    for op in ["read", "update"] {
+        let s = &run["ops"][op];
+        assert!(s["count"].as_u64().unwrap() > 10, "{op}: {s}");
+        assert!(s["p50_ms"].as_f64().unwrap() > 0.0);
+        assert!(s["p99_ms"].as_f64().unwrap() >= s["p50_ms"].as_f64().unwrap());
+    }
+    assert!(run["errors"].as_object().unwrap().is_empty(), "{run}");
+    // The loaded records are really there (concurrent updates may have left siblings).
+    let r = get_json(nodes[2].http, "user000000000123");
+    assert_eq!(r.status, 200);
+    let values = r.sibling_values();
+    assert!(
+        !values.is_empty() && values.iter().all(|v| v.len() == 100),
+        "{values:?}"
+    );
+    // Open loop at a modest rate, and bad options are refused clearly.
+    let out = chorus()
+        .args(["bench", "--http"])
+        .arg(format!("http://{}", nodes[1].http))
+        .args([
+            "--records",
+            "300",
+            "--no-load",
+            "--duration",
+            "1s",
+            "--rate",
+            "200",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("open loop at 200 ops/s"), "{text}");
+    let out = chorus()
+        .args(["bench", "--workload", "z"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown workload"));
+}

@@ -34,7 +34,11 @@ fn a_fault_free_cluster_forms_and_passes_every_checker() {
         assert_eq!(joins.len(), 6, "six joins");
         assert!(joins.iter().all(|o| o.outcome == Some(Outcome::Ok)));
         // Without faults every client operation succeeds.
-        let data = report.history.ops().iter().filter(|o| o.client == "register");
+        let data = report
+            .history
+            .ops()
+            .iter()
+            .filter(|o| o.client == "register");
         let (mut ok, mut total) = (0, 0);
         for op in data {
             total += 1;

@@ -43,6 +43,8 @@ pub struct DataConfig {
     pub handoff_interval: Duration,
     /// Most keys in one handoff message.
     pub handoff_batch_max: usize,
+    /// Bytes of decoded objects the replica keeps in memory for hot keys.
+    pub cache_bytes: usize,
 }
 
 impl Default for DataConfig {
@@ -60,6 +62,7 @@ impl Default for DataConfig {
             hint_batch_max: 64,
             handoff_interval: Duration::from_millis(500),
             handoff_batch_max: 64,
+            cache_bytes: 64 * 1024 * 1024,
         }
     }
 }

@@ -114,7 +114,10 @@ struct Target {
 #[derive(Debug)]
 enum State {
     Read {
+        /// The replicas asked so far.
         targets: Vec<NodeId>,
+        /// Reachable replicas not asked yet (asked when one is slow).
+        spare: Vec<NodeId>,
         replies: BTreeMap<NodeId, Option<Object>>,
         merged: Option<Object>,
         answered: bool,
@@ -307,26 +310,34 @@ impl Coordinator {
         let ClientRequest { key, op, .. } = request.clone();
         let state = match op {
             ClientOp::Get => {
-                let targets: Vec<NodeId> = primaries
+                // Ask r reachable replicas, this node first when it is one (its copy costs no
+                // message); the others are asked only if one of those is slow.
+                let mut reachable: Vec<NodeId> = primaries
                     .iter()
                     .copied()
                     .filter(|&n| fx.topo.is_alive(n))
                     .collect();
-                if targets.len() < opts.r {
+                if let Some(i) = reachable.iter().position(|&n| n == fx.me) {
+                    reachable[..=i].rotate_right(1);
+                }
+                if reachable.len() < opts.r {
                     let error = unavailable(
                         &format!(
                             "only {} of the key's {} replicas are reachable; r={}",
-                            targets.len(),
+                            reachable.len(),
                             primaries.len(),
                             opts.r
                         ),
                         false,
-                        targets.len(),
+                        reachable.len(),
                         opts.r,
                     );
                     answer(origin, ClientReply::Failed(error), fx);
                     return;
                 }
+                let spare = reachable.split_off(opts.r);
+                let targets = reachable;
+                fx.set_timer(self.config.hedge_after, CoordinatorTimer::Hedge { req });
                 for &t in &targets {
                     fx.send(
                         t,
@@ -339,6 +350,7 @@ impl Coordinator {
                 }
                 State::Read {
                     targets,
+                    spare,
                     replies: BTreeMap::new(),
                     merged: None,
                     answered: false,
@@ -495,6 +507,7 @@ impl Coordinator {
             replies,
             merged,
             answered,
+            ..
         } = &mut r.state
         else {
             return;
@@ -595,6 +608,36 @@ impl Coordinator {
         let Some(r) = self.requests.get_mut(&req) else {
             return;
         };
+        if let State::Read {
+            targets,
+            spare,
+            replies,
+            answered,
+            ..
+        } = &mut r.state
+        {
+            // A read still short of its quorum asks one more replica per silent one.
+            if !*answered {
+                let silent = targets.iter().filter(|t| !replies.contains_key(t)).count();
+                for _ in 0..silent {
+                    if spare.is_empty() {
+                        break;
+                    }
+                    let next = spare.remove(0);
+                    targets.push(next);
+                    fx.send(
+                        next,
+                        ReplicaMessage::Read {
+                            req,
+                            key: r.key.clone(),
+                        }
+                        .into(),
+                    );
+                }
+                fx.set_timer(self.config.hedge_after, CoordinatorTimer::Hedge { req });
+            }
+            return;
+        }
         let State::Writing {
             object,
             targets,

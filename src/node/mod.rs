@@ -480,7 +480,12 @@ impl Node {
             replicas: config.membership.replicas,
             membership,
             coordinator: coordinator::Coordinator::new(d.clone()),
-            replica: replica::Replica::new(Box::new(store.clone()), actor, partitions),
+            replica: replica::Replica::new(
+                Box::new(store.clone()),
+                actor,
+                partitions,
+                d.cache_bytes,
+            ),
             hints: hints::Hints::new(Box::new(store.clone()), d.hint_interval, d.hint_batch_max)?,
             sync: sync::Sync::new(Box::new(store), d.handoff_interval, d.handoff_batch_max)?,
             topo: Topology::default(),
@@ -711,7 +716,7 @@ impl Node {
 
     /// This node's local copy of `key` (for checks and tools; clients read through quorums).
     pub fn local_object(&self, key: &[u8]) -> Result<Option<Object>, ClientError> {
-        self.replica.load(key)
+        self.replica.peek(key)
     }
 
     /// The cluster as this node sees it.

@@ -121,6 +121,52 @@ pub(crate) enum ReplicaCall {
     },
 }
 
+/// Recently used objects, decoded, so hot keys skip the store and the decoder: two
+/// generations, each up to half the byte budget; a hit in the old one moves the object to the
+/// young one, and when the young one is full it becomes the old one (the old one is dropped).
+/// Every local write goes through [`Replica::stage`], which updates it, so it never goes stale.
+#[derive(Default)]
+struct Cache {
+    young: BTreeMap<Vec<u8>, (usize, Object)>,
+    old: BTreeMap<Vec<u8>, (usize, Object)>,
+    young_bytes: usize,
+    half_bytes: usize,
+}
+
+impl Cache {
+    fn new(bytes: usize) -> Self {
+        Cache {
+            half_bytes: bytes / 2,
+            ..Cache::default()
+        }
+    }
+
+    fn get(&mut self, k: &[u8]) -> Option<Object> {
+        if let Some((_, o)) = self.young.get(k) {
+            return Some(o.clone());
+        }
+        let (size, o) = self.old.remove(k)?;
+        self.put(k.to_vec(), size, o.clone());
+        Some(o)
+    }
+
+    fn put(&mut self, k: Vec<u8>, size: usize, o: Object) {
+        if self.half_bytes == 0 {
+            return;
+        }
+        self.old.remove(&k);
+        let size = size + k.len();
+        if let Some((old_size, _)) = self.young.insert(k, (size, o)) {
+            self.young_bytes -= old_size;
+        }
+        self.young_bytes += size;
+        if self.young_bytes > self.half_bytes {
+            self.old = std::mem::take(&mut self.young);
+            self.young_bytes = 0;
+        }
+    }
+}
+
 /// The replica sub-machine.
 pub(crate) struct Replica {
     store: Box<dyn ReadStore>,
@@ -132,16 +178,23 @@ pub(crate) struct Replica {
     /// Who mints this process's dots.
     actor: NodeId,
     partitions: u32,
+    cache: Cache,
 }
 
 impl Replica {
-    pub(crate) fn new(store: Box<dyn ReadStore>, actor: NodeId, partitions: u32) -> Self {
+    pub(crate) fn new(
+        store: Box<dyn ReadStore>,
+        actor: NodeId,
+        partitions: u32,
+        cache_bytes: usize,
+    ) -> Self {
         Replica {
             store,
             overlay: BTreeMap::new(),
             staged: VecDeque::new(),
             actor,
             partitions,
+            cache: Cache::new(cache_bytes),
         }
     }
 
@@ -154,22 +207,44 @@ impl Replica {
         data_key(crate::ring::partition_of(key, self.partitions.max(1)), key)
     }
 
-    /// The local copy of `key`, staged or stored.
-    pub(crate) fn load(&self, key: &[u8]) -> Result<Option<Object>, ClientError> {
+    /// The local copy of `key`, staged or stored, without touching the cache (for queries).
+    pub(crate) fn peek(&self, key: &[u8]) -> Result<Option<Object>, ClientError> {
+        let skey = self.storage_key(key);
+        if let Some((_, o)) = self.overlay.get(&skey) {
+            return Ok(Some(o.clone()));
+        }
+        self.read_store(&skey).map(|o| o.map(|(_, o)| o))
+    }
+
+    fn load(&mut self, key: &[u8]) -> Result<Option<Object>, ClientError> {
         let skey = self.storage_key(key);
         self.load_storage_key(&skey)
     }
 
-    fn load_storage_key(&self, skey: &[u8]) -> Result<Option<Object>, ClientError> {
+    fn load_storage_key(&mut self, skey: &[u8]) -> Result<Option<Object>, ClientError> {
         if let Some((_, o)) = self.overlay.get(skey) {
             return Ok(Some(o.clone()));
         }
+        if let Some(o) = self.cache.get(skey) {
+            return Ok(Some(o));
+        }
+        let found = self.read_store(skey)?;
+        Ok(found.map(|(size, o)| {
+            self.cache.put(skey.to_vec(), size, o.clone());
+            o
+        }))
+    }
+
+    /// The stored copy and its encoded size.
+    fn read_store(&self, skey: &[u8]) -> Result<Option<(usize, Object)>, ClientError> {
         match self.store.get(Space::Data, skey) {
             Ok(None) => Ok(None),
-            Ok(Some(bytes)) => Object::decode(&bytes).map(Some).map_err(|e| {
-                error!(error = %e, "corrupt object in the store");
-                ClientError::Internal(format!("corrupt object in the store: {e}"))
-            }),
+            Ok(Some(bytes)) => Object::decode(&bytes)
+                .map(|o| Some((bytes.len(), o)))
+                .map_err(|e| {
+                    error!(error = %e, "corrupt object in the store");
+                    ClientError::Internal(format!("corrupt object in the store: {e}"))
+                }),
             Err(e) => {
                 error!(error = %e, "store read failed");
                 Err(ClientError::Internal(format!("store read failed: {e}")))
@@ -202,6 +277,7 @@ impl Replica {
             )));
         }
         let seq = fx.journal.staging_seq();
+        self.cache.put(skey.clone(), bytes.len(), object.clone());
         fx.journal.batch().put(Space::Data, skey.clone(), bytes);
         fx.staged.push(skey.clone());
         self.overlay.insert(skey.clone(), (seq, object));

@@ -24,6 +24,8 @@ pub struct DevOptions {
     pub dir: PathBuf,
     /// How long to wait for the cluster to form.
     pub form_timeout: Duration,
+    /// The nodes' sync policy (`always` or `never`).
+    pub sync: super::SyncPolicy,
 }
 
 /// Why the local cluster could not be run.
@@ -106,7 +108,13 @@ fn prepare_tls(dir: &Path, i: u16) -> Result<PathBuf, DevError> {
     Ok(tls_dir)
 }
 
-fn spawn_node(exe: &Path, dir: &Path, i: u16, base_port: u16) -> Result<DevNode, DevError> {
+fn spawn_node(
+    exe: &Path,
+    dir: &Path,
+    i: u16,
+    base_port: u16,
+    sync: super::SyncPolicy,
+) -> Result<DevNode, DevError> {
     let (quic, http) = node_addrs(base_port, i)?;
     let tls_dir = prepare_tls(dir, i)?;
     let data_dir = dir.join(format!("node-{i}"));
@@ -126,7 +134,9 @@ fn spawn_node(exe: &Path, dir: &Path, i: u16, base_port: u16) -> Result<DevNode,
         .arg("--http")
         .arg(http.to_string())
         .arg("--tls-dir")
-        .arg(&tls_dir);
+        .arg(&tls_dir)
+        .arg("--sync")
+        .arg(sync.as_str());
     if i > 0 {
         let (seed, _) = node_addrs(base_port, 0)?;
         cmd.arg("--join").arg(seed.to_string());
@@ -215,7 +225,7 @@ pub fn run(options: DevOptions) -> Result<(), DevError> {
 
     let mut nodes = Vec::new();
     for i in 0..options.nodes {
-        match spawn_node(&exe, &options.dir, i, options.base_port) {
+        match spawn_node(&exe, &options.dir, i, options.base_port, options.sync) {
             Ok(n) => nodes.push(n),
             Err(e) => {
                 stop_all(&mut nodes);

@@ -39,6 +39,9 @@ use transport::{Inbound, Transport};
 /// How long a leaving node keeps its endpoint open so its last messages get out.
 const LEAVE_FLUSH: Duration = Duration::from_millis(500);
 
+/// Inputs of one kind handled before the outputs they produced are performed.
+const INPUT_BATCH_MAX: usize = 256;
+
 /// Batches the storage thread takes into one commit at most.
 const GROUP_COMMIT_BATCHES_MAX: usize = 4096;
 
@@ -159,8 +162,16 @@ pub enum RuntimeError {
 
 /// Runs a node until SIGINT, SIGTERM or a graceful leave. Blocks the calling thread.
 pub fn run_blocking(options: NodeOptions) -> Result<(), RuntimeError> {
+    // Worker threads: CHORUS_WORKER_THREADS (default 1). The core is one task; the transport and
+    // the HTTP server are light. Fewer threads mean fewer cross-thread wake-ups, which on a
+    // small machine running several nodes cost more than they save.
+    let workers = std::env::var("CHORUS_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(1)
+        .clamp(1, 64);
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers)
         .enable_all()
         .build()
         .map_err(RuntimeError::Runtime)?;
@@ -391,18 +402,36 @@ async fn run_node(
             (a, b) => a.or(b),
         };
         tokio::select! {
-            Some(msg) = inbound.recv() => match msg {
-                Inbound::Datagram { peer, bytes, .. } => {
-                    node.handle_gossip(peer, &bytes, epoch.elapsed())
-                }
-                Inbound::Message { peer, bytes, .. } => {
-                    node.handle_message(peer, &bytes, epoch.elapsed())
+            Some(msg) = inbound.recv() => {
+                // Take everything already waiting before performing outputs: replies and
+                // acknowledgements then leave in batches, not one wake-up each.
+                let now = epoch.elapsed();
+                let mut next = Some(msg);
+                let mut taken = 0;
+                while let Some(msg) = next.take() {
+                    match msg {
+                        Inbound::Datagram { peer, bytes, .. } => node.handle_gossip(peer, &bytes, now),
+                        Inbound::Message { peer, bytes, .. } => node.handle_message(peer, &bytes, now),
+                    }
+                    taken += 1;
+                    if taken < INPUT_BATCH_MAX {
+                        next = inbound.try_recv().ok();
+                    }
                 }
             },
             Some(call) = client_rx.recv() => {
-                next_client += 1;
-                pending.insert(next_client, call.reply);
-                node.handle_client(next_client, call.request, epoch.elapsed());
+                let now = epoch.elapsed();
+                let mut next = Some(call);
+                let mut taken = 0;
+                while let Some(call) = next.take() {
+                    next_client += 1;
+                    pending.insert(next_client, call.reply);
+                    node.handle_client(next_client, call.request, now);
+                    taken += 1;
+                    if taken < INPUT_BATCH_MAX {
+                        next = client_rx.try_recv().ok();
+                    }
+                }
             }
             Some(done) = done_rx.recv() => match done {
                 Committed::Durable(seq) => node.handle_durable(seq, epoch.elapsed()),
