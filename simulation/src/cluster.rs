@@ -68,6 +68,8 @@ pub struct ClusterConfig {
     pub events_pending_max: usize,
     /// Record an [`Observation`] after every step (for the per-step safety checker).
     pub observe: bool,
+    /// Adjusts every node's configuration before it starts (scenarios that plant a bug).
+    pub tune: Option<fn(&mut NodeConfig)>,
 }
 
 impl Default for ClusterConfig {
@@ -79,6 +81,7 @@ impl Default for ClusterConfig {
             disk_slow_one_in: 50,
             events_pending_max: EVENTS_PENDING_MAX,
             observe: true,
+            tune: None,
         }
     }
 }
@@ -544,13 +547,17 @@ impl Cluster {
             .load_for_start(slot.id)
             .map_err(|source| ControlError::Disk { node, source })?;
         slot.generation = persisted.generation;
-        let config = NodeConfig::new(
+        let mut config = NodeConfig::new(
             persisted.id,
             persisted.generation,
             slot.info,
             slot.seeds.clone(),
         );
+        if let Some(tune) = self.config.tune {
+            tune(&mut config);
+        }
         let node_seed = rng::derive(self.seed, "node-rng", ((node as u64) << 32) | slot.epoch);
+        let initial = persisted.ring.get(persisted.id).map(|e| e.status);
         let saved = Persisted {
             ring: persisted.ring,
             leave_complete: persisted.leave_complete,
@@ -593,6 +600,7 @@ impl Cluster {
                         epoch,
                         generation,
                         addr,
+                        initial,
                     });
                 }
                 self.drain(node);
@@ -882,6 +890,7 @@ impl Cluster {
             ring: n.ring_state(),
             generations: n.swim_generations(),
             left_reported: slot.left_reported,
+            founder: slot.seeds.is_empty(),
         }));
     }
 

@@ -117,6 +117,8 @@ pub enum Observation {
         generation: u64,
         /// Its address.
         addr: SocketAddr,
+        /// Its own ring status as its disk had it (`None`: never recorded).
+        initial: Option<RingStatus>,
     },
     /// A running process stopped (crashed, or stopped after leaving).
     Stopped {
@@ -148,6 +150,8 @@ pub struct NodeObservation {
     pub generations: BTreeMap<NodeId, u64>,
     /// Whether the node has reported that its leave completed.
     pub left_reported: bool,
+    /// Whether the node was started without seeds (it founds the cluster).
+    pub founder: bool,
 }
 
 impl NodeObservation {

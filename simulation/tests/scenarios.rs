@@ -145,3 +145,72 @@ fn two_groups_that_formed_apart_merge_after_the_heal() {
         assert_eq!(c.view(i).unwrap().members.len(), 5);
     }
 }
+
+/// A dot is never minted twice: a coordinator whose write reached the other replicas but not
+/// its own disk (it crashed before the sync) restarts and coordinates another write to the same
+/// key. With a fresh actor per process the new write gets a new dot; with the node id as the
+/// actor (what per-process actors exist to prevent) it reuses the lost write's dot, and the
+/// dots-unique checker catches it.
+#[test]
+fn a_coordinator_that_lost_a_write_never_mints_its_dot_again() {
+    use chorus::node::{ClientOp, ClientRequest, NodeConfig, RequestOptions};
+    use chorus_sim::check::{self, CheckInput, Checker};
+    use chorus_sim::cluster::{Cluster, ClusterConfig, Step};
+    use chorus_sim::history::History;
+    use chorus_sim::trace::Trace;
+
+    fn run(tune: Option<fn(&mut NodeConfig)>) -> Vec<check::Violation> {
+        let config = ClusterConfig {
+            // Slow syncs: the crash below falls before the coordinator's write is durable.
+            disk_sync: (Duration::from_millis(20), Duration::from_millis(20)),
+            disk_slow_one_in: 0,
+            tune,
+            ..ClusterConfig::default()
+        };
+        let mut c = Cluster::new(config, 3, Trace::new(false));
+        for seeds in [&[][..], &[0], &[0]] {
+            c.add_node(seeds).unwrap();
+        }
+        for i in 0..3 {
+            c.start(i).unwrap();
+        }
+        let run_to = |c: &mut Cluster, t: Duration| while c.step(t) != Step::Idle {};
+        run_to(&mut c, Duration::from_secs(10));
+        let put = |value: &str| ClientRequest {
+            key: b"k".to_vec(),
+            op: ClientOp::Put {
+                value: value.as_bytes().to_vec(),
+                context: None,
+            },
+            options: RequestOptions::default(),
+        };
+        c.client_request(0, 0, 1, put("first"));
+        // Crash n0 a millisecond later: its replicas got the write, its disk did not.
+        c.crash_after_outputs(0, u32::MAX, Duration::from_millis(1))
+            .unwrap();
+        run_to(&mut c, Duration::from_secs(11));
+        c.start(0).unwrap();
+        run_to(&mut c, Duration::from_secs(20));
+        c.client_request(0, 0, 2, put("second"));
+        run_to(&mut c, Duration::from_secs(30));
+        let snapshot = c.snapshot();
+        let held: Vec<usize> = snapshot.nodes.iter().map(|n| n.objects.len()).collect();
+        assert_eq!(held, vec![1, 1, 1], "every replica holds the key");
+        let history = History::new();
+        let mut out = Vec::new();
+        check::register::DotsUnique.check(
+            &CheckInput {
+                snapshot: &snapshot,
+                history: &history,
+                healed_at: None,
+            },
+            &mut out,
+        );
+        out
+    }
+
+    assert!(run(None).is_empty(), "per-process actors never reuse a dot");
+    let reused = run(Some(|c: &mut NodeConfig| c.data.actor_per_process = false));
+    assert_eq!(reused.len(), 1, "{reused:#?}");
+    assert!(reused[0].message.contains("a dot was minted twice"));
+}

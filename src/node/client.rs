@@ -45,6 +45,11 @@ pub struct DataConfig {
     pub handoff_batch_max: usize,
     /// Bytes of decoded objects the replica keeps in memory for hot keys.
     pub cache_bytes: usize,
+    /// Mint dots with a fresh actor at every start (true, the only safe setting). With false
+    /// the node id is the actor, as in Riak before per-key epochs: a node that lost writes in
+    /// a crash mints their dots again. It exists so the simulator can show that its checkers
+    /// catch that; never turn it off.
+    pub actor_per_process: bool,
 }
 
 impl Default for DataConfig {
@@ -63,6 +68,7 @@ impl Default for DataConfig {
             handoff_interval: Duration::from_millis(500),
             handoff_batch_max: 64,
             cache_bytes: 64 * 1024 * 1024,
+            actor_per_process: true,
         }
     }
 }

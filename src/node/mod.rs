@@ -457,11 +457,16 @@ impl Node {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
         let membership_seed = rand::Rng::next_u64(&mut rng);
         // This process's dot-minting actor: fresh at every start (see `replica`).
-        let actor = loop {
+        let fresh = loop {
             let a = rand::Rng::next_u64(&mut rng);
             if a != 0 {
                 break NodeId::new(a);
             }
+        };
+        let actor = if config.data.actor_per_process {
+            fresh
+        } else {
+            config.id
         };
         let membership = Membership::new(
             config.id,

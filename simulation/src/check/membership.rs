@@ -364,10 +364,12 @@ impl Checker for Placement {
                     continue;
                 }
             };
+            // Owners straight from the statuses the view lists (members and leaving nodes), not
+            // through the node's own helper: the checker must not share the code it judges.
             let owners: Vec<Member> = view
                 .members
                 .iter()
-                .filter(|m| m.status.owns_partitions())
+                .filter(|m| matches!(m.status, Status::Member | Status::Leaving))
                 .filter_map(|m| m.id.parse().ok())
                 .map(Member::new)
                 .collect();
@@ -465,6 +467,33 @@ impl Checker for Operations {
                 subject: op.kind.node(),
                 message,
             });
+        }
+        // Every machine the workload set out to remove was removed in the end.
+        let mut last_remove: std::collections::BTreeMap<usize, (&Outcome, Duration)> =
+            std::collections::BTreeMap::new();
+        for op in input.history.ops() {
+            if let (OpKind::Remove { node, .. }, Some(outcome)) = (&op.kind, &op.outcome) {
+                let ok = last_remove
+                    .get(node)
+                    .is_some_and(|(o, _)| **o == Outcome::Ok);
+                if !ok {
+                    last_remove.insert(*node, (outcome, op.start));
+                }
+            }
+        }
+        for (node, (outcome, at)) in last_remove {
+            if *outcome != Outcome::Ok {
+                out.push(Violation {
+                    checker: self.name(),
+                    at: snap.at,
+                    observer: None,
+                    subject: Some(node),
+                    message: format!(
+                        "n{node} was never removed: its last removal (t={:.3}s) ended {outcome}",
+                        at.as_secs_f64()
+                    ),
+                });
+            }
         }
         for n in &snap.nodes {
             if n.process == ProcessState::Leaving {
@@ -657,6 +686,34 @@ mod tests {
         let mut snap2 = snap.clone();
         snap2.nodes[2].removed = true;
         assert!(check(&RingStatus, &snap2).is_empty());
+    }
+
+    #[test]
+    fn operations_reports_a_machine_that_was_never_removed() {
+        let t = Duration::from_secs;
+        let snap = snapshot(|_, _| {});
+        let mut history = History::new();
+        let check = |h: &History| {
+            let mut out = Vec::new();
+            Operations { bound: BOUND }.check(
+                &CheckInput {
+                    snapshot: &snap,
+                    history: h,
+                    healed_at: Some(AT),
+                },
+                &mut out,
+            );
+            out
+        };
+        let refused = history.invoke("membership", OpKind::Remove { node: 2, via: 0 }, t(100));
+        history.complete(refused, t(100), Outcome::Failed("refused".into()));
+        let vs = check(&history);
+        assert_eq!(vs.len(), 1, "{vs:#?}");
+        assert!(vs[0].message.contains("n2 was never removed"), "{}", vs[0]);
+        // A later attempt that succeeds settles it.
+        let ok = history.invoke("membership", OpKind::Remove { node: 2, via: 1 }, t(101));
+        history.complete(ok, t(102), Outcome::Ok);
+        assert!(check(&history).is_empty());
     }
 
     #[test]

@@ -83,6 +83,18 @@ fn covers(context: Option<&VersionVector>, dot: Dot) -> bool {
     context.is_some_and(|c| c.contains(dot))
 }
 
+/// The union of the contexts of the given operations: a dot is covered by one of them exactly
+/// when the union contains it (contexts are downward closed per actor).
+fn union<'a>(ops: impl Iterator<Item = &'a Entry<'a>>) -> VersionVector {
+    let mut all = VersionVector::new();
+    for e in ops {
+        if let Some(c) = &e.data.context {
+            all.merge(c);
+        }
+    }
+    all
+}
+
 /// Per key: the latest successful final read that started after every write to the key ended.
 /// `Err` says why the key cannot be judged yet.
 fn final_reads<'a>(
@@ -168,6 +180,7 @@ impl Checker for LostWrites {
                 }
             };
             let values = fin.read_values().unwrap_or_default();
+            let seen = union(all.iter().filter(|e| e.data.key == *key && e.is_write()));
             for w in all.iter().filter(|e| e.data.key == *key) {
                 let (Some(value), Some(Outcome::Ok), Some(dot)) =
                     (w.value(), &w.op.outcome, w.dot())
@@ -177,11 +190,8 @@ impl Checker for LostWrites {
                 if values.iter().any(|v| v == value) {
                     continue;
                 }
-                let superseded = all
-                    .iter()
-                    .filter(|e| e.data.key == *key && e.is_write())
-                    .any(|e| covers(e.data.context.as_ref(), dot));
-                if superseded {
+                if seen.contains(dot) {
+                    // Superseded by a write or delete whose context covered it.
                     continue;
                 }
                 let acked_by = match &w.data.result {

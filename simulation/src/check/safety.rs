@@ -11,7 +11,10 @@
 //!   and within one process the generation SWIM knows for a node never decreases;
 //! - **a node that left never serves again**: once a slot reported that its leave completed,
 //!   it never starts again and is never seen up;
-//! - **one process per node id**: no two running processes share a node id.
+//! - **one process per node id**: no two running processes share a node id;
+//! - **a node knows itself**: a running node's ring state always holds its own entry;
+//! - **members are made by members**: a node that did not found the cluster becomes a member
+//!   only while its ring state shows another member it could have caught up from.
 //!
 //! It depends only on the observation types of [`crate::snapshot`] and the node's own types.
 
@@ -84,8 +87,14 @@ impl SafetyMonitor {
                 id,
                 epoch,
                 generation,
+                initial,
                 ..
-            } => self.started(at, *slot, *id, *epoch, *generation),
+            } => {
+                self.started(at, *slot, *id, *epoch, *generation);
+                // What the process starts from counts as its first status.
+                let status = initial.unwrap_or(RingStatus::Joining);
+                self.statuses.insert((*slot, *id), (*epoch, status));
+            }
             Observation::Stopped { slot, id, .. } => {
                 if let Some(set) = self.running.get_mut(id) {
                     set.remove(slot);
@@ -140,6 +149,38 @@ impl SafetyMonitor {
         let slot = n.slot;
         if n.left_reported {
             self.left.insert(slot);
+        }
+        let own = n.own_status();
+        if own.is_none() {
+            self.report(
+                at,
+                slot,
+                Some(slot),
+                format!("n{slot}'s ring state does not list the node itself"),
+            );
+        }
+        let before = self
+            .statuses
+            .get(&(slot, n.id))
+            .filter(|(epoch, _)| *epoch == n.epoch)
+            .map(|&(_, s)| s);
+        // (A joining node asked to leave goes straight to `leaving`: that is no promotion.)
+        let promoted = before == Some(RingStatus::Joining) && own == Some(RingStatus::Member);
+        if promoted && !n.founder {
+            let other_member = n
+                .ring
+                .iter()
+                .any(|(id, e)| id != n.id && e.status == RingStatus::Member);
+            if !other_member {
+                self.report(
+                    at,
+                    slot,
+                    Some(slot),
+                    format!(
+                        "n{slot} became a member without knowing any other member to catch up from"
+                    ),
+                );
+            }
         }
         if self.left.contains(&slot) && n.process == ProcessState::Up {
             self.report(
@@ -249,6 +290,7 @@ mod tests {
             epoch,
             generation,
             addr: SocketAddr::from(([10, 0, 0, slot as u8], 7000)),
+            initial: None,
         }
     }
 
@@ -261,6 +303,7 @@ mod tests {
             ring: r,
             generations: generations.iter().map(|&(i, g)| (id(i), g)).collect(),
             left_reported: false,
+            founder: false,
         })
     }
 
@@ -271,7 +314,12 @@ mod tests {
         m.observe(t(1), &seen(0, 1, ring(&[(0, RingStatus::Joining)]), &[]));
         m.observe(
             t(2),
-            &seen(0, 1, ring(&[(0, RingStatus::Member)]), &[(1, 1)]),
+            &seen(
+                0,
+                1,
+                ring(&[(0, RingStatus::Member), (1, RingStatus::Member)]),
+                &[(1, 1)],
+            ),
         );
         m.observe(
             t(3),
@@ -291,7 +339,17 @@ mod tests {
             },
         );
         // A new process may start from an older ring (it lost unsynced writes).
-        m.observe(t(5), &started(0, 2, 2));
+        m.observe(
+            t(5),
+            &Observation::Started {
+                slot: 0,
+                id: id(0),
+                epoch: 2,
+                generation: 2,
+                addr: SocketAddr::from(([10, 0, 0, 0], 7000)),
+                initial: Some(RingStatus::Member),
+            },
+        );
         m.observe(
             t(6),
             &seen(0, 2, ring(&[(0, RingStatus::Member)]), &[(1, 1)]),
@@ -300,16 +358,80 @@ mod tests {
     }
 
     #[test]
+    fn a_node_missing_from_its_own_ring_is_caught() {
+        let mut m = SafetyMonitor::new();
+        m.observe(t(1), &seen(0, 1, ring(&[(1, RingStatus::Member)]), &[]));
+        assert_eq!(m.violations().len(), 1);
+        assert!(m.violations()[0]
+            .message
+            .contains("does not list the node itself"));
+    }
+
+    #[test]
+    fn a_self_promoted_member_is_caught_but_a_founder_is_not() {
+        let mut m = SafetyMonitor::new();
+        m.observe(
+            t(1),
+            &seen(
+                2,
+                1,
+                ring(&[(2, RingStatus::Joining), (3, RingStatus::Joining)]),
+                &[],
+            ),
+        );
+        m.observe(
+            t(2),
+            &seen(
+                2,
+                1,
+                ring(&[(2, RingStatus::Member), (3, RingStatus::Joining)]),
+                &[],
+            ),
+        );
+        assert_eq!(m.violations().len(), 1, "{:#?}", m.violations());
+        assert!(m.violations()[0]
+            .message
+            .contains("without knowing any other member"));
+        // Promoted after syncing with a member: fine.
+        m.observe(t(3), &seen(4, 1, ring(&[(4, RingStatus::Joining)]), &[]));
+        m.observe(
+            t(4),
+            &seen(
+                4,
+                1,
+                ring(&[(4, RingStatus::Member), (0, RingStatus::Member)]),
+                &[],
+            ),
+        );
+        // The founder promotes itself alone.
+        let mut founder = NodeObservation {
+            slot: 0,
+            epoch: 1,
+            id: id(0),
+            process: ProcessState::Up,
+            ring: ring(&[(0, RingStatus::Joining)]),
+            generations: BTreeMap::new(),
+            left_reported: false,
+            founder: true,
+        };
+        m.observe(t(5), &Observation::Node(founder.clone()));
+        founder.ring = ring(&[(0, RingStatus::Member)]);
+        m.observe(t(6), &Observation::Node(founder));
+        assert_eq!(m.violations().len(), 1, "{:#?}", m.violations());
+    }
+
+    #[test]
     fn a_status_moving_backwards_is_caught() {
         let mut m = SafetyMonitor::new();
-        m.observe(t(1), &seen(0, 1, ring(&[(1, RingStatus::Left)]), &[]));
-        m.observe(t(2), &seen(0, 1, ring(&[(1, RingStatus::Member)]), &[]));
+        let me = (0, RingStatus::Member);
+        m.observe(t(1), &seen(0, 1, ring(&[me, (1, RingStatus::Left)]), &[]));
+        m.observe(t(2), &seen(0, 1, ring(&[me, (1, RingStatus::Member)]), &[]));
         assert_eq!(m.violations().len(), 1, "{:#?}", m.violations());
         let v = &m.violations()[0];
         assert_eq!((v.checker, v.at, v.observer), (CHECKER, t(2), Some(0)));
         assert!(v.message.contains("went back from left to member"), "{v}");
         // And an entry that disappears.
-        m.observe(t(3), &seen(0, 1, ring(&[]), &[]));
+        m.observe(t(3), &seen(0, 1, ring(&[me]), &[]));
         assert!(m.violations()[1].message.contains("disappeared"));
     }
 
@@ -321,8 +443,9 @@ mod tests {
         assert!(m.violations()[0]
             .message
             .contains("generation 4, not newer than its last start's 4"));
-        m.observe(t(2), &seen(0, 1, ring(&[]), &[(1, 5)]));
-        m.observe(t(3), &seen(0, 1, ring(&[]), &[(1, 3)]));
+        let me = (0, RingStatus::Member);
+        m.observe(t(2), &seen(0, 1, ring(&[me]), &[(1, 5)]));
+        m.observe(t(3), &seen(0, 1, ring(&[me]), &[(1, 3)]));
         assert_eq!(m.violations().len(), 2);
         assert!(m.violations()[1]
             .message
@@ -340,6 +463,7 @@ mod tests {
             ring: ring(&[(2, RingStatus::Left)]),
             generations: BTreeMap::new(),
             left_reported: true,
+            founder: false,
         };
         m.observe(t(1), &Observation::Node(obs.clone()));
         assert!(m.violations().is_empty());
@@ -365,6 +489,7 @@ mod tests {
                 epoch: 1,
                 generation: 7,
                 addr: SocketAddr::from(([10, 0, 0, 9], 7000)),
+                initial: None,
             },
         );
         assert_eq!(m.violations().len(), 1);
@@ -397,6 +522,7 @@ mod tests {
                 epoch: 2,
                 generation: 8,
                 addr: SocketAddr::from(([10, 0, 0, 9], 7000)),
+                initial: None,
             },
         );
         assert_eq!(m.violations().len(), 1);
