@@ -487,6 +487,12 @@ async fn call(
     }
 }
 
+/// A request not answered within this long counts as an error (its connection is replaced).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An open loop this far behind its schedule after the deadline stops sending.
+const OPEN_LOOP_GRACE: Duration = Duration::from_secs(10);
+
 /// One connection's loop for a phase.
 async fn worker(
     shared: Arc<Shared>,
@@ -506,9 +512,32 @@ async fn worker(
         .filter(|_| !load)
         .map(|r| Duration::from_secs_f64(shared.options.connections as f64 / r));
     let start = Instant::now();
+    // Open loop: connections take turns, so requests are spread evenly, not sent in bursts.
+    let offset = per_conn.map_or(Duration::ZERO, |gap| {
+        gap.mul_f64(index as f64 / shared.options.connections as f64)
+    });
     let mut sent = 0u64;
     loop {
-        if shared.stop.load(Ordering::Relaxed) || Instant::now() >= deadline {
+        if shared.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        // A closed loop stops at the deadline. An open loop sends every request due before it,
+        // late or not (dropping late ones would hide the latency of an overloaded server),
+        // unless it is hopelessly behind.
+        let now = Instant::now();
+        if per_conn.is_none() && now >= deadline {
+            break;
+        }
+        if let Some(gap) = per_conn.filter(|_| now >= deadline + OPEN_LOOP_GRACE) {
+            let window = deadline.saturating_duration_since(start + offset);
+            let due_total = (window.as_secs_f64() / gap.as_secs_f64()).ceil() as u64;
+            let unsent = due_total.saturating_sub(sent);
+            if unsent > 0 {
+                *tally
+                    .errors
+                    .entry("not sent: more than 10 s behind schedule".into())
+                    .or_default() += unsent;
+            }
             break;
         }
         let (op, k) = if load {
@@ -533,7 +562,7 @@ async fn worker(
         // Open loop: the request is due at its intended time, and latency counts from it.
         let intended = match per_conn {
             Some(gap) => {
-                let due = start + gap.mul_f64(sent as f64);
+                let due = start + offset + gap.mul_f64(sent as f64);
                 if due > deadline {
                     break;
                 }
@@ -543,23 +572,43 @@ async fn worker(
             None => Instant::now(),
         };
         sent += 1;
-        if sender.as_ref().is_none_or(|s| s.is_closed()) {
+        // Connect (again) if needed. A record of the load phase is retried until it is
+        // inserted or the phase ends, so the run phase finds every key loaded.
+        while sender.as_ref().is_none_or(|s| s.is_closed()) {
             match connect(addr).await {
                 Ok(s) => sender = Some(s),
                 Err(e) => {
                     *tally.errors.entry(e).or_default() += 1;
+                    if !load || shared.stop.load(Ordering::Relaxed) || Instant::now() >= deadline {
+                        break;
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
                 }
             }
         }
-        let Some(s) = sender.as_mut() else { continue };
+        let Some(s) = sender.as_mut().filter(|s| !s.is_closed()) else {
+            if per_conn.is_some() {
+                // The request was due: its failure counts, with the time it took to fail.
+                tally.record(op, intended.elapsed().as_micros() as u64);
+            } else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            continue;
+        };
         let key = key_of(k);
         let context = match op {
             Op::Update => shared.contexts.get(k),
             _ => None,
         };
-        match call(s, addr, op, &key, &shared, context).await {
+        let result =
+            tokio::time::timeout(REQUEST_TIMEOUT, call(s, addr, op, &key, &shared, context))
+                .await
+                .unwrap_or_else(|_| {
+                    // The connection may be wedged: start a new one.
+                    sender = None;
+                    Err(format!("no answer within {} s", REQUEST_TIMEOUT.as_secs()))
+                });
+        match result {
             Ok(ctx) => {
                 tally.record(op, intended.elapsed().as_micros() as u64);
                 if let Some(c) = ctx {
@@ -713,8 +762,18 @@ pub fn run_blocking(options: BenchOptions) -> Result<Report, BenchError> {
             "--records and --connections must be positive".into(),
         ));
     }
-    if options.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
-        return Err(BenchError::Options("--rate must be positive".into()));
+    if options
+        .rate
+        .is_some_and(|r| !(r.is_finite() && (0.01..=1e8).contains(&r)))
+    {
+        return Err(BenchError::Options(
+            "--rate must be between 0.01 and 100000000 requests per second".into(),
+        ));
+    }
+    if options.duration > Duration::from_secs(7 * 24 * 3600) {
+        return Err(BenchError::Options(
+            "--duration must be at most 7 days".into(),
+        ));
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

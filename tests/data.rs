@@ -398,12 +398,11 @@ fn a_certificate_holder_cannot_acknowledge_for_another_node() {
         );
     }
     rt.block_on(flood).unwrap();
-    let log = nodes[0].log();
-    assert!(
-        log.contains("ignored an acknowledgement from a node that is not a target")
-            || log.contains("not the one addressed"),
-        "the refusal is logged"
-    );
+    // (Request ids are random per process, so guessing them is hopeless; the node-level test
+    // `an_acknowledgement_from_a_node_that_is_not_a_target_counts_for_nothing` forges an
+    // acknowledgement with the real id.) The cluster still serves the quorum it has.
+    let ok = put(nodes[0].http, "guarded-after", b"x", None, "w=2");
+    assert_eq!(ok.status, 204, "a w=2 write after the flood");
     rt.block_on(transport.shutdown());
     drain.abort();
 }
@@ -465,9 +464,10 @@ fn chorus_bench_loads_runs_and_reports_json() {
             "300",
             "--no-load",
             "--duration",
-            "1s",
+            "2s",
             "--rate",
             "200",
+            "--json",
         ])
         .output()
         .unwrap();
@@ -476,8 +476,23 @@ fn chorus_bench_loads_runs_and_reports_json() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("open loop at 200 ops/s"), "{text}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["rate"].as_f64(), Some(200.0), "{report}");
+    // About every request due in the 2 s window is sent (200/s over 32 connections).
+    let run = &report["run"];
+    let sent: u64 = ["read", "update"]
+        .iter()
+        .map(|op| run["ops"][op]["count"].as_u64().unwrap_or(0))
+        .sum();
+    assert!((380..=440).contains(&sent), "sent {sent}: {run}");
+    let out = chorus()
+        .args(["bench", "--http"])
+        .arg(format!("http://{}", nodes[1].http))
+        .args(["--rate", "0.0001"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--rate must be between"));
     let out = chorus()
         .args(["bench", "--workload", "z"])
         .output()

@@ -22,12 +22,13 @@
 //!   `{"context": "...", "values": ["<base64>", ...]}` for siblings (200 for any count with
 //!   `Accept: application/json`); 404 when absent or deleted (with `x-chorus-context` when a
 //!   tombstone exists).
-//! - `DELETE /v1/kv/{key}`: optional `x-chorus-context`; 204 with the new context.
+//! - `DELETE /v1/kv/{key}`: optional `x-chorus-context`; 204 with the new context, or 300 with
+//!   the siblings' JSON when values the context did not cover remain (like a write).
 //!
 //! Errors are JSON `{"error": "<code>", "message": "..."}`, with `"indeterminate": true|false`
 //! on 503s that concern a write: 400 malformed input, 413 key or value over the limit, 409 a
-//! key of another type, 503 quorum not reached or node overloaded, 500 internal failure. Bad
-//! input is refused before anything changes.
+//! key of another type, 503 quorum not reached, node overloaded (its queue of requests is full)
+//! or shutting down, 500 internal failure. Bad input is refused before anything changes.
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -107,8 +108,14 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/cluster/leave", post(leave))
         .route("/v1/cluster/remove/{node}", post(remove))
         .route("/v1/kv/{*key}", get(kv_get).put(kv_put).delete(kv_delete))
+        .route("/v1/kv/", axum::routing::any(empty_key))
+        .route("/v1/kv", axum::routing::any(empty_key))
         .layer(DefaultBodyLimit::max(body_max))
         .with_state(state)
+}
+
+async fn empty_key() -> Response {
+    *bad("the key is empty").0
 }
 
 async fn health() -> &'static str {
@@ -231,6 +238,9 @@ fn percent_decode(s: &str) -> Option<Vec<u8>> {
     while i < b.len() {
         if b[i] == b'%' {
             let hex = b.get(i + 1..i + 3)?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
             let hex = std::str::from_utf8(hex).ok()?;
             out.push(u8::from_str_radix(hex, 16).ok()?);
             i += 3;
@@ -290,16 +300,40 @@ fn wants_json(headers: &HeaderMap) -> bool {
 }
 
 async fn call(api: &ApiState, request: ClientRequest) -> Result<ClientReply, Response> {
+    let write = request.op.is_write();
     let (tx, rx) = oneshot::channel();
-    if api
-        .clients
-        .send(ClientCall { request, reply: tx })
-        .await
-        .is_err()
-    {
-        return Err(unavailable());
+    match api.clients.try_send(ClientCall { request, reply: tx }) {
+        Ok(()) => {}
+        // Refused before the core saw it: nothing was applied.
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            return Err(failure(&ClientError::Overloaded, write));
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => return Err(stopping(write, false)),
     }
-    rx.await.map_err(|_| unavailable())
+    // The node stopped with the request in flight: a write may have been applied.
+    rx.await.map_err(|_| stopping(write, true))
+}
+
+/// 503: the node is shutting down (with, for a write, whether it may have been applied).
+fn stopping(write: bool, maybe_applied: bool) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(ErrorBody {
+            error: "shutting_down",
+            message: "the node is shutting down".into(),
+            indeterminate: write.then_some(maybe_applied),
+        }),
+    )
+        .into_response()
+}
+
+/// 500: the core answered with the wrong kind of reply (a bug).
+fn wrong_reply() -> Response {
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "the node answered with the wrong kind of reply".into(),
+    )
 }
 
 fn failure(e: &ClientError, write: bool) -> Response {
@@ -364,7 +398,7 @@ async fn kv_get(
     let read = match reply {
         ClientReply::Read(r) => r,
         ClientReply::Failed(e) => return failure(&e, false),
-        ClientReply::Written(_) => return unavailable(),
+        ClientReply::Written(_) => return wrong_reply(),
     };
     let mut resp = if read.values.is_empty() {
         error(
@@ -459,7 +493,7 @@ async fn write(
     let w = match reply {
         ClientReply::Written(w) => w,
         ClientReply::Failed(e) => return failure(&e, true),
-        ClientReply::Read(_) => return unavailable(),
+        ClientReply::Read(_) => return wrong_reply(),
     };
     // A context that covers a sibling never reaches a client without that sibling.
     let mut resp = if w.values.len() > 1 {
@@ -494,6 +528,7 @@ mod tests {
         assert_eq!(k("/v1/kv/%FF%00"), Ok(vec![0xff, 0]));
         assert_eq!(k("/v1/kv/%zz"), Err(StatusCode::BAD_REQUEST));
         assert_eq!(k("/v1/kv/%4"), Err(StatusCode::BAD_REQUEST));
+        assert_eq!(k("/v1/kv/a%+F"), Err(StatusCode::BAD_REQUEST));
         assert_eq!(k("/v1/kv/"), Err(StatusCode::BAD_REQUEST));
         assert_eq!(k("/v1/kv/123456789"), Err(StatusCode::PAYLOAD_TOO_LARGE));
     }

@@ -249,17 +249,16 @@ impl DataConfig {
         }
         | ClientOp::Delete { context: Some(c) } = &req.op
         {
-            if !c.is_for(&req.key) {
-                return Err(ClientError::BadRequest(
-                    "the context belongs to another key".into(),
-                ));
-            }
+            // Contexts from the HTTP API were checked when decoded; one forwarded by a peer is
+            // checked here the same way.
+            c.check(&req.key)
+                .map_err(|e| ClientError::BadRequest(e.to_string()))?;
         }
         let quorum = |name: &str, v: Option<usize>, default: usize| match v {
             None => Ok(default.min(n).max(1)),
             Some(v) if (1..=n).contains(&v) => Ok(v),
             Some(v) => Err(ClientError::BadRequest(format!(
-                "{name}={v} is outside 1..={n} (N={n})"
+                "{name}={v} is outside 1..={n} (the key has {n} replicas)"
             ))),
         };
         let r = quorum("r", req.options.r, self.r)?;

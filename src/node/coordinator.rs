@@ -159,10 +159,12 @@ pub(crate) struct Coordinator {
 }
 
 impl Coordinator {
-    pub(crate) fn new(config: DataConfig) -> Self {
+    /// A coordinator whose request ids start at `first` (random per process, so that a late
+    /// answer to a previous process's request never matches one of this process's).
+    pub(crate) fn new(config: DataConfig, first: u64) -> Self {
         Coordinator {
             config,
-            next_req: 1,
+            next_req: first.max(1),
             requests: BTreeMap::new(),
         }
     }
@@ -210,16 +212,24 @@ impl Coordinator {
             }
             CoordinatorMessage::Refused { req, error } => {
                 debug!(req, %from, %error, "a replica refused its part");
-                if let Some(r) = self.requests.get(&req) {
-                    if matches!(r.state, State::Read { .. }) {
-                        self.on_read_reply(req, from, None, fx);
-                    } else if let (State::Writing { .. }, ClientError::TypeConflict(_)) =
-                        (&r.state, &error)
+                let Some(r) = self.requests.get(&req) else {
+                    return;
+                };
+                match &r.state {
+                    State::Read { .. } => self.on_read_reply(req, from, None, fx),
+                    // A replica of another type: the write cannot land anywhere. Only a target
+                    // can say so, and only before the client has its answer.
+                    State::Writing {
+                        targets, answered, ..
+                    } if !*answered
+                        && targets.iter().any(|t| t.node == from)
+                        && matches!(error, ClientError::TypeConflict(_)) =>
                     {
                         if let Some(r) = self.requests.remove(&req) {
                             answer(r.origin, ClientReply::Failed(error), fx);
                         }
                     }
+                    _ => {}
                 }
             }
         }
@@ -248,12 +258,14 @@ impl Coordinator {
                 return;
             }
         };
+        let holders = holders_of(&targets, fx);
         for t in &targets {
-            if t.node == fx.me {
+            if t.node == fx.me && t.hint_for.is_none() {
                 // The local replica's acknowledgement comes with durability of the mint.
                 continue;
             }
-            send_to_target(req, &r.key, &object, *t, fx);
+            // (This node as a fallback for a down replica keeps the hint like any fallback.)
+            send_to_target(req, &r.key, &object, *t, &holders, fx);
         }
         for primary in orphans {
             fx.send(
@@ -263,6 +275,7 @@ impl Coordinator {
                     target: primary,
                     key: r.key.clone(),
                     object: object.clone(),
+                    holders: holders.clone(),
                 }
                 .into(),
             );
@@ -291,7 +304,8 @@ impl Coordinator {
             answer(origin, ClientReply::Failed(ClientError::Overloaded), fx);
             return;
         }
-        let opts = match self.config.validate(&request, fx.topo.n.max(1)) {
+        // Quorums are bounded by the replicas that exist: N, or every owner when there are fewer.
+        let opts = match self.config.validate(&request, fx.topo.replicas().max(1)) {
             Ok(o) => o,
             Err(e) => {
                 answer(origin, ClientReply::Failed(e), fx);
@@ -306,7 +320,8 @@ impl Coordinator {
             return;
         }
         let req = self.next_req;
-        self.next_req += 1;
+        // (0 means "no acknowledgement wanted" on the wire: never use it.)
+        self.next_req = self.next_req.wrapping_add(1).max(1);
         let ClientRequest { key, op, .. } = request.clone();
         let state = match op {
             ClientOp::Get => {
@@ -504,10 +519,10 @@ impl Coordinator {
         };
         let State::Read {
             targets,
+            spare,
             replies,
             merged,
             answered,
-            ..
         } = &mut r.state
         else {
             return;
@@ -529,10 +544,22 @@ impl Coordinator {
                 }
                 replies.insert(from, obj);
             }
-            // A refusal: counts as answered (so the read does not wait for it) but not as a
-            // reply for the quorum or repair.
+            // A refusal: no longer waited for, not a reply for the quorum or repair; a spare
+            // replica is asked instead, if one is left.
             None => {
                 targets.retain(|&t| t != from);
+                if !spare.is_empty() {
+                    let next = spare.remove(0);
+                    targets.push(next);
+                    fx.send(
+                        next,
+                        ReplicaMessage::Read {
+                            req,
+                            key: r.key.clone(),
+                        }
+                        .into(),
+                    );
+                }
             }
         }
         let answers = replies.len();
@@ -543,7 +570,22 @@ impl Coordinator {
         }
         if replies.len() >= targets.len() {
             if let Some(r) = self.requests.remove(&req) {
+                let (origin, needed, answered) = (
+                    r.origin,
+                    r.opts.r,
+                    matches!(r.state, State::Read { answered: true, .. }),
+                );
                 finish_read(req, r, fx);
+                if !answered {
+                    // Every replica that could answer did, and too few could.
+                    let error = unavailable(
+                        &format!("only {answers} replicas could answer; r={needed}"),
+                        false,
+                        answers,
+                        needed,
+                    );
+                    answer(origin, ClientReply::Failed(error), fx);
+                }
             }
         }
     }
@@ -659,6 +701,14 @@ impl Coordinator {
                 .filter(|&n| fx.topo.is_alive(n) && !used.contains(&n) && n != fx.me)
                 .collect()
         };
+        // Every node that may hold this write once the hedge is done.
+        let holders = {
+            let mut h = holders_of(targets, fx);
+            h.extend(candidates.iter().copied());
+            h.sort_unstable();
+            h.dedup();
+            h
+        };
         let mut fallbacks = candidates.into_iter();
         let covered: BTreeSet<NodeId> = targets
             .iter()
@@ -684,7 +734,7 @@ impl Coordinator {
                         node: fb,
                         hint_for: (fb != primary).then_some(primary),
                     };
-                    send_to_target(req, &r.key, object, extra, fx);
+                    send_to_target(req, &r.key, object, extra, &holders, fx);
                     added.push(extra);
                 }
                 None if primary != fx.me && hinted.insert(primary) => {
@@ -695,6 +745,7 @@ impl Coordinator {
                             target: primary,
                             key: r.key.clone(),
                             object: object.clone(),
+                            holders: holders.clone(),
                         }
                         .into(),
                     );
@@ -707,7 +758,23 @@ impl Coordinator {
     }
 }
 
-fn send_to_target(req: u64, key: &[u8], object: &Object, t: Target, fx: &mut Effects<'_>) {
+/// The nodes a write goes to (this node, which minted it, included), sorted.
+fn holders_of(targets: &[Target], fx: &Effects<'_>) -> Vec<NodeId> {
+    let mut h: Vec<NodeId> = targets.iter().map(|t| t.node).collect();
+    h.push(fx.me);
+    h.sort_unstable();
+    h.dedup();
+    h
+}
+
+fn send_to_target(
+    req: u64,
+    key: &[u8],
+    object: &Object,
+    t: Target,
+    holders: &[NodeId],
+    fx: &mut Effects<'_>,
+) {
     let msg = match t.hint_for {
         None => ReplicaMessage::Write {
             req,
@@ -720,6 +787,7 @@ fn send_to_target(req: u64, key: &[u8], object: &Object, t: Target, fx: &mut Eff
             target: primary,
             key: key.to_vec(),
             object: object.clone(),
+            holders: holders.to_vec(),
         }
         .into(),
     };

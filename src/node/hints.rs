@@ -6,8 +6,11 @@
 //! Every [`super::DataConfig::hint_interval`] the sub-machine offers durable hints, a batch at a
 //! time, to each owner that SWIM holds reachable, as a [`ReplicaMessage::Merge`]; it deletes them
 //! only once the owner acknowledged that it merged them durably. A hint for a node that has left
-//! the ring goes to the key's current replicas instead. Hints survive restarts: the index is
-//! rebuilt from the store when the node starts. This sub-machine never touches the data space.
+//! the ring goes to the key's current replicas instead. A leaving node hands the hints whose
+//! owner is down to another member to hold ([`HintsMessage::Adopt`]) rather than take them away
+//! (merging them into a different replica would leave the owner's copy missing). Hints survive
+//! restarts: the index is rebuilt from the store when the node starts. This sub-machine never
+//! touches the data space.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -16,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, error, info, warn};
 
 use super::coordinator::CoordinatorMessage;
-use super::object::Object;
+use super::object::{Object, BATCH_BYTES_MAX};
 use super::replica::{MergeEntry, MergeReply, ReplicaMessage};
 use super::Effects;
 use crate::id::NodeId;
@@ -41,12 +44,34 @@ pub enum HintsMessage {
         key: Vec<u8>,
         /// The state to hand over.
         object: Object,
+        /// Every node the write went to: none of them is a safe place to pass the hint on to,
+        /// as it may hold the write's only other copy.
+        holders: Vec<NodeId>,
     },
-    /// The sender durably merged delivery `batch`.
+    /// Hold these hints on the sender's behalf (it is leaving and their replicas are down);
+    /// acknowledge with [`HintsMessage::Delivered`] once they are durable here.
+    Adopt {
+        /// The hand-over.
+        batch: u64,
+        /// The hints: the replica each is for, with its key and state.
+        hints: Vec<AdoptedHint>,
+    },
+    /// The sender durably merged (or adopted) delivery `batch`.
     Delivered {
         /// The delivery.
         batch: u64,
     },
+}
+
+/// A hint handed to another node to hold ([`HintsMessage::Adopt`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdoptedHint {
+    /// The replica the hint is for.
+    pub target: NodeId,
+    /// The key and its state.
+    pub entry: MergeEntry,
+    /// Nodes that may hold another copy of the write.
+    pub holders: Vec<NodeId>,
 }
 
 /// Timers of the hints sub-machine.
@@ -54,6 +79,13 @@ pub enum HintsMessage {
 pub enum HintsTimer {
     /// Time to offer hints to owners that are reachable.
     Deliver,
+}
+
+/// A hint read back from the store, with its encoded size.
+struct Loaded {
+    size: usize,
+    entry: MergeEntry,
+    holders: Vec<NodeId>,
 }
 
 /// A hint: the node it is for, and its number.
@@ -65,6 +97,8 @@ struct StoredHint {
     #[serde(with = "serde_bytes")]
     key: Vec<u8>,
     object: Object,
+    /// Nodes that may hold another copy of the write.
+    holders: Vec<NodeId>,
 }
 
 #[derive(Debug)]
@@ -96,6 +130,7 @@ impl Hints {
         store: Box<dyn ReadStore>,
         interval: Duration,
         batch_max: usize,
+        first_batch: u64,
     ) -> Result<Self, StoreError> {
         let mut held: BTreeMap<NodeId, BTreeMap<u64, u64>> = BTreeMap::new();
         let mut next_seq = 1;
@@ -118,7 +153,9 @@ impl Hints {
             batch_max: batch_max.max(1),
             held,
             next_seq,
-            next_batch: 1,
+            // Random per process: a late acknowledgement of a previous process's delivery never
+            // matches one of this process's.
+            next_batch: first_batch,
             in_flight: BTreeMap::new(),
             offered: BTreeSet::new(),
         })
@@ -141,24 +178,33 @@ impl Hints {
                 target,
                 key,
                 object,
+                holders,
             } => {
-                let bytes = match protocol::encode(&StoredHint { key, object }) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        warn!(error = %e, "cannot encode a hint");
-                        return;
-                    }
+                if fx.topo.left {
+                    // This node is going away: whoever sent it must keep it elsewhere.
+                    debug!(%from, "refused a hint: this node has left");
+                    return;
+                }
+                let Some(at) = self.hold(target, key, object, holders, fx) else {
+                    return;
                 };
-                let seq = self.next_seq;
-                self.next_seq += 1;
-                let at = fx.journal.staging_seq();
-                fx.journal
-                    .batch()
-                    .put(Space::Hints, hint_key(target, seq), bytes);
-                self.held.entry(target).or_default().insert(seq, at);
                 if req != 0 {
                     fx.after_durable(at, from, CoordinatorMessage::Ack { req }.into());
                 }
+            }
+            HintsMessage::Adopt { batch, hints } => {
+                if fx.topo.left {
+                    debug!(%from, "refused hints to adopt: this node has left");
+                    return;
+                }
+                let mut at = fx.journal.staging_seq();
+                for h in hints {
+                    if let Some(a) = self.hold(h.target, h.entry.key, h.entry.object, h.holders, fx)
+                    {
+                        at = a;
+                    }
+                }
+                fx.after_durable(at, from, HintsMessage::Delivered { batch }.into());
             }
             HintsMessage::Delivered { batch } => {
                 let Some(d) = self.in_flight.get(&batch) else {
@@ -187,6 +233,36 @@ impl Hints {
                 self.deliver(fx);
             }
         }
+    }
+
+    /// Stages `object` as a hint for `target`; returns the journal number it is durable under.
+    fn hold(
+        &mut self,
+        target: NodeId,
+        key: Vec<u8>,
+        object: Object,
+        holders: Vec<NodeId>,
+        fx: &mut Effects<'_>,
+    ) -> Option<u64> {
+        let bytes = match protocol::encode(&StoredHint {
+            key,
+            object,
+            holders,
+        }) {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(error = %e, "cannot encode a hint");
+                return None;
+            }
+        };
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let at = fx.journal.staging_seq();
+        fx.journal
+            .batch()
+            .put(Space::Hints, hint_key(target, seq), bytes);
+        self.held.entry(target).or_default().insert(seq, at);
+        Some(at)
     }
 
     pub(crate) fn handle_timer(&mut self, timer: HintsTimer, fx: &mut Effects<'_>) {
@@ -219,10 +295,18 @@ impl Hints {
         let durable = fx.journal.durable_seq();
         let in_ring = |n: NodeId| fx.topo.ring.as_ref().is_some_and(|r| r.contains(n));
         let targets: Vec<NodeId> = self.held.keys().copied().collect();
-        let mut batches: BTreeMap<NodeId, Vec<(HintId, MergeEntry)>> = BTreeMap::new();
+        // Per destination and kind (merge into a replica, or adopt as hints).
+        let mut batches: BTreeMap<(NodeId, bool), Vec<(HintId, Loaded)>> = BTreeMap::new();
         for target in targets {
-            let owner_gone = !in_ring(target) && fx.topo.ring.is_some();
-            if !owner_gone && (!fx.topo.is_alive(target) || busy.contains(&target)) {
+            // A hint whose owner left the ring goes to the key's current replicas.
+            let gone = !in_ring(target) && fx.topo.ring.is_some();
+            let direct = !gone && fx.topo.is_alive(target);
+            if direct && busy.contains(&target) {
+                continue;
+            }
+            // A leaving node must not take hints away: those whose replica is down go to
+            // another node to hold.
+            if !gone && !direct && !fx.topo.leaving {
                 continue;
             }
             let ready: Vec<u64> = self.held[&target]
@@ -243,45 +327,88 @@ impl Hints {
                         continue;
                     }
                 };
-                // A hint for a node that has left the ring goes to the key's current replicas.
-                let to = if owner_gone {
-                    let p = fx.topo.partition(&entry.key);
-                    match fx
-                        .topo
-                        .primaries(p)
-                        .into_iter()
-                        .find(|&n| fx.topo.is_alive(n) && !busy.contains(&n))
-                    {
-                        Some(n) => n,
-                        None => continue,
-                    }
+                let key = (if direct {
+                    Some(target)
                 } else {
-                    target
-                };
-                let batch = batches.entry(to).or_default();
-                if batch.len() < self.batch_max {
+                    let usable = |n: &NodeId| {
+                        fx.topo.is_alive(*n)
+                            && !busy.contains(n)
+                            && *n != target
+                            && !(fx.topo.leaving && *n == fx.me)
+                    };
+                    // A node that may already hold the write is the last choice: merging or
+                    // leaving the hint there would make two copies one.
+                    let fresh = |n: &NodeId| usable(n) && !entry.holders.contains(n);
+                    let p = fx.topo.partition(&entry.entry.key);
+                    let primaries = fx.topo.primaries(p);
+                    if gone {
+                        // One of the current replicas that may lack it; any of them when all
+                        // of them had it sent (wait otherwise).
+                        let first = primaries.iter().copied().find(fresh);
+                        let all_held = primaries.iter().all(|n| entry.holders.contains(n));
+                        first.or_else(|| {
+                            all_held
+                                .then(|| primaries.iter().copied().find(usable))
+                                .flatten()
+                        })
+                    } else {
+                        // Another fallback first, like the coordinator's choice; wait (keep
+                        // the hint, and the leave) while only holders are reachable.
+                        fx.topo
+                            .fallbacks(p)
+                            .into_iter()
+                            .chain(primaries)
+                            .find(fresh)
+                            .or_else(|| {
+                                fx.topo
+                                    .alive
+                                    .iter()
+                                    .copied()
+                                    .find(|n| in_ring(*n) && fresh(n))
+                            })
+                    }
+                })
+                .map(|to| (to, !direct && !gone));
+                let Some(key) = key else { continue };
+                let batch = batches.entry(key).or_default();
+                let bytes: usize = batch.iter().map(|(_, e)| e.size).sum();
+                if batch.len() < self.batch_max && (batch.is_empty() || bytes < BATCH_BYTES_MAX) {
                     batch.push(((target, seq), entry));
                 }
             }
         }
-        for (to, items) in batches {
+        for ((to, adopt), items) in batches {
             if items.is_empty() {
                 continue;
             }
             let batch = self.next_batch;
-            self.next_batch += 1;
-            let (hints, entries): (Vec<_>, Vec<_>) = items.into_iter().unzip();
+            self.next_batch = self.next_batch.wrapping_add(1);
+            let hints: Vec<HintId> = items.iter().map(|(h, _)| *h).collect();
             self.offered.extend(hints.iter().copied());
-            debug!(%to, hints = hints.len(), batch, "handing hints back");
-            // `to` may be this node: a hint for a departed owner whose key it now replicates.
-            fx.send(
-                to,
+            let message = if adopt {
+                debug!(%to, hints = hints.len(), batch, "handing hints to another node to hold");
+                HintsMessage::Adopt {
+                    batch,
+                    hints: items
+                        .into_iter()
+                        .map(|((target, _), l)| AdoptedHint {
+                            target,
+                            entry: l.entry,
+                            holders: l.holders,
+                        })
+                        .collect(),
+                }
+                .into()
+            } else {
+                debug!(%to, hints = hints.len(), batch, "handing hints back");
+                // `to` may be this node: a hint for a departed owner whose key it now replicates.
                 ReplicaMessage::Merge {
                     reply: MergeReply::Hints { batch },
-                    entries,
+                    entries: items.into_iter().map(|(_, l)| l.entry).collect(),
                 }
-                .into(),
-            );
+                .into()
+            };
+            fx.send(to, message);
             self.in_flight.insert(
                 batch,
                 Delivery {
@@ -293,7 +420,7 @@ impl Hints {
         }
     }
 
-    fn load(&self, target: NodeId, seq: u64) -> Result<Option<MergeEntry>, String> {
+    fn load(&self, target: NodeId, seq: u64) -> Result<Option<Loaded>, String> {
         let Some(bytes) = self
             .store
             .get(Space::Hints, &hint_key(target, seq))
@@ -304,9 +431,13 @@ impl Hints {
         let h: StoredHint =
             protocol::decode_with_limit(&bytes, super::object::OBJECT_BYTES_MAX + 4096)
                 .map_err(|e| e.to_string())?;
-        Ok(Some(MergeEntry {
-            key: h.key,
-            object: h.object,
+        Ok(Some(Loaded {
+            size: bytes.len(),
+            entry: MergeEntry {
+                key: h.key,
+                object: h.object,
+            },
+            holders: h.holders,
         }))
     }
 }

@@ -8,7 +8,7 @@
 //! [`super::Node::handle_durable`]; the journal then releases what waited for it, in order. The
 //! journal never performs I/O and never releases anything early.
 
-use std::collections::VecDeque;
+use std::collections::BTreeMap;
 
 use crate::storage::WriteBatch;
 
@@ -20,7 +20,9 @@ pub(crate) struct Journal<E> {
     /// Highest number reported durable.
     durable: u64,
     batch: WriteBatch,
-    waiting: VecDeque<(u64, E)>,
+    /// What waits, by the number it waits for (in the order it was registered within one).
+    waiting: BTreeMap<u64, Vec<E>>,
+    waiting_len: usize,
 }
 
 impl<E> Journal<E> {
@@ -29,7 +31,8 @@ impl<E> Journal<E> {
             staging: 1,
             durable: 0,
             batch: WriteBatch::new(),
-            waiting: VecDeque::new(),
+            waiting: BTreeMap::new(),
+            waiting_len: 0,
         }
     }
 
@@ -55,8 +58,10 @@ impl<E> Journal<E> {
         if seq <= self.durable {
             return Some(event);
         }
-        debug_assert!(self.waiting.back().is_none_or(|(s, _)| *s <= seq));
-        self.waiting.push_back((seq, event));
+        // Numbers need not arrive in order (an unchanged key waits for the batch it was last
+        // staged in, which may be older than another wait).
+        self.waiting.entry(seq).or_default().push(event);
+        self.waiting_len += 1;
         None
     }
 
@@ -78,18 +83,16 @@ impl<E> Journal<E> {
             return Vec::new();
         }
         self.durable = seq;
-        let mut out = Vec::new();
-        while self.waiting.front().is_some_and(|(s, _)| *s <= seq) {
-            if let Some((_, e)) = self.waiting.pop_front() {
-                out.push(e);
-            }
-        }
+        let later = self.waiting.split_off(&(seq + 1));
+        let ready = std::mem::replace(&mut self.waiting, later);
+        let out: Vec<E> = ready.into_values().flatten().collect();
+        self.waiting_len -= out.len();
         out
     }
 
     /// Events waiting for durability.
     pub(crate) fn waiting(&self) -> usize {
-        self.waiting.len()
+        self.waiting_len
     }
 }
 
@@ -118,5 +121,15 @@ mod tests {
         // Already durable: released at once.
         assert_eq!(j.after_durable(2, "late"), Some("late"));
         assert_eq!(j.waiting(), 0);
+        // Waits registered out of order are released by their own numbers, in number order.
+        for n in 3..=4 {
+            j.batch().put(Space::Data, vec![n as u8], vec![]);
+            j.take_batch();
+        }
+        assert_eq!(j.after_durable(4, "four"), None);
+        assert_eq!(j.after_durable(3, "three"), None);
+        assert_eq!(j.waiting(), 2);
+        assert_eq!(j.durable(3), vec!["three"]);
+        assert_eq!(j.durable(4), vec!["four"]);
     }
 }

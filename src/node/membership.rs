@@ -557,6 +557,8 @@ impl Membership {
             alive,
             addrs,
             placement_version: self.placement_version,
+            leaving: self.own_entry().status >= RingStatus::Leaving,
+            left: self.own_entry().status == RingStatus::Left,
         }
     }
 
@@ -781,6 +783,8 @@ impl Membership {
                     self.lock_ring().merge_entry(self.id, &own);
                     self.enter_left_phase(now, out);
                 }
+                // Writes that reached this node late must be with their owners before it goes.
+                _ if !self.handoff_done => return,
                 _ => {
                     let Some(l) = self.leave.as_mut() else { return };
                     l.done = true;

@@ -73,7 +73,7 @@ pub use client::{
     WriteResult,
 };
 pub use coordinator::{CoordinatorMessage, CoordinatorTimer};
-pub use hints::{HintsMessage, HintsTimer};
+pub use hints::{AdoptedHint, HintsMessage, HintsTimer};
 use journal::Journal;
 use membership::Membership;
 pub use membership::{
@@ -298,8 +298,9 @@ pub(crate) struct Effects<'a> {
     pub(crate) mail: &'a mut VecDeque<(NodeId, PeerMessage)>,
     pub(crate) calls: &'a mut VecDeque<Call>,
     pub(crate) out: &'a mut Outbox,
-    /// Storage keys of the data the replica staged in this input (for handoff).
-    pub(crate) staged: &'a mut Vec<Vec<u8>>,
+    /// Storage keys of the data the replica staged in this input, with their journal numbers
+    /// (for handoff).
+    pub(crate) staged: &'a mut Vec<(Vec<u8>, u64)>,
 }
 
 impl Effects<'_> {
@@ -424,7 +425,7 @@ pub struct Node {
     calls: VecDeque<Call>,
     out: Outbox,
     /// Storage keys staged by the replica and not yet shown to the sync sub-machine.
-    staged: Vec<Vec<u8>>,
+    staged: Vec<(Vec<u8>, u64)>,
     /// What the sync sub-machine last said about a leaving node's handoff.
     handoff_done: bool,
 }
@@ -484,15 +485,25 @@ impl Node {
             ring_config: config.membership.ring,
             replicas: config.membership.replicas,
             membership,
-            coordinator: coordinator::Coordinator::new(d.clone()),
+            coordinator: coordinator::Coordinator::new(d.clone(), rand::Rng::next_u64(&mut rng)),
             replica: replica::Replica::new(
                 Box::new(store.clone()),
                 actor,
                 partitions,
                 d.cache_bytes,
             ),
-            hints: hints::Hints::new(Box::new(store.clone()), d.hint_interval, d.hint_batch_max)?,
-            sync: sync::Sync::new(Box::new(store), d.handoff_interval, d.handoff_batch_max)?,
+            hints: hints::Hints::new(
+                Box::new(store.clone()),
+                d.hint_interval,
+                d.hint_batch_max,
+                rand::Rng::next_u64(&mut rng),
+            )?,
+            sync: sync::Sync::new(
+                Box::new(store),
+                d.handoff_interval,
+                d.handoff_batch_max,
+                rand::Rng::next_u64(&mut rng),
+            )?,
             topo: Topology::default(),
             topo_version: None,
             journal: Journal::new(),
@@ -638,7 +649,8 @@ impl Node {
                 self.sync.note_staged(keys, &mut fx!(self, now));
                 continue;
             }
-            let done = self.sync.handoff_complete(&fx!(self, now));
+            // A leaving node also holds no hint any more (they went to other replicas).
+            let done = self.sync.handoff_complete(&fx!(self, now)) && self.hints.pending() == 0;
             if done != self.handoff_done {
                 self.handoff_done = done;
                 self.membership.set_handoff_done(done, now, &mut self.out);
@@ -659,7 +671,7 @@ impl Node {
         }
         self.topo_version = Some(v);
         self.topo = self.membership.topology(self.replicas);
-        let staged = self.replica.staged_partitions();
+        let staged = self.replica.staged_keys();
         self.sync.topology_changed(&staged, &mut fx!(self, now));
         self.hints.deliver(&mut fx!(self, now));
         true

@@ -16,9 +16,15 @@ use crate::causality::{Register, VersionVector, COUNTER_MAX};
 use crate::protocol::{self, WireError};
 use crate::ring::key_hash;
 
-/// Largest encoded object a replica stores or accepts (a value of 1 MiB with a few concurrent
-/// siblings fits many times over).
-pub const OBJECT_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Largest encoded object a replica stores or accepts: a value of 1 MiB with a few concurrent
+/// siblings fits, and so does a message carrying one such object within the wire's frame limit
+/// ([`crate::protocol::DEFAULT_FRAME_BYTES_MAX`], 8 MiB).
+pub const OBJECT_BYTES_MAX: usize = 6 * 1024 * 1024;
+
+/// Messages that carry many objects (handoff pages, hint hand-backs) stop adding objects once
+/// they hold this many bytes (always carrying at least one), so they stay within the wire's
+/// frame limit.
+pub const BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 /// Largest context token accepted from a client, in characters.
 pub const CONTEXT_CHARS_MAX: usize = 16 * 1024;
@@ -155,16 +161,22 @@ impl Context {
         if de.position() as usize != bytes.len() {
             return Err(ContextError::Malformed("trailing bytes".into()));
         }
-        if ctx.key != key_hash(key) {
+        ctx.check(key)?;
+        Ok(ctx)
+    }
+
+    /// Checks that the context is for `key` and within the limits.
+    pub fn check(&self, key: &[u8]) -> Result<(), ContextError> {
+        if self.key != key_hash(key) {
             return Err(ContextError::WrongKey);
         }
-        if ctx.seen.len() > CONTEXT_ENTRIES_MAX {
+        if self.seen.len() > CONTEXT_ENTRIES_MAX {
             return Err(ContextError::TooManyEntries);
         }
-        if ctx.seen.iter().any(|(_, c)| c > CONTEXT_COUNTER_MAX) {
+        if self.seen.iter().any(|(_, c)| c > CONTEXT_COUNTER_MAX) {
             return Err(ContextError::CounterTooLarge);
         }
-        Ok(ctx)
+        Ok(())
     }
 }
 

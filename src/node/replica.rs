@@ -279,7 +279,7 @@ impl Replica {
         let seq = fx.journal.staging_seq();
         self.cache.put(skey.clone(), bytes.len(), object.clone());
         fx.journal.batch().put(Space::Data, skey.clone(), bytes);
-        fx.staged.push(skey.clone());
+        fx.staged.push((skey.clone(), seq));
         self.overlay.insert(skey.clone(), (seq, object));
         self.staged.push_back((seq, skey));
         Ok(seq)
@@ -321,6 +321,22 @@ impl Replica {
         msg: ReplicaMessage,
         fx: &mut Effects<'_>,
     ) {
+        if fx.topo.left && !matches!(msg, ReplicaMessage::Read { .. }) {
+            // This node has left: a write acknowledged here would leave with it. The sender
+            // finds another replica (a coordinator hedges; hints and handoff re-route).
+            if let ReplicaMessage::Write { req, .. } = msg {
+                if req != 0 {
+                    let error = ClientError::Unavailable {
+                        message: "this node has left the cluster".into(),
+                        indeterminate: false,
+                        acks: 0,
+                        needed: 1,
+                    };
+                    fx.send(from, CoordinatorMessage::Refused { req, error }.into());
+                }
+            }
+            return;
+        }
         match msg {
             ReplicaMessage::Write { req, key, object } => match self.merge_in(&key, &object, fx) {
                 Ok(seq) if req != 0 => {
@@ -345,9 +361,13 @@ impl Replica {
                 for e in &entries {
                     match self.merge_in(&e.key, &e.object, fx) {
                         Ok(seq) => last = last.max(seq),
-                        // A conflicting type stays as it is; the sender must not retry it
-                        // forever, so it counts as handled.
+                        // A conflicting type stays as it is, and a merge too large to store
+                        // cannot be stored (the other copies keep it); the sender must not retry
+                        // these forever, so they count as handled.
                         Err(ClientError::TypeConflict(_)) => {}
+                        Err(ClientError::TooLarge(why)) => {
+                            error!(key = ?String::from_utf8_lossy(&e.key), %why, "cannot merge a key: too large");
+                        }
                         // Anything else (storage failing): do not acknowledge.
                         Err(_) => return,
                     }
@@ -423,11 +443,12 @@ impl Replica {
         self.overlay.len()
     }
 
-    /// The partitions with data staged and maybe not yet in the store.
-    pub(crate) fn staged_partitions(&self) -> std::collections::BTreeSet<crate::ring::PartitionId> {
-        self.staged
+    /// The storage keys with a state staged and maybe not yet in the store, with the journal
+    /// number of their newest staged state.
+    pub(crate) fn staged_keys(&self) -> Vec<(Vec<u8>, u64)> {
+        self.overlay
             .iter()
-            .filter_map(|(_, k)| crate::storage::split_data_key(k).map(|(p, _)| p))
+            .map(|(k, (seq, _))| (k.clone(), *seq))
             .collect()
     }
 }

@@ -23,7 +23,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
-use super::object::Object;
+use super::object::{Object, BATCH_BYTES_MAX};
 use super::replica::{MergeEntry, MergeReply, ReplicaMessage};
 use super::Effects;
 use crate::id::NodeId;
@@ -63,16 +63,18 @@ struct Task {
     cursor: Vec<u8>,
     /// Whether the whole partition has been walked.
     scanned: bool,
-    /// Keys staged here after the walk passed them: pushed on their own.
-    extras: BTreeSet<Vec<u8>>,
+    /// Keys staged while this push was pending, with the journal number of their newest
+    /// state: pushed on their own once that number is durable (the walk may have read an
+    /// older state, or passed them already).
+    extras: BTreeMap<Vec<u8>, u64>,
 }
 
 #[derive(Debug)]
 enum Sent {
     /// A page of the walk, ending at this storage key.
     Page(Vec<u8>),
-    /// These extra keys.
-    Extras(Vec<Vec<u8>>),
+    /// These extra keys, as of these journal numbers.
+    Extras(Vec<(Vec<u8>, u64)>),
 }
 
 #[derive(Debug)]
@@ -113,6 +115,7 @@ impl Sync {
         store: Box<dyn ReadStore>,
         interval: Duration,
         batch_max: usize,
+        first_batch: u64,
     ) -> Result<Self, StoreError> {
         let record = match store.get(Space::Meta, META_HANDOFF.as_bytes())? {
             None => Record::default(),
@@ -131,7 +134,8 @@ impl Sync {
             record,
             tasks: BTreeMap::new(),
             in_flight: BTreeMap::new(),
-            next_batch: 1,
+            // Random per process, like the hints' delivery numbers.
+            next_batch: first_batch,
             seen_version: None,
         })
     }
@@ -152,17 +156,26 @@ impl Sync {
         self.seen_version == Some(fx.topo.placement_version) && self.tasks.is_empty()
     }
 
-    /// The placement may have changed: plan the pushes it calls for. `staged` are the
-    /// partitions with data staged but maybe not yet in the store.
-    pub(crate) fn topology_changed(
-        &mut self,
-        staged: &BTreeSet<PartitionId>,
-        fx: &mut Effects<'_>,
-    ) {
+    /// The placement may have changed: plan the pushes it calls for. `staged` are the storage
+    /// keys with a state staged but maybe not yet in the store, with its journal number.
+    pub(crate) fn topology_changed(&mut self, staged: &[(Vec<u8>, u64)], fx: &mut Effects<'_>) {
         if self.seen_version == Some(fx.topo.placement_version) || fx.topo.future.is_none() {
             return;
         }
         self.seen_version = Some(fx.topo.placement_version);
+        if fx.topo.left {
+            // Everything this node held went to its owners before it recorded `left` (or an
+            // operator removed it): owners that join later get the data from the others.
+            self.tasks.clear();
+            self.in_flight.clear();
+            return;
+        }
+        let mut staged_in: BTreeMap<PartitionId, Vec<(Vec<u8>, u64)>> = BTreeMap::new();
+        for (skey, seq) in staged {
+            if let Some((p, _)) = split_data_key(skey) {
+                staged_in.entry(p).or_default().push((skey.clone(), *seq));
+            }
+        }
         let mut planned = 0;
         let mut record_changed = false;
         for p in fx.topo.partition_ids() {
@@ -187,14 +200,19 @@ impl Sync {
             if missing.is_empty() {
                 continue;
             }
-            if !staged.contains(&p) && !self.holds(p) {
+            let staged_here = staged_in.get(&p).map_or(&[][..], |v| &v[..]);
+            if staged_here.is_empty() && !self.holds(p) {
                 // Nothing to hand over: the new owners get this partition's writes directly.
                 self.record.known.entry(p).or_default().extend(missing);
                 record_changed = true;
                 continue;
             }
             for to in missing {
-                self.tasks.entry((p, to)).or_default();
+                // Keys staged before the push began: the walk may read their older state.
+                let task = self.tasks.entry((p, to)).or_default();
+                for (skey, seq) in staged_here {
+                    note_extra(task, skey, *seq);
+                }
                 planned += 1;
             }
         }
@@ -243,8 +261,11 @@ impl Sync {
                         match push.sent {
                             Sent::Page(last) => task.cursor = last,
                             Sent::Extras(keys) => {
-                                for k in keys {
-                                    task.extras.remove(&k);
+                                // A key staged again since keeps its place.
+                                for (k, seq) in keys {
+                                    if task.extras.get(&k) == Some(&seq) {
+                                        task.extras.remove(&k);
+                                    }
                                 }
                             }
                         }
@@ -264,11 +285,13 @@ impl Sync {
         }
     }
 
-    /// Keys the replica staged: a key behind a push's walk is pushed on its own, and a key of
-    /// a partition this node will not own goes to every future owner before a leave completes.
-    pub(crate) fn note_staged(&mut self, keys: Vec<Vec<u8>>, fx: &mut Effects<'_>) {
+    /// Keys the replica staged, with their journal numbers: every pending push of the key's
+    /// partition sends it on its own once durable (its walk may have read the older state, or
+    /// be reading it right now), and a key of a partition this node will not own goes to every
+    /// future owner before a leave completes.
+    pub(crate) fn note_staged(&mut self, keys: Vec<(Vec<u8>, u64)>, fx: &mut Effects<'_>) {
         let mut newly_dirty = false;
-        for skey in keys {
+        for (skey, seq) in keys {
             let Some((p, _)) = split_data_key(&skey) else {
                 continue;
             };
@@ -278,9 +301,7 @@ impl Sync {
                 .range_mut((p, NodeId::new(0))..=(p, NodeId::new(u64::MAX)))
             {
                 debug_assert_eq!(*tp, p);
-                if task.scanned || (!task.cursor.is_empty() && task.cursor >= skey) {
-                    task.extras.insert(skey.clone());
-                }
+                note_extra(task, &skey, seq);
             }
             if fx.topo.future.is_none() {
                 continue;
@@ -290,14 +311,11 @@ impl Sync {
                 continue;
             }
             for to in owners {
-                self.tasks
-                    .entry((p, to))
-                    .or_insert_with(|| Task {
-                        scanned: true,
-                        ..Task::default()
-                    })
-                    .extras
-                    .insert(skey.clone());
+                let task = self.tasks.entry((p, to)).or_insert_with(|| Task {
+                    scanned: true,
+                    ..Task::default()
+                });
+                note_extra(task, &skey, seq);
             }
         }
         if newly_dirty {
@@ -327,30 +345,39 @@ impl Sync {
             let Some(task) = self.tasks.get_mut(&(p, to)) else {
                 continue;
             };
-            let (entries, sent) = if !task.extras.is_empty() {
-                let mut found = Vec::new();
-                let mut entries = Vec::new();
-                for k in task.extras.iter().take(self.batch_max) {
-                    match self.store.get(Space::Data, k) {
-                        Ok(Some(v)) => {
-                            if let (Some((_, key)), Ok(object)) =
-                                (split_data_key(k), Object::decode(&v))
-                            {
-                                entries.push(MergeEntry {
-                                    key: key.to_vec(),
-                                    object,
-                                });
-                            }
-                            found.push(k.clone());
-                        }
-                        // Not in the store yet (staged, not yet committed): next time.
-                        Ok(None) => {}
-                        Err(e) => warn!(error = %e, "cannot read a key for handoff"),
-                    }
+            // Extra keys whose newest state is durable (a state still staged is not in the
+            // store yet: the store would give the older one).
+            let durable = fx.journal.durable_seq();
+            let mut found = Vec::new();
+            let mut entries = Vec::new();
+            let mut bytes = 0;
+            for (k, &seq) in task.extras.iter() {
+                if found.len() >= self.batch_max || bytes >= BATCH_BYTES_MAX {
+                    break;
                 }
-                if found.is_empty() {
+                if seq > durable {
                     continue;
                 }
+                match self.store.get(Space::Data, k) {
+                    Ok(Some(v)) => {
+                        bytes += v.len() + k.len();
+                        match (split_data_key(k), Object::decode(&v)) {
+                            (Some((_, key)), Ok(object)) => entries.push(MergeEntry {
+                                key: key.to_vec(),
+                                object,
+                            }),
+                            _ => warn!("skipping an unreadable object in handoff"),
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        warn!(error = %e, "cannot read a key for handoff");
+                        continue;
+                    }
+                }
+                found.push((k.clone(), seq));
+            }
+            let (entries, sent) = if !found.is_empty() {
                 (entries, Sent::Extras(found))
             } else if !task.scanned {
                 let (start, end) = partition_range(p);
@@ -361,13 +388,23 @@ impl Sync {
                     k.push(0);
                     k
                 };
-                let page = match self.store.scan(Space::Data, &from, &end, self.batch_max) {
+                let mut page = match self.store.scan(Space::Data, &from, &end, self.batch_max) {
                     Ok(page) => page,
                     Err(e) => {
                         warn!(error = %e, partition = %p, "cannot scan for handoff");
                         continue;
                     }
                 };
+                // Within the wire's frame limit: stop once the page holds enough bytes.
+                let mut bytes = 0;
+                let keep = page
+                    .iter()
+                    .position(|(k, v)| {
+                        bytes += k.len() + v.len();
+                        bytes > BATCH_BYTES_MAX
+                    })
+                    .map_or(page.len(), |i| i.max(1));
+                page.truncate(keep);
                 let Some((last, _)) = page.last() else {
                     task.scanned = true;
                     if task.extras.is_empty() {
@@ -390,12 +427,15 @@ impl Sync {
                     }
                 }
                 (entries, Sent::Page(last))
-            } else {
+            } else if task.extras.is_empty() {
                 done.push((p, to));
+                continue;
+            } else {
+                // Only keys not yet durable are left: next time.
                 continue;
             };
             let batch = self.next_batch;
-            self.next_batch += 1;
+            self.next_batch = self.next_batch.wrapping_add(1);
             debug!(partition = %p, %to, keys = entries.len(), batch, "handing a partition page over");
             fx.send(
                 to,
@@ -436,6 +476,12 @@ impl Sync {
             }
         }
     }
+}
+
+/// Adds `skey`, staged under journal number `seq`, to `task`'s extra keys.
+fn note_extra(task: &mut Task, skey: &[u8], seq: u64) {
+    let e = task.extras.entry(skey.to_vec()).or_insert(seq);
+    *e = (*e).max(seq);
 }
 
 fn owners_contain(fx: &Effects<'_>, p: PartitionId, node: NodeId) -> bool {

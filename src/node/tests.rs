@@ -31,6 +31,8 @@ struct Net {
     queue: BTreeMap<(Duration, u64), (SocketAddr, Event)>,
     down: BTreeSet<SocketAddr>,
     left: BTreeSet<SocketAddr>,
+    /// Messages that reached a node not running, with their destination.
+    sent_to_dead: Vec<(SocketAddr, Vec<u8>)>,
 }
 
 enum Event {
@@ -57,6 +59,7 @@ impl Net {
             queue: BTreeMap::new(),
             down: BTreeSet::new(),
             left: BTreeSet::new(),
+            sent_to_dead: Vec::new(),
         }
     }
 
@@ -133,6 +136,9 @@ impl Net {
             let ((at, _), (to, event)) = entry.remove_entry();
             self.now = at;
             let Some(node) = self.nodes.get_mut(&to) else {
+                if let Event::Message(_, b) = event {
+                    self.sent_to_dead.push((to, b));
+                }
                 continue;
             };
             match event {
@@ -781,4 +787,141 @@ fn a_replica_that_does_not_answer_gets_a_hint_kept_by_the_coordinator() {
         .unwrap()
         .unwrap();
     assert_eq!(local.as_register().unwrap().values().count(), 1);
+}
+
+#[test]
+fn a_leaving_fallback_passes_its_hints_to_a_node_without_the_write() {
+    let mut net = cluster(5);
+    let ring = net.nodes[&addr(0)].placement().unwrap().clone();
+    let key = b"handed".to_vec();
+    let primaries: Vec<u64> = ring
+        .preference_list(ring.partition_of(&key), 3)
+        .iter()
+        .map(|n| n.get() - 100)
+        .collect();
+    let (a, b, c) = (primaries[0], primaries[1], primaries[2]);
+    let others: Vec<u64> = (0..5).filter(|i| !primaries.contains(i)).collect();
+    let (fallback, spare) = (others[0], others[1]);
+    // A replica and the spare are down: the write's fallback can only be `fallback`.
+    net.crash(addr(c));
+    net.crash(addr(spare));
+    net.run_for(Duration::from_secs(10));
+    let w = written(net.put(a, &key, b"v", None));
+    assert!(w.acks >= 2, "{w:?}");
+    net.run_for(Duration::from_secs(1));
+    let hints = |net: &Net, i: u64| {
+        net.nodes
+            .get(&addr(i))
+            .map_or(0, |n| n.data_stats().hints_pending)
+    };
+    assert_eq!(
+        hints(&net, fallback),
+        1,
+        "the fallback holds the write for c"
+    );
+    // The fallback leaves. The hint must not go to a or b: each may hold the write's only
+    // other copy, and two copies would become one. It waits for a node without the write.
+    let node = net.nodes.get_mut(&addr(fallback)).unwrap();
+    node.leave(net.now);
+    net.drain(addr(fallback));
+    net.run_for(Duration::from_secs(30));
+    assert_eq!(
+        hints(&net, a) + hints(&net, b),
+        0,
+        "no holder took the hint"
+    );
+    assert_eq!(hints(&net, fallback), 1, "the leaver keeps it meanwhile");
+    assert!(
+        !net.left.contains(&addr(fallback)),
+        "the leave waits for it"
+    );
+    net.start(config(spare, 2, vec![addr(a)]));
+    net.run_for(Duration::from_secs(30));
+    assert!(net.left.contains(&addr(fallback)), "the leave completed");
+    assert_eq!(hints(&net, spare), 1, "the spare holds the hint now");
+    assert_eq!(hints(&net, a) + hints(&net, b), 0);
+    // When the replica is back, the hint reaches it.
+    net.start(config(c, 2, vec![addr(a)]));
+    net.run_for(Duration::from_secs(20));
+    assert_eq!(hints(&net, spare), 0, "hint delivered");
+    let local = net.nodes[&addr(c)].local_object(&key).unwrap().unwrap();
+    let values: Vec<&[u8]> = local.as_register().unwrap().values().collect();
+    assert_eq!(values, vec![&b"v"[..]]);
+}
+
+#[test]
+fn an_acknowledgement_from_a_node_that_is_not_a_target_counts_for_nothing() {
+    let mut net = cluster(4);
+    let ring = net.nodes[&addr(0)].placement().unwrap().clone();
+    // A key n0 replicates and n3 does not.
+    let key = (0..1000)
+        .map(|i| format!("forged{i}").into_bytes())
+        .find(|k| {
+            let p = ring.partition_of(k);
+            ring.is_replica(p, NodeId::new(100), 3) && !ring.is_replica(p, NodeId::new(103), 3)
+        })
+        .unwrap();
+    let p = ring.partition_of(&key);
+    let silent = ring
+        .preference_list(p, 3)
+        .into_iter()
+        .find(|&n| n != NodeId::new(100))
+        .unwrap();
+    // That replica crashes; before SWIM notices, a w=3 write is sent to it.
+    net.crash(addr(silent.get() - 100));
+    net.seq += 1;
+    let handle = net.seq;
+    let now = net.now;
+    let request = ClientRequest {
+        key: key.clone(),
+        op: ClientOp::Put {
+            value: b"v".to_vec(),
+            context: None,
+        },
+        options: RequestOptions {
+            w: Some(3),
+            strict: true,
+            timeout_ms: Some(1000),
+            ..RequestOptions::default()
+        },
+    };
+    net.nodes
+        .get_mut(&addr(0))
+        .unwrap()
+        .handle_client(handle, request, now);
+    net.drain(addr(0));
+    net.run_for(Duration::from_millis(5));
+    // n3 learns the real request id (here: from the message to the dead replica) and
+    // acknowledges it.
+    let req = net
+        .sent_to_dead
+        .iter()
+        .find_map(|(to, bytes)| {
+            if *to != addr(silent.get() - 100) {
+                return None;
+            }
+            match crate::protocol::decode::<PeerMessage>(bytes) {
+                Ok(PeerMessage::Replica(ReplicaMessage::Write { req, .. })) => Some(req),
+                _ => None,
+            }
+        })
+        .expect("the write went to the silent replica");
+    let forged =
+        crate::protocol::encode(&PeerMessage::Coordinator(CoordinatorMessage::Ack { req }))
+            .unwrap();
+    let now = net.now;
+    net.nodes
+        .get_mut(&addr(0))
+        .unwrap()
+        .handle_message(NodeId::new(103), &forged, now);
+    net.drain(addr(0));
+    net.run_for(Duration::from_secs(3));
+    let reply = net
+        .replies
+        .remove(&handle)
+        .expect("answered by its deadline");
+    assert!(
+        matches!(reply, ClientReply::Failed(_)),
+        "a forged acknowledgement completed w=3: {reply:?}"
+    );
 }

@@ -30,6 +30,10 @@ pub(crate) struct Topology {
     pub(crate) addrs: BTreeMap<NodeId, SocketAddr>,
     /// Bumped whenever the owner set (of `ring` or `future`) changes.
     pub(crate) placement_version: u64,
+    /// This node is leaving (or has left): it hands everything it holds to others.
+    pub(crate) leaving: bool,
+    /// This node has left: it takes no writes any more.
+    pub(crate) left: bool,
 }
 
 impl Default for Topology {
@@ -43,11 +47,20 @@ impl Default for Topology {
             alive: BTreeSet::new(),
             addrs: BTreeMap::new(),
             placement_version: 0,
+            leaving: false,
+            left: false,
         }
     }
 }
 
 impl Topology {
+    /// Replicas a key actually has: N, or every owner when the ring has fewer.
+    pub(crate) fn replicas(&self) -> usize {
+        self.ring
+            .as_ref()
+            .map_or(self.n, |r| self.n.min(r.member_count()))
+    }
+
     /// The partition of `key`.
     pub(crate) fn partition(&self, key: &[u8]) -> PartitionId {
         partition_of(key, self.partitions.max(1))

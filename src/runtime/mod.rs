@@ -42,6 +42,9 @@ const LEAVE_FLUSH: Duration = Duration::from_millis(500);
 /// Inputs of one kind handled before the outputs they produced are performed.
 const INPUT_BATCH_MAX: usize = 256;
 
+/// Bytes the storage thread puts into one commit at most (it always takes one batch).
+const GROUP_COMMIT_BYTES_MAX: usize = 64 * 1024 * 1024;
+
 /// Batches the storage thread takes into one commit at most.
 const GROUP_COMMIT_BATCHES_MAX: usize = 4096;
 
@@ -226,7 +229,7 @@ fn storage_thread(
         let mut last = first.seq;
         let mut group = first.batch;
         let mut batches = 1;
-        while batches < GROUP_COMMIT_BATCHES_MAX {
+        while batches < GROUP_COMMIT_BATCHES_MAX && group.bytes() < GROUP_COMMIT_BYTES_MAX {
             match jobs.try_recv() {
                 Ok(job) => {
                     last = job.seq;
@@ -474,13 +477,27 @@ async fn run_node(
             }
         }
     };
+    // Requests still in flight get their answer now (the HTTP API tells writes they may have
+    // been applied), so the HTTP server can drain at once.
+    drop(pending);
+    drop(client_rx);
     let _ = http_stop_tx.send(());
     transport.shutdown().await;
-    let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
-    // Let the storage thread finish what it was given.
+    let abort = http_task.abort_handle();
+    if tokio::time::timeout(Duration::from_secs(2), http_task)
+        .await
+        .is_err()
+    {
+        abort.abort();
+    }
+    // Let the storage thread finish what it was given (a hung disk cannot hold the exit).
     drop(jobs_tx);
-    let joined = tokio::task::spawn_blocking(move || storage.join()).await;
-    if !matches!(joined, Ok(Ok(()))) {
+    let joined = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::task::spawn_blocking(move || storage.join()),
+    )
+    .await;
+    if !matches!(joined, Ok(Ok(Ok(())))) {
         warn!("the storage thread did not stop cleanly");
     }
     info!("node stopped");

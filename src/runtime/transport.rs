@@ -42,7 +42,7 @@ use quinn::{
 };
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{timeout, timeout_at, Instant};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::tls::{node_id_of, NODE_SERVER_NAME};
 use crate::id::NodeId;
@@ -61,6 +61,9 @@ const CLOSE_NO_IDENTITY: VarInt = VarInt::from_u32(3);
 const STREAM_SINGLE: u8 = b'S';
 /// The first byte of a stream carrying length-prefixed frames.
 const STREAM_FRAMED: u8 = b'F';
+
+/// Incoming handshakes in progress at once; beyond, new ones are refused.
+const HANDSHAKES_MAX: usize = 128;
 
 /// Messages up to this size travel on the connection's framed stream; larger ones get their own.
 pub const SMALL_MESSAGE_BYTES: usize = 64 * 1024;
@@ -452,7 +455,7 @@ impl Transport {
         let max = self.shared.limits.message_bytes_max;
         let len = bytes.len();
         if len > max {
-            debug!(peer = %to, len, max, "dropping oversized outgoing message");
+            error!(peer = %to, len, max, "dropping an outgoing message over the size limit");
             return Err(SendError::TooLarge { to, len, max });
         }
         self.enqueue(to, Outbound::Message(Bytes::from(bytes), node))
@@ -720,17 +723,15 @@ async fn peer_task(shared: Arc<Shared>, to: SocketAddr, id: u64, mut rx: mpsc::R
                     framed_count += 1;
                 }
                 Outbound::Message(bytes, _) => {
-                    let Ok(permit) = writes.clone().acquire_owned().await else {
-                        break;
-                    };
+                    // Its own stream, in its own task: waiting for a stream slot must not hold
+                    // up the small messages behind it.
+                    let (conn, writes) = (l.conn.clone(), writes.clone());
                     let stream_timeout = shared.limits.stream_timeout;
-                    shared.runtime.spawn(write_message(
-                        l.conn.clone(),
-                        to,
-                        bytes,
-                        stream_timeout,
-                        permit,
-                    ));
+                    shared.runtime.spawn(async move {
+                        if let Ok(permit) = writes.acquire_owned().await {
+                            write_message(conn, to, bytes, stream_timeout, permit).await;
+                        }
+                    });
                 }
             }
             if batch.len() < BATCH_BYTES_MAX {
@@ -838,20 +839,34 @@ async fn accept_loop(
     limits: Limits,
     slots: Arc<Semaphore>,
 ) {
+    // Handshakes in progress have their own, smaller budget: a stranger without a certificate
+    // can hold a handshake slot for the connect timeout at most, never a connection slot.
+    let handshakes = Arc::new(Semaphore::new(HANDSHAKES_MAX));
+    let mut refused = 0u64;
     while let Some(incoming) = endpoint.accept().await {
         let remote = incoming.remote_address();
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            let max = limits.peers_max;
-            warn!(peer = %remote, max, "too many incoming connections; refusing one");
+        let Ok(pending) = handshakes.clone().try_acquire_owned() else {
+            refused += 1;
+            if refused.is_power_of_two() {
+                warn!(peer = %remote, refused, "too many handshakes in progress; refusing");
+            }
             incoming.refuse();
             continue;
         };
         let inbound = inbound.clone();
         let limits = limits.clone();
+        let slots = slots.clone();
         tokio::spawn(async move {
             let handshake = async { incoming.accept()?.await };
-            match timeout(limits.connect_timeout, handshake).await {
+            let result = timeout(limits.connect_timeout, handshake).await;
+            drop(pending);
+            match result {
                 Ok(Ok(conn)) => {
+                    let Ok(slot) = slots.try_acquire_owned() else {
+                        warn!(peer = %remote, max = limits.peers_max, "too many peer connections; closing one");
+                        conn.close(CLOSE_SHUTDOWN, b"too many connections");
+                        return;
+                    };
                     debug!(peer = %remote, "accepted peer connection");
                     serve_connection(conn, inbound, limits, Some(slot)).await;
                 }
