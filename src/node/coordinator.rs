@@ -701,14 +701,6 @@ impl Coordinator {
                 .filter(|&n| fx.topo.is_alive(n) && !used.contains(&n) && n != fx.me)
                 .collect()
         };
-        // Every node that may hold this write once the hedge is done.
-        let holders = {
-            let mut h = holders_of(targets, fx);
-            h.extend(candidates.iter().copied());
-            h.sort_unstable();
-            h.dedup();
-            h
-        };
         let mut fallbacks = candidates.into_iter();
         let covered: BTreeSet<NodeId> = targets
             .iter()
@@ -721,39 +713,42 @@ impl Coordinator {
             .filter(|t| !acked.contains(&t.node))
             .collect();
         let mut added = Vec::new();
+        let mut kept = Vec::new();
         for t in silent {
             let primary = t.hint_for.unwrap_or(t.node);
             if t.hint_for.is_none() && covered.contains(&primary) {
                 continue;
             }
             match fallbacks.next() {
-                Some(fb) => {
-                    // The placement may have moved since the write started: a fallback that is
-                    // the silent replica itself takes a plain write, not a hint for itself.
-                    let extra = Target {
-                        node: fb,
-                        hint_for: (fb != primary).then_some(primary),
-                    };
-                    send_to_target(req, &r.key, object, extra, &holders, fx);
-                    added.push(extra);
-                }
-                None if primary != fx.me && hinted.insert(primary) => {
-                    fx.send(
-                        fx.me,
-                        HintsMessage::Store {
-                            req: 0,
-                            target: primary,
-                            key: r.key.clone(),
-                            object: object.clone(),
-                            holders: holders.clone(),
-                        }
-                        .into(),
-                    );
-                }
+                // The placement may have moved since the write started: a fallback that is the
+                // silent replica itself takes a plain write, not a hint for itself.
+                Some(fb) => added.push(Target {
+                    node: fb,
+                    hint_for: (fb != primary).then_some(primary),
+                }),
+                None if primary != fx.me && hinted.insert(primary) => kept.push(primary),
                 None => {}
             }
         }
-        targets.extend(added);
+        targets.extend(added.iter().copied());
+        // Every node the write went to, these included.
+        let holders = holders_of(targets, fx);
+        for extra in added {
+            send_to_target(req, &r.key, object, extra, &holders, fx);
+        }
+        for primary in kept {
+            fx.send(
+                fx.me,
+                HintsMessage::Store {
+                    req: 0,
+                    target: primary,
+                    key: r.key.clone(),
+                    object: object.clone(),
+                    holders: holders.clone(),
+                }
+                .into(),
+            );
+        }
         fx.set_timer(self.config.hedge_after, CoordinatorTimer::Hedge { req });
     }
 }

@@ -345,7 +345,10 @@ impl Hints {
                         // One of the current replicas that may lack it; any of them when all
                         // of them had it sent (wait otherwise).
                         let first = primaries.iter().copied().find(fresh);
-                        let all_held = primaries.iter().all(|n| entry.holders.contains(n));
+                        let all_held = primaries
+                            .iter()
+                            .filter(|&&n| !(fx.topo.leaving && n == fx.me))
+                            .all(|n| entry.holders.contains(n));
                         first.or_else(|| {
                             all_held
                                 .then(|| primaries.iter().copied().find(usable))
@@ -369,7 +372,10 @@ impl Hints {
                     }
                 })
                 .map(|to| (to, !direct && !gone));
-                let Some(key) = key else { continue };
+                let Some(key) = key else {
+                    debug!(%target, gone, holders = ?entry.holders, "a hint waits for a node without the write");
+                    continue;
+                };
                 let batch = batches.entry(key).or_default();
                 let bytes: usize = batch.iter().map(|(_, e)| e.size).sum();
                 if batch.len() < self.batch_max && (batch.is_empty() || bytes < BATCH_BYTES_MAX) {
