@@ -47,6 +47,9 @@ pub enum Workload {
     C,
     /// Updates only.
     W,
+    /// G-Counter increments only (`POST /v1/crdt/ctr…`), each with its own operation id; no
+    /// load phase (a counter starts at zero).
+    Counter,
 }
 
 impl Workload {
@@ -55,7 +58,7 @@ impl Workload {
             Workload::A => 0.5,
             Workload::B => 0.95,
             Workload::C => 1.0,
-            Workload::W => 0.0,
+            Workload::W | Workload::Counter => 0.0,
         }
     }
 
@@ -65,6 +68,7 @@ impl Workload {
             Workload::B => "B (95% read, 5% update)",
             Workload::C => "C (100% read)",
             Workload::W => "write-only (100% update)",
+            Workload::Counter => "counter (100% gcounter increment)",
         }
     }
 }
@@ -77,7 +81,8 @@ impl std::str::FromStr for Workload {
             "b" => Ok(Workload::B),
             "c" => Ok(Workload::C),
             "w" | "write" | "write-only" => Ok(Workload::W),
-            other => Err(format!("unknown workload {other:?} (a, b, c, w)")),
+            "counter" | "incr" => Ok(Workload::Counter),
+            other => Err(format!("unknown workload {other:?} (a, b, c, w, counter)")),
         }
     }
 }
@@ -353,6 +358,7 @@ enum Op {
     Read,
     Update,
     Insert,
+    Increment,
 }
 
 impl Op {
@@ -361,6 +367,7 @@ impl Op {
             Op::Read => "read",
             Op::Update => "update",
             Op::Insert => "insert",
+            Op::Increment => "increment",
         }
     }
 }
@@ -441,10 +448,18 @@ async fn call(
     context: Option<String>,
 ) -> Result<Option<String>, String> {
     let q = &shared.options.query;
-    let uri = format!("/v1/kv/{key}{}{q}", if q.is_empty() { "" } else { "?" });
+    let space = if op == Op::Increment { "crdt" } else { "kv" };
+    let uri = format!(
+        "/v1/{space}/{key}{}{q}",
+        if q.is_empty() { "" } else { "?" }
+    );
     let (method, body) = match op {
         Op::Read => (Method::GET, Bytes::new()),
         Op::Update | Op::Insert => (Method::PUT, shared.value.clone()),
+        Op::Increment => (
+            Method::POST,
+            Bytes::from_static(br#"{"type":"gcounter","increment":1}"#),
+        ),
     };
     let mut req = Request::builder()
         .method(method)
@@ -552,7 +567,9 @@ async fn worker(
                 Some(z) => fnv(z.next(rng.random())) % shared.options.records,
                 None => rng.random_range(0..shared.options.records),
             };
-            let op = if draw < shared.options.workload.read_fraction() {
+            let op = if shared.options.workload == Workload::Counter {
+                Op::Increment
+            } else if draw < shared.options.workload.read_fraction() {
                 Op::Read
             } else {
                 Op::Update
@@ -595,7 +612,10 @@ async fn worker(
             }
             continue;
         };
-        let key = key_of(k);
+        let key = match op {
+            Op::Increment => format!("ctr{k:06}"),
+            _ => key_of(k),
+        };
         let context = match op {
             Op::Update => shared.contexts.get(k),
             _ => None,
@@ -796,7 +816,7 @@ pub fn run_blocking(options: BenchOptions) -> Result<Report, BenchError> {
             stop: AtomicBool::new(false),
             next_insert: AtomicU64::new(0),
         });
-        let load = if options.load {
+        let load = if options.load && options.workload != Workload::Counter {
             Some(phase(&shared, &nodes, true).await)
         } else {
             None

@@ -117,7 +117,8 @@ struct BenchArgs {
     /// HTTP address of any node; the benchmark spreads over every live member.
     #[arg(long, default_value = "http://127.0.0.1:7200")]
     http: String,
-    /// Operation mix: a (50% read / 50% update), b (95/5), c (read only), w (update only).
+    /// Operation mix: a (50% read / 50% update), b (95/5), c (read only), w (update only),
+    /// counter (G-Counter increments over `--records` counters; no load phase).
     #[arg(long, default_value = "a")]
     workload: Workload,
     /// Keys in the data set.

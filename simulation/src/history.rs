@@ -10,6 +10,7 @@ use std::fmt;
 use std::time::Duration;
 
 use chorus::causality::{Dot, VersionVector};
+use chorus::node::{CrdtOp, CrdtValue};
 use chorus::NodeId;
 
 /// Index of an operation in its [`History`].
@@ -48,7 +49,16 @@ pub enum OpKind {
         /// The node slot asked to do it.
         via: usize,
     },
-    /// Read a register key through node `node`.
+    /// Update a CRDT key through node `node` (`what` describes the update and its op id).
+    Update {
+        /// The key.
+        key: String,
+        /// The update.
+        what: String,
+        /// The node asked.
+        node: usize,
+    },
+    /// Read a key through node `node`.
     Read {
         /// The key.
         key: String,
@@ -92,7 +102,8 @@ impl OpKind {
             | OpKind::Remove { node, .. } => Some(node),
             OpKind::Read { node, .. }
             | OpKind::Write { node, .. }
-            | OpKind::Delete { node, .. } => Some(node),
+            | OpKind::Delete { node, .. }
+            | OpKind::Update { node, .. } => Some(node),
             _ => None,
         }
     }
@@ -109,6 +120,7 @@ impl fmt::Display for OpKind {
             OpKind::Read { key, node } => write!(f, "read {key} at n{node}"),
             OpKind::Write { key, value, node } => write!(f, "write {key}={value} at n{node}"),
             OpKind::Delete { key, node } => write!(f, "delete {key} at n{node}"),
+            OpKind::Update { key, what, node } => write!(f, "update {key} {what} at n{node}"),
             OpKind::Partition(p) => write!(f, "partition ({p})"),
             OpKind::Heal => f.write_str("heal"),
             OpKind::Degrade(d) => write!(f, "degrade ({d})"),
@@ -206,11 +218,39 @@ pub enum DataResult {
     },
 }
 
+/// What a CRDT client sent and got back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrdtRecord {
+    /// The operation in the history.
+    pub op: OpId,
+    /// The key.
+    pub key: String,
+    /// The update and its operation id (`None`: a read).
+    pub update: Option<(CrdtOp, String)>,
+    /// Whether this is one of the reads at `r=N` after the heal.
+    pub final_read: bool,
+    /// The value read, or the notes of an applied update.
+    pub result: Option<CrdtResult>,
+}
+
+/// The answer to a CRDT operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CrdtResult {
+    /// A read: the value (`None`: no replica had the key).
+    Read(Option<CrdtValue>),
+    /// An update was acknowledged, with what it said had no effect.
+    Updated {
+        /// The reply's notes.
+        notes: Vec<String>,
+    },
+}
+
 /// Every operation of a run, in invocation order.
 #[derive(Debug, Clone, Default)]
 pub struct History {
     ops: Vec<Operation>,
     data: Vec<DataOp>,
+    crdt: Vec<CrdtRecord>,
 }
 
 /// How many operations ended each way.
@@ -300,6 +340,23 @@ impl History {
     /// Every register operation's details, in invocation order.
     pub fn data(&self) -> &[DataOp] {
         &self.data
+    }
+
+    /// Records what a CRDT operation sent.
+    pub fn record_crdt(&mut self, record: CrdtRecord) {
+        self.crdt.push(record);
+    }
+
+    /// Records what a CRDT operation got back.
+    pub fn crdt_result(&mut self, op: OpId, result: CrdtResult) {
+        if let Some(d) = self.crdt.iter_mut().rev().find(|d| d.op == op) {
+            d.result = Some(result);
+        }
+    }
+
+    /// Every CRDT operation's record.
+    pub fn crdt(&self) -> &[CrdtRecord] {
+        &self.crdt
     }
 
     /// One operation.

@@ -32,6 +32,7 @@ use crate::cluster::{Cluster, ClusterConfig, Stats, Step};
 use crate::history::{History, OpKind};
 use crate::rng::{self, SimRng};
 use crate::trace::Trace;
+use crate::workload::crdt::{Crdt, CrdtConfig};
 use crate::workload::membership::{Membership, MembershipConfig};
 use crate::workload::nemesis::{Nemesis, NemesisConfig};
 use crate::workload::register::{Register, RegisterConfig};
@@ -231,6 +232,7 @@ pub fn run(config: &RunConfig) -> Result<RunReport, SimError> {
     ];
     if config.data {
         workloads.push(Box::new(Register::new(RegisterConfig::default())));
+        workloads.push(Box::new(Crdt::new(CrdtConfig::default())));
     }
     let mut sim = Simulation {
         cluster,
@@ -364,6 +366,7 @@ pub fn summary(r: &RunReport) -> String {
             OpKind::Read { .. } => "read",
             OpKind::Write { .. } => "write",
             OpKind::Delete { .. } => "delete",
+            OpKind::Update { .. } => "update",
             OpKind::Partition(_) => "partition",
             OpKind::Heal => "heal",
             OpKind::Degrade(_) => "degrade",

@@ -25,6 +25,9 @@
 //! - `DELETE /v1/kv/{key}`: optional `x-chorus-context`; 204 with the new context, or 300 with
 //!   the siblings' JSON when values the context did not cover remain (like a write).
 //!
+//! CRDT endpoints (same query parameters, and `return=value` on updates): see
+//! [`super::crdt`].
+//!
 //! Errors are JSON `{"error": "<code>", "message": "..."}`, with `"indeterminate": true|false`
 //! on 503s that concern a write: 400 malformed input, 413 key or value over the limit, 409 a
 //! key of another type, 503 quorum not reached, node overloaded (its queue of requests is full)
@@ -53,6 +56,8 @@ pub const CONTEXT_HEADER: &str = "x-chorus-context";
 pub const ACKS_HEADER: &str = "x-chorus-acks";
 /// Response header: the sync policy that applied to the write.
 pub const SYNC_HEADER: &str = "x-chorus-sync";
+/// Request and response header: the operation id of a CRDT update.
+pub const OP_ID_HEADER: &str = "x-chorus-op-id";
 
 /// The path prefix of the data endpoints.
 const KV_PREFIX: &str = "/v1/kv/";
@@ -110,6 +115,12 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/kv/{*key}", get(kv_get).put(kv_put).delete(kv_delete))
         .route("/v1/kv/", axum::routing::any(empty_key))
         .route("/v1/kv", axum::routing::any(empty_key))
+        .route(
+            "/v1/crdt/{*key}",
+            get(super::crdt::crdt_get).post(super::crdt::crdt_post),
+        )
+        .route("/v1/crdt/", axum::routing::any(empty_key))
+        .route("/v1/crdt", axum::routing::any(empty_key))
         .layer(DefaultBodyLimit::max(body_max))
         .with_state(state)
 }
@@ -130,7 +141,7 @@ struct ErrorBody<'a> {
     indeterminate: Option<bool>,
 }
 
-fn error(status: StatusCode, code: &str, message: String) -> Response {
+pub(super) fn error(status: StatusCode, code: &str, message: String) -> Response {
     (
         status,
         Json(ErrorBody {
@@ -200,9 +211,9 @@ async fn remove(State(api): State<ApiState>, Path(node): Path<String>) -> Respon
 }
 
 /// Why a request was refused before reaching the core.
-struct Refusal(Box<Response>);
+pub(super) struct Refusal(pub(super) Box<Response>);
 
-fn bad(message: impl Into<String>) -> Refusal {
+pub(super) fn bad(message: impl Into<String>) -> Refusal {
     Refusal(Box::new(error(
         StatusCode::BAD_REQUEST,
         "bad_request",
@@ -212,7 +223,12 @@ fn bad(message: impl Into<String>) -> Refusal {
 
 /// The key: the path after `/v1/kv/`, percent-decoded to bytes.
 fn key_of(uri: &Uri, limits: &Limits) -> Result<Vec<u8>, Refusal> {
-    let raw = uri.path().strip_prefix(KV_PREFIX).unwrap_or_default();
+    key_after(uri, KV_PREFIX, limits)
+}
+
+/// The key: the path after `prefix`, percent-decoded to bytes.
+pub(super) fn key_after(uri: &Uri, prefix: &str, limits: &Limits) -> Result<Vec<u8>, Refusal> {
+    let raw = uri.path().strip_prefix(prefix).unwrap_or_default();
     let key = percent_decode(raw).ok_or_else(|| bad("the key is not validly percent-encoded"))?;
     if key.is_empty() {
         return Err(bad("the key is empty"));
@@ -253,7 +269,7 @@ fn percent_decode(s: &str) -> Option<Vec<u8>> {
 }
 
 /// `r`, `w`, `strict`, `timeout_ms` from the query string; anything else is refused.
-fn options_of(query: Option<String>) -> Result<RequestOptions, Refusal> {
+pub(super) fn options_of(query: Option<String>) -> Result<RequestOptions, Refusal> {
     let mut o = RequestOptions::default();
     let Some(q) = query else { return Ok(o) };
     let pairs: Vec<(String, String)> =
@@ -280,7 +296,7 @@ fn options_of(query: Option<String>) -> Result<RequestOptions, Refusal> {
     Ok(o)
 }
 
-fn context_of(headers: &HeaderMap, key: &[u8]) -> Result<Option<Context>, Refusal> {
+pub(super) fn context_of(headers: &HeaderMap, key: &[u8]) -> Result<Option<Context>, Refusal> {
     let Some(v) = headers.get(CONTEXT_HEADER) else {
         return Ok(None);
     };
@@ -299,7 +315,7 @@ fn wants_json(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.contains("application/json"))
 }
 
-async fn call(api: &ApiState, request: ClientRequest) -> Result<ClientReply, Response> {
+pub(super) async fn call(api: &ApiState, request: ClientRequest) -> Result<ClientReply, Response> {
     let write = request.op.is_write();
     let (tx, rx) = oneshot::channel();
     match api.clients.try_send(ClientCall { request, reply: tx }) {
@@ -328,7 +344,7 @@ fn stopping(write: bool, maybe_applied: bool) -> Response {
 }
 
 /// 500: the core answered with the wrong kind of reply (a bug).
-fn wrong_reply() -> Response {
+pub(super) fn wrong_reply() -> Response {
     error(
         StatusCode::INTERNAL_SERVER_ERROR,
         "internal",
@@ -336,7 +352,7 @@ fn wrong_reply() -> Response {
     )
 }
 
-fn failure(e: &ClientError, write: bool) -> Response {
+pub(super) fn failure(e: &ClientError, write: bool) -> Response {
     let (status, indeterminate) = match e {
         ClientError::BadRequest(_) => (StatusCode::BAD_REQUEST, None),
         ClientError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, None),
@@ -373,7 +389,7 @@ fn siblings_json(values: &[Vec<u8>], context: Option<&Context>) -> Json<Siblings
     })
 }
 
-fn header(v: &str) -> HeaderValue {
+pub(super) fn header(v: &str) -> HeaderValue {
     HeaderValue::from_str(v).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
@@ -398,8 +414,14 @@ async fn kv_get(
     let read = match reply {
         ClientReply::Read(r) => r,
         ClientReply::Failed(e) => return failure(&e, false),
-        ClientReply::Written(_) => return wrong_reply(),
+        ClientReply::Written(_) | ClientReply::Updated(_) => return wrong_reply(),
     };
+    if let Some(t) = read.type_name.as_deref().filter(|&t| t != "register") {
+        let e = ClientError::TypeConflict(format!(
+            "the key holds a {t}, not a register; read it at /v1/crdt/"
+        ));
+        return failure(&e, false);
+    }
     let mut resp = if read.values.is_empty() {
         error(
             StatusCode::NOT_FOUND,
@@ -493,7 +515,7 @@ async fn write(
     let w = match reply {
         ClientReply::Written(w) => w,
         ClientReply::Failed(e) => return failure(&e, true),
-        ClientReply::Read(_) => return wrong_reply(),
+        ClientReply::Read(_) | ClientReply::Updated(_) => return wrong_reply(),
     };
     // A context that covers a sibling never reaches a client without that sibling.
     let mut resp = if w.values.len() > 1 {

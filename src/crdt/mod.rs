@@ -11,6 +11,8 @@
 //! - [`PNCounter`]: counter that can also go down, a pair of G-Counters.
 //! - [`TwoPSet`]: set whose removals are permanent.
 //! - [`ORSet`]: add-wins observed-remove set without tombstones (Bieniusa et al. 2012).
+//! - [`OpLog`] and [`Counter`]: the operation ids of recent updates, so that a retried update
+//!   counts once, and the counter the database serves, built on them.
 //!
 //! Decoding validates: a state that breaks an invariant of its type is rejected with a
 //! [`CrdtError`] (wrapped in the decoder's error) instead of being accepted and corrupting a
@@ -25,12 +27,17 @@ use crate::causality::Dot;
 use crate::id::NodeId;
 
 mod gcounter;
+mod oplog;
 mod orset;
 mod pncounter;
 mod twopset;
 
 pub use gcounter::GCounter;
-pub use orset::ORSet;
+pub use oplog::{
+    check_op_id, ActorMark, Application, Applied, Counter, OpIdError, OpLog, OpLogPolicy,
+    OP_ID_BYTES_MAX,
+};
+pub use orset::{ORSet, RemoveOutcome};
 pub use pncounter::PNCounter;
 pub use twopset::TwoPSet;
 

@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::object::Context;
+use super::object::{Context, CrdtOp, CrdtValue};
 use crate::causality::Dot;
+use crate::crdt::{check_op_id, OpLogPolicy};
 use crate::id::NodeId;
 
 /// Data-path settings of a node.
@@ -50,6 +51,13 @@ pub struct DataConfig {
     /// a crash mints their dots again. It exists so the simulator can show that its checkers
     /// catch that; never turn it off.
     pub actor_per_process: bool,
+    /// How long, and for how many updates, a key remembers operation ids (the window in which
+    /// a retried CRDT update is recognised).
+    pub op_log: OpLogPolicy,
+    /// Largest set element, in bytes.
+    pub element_bytes_max: usize,
+    /// Most elements one set update may name.
+    pub elements_per_update_max: usize,
 }
 
 impl Default for DataConfig {
@@ -69,6 +77,9 @@ impl Default for DataConfig {
             handoff_batch_max: 64,
             cache_bytes: 64 * 1024 * 1024,
             actor_per_process: true,
+            op_log: OpLogPolicy::default(),
+            element_bytes_max: 1024,
+            elements_per_update_max: 1024,
         }
     }
 }
@@ -104,10 +115,17 @@ pub enum ClientOp {
         /// What the client saw.
         context: Option<Context>,
     },
+    /// Update a CRDT key.
+    Update {
+        /// The update.
+        op: CrdtOp,
+        /// The operation id: the same id applies once, however often it is sent.
+        op_id: String,
+    },
 }
 
 impl ClientOp {
-    /// Whether the operation writes.
+    /// Whether the operation writes (also CRDT updates).
     pub fn is_write(&self) -> bool {
         !matches!(self, ClientOp::Get)
     }
@@ -128,9 +146,14 @@ pub struct ClientRequest {
 /// A read's answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReadResult {
-    /// Every live value (none: absent or deleted).
+    /// The key's type (`None`: no replica knows the key).
+    pub type_name: Option<String>,
+    /// Every live value of a register (none: absent, deleted, or not a register).
     pub values: Vec<Vec<u8>>,
-    /// The context covering them; `None` when no replica knows the key at all.
+    /// The value of a CRDT key.
+    pub crdt: Option<CrdtValue>,
+    /// The context covering them (registers and OR-Sets); `None` when no replica knows the key
+    /// at all.
     pub context: Option<Context>,
     /// Whether the key exists only as a tombstone (deleted).
     pub deleted: bool,
@@ -152,6 +175,27 @@ pub struct WriteResult {
     pub acked_by: Vec<NodeId>,
     /// The dot the write was given.
     pub dot: Dot,
+}
+
+/// A CRDT update's answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateResult {
+    /// The key's type.
+    pub type_name: String,
+    /// The value on the coordinating replica after the update.
+    pub value: CrdtValue,
+    /// The context of an OR-Set after the update.
+    pub context: Option<Context>,
+    /// The operation id.
+    pub op_id: String,
+    /// The operation id had been applied before (this reply acknowledges the earlier update).
+    pub replayed: bool,
+    /// Parts of the update that had no effect, and why.
+    pub notes: Vec<String>,
+    /// Replicas (or fallbacks holding a hint) that acknowledged durably before the reply.
+    pub acks: usize,
+    /// Who they were.
+    pub acked_by: Vec<NodeId>,
 }
 
 /// Why a request failed.
@@ -209,6 +253,8 @@ pub enum ClientReply {
     Read(ReadResult),
     /// A write or delete.
     Written(WriteResult),
+    /// A CRDT update.
+    Updated(UpdateResult),
     /// A failure.
     Failed(ClientError),
 }
@@ -254,6 +300,9 @@ impl DataConfig {
             c.check(&req.key)
                 .map_err(|e| ClientError::BadRequest(e.to_string()))?;
         }
+        if let ClientOp::Update { op, op_id } = &req.op {
+            self.validate_update(op, op_id, &req.key)?;
+        }
         let quorum = |name: &str, v: Option<usize>, default: usize| match v {
             None => Ok(default.min(n).max(1)),
             Some(v) if (1..=n).contains(&v) => Ok(v),
@@ -284,6 +333,48 @@ impl DataConfig {
             strict: req.options.strict,
             timeout,
         })
+    }
+}
+
+impl DataConfig {
+    fn validate_update(&self, op: &CrdtOp, op_id: &str, key: &[u8]) -> Result<(), ClientError> {
+        check_op_id(op_id).map_err(|e| ClientError::BadRequest(e.to_string()))?;
+        match op {
+            CrdtOp::GCounter { increment: 0 } => {
+                return Err(ClientError::BadRequest(
+                    "a gcounter increment is at least 1".into(),
+                ))
+            }
+            CrdtOp::GCounter { increment } if i64::try_from(*increment).is_err() => {
+                return Err(ClientError::BadRequest(format!(
+                    "the increment {increment} is beyond the counter's range"
+                )))
+            }
+            CrdtOp::ORSet {
+                context: Some(c), ..
+            } => c
+                .check(key)
+                .map_err(|e| ClientError::BadRequest(e.to_string()))?,
+            _ => {}
+        }
+        let mut n = 0;
+        for e in op.elements() {
+            n += 1;
+            if e.len() > self.element_bytes_max {
+                return Err(ClientError::TooLarge(format!(
+                    "an element is {} bytes, more than the limit of {}",
+                    e.len(),
+                    self.element_bytes_max
+                )));
+            }
+        }
+        if n > self.elements_per_update_max {
+            return Err(ClientError::TooLarge(format!(
+                "the update names {n} elements, more than the limit of {}",
+                self.elements_per_update_max
+            )));
+        }
+        Ok(())
     }
 }
 

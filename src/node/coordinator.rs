@@ -29,13 +29,12 @@ use tracing::debug;
 
 use super::client::{
     ClientError, ClientOp, ClientReply, ClientRequest, DataConfig, ReadResult, Resolved,
-    WriteResult,
+    UpdateResult, WriteResult,
 };
 use super::hints::HintsMessage;
 use super::object::{Context, Object};
-use super::replica::{MintOp, Minted, ReplicaCall, ReplicaMessage};
+use super::replica::{MintOp, MintOutcome, Minted, ReplicaCall, ReplicaMessage};
 use super::{Call, Effects, Output};
-use crate::causality::Dot;
 use crate::id::NodeId;
 
 /// Extra time a node waits for a request it forwarded, beyond the request's own timeout.
@@ -129,7 +128,7 @@ enum State {
     },
     Writing {
         object: Object,
-        dot: Dot,
+        outcome: MintOutcome,
         targets: Vec<Target>,
         acked: BTreeSet<NodeId>,
         /// Replicas this node already keeps a hint for (no fallback could take them).
@@ -148,6 +147,8 @@ struct Request {
     origin: Origin,
     key: Vec<u8>,
     opts: Resolved,
+    /// The operation id of a CRDT update.
+    op_id: Option<String>,
     state: State,
 }
 
@@ -249,7 +250,7 @@ impl Coordinator {
             return;
         };
         let (targets, orphans) = (std::mem::take(targets), std::mem::take(orphans));
-        let Minted { object, dot } = match result {
+        let Minted { object, outcome } = match result {
             Ok(m) => m,
             Err(e) => {
                 if let Some(r) = self.requests.remove(&req) {
@@ -283,7 +284,7 @@ impl Coordinator {
         fx.set_timer(self.config.hedge_after, CoordinatorTimer::Hedge { req });
         r.state = State::Writing {
             object,
-            dot,
+            outcome,
             targets,
             acked: BTreeSet::new(),
             hinted: BTreeSet::new(),
@@ -323,6 +324,10 @@ impl Coordinator {
         // (0 means "no acknowledgement wanted" on the wire: never use it.)
         self.next_req = self.next_req.wrapping_add(1).max(1);
         let ClientRequest { key, op, .. } = request.clone();
+        let op_id = match &op {
+            ClientOp::Update { op_id, .. } => Some(op_id.clone()),
+            _ => None,
+        };
         let state = match op {
             ClientOp::Get => {
                 // Ask r reachable replicas, this node first when it is one (its copy costs no
@@ -371,7 +376,7 @@ impl Coordinator {
                     answered: false,
                 }
             }
-            ClientOp::Put { .. } | ClientOp::Delete { .. } => {
+            ClientOp::Put { .. } | ClientOp::Delete { .. } | ClientOp::Update { .. } => {
                 let first_alive = primaries.iter().copied().find(|&n| fx.topo.is_alive(n));
                 let forward_to = match (origin, first_alive) {
                     (Origin::Client(_), Some(f)) if !primaries.contains(&fx.me) => Some(f),
@@ -389,6 +394,7 @@ impl Coordinator {
                             origin,
                             key,
                             opts,
+                            op_id,
                             state: State::Forwarded { to, write: true },
                         },
                     );
@@ -416,7 +422,9 @@ impl Coordinator {
                 let (mint, context) = match op {
                     ClientOp::Put { value, context } => (MintOp::Put(value), context),
                     ClientOp::Delete { context } => (MintOp::Delete, context),
-                    ClientOp::Get => unreachable!("reads are handled above"),
+                    ClientOp::Update { op, op_id } => (MintOp::Update { op, op_id }, None),
+                    // (Reads took the branch above.)
+                    ClientOp::Get => return,
                 };
                 fx.calls.push_back(Call::Replica(ReplicaCall::Mint {
                     req,
@@ -434,6 +442,7 @@ impl Coordinator {
                 origin,
                 key,
                 opts,
+                op_id,
                 state,
             },
         );
@@ -815,39 +824,53 @@ fn finish_read(req: u64, r: Request, fx: &mut Effects<'_>) {
 }
 
 fn read_result(key: &[u8], merged: Option<&Object>, replies: usize) -> ReadResult {
-    match merged.and_then(Object::as_register) {
-        None => ReadResult {
-            values: Vec::new(),
-            context: None,
-            deleted: false,
-            replies,
-        },
-        Some(reg) => ReadResult {
-            values: reg.values().map(<[u8]>::to_vec).collect(),
-            context: Some(Context::new(key, reg.context())),
-            deleted: reg.is_deleted(),
-            replies,
-        },
+    let reg = merged.and_then(Object::as_register);
+    ReadResult {
+        type_name: merged.map(|o| o.type_name().to_owned()),
+        values: reg.map_or_else(Vec::new, |r| r.values().map(<[u8]>::to_vec).collect()),
+        crdt: merged.and_then(Object::crdt_value),
+        context: merged.and_then(|o| o.context(key)),
+        deleted: reg.is_some_and(|r| r.is_deleted()),
+        replies,
     }
 }
 
 fn written(r: &Request) -> ClientReply {
     let State::Writing {
-        object, dot, acked, ..
+        object,
+        outcome,
+        acked,
+        ..
     } = &r.state
     else {
         return ClientReply::Failed(ClientError::Internal("not a write".into()));
     };
-    let Some(reg) = object.as_register() else {
-        return ClientReply::Failed(ClientError::Internal("not a register".into()));
-    };
-    ClientReply::Written(WriteResult {
-        values: reg.values().map(<[u8]>::to_vec).collect(),
-        context: Context::new(&r.key, reg.context()),
-        acks: acked.len(),
-        acked_by: acked.iter().copied().collect(),
-        dot: *dot,
-    })
+    let acked_by: Vec<NodeId> = acked.iter().copied().collect();
+    match (outcome, object.as_register(), object.crdt_value()) {
+        (MintOutcome::Dot(dot), Some(reg), _) => ClientReply::Written(WriteResult {
+            values: reg.values().map(<[u8]>::to_vec).collect(),
+            context: Context::new(&r.key, reg.context()),
+            acks: acked.len(),
+            acked_by,
+            dot: *dot,
+        }),
+        (MintOutcome::Update(effect), _, Some(value)) => ClientReply::Updated(UpdateResult {
+            type_name: object.type_name().to_owned(),
+            value,
+            context: match object {
+                Object::ORSet(_) => object.context(&r.key),
+                _ => None,
+            },
+            op_id: r.op_id.clone().unwrap_or_default(),
+            replayed: effect.replayed,
+            notes: effect.notes.clone(),
+            acks: acked.len(),
+            acked_by,
+        }),
+        _ => ClientReply::Failed(ClientError::Internal(
+            "the write's outcome does not match the key's type".into(),
+        )),
+    }
 }
 
 fn unavailable(message: &str, indeterminate: bool, acks: usize, needed: usize) -> ClientError {

@@ -70,7 +70,7 @@ use crate::storage::{ReadStore, StoreError, WriteBatch};
 
 pub use client::{
     ClientError, ClientOp, ClientReply, ClientRequest, DataConfig, ReadResult, RequestOptions,
-    WriteResult,
+    UpdateResult, WriteResult,
 };
 pub use coordinator::{CoordinatorMessage, CoordinatorTimer};
 pub use hints::{AdoptedHint, HintsMessage, HintsTimer};
@@ -80,7 +80,9 @@ pub use membership::{
     Liveness, MembershipConfig, MembershipError, MembershipMessage, MembershipTimer, PendingChange,
     RemoveError, SyncReply,
 };
-pub use object::{Context, ContextError, Object};
+pub use object::{
+    Context, ContextError, CrdtOp, CrdtValue, Logged, Object, TypeConflict, UpdateEffect,
+};
 pub use replica::{MergeEntry, MergeReply, ReplicaMessage};
 pub use sync::{SyncMessage, SyncTimer};
 use topology::Topology;
@@ -491,7 +493,8 @@ impl Node {
                 actor,
                 partitions,
                 d.cache_bytes,
-            ),
+            )
+            .with_op_log(d.op_log),
             hints: hints::Hints::new(
                 Box::new(store.clone()),
                 d.hint_interval,
@@ -523,6 +526,12 @@ impl Node {
     /// The actor that mints this process's dots.
     pub fn actor(&self) -> NodeId {
         self.replica.actor()
+    }
+
+    /// States of another type this node's replica refused to merge since it started (a key
+    /// written as two types at once on different nodes).
+    pub fn type_conflicts(&self) -> u64 {
+        self.replica.type_conflicts()
     }
 
     /// Starts the protocols: announces this node, contacts the seeds, arms the timers.

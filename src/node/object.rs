@@ -1,7 +1,7 @@
 //! What a replica stores for one key, and the causal context clients carry.
 //!
-//! An [`Object`] is a key's replicated state: today a multi-value register (dotted version
-//! vector set); the CRDT types join it as further variants. Its stored and wire form is the
+//! An [`Object`] is a key's replicated state: a multi-value register (dotted version vector
+//! set) or one of the CRDT types, whose updates ([`CrdtOp`]) are applied here too. Its stored and wire form is the
 //! MessagePack envelope of [`crate::protocol`], so identical states encode to identical bytes.
 //!
 //! A [`Context`] is the opaque token a client gets back from a read or a write and returns
@@ -13,6 +13,8 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use crate::causality::{Register, VersionVector, COUNTER_MAX};
+use crate::crdt::{Applied, Counter, Crdt, ORSet, OpLog, OpLogPolicy, TwoPSet};
+use crate::id::NodeId;
 use crate::protocol::{self, WireError};
 use crate::ring::key_hash;
 
@@ -36,11 +38,127 @@ pub const CONTEXT_ENTRIES_MAX: usize = 1024;
 /// below [`COUNTER_MAX`] that writes after it can never push a counter past the limit.
 pub const CONTEXT_COUNTER_MAX: u64 = COUNTER_MAX / 2;
 
-/// A key's replicated state.
+/// A key's replicated state. Its variant is the key's type, fixed by the first write.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Object {
     /// A multi-value register.
     Register(Register),
+    /// A grow-only counter.
+    GCounter(Counter),
+    /// A counter that can go down.
+    PNCounter(Counter),
+    /// A set whose removals are permanent.
+    TwoPSet(Logged<TwoPSet<String>>),
+    /// An add-wins observed-remove set.
+    ORSet(Logged<ORSet<String>>),
+}
+
+/// A set and the operation ids of its recent updates (so a replayed update changes nothing).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Logged<S> {
+    /// The set.
+    pub set: S,
+    /// Recent operation ids.
+    pub log: OpLog,
+}
+
+impl<S: Crdt> Logged<S> {
+    fn merge(&mut self, other: &Self) {
+        self.set.merge(&other.set);
+        self.log.merge(&other.log);
+    }
+}
+
+/// One update of a CRDT key, as a client asks for it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CrdtOp {
+    /// Add `increment` (at least 1) to a G-Counter.
+    GCounter {
+        /// The amount.
+        increment: u64,
+    },
+    /// Add `increment` (may be negative) to a PN-Counter.
+    PNCounter {
+        /// The amount.
+        increment: i64,
+    },
+    /// Add and remove elements of a 2P-Set (removes after adds).
+    TwoPSet {
+        /// Elements to add.
+        add: Vec<String>,
+        /// Elements to remove for good.
+        remove: Vec<String>,
+    },
+    /// Add and remove elements of an OR-Set (removes after adds).
+    ORSet {
+        /// Elements to add.
+        add: Vec<String>,
+        /// Elements to remove.
+        remove: Vec<String>,
+        /// What the client saw: a remove takes back exactly the adds it saw. Without it, a
+        /// remove takes back what the coordinating replica has seen.
+        context: Option<Context>,
+    },
+}
+
+impl CrdtOp {
+    /// The type's name as the API shows it.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            CrdtOp::GCounter { .. } => "gcounter",
+            CrdtOp::PNCounter { .. } => "pncounter",
+            CrdtOp::TwoPSet { .. } => "2pset",
+            CrdtOp::ORSet { .. } => "orset",
+        }
+    }
+
+    /// The elements the operation names.
+    pub fn elements(&self) -> impl Iterator<Item = &String> + '_ {
+        let (add, remove): (&[String], &[String]) = match self {
+            CrdtOp::TwoPSet { add, remove } | CrdtOp::ORSet { add, remove, .. } => (add, remove),
+            _ => (&[], &[]),
+        };
+        add.iter().chain(remove)
+    }
+
+    /// An empty state of the operation's type.
+    fn empty(&self) -> Object {
+        match self {
+            CrdtOp::GCounter { .. } => Object::GCounter(Counter::new()),
+            CrdtOp::PNCounter { .. } => Object::PNCounter(Counter::new()),
+            CrdtOp::TwoPSet { .. } => Object::TwoPSet(Logged::default()),
+            CrdtOp::ORSet { .. } => Object::ORSet(Logged::default()),
+        }
+    }
+}
+
+/// What an applied CRDT update did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateEffect {
+    /// The operation id had been applied before: nothing changed.
+    pub replayed: bool,
+    /// What parts of the update had no effect, or a weaker one than asked, and why.
+    pub notes: Vec<String>,
+}
+
+/// Why an update could not be applied. Nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpdateError {
+    /// The key holds another type.
+    #[error(transparent)]
+    TypeConflict(#[from] TypeConflict),
+    /// The update is not valid for the state (a counter overflow).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A CRDT key's value as clients see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CrdtValue {
+    /// A counter's value.
+    Counter(i128),
+    /// A set's elements, sorted.
+    Set(Vec<String>),
 }
 
 /// Why two states of one key cannot be merged.
@@ -58,6 +176,10 @@ impl Object {
     pub fn type_name(&self) -> &'static str {
         match self {
             Object::Register(_) => "register",
+            Object::GCounter(_) => "gcounter",
+            Object::PNCounter(_) => "pncounter",
+            Object::TwoPSet(_) => "2pset",
+            Object::ORSet(_) => "orset",
         }
     }
 
@@ -65,10 +187,147 @@ impl Object {
     /// A state of another type is refused and changes nothing.
     pub fn merge(&mut self, other: &Object) -> Result<(), TypeConflict> {
         match (self, other) {
-            (Object::Register(a), Object::Register(b)) => {
-                a.sync(b);
-                Ok(())
+            (Object::Register(a), Object::Register(b)) => a.sync(b),
+            (Object::GCounter(a), Object::GCounter(b))
+            | (Object::PNCounter(a), Object::PNCounter(b)) => a.merge(b),
+            (Object::TwoPSet(a), Object::TwoPSet(b)) => a.merge(b),
+            (Object::ORSet(a), Object::ORSet(b)) => a.merge(b),
+            (a, b) => {
+                return Err(TypeConflict {
+                    held: a.type_name(),
+                    offered: b.type_name(),
+                })
             }
+        }
+        Ok(())
+    }
+
+    /// After a merge on the replica of `actor`: takes back the counter updates `actor` applied
+    /// twice (a retry through another coordinator). Returns whether anything changed.
+    pub fn settle_duplicates(&mut self, actor: NodeId) -> bool {
+        match self {
+            Object::GCounter(c) | Object::PNCounter(c) => c.retract_duplicates(actor),
+            _ => false,
+        }
+    }
+
+    /// Applies a CRDT update on behalf of `actor` (this process's actor), at `now_ms` by its
+    /// clock; `current` is the local copy (`None`: the key is new). Returns the new state.
+    pub fn apply_update(
+        current: Option<Object>,
+        actor: NodeId,
+        op: &CrdtOp,
+        op_id: &str,
+        now_ms: u64,
+        policy: OpLogPolicy,
+    ) -> Result<(Object, UpdateEffect), UpdateError> {
+        let mut object = current.unwrap_or_else(|| op.empty());
+        let mut effect = UpdateEffect::default();
+        let invalid = |e: crate::crdt::CrdtError| UpdateError::Invalid(e.to_string());
+        match (&mut object, op) {
+            (Object::GCounter(c), CrdtOp::GCounter { increment }) => {
+                let amount = i64::try_from(*increment)
+                    .map_err(|_| UpdateError::Invalid("the increment is too large".into()))?;
+                effect.replayed = c
+                    .apply(actor, op_id, amount, now_ms, policy)
+                    .map_err(invalid)?
+                    == Applied::Replayed;
+            }
+            (Object::PNCounter(c), CrdtOp::PNCounter { increment }) => {
+                effect.replayed = c
+                    .apply(actor, op_id, *increment, now_ms, policy)
+                    .map_err(invalid)?
+                    == Applied::Replayed;
+            }
+            (Object::TwoPSet(s), CrdtOp::TwoPSet { add, remove }) => {
+                if s.log.contains(op_id) {
+                    effect.replayed = true;
+                } else {
+                    for e in add {
+                        if s.set.is_removed(e.as_str()) {
+                            effect.notes.push(format!(
+                                "{e:?} was not added: it was removed before, and a 2P-Set removal is permanent"
+                            ));
+                        } else {
+                            s.set.add(e.clone());
+                        }
+                    }
+                    for e in remove {
+                        if s.set.contains(e.as_str()) {
+                            s.set.remove(e.clone());
+                        } else if s.set.is_removed(e.as_str()) {
+                            effect.notes.push(format!("{e:?} was already removed"));
+                        } else {
+                            effect.notes.push(format!(
+                                "{e:?} was not removed: the coordinating replica has never seen it added (a 2P-Set remove of an element never added would block it for good)"
+                            ));
+                        }
+                    }
+                    s.log.record_set_update(actor, op_id, now_ms, policy);
+                }
+            }
+            (
+                Object::ORSet(s),
+                CrdtOp::ORSet {
+                    add,
+                    remove,
+                    context,
+                },
+            ) => {
+                if s.log.contains(op_id) {
+                    effect.replayed = true;
+                } else {
+                    for e in add {
+                        s.set.add(actor, e.clone()).map_err(invalid)?;
+                    }
+                    for e in remove {
+                        match context {
+                            Some(ctx) => {
+                                s.set.remove_with_context(e.clone(), ctx.seen());
+                            }
+                            None => {
+                                if !s.set.remove(e.as_str()) {
+                                    effect.notes.push(format!(
+                                        "{e:?} was not present on the coordinating replica"
+                                    ));
+                                }
+                            }
+                        }
+                    }
+                    if context.is_none() && !remove.is_empty() {
+                        effect.notes.push(
+                            "without a context, the remove took back the adds the coordinating replica had seen".into(),
+                        );
+                    }
+                    s.log.record_set_update(actor, op_id, now_ms, policy);
+                }
+            }
+            (held, op) => {
+                return Err(UpdateError::TypeConflict(TypeConflict {
+                    held: held.type_name(),
+                    offered: op.type_name(),
+                }))
+            }
+        }
+        Ok((object, effect))
+    }
+
+    /// The value clients see of a CRDT key (`None` for a register).
+    pub fn crdt_value(&self) -> Option<CrdtValue> {
+        Some(match self {
+            Object::Register(_) => return None,
+            Object::GCounter(c) | Object::PNCounter(c) => CrdtValue::Counter(c.value()),
+            Object::TwoPSet(s) => CrdtValue::Set(s.set.elements().cloned().collect()),
+            Object::ORSet(s) => CrdtValue::Set(s.set.elements().cloned().collect()),
+        })
+    }
+
+    /// The causal context clients carry for this key, if its type has one (registers, OR-Sets).
+    pub fn context(&self, key: &[u8]) -> Option<Context> {
+        match self {
+            Object::Register(r) => Some(Context::new(key, r.context())),
+            Object::ORSet(s) => Some(Context::new(key, s.set.clock().clone())),
+            _ => None,
         }
     }
 
@@ -86,6 +345,7 @@ impl Object {
     pub fn as_register(&self) -> Option<&Register> {
         match self {
             Object::Register(r) => Some(r),
+            _ => None,
         }
     }
 }

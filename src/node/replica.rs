@@ -25,10 +25,11 @@ use tracing::{error, warn};
 use super::client::ClientError;
 use super::coordinator::CoordinatorMessage;
 use super::hints::HintsMessage;
-use super::object::{Context, Object, TypeConflict};
+use super::object::{Context, CrdtOp, Object, TypeConflict, UpdateEffect, UpdateError};
 use super::sync::SyncMessage;
 use super::{Call, Effects};
 use crate::causality::{Dot, Register, VersionVector};
+use crate::crdt::OpLogPolicy;
 use crate::id::NodeId;
 use crate::storage::{data_key, ReadStore, Space};
 
@@ -96,6 +97,22 @@ pub(crate) enum MintOp {
     Put(Vec<u8>),
     /// Write a tombstone.
     Delete,
+    /// Apply a CRDT update under an operation id.
+    Update {
+        /// The update.
+        op: CrdtOp,
+        /// Its operation id.
+        op_id: String,
+    },
+}
+
+/// What a mint did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum MintOutcome {
+    /// A register write or delete got this dot.
+    Dot(Dot),
+    /// A CRDT update was applied (or had been before).
+    Update(UpdateEffect),
 }
 
 /// The result of a mint, handed back to the local coordinator.
@@ -103,8 +120,8 @@ pub(crate) enum MintOp {
 pub(crate) struct Minted {
     /// The key's state after the write (what the coordinator replicates).
     pub(crate) object: Object,
-    /// The new write's dot.
-    pub(crate) dot: Dot,
+    /// What the write did.
+    pub(crate) outcome: MintOutcome,
 }
 
 /// Local calls into the replica (never from the network).
@@ -179,6 +196,10 @@ pub(crate) struct Replica {
     actor: NodeId,
     partitions: u32,
     cache: Cache,
+    /// How long keys remember operation ids.
+    op_log: OpLogPolicy,
+    /// States of another type refused by merges (a type conflict while a first write spreads).
+    type_conflicts: u64,
 }
 
 impl Replica {
@@ -195,7 +216,20 @@ impl Replica {
             actor,
             partitions,
             cache: Cache::new(cache_bytes),
+            op_log: OpLogPolicy::default(),
+            type_conflicts: 0,
         }
+    }
+
+    /// Sets how long keys remember operation ids.
+    pub(crate) fn with_op_log(mut self, policy: OpLogPolicy) -> Self {
+        self.op_log = policy;
+        self
+    }
+
+    /// States of another type this replica refused to merge since it started.
+    pub(crate) fn type_conflicts(&self) -> u64 {
+        self.type_conflicts
     }
 
     /// The actor minting this process's dots.
@@ -298,13 +332,15 @@ impl Replica {
             None => incoming.clone(),
             Some(mut mine) => {
                 let before = mine.clone();
-                mine.merge(incoming)
-                    .map_err(|TypeConflict { held, offered }| {
-                        warn!(held, offered, "refused a state of another type");
-                        ClientError::TypeConflict(format!(
-                            "the key holds a {held}, not a {offered}"
-                        ))
-                    })?;
+                if let Err(TypeConflict { held, offered }) = mine.merge(incoming) {
+                    self.type_conflicts += 1;
+                    warn!(held, offered, key = ?String::from_utf8_lossy(key), "refused a state of another type");
+                    return Err(ClientError::TypeConflict(format!(
+                        "the key holds a {held}, not a {offered}"
+                    )));
+                }
+                // A retry applied here and elsewhere: this actor takes its duplicate back.
+                mine.settle_duplicates(self.actor);
                 if mine == before {
                     return Ok(self.durable_point(&skey, fx));
                 }
@@ -410,19 +446,49 @@ impl Replica {
         fx: &mut Effects<'_>,
     ) -> Result<(Minted, u64), ClientError> {
         let skey = self.storage_key(key);
-        let mut register = match self.load_storage_key(&skey)? {
+        let current = self.load_storage_key(&skey)?;
+        if let MintOp::Update { op, op_id } = op {
+            let now_ms = u64::try_from(fx.now.as_millis()).unwrap_or(u64::MAX);
+            let (object, effect) =
+                Object::apply_update(current, self.actor, &op, &op_id, now_ms, self.op_log)
+                    .map_err(|e| match e {
+                        UpdateError::TypeConflict(c) => ClientError::TypeConflict(c.to_string()),
+                        UpdateError::Invalid(why) => ClientError::BadRequest(why),
+                    })?;
+            // A replayed id changed nothing: the earlier update's state is acknowledged again.
+            let seq = if effect.replayed {
+                self.durable_point(&skey, fx)
+            } else {
+                self.stage(skey, object.clone(), fx)?
+            };
+            let outcome = MintOutcome::Update(effect);
+            return Ok((Minted { object, outcome }, seq));
+        }
+        let mut register = match current {
             None => Register::new(),
             Some(Object::Register(r)) => r,
+            Some(other) => {
+                return Err(ClientError::TypeConflict(format!(
+                    "the key holds a {}, not a register",
+                    other.type_name()
+                )))
+            }
         };
         let empty = VersionVector::new();
         let seen = context.map_or(&empty, Context::seen);
         let dot = match op {
             MintOp::Put(value) => register.put(self.actor, seen, value),
             MintOp::Delete => register.delete(self.actor, seen),
+            MintOp::Update { .. } => {
+                return Err(ClientError::Internal(
+                    "a CRDT update reached the register path".into(),
+                ))
+            }
         };
         let object = Object::Register(register);
         let seq = self.stage(skey, object.clone(), fx)?;
-        Ok((Minted { object, dot }, seq))
+        let outcome = MintOutcome::Dot(dot);
+        Ok((Minted { object, outcome }, seq))
     }
 
     /// Everything up to journal number `seq` is durable: drop it from the overlay (the store has

@@ -925,3 +925,108 @@ fn an_acknowledgement_from_a_node_that_is_not_a_target_counts_for_nothing() {
         "a forged acknowledgement completed w=3: {reply:?}"
     );
 }
+
+fn update(net: &mut Net, i: u64, key: &[u8], op: CrdtOp, op_id: &str) -> ClientReply {
+    let op = ClientOp::Update {
+        op,
+        op_id: op_id.to_owned(),
+    };
+    net.request(i, key, op, RequestOptions::default())
+}
+
+#[test]
+fn counter_updates_reach_every_replica_and_a_replayed_op_id_counts_once() {
+    let mut net = cluster(3);
+    let incr = |n| CrdtOp::GCounter { increment: n };
+    match update(&mut net, 0, b"hits", incr(2), "op-a") {
+        ClientReply::Updated(u) => {
+            assert_eq!((u.value, u.replayed), (CrdtValue::Counter(2), false));
+            assert!(u.acks >= 2);
+        }
+        other => panic!("{other:?}"),
+    }
+    // The same id through another node: acknowledged again, applied once.
+    match update(&mut net, 2, b"hits", incr(2), "op-a") {
+        ClientReply::Updated(u) => assert_eq!((u.value, u.replayed), (CrdtValue::Counter(2), true)),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        update(&mut net, 1, b"hits", incr(3), "op-b"),
+        ClientReply::Updated(_)
+    ));
+    net.run_for(Duration::from_secs(1));
+    for i in 0..3 {
+        let r = net.get(i, b"hits", 3);
+        assert_eq!(r.type_name.as_deref(), Some("gcounter"));
+        assert_eq!(r.crdt, Some(CrdtValue::Counter(5)), "node {i}");
+        assert!(r.values.is_empty() && r.context.is_none());
+    }
+}
+
+#[test]
+fn a_key_keeps_the_type_of_its_first_write() {
+    let mut net = cluster(3);
+    written(net.put(0, b"k", b"v", None));
+    let refused = update(&mut net, 1, b"k", CrdtOp::GCounter { increment: 1 }, "x");
+    assert!(
+        matches!(&refused, ClientReply::Failed(ClientError::TypeConflict(m)) if m.contains("register")),
+        "{refused:?}"
+    );
+    let set = CrdtOp::ORSet {
+        add: vec!["a".into()],
+        remove: vec![],
+        context: None,
+    };
+    assert!(matches!(
+        update(&mut net, 2, b"s", set, "y"),
+        ClientReply::Updated(_)
+    ));
+    assert!(matches!(
+        net.put(0, b"s", b"v", None),
+        ClientReply::Failed(ClientError::TypeConflict(_))
+    ));
+    let r = net.get(2, b"k", 3);
+    assert_eq!(r.values, vec![b"v".to_vec()]);
+    let s = net.get(1, b"s", 3);
+    assert_eq!(s.crdt, Some(CrdtValue::Set(vec!["a".into()])));
+    assert!(s.context.is_some(), "an OR-Set read carries its context");
+}
+
+#[test]
+fn invalid_updates_are_refused_before_anything_changes() {
+    let mut net = cluster(3);
+    let refused = |reply: ClientReply| {
+        matches!(
+            reply,
+            ClientReply::Failed(ClientError::BadRequest(_) | ClientError::TooLarge(_))
+        )
+    };
+    assert!(refused(update(
+        &mut net,
+        0,
+        b"c",
+        CrdtOp::GCounter { increment: 0 },
+        "a"
+    )));
+    assert!(refused(update(
+        &mut net,
+        0,
+        b"c",
+        CrdtOp::GCounter { increment: 1 },
+        ""
+    )));
+    assert!(refused(update(
+        &mut net,
+        0,
+        b"c",
+        CrdtOp::GCounter { increment: 1 },
+        "bad id"
+    )));
+    let big = CrdtOp::TwoPSet {
+        add: vec!["x".repeat(1025)],
+        remove: vec![],
+    };
+    assert!(refused(update(&mut net, 0, b"c", big, "b")));
+    let r = net.get(0, b"c", 3);
+    assert_eq!((r.type_name, r.crdt), (None, None), "nothing was written");
+}

@@ -12,11 +12,14 @@
 //! - [`register`]: what clients of registers saw, and what replicas hold (no lost or
 //!   resurrected writes, no phantoms, only truly concurrent siblings, hints drained, no dot
 //!   minted twice).
+//! - [`crdt`]: what clients of counters and sets saw (bounds on counters, permanent 2P-Set
+//!   removals, OR-Set adds that survive), and that replicas of CRDT keys converge.
 //! - [`safety`]: invariants checked after every simulated step.
 //!
 //! Further checkers (CRDT bounds, convergence) plug in beside them by implementing the same
 //! trait and, when they need more state, by adding fields to [`NodeSnapshot`].
 
+pub mod crdt;
 pub mod membership;
 pub mod register;
 pub mod safety;
@@ -76,6 +79,7 @@ pub trait Checker {
 pub fn default_checkers(bound: Duration) -> Vec<Box<dyn Checker>> {
     let mut all = membership::all(bound);
     all.extend(register::all());
+    all.extend(crdt::all());
     all
 }
 

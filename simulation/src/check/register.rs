@@ -405,7 +405,9 @@ impl Checker for DotsUnique {
         let mut reported = BTreeSet::new();
         for n in &input.snapshot.nodes {
             for (key, object) in &n.objects {
-                let Object::Register(reg) = object;
+                let Object::Register(reg) = object else {
+                    continue;
+                };
                 for (dot, value) in reg.dvvset().dotted_values() {
                     match seen.get(&(key.as_slice(), dot)) {
                         None => {

@@ -9,12 +9,14 @@
 //!
 //! - [`membership`]: bootstraps the cluster, then crashes, restarts, adds and removes nodes.
 //! - [`register`]: clients that read, write and delete register keys through random nodes.
+//! - [`crdt`]: clients that update counters and sets, retrying with the same operation id.
 //! - [`nemesis`]: the network nemesis — partitions and degraded periods — recorded as
 //!   operations of a client named `nemesis`, as Jepsen does.
 //!
 //! Workloads that send client requests ([`Ctx::request`]) get each answer back through
 //! [`Workload::reply`], which the cluster delivers like a wake-up.
 
+pub mod crdt;
 pub mod membership;
 pub mod nemesis;
 pub mod register;

@@ -131,7 +131,7 @@ impl Register {
             ClientOp::Put { context, .. } | ClientOp::Delete { context } => {
                 context.as_ref().map(|c| c.seen().clone())
             }
-            ClientOp::Get => None,
+            ClientOp::Get | ClientOp::Update { .. } => None,
         };
         let op = cx.invoke(kind);
         cx.history_mut().record_data(DataOp {
@@ -327,6 +327,7 @@ impl Workload for Register {
                 );
                 Outcome::Ok
             }
+            ClientReply::Updated(_) => Outcome::Failed("a CRDT reply to a register request".into()),
             ClientReply::Failed(e) => {
                 let indeterminate = f.write
                     && matches!(

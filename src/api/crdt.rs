@@ -1,0 +1,374 @@
+//! The HTTP endpoints of CRDT keys (G-Counter, PN-Counter, 2P-Set, OR-Set).
+//!
+//! - `GET /v1/crdt/{key}` → 200 `{"type": "...", "value": ..., "context": "..."|null}`: counters
+//!   give an integer, sets a sorted array of strings; the context (OR-Sets only) is what a
+//!   remove sends back to remove exactly what the read saw. 404 when the key was never written,
+//!   409 when it is a register.
+//! - `POST /v1/crdt/{key}` with one JSON operation: `{"type":"gcounter","increment":N}` (N ≥ 1),
+//!   `{"type":"pncounter","increment":N}`, `{"type":"2pset","add":[...],"remove":[...]}`,
+//!   `{"type":"orset","add":[...],"remove":[...],"context":"..."}`. Header `x-chorus-op-id`
+//!   names the operation (printable ASCII, at most 128 bytes): sending the same id again,
+//!   to any node, applies it at most once (within the window of [`crate::crdt::OpLog`]); without
+//!   one, this node mints an id. Answers 204, or 200 with `{"type", "value", "context", "op_id",
+//!   "replayed", "notes"}` when `?return=value` is asked for or when part of the update had no
+//!   effect (`notes` says what and why); always with `x-chorus-acks`, `x-chorus-op-id` and
+//!   `x-chorus-sync`. Errors as for registers: 400 malformed JSON, unknown type, a counter
+//!   overflow, a bad op id or context; 413 an element over 1 KiB; 409 a key of another type;
+//!   503 quorum not reached (`indeterminate` says whether it may have been applied: retry with
+//!   the same op id).
+//!
+//! Handlers only translate: the node core validates again and does the work.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use super::http::{
+    bad, call, error, failure, header, key_after, options_of, wrong_reply, ApiState, Refusal,
+    ACKS_HEADER, OP_ID_HEADER, SYNC_HEADER,
+};
+use crate::crdt::check_op_id;
+use crate::node::{ClientError, ClientOp, ClientReply, ClientRequest, Context, CrdtOp, CrdtValue};
+
+/// The path prefix of the CRDT endpoints.
+const CRDT_PREFIX: &str = "/v1/crdt/";
+
+/// A CRDT key as clients see it.
+#[derive(Serialize)]
+struct View {
+    #[serde(rename = "type")]
+    type_name: String,
+    value: serde_json::Value,
+    context: Option<String>,
+}
+
+/// The answer to an update, when it has a body.
+#[derive(Serialize)]
+struct Updated {
+    #[serde(rename = "type")]
+    type_name: String,
+    value: serde_json::Value,
+    context: Option<String>,
+    op_id: String,
+    replayed: bool,
+    notes: Vec<String>,
+}
+
+/// One update, as posted.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateBody {
+    #[serde(rename = "type")]
+    type_name: String,
+    increment: Option<serde_json::Number>,
+    add: Option<Vec<String>>,
+    remove: Option<Vec<String>>,
+    context: Option<String>,
+}
+
+fn value_json(v: &CrdtValue) -> serde_json::Value {
+    match v {
+        CrdtValue::Counter(n) => match i64::try_from(*n) {
+            Ok(n) => serde_json::Value::from(n),
+            // Beyond i64 (only with many actors near their limits): exact, as a string.
+            Err(_) => serde_json::Value::from(n.to_string()),
+        },
+        CrdtValue::Set(elements) => serde_json::Value::from(elements.clone()),
+    }
+}
+
+/// `GET /v1/crdt/{key}`.
+pub(super) async fn crdt_get(
+    State(api): State<ApiState>,
+    uri: Uri,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let request = match (key_after(&uri, CRDT_PREFIX, &api.limits), options_of(query)) {
+        (Ok(key), Ok(options)) => ClientRequest {
+            key,
+            op: ClientOp::Get,
+            options,
+        },
+        (Err(r), _) | (_, Err(r)) => return *r.0,
+    };
+    let read = match call(&api, request).await {
+        Ok(ClientReply::Read(r)) => r,
+        Ok(ClientReply::Failed(e)) => return failure(&e, false),
+        Ok(_) => return wrong_reply(),
+        Err(resp) => return resp,
+    };
+    match (read.type_name, read.crdt) {
+        (None, _) => error(StatusCode::NOT_FOUND, "not_found", "no such key".into()),
+        (Some(t), Some(value)) => Json(View {
+            type_name: t,
+            value: value_json(&value),
+            context: read.context.as_ref().map(Context::to_token),
+        })
+        .into_response(),
+        (Some(t), None) => failure(
+            &ClientError::TypeConflict(format!(
+                "the key holds a {t}, not a CRDT; read it at /v1/kv/"
+            )),
+            false,
+        ),
+    }
+}
+
+/// Splits `return=value` off the query string (the rest are the request options).
+fn split_return(query: Option<String>) -> Result<(bool, Option<String>), Refusal> {
+    let Some(q) = query else {
+        return Ok((false, None));
+    };
+    let mut want = false;
+    let mut rest = Vec::new();
+    for part in q.split('&').filter(|p| !p.is_empty()) {
+        match part.strip_prefix("return=") {
+            Some("value") => want = true,
+            Some(other) => return Err(bad(format!("return={other:?}: only return=value"))),
+            None => rest.push(part),
+        }
+    }
+    Ok((want, (!rest.is_empty()).then(|| rest.join("&"))))
+}
+
+/// A fresh operation id: random per process, then a counter.
+fn mint_op_id() -> String {
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let prefix = *PREFIX.get_or_init(|| {
+        use rand::RngExt as _;
+        let mut rng: rand_xoshiro::Xoshiro256PlusPlus = rand::make_rng();
+        rng.random()
+    });
+    format!("{prefix:016x}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+fn op_id_of(headers: &HeaderMap) -> Result<String, Refusal> {
+    match headers.get(OP_ID_HEADER) {
+        None => Ok(mint_op_id()),
+        Some(v) => {
+            let id = v
+                .to_str()
+                .map_err(|_| bad("the op id header is not printable ASCII"))?;
+            check_op_id(id).map_err(|e| bad(e.to_string()))?;
+            Ok(id.to_owned())
+        }
+    }
+}
+
+/// Turns the posted JSON into an update of the named type.
+fn parse_update(body: &[u8], key: &[u8]) -> Result<CrdtOp, Refusal> {
+    let b: UpdateBody = serde_json::from_slice(body)
+        .map_err(|e| bad(format!("the body is not a valid operation: {e}")))?;
+    let no_sets = |b: &UpdateBody| {
+        if b.add.is_some() || b.remove.is_some() || b.context.is_some() {
+            Err(bad(format!(
+                "a {} operation has only \"increment\"",
+                b.type_name
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    let sets_only = |b: &UpdateBody| {
+        if b.increment.is_some() {
+            Err(bad(format!(
+                "a {} operation has no \"increment\"",
+                b.type_name
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    match b.type_name.as_str() {
+        "gcounter" => {
+            no_sets(&b)?;
+            let n = b
+                .increment
+                .as_ref()
+                .ok_or_else(|| bad("a gcounter operation needs \"increment\""))?;
+            let increment = n
+                .as_u64()
+                .filter(|&n| n >= 1 && i64::try_from(n).is_ok())
+                .ok_or_else(|| {
+                    bad(format!(
+                        "a gcounter increment is an integer from 1 to {}, not {n}",
+                        i64::MAX
+                    ))
+                })?;
+            Ok(CrdtOp::GCounter { increment })
+        }
+        "pncounter" => {
+            no_sets(&b)?;
+            let n = b
+                .increment
+                .as_ref()
+                .ok_or_else(|| bad("a pncounter operation needs \"increment\""))?;
+            let increment = n.as_i64().ok_or_else(|| {
+                bad(format!(
+                    "a pncounter increment is an integer within ±2^63, not {n}"
+                ))
+            })?;
+            Ok(CrdtOp::PNCounter { increment })
+        }
+        "2pset" => {
+            sets_only(&b)?;
+            if b.context.is_some() {
+                return Err(bad("a 2pset operation takes no context"));
+            }
+            Ok(CrdtOp::TwoPSet {
+                add: b.add.unwrap_or_default(),
+                remove: b.remove.unwrap_or_default(),
+            })
+        }
+        "orset" => {
+            sets_only(&b)?;
+            let context = match &b.context {
+                None => None,
+                Some(t) => Some(Context::from_token(t, key).map_err(|e| bad(e.to_string()))?),
+            };
+            Ok(CrdtOp::ORSet {
+                add: b.add.unwrap_or_default(),
+                remove: b.remove.unwrap_or_default(),
+                context,
+            })
+        }
+        other => Err(bad(format!(
+            "unknown type {other:?}: one of gcounter, pncounter, 2pset, orset"
+        ))),
+    }
+}
+
+/// `POST /v1/crdt/{key}`.
+pub(super) async fn crdt_post(
+    State(api): State<ApiState>,
+    uri: Uri,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                "the operation is larger than the body limit".into(),
+            )
+        }
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", e.body_text()),
+    };
+    let prepared = (|| {
+        let key = key_after(&uri, CRDT_PREFIX, &api.limits)?;
+        let (want_value, rest) = split_return(query)?;
+        let options = options_of(rest)?;
+        let op_id = op_id_of(&headers)?;
+        let op = parse_update(&body, &key)?;
+        Ok::<_, Refusal>((
+            want_value,
+            ClientRequest {
+                key,
+                op: ClientOp::Update { op, op_id },
+                options,
+            },
+        ))
+    })();
+    let (want_value, request) = match prepared {
+        Ok(p) => p,
+        Err(r) => return *r.0,
+    };
+    let u = match call(&api, request).await {
+        Ok(ClientReply::Updated(u)) => u,
+        Ok(ClientReply::Failed(e)) => return failure(&e, true),
+        Ok(_) => return wrong_reply(),
+        Err(resp) => return resp,
+    };
+    let mut resp = if want_value || !u.notes.is_empty() {
+        Json(Updated {
+            type_name: u.type_name,
+            value: value_json(&u.value),
+            context: u.context.as_ref().map(Context::to_token),
+            op_id: u.op_id.clone(),
+            replayed: u.replayed,
+            notes: u.notes,
+        })
+        .into_response()
+    } else {
+        StatusCode::NO_CONTENT.into_response()
+    };
+    let h = resp.headers_mut();
+    h.insert(ACKS_HEADER, header(&u.acks.to_string()));
+    h.insert(OP_ID_HEADER, header(&u.op_id));
+    h.insert(SYNC_HEADER, header(api.sync));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(r: Result<CrdtOp, Refusal>) -> Result<CrdtOp, StatusCode> {
+        r.map_err(|e| e.0.status())
+    }
+
+    #[test]
+    fn operations_parse_by_type_and_bad_ones_are_refused() {
+        let p = |s: &str| status(parse_update(s.as_bytes(), b"k"));
+        assert_eq!(
+            p(r#"{"type":"gcounter","increment":3}"#),
+            Ok(CrdtOp::GCounter { increment: 3 })
+        );
+        assert_eq!(
+            p(r#"{"type":"pncounter","increment":-3}"#),
+            Ok(CrdtOp::PNCounter { increment: -3 })
+        );
+        assert_eq!(
+            p(r#"{"type":"2pset","add":["a"]}"#),
+            Ok(CrdtOp::TwoPSet {
+                add: vec!["a".into()],
+                remove: vec![]
+            })
+        );
+        for bad in [
+            "not json",
+            r#"{"type":"gcounter","increment":0}"#,
+            r#"{"type":"gcounter","increment":-1}"#,
+            r#"{"type":"gcounter","increment":1.5}"#,
+            r#"{"type":"gcounter","increment":9223372036854775808}"#,
+            r#"{"type":"gcounter"}"#,
+            r#"{"type":"gcounter","increment":1,"add":["a"]}"#,
+            r#"{"type":"pncounter","increment":99999999999999999999}"#,
+            r#"{"type":"2pset","increment":1}"#,
+            r#"{"type":"2pset","add":["a"],"context":"x"}"#,
+            r#"{"type":"orset","remove":["a"],"context":"!!"}"#,
+            r#"{"type":"register"}"#,
+            r#"{"type":"orset","extra":1}"#,
+        ] {
+            assert_eq!(p(bad), Err(StatusCode::BAD_REQUEST), "{bad}");
+        }
+    }
+
+    #[test]
+    fn return_value_is_split_from_the_options() {
+        let (want, rest) = split_return(Some("w=3&return=value".into())).ok().unwrap();
+        assert!(want);
+        assert_eq!(rest.as_deref(), Some("w=3"));
+        assert!(split_return(Some("return=all".into())).is_err());
+        let (want, rest) = split_return(None).ok().unwrap();
+        assert!(!want && rest.is_none());
+    }
+
+    #[test]
+    fn minted_op_ids_are_valid_and_distinct() {
+        let (a, b) = (mint_op_id(), mint_op_id());
+        assert_ne!(a, b);
+        assert!(check_op_id(&a).is_ok());
+    }
+}

@@ -1,0 +1,663 @@
+//! Operation ids for retry-safe updates, and the counter that uses them to count an operation
+//! once however many coordinators applied it.
+//!
+//! A client that retries a timed-out increment cannot know whether the first attempt landed. So
+//! every update carries an operation id, and a key's state remembers the ids it applied
+//! recently: an [`OpLog`]. A coordinator whose copy already holds an id does nothing; two
+//! coordinators that both applied one id (the retry reached a replica that had not yet received
+//! the first attempt) are reconciled when their states meet:
+//!
+//! - Each application is recorded under the id, by the actor that performed it, with the
+//!   actor's own sequence number. Records merge by union.
+//! - Of several applications of one id, the one by the smallest actor is *canonical*; the others
+//!   are *duplicates*. A [`Counter`]'s value leaves duplicates out, and the actor that made a
+//!   duplicate *retracts* it as soon as its own copy sees the canonical one (it adds the opposite
+//!   amount to its own entry, which only it writes, and marks the record retracted). From then
+//!   on the correction no longer depends on the record being remembered.
+//! - Records are forgotten per actor, oldest first, after a time window or beyond a count
+//!   ([`OpLogPolicy`]): each actor keeps a *floor*, which only it raises, and records at or
+//!   below it are dropped by every merge. An id is therefore recognised while its first
+//!   application is among the records its actor still keeps: by default for 10 minutes and the
+//!   last 128 updates by that actor to that key. A retry later than that may be applied again.
+//!   Records of an operation applied by two actors are never forgotten (they are *pinned*), so
+//!   the operation keeps counting once.
+//! - Memory: an actor is a process, and a process that stops leaves its records in the keys it
+//!   updated (at most 128 per key, about 40 bytes each) for good: only an actor forgets its own. A node restarted very often grows its hot counters by that much
+//!   per restart; compaction of departed actors needs a cluster-wide agreement that they are
+//!   gone, which this version does not have.
+//!
+//! Times are the applying actor's own clock (milliseconds, as the core's `now`); they are only
+//! ever compared with that same actor's times, so clocks of different nodes never meet.
+//!
+//! This module does no I/O and reads no clock: the caller passes `now`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Crdt, CrdtError, PNCounter};
+use crate::id::NodeId;
+
+/// Longest operation id, in bytes.
+pub const OP_ID_BYTES_MAX: usize = 128;
+
+/// Most records one actor may hold in a decoded state (the policy keeps far fewer).
+const RECORDS_PER_ACTOR_DECODE_MAX: usize = 4096;
+
+/// How long operation ids are remembered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpLogPolicy {
+    /// Records older than this (by their actor's clock) are forgotten, in milliseconds.
+    pub window_ms: u64,
+    /// Records an actor keeps per key at most; older ones are forgotten.
+    pub per_actor_max: usize,
+}
+
+impl Default for OpLogPolicy {
+    fn default() -> Self {
+        OpLogPolicy {
+            window_ms: 10 * 60 * 1000,
+            per_actor_max: 128,
+        }
+    }
+}
+
+/// One application of an operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Application {
+    /// The applying actor's sequence number for this key (from 1).
+    pub seq: u64,
+    /// The applying actor's clock, in milliseconds.
+    pub at_ms: u64,
+    /// What it added (0 for set operations).
+    pub amount: i64,
+    /// Whether the actor has taken this duplicate back.
+    pub retracted: bool,
+    /// Kept below its actor's floor: when it was forgotten, its operation had been applied by
+    /// another actor too, and the value needs the record to count the operation once.
+    pub pinned: bool,
+}
+
+/// What an actor has done to one key: its newest sequence number and its floor (records at or
+/// below the floor are forgotten).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActorMark {
+    /// Newest sequence number.
+    pub seq: u64,
+    /// Records with `seq <= floor` are forgotten.
+    pub floor: u64,
+}
+
+/// The recently applied operation ids of one key (see the module documentation).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "OpLogWire")]
+pub struct OpLog {
+    marks: BTreeMap<NodeId, ActorMark>,
+    ops: BTreeMap<String, BTreeMap<NodeId, Application>>,
+}
+
+#[derive(Deserialize)]
+struct OpLogWire {
+    marks: BTreeMap<NodeId, ActorMark>,
+    ops: BTreeMap<String, BTreeMap<NodeId, Application>>,
+}
+
+/// Why an operation id was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OpIdError {
+    /// Empty, too long, or with characters outside printable ASCII.
+    #[error("an operation id is 1 to {OP_ID_BYTES_MAX} printable ASCII characters")]
+    Malformed,
+}
+
+/// Checks that `id` is a valid operation id.
+pub fn check_op_id(id: &str) -> Result<(), OpIdError> {
+    let ok =
+        !id.is_empty() && id.len() <= OP_ID_BYTES_MAX && id.bytes().all(|b| b.is_ascii_graphic());
+    if ok {
+        Ok(())
+    } else {
+        Err(OpIdError::Malformed)
+    }
+}
+
+impl TryFrom<OpLogWire> for OpLog {
+    type Error = String;
+
+    fn try_from(w: OpLogWire) -> Result<Self, Self::Error> {
+        let mut per_actor: BTreeMap<NodeId, usize> = BTreeMap::new();
+        for (id, apps) in &w.ops {
+            check_op_id(id).map_err(|e| e.to_string())?;
+            if apps.is_empty() {
+                return Err("an operation id without applications".into());
+            }
+            for (actor, app) in apps {
+                let mark = w.marks.get(actor).copied().unwrap_or_default();
+                if (app.seq <= mark.floor && !app.pinned) || app.seq > mark.seq {
+                    return Err(format!(
+                        "record {} of actor {actor} is outside its marks",
+                        app.seq
+                    ));
+                }
+                let n = per_actor.entry(*actor).or_default();
+                *n += 1;
+                if *n > RECORDS_PER_ACTOR_DECODE_MAX {
+                    return Err(format!("actor {actor} holds too many records"));
+                }
+            }
+        }
+        if w.marks.values().any(|m| m.floor > m.seq) {
+            return Err("a floor above its sequence number".into());
+        }
+        Ok(OpLog {
+            marks: w.marks,
+            ops: w.ops,
+        })
+    }
+}
+
+impl OpLog {
+    /// The applications of `id` still remembered (the first is canonical).
+    pub fn applications(&self, id: &str) -> Option<&BTreeMap<NodeId, Application>> {
+        self.ops.get(id)
+    }
+
+    /// Whether `id` was applied (and is still remembered).
+    pub fn contains(&self, id: &str) -> bool {
+        self.ops.contains_key(id)
+    }
+
+    /// Operation ids remembered.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Whether no operation id is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Records that `actor` applied set update `id` at `now_ms` (the caller checked
+    /// [`OpLog::contains`] first), then forgets `actor`'s records beyond `policy`.
+    pub fn record_set_update(&mut self, actor: NodeId, id: &str, now_ms: u64, policy: OpLogPolicy) {
+        self.record(actor, id, 0, now_ms, policy);
+    }
+
+    /// Records that `actor` applied `id` with `amount` at `now_ms`, then forgets `actor`'s
+    /// records beyond `policy`. The caller checked [`OpLog::contains`] first.
+    fn record(&mut self, actor: NodeId, id: &str, amount: i64, now_ms: u64, policy: OpLogPolicy) {
+        let mark = self.marks.entry(actor).or_default();
+        mark.seq += 1;
+        let seq = mark.seq;
+        self.ops.entry(id.to_owned()).or_default().insert(
+            actor,
+            Application {
+                seq,
+                at_ms: now_ms,
+                amount,
+                retracted: false,
+                pinned: false,
+            },
+        );
+        self.forget(actor, now_ms, policy);
+    }
+
+    /// Raises `actor`'s floor past its records that are too old or too many. Only an actor
+    /// raises its own floor, together with the pins it decides: so any state that knows a floor
+    /// also holds every record that floor pinned, and merging stays a join.
+    fn forget(&mut self, actor: NodeId, now_ms: u64, policy: OpLogPolicy) {
+        let mine = self.seqs_of(actor);
+        let excess = mine.len().saturating_sub(policy.per_actor_max);
+        let mut floor = None;
+        for (i, &(seq, at)) in mine.iter().enumerate() {
+            if i < excess || at.saturating_add(policy.window_ms) < now_ms {
+                floor = Some(seq);
+            } else {
+                break;
+            }
+        }
+        if let Some(f) = floor {
+            self.raise_floor(actor, f);
+        }
+    }
+
+    /// `actor`'s remembered records as (seq, time), oldest first.
+    fn seqs_of(&self, actor: NodeId) -> Vec<(u64, u64)> {
+        let mut v: Vec<(u64, u64)> = self
+            .ops
+            .values()
+            .filter_map(|apps| apps.get(&actor).map(|a| (a.seq, a.at_ms)))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Forgets `actor`'s records up to `floor`, except those of an operation applied by more
+    /// than one actor: they are pinned instead, for good. (Dropping one whose duplicate was
+    /// taken back would let a stale copy bring it back as not taken back; such operations are
+    /// as rare as retries that reach two coordinators, so keeping them costs little.)
+    fn raise_floor(&mut self, actor: NodeId, floor: u64) {
+        for apps in self.ops.values_mut() {
+            let shared = apps.len() > 1;
+            if let Some(a) = apps.get_mut(&actor) {
+                if a.seq <= floor && shared {
+                    a.pinned = true;
+                }
+            }
+        }
+        if let Some(mark) = self.marks.get_mut(&actor) {
+            mark.floor = mark.floor.max(floor);
+        }
+        self.drop_forgotten();
+    }
+
+    fn drop_forgotten(&mut self) {
+        let marks = &self.marks;
+        self.ops.retain(|_, apps| {
+            apps.retain(|actor, a| a.pinned || a.seq > marks.get(actor).map_or(0, |m| m.floor));
+            !apps.is_empty()
+        });
+    }
+
+    /// The duplicates `actor` made and has not retracted: (id, amount).
+    fn unretracted_duplicates_of(&self, actor: NodeId) -> Vec<(String, i64)> {
+        self.ops
+            .iter()
+            .filter_map(|(id, apps)| {
+                let canonical = *apps.keys().next()?;
+                let a = apps.get(&actor)?;
+                (canonical != actor && !a.retracted).then(|| (id.clone(), a.amount))
+            })
+            .collect()
+    }
+
+    /// The sum of every duplicate not retracted yet.
+    fn pending_duplicates(&self) -> i128 {
+        self.ops
+            .values()
+            .flat_map(|apps| apps.values().skip(1))
+            .filter(|a| !a.retracted)
+            .map(|a| i128::from(a.amount))
+            .sum()
+    }
+}
+
+impl Crdt for OpLog {
+    fn merge(&mut self, other: &Self) {
+        for (actor, m) in &other.marks {
+            let mine = self.marks.entry(*actor).or_default();
+            mine.seq = mine.seq.max(m.seq);
+            mine.floor = mine.floor.max(m.floor);
+        }
+        for (id, apps) in &other.ops {
+            let mine = self.ops.entry(id.clone()).or_default();
+            for (actor, a) in apps {
+                // One actor may apply an id again once its record was forgotten (beyond the
+                // window): the later application is the one remembered.
+                mine.entry(*actor)
+                    .and_modify(|x| {
+                        if a.seq > x.seq {
+                            *x = *a;
+                        } else if a.seq == x.seq {
+                            x.retracted |= a.retracted;
+                            x.pinned |= a.pinned;
+                        }
+                    })
+                    .or_insert(*a);
+            }
+        }
+        self.drop_forgotten();
+    }
+
+    fn leq(&self, other: &Self) -> bool {
+        let mut merged = other.clone();
+        merged.merge(self);
+        &merged == other
+    }
+}
+
+/// What an update did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// It was applied now.
+    Now,
+    /// Its operation id was applied before: nothing changed.
+    Replayed,
+}
+
+/// A counter whose updates carry operation ids (see the module documentation): a
+/// [`PNCounter`] with one entry per actor, and the [`OpLog`] of its recent updates. It serves
+/// both `gcounter` keys (the API only lets amounts be positive) and `pncounter` keys.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counter {
+    entries: PNCounter,
+    log: OpLog,
+}
+
+impl Counter {
+    /// The zero counter.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The value: every update once, duplicates left out.
+    pub fn value(&self) -> i128 {
+        self.entries
+            .value()
+            .saturating_sub(self.log.pending_duplicates())
+    }
+
+    /// The operation log.
+    pub fn log(&self) -> &OpLog {
+        &self.log
+    }
+
+    /// Adds `amount` on behalf of `actor` under operation `id`, unless `id` was applied before.
+    ///
+    /// # Errors
+    ///
+    /// [`CrdtError::CounterOverflow`] when `actor`'s entry would overflow; nothing changed.
+    pub fn apply(
+        &mut self,
+        actor: NodeId,
+        id: &str,
+        amount: i64,
+        now_ms: u64,
+        policy: OpLogPolicy,
+    ) -> Result<Applied, CrdtError> {
+        if self.log.contains(id) {
+            return Ok(Applied::Replayed);
+        }
+        self.add(actor, amount)?;
+        self.log.record(actor, id, amount, now_ms, policy);
+        Ok(Applied::Now)
+    }
+
+    fn add(&mut self, actor: NodeId, amount: i64) -> Result<(), CrdtError> {
+        if amount >= 0 {
+            self.entries.increment(actor, amount.unsigned_abs())
+        } else {
+            self.entries.decrement(actor, amount.unsigned_abs())
+        }
+    }
+
+    /// Takes back every duplicate `actor` made whose canonical application this copy holds.
+    /// Only the actor itself may call this (it writes its own entry). Returns whether anything
+    /// changed.
+    pub fn retract_duplicates(&mut self, actor: NodeId) -> bool {
+        let mut changed = false;
+        for (id, amount) in self.log.unretracted_duplicates_of(actor) {
+            // Taking back is adding the opposite; an overflow here would need 2^63 worth of
+            // duplicates, and leaves the duplicate counted out by `value` instead.
+            let Some(back) = amount.checked_neg() else {
+                continue;
+            };
+            if self.add(actor, back).is_err() {
+                continue;
+            }
+            if let Some(a) = self.log.ops.get_mut(&id).and_then(|m| m.get_mut(&actor)) {
+                a.retracted = true;
+                changed = true;
+            }
+        }
+        changed
+    }
+}
+
+impl Crdt for Counter {
+    fn merge(&mut self, other: &Self) {
+        self.entries.merge(&other.entries);
+        self.log.merge(&other.log);
+    }
+
+    fn leq(&self, other: &Self) -> bool {
+        self.entries.leq(&other.entries) && self.log.leq(&other.log)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::crdt::testing::{check_merge_laws, check_round_trip, merged, node, REPLICAS};
+
+    const KEEP_ALL: OpLogPolicy = OpLogPolicy {
+        window_ms: u64::MAX,
+        per_actor_max: usize::MAX,
+    };
+
+    /// Forgets fast, so histories exercise floors, trimming and pins.
+    const FORGETFUL: OpLogPolicy = OpLogPolicy {
+        window_ms: 6,
+        per_actor_max: 3,
+    };
+
+    /// The amount of operation `id` (a client retrying sends the same amount).
+    fn amount_of(id: u8) -> i64 {
+        i64::from(id % 7) - 2
+    }
+
+    #[derive(Clone, Debug)]
+    enum Step {
+        /// Replica `.0` applies operation id `.1` (a retry when the id was used before).
+        Apply(usize, u8),
+        /// Replica `to` merges replica `from`'s state, then retracts its duplicates.
+        Sync { from: usize, to: usize },
+    }
+
+    fn arb_steps() -> impl Strategy<Value = Vec<Step>> {
+        let apply = (0..REPLICAS, 0u8..12).prop_map(|(r, id)| Step::Apply(r, id));
+        let sync = (0..REPLICAS, 0..REPLICAS).prop_map(|(from, to)| Step::Sync { from, to });
+        proptest::collection::vec(prop_oneof![2 => apply, 1 => sync], 0..50)
+    }
+
+    fn replay(steps: &[Step], policy: OpLogPolicy) -> (Vec<Counter>, BTreeSet<u8>) {
+        let mut states = vec![Counter::new(); REPLICAS];
+        let mut ids = BTreeSet::new();
+        for (t, step) in steps.iter().enumerate() {
+            match *step {
+                Step::Apply(r, id) => {
+                    states[r]
+                        .apply(node(r), &id.to_string(), amount_of(id), t as u64, policy)
+                        .unwrap();
+                    ids.insert(id);
+                }
+                Step::Sync { from, to } => {
+                    let source = states[from].clone();
+                    states[to].merge(&source);
+                    states[to].retract_duplicates(node(to));
+                }
+            }
+        }
+        (states, ids)
+    }
+
+    fn converge(states: &[Counter]) -> Counter {
+        let mut all = Counter::new();
+        for s in states {
+            all.merge(s);
+        }
+        all
+    }
+
+    proptest! {
+        #[test]
+        fn merge_laws_hold(steps in arb_steps()) {
+            for policy in [KEEP_ALL, FORGETFUL] {
+                let (s, _) = replay(&steps, policy);
+                check_merge_laws(&s[0], &s[1], &s[2])?;
+                check_merge_laws(&s[0].log, &s[1].log, &s[2].log)?;
+                check_round_trip(&s[0])?;
+            }
+        }
+
+        /// Whatever the merges, no state holds more than `per_actor_max` unpinned records of
+        /// one actor.
+        #[test]
+        fn forgetting_keeps_every_key_bounded(steps in arb_steps()) {
+            let (states, _) = replay(&steps, FORGETFUL);
+            for s in &states {
+                for r in 0..REPLICAS {
+                    let mine = s.log.ops.values().filter_map(|a| a.get(&node(r))).filter(|a| !a.pinned).count();
+                    prop_assert!(mine <= FORGETFUL.per_actor_max, "{} records of replica {}", mine, r);
+                }
+            }
+        }
+
+        /// However retries spread over coordinators, once every state has met, each operation
+        /// id counts exactly once (while ids are remembered).
+        #[test]
+        fn every_operation_counts_once(steps in arb_steps(), order in proptest::collection::vec(0..REPLICAS, 0..6)) {
+            let (states, ids) = replay(&steps, KEEP_ALL);
+            let want: i128 = ids.iter().map(|&id| i128::from(amount_of(id))).sum();
+            let mut all = Counter::new();
+            for &r in &order {
+                all.merge(&states[r]);
+            }
+            let all = merged(&all, &converge(&states));
+            prop_assert_eq!(all.value(), want);
+            // Every replica that then merges everything and takes its duplicates back agrees,
+            // also once it forgets every record it may forget.
+            for (r, s) in states.iter().enumerate() {
+                let mut mine = merged(s, &all);
+                mine.retract_duplicates(node(r));
+                prop_assert_eq!(mine.value(), want);
+                mine.log.raise_floor(node(r), u64::MAX);
+                let mut everyone = mine.clone();
+                for (q, other) in states.iter().enumerate() {
+                    let mut theirs = merged(other, &mine);
+                    theirs.retract_duplicates(node(q));
+                    theirs.log.raise_floor(node(q), u64::MAX);
+                    everyone.merge(&theirs);
+                }
+                prop_assert_eq!(everyone.value(), want);
+            }
+        }
+
+        /// A replica's own value never counts one operation twice, even before it met the
+        /// others.
+        #[test]
+        fn no_replica_ever_overcounts(steps in arb_steps()) {
+            let (states, ids) = replay(&steps, KEEP_ALL);
+            let most: i128 = ids.iter().map(|&id| i128::from(amount_of(id).max(0))).sum();
+            for s in &states {
+                prop_assert!(s.value() <= most, "{} > {}", s.value(), most);
+            }
+        }
+    }
+
+    #[test]
+    fn a_replayed_id_changes_nothing() {
+        let mut c = Counter::new();
+        let a = NodeId::new(1);
+        assert_eq!(c.apply(a, "op-1", 5, 0, KEEP_ALL), Ok(Applied::Now));
+        let before = c.clone();
+        assert_eq!(c.apply(a, "op-1", 5, 1, KEEP_ALL), Ok(Applied::Replayed));
+        assert_eq!(c, before);
+        assert_eq!(c.value(), 5);
+    }
+
+    #[test]
+    fn a_retry_through_another_coordinator_counts_once_and_is_retracted() {
+        let (a, b) = (NodeId::new(1), NodeId::new(2));
+        let mut x = Counter::new();
+        let mut y = Counter::new();
+        x.apply(a, "op", 3, 0, KEEP_ALL).unwrap();
+        y.apply(b, "op", 3, 0, KEEP_ALL).unwrap();
+        let mut both = merged(&x, &y);
+        assert_eq!(
+            both.value(),
+            3,
+            "the duplicate is left out before it is retracted"
+        );
+        assert!(both.retract_duplicates(b), "b made the duplicate");
+        assert!(!both.retract_duplicates(a), "a's is canonical");
+        assert_eq!(both.value(), 3);
+        // Forgetting every record keeps the value: the retraction is in b's entry.
+        let mut forgot = both.clone();
+        for m in forgot.log.marks.values_mut() {
+            m.floor = m.seq;
+        }
+        forgot.log.drop_forgotten();
+        assert!(forgot.log.is_empty());
+        assert_eq!(forgot.value(), 3);
+        assert_eq!(merged(&forgot, &x).value(), 3);
+        assert_eq!(merged(&forgot, &y).value(), 3);
+    }
+
+    #[test]
+    fn a_canonical_record_with_an_unsettled_duplicate_is_pinned_not_forgotten() {
+        let (x, y) = (NodeId::new(1), NodeId::new(2));
+        let policy = OpLogPolicy {
+            window_ms: 10,
+            per_actor_max: 100,
+        };
+        // x applied "op"; y applied it again (a retry) and then its process died: its
+        // duplicate is never taken back.
+        let mut a = Counter::new();
+        a.apply(x, "op", 1, 0, policy).unwrap();
+        let mut b = Counter::new();
+        b.apply(y, "op", 1, 0, policy).unwrap();
+        a.merge(&b);
+        assert_eq!(a.value(), 1);
+        // Much later x applies more: its old record would be forgotten, but is pinned.
+        a.apply(x, "later", 1, 1000, policy).unwrap();
+        assert!(a.log.contains("op"));
+        assert_eq!(a.value(), 2, "the dead actor's duplicate still counts out");
+        assert_eq!(merged(&a, &b).value(), 2);
+        // Were y's process alive, it would take its duplicate back, and the value holds.
+        let mut c = merged(&a, &b);
+        assert!(c.retract_duplicates(y));
+        assert_eq!(c.value(), 2);
+    }
+
+    #[test]
+    fn records_are_forgotten_by_age_and_by_count() {
+        let a = NodeId::new(1);
+        let policy = OpLogPolicy {
+            window_ms: 100,
+            per_actor_max: 3,
+        };
+        let mut c = Counter::new();
+        for i in 0..5u64 {
+            c.apply(a, &format!("op{i}"), 1, i, policy).unwrap();
+        }
+        assert_eq!(c.log.len(), 3, "only the newest 3");
+        assert!(!c.log.contains("op0") && c.log.contains("op4"));
+        c.apply(a, "late", 1, 1000, policy).unwrap();
+        assert_eq!(c.log.len(), 1, "older than the window");
+        assert_eq!(c.value(), 6);
+        // A stale copy that still holds forgotten records gets them dropped by the merge.
+        let mut stale = Counter::new();
+        stale.apply(a, "op0", 1, 0, KEEP_ALL).unwrap();
+        let m = merged(&stale, &c);
+        assert!(!m.log.contains("op0"));
+        assert_eq!(m.value(), 6);
+    }
+
+    #[test]
+    fn op_ids_are_checked() {
+        assert!(check_op_id("a-b_c.1").is_ok());
+        for bad in ["", "has space", "é", &"x".repeat(OP_ID_BYTES_MAX + 1)] {
+            assert_eq!(check_op_id(bad), Err(OpIdError::Malformed), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn bad_logs_are_refused_on_decode() {
+        let a = NodeId::new(1);
+        let mut c = Counter::new();
+        c.apply(a, "op", 1, 0, KEEP_ALL).unwrap();
+        let mut bad = c.clone();
+        bad.log.marks.get_mut(&a).unwrap().floor = 1;
+        let bytes = rmp_serde::to_vec(&bad).unwrap();
+        assert!(rmp_serde::from_slice::<Counter>(&bytes).is_err());
+        let mut bad = c.clone();
+        bad.log.ops.insert("bad id".into(), c.log.ops["op"].clone());
+        let bytes = rmp_serde::to_vec(&bad).unwrap();
+        assert!(rmp_serde::from_slice::<Counter>(&bytes).is_err());
+    }
+}
