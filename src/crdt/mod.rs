@@ -34,8 +34,8 @@ mod twopset;
 
 pub use gcounter::GCounter;
 pub use oplog::{
-    check_op_id, ActorMark, Application, Applied, Counter, OpIdError, OpLog, OpLogPolicy,
-    OP_ID_BYTES_MAX,
+    check_op_id, ActorMark, Application, Applied, Counter, OpIdError, OpKey, OpLog, OpLogPolicy,
+    Record, OP_ID_BYTES_MAX,
 };
 pub use orset::{ORSet, RemoveOutcome};
 pub use pncounter::PNCounter;

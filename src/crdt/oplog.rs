@@ -88,18 +88,50 @@ pub struct ActorMark {
     pub floor: u64,
 }
 
-/// The recently applied operation ids of one key (see the module documentation).
+/// An operation id as a key remembers it: the first 128 bits of its BLAKE3 hash (so records
+/// have a fixed size; two ids colliding is as likely as guessing a random 128-bit value).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct OpKey(u64, u64);
+
+impl OpKey {
+    /// The key of operation id `id`.
+    pub fn of(id: &str) -> OpKey {
+        let h = blake3::hash(id.as_bytes());
+        let b = h.as_bytes();
+        let word = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&b[i..i + 8]);
+            u64::from_le_bytes(w)
+        };
+        OpKey(word(0), word(8))
+    }
+}
+
+/// One application of one operation by one actor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// The operation.
+    pub op: OpKey,
+    /// The actor that applied it.
+    pub actor: NodeId,
+    /// What the application was.
+    pub app: Application,
+}
+
+/// The recently applied operation ids of one key (see the module documentation): records
+/// sorted by operation then actor, one per pair, so a state clones and encodes as one flat
+/// array.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "OpLogWire")]
 pub struct OpLog {
     marks: BTreeMap<NodeId, ActorMark>,
-    ops: BTreeMap<String, BTreeMap<NodeId, Application>>,
+    records: Vec<Record>,
 }
 
 #[derive(Deserialize)]
 struct OpLogWire {
     marks: BTreeMap<NodeId, ActorMark>,
-    ops: BTreeMap<String, BTreeMap<NodeId, Application>>,
+    records: Vec<Record>,
 }
 
 /// Why an operation id was refused.
@@ -125,56 +157,67 @@ impl TryFrom<OpLogWire> for OpLog {
     type Error = String;
 
     fn try_from(w: OpLogWire) -> Result<Self, Self::Error> {
-        let mut per_actor: BTreeMap<NodeId, usize> = BTreeMap::new();
-        for (id, apps) in &w.ops {
-            check_op_id(id).map_err(|e| e.to_string())?;
-            if apps.is_empty() {
-                return Err("an operation id without applications".into());
-            }
-            for (actor, app) in apps {
-                let mark = w.marks.get(actor).copied().unwrap_or_default();
-                if (app.seq <= mark.floor && !app.pinned) || app.seq > mark.seq {
-                    return Err(format!(
-                        "record {} of actor {actor} is outside its marks",
-                        app.seq
-                    ));
-                }
-                let n = per_actor.entry(*actor).or_default();
-                *n += 1;
-                if *n > RECORDS_PER_ACTOR_DECODE_MAX {
-                    return Err(format!("actor {actor} holds too many records"));
-                }
-            }
-        }
         if w.marks.values().any(|m| m.floor > m.seq) {
             return Err("a floor above its sequence number".into());
         }
+        let mut per_actor: BTreeMap<NodeId, usize> = BTreeMap::new();
+        for pair in w.records.windows(2) {
+            if (pair[0].op, pair[0].actor) >= (pair[1].op, pair[1].actor) {
+                return Err("records out of order or repeated".into());
+            }
+        }
+        for r in &w.records {
+            let mark = w.marks.get(&r.actor).copied().unwrap_or_default();
+            if (r.app.seq <= mark.floor && !r.app.pinned) || r.app.seq > mark.seq {
+                return Err(format!(
+                    "record {} of actor {} is outside its marks",
+                    r.app.seq, r.actor
+                ));
+            }
+            let n = per_actor.entry(r.actor).or_default();
+            *n += 1;
+            if *n > RECORDS_PER_ACTOR_DECODE_MAX {
+                return Err(format!("actor {} holds too many records", r.actor));
+            }
+        }
         Ok(OpLog {
             marks: w.marks,
-            ops: w.ops,
+            records: w.records,
         })
     }
 }
 
 impl OpLog {
-    /// The applications of `id` still remembered (the first is canonical).
-    pub fn applications(&self, id: &str) -> Option<&BTreeMap<NodeId, Application>> {
-        self.ops.get(id)
+    /// The records of operation `op` (the first is canonical).
+    fn group(&self, op: OpKey) -> &[Record] {
+        let start = self.records.partition_point(|r| r.op < op);
+        let end = start + self.records[start..].partition_point(|r| r.op == op);
+        &self.records[start..end]
+    }
+
+    /// The records grouped by operation.
+    fn groups(&self) -> impl Iterator<Item = &[Record]> + '_ {
+        self.records.chunk_by(|a, b| a.op == b.op)
+    }
+
+    /// The applications of `id` still remembered, by actor (the first is canonical).
+    pub fn applications(&self, id: &str) -> impl Iterator<Item = (NodeId, Application)> + '_ {
+        self.group(OpKey::of(id)).iter().map(|r| (r.actor, r.app))
     }
 
     /// Whether `id` was applied (and is still remembered).
     pub fn contains(&self, id: &str) -> bool {
-        self.ops.contains_key(id)
+        !self.group(OpKey::of(id)).is_empty()
     }
 
     /// Operation ids remembered.
     pub fn len(&self) -> usize {
-        self.ops.len()
+        self.groups().count()
     }
 
     /// Whether no operation id is remembered.
     pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
+        self.records.is_empty()
     }
 
     /// Records that `actor` applied set update `id` at `now_ms` (the caller checked
@@ -188,17 +231,24 @@ impl OpLog {
     fn record(&mut self, actor: NodeId, id: &str, amount: i64, now_ms: u64, policy: OpLogPolicy) {
         let mark = self.marks.entry(actor).or_default();
         mark.seq += 1;
-        let seq = mark.seq;
-        self.ops.entry(id.to_owned()).or_default().insert(
+        let record = Record {
+            op: OpKey::of(id),
             actor,
-            Application {
-                seq,
+            app: Application {
+                seq: mark.seq,
                 at_ms: now_ms,
                 amount,
                 retracted: false,
                 pinned: false,
             },
-        );
+        };
+        match self
+            .records
+            .binary_search_by(|r| (r.op, r.actor).cmp(&(record.op, actor)))
+        {
+            Ok(i) => self.records[i] = record,
+            Err(i) => self.records.insert(i, record),
+        }
         self.forget(actor, now_ms, policy);
     }
 
@@ -224,9 +274,10 @@ impl OpLog {
     /// `actor`'s remembered records as (seq, time), oldest first.
     fn seqs_of(&self, actor: NodeId) -> Vec<(u64, u64)> {
         let mut v: Vec<(u64, u64)> = self
-            .ops
-            .values()
-            .filter_map(|apps| apps.get(&actor).map(|a| (a.seq, a.at_ms)))
+            .records
+            .iter()
+            .filter(|r| r.actor == actor)
+            .map(|r| (r.app.seq, r.app.at_ms))
             .collect();
         v.sort_unstable();
         v
@@ -237,13 +288,18 @@ impl OpLog {
     /// taken back would let a stale copy bring it back as not taken back; such operations are
     /// as rare as retries that reach two coordinators, so keeping them costs little.)
     fn raise_floor(&mut self, actor: NodeId, floor: u64) {
-        for apps in self.ops.values_mut() {
-            let shared = apps.len() > 1;
-            if let Some(a) = apps.get_mut(&actor) {
-                if a.seq <= floor && shared {
-                    a.pinned = true;
+        let mut start = 0;
+        while start < self.records.len() {
+            let op = self.records[start].op;
+            let len = self.records[start..].partition_point(|r| r.op == op);
+            if len > 1 {
+                for r in &mut self.records[start..start + len] {
+                    if r.actor == actor && r.app.seq <= floor {
+                        r.app.pinned = true;
+                    }
                 }
             }
+            start += len;
         }
         if let Some(mark) = self.marks.get_mut(&actor) {
             mark.floor = mark.floor.max(floor);
@@ -253,32 +309,40 @@ impl OpLog {
 
     fn drop_forgotten(&mut self) {
         let marks = &self.marks;
-        self.ops.retain(|_, apps| {
-            apps.retain(|actor, a| a.pinned || a.seq > marks.get(actor).map_or(0, |m| m.floor));
-            !apps.is_empty()
-        });
+        self.records
+            .retain(|r| r.app.pinned || r.app.seq > marks.get(&r.actor).map_or(0, |m| m.floor));
     }
 
-    /// The duplicates `actor` made and has not retracted: (id, amount).
-    fn unretracted_duplicates_of(&self, actor: NodeId) -> Vec<(String, i64)> {
-        self.ops
-            .iter()
-            .filter_map(|(id, apps)| {
-                let canonical = *apps.keys().next()?;
-                let a = apps.get(&actor)?;
-                (canonical != actor && !a.retracted).then(|| (id.clone(), a.amount))
-            })
+    /// The duplicates `actor` made and has not retracted: (operation, amount).
+    fn unretracted_duplicates_of(&self, actor: NodeId) -> Vec<(OpKey, i64)> {
+        self.groups()
+            .flat_map(|g| g.iter().skip(1))
+            .filter(|r| r.actor == actor && !r.app.retracted)
+            .map(|r| (r.op, r.app.amount))
             .collect()
     }
 
     /// The sum of every duplicate not retracted yet.
     fn pending_duplicates(&self) -> i128 {
-        self.ops
-            .values()
-            .flat_map(|apps| apps.values().skip(1))
-            .filter(|a| !a.retracted)
-            .map(|a| i128::from(a.amount))
+        self.groups()
+            .flat_map(|g| g.iter().skip(1))
+            .filter(|r| !r.app.retracted)
+            .map(|r| i128::from(r.app.amount))
             .sum()
+    }
+
+    /// Marks `actor`'s application of `op` as taken back.
+    fn mark_retracted(&mut self, op: OpKey, actor: NodeId) -> bool {
+        match self
+            .records
+            .binary_search_by(|r| (r.op, r.actor).cmp(&(op, actor)))
+        {
+            Ok(i) => {
+                self.records[i].app.retracted = true;
+                true
+            }
+            Err(_) => false,
+        }
     }
 }
 
@@ -289,22 +353,47 @@ impl Crdt for OpLog {
             mine.seq = mine.seq.max(m.seq);
             mine.floor = mine.floor.max(m.floor);
         }
-        for (id, apps) in &other.ops {
-            let mine = self.ops.entry(id.clone()).or_default();
-            for (actor, a) in apps {
-                // One actor may apply an id again once its record was forgotten (beyond the
-                // window): the later application is the one remembered.
-                mine.entry(*actor)
-                    .and_modify(|x| {
-                        if a.seq > x.seq {
-                            *x = *a;
-                        } else if a.seq == x.seq {
-                            x.retracted |= a.retracted;
-                            x.pinned |= a.pinned;
+        if !other.records.is_empty() {
+            let mine = std::mem::take(&mut self.records);
+            let mut out = Vec::with_capacity(mine.len() + other.records.len());
+            let (mut i, mut j) = (0, 0);
+            while i < mine.len() || j < other.records.len() {
+                let (a, b) = (mine.get(i), other.records.get(j));
+                match (a, b) {
+                    (Some(x), Some(y)) => match (x.op, x.actor).cmp(&(y.op, y.actor)) {
+                        std::cmp::Ordering::Less => {
+                            out.push(*x);
+                            i += 1;
                         }
-                    })
-                    .or_insert(*a);
+                        std::cmp::Ordering::Greater => {
+                            out.push(*y);
+                            j += 1;
+                        }
+                        // One actor may apply an id again once its record was forgotten
+                        // (beyond the window): the later application is the one remembered.
+                        std::cmp::Ordering::Equal => {
+                            let mut r = if y.app.seq > x.app.seq { *y } else { *x };
+                            if x.app.seq == y.app.seq {
+                                r.app.retracted = x.app.retracted || y.app.retracted;
+                                r.app.pinned = x.app.pinned || y.app.pinned;
+                            }
+                            out.push(r);
+                            i += 1;
+                            j += 1;
+                        }
+                    },
+                    (Some(x), None) => {
+                        out.push(*x);
+                        i += 1;
+                    }
+                    (None, Some(y)) => {
+                        out.push(*y);
+                        j += 1;
+                    }
+                    (None, None) => break,
+                }
             }
+            self.records = out;
         }
         self.drop_forgotten();
     }
@@ -386,7 +475,7 @@ impl Counter {
     /// changed.
     pub fn retract_duplicates(&mut self, actor: NodeId) -> bool {
         let mut changed = false;
-        for (id, amount) in self.log.unretracted_duplicates_of(actor) {
+        for (op, amount) in self.log.unretracted_duplicates_of(actor) {
             // Taking back is adding the opposite; an overflow here would need 2^63 worth of
             // duplicates, and leaves the duplicate counted out by `value` instead.
             let Some(back) = amount.checked_neg() else {
@@ -395,10 +484,7 @@ impl Counter {
             if self.add(actor, back).is_err() {
                 continue;
             }
-            if let Some(a) = self.log.ops.get_mut(&id).and_then(|m| m.get_mut(&actor)) {
-                a.retracted = true;
-                changed = true;
-            }
+            changed |= self.log.mark_retracted(op, actor);
         }
         changed
     }
@@ -501,7 +587,7 @@ mod tests {
             let (states, _) = replay(&steps, FORGETFUL);
             for s in &states {
                 for r in 0..REPLICAS {
-                    let mine = s.log.ops.values().filter_map(|a| a.get(&node(r))).filter(|a| !a.pinned).count();
+                    let mine = s.log.records.iter().filter(|x| x.actor == node(r) && !x.app.pinned).count();
                     prop_assert!(mine <= FORGETFUL.per_actor_max, "{} records of replica {}", mine, r);
                 }
             }
@@ -655,9 +741,18 @@ mod tests {
         bad.log.marks.get_mut(&a).unwrap().floor = 1;
         let bytes = rmp_serde::to_vec(&bad).unwrap();
         assert!(rmp_serde::from_slice::<Counter>(&bytes).is_err());
+        // Records out of order, or one repeated.
         let mut bad = c.clone();
-        bad.log.ops.insert("bad id".into(), c.log.ops["op"].clone());
+        bad.log.records.push(c.log.records[0]);
         let bytes = rmp_serde::to_vec(&bad).unwrap();
         assert!(rmp_serde::from_slice::<Counter>(&bytes).is_err());
+        // A record newer than its actor's sequence number.
+        let mut bad = c.clone();
+        bad.log.records[0].app.seq = 9;
+        let bytes = rmp_serde::to_vec(&bad).unwrap();
+        assert!(rmp_serde::from_slice::<Counter>(&bytes).is_err());
+        // The valid state decodes.
+        let bytes = rmp_serde::to_vec(&c).unwrap();
+        assert_eq!(rmp_serde::from_slice::<Counter>(&bytes).unwrap(), c);
     }
 }
