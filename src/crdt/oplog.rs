@@ -10,21 +10,22 @@
 //! - Each application is recorded under the id, by the actor that performed it, with the
 //!   actor's own sequence number. Records merge by union.
 //! - Of several applications of one id, the one by the smallest actor is *canonical*; the others
-//!   are *duplicates*. A [`Counter`]'s value leaves duplicates out, and the actor that made a
-//!   duplicate *retracts* it as soon as its own copy sees the canonical one (it adds the opposite
-//!   amount to its own entry, which only it writes, and marks the record retracted). From then
-//!   on the correction no longer depends on the record being remembered.
+//!   are *duplicates*. A [`Counter`]'s entries hold every application; its value leaves the
+//!   duplicates out, so it needs the records of an operation applied twice for as long as the
+//!   counter lives: those are never forgotten (below).
 //! - Records are forgotten per actor, oldest first, after a time window or beyond a count
 //!   ([`OpLogPolicy`]): each actor keeps a *floor*, which only it raises, and records at or
 //!   below it are dropped by every merge. An id is therefore recognised while its first
 //!   application is among the records its actor still keeps: by default for 10 minutes and the
 //!   last 128 updates by that actor to that key. A retry later than that may be applied again.
 //!   Records of an operation applied by two actors are never forgotten (they are *pinned*), so
-//!   the operation keeps counting once.
+//!   the operation keeps counting once; such operations are as rare as retries that reach two
+//!   coordinators before the first attempt reached the second.
 //! - Memory: an actor is a process, and a process that stops leaves its records in the keys it
-//!   updated (at most 128 per key, about 40 bytes each) for good: only an actor forgets its own. A node restarted very often grows its hot counters by that much
-//!   per restart; compaction of departed actors needs a cluster-wide agreement that they are
-//!   gone, which this version does not have.
+//!   updated (at most 128 per key, about 50 bytes each) for good: only an actor forgets its
+//!   own. A node restarted very often grows its hot counters by that much per restart;
+//!   compacting departed actors needs a cluster-wide agreement that they are gone, which this
+//!   version does not have.
 //!
 //! Times are the applying actor's own clock (milliseconds, as the core's `now`); they are only
 //! ever compared with that same actor's times, so clocks of different nodes never meet.
@@ -71,8 +72,6 @@ pub struct Application {
     pub at_ms: u64,
     /// What it added (0 for set operations).
     pub amount: i64,
-    /// Whether the actor has taken this duplicate back.
-    pub retracted: bool,
     /// Kept below its actor's floor: when it was forgotten, its operation had been applied by
     /// another actor too, and the value needs the record to count the operation once.
     pub pinned: bool,
@@ -238,7 +237,6 @@ impl OpLog {
                 seq: mark.seq,
                 at_ms: now_ms,
                 amount,
-                retracted: false,
                 pinned: false,
             },
         };
@@ -284,9 +282,8 @@ impl OpLog {
     }
 
     /// Forgets `actor`'s records up to `floor`, except those of an operation applied by more
-    /// than one actor: they are pinned instead, for good. (Dropping one whose duplicate was
-    /// taken back would let a stale copy bring it back as not taken back; such operations are
-    /// as rare as retries that reach two coordinators, so keeping them costs little.)
+    /// than one actor: they are pinned instead, for good (the value needs them to count the
+    /// operation once).
     fn raise_floor(&mut self, actor: NodeId, floor: u64) {
         let mut start = 0;
         while start < self.records.len() {
@@ -313,36 +310,12 @@ impl OpLog {
             .retain(|r| r.app.pinned || r.app.seq > marks.get(&r.actor).map_or(0, |m| m.floor));
     }
 
-    /// The duplicates `actor` made and has not retracted: (operation, amount).
-    fn unretracted_duplicates_of(&self, actor: NodeId) -> Vec<(OpKey, i64)> {
+    /// The sum of every duplicate (every application but the canonical one of each id).
+    fn duplicates(&self) -> i128 {
         self.groups()
             .flat_map(|g| g.iter().skip(1))
-            .filter(|r| r.actor == actor && !r.app.retracted)
-            .map(|r| (r.op, r.app.amount))
-            .collect()
-    }
-
-    /// The sum of every duplicate not retracted yet.
-    fn pending_duplicates(&self) -> i128 {
-        self.groups()
-            .flat_map(|g| g.iter().skip(1))
-            .filter(|r| !r.app.retracted)
             .map(|r| i128::from(r.app.amount))
             .sum()
-    }
-
-    /// Marks `actor`'s application of `op` as taken back.
-    fn mark_retracted(&mut self, op: OpKey, actor: NodeId) -> bool {
-        match self
-            .records
-            .binary_search_by(|r| (r.op, r.actor).cmp(&(op, actor)))
-        {
-            Ok(i) => {
-                self.records[i].app.retracted = true;
-                true
-            }
-            Err(_) => false,
-        }
     }
 }
 
@@ -374,7 +347,6 @@ impl Crdt for OpLog {
                         std::cmp::Ordering::Equal => {
                             let mut r = if y.app.seq > x.app.seq { *y } else { *x };
                             if x.app.seq == y.app.seq {
-                                r.app.retracted = x.app.retracted || y.app.retracted;
                                 r.app.pinned = x.app.pinned || y.app.pinned;
                             }
                             out.push(r);
@@ -431,9 +403,7 @@ impl Counter {
 
     /// The value: every update once, duplicates left out.
     pub fn value(&self) -> i128 {
-        self.entries
-            .value()
-            .saturating_sub(self.log.pending_duplicates())
+        self.entries.value().saturating_sub(self.log.duplicates())
     }
 
     /// The operation log.
@@ -468,25 +438,6 @@ impl Counter {
         } else {
             self.entries.decrement(actor, amount.unsigned_abs())
         }
-    }
-
-    /// Takes back every duplicate `actor` made whose canonical application this copy holds.
-    /// Only the actor itself may call this (it writes its own entry). Returns whether anything
-    /// changed.
-    pub fn retract_duplicates(&mut self, actor: NodeId) -> bool {
-        let mut changed = false;
-        for (op, amount) in self.log.unretracted_duplicates_of(actor) {
-            // Taking back is adding the opposite; an overflow here would need 2^63 worth of
-            // duplicates, and leaves the duplicate counted out by `value` instead.
-            let Some(back) = amount.checked_neg() else {
-                continue;
-            };
-            if self.add(actor, back).is_err() {
-                continue;
-            }
-            changed |= self.log.mark_retracted(op, actor);
-        }
-        changed
     }
 }
 
@@ -530,7 +481,7 @@ mod tests {
     enum Step {
         /// Replica `.0` applies operation id `.1` (a retry when the id was used before).
         Apply(usize, u8),
-        /// Replica `to` merges replica `from`'s state, then retracts its duplicates.
+        /// Replica `to` merges replica `from`'s state.
         Sync { from: usize, to: usize },
     }
 
@@ -554,7 +505,6 @@ mod tests {
                 Step::Sync { from, to } => {
                     let source = states[from].clone();
                     states[to].merge(&source);
-                    states[to].retract_duplicates(node(to));
                 }
             }
         }
@@ -605,22 +555,14 @@ mod tests {
             }
             let all = merged(&all, &converge(&states));
             prop_assert_eq!(all.value(), want);
-            // Every replica that then merges everything and takes its duplicates back agrees,
-            // also once it forgets every record it may forget.
-            for (r, s) in states.iter().enumerate() {
-                let mut mine = merged(s, &all);
-                mine.retract_duplicates(node(r));
-                prop_assert_eq!(mine.value(), want);
-                mine.log.raise_floor(node(r), u64::MAX);
-                let mut everyone = mine.clone();
-                for (q, other) in states.iter().enumerate() {
-                    let mut theirs = merged(other, &mine);
-                    theirs.retract_duplicates(node(q));
-                    theirs.log.raise_floor(node(q), u64::MAX);
-                    everyone.merge(&theirs);
-                }
-                prop_assert_eq!(everyone.value(), want);
+            // Also once every actor forgot every record it may forget (all but the pinned).
+            let mut everyone = all.clone();
+            for (q, other) in states.iter().enumerate() {
+                let mut theirs = merged(other, &all);
+                theirs.log.raise_floor(node(q), u64::MAX);
+                everyone.merge(&theirs);
             }
+            prop_assert_eq!(everyone.value(), want);
         }
 
         /// A replica's own value never counts one operation twice, even before it met the
@@ -647,42 +589,35 @@ mod tests {
     }
 
     #[test]
-    fn a_retry_through_another_coordinator_counts_once_and_is_retracted() {
+    fn a_retry_through_another_coordinator_counts_once() {
         let (a, b) = (NodeId::new(1), NodeId::new(2));
         let mut x = Counter::new();
         let mut y = Counter::new();
         x.apply(a, "op", 3, 0, KEEP_ALL).unwrap();
         y.apply(b, "op", 3, 0, KEEP_ALL).unwrap();
-        let mut both = merged(&x, &y);
-        assert_eq!(
-            both.value(),
-            3,
-            "the duplicate is left out before it is retracted"
-        );
-        assert!(both.retract_duplicates(b), "b made the duplicate");
-        assert!(!both.retract_duplicates(a), "a's is canonical");
-        assert_eq!(both.value(), 3);
-        // Forgetting every record keeps the value: the retraction is in b's entry.
+        let both = merged(&x, &y);
+        assert_eq!(both.value(), 3, "the duplicate is left out");
+        // A's application is canonical; b's is the duplicate.
+        let apps: Vec<NodeId> = both.log.applications("op").map(|(n, _)| n).collect();
+        assert_eq!(apps, vec![a, b]);
+        // Both actors forgetting everything they may: the shared records stay, pinned.
         let mut forgot = both.clone();
-        for m in forgot.log.marks.values_mut() {
-            m.floor = m.seq;
-        }
-        forgot.log.drop_forgotten();
-        assert!(forgot.log.is_empty());
+        forgot.log.raise_floor(a, u64::MAX);
+        forgot.log.raise_floor(b, u64::MAX);
+        assert!(forgot.log.contains("op"));
         assert_eq!(forgot.value(), 3);
         assert_eq!(merged(&forgot, &x).value(), 3);
         assert_eq!(merged(&forgot, &y).value(), 3);
     }
 
     #[test]
-    fn a_canonical_record_with_an_unsettled_duplicate_is_pinned_not_forgotten() {
+    fn records_of_an_operation_applied_twice_are_pinned_not_forgotten() {
         let (x, y) = (NodeId::new(1), NodeId::new(2));
         let policy = OpLogPolicy {
             window_ms: 10,
             per_actor_max: 100,
         };
-        // x applied "op"; y applied it again (a retry) and then its process died: its
-        // duplicate is never taken back.
+        // x applied "op"; y applied it again (a retry through another coordinator).
         let mut a = Counter::new();
         a.apply(x, "op", 1, 0, policy).unwrap();
         let mut b = Counter::new();
@@ -692,12 +627,8 @@ mod tests {
         // Much later x applies more: its old record would be forgotten, but is pinned.
         a.apply(x, "later", 1, 1000, policy).unwrap();
         assert!(a.log.contains("op"));
-        assert_eq!(a.value(), 2, "the dead actor's duplicate still counts out");
+        assert_eq!(a.value(), 2, "y's duplicate still counts out");
         assert_eq!(merged(&a, &b).value(), 2);
-        // Were y's process alive, it would take its duplicate back, and the value holds.
-        let mut c = merged(&a, &b);
-        assert!(c.retract_duplicates(y));
-        assert_eq!(c.value(), 2);
     }
 
     #[test]

@@ -202,15 +202,6 @@ impl Object {
         Ok(())
     }
 
-    /// After a merge on the replica of `actor`: takes back the counter updates `actor` applied
-    /// twice (a retry through another coordinator). Returns whether anything changed.
-    pub fn settle_duplicates(&mut self, actor: NodeId) -> bool {
-        match self {
-            Object::GCounter(c) | Object::PNCounter(c) => c.retract_duplicates(actor),
-            _ => false,
-        }
-    }
-
     /// Applies a CRDT update on behalf of `actor` (this process's actor), at `now_ms` by its
     /// clock; `current` is the local copy (`None`: the key is new). Returns the new state.
     pub fn apply_update(

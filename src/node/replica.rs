@@ -339,8 +339,6 @@ impl Replica {
                         "the key holds a {held}, not a {offered}"
                     )));
                 }
-                // A retry applied here and elsewhere: this actor takes its duplicate back.
-                mine.settle_duplicates(self.actor);
                 if mine == before {
                     return Ok(self.durable_point(&skey, fx));
                 }
