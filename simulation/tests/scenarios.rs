@@ -217,9 +217,9 @@ fn a_coordinator_that_lost_a_write_never_mints_its_dot_again() {
 
 /// DESIGN.md §3 and the CRDT issue: a counter entry is never restarted from an incomplete copy.
 /// A coordinator increments, crashes before its disk has the increment (its replicas have it),
-/// restarts and increments again. With a fresh actor per process both increments count; with
-/// the node id as the actor (the unsafe setting, kept to show this) the second increment
-/// restarts the entry from the copy that lost the first, and the merge loses one.
+/// restarts and increments again. With a fresh actor per process every increment counts; with
+/// the node id as the actor (the unsafe setting, kept to show this) the later increment
+/// continues the entry from the copy that lost the earlier one, and the merge loses one.
 #[test]
 fn a_counter_increment_lost_in_a_crash_is_never_overwritten() {
     use chorus::node::{
@@ -252,13 +252,16 @@ fn a_counter_increment_lost_in_a_crash_is_never_overwritten() {
             },
             options: RequestOptions::default(),
         };
-        c.client_request(0, 0, 1, incr("first"));
+        // The key exists, durably, everywhere (so the next increment is applied at once).
+        c.client_request(0, 0, 1, incr("zero"));
+        run_to(&mut c, Duration::from_secs(11));
+        c.client_request(0, 0, 2, incr("first"));
         c.crash_after_outputs(0, u32::MAX, Duration::from_millis(1))
             .unwrap();
-        run_to(&mut c, Duration::from_secs(11));
+        run_to(&mut c, Duration::from_secs(12));
         c.start(0).unwrap();
         run_to(&mut c, Duration::from_secs(20));
-        c.client_request(0, 0, 2, incr("second"));
+        c.client_request(0, 0, 3, incr("second"));
         run_to(&mut c, Duration::from_secs(30));
         // Everything every disk holds, merged: what any later read converges to.
         let snapshot = c.snapshot();
@@ -277,10 +280,10 @@ fn a_counter_increment_lost_in_a_crash_is_never_overwritten() {
         }
     }
 
-    assert_eq!(run(None), 2, "per-process actors keep both increments");
+    assert_eq!(run(None), 3, "per-process actors keep every increment");
     assert_eq!(
         run(Some(|c: &mut NodeConfig| c.data.actor_per_process = false)),
-        1,
-        "the unsafe setting loses the first increment: the scenario really exercises the bug"
+        2,
+        "the unsafe setting loses the increment the crash took from n0's disk: the scenario really exercises the bug"
     );
 }

@@ -13,7 +13,7 @@
 //!   "replayed", "notes"}` when `?return=value` is asked for or when part of the update had no
 //!   effect (`notes` says what and why); always with `x-chorus-acks`, `x-chorus-op-id` and
 //!   `x-chorus-sync`. Errors as for registers: 400 malformed JSON, unknown type, a counter
-//!   overflow, a bad op id or context; 413 an element over 1 KiB; 409 a key of another type;
+//!   overflow, a bad op id or context, an element over 1 KiB; 409 a key of another type;
 //!   503 quorum not reached (`indeterminate` says whether it may have been applied: retry with
 //!   the same op id).
 //!

@@ -361,7 +361,7 @@ impl DataConfig {
         for e in op.elements() {
             n += 1;
             if e.len() > self.element_bytes_max {
-                return Err(ClientError::TooLarge(format!(
+                return Err(ClientError::BadRequest(format!(
                     "an element is {} bytes, more than the limit of {}",
                     e.len(),
                     self.element_bytes_max

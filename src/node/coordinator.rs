@@ -32,7 +32,7 @@ use super::client::{
     UpdateResult, WriteResult,
 };
 use super::hints::HintsMessage;
-use super::object::{Context, Object};
+use super::object::{Context, CrdtOp, Object};
 use super::replica::{MintOp, MintOutcome, Minted, ReplicaCall, ReplicaMessage};
 use super::{Call, Effects, Output};
 use crate::id::NodeId;
@@ -126,6 +126,17 @@ enum State {
         /// Down replicas no fallback could take: this node keeps their hints.
         orphans: Vec<NodeId>,
     },
+    /// A CRDT update whose coordinating replica has no copy of the key: the other replicas
+    /// are asked for theirs first (the key's type, and contents to start from).
+    Looking {
+        targets: Vec<Target>,
+        orphans: Vec<NodeId>,
+        op: CrdtOp,
+        asked: Vec<NodeId>,
+        replies: BTreeMap<NodeId, Option<Object>>,
+        /// Replies needed: with this node, a majority of the key's replicas.
+        need: usize,
+    },
     Writing {
         object: Object,
         outcome: MintOutcome,
@@ -209,7 +220,14 @@ impl Coordinator {
             }
             CoordinatorMessage::Ack { req } => self.on_ack(req, from, fx),
             CoordinatorMessage::ReadReply { req, object } => {
-                self.on_read_reply(req, from, Some(object), fx)
+                if matches!(
+                    self.requests.get(&req).map(|r| &r.state),
+                    Some(State::Looking { .. })
+                ) {
+                    self.on_look_reply(req, from, Some(object), fx)
+                } else {
+                    self.on_read_reply(req, from, Some(object), fx)
+                }
             }
             CoordinatorMessage::Refused { req, error } => {
                 debug!(req, %from, %error, "a replica refused its part");
@@ -218,6 +236,7 @@ impl Coordinator {
                 };
                 match &r.state {
                     State::Read { .. } => self.on_read_reply(req, from, None, fx),
+                    State::Looking { .. } => self.on_look_reply(req, from, None, fx),
                     // A replica of another type: the write cannot land anywhere. Only a target
                     // can say so, and only before the client has its answer.
                     State::Writing {
@@ -290,6 +309,184 @@ impl Coordinator {
             hinted: BTreeSet::new(),
             answered: false,
         };
+    }
+
+    /// The local replica has no copy of the key of update `req`: ask the key's other reachable
+    /// replicas for theirs before applying (so an update of another type than the key's is
+    /// refused, and the update starts from the key's contents).
+    pub(crate) fn on_absent(&mut self, req: u64, op: CrdtOp, fx: &mut Effects<'_>) {
+        let Some(r) = self.requests.get_mut(&req) else {
+            return;
+        };
+        let State::Minting { targets, orphans } = &mut r.state else {
+            return;
+        };
+        let (targets, orphans) = (std::mem::take(targets), std::mem::take(orphans));
+        let p = fx.topo.partition(&r.key);
+        let primaries = fx.topo.primaries(p);
+        let asked: Vec<NodeId> = primaries
+            .iter()
+            .copied()
+            .filter(|&n| n != fx.me && fx.topo.is_alive(n))
+            .collect();
+        // The key's type is what its replicas hold: learn it from a majority of them (this node
+        // counting when it is one), or apply nothing.
+        let majority = primaries.len() / 2 + 1;
+        let need = majority.saturating_sub(usize::from(primaries.contains(&fx.me)));
+        if asked.len() < need {
+            let error = unavailable(
+                &format!(
+                    "the key has no copy here and only {} of its {} replicas are reachable to say what it holds; nothing was applied",
+                    asked.len() + usize::from(primaries.contains(&fx.me)),
+                    primaries.len()
+                ),
+                false,
+                0,
+                r.opts.w,
+            );
+            if let Some(r) = self.requests.remove(&req) {
+                answer(r.origin, ClientReply::Failed(error), fx);
+            }
+            return;
+        }
+        for &n in &asked {
+            fx.send(
+                n,
+                ReplicaMessage::Read {
+                    req,
+                    key: r.key.clone(),
+                }
+                .into(),
+            );
+        }
+        r.state = State::Looking {
+            targets,
+            orphans,
+            op,
+            asked,
+            replies: BTreeMap::new(),
+            need,
+        };
+        if need == 0 {
+            self.apply_after_look(req, fx);
+        } else {
+            fx.set_timer(self.config.hedge_after, CoordinatorTimer::Hedge { req });
+        }
+    }
+
+    /// A replica answered a look (`Some`: with its copy, if any) or refused it (`None`).
+    fn on_look_reply(
+        &mut self,
+        req: u64,
+        from: NodeId,
+        reply: Option<Option<Object>>,
+        fx: &mut Effects<'_>,
+    ) {
+        let Some(r) = self.requests.get_mut(&req) else {
+            return;
+        };
+        let State::Looking {
+            op,
+            asked,
+            replies,
+            need,
+            ..
+        } = &mut r.state
+        else {
+            return;
+        };
+        if !asked.contains(&from) || replies.contains_key(&from) {
+            return;
+        }
+        let need = *need;
+        if let Some(held) = reply
+            .as_ref()
+            .and_then(Option::as_ref)
+            .map(Object::type_name)
+            .filter(|&t| t != op.type_name())
+        {
+            let error = ClientError::TypeConflict(format!(
+                "the key holds a {held}, not a {}",
+                op.type_name()
+            ));
+            if let Some(r) = self.requests.remove(&req) {
+                answer(r.origin, ClientReply::Failed(error), fx);
+            }
+            return;
+        }
+        // A refusal (a replica that could not read) is no answer.
+        match reply {
+            Some(o) => {
+                replies.insert(from, o);
+            }
+            None => asked.retain(|&n| n != from),
+        }
+        let (got, left) = (replies.len(), asked.len());
+        if got >= left && got >= need {
+            self.apply_after_look(req, fx);
+        } else if left < need {
+            let error = unavailable(
+                "too few replicas could say what the key holds; nothing was applied",
+                false,
+                0,
+                r.opts.w,
+            );
+            if let Some(r) = self.requests.remove(&req) {
+                answer(r.origin, ClientReply::Failed(error), fx);
+            }
+        }
+    }
+
+    /// Done looking (a majority answered, and every asked replica or the hedge timer): apply
+    /// the update on the local replica, starting from what the others hold.
+    fn apply_after_look(&mut self, req: u64, fx: &mut Effects<'_>) {
+        let Some(r) = self.requests.get_mut(&req) else {
+            return;
+        };
+        let State::Looking {
+            targets,
+            orphans,
+            op,
+            replies,
+            ..
+        } = &mut r.state
+        else {
+            return;
+        };
+        let mut seed: Option<Object> = None;
+        for o in replies.values().flatten() {
+            match &mut seed {
+                None => seed = Some(o.clone()),
+                Some(s) => {
+                    if let Err(c) = s.merge(o) {
+                        // Replicas already disagree on the type: refuse rather than add a
+                        // third opinion.
+                        let error = ClientError::TypeConflict(format!(
+                            "replicas of the key hold different types ({c})"
+                        ));
+                        if let Some(r) = self.requests.remove(&req) {
+                            answer(r.origin, ClientReply::Failed(error), fx);
+                        }
+                        return;
+                    }
+                }
+            }
+        }
+        let op = op.clone();
+        let (targets, orphans) = (std::mem::take(targets), std::mem::take(orphans));
+        let op_id = r.op_id.clone().unwrap_or_default();
+        r.state = State::Minting { targets, orphans };
+        fx.calls.push_back(Call::Replica(ReplicaCall::Mint {
+            req,
+            key: r.key.clone(),
+            op: MintOp::Update {
+                op,
+                op_id,
+                looked: true,
+                seed: seed.map(Box::new),
+            },
+            context: None,
+        }));
     }
 
     /// A timer fired.
@@ -422,7 +619,15 @@ impl Coordinator {
                 let (mint, context) = match op {
                     ClientOp::Put { value, context } => (MintOp::Put(value), context),
                     ClientOp::Delete { context } => (MintOp::Delete, context),
-                    ClientOp::Update { op, op_id } => (MintOp::Update { op, op_id }, None),
+                    ClientOp::Update { op, op_id } => (
+                        MintOp::Update {
+                            op,
+                            op_id,
+                            looked: false,
+                            seed: None,
+                        },
+                        None,
+                    ),
                     // (Reads took the branch above.)
                     ClientOp::Get => return,
                 };
@@ -623,6 +828,20 @@ impl Coordinator {
                 answer(origin, ClientReply::Failed(error), fx);
             }
             State::Writing { answered: true, .. } => {}
+            State::Looking { replies, .. } => {
+                // Nothing was applied yet.
+                let error = unavailable(
+                    &format!(
+                        "timed out after {} ms while reading the key's type ({} replies)",
+                        r.opts.timeout.as_millis(),
+                        replies.len()
+                    ),
+                    false,
+                    0,
+                    r.opts.w,
+                );
+                answer(r.origin, ClientReply::Failed(error), fx);
+            }
             State::Minting { .. } | State::Writing { .. } => {
                 let acks = match &r.state {
                     State::Writing { acked, .. } => acked.len(),
@@ -659,6 +878,16 @@ impl Coordinator {
         let Some(r) = self.requests.get_mut(&req) else {
             return;
         };
+        if let State::Looking { replies, need, .. } = &r.state {
+            // Slow replicas: go on once a majority answered (else keep waiting, until the
+            // deadline).
+            if replies.len() >= *need {
+                self.apply_after_look(req, fx);
+            } else {
+                fx.set_timer(self.config.hedge_after, CoordinatorTimer::Hedge { req });
+            }
+            return;
+        }
         if let State::Read {
             targets,
             spare,

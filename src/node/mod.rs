@@ -288,6 +288,14 @@ pub(crate) enum Call {
         /// The minted state and dot, or why not.
         result: Result<replica::Minted, ClientError>,
     },
+    /// To the coordinator: the replica has no copy of the key of update `req`, so it applied
+    /// nothing; the coordinator looks at the other replicas first.
+    Absent {
+        /// The coordinator's request.
+        req: u64,
+        /// The update, handed back.
+        op: object::CrdtOp,
+    },
 }
 
 /// What a sub-machine may touch while it handles an input: the topology (read-only), the
@@ -408,6 +416,10 @@ pub struct DataStats {
     pub staged_keys: usize,
     /// Events waiting for durability.
     pub waiting_for_durability: usize,
+    /// States of another type this node's replica refused to merge since it started (a key
+    /// written as two types at once while its first write was spreading).
+    #[serde(default)]
+    pub type_conflicts: u64,
 }
 
 /// One Chorus node's protocol state.
@@ -528,12 +540,6 @@ impl Node {
         self.replica.actor()
     }
 
-    /// States of another type this node's replica refused to merge since it started (a key
-    /// written as two types at once on different nodes).
-    pub fn type_conflicts(&self) -> u64 {
-        self.replica.type_conflicts()
-    }
-
     /// Starts the protocols: announces this node, contacts the seeds, arms the timers.
     pub fn start(&mut self, now: Duration) {
         self.membership.start(now, &mut self.out);
@@ -647,6 +653,9 @@ impl Node {
                     Call::Minted { req, result } => {
                         self.coordinator.on_minted(req, result, &mut fx!(self, now))
                     }
+                    Call::Absent { req, op } => {
+                        self.coordinator.on_absent(req, op, &mut fx!(self, now))
+                    }
                 }
                 continue;
             }
@@ -737,6 +746,7 @@ impl Node {
             handoff_pending: self.sync.pending(),
             staged_keys: self.replica.overlay_len(),
             waiting_for_durability: self.journal.waiting(),
+            type_conflicts: self.replica.type_conflicts(),
         }
     }
 

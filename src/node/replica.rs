@@ -103,6 +103,11 @@ pub(crate) enum MintOp {
         op: CrdtOp,
         /// Its operation id.
         op_id: String,
+        /// Whether the coordinator already looked at the other replicas; until it has, a
+        /// replica without a copy applies nothing (it cannot know the key's type).
+        looked: bool,
+        /// What the other replicas hold, merged, to start from.
+        seed: Option<Box<Object>>,
     },
 }
 
@@ -424,6 +429,16 @@ impl Replica {
                 op,
                 context,
             } => {
+                if let MintOp::Update {
+                    op, looked: false, ..
+                } = &op
+                {
+                    if matches!(self.load(&key), Ok(None)) {
+                        let op = op.clone();
+                        fx.calls.push_back(Call::Absent { req, op });
+                        return;
+                    }
+                }
                 let result = self.mint(&key, op, context.as_ref(), fx);
                 if let Ok((_, seq)) = &result {
                     fx.after_durable(*seq, fx.me, CoordinatorMessage::Ack { req }.into());
@@ -444,8 +459,21 @@ impl Replica {
         fx: &mut Effects<'_>,
     ) -> Result<(Minted, u64), ClientError> {
         let skey = self.storage_key(key);
-        let current = self.load_storage_key(&skey)?;
-        if let MintOp::Update { op, op_id } = op {
+        let mut current = self.load_storage_key(&skey)?;
+        if let MintOp::Update {
+            op, op_id, seed, ..
+        } = op
+        {
+            // Start from what the other replicas hold (the key's type and contents).
+            if let Some(seed) = seed {
+                match &mut current {
+                    None => current = Some(*seed),
+                    Some(mine) => mine.merge(&seed).map_err(|c| {
+                        self.type_conflicts += 1;
+                        ClientError::TypeConflict(c.to_string())
+                    })?,
+                }
+            }
             let now_ms = u64::try_from(fx.now.as_millis()).unwrap_or(u64::MAX);
             let (object, effect) =
                 Object::apply_update(current, self.actor, &op, &op_id, now_ms, self.op_log)

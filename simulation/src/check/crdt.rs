@@ -13,6 +13,8 @@
 //!   effective add and no remove that may have been applied; it holds nothing never added.
 //! - [`ORSetBounds`]: an OR-Set holds every element with an acknowledged add that no remove
 //!   (of any outcome but certain failure) may have observed, and nothing never added.
+//! - [`TypeKept`]: a key keeps the type of its first acknowledged update: no update of another
+//!   type is acknowledged, and the final read shows a value of that type.
 //! - [`CrdtConvergence`]: every running replica of a CRDT key (by the placement of the members
 //!   the observers list) holds the same state.
 
@@ -28,6 +30,7 @@ use crate::history::{CrdtRecord, CrdtResult, History, Outcome};
 /// Every CRDT checker.
 pub fn all() -> Vec<Box<dyn Checker>> {
     vec![
+        Box::new(TypeKept),
         Box::new(CounterBounds),
         Box::new(TwoPSetRemovals),
         Box::new(ORSetBounds),
@@ -97,17 +100,27 @@ fn final_value<'a>(
         })
 }
 
-/// Keys the history updates with operations of type `type_name`.
+/// The type of each key: that of its first acknowledged update.
+fn key_types(history: &History) -> BTreeMap<&str, &'static str> {
+    let mut types = BTreeMap::new();
+    for r in history.crdt() {
+        let Some((op, _)) = &r.update else { continue };
+        if matches!(
+            history.get(r.op).and_then(|o| o.outcome.as_ref()),
+            Some(Outcome::Ok)
+        ) {
+            types.entry(r.key.as_str()).or_insert(op.type_name());
+        }
+    }
+    types
+}
+
+/// Keys whose type (see [`key_types`]) is `type_name`.
 fn keys_of(history: &History, type_name: &str) -> BTreeSet<String> {
-    history
-        .crdt()
-        .iter()
-        .filter(|r| {
-            r.update
-                .as_ref()
-                .is_some_and(|(op, _)| op.type_name() == type_name)
-        })
-        .map(|r| r.key.clone())
+    key_types(history)
+        .into_iter()
+        .filter(|&(_, t)| t == type_name)
+        .map(|(k, _)| k.to_owned())
         .collect()
 }
 
@@ -118,6 +131,58 @@ fn violation(checker: &'static str, input: &CheckInput<'_>, message: String) -> 
         observer: None,
         subject: None,
         message,
+    }
+}
+
+/// See the module documentation.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TypeKept;
+
+impl Checker for TypeKept {
+    fn name(&self) -> &'static str {
+        "type-kept"
+    }
+
+    fn check(&self, input: &CheckInput<'_>, out: &mut Vec<Violation>) {
+        let types = key_types(input.history);
+        for r in input.history.crdt() {
+            let Some((op, op_id)) = &r.update else {
+                continue;
+            };
+            let acked = matches!(
+                input.history.get(r.op).and_then(|o| o.outcome.as_ref()),
+                Some(Outcome::Ok)
+            );
+            let held = types.get(r.key.as_str()).copied();
+            if acked && held.is_some_and(|t| t != op.type_name()) {
+                out.push(violation(
+                    self.name(),
+                    input,
+                    format!(
+                        "{} holds a {}, yet a {} update ({op_id}) was acknowledged",
+                        r.key,
+                        held.unwrap_or_default(),
+                        op.type_name()
+                    ),
+                ));
+            }
+        }
+        if input.healed_at.is_none() {
+            return;
+        }
+        for (key, t) in types {
+            let Some((_, Some(value))) = final_value(input.history, key) else {
+                continue;
+            };
+            let counter = matches!(t, "gcounter" | "pncounter");
+            if counter != matches!(value, CrdtValue::Counter(_)) {
+                out.push(violation(
+                    self.name(),
+                    input,
+                    format!("{key} holds a {t} but reads as {value:?}"),
+                ));
+            }
+        }
     }
 }
 
@@ -202,6 +267,7 @@ fn element_fates(history: &History, key: &str) -> ElementFates {
     let mut f: ElementFates = BTreeMap::new();
     for (op, fate, notes) in updates_of(history, key).values() {
         let (add, remove) = match op {
+            // (An update of another type was refused, or is the type checker's concern.)
             CrdtOp::TwoPSet { add, remove } | CrdtOp::ORSet { add, remove, .. } => (add, remove),
             _ => continue,
         };
@@ -640,6 +706,29 @@ mod tests {
         );
         assert!(run(&["b"])[0].message.contains("lost \"a\""));
         assert!(run(&["a", "x"])[0].message.contains("nobody added"));
+    }
+
+    #[test]
+    fn an_update_of_another_type_acknowledged_is_caught() {
+        let run = |second: Outcome| {
+            let mut h = H::default();
+            h.incr("g", 1, "a", Outcome::Ok);
+            h.update("g", two_p(&["x"], &[]), "b", second, &[]);
+            h.final_read("g", Some(CrdtValue::Counter(1)));
+            check(&TypeKept, &h.0, &snapshot())
+        };
+        assert!(run(Outcome::Failed("type_conflict".into())).is_empty());
+        let v = run(Outcome::Ok);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(v[0]
+            .message
+            .contains("holds a gcounter, yet a 2pset update"));
+        let mut h = H::default();
+        h.incr("g", 1, "a", Outcome::Ok);
+        h.final_read("g", set(&["x"]));
+        assert!(check(&TypeKept, &h.0, &snapshot())[0]
+            .message
+            .contains("reads as"));
     }
 
     #[test]

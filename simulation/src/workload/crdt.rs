@@ -6,7 +6,8 @@
 //! `o0` (an OR-Set; removes go with the context of the client's last read of it, or without).
 //! Elements come from a small pool so adds and removes of one element meet. An update that ends
 //! indeterminate is sent again, with its operation id, to another random node, up to
-//! [`CrdtConfig::retries`] times. Every attempt goes into the history ([`CrdtRecord`]).
+//! [`CrdtConfig::retries`] times. One update in about 30 is of the wrong type for its key (it
+//! must be refused). Every attempt goes into the history ([`CrdtRecord`]).
 //!
 //! After the heal it stops updating and reads every key with `r=N` every few seconds; the
 //! [`crate::check::crdt`] checkers judge the latest of these reads.
@@ -242,6 +243,16 @@ impl Crdt {
         }
         let element = ELEMENTS[cx.rng().random_range(0..ELEMENTS.len())].to_owned();
         let adding = dice < 60;
+        // Now and then an update of the wrong type: it must be refused and change nothing.
+        let kind = if dice >= 97 {
+            if kind.ends_with("counter") {
+                "2pset"
+            } else {
+                "gcounter"
+            }
+        } else {
+            kind
+        };
         let op = match kind {
             "gcounter" => CrdtOp::GCounter { increment: 1 },
             "pncounter" => CrdtOp::PNCounter {
