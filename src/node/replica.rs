@@ -1,7 +1,9 @@
 //! The replica sub-machine: this node's copy of the keys it holds.
 //!
 //! It owns local reads and writes of objects: it mints dots for writes this node coordinates
-//! ([`ReplicaCall::Mint`], a local call only), merges states other nodes send
+//! and applies CRDT updates ([`ReplicaCall::Mint`], a local call only; an update of a key it
+//! has no copy of waits until the coordinator asked the other replicas what they hold, so the
+//! key's type is known), merges states other nodes send
 //! ([`ReplicaMessage::Write`], [`ReplicaMessage::Merge`]), answers reads, and stages every change
 //! in the journal, acknowledging a write only once it is durable. It keeps the states staged but
 //! not yet durable in an overlay, so reads and later writes see them; the store holds the rest.
@@ -465,6 +467,7 @@ impl Replica {
         } = op
         {
             // Start from what the other replicas hold (the key's type and contents).
+            let seeded = seed.is_some();
             if let Some(seed) = seed {
                 match &mut current {
                     None => current = Some(*seed),
@@ -481,8 +484,9 @@ impl Replica {
                         UpdateError::TypeConflict(c) => ClientError::TypeConflict(c.to_string()),
                         UpdateError::Invalid(why) => ClientError::BadRequest(why),
                     })?;
-            // A replayed id changed nothing: the earlier update's state is acknowledged again.
-            let seq = if effect.replayed {
+            // A replayed id changed nothing (unless the seed did): the earlier update's state is
+            // acknowledged again.
+            let seq = if effect.replayed && !seeded {
                 self.durable_point(&skey, fx)
             } else {
                 self.stage(skey, object.clone(), fx)?
