@@ -242,6 +242,8 @@ pub enum CrdtResult {
     Updated {
         /// The reply's notes.
         notes: Vec<String>,
+        /// The nodes that acknowledged it durably.
+        acked_by: Vec<NodeId>,
     },
 }
 

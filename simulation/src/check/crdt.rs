@@ -25,6 +25,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chorus::membership::RingStatus;
 use chorus::node::{CrdtOp, CrdtValue, Object};
 use chorus::ring::{Member, Ring, RingConfig};
+use chorus::NodeId;
 
 use super::{CheckInput, Checker, Violation};
 use crate::history::{CrdtRecord, CrdtResult, History, Outcome};
@@ -48,12 +49,27 @@ enum Fate {
     Acked,
 }
 
-/// The operation ids of `key` with their update, fate and (for acknowledged ones) notes.
+/// The nodes an operator removed for good: what only they acknowledged is lost with them, which
+/// no replication can survive (as in the register checkers).
+fn lost_nodes(input: &CheckInput<'_>) -> BTreeSet<NodeId> {
+    input
+        .snapshot
+        .nodes
+        .iter()
+        .filter(|n| n.removed)
+        .map(|n| n.id)
+        .collect()
+}
+
+/// The operation ids of `key` with their update, fate and (for acknowledged ones) notes. An
+/// id whose every acknowledgement came from nodes in `lost` counts as maybe applied.
 fn updates_of<'a>(
     history: &'a History,
     key: &str,
+    lost: &BTreeSet<NodeId>,
 ) -> BTreeMap<&'a str, (&'a CrdtOp, Fate, Vec<String>)> {
     let mut out: BTreeMap<&str, (&CrdtOp, Fate, Vec<String>)> = BTreeMap::new();
+    let mut ackers: BTreeMap<&str, BTreeSet<NodeId>> = BTreeMap::new();
     for r in history.crdt().iter().filter(|r| r.key == key) {
         let Some((op, op_id)) = &r.update else {
             continue;
@@ -63,10 +79,16 @@ fn updates_of<'a>(
             Some(Outcome::Failed(_)) => Fate::Never,
             Some(Outcome::Indeterminate(_)) | None => Fate::Maybe,
         };
-        let notes = match &r.result {
-            Some(CrdtResult::Updated { notes }) => notes.clone(),
-            _ => Vec::new(),
+        let (notes, acked_by) = match &r.result {
+            Some(CrdtResult::Updated { notes, acked_by }) => (notes.clone(), &acked_by[..]),
+            _ => (Vec::new(), &[][..]),
         };
+        if fate == Fate::Acked {
+            ackers
+                .entry(op_id.as_str())
+                .or_default()
+                .extend(acked_by.iter().copied());
+        }
         let e = out
             .entry(op_id.as_str())
             .or_insert((op, Fate::Never, Vec::new()));
@@ -74,6 +96,13 @@ fn updates_of<'a>(
             e.1 = fate;
             if fate == Fate::Acked {
                 e.2 = notes;
+            }
+        }
+    }
+    for (op_id, by) in ackers {
+        if !by.is_empty() && by.is_subset(lost) {
+            if let Some(e) = out.get_mut(op_id) {
+                e.1 = Fate::Maybe;
             }
         }
     }
@@ -247,11 +276,12 @@ impl Checker for CounterBounds {
         if input.healed_at.is_none() {
             return;
         }
+        let lost = lost_nodes(input);
         let mut keys = keys_of(input.history, "gcounter");
         keys.extend(keys_of(input.history, "pncounter"));
         for key in keys {
             let (mut acked, mut up, mut down) = (0i128, 0i128, 0i128);
-            for (op, fate, _) in updates_of(input.history, &key).values() {
+            for (op, fate, _) in updates_of(input.history, &key, &lost).values() {
                 let amount = match op {
                     CrdtOp::GCounter { increment } => i128::from(*increment),
                     CrdtOp::PNCounter { increment } => i128::from(*increment),
@@ -311,9 +341,9 @@ fn elements(value: Option<&CrdtValue>) -> Result<BTreeSet<&str>, String> {
 /// effective remove, any remove that may have been applied).
 type ElementFates = BTreeMap<String, (bool, bool, bool, bool)>;
 
-fn element_fates(history: &History, key: &str) -> ElementFates {
+fn element_fates(history: &History, key: &str, lost: &BTreeSet<NodeId>) -> ElementFates {
     let mut f: ElementFates = BTreeMap::new();
-    for (op, fate, notes) in updates_of(history, key).values() {
+    for (op, fate, notes) in updates_of(history, key, lost).values() {
         let (add, remove) = match op {
             // (An update of another type was refused, or is the type checker's concern.)
             CrdtOp::TwoPSet { add, remove } | CrdtOp::ORSet { add, remove, .. } => (add, remove),
@@ -367,7 +397,7 @@ impl Checker for TwoPSetRemovals {
                     continue;
                 }
             };
-            let fates = element_fates(input.history, &key);
+            let fates = element_fates(input.history, &key, &lost_nodes(input));
             for e in &held {
                 match fates.get(*e) {
                     None | Some((_, false, _, _)) => out.push(violation(
@@ -425,7 +455,7 @@ impl Checker for ORSetBounds {
                     continue;
                 }
             };
-            let fates = element_fates(input.history, &key);
+            let fates = element_fates(input.history, &key, &lost_nodes(input));
             for e in &held {
                 if !fates.get(*e).is_some_and(|f| f.1) {
                     out.push(violation(
@@ -615,7 +645,13 @@ mod tests {
             });
             if outcome == Outcome::Ok {
                 let notes = notes.iter().map(|s| s.to_string()).collect();
-                self.0.crdt_result(id, CrdtResult::Updated { notes });
+                self.0.crdt_result(
+                    id,
+                    CrdtResult::Updated {
+                        notes,
+                        acked_by: vec![NodeId::new(100)],
+                    },
+                );
             }
             self.0.complete(id, start + Duration::from_secs(1), outcome);
             id
@@ -695,6 +731,23 @@ mod tests {
             .contains("no final read"));
     }
 
+    #[test]
+    fn an_increment_held_only_by_removed_nodes_may_be_missing_and_no_other() {
+        // Every update of the builder is acknowledged by n0 alone.
+        let mut h = H::default();
+        h.incr("g", 1, "a", Outcome::Ok);
+        h.incr("g", 1, "b", Outcome::Ok);
+        h.final_read("g", Some(CrdtValue::Counter(1)));
+        let v = check(&CounterBounds, &h.0, &snapshot());
+        assert_eq!(v.len(), 1, "n0 is still in the cluster: {v:?}");
+        let mut snap = snapshot();
+        snap.nodes[0].removed = true;
+        let v = check(&CounterBounds, &h.0, &snap);
+        assert!(v.is_empty(), "n0 was removed for good: {v:?}");
+        h.final_read("g", Some(CrdtValue::Counter(3)));
+        let v = check(&CounterBounds, &h.0, &snap);
+        assert_eq!(v.len(), 1, "never more than was added: {v:?}");
+    }
     fn two_p(add: &[&str], remove: &[&str]) -> CrdtOp {
         CrdtOp::TwoPSet {
             add: add.iter().map(|s| s.to_string()).collect(),

@@ -377,8 +377,13 @@ impl Workload for Crdt {
                 if let (Some(c), Some(ctx)) = (f.client, &u.context) {
                     self.contexts[c] = Some(ctx.clone());
                 }
-                cx.history_mut()
-                    .crdt_result(f.op, CrdtResult::Updated { notes: u.notes });
+                cx.history_mut().crdt_result(
+                    f.op,
+                    CrdtResult::Updated {
+                        notes: u.notes,
+                        acked_by: u.acked_by,
+                    },
+                );
                 Outcome::Ok
             }
             ClientReply::Written(_) => Outcome::Failed("a register reply to a CRDT request".into()),
