@@ -12,6 +12,7 @@
 //!   placement plans for operators.
 //! - [`protocol`]: the versioned wire envelope and its limits, peer messages.
 //! - [`membership`]: ring membership as a CRDT, and the SWIM (`foca`) glue.
+//! - [`merkle`]: incremental per-partition Merkle trees for anti-entropy.
 //! - [`node`]: the sans-IO node core that both drivers run.
 //! - [`storage`]: the `Store` trait, an in-memory store with crash semantics and (with the
 //!   `server` feature) RocksDB.
@@ -32,6 +33,7 @@ pub mod causality;
 pub mod crdt;
 pub mod id;
 pub mod membership;
+pub mod merkle;
 pub mod node;
 pub mod protocol;
 pub mod ring;

@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
 use chorus::bench::{self, BenchOptions, Distribution, Workload};
-use chorus::node::Liveness;
+use chorus::node::{Liveness, PartitionInfo, RepairProgress};
 use chorus::runtime::dev::{self, DevOptions};
 use chorus::runtime::tls::{ClusterCa, TlsFiles};
 use chorus::runtime::{NodeOptions, SyncPolicy};
@@ -39,6 +39,9 @@ enum Command {
     Dev(DevArgs),
     /// Show a cluster's members, liveness, ring status and partition counts.
     Status(StatusArgs),
+    /// Repair replicas by Merkle-tree anti-entropy: compare every partition the node
+    /// replicates (or one) with each of its other replicas, showing progress until done.
+    Repair(RepairArgs),
     /// Load-test a running cluster over HTTP (YCSB A/B/C or write-only workloads).
     Bench(BenchArgs),
     /// Create a cluster certificate authority or issue node certificates.
@@ -55,7 +58,8 @@ enum Command {
 
 #[derive(Args, Debug)]
 struct StartArgs {
-    /// TOML file with any of: data_dir, listen, http, join (list), tls_dir. Flags win.
+    /// TOML file with any of: data_dir, listen, http, join (list), tls_dir, sync,
+    /// anti_entropy_interval. Flags win.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Directory for the node's id, metadata and data.
@@ -78,6 +82,17 @@ struct StartArgs {
     /// machine crash may lose acknowledged writes). Default: always.
     #[arg(long)]
     sync: Option<SyncPolicy>,
+    /// Keep no hints for unreachable replicas: they catch up by anti-entropy only (for
+    /// testing repair; hints are on by default).
+    #[arg(long)]
+    no_hints: bool,
+    /// Do not repair stale replicas found by reads (for testing anti-entropy).
+    #[arg(long)]
+    no_read_repair: bool,
+    /// Seconds between Merkle-tree exchanges of each partition with another replica
+    /// (0: periodic anti-entropy off; `chorus repair` still works). Default: 60.
+    #[arg(long)]
+    anti_entropy_interval: Option<u64>,
 }
 
 /// The `chorus start` config file.
@@ -91,6 +106,7 @@ struct StartFile {
     join: Vec<SocketAddr>,
     tls_dir: Option<PathBuf>,
     sync: Option<String>,
+    anti_entropy_interval: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -110,6 +126,9 @@ struct DevArgs {
     /// The nodes' sync policy: always (fsync before acknowledging) or never (benchmarks).
     #[arg(long, default_value = "always")]
     sync: SyncPolicy,
+    /// Seconds between the nodes' Merkle-tree exchanges of each partition (0: off).
+    #[arg(long, default_value_t = 60)]
+    anti_entropy_interval: u64,
 }
 
 #[derive(Args, Debug)]
@@ -162,6 +181,22 @@ struct StatusArgs {
     /// Print the raw JSON.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args, Debug)]
+struct RepairArgs {
+    /// HTTP address of the node to repair from.
+    #[arg(long, default_value = "http://127.0.0.1:7200")]
+    http: String,
+    /// Repair only this partition.
+    #[arg(long)]
+    partition: Option<u16>,
+    /// Start the repair and return without waiting for it.
+    #[arg(long)]
+    no_wait: bool,
+    /// Give up waiting after this many seconds (the repair goes on).
+    #[arg(long, default_value_t = 3600)]
+    timeout_secs: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -275,6 +310,16 @@ fn start(args: StartArgs) -> Result<(), String> {
             (None, Some(s)) => s.parse().map_err(|e| format!("sync in --config: {e}"))?,
             (None, None) => SyncPolicy::Always,
         },
+        hints: !args.no_hints,
+        read_repair: !args.no_read_repair,
+        anti_entropy_interval: match args
+            .anti_entropy_interval
+            .or(file.anti_entropy_interval)
+            .unwrap_or(60)
+        {
+            0 => None,
+            s => Some(Duration::from_secs(s)),
+        },
     };
     chorus::runtime::run_blocking(options).map_err(|e| e.to_string())
 }
@@ -356,7 +401,128 @@ fn status(args: StatusArgs) -> Result<(), String> {
             m.partitions
         );
     }
+    // Anti-entropy at a glance (older nodes without the endpoint are skipped).
+    let agent = http_agent(Duration::from_secs(5));
+    if let Ok(parts) = http_json::<Vec<PartitionInfo>>(
+        agent.get(format!("http://{addr}/v1/partitions")).call(),
+        "partitions",
+    ) {
+        let keys: u64 = parts.iter().map(|p| p.keys).sum();
+        let repaired: u64 = parts.iter().map(|p| p.keys_repaired).sum();
+        let bytes: u64 = parts.iter().map(|p| p.bytes_sent).sum();
+        let never = parts.iter().filter(|p| p.last_exchange.is_none()).count();
+        let oldest = parts.iter().filter_map(|p| p.last_exchange).max();
+        println!(
+            "anti-entropy on {}: {} partitions, {keys} keys; oldest exchange {}; {never} never exchanged; {repaired} keys repaired, {bytes} bytes sent",
+            view.node_id,
+            parts.len(),
+            oldest.map_or_else(|| "none yet".to_owned(), |s| format!("{s} s ago")),
+        );
+    }
     Ok(())
+}
+
+/// The `host:port` of an `--http` flag.
+fn http_addr(flag: &str) -> Result<SocketAddr, String> {
+    flag.trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .map_err(|_| format!("--http {flag}: expected http://IP:PORT"))
+}
+
+fn http_agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+/// Sends a request and decodes the JSON answer, turning an error answer into its message.
+fn http_json<T: serde::de::DeserializeOwned>(
+    response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    what: &str,
+) -> Result<T, String> {
+    let mut response = response.map_err(|e| format!("{what}: {e}"))?;
+    let status = response.status();
+    let body = response
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| format!("{what}: {e}"))?;
+    if !status.is_success() {
+        let message = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
+            .unwrap_or(body);
+        return Err(format!("{what}: {status}: {message}"));
+    }
+    serde_json::from_str(&body).map_err(|e| format!("{what}: unexpected answer: {e}"))
+}
+
+fn repair(args: RepairArgs) -> Result<(), String> {
+    let addr = http_addr(&args.http)?;
+    let agent = http_agent(Duration::from_secs(10));
+    let mut url = format!("http://{addr}/v1/repair");
+    if let Some(p) = args.partition {
+        url.push_str(&format!("?partition={p}"));
+    }
+    let started: RepairProgress = http_json(agent.post(&url).send_empty(), "starting the repair")?;
+    println!(
+        "repair {} started on {addr}: {} partitions",
+        started.id, started.partitions
+    );
+    if args.no_wait {
+        return Ok(());
+    }
+    let begun = std::time::Instant::now();
+    let deadline = begun + Duration::from_secs(args.timeout_secs);
+    let mut last = None;
+    loop {
+        let p: RepairProgress = http_json(
+            agent
+                .get(format!("http://{addr}/v1/repair/{}", started.id))
+                .call(),
+            "reading the repair's progress",
+        )?;
+        let line = format!(
+            "partitions {}/{} | keys repaired {} | bytes sent {}{}",
+            p.partitions_done,
+            p.partitions,
+            p.keys_repaired,
+            p.bytes_sent,
+            if p.exchanges_failed > 0 {
+                format!(" | exchanges failed {}", p.exchanges_failed)
+            } else {
+                String::new()
+            }
+        );
+        if last.as_ref() != Some(&line) {
+            println!("{line}");
+            last = Some(line);
+        }
+        if p.done {
+            println!(
+                "repair {} finished in {:.1} s",
+                p.id,
+                begun.elapsed().as_secs_f64()
+            );
+            return if p.exchanges_failed > 0 {
+                Err(format!(
+                    "{} exchanges failed (a replica was unreachable); run the repair again",
+                    p.exchanges_failed
+                ))
+            } else {
+                Ok(())
+            };
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(format!(
+                "gave up waiting after {} s; the repair goes on (GET /v1/repair/{})",
+                args.timeout_secs, p.id
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 fn cert(command: CertCommand) -> Result<(), String> {
@@ -413,10 +579,12 @@ fn main() -> ExitCode {
             dir: args.dir,
             form_timeout: Duration::from_secs(args.timeout),
             sync: args.sync,
+            anti_entropy_interval: args.anti_entropy_interval,
         })
         .map_err(|e| e.to_string()),
         Command::Bench(args) => bench_cmd(args),
         Command::Status(args) => status(args),
+        Command::Repair(args) => repair(args),
         Command::Cert { command } => cert(command),
         Command::Ring {
             command: RingCommand::Plan(args),

@@ -70,6 +70,11 @@ pub struct ClusterConfig {
     pub observe: bool,
     /// Adjusts every node's configuration before it starts (scenarios that plant a bug).
     pub tune: Option<fn(&mut NodeConfig)>,
+    /// How often nodes compare each partition by Merkle-tree exchange (shorter than a real
+    /// node's default, so that the quiet phase sees several rounds); `None`: off.
+    pub anti_entropy_interval: Option<Duration>,
+    /// Turn read repair and hints off: replicas converge by anti-entropy alone.
+    pub repairs_off: bool,
 }
 
 impl Default for ClusterConfig {
@@ -82,6 +87,8 @@ impl Default for ClusterConfig {
             events_pending_max: EVENTS_PENDING_MAX,
             observe: true,
             tune: None,
+            anti_entropy_interval: Some(Duration::from_secs(15)),
+            repairs_off: false,
         }
     }
 }
@@ -553,6 +560,11 @@ impl Cluster {
             slot.info,
             slot.seeds.clone(),
         );
+        config.data.anti_entropy_interval = self.config.anti_entropy_interval;
+        if self.config.repairs_off {
+            config.data.read_repair = false;
+            config.data.hints = false;
+        }
         if let Some(tune) = self.config.tune {
             tune(&mut config);
         }
@@ -895,12 +907,14 @@ impl Cluster {
     }
 
     /// Every slot as the ground truth knows it, with each running node's view.
-    pub fn snapshot(&self) -> ClusterSnapshot {
+    pub fn snapshot(&mut self) -> ClusterSnapshot {
         let nodes = self
             .slots
-            .iter()
+            .iter_mut()
             .enumerate()
             .map(|(i, s)| NodeSnapshot {
+                roots: s.node_mut().map(Node::merkle_roots).unwrap_or_default(),
+                disk_roots: s.disk.merkle_roots(),
                 slot: i,
                 id: s.id,
                 process: s.state(),

@@ -8,8 +8,12 @@
 //! ring state, the completed-leave mark, and the data and hints the node stages. This module
 //! interprets none of it.
 
+use std::collections::BTreeMap;
+
 use chorus::membership::RingState;
+use chorus::merkle::{leaf, Digest, Tree};
 use chorus::node::Object;
+use chorus::ring::PartitionId;
 use chorus::storage::{
     meta, split_data_key, MemoryStore, ReadStore, SharedMemoryStore, Space, Store, WriteBatch,
 };
@@ -105,6 +109,25 @@ impl Disk {
                 let (_, key) = split_data_key(&k)?;
                 Some((key.to_vec(), Object::decode(&v).ok()?))
             })
+            .collect()
+    }
+
+    /// The Merkle root of each non-empty partition, computed from the stored bytes.
+    pub fn merkle_roots(&self) -> BTreeMap<PartitionId, Digest> {
+        let entries = self
+            .store
+            .scan(Space::Data, &[], &[], usize::MAX)
+            .unwrap_or_default();
+        let mut trees: BTreeMap<PartitionId, Tree> = BTreeMap::new();
+        for (k, v) in entries {
+            if let Some((p, key)) = split_data_key(&k) {
+                trees.entry(p).or_default().insert(key, leaf(key, &v));
+            }
+        }
+        trees
+            .into_iter()
+            .map(|(p, mut t)| (p, t.root()))
+            .filter(|(_, r)| *r != Digest::ZERO)
             .collect()
     }
 

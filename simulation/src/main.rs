@@ -70,6 +70,9 @@ struct Common {
     /// Run membership and faults only, without the register workload's clients.
     #[arg(long)]
     no_data: bool,
+    /// Turn read repair and hinted handoff off: replicas converge by anti-entropy alone.
+    #[arg(long)]
+    anti_entropy_only: bool,
 }
 
 impl Common {
@@ -82,6 +85,7 @@ impl Common {
             settle_max: self.settle,
             trace: false,
             data: !self.no_data,
+            anti_entropy_only: self.anti_entropy_only,
         }
     }
 }

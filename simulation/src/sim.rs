@@ -59,6 +59,8 @@ pub struct RunConfig {
     /// Run the register workload (clients reading, writing and deleting keys) besides the
     /// membership workload and the nemesis.
     pub data: bool,
+    /// Turn read repair and hinted handoff off, so replicas converge by anti-entropy alone.
+    pub anti_entropy_only: bool,
 }
 
 impl RunConfig {
@@ -72,19 +74,25 @@ impl RunConfig {
             settle_max: SETTLE_MAX,
             trace: false,
             data: true,
+            anti_entropy_only: false,
         }
     }
 
     /// The command that replays this run.
     pub fn replay_command(&self) -> String {
         format!(
-            "cargo run --release -p chorus-sim -- run --seed {} --nodes {} --duration {} --faults {} --settle {}{}",
+            "cargo run --release -p chorus-sim -- run --seed {} --nodes {} --duration {} --faults {} --settle {}{}{}",
             self.seed,
             self.nodes,
             format_duration(self.duration),
             self.faults,
             format_duration(self.settle_max),
-            if self.data { "" } else { " --no-data" }
+            if self.data { "" } else { " --no-data" },
+            if self.anti_entropy_only {
+                " --anti-entropy-only"
+            } else {
+                ""
+            }
         )
     }
 
@@ -205,7 +213,7 @@ impl Simulation {
         Ok(())
     }
 
-    fn check(&self, checkers: &[Box<dyn Checker>]) -> (ClusterSnapshot, Vec<Violation>) {
+    fn check(&mut self, checkers: &[Box<dyn Checker>]) -> (ClusterSnapshot, Vec<Violation>) {
         let snapshot = self.cluster.snapshot();
         let input = CheckInput {
             snapshot: &snapshot,
@@ -222,7 +230,11 @@ pub fn run(config: &RunConfig) -> Result<RunReport, SimError> {
     config.validate()?;
     let wall = Instant::now();
     let trace = Trace::new(config.trace);
-    let cluster = Cluster::new(ClusterConfig::default(), config.seed, trace);
+    let cluster_config = ClusterConfig {
+        repairs_off: config.anti_entropy_only,
+        ..ClusterConfig::default()
+    };
+    let cluster = Cluster::new(cluster_config, config.seed, trace);
     let mut workloads: Vec<Box<dyn Workload>> = vec![
         Box::new(Membership::new(MembershipConfig::new(
             config.nodes,

@@ -11,7 +11,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use chorus::membership::{RingState, RingStatus};
+use chorus::merkle::Digest;
 use chorus::node::{ClusterView, DataStats, Object};
+use chorus::ring::PartitionId;
 use chorus::NodeId;
 
 /// What a slot's process is doing, as the simulator (the ground truth) knows it.
@@ -76,6 +78,11 @@ pub struct NodeSnapshot {
     pub objects: Vec<(Vec<u8>, Object)>,
     /// Hints on its disk.
     pub hints_on_disk: usize,
+    /// The Merkle root of each non-empty partition, from the running node's trees (empty when
+    /// it is not running).
+    pub roots: BTreeMap<PartitionId, Digest>,
+    /// The same, computed afresh from every object on its disk (durable or not).
+    pub disk_roots: BTreeMap<PartitionId, Digest>,
 }
 
 /// Every machine of the cluster at one simulated instant.

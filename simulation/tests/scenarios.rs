@@ -165,6 +165,9 @@ fn a_coordinator_that_lost_a_write_never_mints_its_dot_again() {
             disk_sync: (Duration::from_millis(20), Duration::from_millis(20)),
             disk_slow_one_in: 0,
             tune,
+            // Anti-entropy would bring the lost state back to the restarted node before its
+            // next write and so hide what this scenario isolates: the window in between.
+            anti_entropy_interval: None,
             ..ClusterConfig::default()
         };
         let mut c = Cluster::new(config, 3, Trace::new(false));
@@ -233,6 +236,9 @@ fn a_counter_increment_lost_in_a_crash_is_never_overwritten() {
             disk_sync: (Duration::from_millis(20), Duration::from_millis(20)),
             disk_slow_one_in: 0,
             tune,
+            // Anti-entropy would bring the lost state back to the restarted node before its
+            // next write and so hide what this scenario isolates: the window in between.
+            anti_entropy_interval: None,
             ..ClusterConfig::default()
         };
         let mut c = Cluster::new(config, 3, Trace::new(false));
@@ -285,5 +291,80 @@ fn a_counter_increment_lost_in_a_crash_is_never_overwritten() {
         run(Some(|c: &mut NodeConfig| c.data.actor_per_process = false)),
         2,
         "the unsafe setting loses the increment the crash took from n0's disk: the scenario really exercises the bug"
+    );
+}
+
+/// The anti-entropy issue: with read repair and hints off, a replica that was down while keys
+/// were written catches up by Merkle-tree exchange alone, and the merkle-roots checker sees
+/// exact convergence; with anti-entropy off too (the planted fault) the checker reports the
+/// replica that never caught up.
+#[test]
+fn anti_entropy_alone_brings_back_a_replica_that_missed_writes() {
+    use chorus::node::{ClientOp, ClientRequest, NodeConfig, RequestOptions};
+    use chorus_sim::check::{self, CheckInput, Checker};
+    use chorus_sim::cluster::{Cluster, ClusterConfig, Step};
+    use chorus_sim::history::History;
+    use chorus_sim::trace::Trace;
+
+    fn run(tune: Option<fn(&mut NodeConfig)>) -> (Vec<check::Violation>, usize) {
+        let config = ClusterConfig {
+            repairs_off: true,
+            tune,
+            ..ClusterConfig::default()
+        };
+        let mut c = Cluster::new(config, 7, Trace::new(false));
+        for seeds in [&[][..], &[0], &[0]] {
+            c.add_node(seeds).unwrap();
+        }
+        for i in 0..3 {
+            c.start(i).unwrap();
+        }
+        let run_to =
+            |c: &mut Cluster, t: u64| while c.step(Duration::from_secs(t)) != Step::Idle {};
+        run_to(&mut c, 10);
+        c.crash(2).unwrap();
+        run_to(&mut c, 20);
+        for i in 0..50u64 {
+            let put = ClientRequest {
+                key: format!("key{i}").into_bytes(),
+                op: ClientOp::Put {
+                    value: vec![b'v'; 100],
+                    context: None,
+                },
+                options: RequestOptions::default(),
+            };
+            c.client_request((i % 2) as usize, 0, i + 1, put);
+        }
+        run_to(&mut c, 30);
+        c.start(2).unwrap();
+        let healed_at = c.now();
+        // Two anti-entropy intervals and a little more.
+        run_to(&mut c, 70);
+        let snapshot = c.snapshot();
+        let history = History::new();
+        let input = CheckInput {
+            snapshot: &snapshot,
+            history: &history,
+            healed_at: Some(healed_at),
+        };
+        let mut out = Vec::new();
+        check::merkle::MerkleRoots.check(&input, &mut out);
+        check::merkle::MerkleExact.check(&input, &mut out);
+        (out, snapshot.nodes[2].objects.len())
+    }
+
+    let (violations, held) = run(None);
+    assert!(violations.is_empty(), "{violations:#?}");
+    assert_eq!(held, 50, "the restarted replica holds every key");
+    let (violations, held) = run(Some(|c: &mut NodeConfig| {
+        c.data.anti_entropy_interval = None
+    }));
+    assert!(
+        held < 50,
+        "without anti-entropy nothing brings the keys back"
+    );
+    assert!(
+        violations.iter().any(|v| v.checker == "merkle-roots"),
+        "the checker catches the divergence: {violations:#?}"
     );
 }

@@ -11,6 +11,14 @@
 //!   writes off a dead node; its partitions move to the others. Progress shows under `pending`
 //!   in `GET /v1/cluster`. 400 for a malformed id, 404 for a node not in the ring, 409 when the
 //!   node is this one (use leave) or this node is leaving.
+//! - `GET /v1/partitions` → the partitions this node replicates, each with `partition`,
+//!   `root` (its Merkle root, hex), `keys`, `last_exchange` (seconds since its last finished
+//!   anti-entropy exchange, or null), `keys_repaired` and `bytes_sent`.
+//! - `POST /v1/repair[?partition=P]` → 202 with the new repair's progress: every partition this
+//!   node replicates (or P) is compared by Merkle-tree exchange with each of its other
+//!   replicas. `GET /v1/repair/{id}` (or `GET /v1/repair` for the latest) → its progress:
+//!   `partitions`, `partitions_done`, `keys_repaired`, `bytes_sent`, `exchanges_failed`,
+//!   `done`; 404 for an unknown id.
 //!
 //! Data endpoints, each with the query parameters `r`, `w`, `strict` and `timeout_ms`. The key
 //! is the rest of the path, percent-decoded to bytes (so any byte string up to the limit can be
@@ -46,8 +54,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::id::NodeId;
 use crate::node::{
-    ClientError, ClientOp, ClientReply, ClientRequest, ClusterView, Context, RemoveError,
-    RequestOptions,
+    ClientError, ClientOp, ClientReply, ClientRequest, ClusterView, Context, PartitionInfo,
+    RemoveError, RepairProgress, RequestOptions,
 };
 
 /// Request header carrying a causal context.
@@ -71,6 +79,15 @@ pub enum AdminRequest {
     Leave(oneshot::Sender<()>),
     /// Remove a dead node from the ring; answered once the removal has started.
     Remove(NodeId, oneshot::Sender<Result<(), RemoveError>>),
+    /// Report the partitions this node replicates with their Merkle figures.
+    Partitions(oneshot::Sender<Vec<PartitionInfo>>),
+    /// Start an anti-entropy repair of one partition or all.
+    Repair(
+        Option<u16>,
+        oneshot::Sender<Result<RepairProgress, ClientError>>,
+    ),
+    /// Report a repair's progress (0: the latest).
+    RepairProgress(u64, oneshot::Sender<Option<RepairProgress>>),
 }
 
 /// A client request for the node core, with where to send its answer.
@@ -112,6 +129,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/cluster", get(cluster))
         .route("/v1/cluster/leave", post(leave))
         .route("/v1/cluster/remove/{node}", post(remove))
+        .route("/v1/partitions", get(partitions))
+        .route("/v1/repair", post(repair).get(repair_latest))
+        .route("/v1/repair/{id}", get(repair_progress))
         .route("/v1/kv/{*key}", get(kv_get).put(kv_put).delete(kv_delete))
         .route("/v1/kv/", axum::routing::any(empty_key))
         .route("/v1/kv", axum::routing::any(empty_key))
@@ -168,6 +188,103 @@ async fn cluster(State(api): State<ApiState>) -> Response {
     }
     match rx.await {
         Ok(view) => Json(view).into_response(),
+        Err(_) => unavailable(),
+    }
+}
+
+async fn partitions(State(api): State<ApiState>) -> Response {
+    let (tx, rx) = oneshot::channel();
+    if api.admin.send(AdminRequest::Partitions(tx)).await.is_err() {
+        return unavailable();
+    }
+    match rx.await {
+        Ok(list) => Json(list).into_response(),
+        Err(_) => unavailable(),
+    }
+}
+
+async fn repair(State(api): State<ApiState>, RawQuery(query): RawQuery) -> Response {
+    let mut partition = None;
+    let pairs: Vec<(String, String)> =
+        match serde_urlencoded::from_str(query.as_deref().unwrap_or_default()) {
+            Ok(p) => p,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("bad query string: {e}"),
+                )
+            }
+        };
+    for (k, v) in pairs {
+        match k.as_str() {
+            "partition" => match v.parse::<u16>() {
+                Ok(p) => partition = Some(p),
+                Err(_) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        format!("partition={v}: expected a partition number"),
+                    )
+                }
+            },
+            other => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("unknown query parameter {other:?}"),
+                )
+            }
+        }
+    }
+    let (tx, rx) = oneshot::channel();
+    if api
+        .admin
+        .send(AdminRequest::Repair(partition, tx))
+        .await
+        .is_err()
+    {
+        return unavailable();
+    }
+    match rx.await {
+        Ok(Ok(progress)) => (StatusCode::ACCEPTED, Json(progress)).into_response(),
+        Ok(Err(e)) => error(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
+        Err(_) => unavailable(),
+    }
+}
+
+async fn repair_latest(State(api): State<ApiState>) -> Response {
+    repair_status(api, 0).await
+}
+
+async fn repair_progress(State(api): State<ApiState>, Path(id): Path<String>) -> Response {
+    match id.parse::<u64>() {
+        Ok(id) if id > 0 => repair_status(api, id).await,
+        _ => error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("{id:?} is not a repair id"),
+        ),
+    }
+}
+
+async fn repair_status(api: ApiState, id: u64) -> Response {
+    let (tx, rx) = oneshot::channel();
+    if api
+        .admin
+        .send(AdminRequest::RepairProgress(id, tx))
+        .await
+        .is_err()
+    {
+        return unavailable();
+    }
+    match rx.await {
+        Ok(Some(p)) => Json(p).into_response(),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such repair on this node".into(),
+        ),
         Err(_) => unavailable(),
     }
 }

@@ -58,6 +58,21 @@ pub struct DataConfig {
     pub element_bytes_max: usize,
     /// Most elements one set update may name.
     pub elements_per_update_max: usize,
+    /// How often each partition this node replicates is compared with another replica by
+    /// Merkle-tree exchange (spread over the interval); `None` turns periodic anti-entropy off
+    /// (on-demand repair still works).
+    pub anti_entropy_interval: Option<Duration>,
+    /// Exchanges this node starts at once.
+    pub anti_entropy_in_flight_max: usize,
+    /// Bytes per second this node's exchanges may send (digests and objects).
+    pub anti_entropy_bytes_per_sec: u64,
+    /// Keys one exchange step compares.
+    pub anti_entropy_page_keys: usize,
+    /// Repair replicas that answered a read with a stale state (off only to show anti-entropy
+    /// converging alone).
+    pub read_repair: bool,
+    /// Keep hints for unreachable replicas (off only to show anti-entropy converging alone).
+    pub hints: bool,
 }
 
 impl Default for DataConfig {
@@ -80,6 +95,12 @@ impl Default for DataConfig {
             op_log: OpLogPolicy::default(),
             element_bytes_max: 1024,
             elements_per_update_max: 1024,
+            anti_entropy_interval: Some(Duration::from_secs(60)),
+            anti_entropy_in_flight_max: 2,
+            anti_entropy_bytes_per_sec: 16 * 1024 * 1024,
+            anti_entropy_page_keys: 1024,
+            read_repair: true,
+            hints: true,
         }
     }
 }
@@ -330,7 +351,8 @@ impl DataConfig {
         Ok(Resolved {
             r,
             w,
-            strict: req.options.strict,
+            // Without hints there are no sloppy fallbacks.
+            strict: req.options.strict || !self.hints,
             timeout,
         })
     }

@@ -789,7 +789,7 @@ impl Coordinator {
                     r.opts.r,
                     matches!(r.state, State::Read { answered: true, .. }),
                 );
-                finish_read(req, r, fx);
+                finish_read(req, r, self.config.read_repair, fx);
                 if !answered {
                     // Every replica that could answer did, and too few could.
                     let error = unavailable(
@@ -809,7 +809,7 @@ impl Coordinator {
             return;
         };
         match &r.state {
-            State::Read { answered: true, .. } => finish_read(req, r, fx),
+            State::Read { answered: true, .. } => finish_read(req, r, self.config.read_repair, fx),
             State::Read { replies, .. } => {
                 let got = replies.len();
                 let error = unavailable(
@@ -824,7 +824,7 @@ impl Coordinator {
                 );
                 let (origin, needed) = (r.origin, r.opts.r);
                 let _ = needed;
-                finish_read(req, r, fx);
+                finish_read(req, r, self.config.read_repair, fx);
                 answer(origin, ClientReply::Failed(error), fx);
             }
             State::Writing { answered: true, .. } => {}
@@ -974,6 +974,10 @@ impl Coordinator {
         for extra in added {
             send_to_target(req, &r.key, object, extra, &holders, fx);
         }
+        if !self.config.hints {
+            // Hints are turned off: an unreachable replica catches up by anti-entropy.
+            kept.clear();
+        }
         for primary in kept {
             fx.send(
                 fx.me,
@@ -1027,8 +1031,9 @@ fn send_to_target(
     fx.send(t.node, msg);
 }
 
-/// After a read: send the merged state to every replica that answered with less.
-fn finish_read(req: u64, r: Request, fx: &mut Effects<'_>) {
+/// After a read: send the merged state to every replica that answered with less (unless read
+/// repair is turned off).
+fn finish_read(req: u64, r: Request, read_repair: bool, fx: &mut Effects<'_>) {
     let State::Read {
         replies, merged, ..
     } = r.state
@@ -1036,6 +1041,9 @@ fn finish_read(req: u64, r: Request, fx: &mut Effects<'_>) {
         return;
     };
     let Some(merged) = merged else { return };
+    if !read_repair {
+        return;
+    }
     for (node, reply) in replies {
         if reply.as_ref() != Some(&merged) {
             debug!(req, %node, "read repair");

@@ -19,6 +19,12 @@
 //! (this is where partition handoff belongs); once a majority recorded `leaving`, the node
 //! records `left`, leaves SWIM, and reports [`Output::Left`] once a majority recorded `left`.
 //! A node that restarts mid-leave resumes where its disk says it was.
+//!
+//! # Joining
+//!
+//! A joining node becomes a `member` once it has caught up with a member's ring state and the
+//! data path reported ([`Membership::set_data_ready`]) that it pulled every partition it will
+//! own from the ring's current owners; a change of owners in between asks for it again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -256,6 +262,9 @@ pub(crate) struct Membership {
     /// Whether the data path reports this node's partitions handed to their future owners
     /// (a leave waits for it before `left`).
     handoff_done: bool,
+    /// The ring owners (sorted) for which the data path pulled every partition this node will
+    /// own; a joining node becomes a member only when it equals the current owners.
+    data_ready_for: Option<Vec<NodeId>>,
 }
 
 impl Membership {
@@ -331,6 +340,7 @@ impl Membership {
             placement_version: 0,
             topology_version: 0,
             handoff_done: false,
+            data_ready_for: None,
         };
         m.place()?;
         Ok(m)
@@ -548,10 +558,23 @@ impl Membership {
             .filter(|m| m.state() != State::Down)
             .map(|m| m.id().node)
             .collect();
+        let joining = self.own_entry().status == RingStatus::Joining;
+        // Where this node will own partitions once it is a member.
+        let with_me = if joining && self.synced {
+            let members = ring
+                .owners()
+                .chain(std::iter::once(self.id))
+                .map(Member::new);
+            Ring::new(members, self.config.ring).ok()
+        } else {
+            None
+        };
         Topology {
             me: self.id,
             n,
             partitions: self.config.ring.partitions(),
+            joining,
+            with_me,
             ring: self.placement.clone(),
             future: self.future.clone(),
             alive,
@@ -560,6 +583,15 @@ impl Membership {
             leaving: self.own_entry().status >= RingStatus::Leaving,
             left: self.own_entry().status == RingStatus::Left,
         }
+    }
+
+    /// The data path reports that a joining node holds every partition it will own, pulled
+    /// from the ring's current `owners` (sorted): it may become a member while they stay the
+    /// owners.
+    pub(crate) fn set_data_ready(&mut self, owners: Vec<NodeId>, now: Duration, out: &mut Outbox) {
+        self.data_ready_for = Some(owners);
+        self.maybe_become_member();
+        self.after_input(now, out);
     }
 
     /// The data path reports whether this node's partitions are with their future owners; a
@@ -686,8 +718,12 @@ impl Membership {
         // Persist before answering: an answer confirms what we now know.
         self.refresh_ring(out);
         if self.lock_ring().get(from).map(|e| e.status) == Some(RingStatus::Member) {
-            // Caught up with a member's view of the ring: a joining node may become a member.
-            self.synced = true;
+            // Caught up with a member's view of the ring: a joining node may become a member
+            // (once it pulled its partitions, which the data path plans from the topology).
+            if !self.synced {
+                self.synced = true;
+                self.topology_version += 1;
+            }
         }
         let answer = match reply {
             SyncReply::Never => false,
@@ -1064,7 +1100,12 @@ impl Membership {
 
     fn maybe_become_member(&mut self) {
         let mut own = self.own_entry();
-        if own.status == RingStatus::Joining && self.synced && self.leave.is_none() {
+        let owners: Vec<NodeId> = self.lock_ring().owners().collect();
+        if own.status == RingStatus::Joining
+            && self.synced
+            && self.leave.is_none()
+            && self.data_ready_for.as_ref() == Some(&owners)
+        {
             own.status = RingStatus::Member;
             self.lock_ring().merge_entry(self.id, &own);
             info!(node = %self.id, "joined the ring as a member");

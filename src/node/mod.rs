@@ -84,7 +84,7 @@ pub use object::{
     Context, ContextError, CrdtOp, CrdtValue, Logged, Object, TypeConflict, UpdateEffect,
 };
 pub use replica::{MergeEntry, MergeReply, ReplicaMessage};
-pub use sync::{SyncMessage, SyncTimer};
+pub use sync::{AeMessage, PartitionInfo, RepairProgress, SyncMessage, SyncTimer};
 use topology::Topology;
 
 /// Largest SWIM packet: fits a QUIC datagram on a fresh loopback connection (1162 bytes measured).
@@ -310,7 +310,7 @@ pub(crate) struct Effects<'a> {
     pub(crate) out: &'a mut Outbox,
     /// Storage keys of the data the replica staged in this input, with their journal numbers
     /// (for handoff).
-    pub(crate) staged: &'a mut Vec<(Vec<u8>, u64)>,
+    pub(crate) staged: &'a mut Vec<replica::Staged>,
 }
 
 impl Effects<'_> {
@@ -420,6 +420,9 @@ pub struct DataStats {
     /// written as two types at once while its first write was spreading).
     #[serde(default)]
     pub type_conflicts: u64,
+    /// Anti-entropy exchanges this node started that are in flight.
+    #[serde(default)]
+    pub exchanges_in_flight: usize,
 }
 
 /// One Chorus node's protocol state.
@@ -439,9 +442,11 @@ pub struct Node {
     calls: VecDeque<Call>,
     out: Outbox,
     /// Storage keys staged by the replica and not yet shown to the sync sub-machine.
-    staged: Vec<(Vec<u8>, u64)>,
+    staged: Vec<replica::Staged>,
     /// What the sync sub-machine last said about a leaving node's handoff.
     handoff_done: bool,
+    /// What the sync sub-machine last said about a joining node's intake.
+    intake_ready: Option<Vec<NodeId>>,
 }
 
 /// Splits the router into the sub-machine it calls and the [`Effects`] it lends it.
@@ -518,6 +523,12 @@ impl Node {
                 d.handoff_interval,
                 d.handoff_batch_max,
                 rand::Rng::next_u64(&mut rng),
+                sync::AeConfig {
+                    interval: d.anti_entropy_interval,
+                    in_flight_max: d.anti_entropy_in_flight_max.max(1),
+                    bytes_per_sec: d.anti_entropy_bytes_per_sec.max(1),
+                    page_keys: d.anti_entropy_page_keys.max(1),
+                },
             )?,
             topo: Topology::default(),
             topo_version: None,
@@ -527,6 +538,7 @@ impl Node {
             out: Outbox::new(),
             staged: Vec::new(),
             handoff_done: false,
+            intake_ready: None,
         })
     }
 
@@ -674,6 +686,15 @@ impl Node {
                 self.membership.set_handoff_done(done, now, &mut self.out);
                 continue;
             }
+            // A joining node becomes a member only once it holds its partitions.
+            let ready = self.sync.intake_ready(&fx!(self, now));
+            if ready != self.intake_ready {
+                self.intake_ready = ready.clone();
+                if let Some(owners) = ready {
+                    self.membership.set_data_ready(owners, now, &mut self.out);
+                    continue;
+                }
+            }
             break;
         }
         if let Some((seq, batch)) = self.journal.take_batch() {
@@ -747,7 +768,43 @@ impl Node {
             staged_keys: self.replica.overlay_len(),
             waiting_for_durability: self.journal.waiting(),
             type_conflicts: self.replica.type_conflicts(),
+            exchanges_in_flight: self.sync.exchanges_in_flight(),
         }
+    }
+
+    /// Merkle-tree figures of every partition this node replicates (`GET /v1/partitions`).
+    pub fn partitions(&mut self, now: Duration) -> Vec<PartitionInfo> {
+        self.sync.partitions(&fx!(self, now))
+    }
+
+    /// The Merkle root of every partition this node holds keys of (empty partitions left out).
+    pub fn merkle_roots(&mut self) -> BTreeMap<crate::ring::PartitionId, crate::merkle::Digest> {
+        self.sync.roots()
+    }
+
+    /// Starts comparing partition `partition` (or every partition this node replicates) with
+    /// every other replica of it by Merkle-tree exchange; returns the repair's id, whose
+    /// progress [`Node::repair_progress`] reports. Exchanges start at the next sync tick.
+    pub fn start_repair(
+        &mut self,
+        partition: Option<u16>,
+        now: Duration,
+    ) -> Result<u64, ClientError> {
+        if let Some(p) = partition {
+            if u32::from(p) >= self.ring_config.partitions() {
+                return Err(ClientError::BadRequest(format!(
+                    "partition {p} does not exist: the ring has {} partitions",
+                    self.ring_config.partitions()
+                )));
+            }
+        }
+        let only = partition.map(crate::ring::PartitionId::new);
+        Ok(self.sync.start_repair(only, &fx!(self, now)))
+    }
+
+    /// Progress of repair `id` (0: the latest), if this node ran it.
+    pub fn repair_progress(&self, id: u64) -> Option<RepairProgress> {
+        self.sync.repair_progress(id)
     }
 
     /// This node's local copy of `key` (for checks and tools; clients read through quorums).

@@ -33,7 +33,8 @@ use super::{Call, Effects};
 use crate::causality::{Dot, Register, VersionVector};
 use crate::crdt::OpLogPolicy;
 use crate::id::NodeId;
-use crate::storage::{data_key, ReadStore, Space};
+use crate::merkle::{leaf, Digest};
+use crate::storage::{data_key, split_data_key, ReadStore, Space};
 
 /// Messages to a node's replica.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,6 +91,9 @@ pub enum MergeReply {
         /// The push.
         batch: u64,
     },
+    /// No acknowledgement: keys sent by an anti-entropy exchange (the next exchange notices
+    /// anything that did not land).
+    Repair,
 }
 
 /// What the local coordinator asks of the replica to write.
@@ -151,8 +155,8 @@ pub(crate) enum ReplicaCall {
 /// Every local write goes through [`Replica::stage`], which updates it, so it never goes stale.
 #[derive(Default)]
 struct Cache {
-    young: BTreeMap<Vec<u8>, (usize, Object)>,
-    old: BTreeMap<Vec<u8>, (usize, Object)>,
+    young: BTreeMap<Vec<u8>, (usize, Object, Digest)>,
+    old: BTreeMap<Vec<u8>, (usize, Object, Digest)>,
     young_bytes: usize,
     half_bytes: usize,
 }
@@ -165,22 +169,22 @@ impl Cache {
         }
     }
 
-    fn get(&mut self, k: &[u8]) -> Option<Object> {
-        if let Some((_, o)) = self.young.get(k) {
-            return Some(o.clone());
+    fn get(&mut self, k: &[u8]) -> Option<(Object, Digest)> {
+        if let Some((_, o, d)) = self.young.get(k) {
+            return Some((o.clone(), *d));
         }
-        let (size, o) = self.old.remove(k)?;
-        self.put(k.to_vec(), size, o.clone());
-        Some(o)
+        let (size, o, d) = self.old.remove(k)?;
+        self.put(k.to_vec(), size, o.clone(), d);
+        Some((o, d))
     }
 
-    fn put(&mut self, k: Vec<u8>, size: usize, o: Object) {
+    fn put(&mut self, k: Vec<u8>, size: usize, o: Object, d: Digest) {
         if self.half_bytes == 0 {
             return;
         }
         self.old.remove(&k);
         let size = size + k.len();
-        if let Some((old_size, _)) = self.young.insert(k, (size, o)) {
+        if let Some((old_size, _, _)) = self.young.insert(k, (size, o, d)) {
             self.young_bytes -= old_size;
         }
         self.young_bytes += size;
@@ -196,7 +200,7 @@ pub(crate) struct Replica {
     store: Box<dyn ReadStore>,
     /// States staged but maybe not yet durable, by storage key, with their journal number. It
     /// holds only what the driver has not yet committed, so it stays small.
-    overlay: BTreeMap<Vec<u8>, (u64, Object)>,
+    overlay: BTreeMap<Vec<u8>, (u64, Object, Digest)>,
     /// Overlay entries in journal order, to prune once durable.
     staged: VecDeque<(u64, Vec<u8>)>,
     /// Who mints this process's dots.
@@ -251,37 +255,38 @@ impl Replica {
     /// The local copy of `key`, staged or stored, without touching the cache (for queries).
     pub(crate) fn peek(&self, key: &[u8]) -> Result<Option<Object>, ClientError> {
         let skey = self.storage_key(key);
-        if let Some((_, o)) = self.overlay.get(&skey) {
+        if let Some((_, o, _)) = self.overlay.get(&skey) {
             return Ok(Some(o.clone()));
         }
-        self.read_store(&skey).map(|o| o.map(|(_, o)| o))
+        self.read_store(&skey).map(|o| o.map(|(_, o, _)| o))
     }
 
     fn load(&mut self, key: &[u8]) -> Result<Option<Object>, ClientError> {
         let skey = self.storage_key(key);
-        self.load_storage_key(&skey)
+        Ok(self.load_storage_key(&skey)?.map(|(o, _)| o))
     }
 
-    fn load_storage_key(&mut self, skey: &[u8]) -> Result<Option<Object>, ClientError> {
-        if let Some((_, o)) = self.overlay.get(skey) {
-            return Ok(Some(o.clone()));
+    /// The local copy with its Merkle leaf digest.
+    fn load_storage_key(&mut self, skey: &[u8]) -> Result<Option<(Object, Digest)>, ClientError> {
+        if let Some((_, o, d)) = self.overlay.get(skey) {
+            return Ok(Some((o.clone(), *d)));
         }
-        if let Some(o) = self.cache.get(skey) {
-            return Ok(Some(o));
+        if let Some(found) = self.cache.get(skey) {
+            return Ok(Some(found));
         }
         let found = self.read_store(skey)?;
-        Ok(found.map(|(size, o)| {
-            self.cache.put(skey.to_vec(), size, o.clone());
-            o
+        Ok(found.map(|(size, o, d)| {
+            self.cache.put(skey.to_vec(), size, o.clone(), d);
+            (o, d)
         }))
     }
 
-    /// The stored copy and its encoded size.
-    fn read_store(&self, skey: &[u8]) -> Result<Option<(usize, Object)>, ClientError> {
+    /// The stored copy, its encoded size and its Merkle leaf digest.
+    fn read_store(&self, skey: &[u8]) -> Result<Option<(usize, Object, Digest)>, ClientError> {
         match self.store.get(Space::Data, skey) {
             Ok(None) => Ok(None),
             Ok(Some(bytes)) => Object::decode(&bytes)
-                .map(|o| Some((bytes.len(), o)))
+                .map(|o| Some((bytes.len(), o, leaf_of(skey, &bytes))))
                 .map_err(|e| {
                     error!(error = %e, "corrupt object in the store");
                     ClientError::Internal(format!("corrupt object in the store: {e}"))
@@ -297,14 +302,16 @@ impl Replica {
     fn durable_point(&self, skey: &[u8], fx: &Effects<'_>) -> u64 {
         self.overlay
             .get(skey)
-            .map_or(fx.journal.durable_seq(), |(s, _)| *s)
+            .map_or(fx.journal.durable_seq(), |(s, _, _)| *s)
     }
 
-    /// Stages `object` as the new local copy; returns its journal number.
+    /// Stages `object` as the new local copy, replacing the one with leaf digest `old`;
+    /// returns its journal number.
     fn stage(
         &mut self,
         skey: Vec<u8>,
         object: Object,
+        old: Option<Digest>,
         fx: &mut Effects<'_>,
     ) -> Result<u64, ClientError> {
         let bytes = object.encode().map_err(|e| {
@@ -318,10 +325,17 @@ impl Replica {
             )));
         }
         let seq = fx.journal.staging_seq();
-        self.cache.put(skey.clone(), bytes.len(), object.clone());
+        let new = leaf_of(&skey, &bytes);
+        self.cache
+            .put(skey.clone(), bytes.len(), object.clone(), new);
         fx.journal.batch().put(Space::Data, skey.clone(), bytes);
-        fx.staged.push((skey.clone(), seq));
-        self.overlay.insert(skey.clone(), (seq, object));
+        fx.staged.push(Staged {
+            skey: skey.clone(),
+            seq,
+            old,
+            new,
+        });
+        self.overlay.insert(skey.clone(), (seq, object, new));
         self.staged.push_back((seq, skey));
         Ok(seq)
     }
@@ -335,9 +349,9 @@ impl Replica {
         fx: &mut Effects<'_>,
     ) -> Result<u64, ClientError> {
         let skey = self.storage_key(key);
-        let merged = match self.load_storage_key(&skey)? {
-            None => incoming.clone(),
-            Some(mut mine) => {
+        let (merged, old) = match self.load_storage_key(&skey)? {
+            None => (incoming.clone(), None),
+            Some((mut mine, old)) => {
                 let before = mine.clone();
                 if let Err(TypeConflict { held, offered }) = mine.merge(incoming) {
                     self.type_conflicts += 1;
@@ -349,10 +363,10 @@ impl Replica {
                 if mine == before {
                     return Ok(self.durable_point(&skey, fx));
                 }
-                mine
+                (mine, Some(old))
             }
         };
-        self.stage(skey, merged, fx)
+        self.stage(skey, merged, old, fx)
     }
 
     /// Handles a message from node `from`.
@@ -416,6 +430,7 @@ impl Replica {
                 let ack = match reply {
                     MergeReply::Hints { batch } => HintsMessage::Delivered { batch }.into(),
                     MergeReply::Handoff { batch } => SyncMessage::Pushed { batch }.into(),
+                    MergeReply::Repair => return,
                 };
                 fx.after_durable(last, from, ack);
             }
@@ -461,7 +476,10 @@ impl Replica {
         fx: &mut Effects<'_>,
     ) -> Result<(Minted, u64), ClientError> {
         let skey = self.storage_key(key);
-        let mut current = self.load_storage_key(&skey)?;
+        let (mut current, old) = match self.load_storage_key(&skey)? {
+            Some((o, d)) => (Some(o), Some(d)),
+            None => (None, None),
+        };
         if let MintOp::Update {
             op, op_id, seed, ..
         } = op
@@ -489,7 +507,7 @@ impl Replica {
             let seq = if effect.replayed && !seeded {
                 self.durable_point(&skey, fx)
             } else {
-                self.stage(skey, object.clone(), fx)?
+                self.stage(skey, object.clone(), old, fx)?
             };
             let outcome = MintOutcome::Update(effect);
             return Ok((Minted { object, outcome }, seq));
@@ -516,7 +534,7 @@ impl Replica {
             }
         };
         let object = Object::Register(register);
-        let seq = self.stage(skey, object.clone(), fx)?;
+        let seq = self.stage(skey, object.clone(), old, fx)?;
         let outcome = MintOutcome::Dot(dot);
         Ok((Minted { object, outcome }, seq))
     }
@@ -528,7 +546,7 @@ impl Replica {
             let Some((s, skey)) = self.staged.pop_front() else {
                 break;
             };
-            if self.overlay.get(&skey).is_some_and(|(cur, _)| *cur == s) {
+            if self.overlay.get(&skey).is_some_and(|(cur, _, _)| *cur == s) {
                 self.overlay.remove(&skey);
             }
         }
@@ -544,7 +562,26 @@ impl Replica {
     pub(crate) fn staged_keys(&self) -> Vec<(Vec<u8>, u64)> {
         self.overlay
             .iter()
-            .map(|(k, (seq, _))| (k.clone(), *seq))
+            .map(|(k, (seq, _, _))| (k.clone(), *seq))
             .collect()
     }
+}
+
+/// The Merkle leaf digest of the state `bytes` stored under storage key `skey`.
+pub(crate) fn leaf_of(skey: &[u8], bytes: &[u8]) -> Digest {
+    leaf(split_data_key(skey).map_or(skey, |(_, k)| k), bytes)
+}
+
+/// A state the replica staged, for the sync sub-machine: the key's Merkle leaf went from `old`
+/// to `new`, and the state is durable once journal number `seq` is.
+#[derive(Clone, Debug)]
+pub(crate) struct Staged {
+    /// The storage key.
+    pub(crate) skey: Vec<u8>,
+    /// The journal number.
+    pub(crate) seq: u64,
+    /// The leaf before (`None`: the key was absent).
+    pub(crate) old: Option<Digest>,
+    /// The leaf after.
+    pub(crate) new: Digest,
 }

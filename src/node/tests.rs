@@ -1030,3 +1030,93 @@ fn invalid_updates_are_refused_before_anything_changes() {
     let r = net.get(0, b"c", 3);
     assert_eq!((r.type_name, r.crdt), (None, None), "nothing was written");
 }
+
+/// Anti-entropy messages a peer could forge or mangle: each is refused or ignored, nothing
+/// panics, the node's data stays as it was, and it keeps serving.
+#[test]
+fn hostile_anti_entropy_messages_change_nothing() {
+    use crate::merkle::{BucketSet, Digest};
+    use crate::node::sync::AeMessage;
+    use crate::ring::PartitionId;
+
+    let mut net = cluster(3);
+    let _ = net.put(1, b"k", b"v", None);
+    net.run_for(Duration::from_secs(1));
+    let roots_before = net.nodes.get_mut(&addr(1)).unwrap().merkle_roots();
+    assert_eq!(roots_before.len(), 1, "one key, one partition");
+    let mut all = BucketSet::default();
+    for b in 0..crate::merkle::BUCKETS {
+        all.insert(b);
+    }
+    let p = PartitionId::new(3);
+    let hostile = vec![
+        // Wrong number of groups; a partition beyond the ring.
+        AeMessage::Compare {
+            xid: 1,
+            p,
+            groups: vec![Digest::ZERO; 3],
+        },
+        AeMessage::Compare {
+            xid: 2,
+            p: PartitionId::new(60_000),
+            groups: vec![Digest::ZERO; crate::merkle::GROUPS],
+        },
+        // A page outside its partition, one reversed, one with too many digests.
+        AeMessage::Keys {
+            xid: 3,
+            p,
+            buckets: all.clone(),
+            from: vec![0xff, 0xff, 1],
+            to: Vec::new(),
+            digests: Vec::new(),
+        },
+        AeMessage::Keys {
+            xid: 4,
+            p,
+            buckets: all.clone(),
+            from: vec![0, 3, 9],
+            to: vec![0, 3, 1],
+            digests: Vec::new(),
+        },
+        AeMessage::Keys {
+            xid: 5,
+            p,
+            buckets: all,
+            from: vec![0, 3],
+            to: Vec::new(),
+            digests: (0..5000)
+                .map(|i: u32| {
+                    (
+                        serde_bytes::ByteBuf::from(i.to_be_bytes().to_vec()),
+                        Digest::ZERO,
+                    )
+                })
+                .collect(),
+        },
+        // Answers to exchanges that do not exist.
+        AeMessage::Buckets {
+            xid: 77,
+            buckets: vec![(65535, Digest::ZERO)],
+        },
+        AeMessage::Diff {
+            xid: 78,
+            from: Vec::new(),
+            want: Vec::new(),
+            upto: Some(serde_bytes::ByteBuf::from(vec![1])),
+            entries: Vec::new(),
+        },
+        AeMessage::Refused {
+            xid: 79,
+            why: "no".into(),
+        },
+    ];
+    let node = net.nodes.get_mut(&addr(1)).unwrap();
+    for m in hostile {
+        let bytes = crate::protocol::encode(&PeerMessage::from(SyncMessage::Ae(m))).unwrap();
+        node.handle_message(NodeId::new(102), &bytes, net.now);
+    }
+    assert_eq!(node.merkle_roots(), roots_before);
+    net.drain(addr(1));
+    net.run_for(Duration::from_secs(2));
+    assert_eq!(net.get(1, b"k", 2).values, vec![b"v".to_vec()]);
+}

@@ -34,6 +34,11 @@ pub(crate) struct Topology {
     pub(crate) leaving: bool,
     /// This node has left: it takes no writes any more.
     pub(crate) left: bool,
+    /// This node is joining: it owns nothing yet, and pulls the partitions it will own.
+    pub(crate) joining: bool,
+    /// The placement once this joining node is a member (`None` unless joining and caught up
+    /// with the ring).
+    pub(crate) with_me: Option<Ring>,
 }
 
 impl Default for Topology {
@@ -49,6 +54,8 @@ impl Default for Topology {
             placement_version: 0,
             leaving: false,
             left: false,
+            joining: false,
+            with_me: None,
         }
     }
 }
@@ -87,6 +94,14 @@ impl Topology {
         self.future
             .as_ref()
             .map(|r| r.preference_list(p, self.n))
+            .unwrap_or_default()
+    }
+
+    /// The owners of the current placement, sorted (empty without one).
+    pub(crate) fn owners(&self) -> Vec<NodeId> {
+        self.ring
+            .as_ref()
+            .map(|r| r.members().iter().map(|m| m.id).collect())
             .unwrap_or_default()
     }
 

@@ -26,6 +26,8 @@ pub struct DevOptions {
     pub form_timeout: Duration,
     /// The nodes' sync policy (`always` or `never`).
     pub sync: super::SyncPolicy,
+    /// Seconds between Merkle-tree exchanges of each partition (0: off).
+    pub anti_entropy_interval: u64,
 }
 
 /// Why the local cluster could not be run.
@@ -114,6 +116,7 @@ fn spawn_node(
     i: u16,
     base_port: u16,
     sync: super::SyncPolicy,
+    anti_entropy_interval: u64,
 ) -> Result<DevNode, DevError> {
     let (quic, http) = node_addrs(base_port, i)?;
     let tls_dir = prepare_tls(dir, i)?;
@@ -136,7 +139,9 @@ fn spawn_node(
         .arg("--tls-dir")
         .arg(&tls_dir)
         .arg("--sync")
-        .arg(sync.as_str());
+        .arg(sync.as_str())
+        .arg("--anti-entropy-interval")
+        .arg(anti_entropy_interval.to_string());
     if i > 0 {
         let (seed, _) = node_addrs(base_port, 0)?;
         cmd.arg("--join").arg(seed.to_string());
@@ -225,7 +230,14 @@ pub fn run(options: DevOptions) -> Result<(), DevError> {
 
     let mut nodes = Vec::new();
     for i in 0..options.nodes {
-        match spawn_node(&exe, &options.dir, i, options.base_port, options.sync) {
+        match spawn_node(
+            &exe,
+            &options.dir,
+            i,
+            options.base_port,
+            options.sync,
+            options.anti_entropy_interval,
+        ) {
             Ok(n) => nodes.push(n),
             Err(e) => {
                 stop_all(&mut nodes);

@@ -95,6 +95,13 @@ pub struct NodeOptions {
     pub tls_dir: Option<PathBuf>,
     /// When data writes count as durable.
     pub sync: SyncPolicy,
+    /// Keep hints for unreachable replicas (default true; off to test anti-entropy alone).
+    pub hints: bool,
+    /// Repair stale replicas found by reads (default true).
+    pub read_repair: bool,
+    /// How often each partition is compared with another replica (`None`: periodic
+    /// anti-entropy off; repairs on demand still work).
+    pub anti_entropy_interval: Option<Duration>,
 }
 
 impl NodeOptions {
@@ -285,17 +292,21 @@ async fn run_node(
         quic_addr,
         http_addr,
     };
-    let config = NodeConfig::new(
+    let mut config = NodeConfig::new(
         persisted.id,
         persisted.generation,
         info,
         options.join.clone(),
     );
+    config.data.hints = options.hints;
+    config.data.read_repair = options.read_repair;
+    config.data.anti_entropy_interval = options.anti_entropy_interval;
     let limits = http::Limits {
         key_bytes_max: config.data.key_bytes_max,
         value_bytes_max: config.data.value_bytes_max,
     };
     let mut os_rng: Xoshiro256PlusPlus = rand::make_rng();
+    let started = Instant::now();
     let mut node = Node::new(
         config,
         os_rng.next_u64(),
@@ -305,6 +316,10 @@ async fn run_node(
         },
         store.clone(),
     )?;
+    info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "node state loaded (Merkle trees rebuilt from the store)"
+    );
     info!(
         node = %persisted.id,
         generation = persisted.generation,
@@ -455,6 +470,18 @@ async fn run_node(
                 }
                 AdminRequest::Remove(id, reply) => {
                     let _ = reply.send(node.remove(id, epoch.elapsed()));
+                }
+                AdminRequest::Partitions(reply) => {
+                    let _ = reply.send(node.partitions(epoch.elapsed()));
+                }
+                AdminRequest::Repair(partition, reply) => {
+                    let started = node
+                        .start_repair(partition, epoch.elapsed())
+                        .map(|id| node.repair_progress(id).unwrap_or_default());
+                    let _ = reply.send(started);
+                }
+                AdminRequest::RepairProgress(id, reply) => {
+                    let _ = reply.send(node.repair_progress(id));
                 }
             },
             _ = sleep_until_opt(wake) => {

@@ -75,12 +75,25 @@ pub struct NodeProc {
     pub quic: SocketAddr,
     pub http: SocketAddr,
     pub join: Vec<SocketAddr>,
+    /// Extra `chorus start` flags.
+    pub extra: Vec<String>,
     pub child: Option<Child>,
 }
 
 impl NodeProc {
     /// Issues a certificate from `ca` (with `chorus cert issue`) and starts the node.
     pub fn start(root: &Path, name: &str, ca: &Path, join: &[SocketAddr]) -> NodeProc {
+        NodeProc::start_with(root, name, ca, join, &[])
+    }
+
+    /// [`NodeProc::start`] with extra `chorus start` flags.
+    pub fn start_with(
+        root: &Path,
+        name: &str,
+        ca: &Path,
+        join: &[SocketAddr],
+        extra: &[&str],
+    ) -> NodeProc {
         let data_dir = root.join(name);
         let tls_dir = data_dir.join("tls");
         issue_cert(ca, name, &tls_dir);
@@ -92,6 +105,7 @@ impl NodeProc {
             quic,
             http,
             join: join.to_vec(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
         };
         node.spawn();
@@ -125,6 +139,7 @@ impl NodeProc {
         for j in &self.join {
             cmd.args(["--join", &j.to_string()]);
         }
+        cmd.args(&self.extra);
         self.child = Some(cmd.spawn().unwrap());
     }
 
@@ -311,11 +326,22 @@ pub fn delete(http: SocketAddr, key: &str, context: Option<&str>) -> Answer {
 
 /// Starts `n` nodes joining through the first, and waits until all are alive members.
 pub fn start_cluster(root: &Path, n: usize) -> (Vec<NodeProc>, Vec<String>) {
+    start_cluster_with(root, n, &[])
+}
+
+/// [`start_cluster`] with extra `chorus start` flags for every node.
+pub fn start_cluster_with(root: &Path, n: usize, extra: &[&str]) -> (Vec<NodeProc>, Vec<String>) {
     let ca = make_ca(root, "ca");
-    let mut nodes = vec![NodeProc::start(root, "n0", &ca, &[])];
+    let mut nodes = vec![NodeProc::start_with(root, "n0", &ca, &[], extra)];
     let seed = nodes[0].quic;
     for i in 1..n {
-        nodes.push(NodeProc::start(root, &format!("n{i}"), &ca, &[seed]));
+        nodes.push(NodeProc::start_with(
+            root,
+            &format!("n{i}"),
+            &ca,
+            &[seed],
+            extra,
+        ));
     }
     let ids: Vec<String> = nodes.iter().map(|n| n.wait_serving()).collect();
     wait_members(&nodes, &ids);

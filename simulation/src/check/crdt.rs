@@ -195,6 +195,24 @@ fn keys_of(history: &History, type_name: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// The placement of the members as the first observer lists them (the membership checkers make
+/// sure every observer agrees), with the ring parameters it reports.
+pub(crate) fn observed_ring<'a>(
+    input: &'a CheckInput<'_>,
+) -> Option<(Ring, &'a chorus::node::RingView)> {
+    let (_, view) = input.snapshot.observers().next()?;
+    let owners: Vec<Member> = view
+        .members
+        .iter()
+        .filter(|m| matches!(m.status, RingStatus::Member | RingStatus::Leaving))
+        .filter_map(|m| m.id.parse().ok())
+        .map(Member::new)
+        .collect();
+    let config = RingConfig::new(view.ring.partitions, view.ring.vnodes).ok()?;
+    let ring = Ring::new(owners, config).ok()?;
+    Some((ring, &view.ring))
+}
+
 fn violation(checker: &'static str, input: &CheckInput<'_>, message: String) -> Violation {
     Violation {
         checker,
@@ -491,22 +509,7 @@ impl Checker for CrdtConvergence {
         if input.healed_at.is_none() {
             return;
         }
-        // The members as the first observer lists them (the membership checkers make sure
-        // every observer agrees).
-        let Some((_, view)) = input.snapshot.observers().next() else {
-            return;
-        };
-        let owners: Vec<Member> = view
-            .members
-            .iter()
-            .filter(|m| matches!(m.status, RingStatus::Member | RingStatus::Leaving))
-            .filter_map(|m| m.id.parse().ok())
-            .map(Member::new)
-            .collect();
-        let Ok(config) = RingConfig::new(view.ring.partitions, view.ring.vnodes) else {
-            return;
-        };
-        let Ok(ring) = Ring::new(owners, config) else {
+        let Some((ring, view)) = observed_ring(input) else {
             return;
         };
         let contested = contested(input.history);
@@ -520,7 +523,7 @@ impl Checker for CrdtConvergence {
             }
         }
         for key in keys {
-            let replicas = ring.preference_list(ring.partition_of(key), view.ring.n);
+            let replicas = ring.preference_list(ring.partition_of(key), view.n);
             let mut states: Vec<(usize, Option<&Object>)> = Vec::new();
             for n in &input.snapshot.nodes {
                 if !n.process.is_running() || !replicas.contains(&n.id) {
@@ -607,6 +610,8 @@ mod tests {
                 data: None,
                 objects: Vec::new(),
                 hints_on_disk: 0,
+                roots: Default::default(),
+                disk_roots: Default::default(),
             })
             .collect();
         ClusterSnapshot { at: AT, nodes }

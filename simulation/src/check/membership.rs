@@ -599,6 +599,8 @@ mod tests {
                     data: None,
                     objects: Vec::new(),
                     hints_on_disk: 0,
+                    roots: Default::default(),
+                    disk_roots: Default::default(),
                 }
             })
             .collect();

@@ -21,6 +21,7 @@
 
 pub mod crdt;
 pub mod membership;
+pub mod merkle;
 pub mod register;
 pub mod safety;
 
@@ -80,6 +81,7 @@ pub fn default_checkers(bound: Duration) -> Vec<Box<dyn Checker>> {
     let mut all = membership::all(bound);
     all.extend(register::all());
     all.extend(crdt::all());
+    all.extend(merkle::all());
     all
 }
 

@@ -6,7 +6,8 @@
 //! - [`LostWrites`]: every acknowledged write is in the final read of its key, or superseded by
 //!   a write or delete whose context covered it (unless every node that acknowledged it was
 //!   lost for good, which no replication can survive).
-//! - [`DeletesStay`]: a value an acknowledged delete covered never appears in a final read.
+//! - [`DeletesStay`]: a value an acknowledged delete covered never appears in a final read
+//!   (unless every node that acknowledged the delete was lost for good).
 //! - [`NoPhantoms`]: every value any read or write returned was written by some client.
 //! - [`ConcurrentSiblings`]: no answer shows two values one of which a client's context had
 //!   already superseded: siblings are only ever truly concurrent writes.
@@ -233,6 +234,13 @@ impl Checker for DeletesStay {
     fn check(&self, input: &CheckInput<'_>, out: &mut Vec<Violation>) {
         let all = entries(input);
         let finals = final_reads(&all, input);
+        let removed: BTreeSet<chorus::NodeId> = input
+            .snapshot
+            .nodes
+            .iter()
+            .filter(|n| n.removed)
+            .map(|n| n.id)
+            .collect();
         for (key, fin) in &finals {
             let Ok(fin) = fin else { continue };
             let values = fin.read_values().unwrap_or_default();
@@ -242,6 +250,13 @@ impl Checker for DeletesStay {
                     e.data.key == *key
                         && matches!(e.op.kind, OpKind::Delete { .. })
                         && e.op.outcome == Some(Outcome::Ok)
+                })
+                // A delete only nodes removed for good acknowledged was lost with them.
+                .filter(|e| match &e.data.result {
+                    Some(DataResult::Written { acked_by, .. }) => {
+                        acked_by.is_empty() || !acked_by.iter().all(|n| removed.contains(n))
+                    }
+                    _ => true,
                 })
                 .collect();
             for w in all.iter().filter(|e| e.data.key == *key) {
@@ -469,6 +484,8 @@ mod tests {
             data: Some(DataStats::default()),
             objects: Vec::new(),
             hints_on_disk: 0,
+            roots: Default::default(),
+            disk_roots: Default::default(),
         }
     }
 
@@ -671,6 +688,36 @@ mod tests {
         let vs = run(&DeletesStay, &h.0, &snapshot());
         assert_eq!(vs.len(), 1, "{vs:#?}");
         assert!(vs[0].message.contains("k=a came back"), "{}", vs[0]);
+    }
+
+    #[test]
+    fn a_delete_lost_with_every_node_that_acknowledged_it_may_be_undone() {
+        let mut h = H(History::new());
+        h.write(10, "a", None, Some((1, 1)), Outcome::Ok);
+        h.delete(20, vv(&[(1, 1)]));
+        let delete = h.0.data().last().map(|d| d.op).unwrap();
+        h.0.data_result(
+            delete,
+            DataResult::Written {
+                values: Vec::new(),
+                context: vv(&[(1, 1), (100, 1)]),
+                dot: Dot {
+                    node: NodeId::new(100),
+                    counter: 1,
+                },
+                acked_by: vec![NodeId::new(100)],
+            },
+        );
+        h.read(310, &["a"], true);
+        assert_eq!(
+            run(&DeletesStay, &h.0, &snapshot()).len(),
+            1,
+            "n0 is still there"
+        );
+        let mut snap = snapshot();
+        snap.nodes[0] = node(0, true);
+        let vs = run(&DeletesStay, &h.0, &snap);
+        assert!(vs.is_empty(), "n0 was removed for good: {vs:#?}");
     }
 
     #[test]

@@ -13,9 +13,13 @@
 //! only then may its leave move to `left`. The record of who received what is persisted
 //! (`handoff` in the metadata), so a restart does not push everything again.
 //!
-//! This version copies whole partitions; Merkle-tree exchange, which sends only the keys that
-//! differ and also repairs replicas that lost data, will replace the page walk. It never
-//! deletes a local copy (see the replica's note on dots).
+//! Handoff copies whole partitions page by page. Replicas that drifted apart for any other
+//! reason (a replica that was down with hints off or lost, a write that reached too few
+//! replicas) are brought together by Merkle-tree anti-entropy ([`exchange`]), which sends only
+//! the keys that differ. The sub-machine keeps one incremental Merkle tree per partition the
+//! node holds keys of ([`crate::merkle`]), rebuilt by a scan of the store at start and updated
+//! with every state the replica stages. It never deletes a local copy (see the replica's note
+//! on dots).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -23,10 +27,16 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
+mod exchange;
+
+pub(crate) use exchange::AeConfig;
+pub use exchange::{AeMessage, PartitionInfo, RepairProgress};
+
 use super::object::{Object, BATCH_BYTES_MAX};
-use super::replica::{MergeEntry, MergeReply, ReplicaMessage};
+use super::replica::{leaf_of, MergeEntry, MergeReply, ReplicaMessage, Staged};
 use super::Effects;
 use crate::id::NodeId;
+use crate::merkle::Tree;
 use crate::ring::PartitionId;
 use crate::storage::{partition_range, split_data_key, ReadStore, Space, StoreError};
 
@@ -47,6 +57,8 @@ pub enum SyncMessage {
         /// The push.
         batch: u64,
     },
+    /// Merkle-tree anti-entropy.
+    Ae(AeMessage),
 }
 
 /// Timers of the sync sub-machine.
@@ -107,6 +119,10 @@ pub(crate) struct Sync {
     next_batch: u64,
     /// The placement version the tasks were computed for.
     seen_version: Option<u64>,
+    /// A Merkle tree per partition this node holds keys of (rebuilt from the store at start,
+    /// then updated with every staged state).
+    trees: BTreeMap<PartitionId, Tree>,
+    ae: exchange::AntiEntropy,
 }
 
 impl Sync {
@@ -116,6 +132,7 @@ impl Sync {
         interval: Duration,
         batch_max: usize,
         first_batch: u64,
+        ae: AeConfig,
     ) -> Result<Self, StoreError> {
         let record = match store.get(Space::Meta, META_HANDOFF.as_bytes())? {
             None => Record::default(),
@@ -127,6 +144,7 @@ impl Sync {
                 }
             },
         };
+        let trees = rebuild_trees(&*store)?;
         Ok(Sync {
             store,
             interval,
@@ -137,7 +155,44 @@ impl Sync {
             // Random per process, like the hints' delivery numbers.
             next_batch: first_batch,
             seen_version: None,
+            trees,
+            ae: exchange::AntiEntropy::new(ae, first_batch.rotate_left(32)),
         })
+    }
+
+    /// The partitions this node replicates, with their Merkle roots and exchange figures.
+    pub(crate) fn partitions(&mut self, fx: &Effects<'_>) -> Vec<PartitionInfo> {
+        self.ae.partitions(&mut self.trees, fx)
+    }
+
+    /// The Merkle root of every partition this node holds keys of.
+    pub(crate) fn roots(&mut self) -> BTreeMap<PartitionId, crate::merkle::Digest> {
+        self.trees
+            .iter_mut()
+            .map(|(p, t)| (*p, t.root()))
+            .filter(|(_, r)| *r != crate::merkle::Digest::ZERO)
+            .collect()
+    }
+
+    /// Starts a repair of one partition or all; returns its id.
+    pub(crate) fn start_repair(&mut self, only: Option<PartitionId>, fx: &Effects<'_>) -> u64 {
+        self.ae.start_repair(only, fx)
+    }
+
+    /// Progress of repair `id` (0: the latest).
+    pub(crate) fn repair_progress(&self, id: u64) -> Option<RepairProgress> {
+        self.ae.repair_progress(id)
+    }
+
+    /// For a joining node: the owners it pulled its future partitions from, once done (see
+    /// [`exchange::AntiEntropy::intake_ready`]).
+    pub(crate) fn intake_ready(&mut self, fx: &Effects<'_>) -> Option<Vec<NodeId>> {
+        self.ae.intake_ready(fx)
+    }
+
+    /// Anti-entropy exchanges this node started that are in flight.
+    pub(crate) fn exchanges_in_flight(&self) -> usize {
+        self.ae.in_flight()
     }
 
     /// Arms the progress timer.
@@ -159,6 +214,29 @@ impl Sync {
     /// The placement may have changed: plan the pushes it calls for. `staged` are the storage
     /// keys with a state staged but maybe not yet in the store, with its journal number.
     pub(crate) fn topology_changed(&mut self, staged: &[(Vec<u8>, u64)], fx: &mut Effects<'_>) {
+        if fx.topo.left && !self.tasks.is_empty() {
+            // Left (or removed): nothing more goes out from here (see below).
+            self.tasks.clear();
+            self.in_flight.clear();
+        }
+        if fx.topo.joining {
+            // What a joining node holds are copies it pulled of the partitions it will own:
+            // the owners have them already (so a leave before it became a member has nothing
+            // of its own to hand over, unless writes reach it later).
+            self.seen_version = Some(fx.topo.placement_version);
+            let mut changed = false;
+            for p in fx.topo.partition_ids() {
+                let owners = fx.topo.future_owners(p);
+                let known = self.record.known.entry(p).or_default();
+                for o in owners.into_iter().filter(|&o| o != fx.me) {
+                    changed |= known.insert(o);
+                }
+            }
+            if changed {
+                self.persist(fx);
+            }
+            return;
+        }
         if self.seen_version == Some(fx.topo.placement_version) || fx.topo.future.is_none() {
             return;
         }
@@ -251,6 +329,9 @@ impl Sync {
 
     pub(crate) fn handle_message(&mut self, from: NodeId, msg: SyncMessage, fx: &mut Effects<'_>) {
         match msg {
+            SyncMessage::Ae(msg) => {
+                self.ae.handle(from, msg, &mut self.trees, &*self.store, fx);
+            }
             SyncMessage::Pushed { batch } => {
                 let ok = self.in_flight.get(&batch).is_some_and(|p| p.to == from);
                 if !ok {
@@ -280,6 +361,7 @@ impl Sync {
         match timer {
             SyncTimer::Tick => {
                 self.progress(fx);
+                self.ae.tick(&mut self.trees, &*self.store, fx);
                 fx.set_timer(self.interval, SyncTimer::Tick);
             }
         }
@@ -289,12 +371,19 @@ impl Sync {
     /// partition sends it on its own once durable (its walk may have read the older state, or
     /// be reading it right now), and a key of a partition this node will not own goes to every
     /// future owner before a leave completes.
-    pub(crate) fn note_staged(&mut self, keys: Vec<(Vec<u8>, u64)>, fx: &mut Effects<'_>) {
+    pub(crate) fn note_staged(&mut self, keys: Vec<Staged>, fx: &mut Effects<'_>) {
         let mut newly_dirty = false;
-        for (skey, seq) in keys {
-            let Some((p, _)) = split_data_key(&skey) else {
+        for Staged {
+            skey,
+            seq,
+            old,
+            new,
+        } in keys
+        {
+            let Some((p, key)) = split_data_key(&skey) else {
                 continue;
             };
+            self.trees.entry(p).or_default().update(key, old, Some(new));
             newly_dirty |= self.record.dirty.insert(p);
             for ((tp, _), task) in self
                 .tasks
@@ -303,7 +392,8 @@ impl Sync {
                 debug_assert_eq!(*tp, p);
                 note_extra(task, &skey, seq);
             }
-            if fx.topo.future.is_none() {
+            if fx.topo.future.is_none() || fx.topo.joining {
+                // (A joining node's keys are copies it pulled from the owners.)
                 continue;
             }
             let owners = fx.topo.future_owners(p);
@@ -476,6 +566,42 @@ impl Sync {
             }
         }
     }
+}
+
+/// Page size of the start-up scan that rebuilds the Merkle trees.
+const REBUILD_PAGE: usize = 4096;
+
+/// The Merkle tree of every partition with keys in `store`, by a scan of it.
+fn rebuild_trees(store: &dyn ReadStore) -> Result<BTreeMap<PartitionId, Tree>, StoreError> {
+    let mut trees: BTreeMap<PartitionId, Tree> = BTreeMap::new();
+    let mut from = Vec::new();
+    let mut keys = 0u64;
+    loop {
+        let page = store.scan(Space::Data, &from, &[], REBUILD_PAGE)?;
+        let full = page.len() >= REBUILD_PAGE;
+        for (skey, value) in &page {
+            if let Some((p, key)) = split_data_key(skey) {
+                trees
+                    .entry(p)
+                    .or_default()
+                    .insert(key, leaf_of(skey, value));
+                keys += 1;
+            }
+        }
+        match page.last() {
+            Some((last, _)) if full => {
+                from = last.clone();
+                from.push(0);
+            }
+            _ => break,
+        }
+    }
+    info!(
+        keys,
+        partitions = trees.len(),
+        "Merkle trees rebuilt from the store"
+    );
+    Ok(trees)
 }
 
 /// Adds `skey`, staged under journal number `seq`, to `task`'s extra keys.
