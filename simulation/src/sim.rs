@@ -407,6 +407,19 @@ pub fn summary(r: &RunReport) -> String {
             );
         }
     }
+    // DESIGN.md §3: a replica offered a state of another type keeps its own and counts it.
+    let conflicts: u64 = r
+        .snapshot
+        .nodes
+        .iter()
+        .filter_map(|n| n.data.as_ref())
+        .map(|d| d.type_conflicts)
+        .sum();
+    let raced = check::crdt::contested(&r.history).len();
+    let _ = writeln!(
+        s,
+        "types: {conflicts} states of another type refused by running replicas; {raced} keys created in a race between two types (left out of the CRDT checkers)"
+    );
     let st = &r.stats;
     let dropped: u64 = st.dropped.values().sum();
     let reasons: Vec<String> = st.dropped.iter().map(|(k, n)| format!("{k} {n}")).collect();
