@@ -18,8 +18,12 @@
 //!   replies (until its deadline) and sends the merge to every replica that answered with
 //!   something older.
 //! - At most [`DataConfig::requests_in_flight_max`] requests are in flight; more are refused
-//!   as overloaded, having changed nothing. Every request has a deadline timer, so none stays
-//!   in the table forever.
+//!   as overloaded, having changed nothing. A request whose client has its answer and that only
+//!   lingers (a write waiting for its slower replicas, a read waiting to repair) does not count:
+//!   lingering requests have their own bound of the same size, beyond which the oldest is
+//!   finished early (a read repairs with the replies it has; a write stops waiting, which loses
+//!   nothing the client was told). Every request has a deadline timer, so none stays in the
+//!   table forever.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -168,6 +172,8 @@ pub(crate) struct Coordinator {
     config: DataConfig,
     next_req: u64,
     requests: BTreeMap<u64, Request>,
+    /// Requests in `requests` whose client has its answer, oldest (lowest id) first.
+    lingering: BTreeSet<u64>,
 }
 
 impl Coordinator {
@@ -178,12 +184,35 @@ impl Coordinator {
             config,
             next_req: first.max(1),
             requests: BTreeMap::new(),
+            lingering: BTreeSet::new(),
         }
     }
 
-    /// Requests in flight.
+    /// Requests in flight, lingering ones included.
     pub(crate) fn in_flight(&self) -> usize {
         self.requests.len()
+    }
+
+    /// Removes request `req` from the table.
+    fn take(&mut self, req: u64) -> Option<Request> {
+        self.lingering.remove(&req);
+        self.requests.remove(&req)
+    }
+
+    /// Request `req` answered its client and lingers; finishes the oldest lingering request
+    /// when there are too many.
+    fn linger(&mut self, req: u64, fx: &mut Effects<'_>) {
+        self.lingering.insert(req);
+        while self.lingering.len() > self.config.requests_in_flight_max {
+            let Some(oldest) = self.lingering.pop_first() else {
+                break;
+            };
+            if let Some(r) = self.requests.remove(&oldest) {
+                if matches!(r.state, State::Read { .. }) {
+                    finish_read(oldest, r, self.config.read_repair, fx);
+                }
+            }
+        }
     }
 
     /// A client request arrived at this node; `client` is the driver's handle for the answer.
@@ -213,7 +242,7 @@ impl Coordinator {
                     Some(State::Forwarded { to, .. }) if *to == from
                 );
                 if relayed {
-                    if let Some(r) = self.requests.remove(&req) {
+                    if let Some(r) = self.take(req) {
                         answer(r.origin, reply, fx);
                     }
                 }
@@ -245,7 +274,7 @@ impl Coordinator {
                         && targets.iter().any(|t| t.node == from)
                         && matches!(error, ClientError::TypeConflict(_)) =>
                     {
-                        if let Some(r) = self.requests.remove(&req) {
+                        if let Some(r) = self.take(req) {
                             answer(r.origin, ClientReply::Failed(error), fx);
                         }
                     }
@@ -272,7 +301,7 @@ impl Coordinator {
         let Minted { object, outcome } = match result {
             Ok(m) => m,
             Err(e) => {
-                if let Some(r) = self.requests.remove(&req) {
+                if let Some(r) = self.take(req) {
                     answer(r.origin, ClientReply::Failed(e), fx);
                 }
                 return;
@@ -344,7 +373,7 @@ impl Coordinator {
                 0,
                 r.opts.w,
             );
-            if let Some(r) = self.requests.remove(&req) {
+            if let Some(r) = self.take(req) {
                 answer(r.origin, ClientReply::Failed(error), fx);
             }
             return;
@@ -409,7 +438,7 @@ impl Coordinator {
                 "the key holds a {held}, not a {}",
                 op.type_name()
             ));
-            if let Some(r) = self.requests.remove(&req) {
+            if let Some(r) = self.take(req) {
                 answer(r.origin, ClientReply::Failed(error), fx);
             }
             return;
@@ -431,7 +460,7 @@ impl Coordinator {
                 0,
                 r.opts.w,
             );
-            if let Some(r) = self.requests.remove(&req) {
+            if let Some(r) = self.take(req) {
                 answer(r.origin, ClientReply::Failed(error), fx);
             }
         }
@@ -464,7 +493,7 @@ impl Coordinator {
                         let error = ClientError::TypeConflict(format!(
                             "replicas of the key hold different types ({c})"
                         ));
-                        if let Some(r) = self.requests.remove(&req) {
+                        if let Some(r) = self.take(req) {
                             answer(r.origin, ClientReply::Failed(error), fx);
                         }
                         return;
@@ -498,7 +527,7 @@ impl Coordinator {
     }
 
     fn start(&mut self, origin: Origin, request: ClientRequest, fx: &mut Effects<'_>) {
-        if self.requests.len() >= self.config.requests_in_flight_max {
+        if self.requests.len() - self.lingering.len() >= self.config.requests_in_flight_max {
             answer(origin, ClientReply::Failed(ClientError::Overloaded), fx);
             return;
         }
@@ -711,13 +740,17 @@ impl Coordinator {
         }
         acked.insert(from);
         let everyone = targets.iter().all(|t| acked.contains(&t.node));
+        let mut now_answered = false;
         if !*answered && acked.len() >= r.opts.w {
             *answered = true;
+            now_answered = true;
             let (origin, reply) = (r.origin, written(r));
             answer(origin, reply, fx);
         }
         if everyone {
-            self.requests.remove(&req);
+            self.take(req);
+        } else if now_answered {
+            self.linger(req, fx);
         }
     }
 
@@ -777,35 +810,39 @@ impl Coordinator {
             }
         }
         let answers = replies.len();
+        let mut now_answered = false;
         if !*answered && answers >= r.opts.r {
             *answered = true;
+            now_answered = true;
             let reply = read_result(&r.key, merged.as_ref(), answers);
             answer(r.origin, ClientReply::Read(reply), fx);
         }
-        if replies.len() >= targets.len() {
-            if let Some(r) = self.requests.remove(&req) {
-                let (origin, needed, answered) = (
-                    r.origin,
-                    r.opts.r,
-                    matches!(r.state, State::Read { answered: true, .. }),
+        if replies.len() < targets.len() {
+            if now_answered {
+                self.linger(req, fx);
+            }
+        } else if let Some(r) = self.take(req) {
+            let (origin, needed, answered) = (
+                r.origin,
+                r.opts.r,
+                matches!(r.state, State::Read { answered: true, .. }),
+            );
+            finish_read(req, r, self.config.read_repair, fx);
+            if !answered {
+                // Every replica that could answer did, and too few could.
+                let error = unavailable(
+                    &format!("only {answers} replicas could answer; r={needed}"),
+                    false,
+                    answers,
+                    needed,
                 );
-                finish_read(req, r, self.config.read_repair, fx);
-                if !answered {
-                    // Every replica that could answer did, and too few could.
-                    let error = unavailable(
-                        &format!("only {answers} replicas could answer; r={needed}"),
-                        false,
-                        answers,
-                        needed,
-                    );
-                    answer(origin, ClientReply::Failed(error), fx);
-                }
+                answer(origin, ClientReply::Failed(error), fx);
             }
         }
     }
 
     fn on_deadline(&mut self, req: u64, fx: &mut Effects<'_>) {
-        let Some(r) = self.requests.remove(&req) else {
+        let Some(r) = self.take(req) else {
             return;
         };
         match &r.state {

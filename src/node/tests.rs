@@ -790,6 +790,45 @@ fn a_replica_that_does_not_answer_gets_a_hint_kept_by_the_coordinator() {
 }
 
 #[test]
+fn writes_answered_but_waiting_for_a_silent_replica_do_not_count_against_the_cap() {
+    // A cap of 4 requests in flight. n2 is dead but SWIM has not noticed yet: every write is
+    // answered by two replicas and then lingers, waiting for n2 until its deadline. Lingering
+    // writes must not make the node refuse new ones.
+    let mut net = Net::new();
+    for i in 0..3 {
+        let mut c = config(i, 1, if i == 0 { vec![] } else { vec![addr(0)] });
+        c.data.requests_in_flight_max = 4;
+        net.start(c);
+    }
+    net.run_for(Duration::from_secs(10));
+    net.crash(addr(2));
+    for i in 0..12u32 {
+        let key = format!("k{i}");
+        let w = written(net.put(0, key.as_bytes(), b"v", None));
+        assert_eq!(w.acks, 2, "write {i}");
+    }
+    let stats = net.nodes[&addr(0)].data_stats();
+    assert!(
+        stats.requests_in_flight <= 4,
+        "lingering requests are bounded too: {}",
+        stats.requests_in_flight
+    );
+    // Every write is on the two live replicas.
+    for i in 0..12u32 {
+        let key = format!("k{i}");
+        for n in 0..2 {
+            assert!(
+                net.nodes[&addr(n)]
+                    .local_object(key.as_bytes())
+                    .unwrap()
+                    .is_some(),
+                "{key} on n{n}"
+            );
+        }
+    }
+}
+
+#[test]
 fn a_leaving_fallback_passes_its_hints_to_a_node_without_the_write() {
     let mut net = cluster(5);
     let ring = net.nodes[&addr(0)].placement().unwrap().clone();
