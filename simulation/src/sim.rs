@@ -416,6 +416,16 @@ pub fn summary(r: &RunReport) -> String {
         .map(|d| d.type_conflicts)
         .sum();
     let raced = check::crdt::contested(&r.history).len();
+    let (held, dropped): (u64, u64) = r
+        .snapshot
+        .nodes
+        .iter()
+        .filter_map(|n| n.data.as_ref())
+        .fold((0, 0), |(h, d), x| (h + x.keys_held, d + x.keys_dropped));
+    let _ = writeln!(
+        s,
+        "copies: {held} held by running nodes; {dropped} dropped by them since their last start (partitions they no longer own)"
+    );
     let _ = writeln!(
         s,
         "types: {conflicts} states of another type refused by running replicas; {raced} keys created in a race between two types (left out of the CRDT checkers)"

@@ -423,6 +423,13 @@ pub struct DataStats {
     /// Anti-entropy exchanges this node started that are in flight.
     #[serde(default)]
     pub exchanges_in_flight: usize,
+    /// Local copies dropped since start: keys of partitions this node no longer owns, once
+    /// their owners held them.
+    #[serde(default)]
+    pub keys_dropped: u64,
+    /// Keys this node holds (every partition, owned or not yet dropped).
+    #[serde(default)]
+    pub keys_held: u64,
 }
 
 /// One Chorus node's protocol state.
@@ -769,6 +776,8 @@ impl Node {
             waiting_for_durability: self.journal.waiting(),
             type_conflicts: self.replica.type_conflicts(),
             exchanges_in_flight: self.sync.exchanges_in_flight(),
+            keys_dropped: self.replica.keys_dropped(),
+            keys_held: self.sync.keys_held(),
         }
     }
 

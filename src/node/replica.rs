@@ -15,9 +15,12 @@
 //! Dots are minted by an *actor*, a 64-bit id this node draws at random (from the core's seeded
 //! generator) when it starts. A new process is a new actor, so a node that lost unsynced writes
 //! in a crash, or runs on a restored data directory, cannot mint a dot it minted before: its
-//! earlier dots belong to an actor that no longer mints. Within one process the local copy holds
-//! every dot the actor minted for a key (they are staged before anything else sees them, and this
-//! version never deletes a local copy), so counters only move forward.
+//! earlier dots belong to an actor that no longer mints. While an actor mints, the local copy
+//! holds every dot it minted for a key (they are staged before anything else sees them), so
+//! counters only move forward. Local copies are deleted only by [`ReplicaCall::Drop`] (a
+//! partition this node no longer owns, once its owners hold it), and a drop retires the actor:
+//! the replica goes on with a new one, derived from the old by a 64-bit mix, so a key it held
+//! once and holds no more never gets a dot, a counter entry or an add tag the old actor issued.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -147,6 +150,10 @@ pub(crate) enum ReplicaCall {
         op: MintOp,
         context: Option<Context>,
     },
+    /// Delete these local copies (storage keys), each only if its Merkle leaf is still the
+    /// given one: the sync sub-machine drops a partition this node no longer owns, once every
+    /// owner holds it.
+    Drop { keys: Vec<(Vec<u8>, Digest)> },
 }
 
 /// Recently used objects, decoded, so hot keys skip the store and the decoder: two
@@ -178,6 +185,13 @@ impl Cache {
         Some((o, d))
     }
 
+    fn remove(&mut self, k: &[u8]) {
+        if let Some((size, _, _)) = self.young.remove(k) {
+            self.young_bytes -= size;
+        }
+        self.old.remove(k);
+    }
+
     fn put(&mut self, k: Vec<u8>, size: usize, o: Object, d: Digest) {
         if self.half_bytes == 0 {
             return;
@@ -200,7 +214,8 @@ pub(crate) struct Replica {
     store: Box<dyn ReadStore>,
     /// States staged but maybe not yet durable, by storage key, with their journal number. It
     /// holds only what the driver has not yet committed, so it stays small.
-    overlay: BTreeMap<Vec<u8>, (u64, Object, Digest)>,
+    /// `None`: the key's deletion is staged (a dropped copy).
+    overlay: BTreeMap<Vec<u8>, (u64, Option<(Object, Digest)>)>,
     /// Overlay entries in journal order, to prune once durable.
     staged: VecDeque<(u64, Vec<u8>)>,
     /// Who mints this process's dots.
@@ -211,6 +226,8 @@ pub(crate) struct Replica {
     op_log: OpLogPolicy,
     /// States of another type refused by merges (a type conflict while a first write spreads).
     type_conflicts: u64,
+    /// Local copies dropped since start.
+    dropped: u64,
 }
 
 impl Replica {
@@ -229,6 +246,7 @@ impl Replica {
             cache: Cache::new(cache_bytes),
             op_log: OpLogPolicy::default(),
             type_conflicts: 0,
+            dropped: 0,
         }
     }
 
@@ -255,8 +273,8 @@ impl Replica {
     /// The local copy of `key`, staged or stored, without touching the cache (for queries).
     pub(crate) fn peek(&self, key: &[u8]) -> Result<Option<Object>, ClientError> {
         let skey = self.storage_key(key);
-        if let Some((_, o, _)) = self.overlay.get(&skey) {
-            return Ok(Some(o.clone()));
+        if let Some((_, staged)) = self.overlay.get(&skey) {
+            return Ok(staged.as_ref().map(|(o, _)| o.clone()));
         }
         self.read_store(&skey).map(|o| o.map(|(_, o, _)| o))
     }
@@ -268,8 +286,8 @@ impl Replica {
 
     /// The local copy with its Merkle leaf digest.
     fn load_storage_key(&mut self, skey: &[u8]) -> Result<Option<(Object, Digest)>, ClientError> {
-        if let Some((_, o, d)) = self.overlay.get(skey) {
-            return Ok(Some((o.clone(), *d)));
+        if let Some((_, staged)) = self.overlay.get(skey) {
+            return Ok(staged.clone());
         }
         if let Some(found) = self.cache.get(skey) {
             return Ok(Some(found));
@@ -302,7 +320,7 @@ impl Replica {
     fn durable_point(&self, skey: &[u8], fx: &Effects<'_>) -> u64 {
         self.overlay
             .get(skey)
-            .map_or(fx.journal.durable_seq(), |(s, _, _)| *s)
+            .map_or(fx.journal.durable_seq(), |(s, _)| *s)
     }
 
     /// Stages `object` as the new local copy, replacing the one with leaf digest `old`;
@@ -333,11 +351,61 @@ impl Replica {
             skey: skey.clone(),
             seq,
             old,
-            new,
+            new: Some(new),
         });
-        self.overlay.insert(skey.clone(), (seq, object, new));
+        self.overlay
+            .insert(skey.clone(), (seq, Some((object, new))));
         self.staged.push_back((seq, skey));
         Ok(seq)
+    }
+
+    /// Deletes the local copies of `keys` (storage keys) whose Merkle leaf is still the given
+    /// one (a copy that changed since the caller looked stays); returns how many went. Any
+    /// deletion retires the actor (see the module notes).
+    fn drop_copies(&mut self, keys: Vec<(Vec<u8>, Digest)>, fx: &mut Effects<'_>) -> usize {
+        let mut dropped = 0;
+        for (skey, expected) in keys {
+            match self.load_storage_key(&skey) {
+                Ok(Some((_, d))) if d == expected => {}
+                Ok(_) => continue,
+                Err(e) => {
+                    warn!(error = %e, "cannot read a copy to drop; keeping it");
+                    continue;
+                }
+            }
+            let seq = fx.journal.staging_seq();
+            self.cache.remove(&skey);
+            fx.journal.batch().delete(Space::Data, skey.clone());
+            fx.staged.push(Staged {
+                skey: skey.clone(),
+                seq,
+                old: Some(expected),
+                new: None,
+            });
+            self.overlay.insert(skey.clone(), (seq, None));
+            self.staged.push_back((seq, skey));
+            dropped += 1;
+        }
+        if dropped > 0 {
+            self.retire_actor();
+            self.dropped += dropped as u64;
+        }
+        dropped
+    }
+
+    /// Goes on minting with a new actor, derived from the current one (splitmix64's finaliser:
+    /// a bijection, so two actors never derive the same successor).
+    fn retire_actor(&mut self) {
+        let mut z = self.actor.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        self.actor = NodeId::new(z.max(1));
+    }
+
+    /// Local copies dropped since start.
+    pub(crate) fn keys_dropped(&self) -> u64 {
+        self.dropped
     }
 
     /// Merges `incoming` into the local copy of `key`; returns the journal number the result is
@@ -406,6 +474,18 @@ impl Replica {
             },
             ReplicaMessage::Read { req, key } => {
                 let reply = match self.load(&key) {
+                    // A node that does not replicate the key (a coordinator with an older view
+                    // of the ring asked, and this node dropped the partition, or never held
+                    // it) must not answer "absent": that would count for the read quorum.
+                    Ok(None) if !fx.topo.replicates(fx.topo.partition(&key)) => {
+                        let error = ClientError::Unavailable {
+                            message: "this node does not replicate the key".into(),
+                            indeterminate: false,
+                            acks: 0,
+                            needed: 1,
+                        };
+                        CoordinatorMessage::Refused { req, error }
+                    }
                     Ok(object) => CoordinatorMessage::ReadReply { req, object },
                     Err(error) => CoordinatorMessage::Refused { req, error },
                 };
@@ -464,6 +544,11 @@ impl Replica {
                     req,
                     result: result.map(|(m, _)| m),
                 });
+            }
+            ReplicaCall::Drop { keys } => {
+                let asked = keys.len();
+                let dropped = self.drop_copies(keys, fx);
+                tracing::debug!(asked, dropped, "dropped copies no longer owned");
             }
         }
     }
@@ -546,7 +631,7 @@ impl Replica {
             let Some((s, skey)) = self.staged.pop_front() else {
                 break;
             };
-            if self.overlay.get(&skey).is_some_and(|(cur, _, _)| *cur == s) {
+            if self.overlay.get(&skey).is_some_and(|(cur, _)| *cur == s) {
                 self.overlay.remove(&skey);
             }
         }
@@ -562,7 +647,7 @@ impl Replica {
     pub(crate) fn staged_keys(&self) -> Vec<(Vec<u8>, u64)> {
         self.overlay
             .iter()
-            .map(|(k, (seq, _, _))| (k.clone(), *seq))
+            .map(|(k, (seq, _))| (k.clone(), *seq))
             .collect()
     }
 }
@@ -582,6 +667,6 @@ pub(crate) struct Staged {
     pub(crate) seq: u64,
     /// The leaf before (`None`: the key was absent).
     pub(crate) old: Option<Digest>,
-    /// The leaf after.
-    pub(crate) new: Digest,
+    /// The leaf after (`None`: the copy was dropped).
+    pub(crate) new: Option<Digest>,
 }

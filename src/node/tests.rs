@@ -828,6 +828,84 @@ fn writes_answered_but_waiting_for_a_silent_replica_do_not_count_against_the_cap
     }
 }
 
+/// Which of nodes `0..n` hold a local copy of `key`, against which replicate it.
+fn holders_and_owners(net: &Net, n: u64, key: &[u8]) -> (BTreeSet<u64>, BTreeSet<u64>) {
+    let ring = net.nodes[&addr(0)].placement().unwrap().clone();
+    let owners = ring
+        .preference_list(ring.partition_of(key), 3)
+        .iter()
+        .map(|id| id.get() - 100)
+        .collect();
+    let holders = (0..n)
+        .filter(|&i| {
+            net.nodes
+                .get(&addr(i))
+                .is_some_and(|node| node.local_object(key).unwrap().is_some())
+        })
+        .collect();
+    (holders, owners)
+}
+
+#[test]
+fn after_a_join_old_owners_drop_what_they_no_longer_own_and_a_leave_brings_it_back() {
+    let mut net = cluster(3);
+    let keys: Vec<String> = (0..300).map(|i| format!("user:{i}")).collect();
+    for (i, k) in keys.iter().enumerate() {
+        written(net.put(i as u64 % 3, k.as_bytes(), k.as_bytes(), None));
+    }
+    let actor_before = net.nodes[&addr(0)].actor();
+    net.start(config(3, 1, vec![addr(0)]));
+    net.run_for(Duration::from_secs(60));
+    assert_eq!(
+        member_of(&net.view(0), 3).map(|m| m.status),
+        Some(RingStatus::Member)
+    );
+    let mut dropped = 0;
+    for k in &keys {
+        let (holders, owners) = holders_and_owners(&net, 4, k.as_bytes());
+        assert_eq!(holders, owners, "{k}: held by exactly its replicas");
+        // Every old node held every key (3 nodes, N = 3).
+        dropped += (0..3).filter(|i| !owners.contains(i)).count() as u64;
+    }
+    let stats: u64 = (0..3)
+        .map(|i| net.nodes[&addr(i)].data_stats().keys_dropped)
+        .sum();
+    assert_eq!(stats, dropped, "each old owner dropped what it lost");
+    assert!(stats > 0);
+    // Dropping retired the actor, so a key dropped and written again gets fresh dots.
+    assert_ne!(net.nodes[&addr(0)].actor(), actor_before);
+    for (i, k) in keys.iter().enumerate() {
+        let r = net.get(i as u64 % 4, k.as_bytes(), 3);
+        assert_eq!(r.values, vec![k.as_bytes().to_vec()], "{k}");
+    }
+    // Writes go on after the drop, with contexts from before it.
+    for k in keys.iter().take(30) {
+        let ctx = net.get(0, k.as_bytes(), 2).context;
+        let w = written(net.put(0, k.as_bytes(), b"again", ctx));
+        assert_eq!(w.values, vec![b"again".to_vec()], "{k}");
+    }
+    // n3 leaves: the others own everything again, with every write.
+    let node = net.nodes.get_mut(&addr(3)).unwrap();
+    node.leave(net.now);
+    net.drain(addr(3));
+    net.run_for(Duration::from_secs(60));
+    assert!(net.left.contains(&addr(3)));
+    for (i, k) in keys.iter().enumerate() {
+        let (holders, owners) = holders_and_owners(&net, 3, k.as_bytes());
+        assert_eq!(owners, BTreeSet::from([0, 1, 2]));
+        assert_eq!(holders, owners, "{k}");
+        let want: &[u8] = if i < 30 { b"again" } else { k.as_bytes() };
+        for n in 0..3 {
+            let local = net.nodes[&addr(n)]
+                .local_object(k.as_bytes())
+                .unwrap()
+                .unwrap();
+            let values: Vec<&[u8]> = local.as_register().unwrap().values().collect();
+            assert_eq!(values, vec![want], "{k} on n{n}");
+        }
+    }
+}
+
 #[test]
 fn a_leaving_fallback_passes_its_hints_to_a_node_without_the_write() {
     let mut net = cluster(5);

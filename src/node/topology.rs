@@ -97,6 +97,16 @@ impl Topology {
             .unwrap_or_default()
     }
 
+    /// Whether this node replicates `p` now, will once pending leaves complete, or will once
+    /// its join completes.
+    pub(crate) fn replicates(&self, p: PartitionId) -> bool {
+        let holds = |r: &Option<Ring>| {
+            r.as_ref()
+                .is_some_and(|r| r.preference_list(p, self.n).contains(&self.me))
+        };
+        holds(&self.ring) || holds(&self.future) || holds(&self.with_me)
+    }
+
     /// The owners of the current placement, sorted (empty without one).
     pub(crate) fn owners(&self) -> Vec<NodeId> {
         self.ring

@@ -18,8 +18,17 @@
 //! replicas) are brought together by Merkle-tree anti-entropy ([`exchange`]), which sends only
 //! the keys that differ. The sub-machine keeps one incremental Merkle tree per partition the
 //! node holds keys of ([`crate::merkle`]), rebuilt by a scan of the store at start and updated
-//! with every state the replica stages. It never deletes a local copy (see the replica's note
-//! on dots).
+//! with every state the replica stages.
+//!
+//! # Dropping what this node no longer owns
+//!
+//! A partition this node neither replicates now nor will once pending changes complete is
+//! dropped from its store, a page at a time ([`ReplicaCall::Drop`]), once every future owner
+//! holds this node's copy (the handoff record names them all), no push of it is pending and
+//! nothing staged since is unsent (*dirty*). Anything written here later (a coordinator with an
+//! older view of the ring) makes it dirty again: it is pushed, then dropped again. The replica
+//! deletes a copy only if it is unchanged since the page was read, and retires its dot-minting
+//! actor when it does (see the replica's note on dots).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -33,8 +42,8 @@ pub(crate) use exchange::AeConfig;
 pub use exchange::{AeMessage, PartitionInfo, RepairProgress};
 
 use super::object::{Object, BATCH_BYTES_MAX};
-use super::replica::{leaf_of, MergeEntry, MergeReply, ReplicaMessage, Staged};
-use super::Effects;
+use super::replica::{leaf_of, MergeEntry, MergeReply, ReplicaCall, ReplicaMessage, Staged};
+use super::{Call, Effects};
 use crate::id::NodeId;
 use crate::merkle::Tree;
 use crate::ring::PartitionId;
@@ -48,6 +57,9 @@ const PUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Pages in flight at once, over all partitions and owners.
 const PUSHES_IN_FLIGHT_MAX: usize = 4;
+
+/// Most local copies dropped per tick, over all partitions.
+const DROP_KEYS_PER_TICK: usize = 4096;
 
 /// Messages to a node's sync sub-machine.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -172,6 +184,11 @@ impl Sync {
             .map(|(p, t)| (*p, t.root()))
             .filter(|(_, r)| *r != crate::merkle::Digest::ZERO)
             .collect()
+    }
+
+    /// Keys this node holds, over every partition.
+    pub(crate) fn keys_held(&self) -> u64 {
+        self.trees.values().map(Tree::keys).sum()
     }
 
     /// Starts a repair of one partition or all; returns its id.
@@ -361,6 +378,7 @@ impl Sync {
         match timer {
             SyncTimer::Tick => {
                 self.progress(fx);
+                self.drop_unowned(fx);
                 self.ae.tick(&mut self.trees, &*self.store, fx);
                 fx.set_timer(self.interval, SyncTimer::Tick);
             }
@@ -383,7 +401,15 @@ impl Sync {
             let Some((p, key)) = split_data_key(&skey) else {
                 continue;
             };
-            self.trees.entry(p).or_default().update(key, old, Some(new));
+            let tree = self.trees.entry(p).or_default();
+            tree.update(key, old, new);
+            if new.is_none() {
+                // A copy dropped (see `drop_unowned`): nothing to hand over.
+                if tree.keys() == 0 {
+                    self.trees.remove(&p);
+                }
+                continue;
+            }
             newly_dirty |= self.record.dirty.insert(p);
             for ((tp, _), task) in self
                 .tasks
@@ -410,6 +436,64 @@ impl Sync {
         }
         if newly_dirty {
             self.persist(fx);
+        }
+    }
+
+    /// Asks the replica to drop a page of every partition this node holds keys of but neither
+    /// replicates nor will, once all of its future owners hold this node's copy (see the module
+    /// notes).
+    fn drop_unowned(&mut self, fx: &mut Effects<'_>) {
+        if fx.topo.joining
+            || fx.topo.left
+            || fx.topo.future.is_none()
+            || self.seen_version != Some(fx.topo.placement_version)
+        {
+            return;
+        }
+        let mut keys = Vec::new();
+        let mut partitions = 0;
+        let candidates: Vec<PartitionId> = self.trees.keys().copied().collect();
+        for p in candidates {
+            if keys.len() >= DROP_KEYS_PER_TICK {
+                break;
+            }
+            if fx.topo.replicates(p)
+                || self.record.dirty.contains(&p)
+                || self.tasks.keys().any(|(tp, _)| *tp == p)
+                || self.in_flight.values().any(|push| push.p == p)
+            {
+                continue;
+            }
+            let owners = fx.topo.future_owners(p);
+            let known = self.record.known.get(&p);
+            if owners.is_empty() || !owners.iter().all(|o| known.is_some_and(|k| k.contains(o))) {
+                continue;
+            }
+            let (from, to) = partition_range(p);
+            let page =
+                match self
+                    .store
+                    .scan(Space::Data, &from, &to, DROP_KEYS_PER_TICK - keys.len())
+                {
+                    Ok(page) => page,
+                    Err(e) => {
+                        warn!(error = %e, partition = %p, "cannot scan a partition to drop");
+                        continue;
+                    }
+                };
+            partitions += 1;
+            keys.extend(page.into_iter().map(|(k, v)| {
+                let leaf = leaf_of(&k, &v);
+                (k, leaf)
+            }));
+        }
+        if !keys.is_empty() {
+            debug!(
+                keys = keys.len(),
+                partitions, "dropping copies of partitions this node no longer owns"
+            );
+            fx.calls
+                .push_back(Call::Replica(ReplicaCall::Drop { keys }));
         }
     }
 
