@@ -359,14 +359,15 @@ impl Coordinator {
             .filter(|&n| n != fx.me && fx.topo.is_alive(n))
             .collect();
         // The key's type is what its replicas hold: learn it from a majority of them (this node
-        // counting when it is one), or apply nothing.
+        // counting when it is one with a complete copy), or apply nothing.
         let majority = primaries.len() / 2 + 1;
-        let need = majority.saturating_sub(usize::from(primaries.contains(&fx.me)));
+        let me = usize::from(primaries.contains(&fx.me) && fx.topo.complete);
+        let need = majority.saturating_sub(me);
         if asked.len() < need {
             let error = unavailable(
                 &format!(
                     "the key has no copy here and only {} of its {} replicas are reachable to say what it holds; nothing was applied",
-                    asked.len() + usize::from(primaries.contains(&fx.me)),
+                    asked.len() + me,
                     primaries.len()
                 ),
                 false,

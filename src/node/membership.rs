@@ -581,6 +581,9 @@ impl Membership {
             addrs,
             placement_version: self.placement_version,
             leaving: self.own_entry().status >= RingStatus::Leaving,
+            member: self.own_entry().status == RingStatus::Member,
+            // The router fills it in from the sync sub-machine.
+            complete: false,
             left: self.own_entry().status == RingStatus::Left,
         }
     }

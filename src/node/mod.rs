@@ -718,7 +718,9 @@ impl Node {
         self.topo_version = Some(v);
         self.topo = self.membership.topology(self.replicas);
         let staged = self.replica.staged_keys();
+        self.topo.complete = self.sync.complete();
         self.sync.topology_changed(&staged, &mut fx!(self, now));
+        self.topo.complete = self.sync.complete();
         self.hints.deliver(&mut fx!(self, now));
         true
     }

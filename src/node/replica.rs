@@ -476,8 +476,12 @@ impl Replica {
                 let reply = match self.load(&key) {
                     // A node that does not replicate the key (a coordinator with an older view
                     // of the ring asked, and this node dropped the partition, or never held
-                    // it) must not answer "absent": that would count for the read quorum.
-                    Ok(None) if !fx.topo.replicates(fx.topo.partition(&key)) => {
+                    // it), or whose copy is not complete (asked to leave while it was still
+                    // pulling its partitions), must not answer "absent": that would count for
+                    // the read quorum.
+                    Ok(None)
+                        if !fx.topo.complete || !fx.topo.replicates(fx.topo.partition(&key)) =>
+                    {
                         let error = ClientError::Unavailable {
                             message: "this node does not replicate the key".into(),
                             indeterminate: false,

@@ -36,6 +36,12 @@ pub(crate) struct Topology {
     pub(crate) left: bool,
     /// This node is joining: it owns nothing yet, and pulls the partitions it will own.
     pub(crate) joining: bool,
+    /// This node is a member (neither joining nor leaving).
+    pub(crate) member: bool,
+    /// This node's copy of its partitions is complete: it was a member at some point with this
+    /// data (a node asked to leave while still joining never was, so an absent key there
+    /// proves nothing). Set by the router from the sync sub-machine's persisted record.
+    pub(crate) complete: bool,
     /// The placement once this joining node is a member (`None` unless joining and caught up
     /// with the ring).
     pub(crate) with_me: Option<Ring>,
@@ -55,6 +61,8 @@ impl Default for Topology {
             leaving: false,
             left: false,
             joining: false,
+            member: false,
+            complete: false,
             with_me: None,
         }
     }
@@ -98,7 +106,7 @@ impl Topology {
     }
 
     /// Whether this node replicates `p` now, will once pending leaves complete, or will once
-    /// its join completes.
+    /// its join completes (whether its copy is complete yet or not: see `complete`).
     pub(crate) fn replicates(&self, p: PartitionId) -> bool {
         let holds = |r: &Option<Ring>| {
             r.as_ref()

@@ -116,6 +116,9 @@ struct Record {
     known: BTreeMap<PartitionId, BTreeSet<NodeId>>,
     /// Partitions whose local copy changed since it was last pushed to every owner.
     dirty: BTreeSet<PartitionId>,
+    /// This node was a member with this data: its copy of the partitions it owns is complete.
+    #[serde(default)]
+    complete: bool,
 }
 
 /// The sync sub-machine.
@@ -186,6 +189,11 @@ impl Sync {
             .collect()
     }
 
+    /// Whether this node was a member with its data (the topology's `complete`).
+    pub(crate) fn complete(&self) -> bool {
+        self.record.complete
+    }
+
     /// Keys this node holds, over every partition.
     pub(crate) fn keys_held(&self) -> u64 {
         self.trees.values().map(Tree::keys).sum()
@@ -231,6 +239,10 @@ impl Sync {
     /// The placement may have changed: plan the pushes it calls for. `staged` are the storage
     /// keys with a state staged but maybe not yet in the store, with its journal number.
     pub(crate) fn topology_changed(&mut self, staged: &[(Vec<u8>, u64)], fx: &mut Effects<'_>) {
+        if fx.topo.member && !self.record.complete {
+            self.record.complete = true;
+            self.persist(fx);
+        }
         if fx.topo.left && !self.tasks.is_empty() {
             // Left (or removed): nothing more goes out from here (see below).
             self.tasks.clear();
