@@ -209,13 +209,16 @@ impl Cache {
     }
 }
 
+/// A local copy with its Merkle leaf digest.
+type Held = (Object, Digest);
+
 /// The replica sub-machine.
 pub(crate) struct Replica {
     store: Box<dyn ReadStore>,
     /// States staged but maybe not yet durable, by storage key, with their journal number. It
     /// holds only what the driver has not yet committed, so it stays small.
     /// `None`: the key's deletion is staged (a dropped copy).
-    overlay: BTreeMap<Vec<u8>, (u64, Option<(Object, Digest)>)>,
+    overlay: BTreeMap<Vec<u8>, (u64, Option<Held>)>,
     /// Overlay entries in journal order, to prune once durable.
     staged: VecDeque<(u64, Vec<u8>)>,
     /// Who mints this process's dots.
