@@ -61,6 +61,12 @@ const PUSHES_IN_FLIGHT_MAX: usize = 4;
 /// Most local copies dropped per tick, over all partitions.
 const DROP_KEYS_PER_TICK: usize = 4096;
 
+/// How long a placement must have stood before this node drops copies it no longer owns.
+/// Coordinators whose view of the ring is older still send reads here; gossip brings a
+/// healthy cluster to the new ring well within this, so in the common case those reads are
+/// still answered from the copy rather than refused.
+const DROP_GRACE: Duration = Duration::from_secs(20);
+
 /// Messages to a node's sync sub-machine.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SyncMessage {
@@ -134,6 +140,8 @@ pub(crate) struct Sync {
     next_batch: u64,
     /// The placement version the tasks were computed for.
     seen_version: Option<u64>,
+    /// The current placement version and when this node first saw it.
+    placement_since: Option<(u64, Duration)>,
     /// A Merkle tree per partition this node holds keys of (rebuilt from the store at start,
     /// then updated with every staged state).
     trees: BTreeMap<PartitionId, Tree>,
@@ -170,6 +178,7 @@ impl Sync {
             // Random per process, like the hints' delivery numbers.
             next_batch: first_batch,
             seen_version: None,
+            placement_since: None,
             trees,
             ae: exchange::AntiEntropy::new(ae, first_batch.rotate_left(32)),
         })
@@ -239,6 +248,9 @@ impl Sync {
     /// The placement may have changed: plan the pushes it calls for. `staged` are the storage
     /// keys with a state staged but maybe not yet in the store, with its journal number.
     pub(crate) fn topology_changed(&mut self, staged: &[(Vec<u8>, u64)], fx: &mut Effects<'_>) {
+        if self.placement_since.map(|(v, _)| v) != Some(fx.topo.placement_version) {
+            self.placement_since = Some((fx.topo.placement_version, fx.now));
+        }
         if fx.topo.member && !self.record.complete {
             self.record.complete = true;
             self.persist(fx);
@@ -459,6 +471,9 @@ impl Sync {
             || fx.topo.left
             || fx.topo.future.is_none()
             || self.seen_version != Some(fx.topo.placement_version)
+            || self
+                .placement_since
+                .is_none_or(|(v, at)| v != fx.topo.placement_version || fx.now < at + DROP_GRACE)
         {
             return;
         }
