@@ -32,8 +32,8 @@ use std::time::Duration;
 
 use chorus::membership::{NodeInfo, RingStatus};
 use chorus::node::{
-    ClientError, ClientReply, ClientRequest, ClusterView, Node, NodeConfig, NodeError, Output,
-    Persisted, RemoveError, Timer,
+    ClientError, ClientReply, ClientRequest, ClusterView, Node, NodeConfig, NodeError, Object,
+    Output, Persisted, RemoveError, Timer,
 };
 use chorus::NodeId;
 
@@ -324,6 +324,8 @@ pub struct Cluster {
     stats: Stats,
     observations: Vec<Observation>,
     next_client: u64,
+    /// Keys an operator's removal lost something of, with the time of the last such removal.
+    lost: BTreeMap<Vec<u8>, Duration>,
 }
 
 impl Cluster {
@@ -343,6 +345,7 @@ impl Cluster {
             stats: Stats::default(),
             observations: Vec::new(),
             next_client: 0,
+            lost: BTreeMap::new(),
         }
     }
 
@@ -753,6 +756,7 @@ impl Cluster {
         };
         result.map_err(|source| ControlError::Remove { via, node, source })?;
         self.slots[node].removed = true;
+        self.note_losses(node);
         self.trace.text(
             now,
             Kind::Process,
@@ -762,6 +766,48 @@ impl Cluster {
         );
         self.drain(via);
         Ok(())
+    }
+
+    /// The machine `node` is gone for good: every key whose copy on its disk holds something
+    /// that no machine still in the cluster holds (in its data or in a hint) lost that
+    /// something with it. Recorded so the checkers excuse what was acknowledged before; data
+    /// moves between machines (handoff, drops by old owners), so who acknowledged a write says
+    /// nothing about who holds it now.
+    fn note_losses(&mut self, node: usize) {
+        let gone = self.slots[node].disk.holdings();
+        if gone.is_empty() {
+            return;
+        }
+        let mut kept: BTreeMap<Vec<u8>, Object> = BTreeMap::new();
+        for s in self
+            .slots
+            .iter()
+            .filter(|s| !s.removed && !matches!(s.process, Process::Left | Process::NotStarted))
+        {
+            for (key, object) in s.disk.holdings() {
+                if !gone.contains_key(&key) {
+                    continue;
+                }
+                match kept.get_mut(&key) {
+                    Some(k) => {
+                        let _ = k.merge(&object);
+                    }
+                    None => {
+                        kept.insert(key, object);
+                    }
+                }
+            }
+        }
+        let now = self.now;
+        for (key, object) in gone {
+            let covered = kept.get(&key).is_some_and(|k| {
+                let mut with = k.clone();
+                with.merge(&object).is_ok() && with == *k
+            });
+            if !covered {
+                self.lost.insert(key, now);
+            }
+        }
     }
 
     /// Asks a running node to leave the cluster (the admin `leave` request). From now on the
@@ -929,6 +975,7 @@ impl Cluster {
         ClusterSnapshot {
             at: self.now,
             nodes,
+            lost: self.lost.clone(),
         }
     }
 

@@ -112,6 +112,31 @@ impl Disk {
             .collect()
     }
 
+    /// What this disk holds of each user key: its data object merged with the states of the
+    /// hints it keeps for other nodes (for judging what an operator's removal loses).
+    pub fn holdings(&self) -> BTreeMap<Vec<u8>, Object> {
+        let mut out: BTreeMap<Vec<u8>, Object> = self.objects().into_iter().collect();
+        let hints = self
+            .store
+            .scan(Space::Hints, &[], &[], usize::MAX)
+            .unwrap_or_default();
+        for (_, v) in hints {
+            let Some((key, object)) = chorus::node::hints::stored_hint_object(&v) else {
+                continue;
+            };
+            match out.get_mut(&key) {
+                // A state of another type: the node keeps both apart; the data copy stands.
+                Some(held) => {
+                    let _ = held.merge(&object);
+                }
+                None => {
+                    out.insert(key, object);
+                }
+            }
+        }
+        out
+    }
+
     /// The Merkle root of each non-empty partition, computed from the stored bytes.
     pub fn merkle_roots(&self) -> BTreeMap<PartitionId, Digest> {
         let entries = self

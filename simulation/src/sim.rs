@@ -415,7 +415,7 @@ pub fn summary(r: &RunReport) -> String {
         .filter_map(|n| n.data.as_ref())
         .map(|d| d.type_conflicts)
         .sum();
-    let raced = check::crdt::contested(&r.history).len();
+    let raced = check::crdt::contested(&r.history, &r.snapshot.lost).len();
     let (held, dropped): (u64, u64) = r
         .snapshot
         .nodes
@@ -424,7 +424,8 @@ pub fn summary(r: &RunReport) -> String {
         .fold((0, 0), |(h, d), x| (h + x.keys_held, d + x.keys_dropped));
     let _ = writeln!(
         s,
-        "copies: {held} held by running nodes; {dropped} dropped by them since their last start (partitions they no longer own)"
+        "copies: {held} held by running nodes; {dropped} dropped by them since their last start (partitions they no longer own); {} keys lost something with machines removed for good",
+        r.snapshot.lost.len()
     );
     let _ = writeln!(
         s,

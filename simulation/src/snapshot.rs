@@ -92,6 +92,10 @@ pub struct ClusterSnapshot {
     pub at: Duration,
     /// Every slot, in slot order.
     pub nodes: Vec<NodeSnapshot>,
+    /// Keys of which an operator's removal of a machine lost something no remaining machine
+    /// held, with the time of the last such removal: what was acknowledged of them before may
+    /// be gone, and a CRDT key may have been created anew, of any type.
+    pub lost: BTreeMap<Vec<u8>, Duration>,
 }
 
 impl ClusterSnapshot {

@@ -434,9 +434,7 @@ impl Hints {
         else {
             return Ok(None);
         };
-        let h: StoredHint =
-            protocol::decode_with_limit(&bytes, super::object::OBJECT_BYTES_MAX + 4096)
-                .map_err(|e| e.to_string())?;
+        let h = decode_stored(&bytes)?;
         Ok(Some(Loaded {
             size: bytes.len(),
             entry: MergeEntry {
@@ -446,4 +444,15 @@ impl Hints {
             holders: h.holders,
         }))
     }
+}
+
+fn decode_stored(bytes: &[u8]) -> Result<StoredHint, String> {
+    protocol::decode_with_limit(bytes, super::object::OBJECT_BYTES_MAX + 4096)
+        .map_err(|e| e.to_string())
+}
+
+/// The key and state a stored hint carries (for tools that inspect a node's disk, such as the
+/// simulator's checkers); `None` if the bytes are not a hint.
+pub fn stored_hint_object(bytes: &[u8]) -> Option<(Vec<u8>, Object)> {
+    decode_stored(bytes).ok().map(|h| (h.key, h.object))
 }

@@ -21,6 +21,7 @@
 //!   the observers list) holds the same state.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use chorus::membership::RingStatus;
 use chorus::node::{CrdtOp, CrdtValue, Object};
@@ -61,20 +62,43 @@ fn lost_nodes(input: &CheckInput<'_>) -> BTreeSet<NodeId> {
         .collect()
 }
 
+/// Keys of which an operator's removal lost something, with when (see
+/// [`crate::snapshot::ClusterSnapshot::lost`]).
+pub type LostKeys = BTreeMap<Vec<u8>, Duration>;
+
+/// Whether the record `r` belongs to its key's current life: it started after the last
+/// removal that lost something of the key. What came before may be gone, and the key may
+/// have been created anew, of another type.
+fn current(history: &History, lost_keys: &LostKeys, r: &CrdtRecord) -> bool {
+    let Some(at) = lost_keys.get(r.key.as_bytes()) else {
+        return true;
+    };
+    history.get(r.op).is_some_and(|o| o.start > *at)
+}
+
 /// The operation ids of `key` with their update, fate and (for acknowledged ones) notes. An
-/// id whose every acknowledgement came from nodes in `lost` counts as maybe applied.
+/// id whose every acknowledgement came from nodes in `lost`, or that completed before a
+/// removal lost something of the key (`lost_keys`), counts as maybe applied.
 fn updates_of<'a>(
     history: &'a History,
     key: &str,
     lost: &BTreeSet<NodeId>,
+    lost_keys: &LostKeys,
 ) -> BTreeMap<&'a str, (&'a CrdtOp, Fate, Vec<String>)> {
+    let lost_at = lost_keys.get(key.as_bytes()).copied();
     let mut out: BTreeMap<&str, (&CrdtOp, Fate, Vec<String>)> = BTreeMap::new();
     let mut ackers: BTreeMap<&str, BTreeSet<NodeId>> = BTreeMap::new();
     for r in history.crdt().iter().filter(|r| r.key == key) {
         let Some((op, op_id)) = &r.update else {
             continue;
         };
-        let fate = match history.get(r.op).and_then(|o| o.outcome.as_ref()) {
+        let op_rec = history.get(r.op);
+        let fate = match op_rec.and_then(|o| o.outcome.as_ref()) {
+            Some(Outcome::Ok)
+                if lost_at.is_some_and(|at| op_rec.and_then(|o| o.end).is_none_or(|e| e <= at)) =>
+            {
+                Fate::Maybe
+            }
             Some(Outcome::Ok) => Fate::Acked,
             Some(Outcome::Failed(_)) => Fate::Never,
             Some(Outcome::Indeterminate(_)) | None => Fate::Maybe,
@@ -132,9 +156,13 @@ fn final_value<'a>(
 }
 
 /// The type of each key: that of its first acknowledged update.
-fn key_types(history: &History) -> BTreeMap<&str, &'static str> {
+fn key_types<'a>(history: &'a History, lost_keys: &LostKeys) -> BTreeMap<&'a str, &'static str> {
     let mut types = BTreeMap::new();
-    for r in history.crdt() {
+    for r in history
+        .crdt()
+        .iter()
+        .filter(|r| current(history, lost_keys, r))
+    {
         let Some((op, _)) = &r.update else { continue };
         if matches!(
             history.get(r.op).and_then(|o| o.outcome.as_ref()),
@@ -151,10 +179,14 @@ fn key_types(history: &History) -> BTreeMap<&str, &'static str> {
 /// created the key with their own type. Replicas then keep their own type and report the
 /// conflict (DESIGN.md §3); the checkers leave such keys out rather than judge a value whose
 /// type depends on the replica.
-pub fn contested(history: &History) -> BTreeSet<String> {
-    let types = key_types(history);
+pub fn contested(history: &History, lost_keys: &LostKeys) -> BTreeSet<String> {
+    let types = key_types(history, lost_keys);
     let mut established: BTreeMap<&str, std::time::Duration> = BTreeMap::new();
-    for r in history.crdt() {
+    for r in history
+        .crdt()
+        .iter()
+        .filter(|r| current(history, lost_keys, r))
+    {
         let (Some((op, _)), Some(o)) = (&r.update, history.get(r.op)) else {
             continue;
         };
@@ -170,6 +202,7 @@ pub fn contested(history: &History) -> BTreeSet<String> {
     history
         .crdt()
         .iter()
+        .filter(|r| current(history, lost_keys, r))
         .filter(|r| {
             let (Some((op, _)), Some(o)) = (&r.update, history.get(r.op)) else {
                 return false;
@@ -186,9 +219,9 @@ pub fn contested(history: &History) -> BTreeSet<String> {
 }
 
 /// Keys whose type (see [`key_types`]) is `type_name`, contested ones left out.
-fn keys_of(history: &History, type_name: &str) -> BTreeSet<String> {
-    let contested = contested(history);
-    key_types(history)
+fn keys_of(history: &History, lost_keys: &LostKeys, type_name: &str) -> BTreeSet<String> {
+    let contested = contested(history, lost_keys);
+    key_types(history, lost_keys)
         .into_iter()
         .filter(|&(k, t)| t == type_name && !contested.contains(k))
         .map(|(k, _)| k.to_owned())
@@ -233,13 +266,14 @@ impl Checker for TypeKept {
     }
 
     fn check(&self, input: &CheckInput<'_>, out: &mut Vec<Violation>) {
-        let types = key_types(input.history);
-        let contested = contested(input.history);
+        let lost_keys = &input.snapshot.lost;
+        let types = key_types(input.history, lost_keys);
+        let contested = contested(input.history, lost_keys);
         for r in input
             .history
             .crdt()
             .iter()
-            .filter(|r| !contested.contains(&r.key))
+            .filter(|r| !contested.contains(&r.key) && current(input.history, lost_keys, r))
         {
             let Some((op, op_id)) = &r.update else {
                 continue;
@@ -295,11 +329,12 @@ impl Checker for CounterBounds {
             return;
         }
         let lost = lost_nodes(input);
-        let mut keys = keys_of(input.history, "gcounter");
-        keys.extend(keys_of(input.history, "pncounter"));
+        let lost_keys = &input.snapshot.lost;
+        let mut keys = keys_of(input.history, lost_keys, "gcounter");
+        keys.extend(keys_of(input.history, lost_keys, "pncounter"));
         for key in keys {
             let (mut acked, mut up, mut down) = (0i128, 0i128, 0i128);
-            for (op, fate, _) in updates_of(input.history, &key, &lost).values() {
+            for (op, fate, _) in updates_of(input.history, &key, &lost, lost_keys).values() {
                 let amount = match op {
                     CrdtOp::GCounter { increment } => i128::from(*increment),
                     CrdtOp::PNCounter { increment } => i128::from(*increment),
@@ -359,9 +394,14 @@ fn elements(value: Option<&CrdtValue>) -> Result<BTreeSet<&str>, String> {
 /// effective remove, any remove that may have been applied).
 type ElementFates = BTreeMap<String, (bool, bool, bool, bool)>;
 
-fn element_fates(history: &History, key: &str, lost: &BTreeSet<NodeId>) -> ElementFates {
+fn element_fates(
+    history: &History,
+    key: &str,
+    lost: &BTreeSet<NodeId>,
+    lost_keys: &LostKeys,
+) -> ElementFates {
     let mut f: ElementFates = BTreeMap::new();
-    for (op, fate, notes) in updates_of(history, key, lost).values() {
+    for (op, fate, notes) in updates_of(history, key, lost, lost_keys).values() {
         let (add, remove) = match op {
             // (An update of another type was refused, or is the type checker's concern.)
             CrdtOp::TwoPSet { add, remove } | CrdtOp::ORSet { add, remove, .. } => (add, remove),
@@ -399,7 +439,7 @@ impl Checker for TwoPSetRemovals {
         if input.healed_at.is_none() {
             return;
         }
-        for key in keys_of(input.history, "2pset") {
+        for key in keys_of(input.history, &input.snapshot.lost, "2pset") {
             let Some((_, value)) = final_value(input.history, &key) else {
                 out.push(violation(
                     self.name(),
@@ -415,7 +455,12 @@ impl Checker for TwoPSetRemovals {
                     continue;
                 }
             };
-            let fates = element_fates(input.history, &key, &lost_nodes(input));
+            let fates = element_fates(
+                input.history,
+                &key,
+                &lost_nodes(input),
+                &input.snapshot.lost,
+            );
             for e in &held {
                 match fates.get(*e) {
                     None | Some((_, false, _, _)) => out.push(violation(
@@ -457,7 +502,7 @@ impl Checker for ORSetBounds {
         if input.healed_at.is_none() {
             return;
         }
-        for key in keys_of(input.history, "orset") {
+        for key in keys_of(input.history, &input.snapshot.lost, "orset") {
             let Some((_, value)) = final_value(input.history, &key) else {
                 out.push(violation(
                     self.name(),
@@ -473,7 +518,12 @@ impl Checker for ORSetBounds {
                     continue;
                 }
             };
-            let fates = element_fates(input.history, &key, &lost_nodes(input));
+            let fates = element_fates(
+                input.history,
+                &key,
+                &lost_nodes(input),
+                &input.snapshot.lost,
+            );
             for e in &held {
                 if !fates.get(*e).is_some_and(|f| f.1) {
                     out.push(violation(
@@ -512,7 +562,7 @@ impl Checker for CrdtConvergence {
         let Some((ring, view)) = observed_ring(input) else {
             return;
         };
-        let contested = contested(input.history);
+        let contested = contested(input.history, &input.snapshot.lost);
         let mut keys: BTreeSet<&[u8]> = BTreeSet::new();
         for n in &input.snapshot.nodes {
             for (k, o) in &n.objects {
@@ -614,7 +664,11 @@ mod tests {
                 disk_roots: Default::default(),
             })
             .collect();
-        ClusterSnapshot { at: AT, nodes }
+        ClusterSnapshot {
+            at: AT,
+            nodes,
+            lost: Default::default(),
+        }
     }
 
     /// A history builder for CRDT keys.
@@ -753,6 +807,48 @@ mod tests {
         let v = check(&CounterBounds, &h.0, &snap);
         assert_eq!(v.len(), 1, "never more than was added: {v:?}");
     }
+
+    #[test]
+    fn a_key_lost_with_removed_machines_may_come_back_with_another_type() {
+        // g is a counter (updates end at 11 s and 13 s); a 2P-Set update (14..15 s) is
+        // acknowledged and the final read is a set.
+        let mut h = H::default();
+        h.incr("g", 1, "a", Outcome::Ok);
+        h.incr("g", 1, "b", Outcome::Ok);
+        h.update("g", two_p(&["x"], &[]), "c", Outcome::Ok, &[]);
+        h.final_read("g", set(&["x"]));
+        let judge = |lost_at: Option<u64>| {
+            let mut snap = snapshot();
+            if let Some(ms) = lost_at {
+                snap.lost.insert(b"g".to_vec(), Duration::from_millis(ms));
+            }
+            let mut v = check(&TypeKept, &h.0, &snap);
+            v.extend(check(&CounterBounds, &h.0, &snap));
+            v.extend(check(&TwoPSetRemovals, &h.0, &snap));
+            v
+        };
+        let v = judge(None);
+        assert!(
+            v.iter().any(|v| v.message.contains("yet a 2pset update")),
+            "nothing was lost: {v:?}"
+        );
+        // Both increments were acknowledged before a removal lost the key: it may be created
+        // anew, as a set, and the set's own add must be there.
+        assert!(judge(Some(13_500)).is_empty(), "{:?}", judge(Some(13_500)));
+        // Lost after the first increment only: the second made it a counter again.
+        let v = judge(Some(11_500));
+        assert!(
+            v.iter().any(|v| v.message.contains("yet a 2pset update")),
+            "{v:?}"
+        );
+        // The set's add is still judged after a loss.
+        let mut h2 = H::default();
+        h2.update("s", two_p(&["x"], &[]), "a", Outcome::Ok, &[]);
+        h2.final_read("s", set(&[]));
+        let mut snap = snapshot();
+        snap.lost.insert(b"s".to_vec(), Duration::from_secs(5));
+        assert_eq!(check(&TwoPSetRemovals, &h2.0, &snap).len(), 1);
+    }
     fn two_p(add: &[&str], remove: &[&str]) -> CrdtOp {
         CrdtOp::TwoPSet {
             add: add.iter().map(|s| s.to_string()).collect(),
@@ -854,7 +950,7 @@ mod tests {
         );
         h.incr("g", 1, "a", Outcome::Ok);
         h.final_read("g", set(&[]));
-        assert!(contested(&h.0).contains("g"));
+        assert!(contested(&h.0, &LostKeys::new()).contains("g"));
         assert!(check(&TypeKept, &h.0, &snapshot()).is_empty());
         assert!(check(&CounterBounds, &h.0, &snapshot()).is_empty());
     }

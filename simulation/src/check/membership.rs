@@ -604,7 +604,11 @@ mod tests {
                 }
             })
             .collect();
-        ClusterSnapshot { at: AT, nodes }
+        ClusterSnapshot {
+            at: AT,
+            nodes,
+            lost: Default::default(),
+        }
     }
 
     fn check(c: &dyn Checker, snap: &ClusterSnapshot) -> Vec<Violation> {

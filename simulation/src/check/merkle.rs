@@ -38,10 +38,11 @@ impl Checker for MerkleRoots {
         let Some((ring, view)) = super::crdt::observed_ring(input) else {
             return;
         };
-        let contested: BTreeSet<PartitionId> = super::crdt::contested(input.history)
-            .iter()
-            .map(|k| ring.partition_of(k.as_bytes()))
-            .collect();
+        let contested: BTreeSet<PartitionId> =
+            super::crdt::contested(input.history, &input.snapshot.lost)
+                .iter()
+                .map(|k| ring.partition_of(k.as_bytes()))
+                .collect();
         for i in 0..view.partitions {
             let Ok(i) = u16::try_from(i) else { break };
             let p = PartitionId::new(i);
@@ -152,6 +153,7 @@ mod tests {
         let snapshot = ClusterSnapshot {
             at: Duration::from_secs(100),
             nodes: vec![n],
+            lost: Default::default(),
         };
         let history = History::new();
         let mut out = Vec::new();

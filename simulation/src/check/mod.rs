@@ -42,6 +42,21 @@ pub struct CheckInput<'a> {
     pub healed_at: Option<Duration>,
 }
 
+impl CheckInput<'_> {
+    /// When an operator's removal last lost something of `key` that no remaining machine held
+    /// (see [`ClusterSnapshot::lost`]).
+    pub fn lost_at(&self, key: &str) -> Option<Duration> {
+        self.snapshot.lost.get(key.as_bytes()).copied()
+    }
+
+    /// Whether an operation on `key` that completed at `end` may have been lost with a
+    /// machine an operator removed later.
+    pub fn lost_after(&self, key: &str, end: Option<Duration>) -> bool {
+        self.lost_at(key)
+            .is_some_and(|at| end.is_none_or(|end| end <= at))
+    }
+}
+
 /// A property that failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation {
