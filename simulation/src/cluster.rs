@@ -756,6 +756,7 @@ impl Cluster {
         };
         result.map_err(|source| ControlError::Remove { via, node, source })?;
         self.slots[node].removed = true;
+        self.observations.push(Observation::Removed { slot: node });
         self.note_losses(node);
         self.trace.text(
             now,

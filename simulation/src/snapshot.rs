@@ -140,6 +140,11 @@ pub enum Observation {
         /// The process number in this slot.
         epoch: u64,
     },
+    /// An operator removed the machine in this slot for good.
+    Removed {
+        /// The slot.
+        slot: usize,
+    },
     /// A running node handled an input; its state afterwards.
     Node(NodeObservation),
 }

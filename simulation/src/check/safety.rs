@@ -43,6 +43,10 @@ pub struct SafetyMonitor {
     generations: BTreeMap<usize, u64>,
     /// Slots whose leave completed.
     left: BTreeSet<usize>,
+    /// Slots an operator removed for good.
+    removed: BTreeSet<usize>,
+    /// Slots seen as a member (by their own ring state) at some point.
+    members_ever: BTreeSet<usize>,
     /// Running processes by node id.
     running: BTreeMap<NodeId, BTreeSet<usize>>,
     violations: Vec<Violation>,
@@ -102,6 +106,9 @@ impl SafetyMonitor {
                         self.running.remove(id);
                     }
                 }
+            }
+            Observation::Removed { slot } => {
+                self.removed.insert(*slot);
             }
             Observation::Node(n) => self.node(at, n),
         }
@@ -171,7 +178,14 @@ impl SafetyMonitor {
                 .ring
                 .iter()
                 .any(|(id, e)| id != n.id && e.status == RingStatus::Member);
-            if !other_member {
+            // Every machine that was ever a member left or was removed: the ring has no member
+            // to catch up from, and the joiners carry it on (with whatever the removals lost).
+            let ring_emptied = self.members_ever.iter().any(|&s| s != slot)
+                && self
+                    .members_ever
+                    .iter()
+                    .all(|s| *s == slot || self.left.contains(s) || self.removed.contains(s));
+            if !other_member && !ring_emptied {
                 self.report(
                     at,
                     slot,
@@ -181,6 +195,9 @@ impl SafetyMonitor {
                     ),
                 );
             }
+        }
+        if own == Some(RingStatus::Member) {
+            self.members_ever.insert(slot);
         }
         if self.left.contains(&slot) && n.process == ProcessState::Up {
             self.report(
@@ -418,6 +435,24 @@ mod tests {
         founder.ring = ring(&[(0, RingStatus::Member)]);
         m.observe(t(6), &Observation::Node(founder));
         assert_eq!(m.violations().len(), 1, "{:#?}", m.violations());
+        // Every member so far (n0, n2, n4) is removed: a joiner alone carries the ring on.
+        for slot in [0, 2] {
+            m.observe(t(7), &Observation::Removed { slot });
+        }
+        let promote = |m: &mut SafetyMonitor, slot: usize| {
+            let me = slot as u64;
+            m.observe(
+                t(8),
+                &seen(slot, 1, ring(&[(me, RingStatus::Joining)]), &[]),
+            );
+            m.observe(t(9), &seen(slot, 1, ring(&[(me, RingStatus::Member)]), &[]));
+        };
+        promote(&mut m, 5);
+        assert_eq!(m.violations().len(), 2, "n4 remains: {:#?}", m.violations());
+        m.observe(t(10), &Observation::Removed { slot: 4 });
+        m.observe(t(10), &Observation::Removed { slot: 5 });
+        promote(&mut m, 6);
+        assert_eq!(m.violations().len(), 2, "{:#?}", m.violations());
     }
 
     #[test]
