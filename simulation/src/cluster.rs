@@ -75,7 +75,19 @@ pub struct ClusterConfig {
     pub anti_entropy_interval: Option<Duration>,
     /// Turn read repair and hints off: replicas converge by anti-entropy alone.
     pub repairs_off: bool,
+    /// How often nodes look for tombstones to purge (shorter than a real node's default);
+    /// `None`: never. The quiet window is [`TOMBSTONE_GC_QUIET`], and client requests may
+    /// last at most [`CLIENT_TIMEOUT_MAX`].
+    pub tombstone_gc_interval: Option<Duration>,
 }
+
+/// Tombstone GC's quiet window in the simulator: longer than any message stays in the
+/// simulated network (the stream timeout plus the capped latency tail) and than twice
+/// [`CLIENT_TIMEOUT_MAX`].
+pub const TOMBSTONE_GC_QUIET: Duration = Duration::from_secs(30);
+
+/// The longest client request timeout simulated nodes accept.
+pub const CLIENT_TIMEOUT_MAX: Duration = Duration::from_secs(10);
 
 impl Default for ClusterConfig {
     fn default() -> Self {
@@ -89,6 +101,7 @@ impl Default for ClusterConfig {
             tune: None,
             anti_entropy_interval: Some(Duration::from_secs(15)),
             repairs_off: false,
+            tombstone_gc_interval: Some(Duration::from_secs(10)),
         }
     }
 }
@@ -564,6 +577,9 @@ impl Cluster {
             slot.seeds.clone(),
         );
         config.data.anti_entropy_interval = self.config.anti_entropy_interval;
+        config.data.tombstone_gc_interval = self.config.tombstone_gc_interval;
+        config.data.tombstone_gc_quiet = TOMBSTONE_GC_QUIET;
+        config.data.timeout_max = CLIENT_TIMEOUT_MAX;
         if self.config.repairs_off {
             config.data.read_repair = false;
             config.data.hints = false;

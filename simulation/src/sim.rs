@@ -416,15 +416,17 @@ pub fn summary(r: &RunReport) -> String {
         .map(|d| d.type_conflicts)
         .sum();
     let raced = check::crdt::contested(&r.history, &r.snapshot.lost).len();
-    let (held, dropped): (u64, u64) = r
+    let (held, dropped, purged): (u64, u64, u64) = r
         .snapshot
         .nodes
         .iter()
         .filter_map(|n| n.data.as_ref())
-        .fold((0, 0), |(h, d), x| (h + x.keys_held, d + x.keys_dropped));
+        .fold((0, 0, 0), |(h, d, p), x| {
+            (h + x.keys_held, d + x.keys_dropped, p + x.tombstones_purged)
+        });
     let _ = writeln!(
         s,
-        "copies: {held} held by running nodes; {dropped} dropped by them since their last start (partitions they no longer own); {} keys lost something with machines removed for good",
+        "copies: {held} held by running nodes; {dropped} dropped by them since their last start (partitions they no longer own); {purged} tombstones purged by them since their last start; {} keys lost something with machines removed for good",
         r.snapshot.lost.len()
     );
     let _ = writeln!(

@@ -368,3 +368,111 @@ fn anti_entropy_alone_brings_back_a_replica_that_missed_writes() {
         "the checker catches the divergence: {violations:#?}"
     );
 }
+
+/// The tombstone GC issue: a delete stays deleted however tombstones are purged. A replica
+/// holds "old" and is down while the delete reaches the other two (hints off). Tombstone GC
+/// waits for every member, so nothing is purged until the replica is back and anti-entropy
+/// gave it the tombstone; then all three copies go, and the key reads as never written.
+/// Purging without asking (the planted fault) deletes the two tombstones at once, and when the
+/// replica comes back its "old" spreads again: the deleted value is back, which is what the
+/// deletes-stay checker looks for.
+#[test]
+fn a_delete_stays_deleted_through_tombstone_gc_but_purging_without_asking_brings_it_back() {
+    use std::collections::BTreeMap;
+
+    use chorus::node::{ClientOp, ClientReply, ClientRequest, NodeConfig, RequestOptions};
+    use chorus::ring::{Member, Ring, RingConfig};
+    use chorus_sim::cluster::{Cluster, ClusterConfig, Step};
+    use chorus_sim::trace::Trace;
+
+    fn run(tune: Option<fn(&mut NodeConfig)>) -> (Vec<Vec<u8>>, u64) {
+        let config = ClusterConfig {
+            tune,
+            // No hint carries the delete to n2: only anti-entropy can.
+            repairs_off: true,
+            ..ClusterConfig::default()
+        };
+        let mut c = Cluster::new(config, 5, Trace::new(false));
+        for seeds in [&[][..], &[0], &[0]] {
+            c.add_node(seeds).unwrap();
+        }
+        for i in 0..3 {
+            c.start(i).unwrap();
+        }
+        let mut replies: BTreeMap<u64, ClientReply> = BTreeMap::new();
+        let run_to = |c: &mut Cluster, secs: u64, replies: &mut BTreeMap<u64, ClientReply>| loop {
+            match c.step(Duration::from_secs(secs)) {
+                Step::Idle => break,
+                Step::Reply { token, reply, .. } => {
+                    replies.insert(token, *reply);
+                }
+                _ => {}
+            }
+        };
+        let request = |op: ClientOp, w: Option<usize>, r: Option<usize>| ClientRequest {
+            key: b"k".to_vec(),
+            op,
+            options: RequestOptions {
+                w,
+                r,
+                ..RequestOptions::default()
+            },
+        };
+        run_to(&mut c, 10, &mut replies);
+        // The node that leads tombstone GC for "k" (first in its preference list) stays up;
+        // another replica goes down.
+        let ids: Vec<_> = (0..3).map(|i| c.id(i).unwrap()).collect();
+        let ring = Ring::new(ids.iter().copied().map(Member::new), RingConfig::default()).unwrap();
+        let leader = ring.preference_list(ring.partition_of(b"k"), 3)[0];
+        let down = (0..3).rev().find(|&i| ids[i] != leader).unwrap();
+        let up = (0..3).find(|&i| i != down).unwrap();
+        let put = ClientOp::Put {
+            value: b"old".to_vec(),
+            context: None,
+        };
+        c.client_request(up, 0, 1, request(put, Some(3), None));
+        run_to(&mut c, 11, &mut replies);
+        let context = match replies.remove(&1) {
+            Some(ClientReply::Written(w)) => w.context,
+            other => panic!("the write failed: {other:?}"),
+        };
+        c.crash(down).unwrap();
+        run_to(&mut c, 13, &mut replies);
+        let delete = ClientOp::Delete {
+            context: Some(context),
+        };
+        c.client_request(up, 0, 2, request(delete, Some(2), None));
+        run_to(&mut c, 15, &mut replies);
+        assert!(matches!(replies.remove(&2), Some(ClientReply::Written(_))));
+        // Long enough for many GC rounds while n2 is down.
+        run_to(&mut c, 150, &mut replies);
+        c.start(down).unwrap();
+        run_to(&mut c, 400, &mut replies);
+        c.client_request(up, 0, 3, request(ClientOp::Get, None, Some(3)));
+        run_to(&mut c, 405, &mut replies);
+        let values = match replies.remove(&3) {
+            Some(ClientReply::Read(r)) => r.values,
+            other => panic!("the read failed: {other:?}"),
+        };
+        let purged = c
+            .snapshot()
+            .nodes
+            .iter()
+            .filter_map(|n| n.data.as_ref())
+            .map(|d| d.tombstones_purged)
+            .sum();
+        (values, purged)
+    }
+
+    let (values, purged) = run(None);
+    assert!(values.is_empty(), "the delete stays: {values:?}");
+    assert_eq!(purged, 3, "all three tombstones went once n2 held one");
+    let (values, _) = run(Some(|c: &mut NodeConfig| {
+        c.data.tombstone_gc_unchecked = true
+    }));
+    assert_eq!(
+        values,
+        vec![b"old".to_vec()],
+        "purging without asking brings the deleted value back: the scenario exercises the bug"
+    );
+}

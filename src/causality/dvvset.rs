@@ -95,6 +95,22 @@ impl<V: Clone> DvvSet<V> {
     /// Only a replica of the key may coordinate a write, since the dot it mints must be unique:
     /// `node` must hold every write it has coordinated before.
     pub fn write(&mut self, node: NodeId, context: &VersionVector, value: V) -> Dot {
+        self.write_above(node, context, value, 0)
+    }
+
+    /// Like [`DvvSet::write`], but when this set holds no entry of `node` yet (the key is new
+    /// to it, or its state was purged), the new dot's counter is above `floor`. A node that
+    /// purged a key's history passes the highest counter it had minted for any purged key, so
+    /// the key's next life never reuses a dot of its last one (a copy of the old state that a
+    /// lost purge left elsewhere would otherwise take the new write for one it already saw).
+    pub fn write_above(
+        &mut self,
+        node: NodeId,
+        context: &VersionVector,
+        value: V,
+        floor: u64,
+    ) -> Dot {
+        let fresh = !self.entries.contains_key(&node);
         for (&n, entry) in self.entries.iter_mut() {
             entry.discard_upto(context.get(n));
         }
@@ -114,6 +130,10 @@ impl<V: Clone> DvvSet<V> {
             counter: 0,
             values: Vec::new(),
         });
+        if fresh && entry.counter < floor {
+            // (An entry the context just created holds no values: raising it renames nothing.)
+            entry.counter = floor;
+        }
         entry.counter += 1;
         entry.values.insert(0, value);
         Dot::new(node, entry.counter)
@@ -227,6 +247,26 @@ impl Register {
     /// written concurrently survive as siblings.
     pub fn delete(&mut self, node: NodeId, context: &VersionVector) -> Dot {
         self.state.write(node, context, RegisterValue::Tombstone)
+    }
+
+    /// [`Register::put`], minting above `floor` for a key new to `node` (see
+    /// [`DvvSet::write_above`]).
+    pub fn put_above(
+        &mut self,
+        node: NodeId,
+        context: &VersionVector,
+        value: Vec<u8>,
+        floor: u64,
+    ) -> Dot {
+        self.state
+            .write_above(node, context, RegisterValue::Bytes(value), floor)
+    }
+
+    /// [`Register::delete`], minting above `floor` for a key new to `node` (see
+    /// [`DvvSet::write_above`]).
+    pub fn delete_above(&mut self, node: NodeId, context: &VersionVector, floor: u64) -> Dot {
+        self.state
+            .write_above(node, context, RegisterValue::Tombstone, floor)
     }
 
     /// Merges another replica's state.
@@ -550,6 +590,29 @@ mod tests {
             prop_assert_eq!(sorted(&w.replicas[r]), vec![u64::MAX]);
             prop_assert_eq!(w.replicas[r].dotted_values().collect::<Vec<_>>(), vec![(dot, &u64::MAX)]);
             prop_assert!(!ctx.contains(dot));
+        }
+
+        /// After a replica purges a key (its state is gone), a write through it above the
+        /// highest counter it held mints a dot no copy of the old state covers, whatever
+        /// context the client brings: a replica that kept the old state (its purge was lost)
+        /// keeps the new write when they merge.
+        #[test]
+        fn a_write_above_the_floor_after_a_purge_survives_the_old_state(
+            ops in arb_history(), r in 0..REPLICAS, client in 0..CLIENTS, blind: bool,
+        ) {
+            let w = World::run(&ops);
+            let old = w.replicas[r].clone();
+            let node = n(r as u64 + 1);
+            let floor = old.context().get(node);
+            let ctx = if blind { VersionVector::new() } else { w.clients[client].0.clone() };
+            let mut purged = DvvSet::new();
+            let dot = purged.write_above(node, &ctx, u64::MAX, floor);
+            prop_assert!(dot.counter > floor);
+            prop_assert!(!old.context().contains(dot));
+            for (mut a, b) in [(old.clone(), purged.clone()), (purged.clone(), old.clone())] {
+                a.sync(&b);
+                prop_assert!(sorted(&a).contains(&u64::MAX));
+            }
         }
 
         #[test]

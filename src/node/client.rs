@@ -62,6 +62,20 @@ pub struct DataConfig {
     /// Merkle-tree exchange (spread over the interval); `None` turns periodic anti-entropy off
     /// (on-demand repair still works).
     pub anti_entropy_interval: Option<Duration>,
+    /// How often each partition's register tombstones are looked at for purging (`None`:
+    /// never purge). See the sync sub-machine's tombstone GC.
+    pub tombstone_gc_interval: Option<Duration>,
+    /// How long nothing of a key may have been sent to another node before its tombstone may
+    /// be purged; at least twice `timeout_max` is used. It must exceed how long any peer
+    /// message can be in transit.
+    pub tombstone_gc_quiet: Duration,
+    /// Most tombstones per GC round.
+    pub tombstone_gc_keys: usize,
+    /// Purge tombstones without asking anyone: the node that leads a partition deletes every
+    /// tombstone it holds there on every member at once. This is the bug tombstone GC exists
+    /// to avoid (deleted values come back from replicas that missed the delete); it exists so
+    /// the simulator can show that its checkers catch that. Never turn it on.
+    pub tombstone_gc_unchecked: bool,
     /// Exchanges this node starts at once.
     pub anti_entropy_in_flight_max: usize,
     /// Bytes per second this node's exchanges may send (digests and objects).
@@ -96,6 +110,10 @@ impl Default for DataConfig {
             element_bytes_max: 1024,
             elements_per_update_max: 1024,
             anti_entropy_interval: Some(Duration::from_secs(60)),
+            tombstone_gc_interval: Some(Duration::from_secs(60)),
+            tombstone_gc_quiet: Duration::from_secs(300),
+            tombstone_gc_keys: 1024,
+            tombstone_gc_unchecked: false,
             anti_entropy_in_flight_max: 2,
             anti_entropy_bytes_per_sec: 16 * 1024 * 1024,
             anti_entropy_page_keys: 1024,

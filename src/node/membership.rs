@@ -559,6 +559,9 @@ impl Membership {
             .map(|m| m.id().node)
             .collect();
         let joining = self.own_entry().status == RingStatus::Joining;
+        let settled = ring
+            .iter()
+            .all(|(_, e)| matches!(e.status, RingStatus::Member | RingStatus::Left));
         // Where this node will own partitions once it is a member.
         let with_me = if joining && self.synced {
             let members = ring
@@ -585,6 +588,7 @@ impl Membership {
             // The router fills it in from the sync sub-machine.
             complete: false,
             left: self.own_entry().status == RingStatus::Left,
+            settled,
         }
     }
 

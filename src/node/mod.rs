@@ -430,6 +430,12 @@ pub struct DataStats {
     /// Keys this node holds (every partition, owned or not yet dropped).
     #[serde(default)]
     pub keys_held: u64,
+    /// Register tombstones purged since start (every member agreed; see tombstone GC).
+    #[serde(default)]
+    pub tombstones_purged: u64,
+    /// Tombstone GC rounds this node led to the end (every member answered) since start.
+    #[serde(default)]
+    pub gc_rounds: u64,
 }
 
 /// One Chorus node's protocol state.
@@ -536,6 +542,13 @@ impl Node {
                     bytes_per_sec: d.anti_entropy_bytes_per_sec.max(1),
                     page_keys: d.anti_entropy_page_keys.max(1),
                 },
+                sync::GcConfig {
+                    interval: d.tombstone_gc_interval,
+                    // Longer than any client request may last (see the GC module's notes).
+                    quiet: d.tombstone_gc_quiet.max(d.timeout_max * 2),
+                    keys_per_round: d.tombstone_gc_keys.max(1),
+                    unchecked: d.tombstone_gc_unchecked,
+                },
             )?,
             topo: Topology::default(),
             topo_version: None,
@@ -607,7 +620,9 @@ impl Node {
             Timer::Membership(t) => self.membership.handle_timer(t, now, &mut self.out),
             Timer::Coordinator(t) => self.coordinator.handle_timer(t, &mut fx!(self, now)),
             Timer::Hints(t) => self.hints.handle_timer(t, &mut fx!(self, now)),
-            Timer::Sync(t) => self.sync.handle_timer(t, &mut fx!(self, now)),
+            Timer::Sync(t) => self
+                .sync
+                .handle_timer(t, self.hints.pending(), &mut fx!(self, now)),
         }
         self.settle(now);
     }
@@ -648,9 +663,20 @@ impl Node {
                 self.coordinator
                     .handle_message(from, m, &mut fx!(self, now))
             }
-            PeerMessage::Replica(m) => self.replica.handle_message(from, m, &mut fx!(self, now)),
+            PeerMessage::Replica(m) => {
+                if let ReplicaMessage::Read { key, .. } = &m {
+                    if from != self.id {
+                        // The reply carries the key's state to another node.
+                        self.sync.note_sent(key, now);
+                    }
+                }
+                self.replica.handle_message(from, m, &mut fx!(self, now))
+            }
             PeerMessage::Hints(m) => self.hints.handle_message(from, m, &mut fx!(self, now)),
-            PeerMessage::Sync(m) => self.sync.handle_message(from, m, &mut fx!(self, now)),
+            PeerMessage::Sync(m) => {
+                self.sync
+                    .handle_message(from, m, self.hints.pending(), &mut fx!(self, now))
+            }
         }
     }
 
@@ -662,6 +688,7 @@ impl Node {
                 if to == self.id {
                     self.dispatch(to, message, now);
                 } else {
+                    self.sync.note_outgoing(&message, now);
                     self.transmit(to, message);
                 }
                 continue;
@@ -780,6 +807,8 @@ impl Node {
             exchanges_in_flight: self.sync.exchanges_in_flight(),
             keys_dropped: self.replica.keys_dropped(),
             keys_held: self.sync.keys_held(),
+            tombstones_purged: self.replica.tombstones_purged(),
+            gc_rounds: self.sync.gc_rounds(),
         }
     }
 

@@ -17,10 +17,18 @@
 //! in a crash, or runs on a restored data directory, cannot mint a dot it minted before: its
 //! earlier dots belong to an actor that no longer mints. While an actor mints, the local copy
 //! holds every dot it minted for a key (they are staged before anything else sees them), so
-//! counters only move forward. Local copies are deleted only by [`ReplicaCall::Drop`] (a
-//! partition this node no longer owns, once its owners hold it), and a drop retires the actor:
-//! the replica goes on with a new one, derived from the old by a 64-bit mix, so a key it held
-//! once and holds no more never gets a dot, a counter entry or an add tag the old actor issued.
+//! counters only move forward. Local copies are deleted only by [`ReplicaCall::Drop`], for two
+//! reasons:
+//!
+//! - a partition this node no longer owns, once its owners hold it: the drop retires the actor
+//!   (the replica goes on with a new one, derived from the old by a 64-bit mix), so a key it
+//!   held once and holds no more never gets a dot, a counter entry or an add tag the old actor
+//!   issued;
+//! - a register tombstone every replica agreed to purge (the sync sub-machine's tombstone
+//!   GC): the actor stays, but the replica remembers the highest counter it had minted in any
+//!   purged tombstone (its *dot floor*), and a register write to a key that holds no entry of
+//!   the actor mints above it ([`Register::put_above`]). Retiring the actor on every purge
+//!   would add an entry per purge round to the clocks of keys written afterwards.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -152,8 +160,12 @@ pub(crate) enum ReplicaCall {
     },
     /// Delete these local copies (storage keys), each only if its Merkle leaf is still the
     /// given one: the sync sub-machine drops a partition this node no longer owns, once every
-    /// owner holds it.
-    Drop { keys: Vec<(Vec<u8>, Digest)> },
+    /// owner holds it (`purge` false), or purges register tombstones every replica agreed to
+    /// purge (`purge` true; only tombstones go).
+    Drop {
+        keys: Vec<(Vec<u8>, Digest)>,
+        purge: bool,
+    },
 }
 
 /// Recently used objects, decoded, so hot keys skip the store and the decoder: two
@@ -231,6 +243,10 @@ pub(crate) struct Replica {
     type_conflicts: u64,
     /// Local copies dropped since start.
     dropped: u64,
+    /// Tombstones purged since start.
+    purged: u64,
+    /// The highest counter of the actor in any tombstone purged here (see the module notes).
+    dot_floor: u64,
 }
 
 impl Replica {
@@ -250,6 +266,8 @@ impl Replica {
             op_log: OpLogPolicy::default(),
             type_conflicts: 0,
             dropped: 0,
+            purged: 0,
+            dot_floor: 0,
         }
     }
 
@@ -363,12 +381,22 @@ impl Replica {
     }
 
     /// Deletes the local copies of `keys` (storage keys) whose Merkle leaf is still the given
-    /// one (a copy that changed since the caller looked stays); returns how many went. Any
-    /// deletion retires the actor (see the module notes).
-    fn drop_copies(&mut self, keys: Vec<(Vec<u8>, Digest)>, fx: &mut Effects<'_>) -> usize {
+    /// one (a copy that changed since the caller looked stays); returns how many went. A drop
+    /// retires the actor; a purge deletes only register tombstones and raises the dot floor
+    /// (see the module notes).
+    fn drop_copies(
+        &mut self,
+        keys: Vec<(Vec<u8>, Digest)>,
+        purge: bool,
+        fx: &mut Effects<'_>,
+    ) -> usize {
         let mut dropped = 0;
         for (skey, expected) in keys {
             match self.load_storage_key(&skey) {
+                Ok(Some((Object::Register(r), d))) if purge && d == expected && r.is_deleted() => {
+                    self.dot_floor = self.dot_floor.max(r.context().get(self.actor));
+                }
+                Ok(Some(_)) if purge => continue,
                 Ok(Some((_, d))) if d == expected => {}
                 Ok(_) => continue,
                 Err(e) => {
@@ -389,11 +417,18 @@ impl Replica {
             self.staged.push_back((seq, skey));
             dropped += 1;
         }
-        if dropped > 0 {
+        if purge {
+            self.purged += dropped as u64;
+        } else if dropped > 0 {
             self.retire_actor();
             self.dropped += dropped as u64;
         }
         dropped
+    }
+
+    /// Tombstones purged since start.
+    pub(crate) fn tombstones_purged(&self) -> u64 {
+        self.purged
     }
 
     /// Goes on minting with a new actor, derived from the current one (splitmix64's finaliser:
@@ -552,10 +587,14 @@ impl Replica {
                     result: result.map(|(m, _)| m),
                 });
             }
-            ReplicaCall::Drop { keys } => {
+            ReplicaCall::Drop { keys, purge } => {
                 let asked = keys.len();
-                let dropped = self.drop_copies(keys, fx);
-                tracing::debug!(asked, dropped, "dropped copies no longer owned");
+                let dropped = self.drop_copies(keys, purge, fx);
+                if purge {
+                    tracing::debug!(asked, purged = dropped, "purged tombstones");
+                } else {
+                    tracing::debug!(asked, dropped, "dropped copies no longer owned");
+                }
             }
         }
     }
@@ -617,8 +656,8 @@ impl Replica {
         let empty = VersionVector::new();
         let seen = context.map_or(&empty, Context::seen);
         let dot = match op {
-            MintOp::Put(value) => register.put(self.actor, seen, value),
-            MintOp::Delete => register.delete(self.actor, seen),
+            MintOp::Put(value) => register.put_above(self.actor, seen, value, self.dot_floor),
+            MintOp::Delete => register.delete_above(self.actor, seen, self.dot_floor),
             MintOp::Update { .. } => {
                 return Err(ClientError::Internal(
                     "a CRDT update reached the register path".into(),

@@ -42,6 +42,9 @@ pub(crate) struct Topology {
     /// data (a node asked to leave while still joining never was, so an absent key there
     /// proves nothing). Set by the router from the sync sub-machine's persisted record.
     pub(crate) complete: bool,
+    /// No node in the ring state is joining or leaving: no ring change is in flight as far as
+    /// this node knows.
+    pub(crate) settled: bool,
     /// The placement once this joining node is a member (`None` unless joining and caught up
     /// with the ring).
     pub(crate) with_me: Option<Ring>,
@@ -63,6 +66,7 @@ impl Default for Topology {
             joining: false,
             member: false,
             complete: false,
+            settled: false,
             with_me: None,
         }
     }
@@ -121,6 +125,19 @@ impl Topology {
             .as_ref()
             .map(|r| r.members().iter().map(|m| m.id).collect())
             .unwrap_or_default()
+    }
+
+    /// No ring change is in flight as far as this node knows: nobody joining or leaving, the
+    /// future placement is the current one, and every owner is reachable.
+    pub(crate) fn stable(&self) -> bool {
+        let ids = |r: &Option<Ring>| {
+            r.as_ref()
+                .map(|r| r.members().iter().map(|m| m.id).collect::<Vec<_>>())
+        };
+        self.settled
+            && self.ring.is_some()
+            && ids(&self.ring) == ids(&self.future)
+            && self.owners().into_iter().all(|o| self.is_alive(o))
     }
 
     /// Whether `node` is reachable (this node always is).

@@ -9,6 +9,11 @@
 //! history with what it sent and got back ([`DataOp`]); its outcome is `ok`, `failed` (certainly
 //! not applied) or `indeterminate` (it may have been).
 //!
+//! Now and then a client instead takes a key of its own through a whole life: it writes a fresh
+//! key `t<client>-<n>`, deletes it with the write's context, and leaves it alone, so that the
+//! key ends as a tombstone nobody touches (what tombstone GC purges); long after, some such keys
+//! are written again (blind), so a key's second life is checked too.
+//!
 //! After the heal it stops writing and reads every key it touched with `r=N` every few seconds:
 //! the [`crate::check::register`] checkers judge the latest of these final reads.
 
@@ -64,7 +69,16 @@ struct Client {
     /// The context of this client's last answer for each key.
     contexts: BTreeMap<String, Context>,
     next_value: u64,
+    /// The key this client is taking through a life (written, not yet deleted).
+    living: Option<String>,
+    next_life: u64,
 }
+
+/// Share of operations (per mille) that move a key through its life instead.
+const LIFE_OPS_PER_MILLE: u32 = 80;
+
+/// A key deleted this long ago may be written again.
+const REVIVE_AFTER: Duration = Duration::from_secs(90);
 
 /// A request in flight.
 #[derive(Debug)]
@@ -84,6 +98,8 @@ pub struct Register {
     in_flight: BTreeMap<u64, InFlight>,
     next_token: u64,
     quiesced: bool,
+    /// Keys deleted at the end of a life, with when, and whether written again since.
+    retired: Vec<(String, Duration, bool)>,
 }
 
 impl Register {
@@ -97,6 +113,7 @@ impl Register {
             in_flight: BTreeMap::new(),
             next_token: 0,
             quiesced: false,
+            retired: Vec::new(),
         }
     }
 
@@ -164,6 +181,10 @@ impl Register {
             self.think(cx, client);
             return;
         };
+        if cx.rng().random_range(0..1000) < LIFE_OPS_PER_MILLE {
+            self.life_op(cx, client, node);
+            return;
+        }
         let k = cx.rng().random_range(0..self.config.keys);
         let key = Self::key(k);
         let dice: u32 = cx.rng().random_range(0..100);
@@ -226,10 +247,74 @@ impl Register {
         self.send(cx, Some(client), node, kind, request, false);
     }
 
+    /// The next step of a key's life (see the module notes).
+    fn life_op(&mut self, cx: &mut Ctx<'_>, client: usize, node: usize) {
+        let now = cx.now();
+        let revive = self
+            .retired
+            .iter()
+            .position(|(_, at, again)| !again && now >= *at + REVIVE_AFTER);
+        let c = &mut self.clients[client];
+        let (key, kind, op) = if let Some(key) = c.living.take() {
+            // Deleted with the write's context; a write that failed leaves no context, and
+            // the key is simply abandoned.
+            let Some(context) = c.contexts.get(&key).cloned() else {
+                // (Still read at the end, in case the write landed after all.)
+                self.retired.push((key, now, true));
+                self.think(cx, client);
+                return;
+            };
+            self.retired.push((key.clone(), now, false));
+            (
+                key.clone(),
+                OpKind::Delete { key, node },
+                ClientOp::Delete {
+                    context: Some(context),
+                },
+            )
+        } else {
+            c.next_value += 1;
+            let value = format!("c{client}-{}", c.next_value);
+            let key = match revive {
+                Some(i) => {
+                    self.retired[i].2 = true;
+                    self.retired[i].0.clone()
+                }
+                None => {
+                    c.next_life += 1;
+                    let key = format!("t{client}-{}", c.next_life);
+                    c.living = Some(key.clone());
+                    key
+                }
+            };
+            (
+                key.clone(),
+                OpKind::Write {
+                    key,
+                    value: value.clone(),
+                    node,
+                },
+                ClientOp::Put {
+                    value: value.into_bytes(),
+                    context: None,
+                },
+            )
+        };
+        let request = ClientRequest {
+            key: key.into_bytes(),
+            op,
+            options: RequestOptions::default(),
+        };
+        self.send(cx, Some(client), node, kind, request, false);
+    }
+
     fn final_round(&mut self, cx: &mut Ctx<'_>) {
         let serving = Self::serving(cx);
         if !serving.is_empty() {
-            for k in 0..self.config.keys {
+            let mut keys: Vec<String> = (0..self.config.keys).map(Self::key).collect();
+            keys.extend(self.retired.iter().map(|(k, _, _)| k.clone()));
+            keys.extend(self.clients.iter().filter_map(|c| c.living.clone()));
+            for key in keys {
                 let Some(node) = pick(cx.rng(), &serving) else {
                     break;
                 };
@@ -241,7 +326,6 @@ impl Register {
                         .count()
                 });
                 let r = self.config.n.min(owners).max(1);
-                let key = Self::key(k);
                 let request = ClientRequest {
                     key: key.clone().into_bytes(),
                     op: ClientOp::Get,

@@ -29,6 +29,14 @@
 //! older view of the ring) makes it dirty again: it is pushed, then dropped again. The replica
 //! deletes a copy only if it is unchanged since the page was read, and retires its dot-minting
 //! actor when it does (see the replica's note on dots).
+//!
+//! # Purging tombstones
+//!
+//! Register tombstones are purged by [`gc`]: the node first in a partition's preference list
+//! asks every ring member whether it holds exactly the same tombstone (or nothing) and has sent
+//! nothing of the key for a while, and when all agree every member deletes its copy. The
+//! router shows it every state-carrying message that leaves the node, so it knows which keys
+//! were sent recently.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -37,9 +45,12 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 mod exchange;
+mod gc;
 
 pub(crate) use exchange::AeConfig;
 pub use exchange::{AeMessage, PartitionInfo, RepairProgress};
+pub(crate) use gc::GcConfig;
+pub use gc::GcMessage;
 
 use super::object::{Object, BATCH_BYTES_MAX};
 use super::replica::{leaf_of, MergeEntry, MergeReply, ReplicaCall, ReplicaMessage, Staged};
@@ -77,6 +88,8 @@ pub enum SyncMessage {
     },
     /// Merkle-tree anti-entropy.
     Ae(AeMessage),
+    /// Tombstone GC.
+    Gc(GcMessage),
 }
 
 /// Timers of the sync sub-machine.
@@ -146,6 +159,7 @@ pub(crate) struct Sync {
     /// then updated with every staged state).
     trees: BTreeMap<PartitionId, Tree>,
     ae: exchange::AntiEntropy,
+    gc: gc::Gc,
 }
 
 impl Sync {
@@ -156,6 +170,7 @@ impl Sync {
         batch_max: usize,
         first_batch: u64,
         ae: AeConfig,
+        gc: GcConfig,
     ) -> Result<Self, StoreError> {
         let record = match store.get(Space::Meta, META_HANDOFF.as_bytes())? {
             None => Record::default(),
@@ -181,6 +196,7 @@ impl Sync {
             placement_since: None,
             trees,
             ae: exchange::AntiEntropy::new(ae, first_batch.rotate_left(32)),
+            gc: gc::Gc::new(gc, first_batch.rotate_left(16)),
         })
     }
 
@@ -368,8 +384,31 @@ impl Sync {
         }
     }
 
-    pub(crate) fn handle_message(&mut self, from: NodeId, msg: SyncMessage, fx: &mut Effects<'_>) {
+    /// Notes the states an outgoing message carries (for tombstone GC's quiet window).
+    pub(crate) fn note_outgoing(&mut self, message: &super::PeerMessage, now: Duration) {
+        self.gc.note_outgoing(message, now);
+    }
+
+    /// Notes that a state of `key` left this node (a read reply).
+    pub(crate) fn note_sent(&mut self, key: &[u8], now: Duration) {
+        self.gc.note_sent(key, now);
+    }
+
+    /// Tombstone GC rounds this node completed since start.
+    pub(crate) fn gc_rounds(&self) -> u64 {
+        self.gc.rounds()
+    }
+
+    /// A message for the sync sub-machine; `hints_held` is how many hints this node holds.
+    pub(crate) fn handle_message(
+        &mut self,
+        from: NodeId,
+        msg: SyncMessage,
+        hints_held: usize,
+        fx: &mut Effects<'_>,
+    ) {
         match msg {
+            SyncMessage::Gc(msg) => self.gc.handle(from, msg, &*self.store, hints_held, fx),
             SyncMessage::Ae(msg) => {
                 self.ae.handle(from, msg, &mut self.trees, &*self.store, fx);
             }
@@ -398,12 +437,19 @@ impl Sync {
         }
     }
 
-    pub(crate) fn handle_timer(&mut self, timer: SyncTimer, fx: &mut Effects<'_>) {
+    /// A timer fired; `hints_held` is how many hints this node holds.
+    pub(crate) fn handle_timer(
+        &mut self,
+        timer: SyncTimer,
+        hints_held: usize,
+        fx: &mut Effects<'_>,
+    ) {
         match timer {
             SyncTimer::Tick => {
                 self.progress(fx);
                 self.drop_unowned(fx);
                 self.ae.tick(&mut self.trees, &*self.store, fx);
+                self.gc.tick(&*self.store, hints_held, fx);
                 fx.set_timer(self.interval, SyncTimer::Tick);
             }
         }
@@ -425,6 +471,7 @@ impl Sync {
             let Some((p, key)) = split_data_key(&skey) else {
                 continue;
             };
+            self.gc.note_staged(&skey, seq);
             let tree = self.trees.entry(p).or_default();
             tree.update(key, old, new);
             if new.is_none() {
@@ -520,7 +567,7 @@ impl Sync {
                 partitions, "dropping copies of partitions this node no longer owns"
             );
             fx.calls
-                .push_back(Call::Replica(ReplicaCall::Drop { keys }));
+                .push_back(Call::Replica(ReplicaCall::Drop { keys, purge: false }));
         }
     }
 
