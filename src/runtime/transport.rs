@@ -95,6 +95,11 @@ pub struct Limits {
     pub connect_timeout: Duration,
     /// How long receiving or sending one whole message may take before the stream is abandoned.
     pub stream_timeout: Duration,
+    /// A message still queued (not yet being written) this long after it was handed over is
+    /// dropped. With `stream_timeout` it bounds how late a peer message can arrive: the data
+    /// path's tombstone GC waits longer than that before it trusts that no old state of a key
+    /// is still on its way.
+    pub queue_age_max: Duration,
     /// Messages being read from (or written to) one connection at once. Reading more waits,
     /// which pushes back on the sender through QUIC flow control.
     pub streams_in_flight_max: usize,
@@ -113,6 +118,7 @@ impl Default for Limits {
             peers_max: 1024,
             connect_timeout: Duration::from_secs(3),
             stream_timeout: Duration::from_secs(30),
+            queue_age_max: Duration::from_secs(30),
             streams_in_flight_max: 16,
             inbound_queue_len: 16384,
             shutdown_timeout: Duration::from_secs(2),
@@ -207,8 +213,9 @@ pub enum SendError {
 /// A payload waiting in a peer's queue.
 enum Outbound {
     Datagram(Bytes),
-    /// A message, and the node it is for (checked against the peer's certificate).
-    Message(Bytes, Option<NodeId>),
+    /// A message, the node it is for (checked against the peer's certificate), and when it was
+    /// queued.
+    Message(Bytes, Option<NodeId>, Instant),
 }
 
 /// One peer's queue, owned by the peer's task.
@@ -458,7 +465,10 @@ impl Transport {
             error!(peer = %to, len, max, "dropping an outgoing message over the size limit");
             return Err(SendError::TooLarge { to, len, max });
         }
-        self.enqueue(to, Outbound::Message(Bytes::from(bytes), node))
+        self.enqueue(
+            to,
+            Outbound::Message(Bytes::from(bytes), node, Instant::now()),
+        )
     }
 
     /// Puts `item` on `to`'s queue, starting the peer's task if it has none.
@@ -699,6 +709,7 @@ async fn peer_task(shared: Arc<Shared>, to: SocketAddr, id: u64, mut rx: mpsc::R
             }
         }
         let Some(l) = live.as_mut() else { continue };
+        let max_age = shared.limits.queue_age_max;
         // Take this item and everything already queued behind it: small messages go out in
         // one write on the framed stream.
         let mut next = Some(item);
@@ -710,25 +721,32 @@ async fn peer_task(shared: Arc<Shared>, to: SocketAddr, id: u64, mut rx: mpsc::R
                     // Dropped datagrams are logged inside; a lost connection shows up above.
                     let _ = send_datagram_on(&l.conn, to, bytes);
                 }
-                Outbound::Message(bytes, Some(want)) if want != l.node => {
+                Outbound::Message(bytes, _, queued) if queued.elapsed() > max_age => {
+                    debug!(peer = %to, len = bytes.len(), "message queued too long; dropped");
+                }
+                Outbound::Message(bytes, Some(want), _) if want != l.node => {
                     warn!(
                         peer = %to, expected = %want, found = %l.node,
                         "the node at this address is not the one addressed; dropping a message"
                     );
                     let _ = bytes;
                 }
-                Outbound::Message(bytes, _) if bytes.len() <= SMALL_MESSAGE_BYTES => {
+                Outbound::Message(bytes, _, _) if bytes.len() <= SMALL_MESSAGE_BYTES => {
                     batch.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
                     batch.extend_from_slice(&bytes);
                     framed_count += 1;
                 }
-                Outbound::Message(bytes, _) => {
+                Outbound::Message(bytes, _, queued) => {
                     // Its own stream, in its own task: waiting for a stream slot must not hold
                     // up the small messages behind it.
                     let (conn, writes) = (l.conn.clone(), writes.clone());
                     let stream_timeout = shared.limits.stream_timeout;
                     shared.runtime.spawn(async move {
                         if let Ok(permit) = writes.acquire_owned().await {
+                            if queued.elapsed() > max_age {
+                                debug!(peer = %to, len = bytes.len(), "message waited too long for a stream; dropped");
+                                return;
+                            }
                             write_message(conn, to, bytes, stream_timeout, permit).await;
                         }
                     });
@@ -1109,6 +1127,40 @@ mod tests {
 
     async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
         timeout(TEST_TIMEOUT, test).await.expect("test timed out");
+    }
+
+    /// A message that waited in the queue longer than `queue_age_max` is never delivered late:
+    /// with a zero bound every message has waited too long by the time it is written.
+    #[tokio::test]
+    async fn messages_queued_too_long_are_dropped_not_delivered_late() {
+        bounded(async {
+            let ca = ClusterCa::generate("test").unwrap();
+            let (a_cert, b_cert) = (ca.issue_node("a").unwrap(), ca.issue_node("b").unwrap());
+            let stale = Limits {
+                queue_age_max: Duration::ZERO,
+                ..test_limits()
+            };
+            let (a, _a_rx) = start(&a_cert, stale);
+            let (b, mut b_rx) = start(&b_cert, test_limits());
+            a.try_send_message(b.local_addr(), b"small".to_vec())
+                .unwrap();
+            a.try_send_message(b.local_addr(), vec![7; 200_000])
+                .unwrap();
+            // Datagrams are not held back: the connection works.
+            a.try_send_datagram(b.local_addr(), Bytes::from_static(b"ping"))
+                .unwrap();
+            let mut datagram = false;
+            while let Some(got) = next(&mut b_rx, Duration::from_secs(2)).await {
+                match got {
+                    Inbound::Message { bytes, .. } => {
+                        panic!("a stale message arrived: {} bytes", bytes.len())
+                    }
+                    Inbound::Datagram { .. } => datagram = true,
+                }
+            }
+            assert!(datagram, "the peer was reachable");
+        })
+        .await;
     }
 
     #[tokio::test]

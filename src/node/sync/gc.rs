@@ -21,7 +21,9 @@
 //!
 //! Why nothing deleted comes back: at the vote, no member holds an older state of the key, so
 //! none can send one later; a state sent earlier was sent more than the quiet window ago, and
-//! the quiet window is longer than any peer message lives (the transport's stream deadlines)
+//! the quiet window is longer than any peer message lives (the runtime's transport drops a
+//! message queued longer than 30 s and abandons a stream after 30 s; the simulator's network
+//! holds a message at most its stream timeout plus the latency tail)
 //! and than any client request lasts (a coordinator repairs with the replies it collected, at
 //! most `timeout_max` after they were sent). A node that joins starts empty (and no round runs
 //! while it joins); a node that left or was removed never serves again. A member whose purge
