@@ -1,6 +1,7 @@
 //! The `chorus` command line: run a node, run a local cluster, inspect a cluster, manage
 //! certificates, and plan placement.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,6 +18,7 @@ use chorus::runtime::{NodeOptions, SyncPolicy};
 
 use chorus::ring::plan::{self, Change, PlanRequest};
 use chorus::ring::{DEFAULT_PARTITIONS, DEFAULT_VNODES};
+use chorus::NodeId;
 
 /// mimalloc: the node allocates many small, short-lived buffers on several threads; glibc's
 /// allocator spent a tenth of the CPU of a benchmark run in its own bookkeeping.
@@ -230,8 +232,16 @@ enum RingCommand {
 #[derive(Args, Debug)]
 struct PlanArgs {
     /// Members of the sample cluster (ids derived from their index).
-    #[arg(long)]
-    members: u32,
+    #[arg(long, required_unless_present = "live", conflicts_with = "live")]
+    members: Option<u32>,
+    /// Plan against the running cluster this node (its HTTP address) is part of: which
+    /// partition replicas and how many bytes `--add` or `--leave` would move. Asks every
+    /// member for its partition sizes, which reads every key it holds.
+    #[arg(long, value_name = "http://IP:PORT")]
+    live: Option<String>,
+    /// With --live: the node (16 hex digits) whose leave to plan.
+    #[arg(long, requires = "live", conflicts_with = "add")]
+    leave: Option<String>,
     /// Show the effect of adding this many members.
     #[arg(long, conflicts_with = "remove")]
     add: Option<u32>,
@@ -253,7 +263,14 @@ struct PlanArgs {
 }
 
 fn ring_plan(args: PlanArgs) -> Result<(), String> {
-    let mut request = PlanRequest::new(args.members);
+    if let Some(live) = &args.live {
+        return ring_plan_live(live, &args);
+    }
+    let members = args.members.ok_or("--members or --live is required")?;
+    if args.leave.is_some() {
+        return Err("--leave plans a live cluster: use it with --live".into());
+    }
+    let mut request = PlanRequest::new(members);
     request.replicas = args.n;
     request.partitions = args.partitions;
     request.vnodes = args.vnodes;
@@ -264,6 +281,86 @@ fn ring_plan(args: PlanArgs) -> Result<(), String> {
         request = request.with_change(Change::Remove(k));
     }
     let report = plan::plan(&request).map_err(|e| e.to_string())?;
+    if args.json {
+        let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+        println!("{json}");
+    } else {
+        print!("{report}");
+    }
+    Ok(())
+}
+
+/// `chorus ring plan --live`: the running cluster's ring, changed by `--add K` (sample ids, as
+/// a new node's id is drawn when it starts) or `--leave ID`.
+fn ring_plan_live(live: &str, args: &PlanArgs) -> Result<(), String> {
+    use chorus::ring::{Member, PartitionId, Ring, RingConfig};
+    if args.remove.is_some() {
+        return Err("with --live, plan a departure with --leave ID".into());
+    }
+    let addr = http_addr(live)?;
+    let view = dev::fetch_cluster(addr, Duration::from_secs(5))
+        .map_err(|e| format!("cannot reach {live}: {e}"))?;
+    let config = RingConfig::new(view.ring.partitions, view.ring.vnodes)
+        .map_err(|e| format!("the cluster reports an invalid ring: {e}"))?;
+    let parse =
+        |id: &str| -> Result<NodeId, String> { id.parse::<NodeId>().map_err(|e| e.to_string()) };
+    let owners: Vec<&chorus::node::MemberView> = view
+        .members
+        .iter()
+        .filter(|m| m.status.owns_partitions())
+        .collect();
+    let ids = owners
+        .iter()
+        .map(|m| parse(&m.id))
+        .collect::<Result<Vec<_>, _>>()?;
+    if ids.is_empty() {
+        return Err("the cluster has no members yet".into());
+    }
+    let mut after = ids.clone();
+    match (&args.leave, args.add) {
+        (Some(leave), _) => {
+            let id = parse(leave)?;
+            if !after.contains(&id) {
+                return Err(format!("{leave} is not a member of the ring"));
+            }
+            after.retain(|&m| m != id);
+            if after.is_empty() {
+                return Err("the last member cannot leave".into());
+            }
+        }
+        (None, Some(k)) if k > 0 => {
+            let mut i = 0;
+            while after.len() < ids.len() + k as usize {
+                let id = plan::sample_member_id(i);
+                if !after.contains(&id) {
+                    after.push(id);
+                }
+                i += 1;
+            }
+        }
+        _ => return Err("with --live, give --add K or --leave ID".into()),
+    }
+    let old = Ring::new(ids.iter().copied().map(Member::new), config).map_err(|e| e.to_string())?;
+    let new =
+        Ring::new(after.iter().copied().map(Member::new), config).map_err(|e| e.to_string())?;
+    // The largest copy of each partition any current member reports.
+    let agent = http_agent(Duration::from_secs(600));
+    let mut sizes: BTreeMap<PartitionId, u64> = BTreeMap::new();
+    for m in &owners {
+        let url = format!("http://{}/v1/partitions?bytes=true", m.http_addr);
+        match http_json::<Vec<PartitionInfo>>(agent.get(&url).call(), "partitions") {
+            Ok(parts) => {
+                for p in parts {
+                    if let Some(b) = p.bytes {
+                        let e = sizes.entry(PartitionId::new(p.partition)).or_default();
+                        *e = (*e).max(b);
+                    }
+                }
+            }
+            Err(e) => eprintln!("{} ({}): no partition sizes: {e}", m.id, m.http_addr),
+        }
+    }
+    let report = plan::LivePlan::of(&old, &new, view.ring.n, &sizes);
     if args.json {
         let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
         println!("{json}");

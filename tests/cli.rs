@@ -50,6 +50,29 @@ fn bad_input_gets_a_clear_error() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("at least one must remain"));
+    for (args, expected) in [
+        (
+            &["ring", "plan", "--live", "not-an-address", "--add", "1"][..],
+            "expected http://IP:PORT",
+        ),
+        (
+            &[
+                "ring",
+                "plan",
+                "--members",
+                "3",
+                "--leave",
+                "00000000000000aa",
+            ][..],
+            "--live",
+        ),
+        (&["ring", "plan"][..], "--members"),
+    ] {
+        let out = chorus().args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
     let out = chorus()
         .args(["start", "--listen", "127.0.0.1:1"])
         .output()

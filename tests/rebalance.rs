@@ -174,6 +174,26 @@ fn a_fourth_node_joins_and_leaves_under_load_and_old_owners_drop_what_they_lost(
         Duration::from_secs(60),
     );
 
+    // What a join would move, asked of the live cluster.
+    let planned = live_plan(&nodes[0], &["--add", "1"]);
+    let planned_moves = planned["moves"].as_array().unwrap().len() as u64;
+    let planned_bytes = planned["bytes_moved"].as_u64().unwrap();
+    eprintln!(
+        "ring plan --live --add 1: {planned_moves} partition replicas, {planned_bytes} bytes"
+    );
+    assert!(
+        (150..=230).contains(&planned_moves),
+        "a 4th member gets about a quarter of 768 partition replicas: {planned_moves}"
+    );
+    assert_eq!(planned["unsized_moves"].as_u64(), Some(0));
+    // Each copied replica holds about a third of a partition's ~total/256 keys × 100-byte
+    // values; the sizes count keys and encoded states, so bound loosely.
+    let per_replica = planned_bytes / planned_moves.max(1);
+    assert!(
+        per_replica >= 100 * total / 256 / 2,
+        "each moved replica carries its partition's data: {per_replica} bytes"
+    );
+
     // Join.
     let ca = root.path().join("ca");
     let started = Instant::now();
@@ -226,6 +246,24 @@ fn a_fourth_node_joins_and_leaves_under_load_and_old_owners_drop_what_they_lost(
         dropped >= total / 2,
         "old owners dropped what moved: {dropped}"
     );
+
+    // What n3's leave would move: exactly the replicas it holds, back to the three.
+    let planned = live_plan(&nodes[1], &["--leave", &ids[3]]);
+    let moves = planned["moves"].as_array().unwrap();
+    assert_eq!(
+        moves.len() as u64,
+        partitions,
+        "n3's leave moves each replica it holds"
+    );
+    assert!(moves
+        .iter()
+        .all(|m| m["to"].as_str() != Some(ids[3].as_str())));
+    let planned_bytes = planned["bytes_moved"].as_u64().unwrap();
+    eprintln!(
+        "ring plan --live --leave n3: {} partition replicas, {planned_bytes} bytes",
+        moves.len()
+    );
+    assert!(planned_bytes > 0);
 
     // Leave.
     let started = Instant::now();
@@ -287,4 +325,20 @@ fn a_fourth_node_joins_and_leaves_under_load_and_old_owners_drop_what_they_lost(
             assert!(values.iter().all(|v| v.len() == 100), "{key} on {}", n.name);
         }
     }
+}
+
+/// `chorus ring plan --live` against `node`, as JSON.
+fn live_plan(node: &NodeProc, change: &[&str]) -> serde_json::Value {
+    let live = format!("http://{}", node.http);
+    let out = chorus()
+        .args(["ring", "plan", "--live", &live, "--json"])
+        .args(change)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "chorus ring plan --live: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }

@@ -79,8 +79,9 @@ pub enum AdminRequest {
     Leave(oneshot::Sender<()>),
     /// Remove a dead node from the ring; answered once the removal has started.
     Remove(NodeId, oneshot::Sender<Result<(), RemoveError>>),
-    /// Report the partitions this node replicates with their Merkle figures.
-    Partitions(oneshot::Sender<Vec<PartitionInfo>>),
+    /// Report the partitions this node replicates with their Merkle figures (and, when the
+    /// flag is set, the bytes each holds).
+    Partitions(bool, oneshot::Sender<Vec<PartitionInfo>>),
     /// Start an anti-entropy repair of one partition or all.
     Repair(
         Option<u16>,
@@ -192,9 +193,39 @@ async fn cluster(State(api): State<ApiState>) -> Response {
     }
 }
 
-async fn partitions(State(api): State<ApiState>) -> Response {
+async fn partitions(State(api): State<ApiState>, RawQuery(query): RawQuery) -> Response {
+    let pairs: Vec<(String, String)> =
+        match serde_urlencoded::from_str(query.as_deref().unwrap_or_default()) {
+            Ok(p) => p,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("bad query string: {e}"),
+                )
+            }
+        };
+    let mut bytes = false;
+    for (k, v) in pairs {
+        match (k.as_str(), v.as_str()) {
+            ("bytes", "true" | "1") => bytes = true,
+            ("bytes", "false" | "0") => bytes = false,
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("unknown parameter {k}={v} (expected bytes=true|false)"),
+                )
+            }
+        }
+    }
     let (tx, rx) = oneshot::channel();
-    if api.admin.send(AdminRequest::Partitions(tx)).await.is_err() {
+    if api
+        .admin
+        .send(AdminRequest::Partitions(bytes, tx))
+        .await
+        .is_err()
+    {
         return unavailable();
     }
     match rx.await {

@@ -10,11 +10,12 @@
 //!
 //! Pure: no I/O, no clock, no randomness.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::partition::{first_u64, DEFAULT_PARTITIONS};
+use super::partition::{first_u64, PartitionId, DEFAULT_PARTITIONS};
 use super::placement::{Ring, RingConfig, RingError, DEFAULT_VNODES, MAX_MEMBERS};
 use crate::id::NodeId;
 
@@ -410,9 +411,150 @@ impl fmt::Display for PlanReport {
     }
 }
 
+/// One partition replica a change gives to a new owner.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Move {
+    /// The partition.
+    pub partition: u16,
+    /// Its new owner.
+    pub to: NodeId,
+    /// Its owners before the change (any of them can hand it over).
+    pub from: Vec<NodeId>,
+    /// Bytes of keys and states the partition holds, as its largest current copy reports
+    /// (`None`: no current owner reported a size).
+    pub bytes: Option<u64>,
+}
+
+/// What a change to a live cluster's ring would move: every partition replica that gets a new
+/// owner, and the bytes that go with it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LivePlan {
+    /// Members before the change, sorted.
+    pub before: Vec<NodeId>,
+    /// Members after it, sorted.
+    pub after: Vec<NodeId>,
+    /// Partition replicas after the change (partitions × replicas).
+    pub replicas_total: u64,
+    /// Every replica that moves, by partition then new owner.
+    pub moves: Vec<Move>,
+    /// Bytes the moves copy (partitions without a reported size count as 0).
+    pub bytes_moved: u64,
+    /// Moves whose partition size no current owner reported.
+    pub unsized_moves: u64,
+}
+
+impl LivePlan {
+    /// Compares the placements of `old` and `new` with `n` replicas; `sizes` has, per
+    /// partition, the byte sizes its current owners reported.
+    pub fn of(old: &Ring, new: &Ring, n: usize, sizes: &BTreeMap<PartitionId, u64>) -> LivePlan {
+        let mut moves = Vec::new();
+        for p in new.partition_ids().filter(|&p| old.has_partition(p)) {
+            let before = old.preference_list(p, n);
+            for to in new.preference_list(p, n) {
+                if !before.contains(&to) {
+                    moves.push(Move {
+                        partition: p.get(),
+                        to,
+                        from: before.clone(),
+                        bytes: sizes.get(&p).copied(),
+                    });
+                }
+            }
+        }
+        let ids = |r: &Ring| {
+            let mut v: Vec<NodeId> = r.members().iter().map(|m| m.id).collect();
+            v.sort_unstable();
+            v
+        };
+        LivePlan {
+            before: ids(old),
+            after: ids(new),
+            replicas_total: new.partition_ids().len() as u64 * n.min(new.member_count()) as u64,
+            bytes_moved: moves.iter().filter_map(|m| m.bytes).sum(),
+            unsized_moves: moves.iter().filter(|m| m.bytes.is_none()).count() as u64,
+            moves,
+        }
+    }
+
+    /// Moves per new owner, sorted by owner.
+    pub fn by_target(&self) -> BTreeMap<NodeId, (u64, u64)> {
+        let mut out: BTreeMap<NodeId, (u64, u64)> = BTreeMap::new();
+        for m in &self.moves {
+            let e = out.entry(m.to).or_default();
+            e.0 += 1;
+            e.1 += m.bytes.unwrap_or(0);
+        }
+        out
+    }
+}
+
+impl fmt::Display for LivePlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let moved = self.moves.len() as u64;
+        writeln!(
+            f,
+            "members: {} before, {} after; {moved} of {} partition replicas move ({:.1}%), {} bytes",
+            self.before.len(),
+            self.after.len(),
+            self.replicas_total,
+            100.0 * moved as f64 / self.replicas_total.max(1) as f64,
+            self.bytes_moved
+        )?;
+        if self.unsized_moves > 0 {
+            writeln!(
+                f,
+                "({} moves of partitions no current owner reported a size for count 0 bytes)",
+                self.unsized_moves
+            )?;
+        }
+        writeln!(f, "{:<18} {:>10} {:>14}", "NEW OWNER", "REPLICAS", "BYTES")?;
+        for (to, (count, bytes)) in self.by_target() {
+            writeln!(f, "{:<18} {count:>10} {bytes:>14}", to.to_string())?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_live_plan_lists_each_new_replica_with_its_partition_size() {
+        use crate::ring::Member;
+        let ids: Vec<NodeId> = (0..3).map(sample_member_id).collect();
+        let config = RingConfig::default();
+        let old = Ring::new(ids.iter().copied().map(Member::new), config).unwrap();
+        let joined = sample_member_id(3);
+        let new = Ring::new(ids.iter().copied().chain([joined]).map(Member::new), config).unwrap();
+        let sizes: BTreeMap<PartitionId, u64> = old
+            .partition_ids()
+            .map(|p| (p, 1000 + u64::from(p.get())))
+            .collect();
+        let plan = LivePlan::of(&old, &new, 3, &sizes);
+        // Every replica a 4th member gains moves; nothing else does (the others held all).
+        assert!(plan
+            .moves
+            .iter()
+            .all(|m| m.to == joined && m.from.len() == 3));
+        assert_eq!(plan.moves.len() as u64, moved_replicas(&old, &new, 3));
+        let expected: u64 = plan
+            .moves
+            .iter()
+            .map(|m| 1000 + u64::from(m.partition))
+            .sum();
+        assert_eq!(plan.bytes_moved, expected);
+        assert_eq!(plan.unsized_moves, 0);
+        assert_eq!(plan.replicas_total, 256 * 3);
+        let share = plan.moves.len() as f64 / plan.replicas_total as f64;
+        assert!((0.15..0.35).contains(&share), "about a quarter: {share}");
+        assert_eq!(plan.by_target().len(), 1);
+        // The reverse (it leaves) moves as many replicas back to the three.
+        let back = LivePlan::of(&new, &old, 3, &BTreeMap::new());
+        assert_eq!(back.moves.len(), plan.moves.len());
+        assert_eq!(back.unsized_moves, back.moves.len() as u64);
+        assert!(back.to_string().contains("partition replicas move"));
+    }
     use proptest::prelude::*;
     use std::collections::BTreeSet;
 

@@ -471,8 +471,20 @@ async fn run_node(
                 AdminRequest::Remove(id, reply) => {
                     let _ = reply.send(node.remove(id, epoch.elapsed()));
                 }
-                AdminRequest::Partitions(reply) => {
-                    let _ = reply.send(node.partitions(epoch.elapsed()));
+                AdminRequest::Partitions(sizes, reply) => {
+                    let mut list = node.partitions(epoch.elapsed());
+                    if sizes {
+                        // A read of every key: off the node's loop.
+                        let store = store.clone();
+                        tokio::task::spawn_blocking(move || {
+                            for info in &mut list {
+                                info.bytes = partition_bytes(&store, info.partition);
+                            }
+                            let _ = reply.send(list);
+                        });
+                    } else {
+                        let _ = reply.send(list);
+                    }
                 }
                 AdminRequest::Repair(partition, reply) => {
                     let started = node
@@ -568,6 +580,34 @@ impl Signals {
         tokio::select! {
             _ = wait(&mut self.int) => "SIGINT",
             _ = wait(&mut self.term) => "SIGTERM",
+        }
+    }
+}
+
+/// Bytes of the keys and states `store` holds in partition `p` (`None` if the store fails).
+fn partition_bytes(store: &RocksStore, p: u16) -> Option<u64> {
+    use crate::storage::{partition_range, ReadStore as _, Space};
+    const PAGE: usize = 4096;
+    let (mut from, to) = partition_range(crate::ring::PartitionId::new(p));
+    let mut total = 0u64;
+    loop {
+        let page = match store.scan(Space::Data, &from, &to, PAGE) {
+            Ok(page) => page,
+            Err(e) => {
+                warn!(error = %e, partition = p, "cannot size a partition");
+                return None;
+            }
+        };
+        total += page
+            .iter()
+            .map(|(k, v)| (k.len() + v.len()) as u64)
+            .sum::<u64>();
+        match page.last() {
+            Some((last, _)) if page.len() == PAGE => {
+                from = last.clone();
+                from.push(0);
+            }
+            _ => return Some(total),
         }
     }
 }

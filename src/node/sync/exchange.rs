@@ -199,6 +199,10 @@ pub struct PartitionInfo {
     pub keys_repaired: u64,
     /// Bytes this node's exchanges of it sent.
     pub bytes_sent: u64,
+    /// Bytes of the keys and states this node holds in it: only when asked for
+    /// (`GET /v1/partitions?bytes=true`), as it takes a read of every key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
 }
 
 /// Settings of anti-entropy.
@@ -319,6 +323,7 @@ impl AntiEntropy {
                         .map(|at| fx.now.saturating_sub(at).as_secs()),
                     keys_repaired: s.keys_repaired,
                     bytes_sent: s.bytes_sent,
+                    bytes: None,
                 }
             })
             .collect()
