@@ -61,7 +61,8 @@ enum Command {
 #[derive(Args, Debug)]
 struct StartArgs {
     /// TOML file with any of: data_dir, listen, http, join (list), tls_dir, sync,
-    /// anti_entropy_interval. Flags win.
+    /// anti_entropy_interval, tombstone_gc_interval, tombstone_gc_quiet, request_timeout_max.
+    /// Flags win.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Directory for the node's id, metadata and data.
@@ -95,6 +96,19 @@ struct StartArgs {
     /// (0: periodic anti-entropy off; `chorus repair` still works). Default: 60.
     #[arg(long)]
     anti_entropy_interval: Option<u64>,
+    /// Seconds between looks at each partition's deleted keys for tombstones every member
+    /// agrees to purge (0: never purge). Default: 60.
+    #[arg(long)]
+    tombstone_gc_interval: Option<u64>,
+    /// Seconds during which nothing of a key may have been sent between nodes before its
+    /// tombstone may be purged; twice --request-timeout-max is used if that is longer. It must
+    /// exceed how long a message between nodes can be in transit (60 s for this transport).
+    /// Default: 300.
+    #[arg(long)]
+    tombstone_gc_quiet: Option<u64>,
+    /// The longest timeout (seconds) a client request may ask for. Default: 120.
+    #[arg(long)]
+    request_timeout_max: Option<u64>,
 }
 
 /// The `chorus start` config file.
@@ -109,6 +123,9 @@ struct StartFile {
     tls_dir: Option<PathBuf>,
     sync: Option<String>,
     anti_entropy_interval: Option<u64>,
+    tombstone_gc_interval: Option<u64>,
+    tombstone_gc_quiet: Option<u64>,
+    request_timeout_max: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -417,6 +434,25 @@ fn start(args: StartArgs) -> Result<(), String> {
             0 => None,
             s => Some(Duration::from_secs(s)),
         },
+        tombstone_gc_interval: match args
+            .tombstone_gc_interval
+            .or(file.tombstone_gc_interval)
+            .unwrap_or(60)
+        {
+            0 => None,
+            s => Some(Duration::from_secs(s)),
+        },
+        tombstone_gc_quiet: Duration::from_secs(
+            args.tombstone_gc_quiet
+                .or(file.tombstone_gc_quiet)
+                .unwrap_or(300),
+        ),
+        request_timeout_max: Duration::from_secs(
+            args.request_timeout_max
+                .or(file.request_timeout_max)
+                .unwrap_or(120)
+                .max(1),
+        ),
     };
     chorus::runtime::run_blocking(options).map_err(|e| e.to_string())
 }

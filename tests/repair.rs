@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -163,4 +163,85 @@ fn repair_requests_are_validated() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Tombstone GC through real processes: deleted keys end purged on every node (every member
+/// agreed), read as never written, and a key written again afterwards is kept. Short GC
+/// settings (a quiet window this short is only safe on a loopback test network).
+#[test]
+fn deleted_keys_are_purged_on_every_node_and_stay_deleted() {
+    const GC_KEYS: usize = 300;
+    let tmp = tempfile::tempdir().unwrap();
+    let flags = [
+        "--tombstone-gc-interval",
+        "1",
+        "--tombstone-gc-quiet",
+        "4",
+        "--request-timeout-max",
+        "2",
+        "--anti-entropy-interval",
+        "5",
+    ];
+    let (nodes, _ids) = start_cluster_with(tmp.path(), 3, &flags);
+    for i in 0..GC_KEYS {
+        let key = format!("gone-{i}");
+        let w = put(nodes[i % 3].http, &key, b"value", None, "w=3");
+        assert_eq!(w.status, 204, "{w:?}");
+        let d = delete(nodes[(i + 1) % 3].http, &key, w.context.as_deref());
+        assert!((200..300).contains(&d.status), "{d:?}");
+    }
+    let deleted = get(nodes[0].http, "gone-0", "r=3");
+    assert_eq!(deleted.status, 404);
+    assert!(
+        deleted.context.is_some(),
+        "a tombstone answers with its context"
+    );
+    let started = Instant::now();
+    let purged = wait_for(Duration::from_secs(120), || {
+        let total: u64 = nodes
+            .iter()
+            .map(|n| {
+                n.view()
+                    .and_then(|v| v.data)
+                    .map_or(0, |d| d.tombstones_purged)
+            })
+            .sum();
+        (total == 3 * GC_KEYS as u64).then_some(total)
+    });
+    assert!(
+        purged.is_some(),
+        "every replica purged every tombstone: {:?}\n{}",
+        nodes
+            .iter()
+            .map(|n| n.view().and_then(|v| v.data))
+            .collect::<Vec<_>>(),
+        nodes[0].log()
+    );
+    eprintln!(
+        "{} tombstones purged on 3 nodes {:?} after the deletes",
+        3 * GC_KEYS,
+        started.elapsed()
+    );
+    for n in &nodes {
+        let held: u64 = roots(n.http).values().map(|(_, keys)| keys).sum();
+        assert_eq!(held, 0, "nothing left on {}", n.name);
+    }
+    for i in (0..GC_KEYS).step_by(7) {
+        let key = format!("gone-{i}");
+        let r = get(nodes[i % 3].http, &key, "r=3");
+        assert_eq!(r.status, 404, "{key}: {r:?}");
+        assert!(r.context.is_none(), "{key} reads as never written: {r:?}");
+    }
+    // A key lives again after its purge.
+    let again = put(nodes[1].http, "gone-0", b"again", None, "w=3");
+    assert_eq!(again.status, 204, "{again:?}");
+    for n in &nodes {
+        let r = get(n.http, "gone-0", "r=1");
+        assert_eq!(
+            (r.status, r.body.as_slice()),
+            (200, &b"again"[..]),
+            "{}",
+            n.name
+        );
+    }
 }

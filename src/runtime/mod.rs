@@ -102,6 +102,12 @@ pub struct NodeOptions {
     /// How often each partition is compared with another replica (`None`: periodic
     /// anti-entropy off; repairs on demand still work).
     pub anti_entropy_interval: Option<Duration>,
+    /// How often each partition's tombstones are looked at for purging (`None`: never).
+    pub tombstone_gc_interval: Option<Duration>,
+    /// Tombstone GC's quiet window (at least twice `request_timeout_max` is used).
+    pub tombstone_gc_quiet: Duration,
+    /// The longest timeout a client request may ask for.
+    pub request_timeout_max: Duration,
 }
 
 impl NodeOptions {
@@ -301,6 +307,23 @@ async fn run_node(
     config.data.hints = options.hints;
     config.data.read_repair = options.read_repair;
     config.data.anti_entropy_interval = options.anti_entropy_interval;
+    config.data.tombstone_gc_interval = options.tombstone_gc_interval;
+    config.data.tombstone_gc_quiet = options.tombstone_gc_quiet;
+    config.data.timeout_max = options.request_timeout_max;
+    let transport_bound = {
+        let l = transport::Limits::default();
+        l.queue_age_max + l.stream_timeout * 2
+    };
+    let quiet = options
+        .tombstone_gc_quiet
+        .max(options.request_timeout_max * 2);
+    if options.tombstone_gc_interval.is_some() && quiet <= transport_bound {
+        warn!(
+            quiet_s = quiet.as_secs(),
+            transport_bound_s = transport_bound.as_secs(),
+            "the tombstone GC quiet window is not longer than a message between nodes may be in transit: a purged delete could come back (use this only for tests)"
+        );
+    }
     let limits = http::Limits {
         key_bytes_max: config.data.key_bytes_max,
         value_bytes_max: config.data.value_bytes_max,

@@ -7,9 +7,9 @@
 //! wall-clock grace period; instead the node that is first in a partition's preference list
 //! runs *rounds*:
 //!
-//! 1. It picks up to [`GcConfig::keys_per_round`] tombstones of the partition, each with the
-//!    Merkle leaf of its state, and asks **every ring member** — replicas, and any node that
-//!    may still hold an old owner's copy — whether it agrees ([`GcMessage::Query`]).
+//! 1. It picks up to [`GcConfig::keys_per_round`] tombstones of the partitions it leads, each
+//!    with the Merkle leaf of its state, and asks **every ring member** — replicas, and any
+//!    node that may still hold an old owner's copy — whether it agrees ([`GcMessage::Query`]).
 //! 2. A member agrees to a key only if its own copy is that exact state or it holds nothing
 //!    of the key, the copy is durable, it has sent no state of the key to another node within
 //!    the *quiet* window, and its node-wide conditions hold: it is a member whose copy is
@@ -78,12 +78,10 @@ pub(crate) struct GcConfig {
 /// Messages of tombstone GC (inside [`SyncMessage::Gc`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum GcMessage {
-    /// May these tombstones of partition `p` go? (Answered with [`GcMessage::Vote`].)
+    /// May these tombstones go? (Answered with [`GcMessage::Vote`].)
     Query {
         /// The round.
         gid: u64,
-        /// The partition.
-        p: PartitionId,
         /// The ring's owners as the asker sees them, sorted.
         owners: Vec<NodeId>,
         /// The keys, each with the Merkle leaf of the tombstone the asker holds.
@@ -96,11 +94,8 @@ pub enum GcMessage {
         /// The sender's answers.
         agreed: Vec<bool>,
     },
-    /// Every member agreed: delete these keys of partition `p` where the copy is still the
-    /// given state.
+    /// Every member agreed: delete these keys where the copy is still the given state.
     Purge {
-        /// The partition.
-        p: PartitionId,
         /// The keys and the leaves of the agreed states.
         keys: Vec<(ByteBuf, Digest)>,
     },
@@ -167,7 +162,6 @@ impl RecentKeys {
 
 struct Round {
     gid: u64,
-    p: PartitionId,
     /// User keys and the leaves asked about.
     keys: Vec<(Vec<u8>, Digest)>,
     agreed: Vec<bool>,
@@ -179,8 +173,10 @@ struct Round {
 pub(crate) struct Gc {
     config: GcConfig,
     recent: RecentKeys,
-    /// Storage keys staged and maybe not yet durable, with their journal numbers.
-    undurable: BTreeMap<Vec<u8>, u64>,
+    /// Per partition, the journal number of the newest state staged in it: a copy is trusted
+    /// for a vote only once that is durable (coarse, so that a write costs no allocation here;
+    /// a partition being written to just waits for the next pass).
+    undurable: BTreeMap<PartitionId, u64>,
     started_at: Option<Duration>,
     round: Option<Round>,
     next_gid: u64,
@@ -210,11 +206,16 @@ impl Gc {
 
     /// Notes that a state of `key` left this node.
     pub(crate) fn note_sent(&mut self, key: &[u8], now: Duration) {
-        self.recent.note(key, now);
+        if self.config.interval.is_some() {
+            self.recent.note(key, now);
+        }
     }
 
     /// Notes the states of every message that carries some, on its way to another node.
     pub(crate) fn note_outgoing(&mut self, message: &PeerMessage, now: Duration) {
+        if self.config.interval.is_none() {
+            return;
+        }
         use super::super::hints::HintsMessage;
         use super::super::replica::ReplicaMessage;
         use super::exchange::AeMessage;
@@ -236,9 +237,10 @@ impl Gc {
         }
     }
 
-    /// A state of storage key `skey` was staged under journal number `seq`.
-    pub(crate) fn note_staged(&mut self, skey: &[u8], seq: u64) {
-        self.undurable.insert(skey.to_vec(), seq);
+    /// A state of a key of partition `p` was staged under journal number `seq`.
+    pub(crate) fn note_staged(&mut self, p: PartitionId, seq: u64) {
+        let e = self.undurable.entry(p).or_default();
+        *e = (*e).max(seq);
     }
 
     /// Rounds this node completed since start (every member answered).
@@ -263,25 +265,19 @@ impl Gc {
     }
 
     /// Whether this node agrees that the tombstone of `key` with leaf `leaf` may go.
-    fn agrees(
-        &self,
-        p: PartitionId,
-        key: &[u8],
-        leaf: Digest,
-        store: &dyn ReadStore,
-        fx: &Effects<'_>,
-    ) -> bool {
-        if fx.topo.partition(key) != p || self.recent.maybe(key, fx.now) {
+    fn agrees(&self, key: &[u8], leaf: Digest, store: &dyn ReadStore, fx: &Effects<'_>) -> bool {
+        if self.recent.maybe(key, fx.now) {
             return false;
         }
-        let skey = data_key(p, key);
+        let p = fx.topo.partition(key);
         if self
             .undurable
-            .get(&skey)
+            .get(&p)
             .is_some_and(|&seq| seq > fx.journal.durable_seq())
         {
             return false;
         }
+        let skey = data_key(p, key);
         match store.get(Space::Data, &skey) {
             Ok(None) => true,
             Ok(Some(bytes)) => leaf_of(&skey, &bytes) == leaf,
@@ -305,7 +301,11 @@ impl Gc {
             if now < r.started + ROUND_TIMEOUT {
                 return;
             }
-            debug!(gid = r.gid, partition = %r.p, waiting = r.waiting.len(), "tombstone GC round abandoned");
+            debug!(
+                gid = r.gid,
+                waiting = r.waiting.len(),
+                "tombstone GC round abandoned"
+            );
             self.round = None;
         }
         if !self.config.unchecked && !self.may_agree(hints_held, fx) {
@@ -317,11 +317,13 @@ impl Gc {
         }
         let pass = *self.pass_started.get_or_insert(now);
         let mut examined = 0;
-        while examined < SCAN_PER_TICK {
+        let mut keys = Vec::new();
+        let round_max = self.config.keys_per_round.clamp(1, KEYS_PER_QUERY_MAX);
+        while examined < SCAN_PER_TICK && keys.len() < round_max {
             if self.cursor >= partitions {
                 // A pass is over; the next starts an interval after this one did.
-                if now < pass + interval {
-                    return;
+                if now < pass + interval || !keys.is_empty() {
+                    break;
                 }
                 self.cursor = 0;
                 self.pass_started = Some(now);
@@ -336,26 +338,27 @@ impl Gc {
                 self.resume.clear();
                 continue;
             }
-            let (keys, scanned, done) = self.candidates(p, store, fx);
+            let (scanned, done) = self.candidates(p, round_max, &mut keys, store, fx);
             examined += scanned.max(1);
             if done {
                 self.cursor += 1;
             }
-            if !keys.is_empty() {
-                self.start_round(p, keys, fx);
-                return;
-            }
+        }
+        if !keys.is_empty() {
+            self.start_round(keys, fx);
         }
     }
 
-    /// Up to a round's worth of tombstones of `p` from where the scan stopped; returns them,
-    /// how many entries were read, and whether the partition is done.
+    /// Adds tombstones of `p` to `keys`, from where the scan stopped, until `keys` holds
+    /// `max`; returns how many entries were read, and whether the partition is done.
     fn candidates(
         &mut self,
         p: PartitionId,
+        max: usize,
+        keys: &mut Vec<(Vec<u8>, Digest)>,
         store: &dyn ReadStore,
         fx: &Effects<'_>,
-    ) -> (Vec<(Vec<u8>, Digest)>, usize, bool) {
+    ) -> (usize, bool) {
         let (start, end) = partition_range(p);
         let from = if self.resume.is_empty() {
             start
@@ -367,11 +370,10 @@ impl Gc {
             Err(e) => {
                 warn!(error = %e, partition = %p, "cannot scan a partition for tombstones");
                 self.resume.clear();
-                return (Vec::new(), 0, true);
+                return (0, true);
             }
         };
         let scanned = page.len();
-        let mut keys = Vec::new();
         let mut last = None;
         for (skey, bytes) in &page {
             last = Some(skey);
@@ -386,15 +388,15 @@ impl Gc {
                 continue;
             }
             let leaf = leaf_of(skey, bytes);
-            if self.config.unchecked || self.agrees(p, key, leaf, store, fx) {
+            if self.config.unchecked || self.agrees(key, leaf, store, fx) {
                 keys.push((key.to_vec(), leaf));
-                if keys.len() >= self.config.keys_per_round.clamp(1, KEYS_PER_QUERY_MAX) {
+                if keys.len() >= max {
                     break;
                 }
             }
         }
         let done = match last {
-            Some(l) if scanned >= SCAN_PER_TICK || keys.len() >= self.config.keys_per_round => {
+            Some(l) if scanned >= SCAN_PER_TICK || keys.len() >= max => {
                 // Go on after the last entry looked at.
                 let mut next = l.clone();
                 next.push(0);
@@ -406,10 +408,10 @@ impl Gc {
                 true
             }
         };
-        (keys, scanned, done)
+        (scanned, done)
     }
 
-    fn start_round(&mut self, p: PartitionId, keys: Vec<(Vec<u8>, Digest)>, fx: &mut Effects<'_>) {
+    fn start_round(&mut self, keys: Vec<(Vec<u8>, Digest)>, fx: &mut Effects<'_>) {
         let gid = self.next_gid;
         self.next_gid = self.next_gid.wrapping_add(1);
         let owners = fx.topo.owners();
@@ -418,7 +420,12 @@ impl Gc {
         } else {
             owners.iter().copied().filter(|&o| o != fx.me).collect()
         };
-        debug!(gid, partition = %p, keys = keys.len(), members = owners.len(), "tombstone GC round");
+        debug!(
+            gid,
+            keys = keys.len(),
+            members = owners.len(),
+            "tombstone GC round"
+        );
         let wire: Vec<(ByteBuf, Digest)> = keys
             .iter()
             .map(|(k, l)| (ByteBuf::from(k.clone()), *l))
@@ -428,7 +435,6 @@ impl Gc {
                 to,
                 SyncMessage::Gc(GcMessage::Query {
                     gid,
-                    p,
                     owners: owners.clone(),
                     keys: wire.clone(),
                 })
@@ -437,7 +443,6 @@ impl Gc {
         }
         self.round = Some(Round {
             gid,
-            p,
             agreed: vec![true; keys.len()],
             keys,
             waiting,
@@ -456,12 +461,7 @@ impl Gc {
         fx: &mut Effects<'_>,
     ) {
         match msg {
-            GcMessage::Query {
-                gid,
-                p,
-                owners,
-                keys,
-            } => {
+            GcMessage::Query { gid, owners, keys } => {
                 if keys.len() > KEYS_PER_QUERY_MAX || owners.len() > OWNERS_MAX {
                     warn!(%from, keys = keys.len(), owners = owners.len(), "oversized tombstone GC query dropped");
                     return;
@@ -471,7 +471,7 @@ impl Gc {
                     && self.may_agree(hints_held, fx);
                 let agreed = if ok {
                     keys.iter()
-                        .map(|(k, leaf)| self.agrees(p, k, *leaf, store, fx))
+                        .map(|(k, leaf)| self.agrees(k, *leaf, store, fx))
                         .collect()
                 } else {
                     Vec::new()
@@ -497,7 +497,7 @@ impl Gc {
                 }
                 self.maybe_finish(fx);
             }
-            GcMessage::Purge { p, keys } => {
+            GcMessage::Purge { keys } => {
                 if keys.len() > KEYS_PER_QUERY_MAX {
                     warn!(%from, keys = keys.len(), "oversized tombstone purge dropped");
                     return;
@@ -508,8 +508,7 @@ impl Gc {
                 }
                 let keys: Vec<(Vec<u8>, Digest)> = keys
                     .into_iter()
-                    .filter(|(k, _)| fx.topo.partition(k) == p)
-                    .map(|(k, leaf)| (data_key(p, &k), leaf))
+                    .map(|(k, leaf)| (data_key(fx.topo.partition(&k), &k), leaf))
                     .collect();
                 if !keys.is_empty() {
                     fx.calls
@@ -535,15 +534,11 @@ impl Gc {
         if keys.is_empty() {
             return;
         }
-        info!(partition = %r.p, keys = keys.len(), "every member agreed: purging tombstones");
+        info!(keys = keys.len(), "every member agreed: purging tombstones");
         for to in fx.topo.owners() {
             fx.send(
                 to,
-                SyncMessage::Gc(GcMessage::Purge {
-                    p: r.p,
-                    keys: keys.clone(),
-                })
-                .into(),
+                SyncMessage::Gc(GcMessage::Purge { keys: keys.clone() }).into(),
             );
         }
     }

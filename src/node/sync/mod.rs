@@ -471,7 +471,7 @@ impl Sync {
             let Some((p, key)) = split_data_key(&skey) else {
                 continue;
             };
-            self.gc.note_staged(&skey, seq);
+            self.gc.note_staged(p, seq);
             let tree = self.trees.entry(p).or_default();
             tree.update(key, old, new);
             if new.is_none() {
