@@ -1,7 +1,8 @@
 //! Merkle-tree anti-entropy through real `chorus start` processes on 127.0.0.1: a replica that
 //! was down while keys were written, with hints and read repair off, catches up with
 //! `chorus repair` alone; afterwards every replica reports the same Merkle roots in
-//! `GET /v1/partitions`, and the repaired node serves every key by itself.
+//! `GET /v1/partitions`, and the repaired node serves every key by itself. 2,000 keys by
+//! default; `CHORUS_REPAIR_KEYS=100000` runs the size.
 
 mod common;
 
@@ -11,7 +12,12 @@ use std::time::{Duration, Instant};
 use common::*;
 
 /// Keys written while the replica is down.
-const KEYS: usize = 2_000;
+fn keys() -> usize {
+    std::env::var("CHORUS_REPAIR_KEYS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000)
+}
 
 fn partitions(http: std::net::SocketAddr) -> Vec<serde_json::Value> {
     let body = ureq::get(format!("http://{http}/v1/partitions"))
@@ -41,6 +47,7 @@ fn roots(http: std::net::SocketAddr) -> BTreeMap<u64, (String, u64)> {
 
 #[test]
 fn chorus_repair_alone_brings_back_a_replica_that_missed_writes() {
+    let keys = keys();
     let root = tempfile::tempdir().unwrap();
     let flags = [
         "--no-hints",
@@ -52,7 +59,7 @@ fn chorus_repair_alone_brings_back_a_replica_that_missed_writes() {
     nodes[2].kill();
     let http0 = nodes[0].http;
     // With hints off no fallback takes n2's share: only the two live replicas get the keys.
-    for i in 0..KEYS {
+    for i in 0..keys {
         let key = format!("key{i:05}");
         let value = format!("value of {key}");
         let a = put(http0, &key, value.as_bytes(), None, "w=2");
@@ -64,7 +71,7 @@ fn chorus_repair_alone_brings_back_a_replica_that_missed_writes() {
     wait_members(&nodes, &ids);
     let before = roots(nodes[2].http);
     let held: u64 = before.values().map(|(_, k)| k).sum();
-    assert!(held < KEYS as u64, "n2 missed the writes: it holds {held}");
+    assert!(held < keys as u64, "n2 missed the writes: it holds {held}");
 
     let started = Instant::now();
     let out = chorus()
@@ -80,7 +87,7 @@ fn chorus_repair_alone_brings_back_a_replica_that_missed_writes() {
         nodes[2].log()
     );
     assert!(stdout.contains("finished"), "{stdout}");
-    eprintln!("chorus repair of {KEYS} keys took {elapsed:?}:\n{stdout}");
+    eprintln!("chorus repair of {keys} keys took {elapsed:?}:\n{stdout}");
 
     // Every replica reports the same roots (N=3: every node replicates every partition).
     let r: Vec<BTreeMap<u64, (String, u64)>> = nodes.iter().map(|n| roots(n.http)).collect();
@@ -88,17 +95,17 @@ fn chorus_repair_alone_brings_back_a_replica_that_missed_writes() {
     assert_eq!(r[0], r[1]);
     assert_eq!(r[0], r[2], "the repaired replica equals the others");
     let total: u64 = r[2].values().map(|(_, k)| k).sum();
-    assert_eq!(total, KEYS as u64);
+    assert_eq!(total, keys as u64);
     let repaired: u64 = partitions(nodes[2].http)
         .iter()
         .map(|p| p["keys_repaired"].as_u64().unwrap())
         .sum();
-    assert!(repaired >= (KEYS as u64) - held, "repaired {repaired}");
+    assert!(repaired >= (keys as u64) - held, "repaired {repaired}");
 
     // The repaired node alone serves every key.
     nodes[0].kill();
     nodes[1].kill();
-    for i in (0..KEYS).step_by(7) {
+    for i in (0..keys).step_by(7) {
         let key = format!("key{i:05}");
         let a = get(nodes[2].http, &key, "r=1");
         assert_eq!(a.status, 200, "{key}: {a:?}");
