@@ -56,8 +56,20 @@ pub(crate) const KEYS_PER_QUERY_MAX: usize = 4096;
 /// Most ring members a query may name.
 const OWNERS_MAX: usize = 4096;
 
-/// Most stored entries a node examines for tombstones per tick.
-const SCAN_PER_TICK: usize = 16_384;
+/// Most stored entries a node examines for tombstones per tick (the scan runs on the node's
+/// loop, so it is kept short).
+const SCAN_PER_TICK: usize = 4096;
+
+/// The bytes every encoded tombstone contains (the variant's name): a stored state without
+/// them is not decoded at all.
+const TOMBSTONE_MARK: &[u8] = b"Tombstone";
+
+/// Whether `bytes` (an encoded object) may be a register whose values are all tombstones.
+fn maybe_tombstone(bytes: &[u8]) -> bool {
+    bytes
+        .windows(TOMBSTONE_MARK.len())
+        .any(|w| w == TOMBSTONE_MARK)
+}
 
 /// A round not answered by every member within this long is abandoned.
 const ROUND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -338,7 +350,8 @@ impl Gc {
                 self.resume.clear();
                 continue;
             }
-            let (scanned, done) = self.candidates(p, round_max, &mut keys, store, fx);
+            let budget = SCAN_PER_TICK - examined;
+            let (scanned, done) = self.candidates(p, round_max, budget, &mut keys, store, fx);
             examined += scanned.max(1);
             if done {
                 self.cursor += 1;
@@ -350,11 +363,13 @@ impl Gc {
     }
 
     /// Adds tombstones of `p` to `keys`, from where the scan stopped, until `keys` holds
-    /// `max`; returns how many entries were read, and whether the partition is done.
+    /// `max`, reading at most `budget` entries; returns how many entries were read, and
+    /// whether the partition is done.
     fn candidates(
         &mut self,
         p: PartitionId,
         max: usize,
+        budget: usize,
         keys: &mut Vec<(Vec<u8>, Digest)>,
         store: &dyn ReadStore,
         fx: &Effects<'_>,
@@ -365,7 +380,8 @@ impl Gc {
         } else {
             self.resume.clone()
         };
-        let page = match store.scan(Space::Data, &from, &end, SCAN_PER_TICK) {
+        let budget = budget.max(1);
+        let page = match store.scan(Space::Data, &from, &end, budget) {
             Ok(page) => page,
             Err(e) => {
                 warn!(error = %e, partition = %p, "cannot scan a partition for tombstones");
@@ -380,10 +396,11 @@ impl Gc {
             let Some((_, key)) = crate::storage::split_data_key(skey) else {
                 continue;
             };
-            let tombstone = matches!(
-                Object::decode(bytes),
-                Ok(Object::Register(ref r)) if r.is_deleted()
-            );
+            let tombstone = maybe_tombstone(bytes)
+                && matches!(
+                    Object::decode(bytes),
+                    Ok(Object::Register(ref r)) if r.is_deleted()
+                );
             if !tombstone {
                 continue;
             }
@@ -396,7 +413,7 @@ impl Gc {
             }
         }
         let done = match last {
-            Some(l) if scanned >= SCAN_PER_TICK || keys.len() >= max => {
+            Some(l) if scanned >= budget || keys.len() >= max => {
                 // Go on after the last entry looked at.
                 let mut next = l.clone();
                 next.push(0);
@@ -547,6 +564,26 @@ impl Gc {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_encoded_tombstone_carries_the_mark_and_plain_values_do_not() {
+        use crate::causality::{Register, VersionVector};
+        let n = NodeId::new(7);
+        let mut r = Register::new();
+        r.put(n, &VersionVector::new(), b"some value".to_vec());
+        let live = Object::Register(r.clone()).encode().unwrap();
+        assert!(!maybe_tombstone(&live));
+        r.delete(n, &r.context());
+        let dead = Object::Register(r.clone()).encode().unwrap();
+        assert!(maybe_tombstone(&dead));
+        // A tombstone next to a concurrent value still carries it (and is no candidate).
+        r.put(
+            NodeId::new(8),
+            &VersionVector::new(),
+            b"concurrent".to_vec(),
+        );
+        assert!(maybe_tombstone(&Object::Register(r).encode().unwrap()));
+    }
 
     #[test]
     fn a_noted_key_is_reported_for_at_least_the_window() {
