@@ -1,12 +1,15 @@
-//! `chorus bench`: a YCSB-style load generator for a running cluster, over the HTTP API.
+//! `chorus bench`: a YCSB-style load generator for a running cluster, over the QUIC client API
+//! or the HTTP API.
 //!
-//! It learns the cluster from any node (`GET /v1/cluster`), spreads its connections over every
-//! live member, optionally loads `records` keys first, then runs one of the YCSB core workloads
+//! It drives the cluster through the Rust client library ([`crate::client`]), exactly as an
+//! application would: the client learns the cluster from any node (`GET /v1/cluster`) and
+//! sends each request to one of the key's replicas. It optionally loads `records` keys first, then runs one of the YCSB core workloads
 //! (A: 50 % reads, 50 % updates; B: 95 % / 5 %; C: reads only) or a write-only one, with keys
 //! drawn uniformly or from YCSB's scrambled Zipfian distribution (θ = 0.99).
 //!
-//! - **Closed loop** (default): each of `connections` keep-alive connections sends its next
-//!   request when the previous answer arrived.
+//! - **Closed loop** (default): each of `connections` concurrent requesters sends its next
+//!   request when the previous answer arrived (over HTTP each holds a keep-alive connection;
+//!   over QUIC they share one connection per node, multiplexed on its lanes).
 //! - **Open loop** (`--rate R`): requests are due at fixed intended times (R per second over all
 //!   connections) and latency is measured from the *intended* send time, so a stalled server is
 //!   charged for the requests that queued behind it (no coordinated omission).
@@ -14,8 +17,8 @@
 //! Updates carry the newest context the benchmark has seen for their key (shared by all
 //! connections), so siblings only arise from truly concurrent updates, as with a real
 //! read-modify-write client. Latencies go into HDR histograms per operation; the summary gives
-//! throughput, p50/p90/p99/p99.9/max and errors by kind, as text or JSON. This module is a
-//! client: it touches the node only through its public HTTP API.
+//! throughput, p50/p90/p99/p99.9/max and errors by kind, as text or JSON. [`run_many`] runs
+//! several workloads and protocols against one loaded data set, so they compare in one run.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -25,16 +28,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1;
-use hyper::{Method, Request};
-use hyper_util::rt::TokioIo;
 use rand::{RngExt, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::node::{ClusterView, Liveness};
+pub use crate::client::Protocol;
+use crate::client::{Client, Config, Context, CrdtOp, Error as ClientError, Options};
 
 /// Which operations a run mixes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -112,6 +112,12 @@ impl std::str::FromStr for Distribution {
 pub struct BenchOptions {
     /// Any node's HTTP address.
     pub http: SocketAddr,
+    /// QUIC or HTTP.
+    pub protocol: Protocol,
+    /// The cluster CA certificate (PEM), for QUIC.
+    pub ca_pem: Option<String>,
+    /// The client token, if the nodes require one.
+    pub token: Option<String>,
     /// The operation mix.
     pub workload: Workload,
     /// Keys in the data set.
@@ -128,7 +134,7 @@ pub struct BenchOptions {
     pub rate: Option<f64>,
     /// Load the records before the run.
     pub load: bool,
-    /// Extra query string for every request (e.g. `w=3`).
+    /// Request options for every request, as a query string (e.g. `w=3&r=1`).
     pub query: String,
     /// Show a progress bar.
     pub progress: bool,
@@ -194,6 +200,8 @@ pub struct PhaseReport {
 pub struct Report {
     /// The operation mix.
     pub workload: Workload,
+    /// The protocol the requests went over.
+    pub protocol: Protocol,
     /// Records.
     pub records: u64,
     /// Bytes per value.
@@ -220,7 +228,8 @@ impl std::fmt::Display for Report {
         };
         writeln!(
             f,
-            "chorus bench: workload {}, {} records of {} B, {:?}, {} connections ({mode}), {} nodes",
+            "chorus bench over {}: workload {}, {} records of {} B, {:?}, {} connections ({mode}), {} nodes",
+            self.protocol,
             self.workload.describe(),
             self.records,
             self.value_size,
@@ -277,6 +286,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// YCSB's Zipfian generator (Gray et al., "Quickly generating billion-record synthetic
 /// databases"), over `0..n`.
+#[derive(Clone)]
 struct Zipf {
     n: u64,
     theta: f64,
@@ -328,7 +338,7 @@ fn key_of(i: u64) -> String {
 
 /// Contexts seen per key, shared by every connection (sharded locks).
 struct Contexts {
-    shards: Vec<Mutex<HashMap<u64, String>>>,
+    shards: Vec<Mutex<HashMap<u64, Context>>>,
 }
 
 impl Contexts {
@@ -338,17 +348,17 @@ impl Contexts {
         }
     }
 
-    fn shard(&self, k: u64) -> std::sync::MutexGuard<'_, HashMap<u64, String>> {
+    fn shard(&self, k: u64) -> std::sync::MutexGuard<'_, HashMap<u64, Context>> {
         self.shards[(k % 64) as usize]
             .lock()
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    fn get(&self, k: u64) -> Option<String> {
+    fn get(&self, k: u64) -> Option<Context> {
         self.shard(k).get(&k).cloned()
     }
 
-    fn set(&self, k: u64, ctx: String) {
+    fn set(&self, k: u64, ctx: Context) {
         self.shard(k).insert(k, ctx);
     }
 }
@@ -375,8 +385,9 @@ impl Op {
 /// What every connection of a phase shares.
 struct Shared {
     options: BenchOptions,
+    workload: Workload,
     value: Bytes,
-    contexts: Contexts,
+    contexts: Arc<Contexts>,
     zipf: Option<Zipf>,
     done: AtomicU64,
     stop: AtomicBool,
@@ -422,96 +433,73 @@ impl Tally {
     }
 }
 
-type Sender = http1::SendRequest<Full<Bytes>>;
-
-async fn connect(addr: SocketAddr) -> Result<Sender, String> {
-    let stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let _ = stream.set_nodelay(true);
-    let (sender, conn) = http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(sender)
-}
-
-/// Sends one request; `Ok` with the context header on success, `Err` with an error kind.
-async fn call(
-    sender: &mut Sender,
-    addr: SocketAddr,
-    op: Op,
-    key: &str,
-    shared: &Shared,
-    context: Option<String>,
-) -> Result<Option<String>, String> {
-    let q = &shared.options.query;
-    let space = if op == Op::Increment { "crdt" } else { "kv" };
-    let uri = format!(
-        "/v1/{space}/{key}{}{q}",
-        if q.is_empty() { "" } else { "?" }
-    );
-    let (method, body) = match op {
-        Op::Read => (Method::GET, Bytes::new()),
-        Op::Update | Op::Insert => (Method::PUT, shared.value.clone()),
-        Op::Increment => (
-            Method::POST,
-            Bytes::from_static(br#"{"type":"gcounter","increment":1}"#),
-        ),
-    };
-    let mut req = Request::builder()
-        .method(method)
-        .uri(uri)
-        .header(hyper::header::HOST, addr.to_string());
-    if let Some(c) = context {
-        req = req.header("x-chorus-context", c);
-    }
-    let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
-    sender
-        .ready()
-        .await
-        .map_err(|e| format!("connection: {e}"))?;
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| format!("request: {e}"))?;
-    let status = resp.status().as_u16();
-    let ctx = resp
-        .headers()
-        .get("x-chorus-context")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("body: {e}"))?
-        .to_bytes();
-    match status {
-        200 | 204 | 300 => Ok(ctx),
-        404 if op == Op::Read => Ok(ctx),
-        s => {
-            let code = serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|j| j["error"].as_str().map(str::to_owned))
-                .unwrap_or_default();
-            Err(format!("{s} {code}"))
+/// Parses `--query`-style options (`r=1&w=3&strict=true&timeout_ms=500`).
+pub fn parse_query(q: &str) -> Result<Options, String> {
+    let mut o = Options::default();
+    for part in q.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = part.split_once('=').unwrap_or((part, ""));
+        let number = || {
+            v.parse::<u64>()
+                .map_err(|_| format!("{k}={v:?} is not a non-negative integer"))
+        };
+        match k {
+            "r" => o.r = Some(number()? as usize),
+            "w" => o.w = Some(number()? as usize),
+            "timeout_ms" => o.timeout_ms = Some(number()?),
+            "strict" => o.strict = matches!(v, "" | "true" | "1"),
+            other => {
+                return Err(format!(
+                    "unknown request option {other:?} (r, w, strict, timeout_ms)"
+                ))
+            }
         }
     }
+    Ok(o)
 }
 
-/// A request not answered within this long counts as an error (its connection is replaced).
+/// A request not answered within this long counts as an error (the client's own timeouts
+/// normally end it sooner).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// An open loop this far behind its schedule after the deadline stops sending.
 const OPEN_LOOP_GRACE: Duration = Duration::from_secs(10);
 
+/// Sends one operation; `Ok` on success (a read of an absent key included).
+async fn call(client: &Client, op: Op, k: u64, shared: &Shared) -> Result<(), String> {
+    let kind = |e: ClientError| e.code;
+    match op {
+        Op::Read => {
+            let r = client.get(key_of(k)).await.map_err(kind)?;
+            if let Some(c) = r.context {
+                shared.contexts.set(k, c);
+            }
+        }
+        Op::Update | Op::Insert => {
+            let context = if op == Op::Update {
+                shared.contexts.get(k)
+            } else {
+                None
+            };
+            let w = client
+                .put(key_of(k), shared.value.to_vec(), context.as_ref())
+                .await
+                .map_err(kind)?;
+            shared.contexts.set(k, w.context);
+        }
+        Op::Increment => {
+            client
+                .update(format!("ctr{k:06}"), CrdtOp::GCounter { increment: 1 })
+                .await
+                .map_err(kind)?;
+        }
+    }
+    Ok(())
+}
+
 /// One connection's loop for a phase.
 async fn worker(
     shared: Arc<Shared>,
-    addr: SocketAddr,
+    client: Client,
     index: usize,
     load: bool,
     deadline: Instant,
@@ -520,7 +508,6 @@ async fn worker(
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(
         shared.options.seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
     );
-    let mut sender: Option<Sender> = None;
     let per_conn = shared
         .options
         .rate
@@ -567,9 +554,9 @@ async fn worker(
                 Some(z) => fnv(z.next(rng.random())) % shared.options.records,
                 None => rng.random_range(0..shared.options.records),
             };
-            let op = if shared.options.workload == Workload::Counter {
+            let op = if shared.workload == Workload::Counter {
                 Op::Increment
-            } else if draw < shared.options.workload.read_fraction() {
+            } else if draw < shared.workload.read_fraction() {
                 Op::Read
             } else {
                 Op::Update
@@ -589,101 +576,32 @@ async fn worker(
             None => Instant::now(),
         };
         sent += 1;
-        // Connect (again) if needed. A record of the load phase is retried until it is
-        // inserted or the phase ends, so the run phase finds every key loaded.
-        while sender.as_ref().is_none_or(|s| s.is_closed()) {
-            match connect(addr).await {
-                Ok(s) => sender = Some(s),
-                Err(e) => {
-                    *tally.errors.entry(e).or_default() += 1;
-                    if !load || shared.stop.load(Ordering::Relaxed) || Instant::now() >= deadline {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+        let mut result = tokio::time::timeout(REQUEST_TIMEOUT, call(&client, op, k, &shared))
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {} s", REQUEST_TIMEOUT.as_secs())));
+        // A record of the load phase is retried until it is inserted or the phase ends, so
+        // the run phase finds every key loaded.
+        while load
+            && result.is_err()
+            && Instant::now() < deadline
+            && !shared.stop.load(Ordering::Relaxed)
+        {
+            if let Err(kind) = &result {
+                *tally.errors.entry(kind.clone()).or_default() += 1;
             }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            result = call(&client, op, k, &shared).await;
         }
-        let Some(s) = sender.as_mut().filter(|s| !s.is_closed()) else {
-            if per_conn.is_some() {
-                // The request was due: its failure counts, with the time it took to fail.
-                tally.record(op, intended.elapsed().as_micros() as u64);
-            } else {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            continue;
-        };
-        let key = match op {
-            Op::Increment => format!("ctr{k:06}"),
-            _ => key_of(k),
-        };
-        let context = match op {
-            Op::Update => shared.contexts.get(k),
-            _ => None,
-        };
-        let result =
-            tokio::time::timeout(REQUEST_TIMEOUT, call(s, addr, op, &key, &shared, context))
-                .await
-                .unwrap_or_else(|_| {
-                    // The connection may be wedged: start a new one.
-                    sender = None;
-                    Err(format!("no answer within {} s", REQUEST_TIMEOUT.as_secs()))
-                });
-        match result {
-            Ok(ctx) => {
-                tally.record(op, intended.elapsed().as_micros() as u64);
-                if let Some(c) = ctx {
-                    shared.contexts.set(k, c);
-                }
-            }
-            Err(kind) => {
-                tally.record(op, intended.elapsed().as_micros() as u64);
-                *tally.errors.entry(kind).or_default() += 1;
-                if sender.as_ref().is_some_and(|s| s.is_closed()) {
-                    sender = None;
-                }
-            }
+        tally.record(op, intended.elapsed().as_micros() as u64);
+        if let Err(kind) = result {
+            *tally.errors.entry(kind).or_default() += 1;
         }
         shared.done.fetch_add(1, Ordering::Relaxed);
     }
     tally
 }
 
-async fn nodes_of(http: SocketAddr) -> Result<Vec<SocketAddr>, BenchError> {
-    let err = |message: String| BenchError::Cluster {
-        addr: http,
-        message,
-    };
-    let mut sender = connect(http).await.map_err(err)?;
-    let req = Request::builder()
-        .uri("/v1/cluster")
-        .header(hyper::header::HOST, http.to_string())
-        .body(Full::new(Bytes::new()))
-        .map_err(|e| err(e.to_string()))?;
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| err(e.to_string()))?;
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| err(e.to_string()))?
-        .to_bytes();
-    let view: ClusterView =
-        serde_json::from_slice(&body).map_err(|e| err(format!("bad /v1/cluster: {e}")))?;
-    let nodes: Vec<SocketAddr> = view
-        .members
-        .iter()
-        .filter(|m| m.liveness == Liveness::Alive && m.status.owns_partitions())
-        .map(|m| m.http_addr)
-        .collect();
-    if nodes.is_empty() {
-        return Err(err("no live member".into()));
-    }
-    Ok(nodes)
-}
-
-async fn phase(shared: &Arc<Shared>, nodes: &[SocketAddr], load: bool) -> PhaseReport {
+async fn phase(shared: &Arc<Shared>, client: &Client, load: bool) -> PhaseReport {
     shared.done.store(0, Ordering::Relaxed);
     shared.stop.store(false, Ordering::Relaxed);
     let total = if load {
@@ -730,10 +648,7 @@ async fn phase(shared: &Arc<Shared>, nodes: &[SocketAddr], load: bool) -> PhaseR
         })
     });
     let tasks: Vec<_> = (0..shared.options.connections)
-        .map(|i| {
-            let addr = nodes[i % nodes.len()];
-            tokio::spawn(worker(shared.clone(), addr, i, load, deadline))
-        })
+        .map(|i| tokio::spawn(worker(shared.clone(), client.clone(), i, load, deadline)))
         .collect();
     let mut tally = Tally::new();
     for t in tasks {
@@ -777,6 +692,19 @@ async fn phase(shared: &Arc<Shared>, nodes: &[SocketAddr], load: bool) -> PhaseR
 
 /// Runs a benchmark. Blocks the calling thread.
 pub fn run_blocking(options: BenchOptions) -> Result<Report, BenchError> {
+    let runs = [(options.workload, options.protocol)];
+    let mut reports = run_many(options, &runs)?;
+    reports
+        .pop()
+        .ok_or_else(|| BenchError::Options("nothing to run".into()))
+}
+
+/// Runs one benchmark per (workload, protocol), in order, against the same data set (loaded
+/// once, before the first, unless `options.load` is off). Blocks the calling thread.
+pub fn run_many(
+    options: BenchOptions,
+    runs: &[(Workload, Protocol)],
+) -> Result<Vec<Report>, BenchError> {
     if options.records == 0 || options.connections == 0 {
         return Err(BenchError::Options(
             "--records and --connections must be positive".into(),
@@ -795,44 +723,64 @@ pub fn run_blocking(options: BenchOptions) -> Result<Report, BenchError> {
             "--duration must be at most 7 days".into(),
         ));
     }
+    let request_options = parse_query(&options.query).map_err(BenchError::Options)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(BenchError::Runtime)?;
     rt.block_on(async {
-        let nodes = nodes_of(options.http).await?;
         let mut value = vec![0u8; options.value_size];
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(options.seed);
         rng.fill(&mut value[..]);
         let zipf = (options.distribution == Distribution::Zipfian)
             .then(|| Zipf::new(options.records, 0.99));
-        let shared = Arc::new(Shared {
-            options: options.clone(),
-            value: Bytes::from(value),
-            contexts: Contexts::new(),
-            zipf,
-            done: AtomicU64::new(0),
-            stop: AtomicBool::new(false),
-            next_insert: AtomicU64::new(0),
-        });
-        let load = if options.load && options.workload != Workload::Counter {
-            Some(phase(&shared, &nodes, true).await)
-        } else {
-            None
-        };
-        let run = phase(&shared, &nodes, false).await;
-        Ok(Report {
-            workload: options.workload,
-            records: options.records,
-            value_size: options.value_size,
-            distribution: options.distribution,
-            connections: options.connections,
-            rate: options.rate,
-            nodes,
-            load,
-            run,
-        })
+        let contexts = Arc::new(Contexts::new());
+        let mut reports = Vec::new();
+        let mut loaded = !options.load;
+        for &(workload, protocol) in runs {
+            let mut config = Config::new([options.http.to_string()]);
+            config.protocol = protocol;
+            config.ca_pem = options.ca_pem.clone();
+            config.token = options.token.clone();
+            config.options = request_options;
+            let client = Client::connect(config)
+                .await
+                .map_err(|e| BenchError::Cluster {
+                    addr: options.http,
+                    message: e.to_string(),
+                })?;
+            let shared = Arc::new(Shared {
+                options: options.clone(),
+                workload,
+                value: Bytes::from(value.clone()),
+                contexts: contexts.clone(),
+                zipf: zipf.clone(),
+                done: AtomicU64::new(0),
+                stop: AtomicBool::new(false),
+                next_insert: AtomicU64::new(0),
+            });
+            let load = if !loaded && workload != Workload::Counter {
+                loaded = true;
+                Some(phase(&shared, &client, true).await)
+            } else {
+                None
+            };
+            let run = phase(&shared, &client, false).await;
+            reports.push(Report {
+                workload,
+                protocol,
+                records: options.records,
+                value_size: options.value_size,
+                distribution: options.distribution,
+                connections: options.connections,
+                rate: options.rate,
+                nodes: client.nodes().iter().map(|n| n.http_addr).collect(),
+                load,
+                run,
+            });
+        }
+        Ok(reports)
     })
 }
 

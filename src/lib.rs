@@ -21,7 +21,10 @@
 //!
 //! - `runtime`: the tokio driver, QUIC transport with mutual TLS, the `chorus dev` supervisor.
 //! - `api`: the HTTP API.
-//! - `bench`: the `chorus bench` load generator (a client of the HTTP API).
+//! - `bench`: the `chorus bench` load generator (a client of the cluster, over QUIC or HTTP).
+//!
+//! With the `client` feature (part of `server`, or alone without RocksDB): `client`, the Rust
+//! client library.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
@@ -30,6 +33,8 @@ pub mod api;
 #[cfg(feature = "server")]
 pub mod bench;
 pub mod causality;
+#[cfg(feature = "client")]
+pub mod client;
 pub mod crdt;
 pub mod id;
 pub mod membership;

@@ -10,7 +10,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
-use chorus::bench::{self, BenchOptions, Distribution, Workload};
+use chorus::api::auth::ClientToken;
+use chorus::bench::{self, BenchOptions, Distribution, Protocol, Workload};
 use chorus::node::{Liveness, PartitionInfo, RepairProgress};
 use chorus::runtime::dev::{self, DevOptions};
 use chorus::runtime::tls::{ClusterCa, TlsFiles};
@@ -19,6 +20,8 @@ use chorus::runtime::{NodeOptions, SyncPolicy};
 use chorus::ring::plan::{self, Change, PlanRequest};
 use chorus::ring::{DEFAULT_PARTITIONS, DEFAULT_VNODES};
 use chorus::NodeId;
+
+mod data_commands;
 
 /// mimalloc: the node allocates many small, short-lived buffers on several threads; glibc's
 /// allocator spent a tenth of the CPU of a benchmark run in its own bookkeeping.
@@ -44,8 +47,26 @@ enum Command {
     /// Repair replicas by Merkle-tree anti-entropy: compare every partition the node
     /// replicates (or one) with each of its other replicas, showing progress until done.
     Repair(RepairArgs),
-    /// Load-test a running cluster over HTTP (YCSB A/B/C or write-only workloads).
+    /// Load-test a running cluster over QUIC or HTTP (YCSB A/B/C, write-only, counters).
     Bench(BenchArgs),
+    /// Read a register: its value (or siblings, one per line) on stdout, the context on
+    /// stderr. Exit codes: 0 found, 1 not found, 2 failure.
+    Get(data_commands::GetArgs),
+    /// Write a register value. Exit codes: 0 written, 2 failure, 3 indeterminate (the write
+    /// may have been applied).
+    Put(data_commands::PutArgs),
+    /// Delete a register (what a fresh read sees, or what --context covers).
+    Delete(data_commands::DeleteArgs),
+    /// Read or increment a counter (G-Counter; PN-Counter once decremented).
+    Counter {
+        #[command(subcommand)]
+        command: data_commands::CounterCommand,
+    },
+    /// Read a set, or add or remove elements (OR-Set, or 2P-Set with --two-phase).
+    Set {
+        #[command(subcommand)]
+        command: data_commands::SetCommand,
+    },
     /// Create a cluster certificate authority or issue node certificates.
     Cert {
         #[command(subcommand)]
@@ -61,7 +82,8 @@ enum Command {
 #[derive(Args, Debug)]
 struct StartArgs {
     /// TOML file with any of: data_dir, listen, http, join (list), tls_dir, sync,
-    /// anti_entropy_interval, tombstone_gc_interval, tombstone_gc_quiet, request_timeout_max.
+    /// anti_entropy_interval, tombstone_gc_interval, tombstone_gc_quiet, request_timeout_max,
+    /// client_token_file.
     /// Flags win.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -109,6 +131,10 @@ struct StartArgs {
     /// The longest timeout (seconds) a client request may ask for. Default: 120.
     #[arg(long)]
     request_timeout_max: Option<u64>,
+    /// File holding the token clients must present: `Authorization: Bearer <token>` over HTTP
+    /// (every endpoint but /health), in each lane's hello over QUIC. Default: no token.
+    #[arg(long)]
+    client_token_file: Option<PathBuf>,
 }
 
 /// The `chorus start` config file.
@@ -126,6 +152,7 @@ struct StartFile {
     tombstone_gc_interval: Option<u64>,
     tombstone_gc_quiet: Option<u64>,
     request_timeout_max: Option<u64>,
+    client_token_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -153,12 +180,22 @@ struct DevArgs {
 #[derive(Args, Debug)]
 struct BenchArgs {
     /// HTTP address of any node; the benchmark spreads over every live member.
-    #[arg(long, default_value = "http://127.0.0.1:7200")]
+    #[arg(long, alias = "node", default_value = "http://127.0.0.1:7200")]
     http: String,
     /// Operation mix: a (50% read / 50% update), b (95/5), c (read only), w (update only),
-    /// counter (G-Counter increments over `--records` counters; no load phase).
-    #[arg(long, default_value = "a")]
-    workload: Workload,
+    /// counter (G-Counter increments over `--records` counters; no load phase). A comma list
+    /// (`a,c`) runs each in turn on the same data set.
+    #[arg(long, default_value = "a", value_delimiter = ',')]
+    workload: Vec<Workload>,
+    /// quic or http; a comma list (`quic,http`) runs every workload over each, in one run.
+    #[arg(long, default_value = "http", value_delimiter = ',')]
+    protocol: Vec<Protocol>,
+    /// The cluster CA certificate, for QUIC [default: chorus-dev/ca.pem].
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// File holding the client token, if the nodes require one.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
     /// Keys in the data set.
     #[arg(long, default_value_t = 10_000)]
     records: u64,
@@ -181,7 +218,7 @@ struct BenchArgs {
     /// Skip the load phase (the records are already there).
     #[arg(long)]
     no_load: bool,
-    /// Extra query parameters for every request, e.g. `w=3&r=1`.
+    /// Request options for every request, e.g. `w=3&r=1` (r, w, strict, timeout_ms).
     #[arg(long, default_value = "")]
     query: String,
     /// Seed of the key and operation choices.
@@ -453,6 +490,10 @@ fn start(args: StartArgs) -> Result<(), String> {
                 .unwrap_or(120)
                 .max(1),
         ),
+        client_token: match args.client_token_file.or(file.client_token_file) {
+            Some(path) => Some(ClientToken::load(&path).map_err(|e| e.to_string())?),
+            None => None,
+        },
     };
     chorus::runtime::run_blocking(options).map_err(|e| e.to_string())
 }
@@ -466,28 +507,89 @@ fn bench_cmd(args: BenchArgs) -> Result<(), String> {
     let addr: SocketAddr = http
         .parse()
         .map_err(|_| format!("--http {}: expected http://IP:PORT", args.http))?;
-    let report = bench::run_blocking(BenchOptions {
-        http: addr,
-        workload: args.workload,
-        records: args.records,
-        value_size: args.value_size,
-        distribution: args.distribution,
-        connections: args.connections,
-        duration: args.duration,
-        rate: args.rate,
-        load: !args.no_load,
-        query: args.query,
-        progress: std::io::stderr().is_terminal() && !args.json,
-        seed: args.seed,
-    })
+    let ca_pem = if args.protocol.contains(&Protocol::Quic) {
+        let path = args
+            .ca
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("chorus-dev/ca.pem"));
+        Some(std::fs::read_to_string(&path).map_err(|e| {
+            format!(
+                "cannot read the cluster CA {} (give --ca FILE): {e}",
+                path.display()
+            )
+        })?)
+    } else {
+        None
+    };
+    let token = match &args.token_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .map_err(|e| format!("cannot read {}: {e}", p.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let runs: Vec<(Workload, Protocol)> = args
+        .workload
+        .iter()
+        .flat_map(|&w| args.protocol.iter().map(move |&p| (w, p)))
+        .collect();
+    let reports = bench::run_many(
+        BenchOptions {
+            http: addr,
+            protocol: args.protocol.first().copied().unwrap_or(Protocol::Http),
+            ca_pem,
+            token,
+            workload: args.workload.first().copied().unwrap_or(Workload::A),
+            records: args.records,
+            value_size: args.value_size,
+            distribution: args.distribution,
+            connections: args.connections,
+            duration: args.duration,
+            rate: args.rate,
+            load: !args.no_load,
+            query: args.query,
+            progress: std::io::stderr().is_terminal() && !args.json,
+            seed: args.seed,
+        },
+        &runs,
+    )
     .map_err(|e| e.to_string())?;
     if args.json {
+        let json = match reports.as_slice() {
+            [one] => serde_json::to_string_pretty(one),
+            all => serde_json::to_string_pretty(all),
+        };
+        println!("{}", json.map_err(|e| e.to_string())?);
+        return Ok(());
+    }
+    for r in &reports {
+        print!("{r}");
+    }
+    if reports.len() > 1 {
+        println!("\nsummary (run phase):");
         println!(
-            "{}",
-            serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+            "{:<10} {:<6} {:>10} {:>11} {:>11} {:>7}",
+            "WORKLOAD", "PROTO", "OPS/S", "READ P99", "UPDATE P99", "ERRORS"
         );
-    } else {
-        print!("{report}");
+        for r in &reports {
+            let p99 = |op: &str| {
+                r.run
+                    .ops
+                    .get(op)
+                    .map_or("-".to_string(), |s| format!("{:.2} ms", s.p99_ms))
+            };
+            println!(
+                "{:<10} {:<6} {:>10.0} {:>11} {:>11} {:>7}",
+                format!("{:?}", r.workload),
+                r.protocol.to_string(),
+                r.run.throughput,
+                p99("read"),
+                p99("update"),
+                r.run.errors.values().sum::<u64>()
+            );
+        }
     }
     Ok(())
 }
@@ -716,6 +818,11 @@ fn main() -> ExitCode {
         })
         .map_err(|e| e.to_string()),
         Command::Bench(args) => bench_cmd(args),
+        Command::Get(args) => return data_commands::get(args),
+        Command::Put(args) => return data_commands::put(args),
+        Command::Delete(args) => return data_commands::delete(args),
+        Command::Counter { command } => return data_commands::counter(command),
+        Command::Set { command } => return data_commands::set(command),
         Command::Status(args) => status(args),
         Command::Repair(args) => repair(args),
         Command::Cert { command } => cert(command),

@@ -31,10 +31,13 @@
 //!   `Accept: application/json`); 404 when absent or deleted (with `x-chorus-context` when a
 //!   tombstone exists).
 //! - `DELETE /v1/kv/{key}`: optional `x-chorus-context`; 204 with the new context, or 300 with
-//!   the siblings' JSON when values the context did not cover remain (like a write).
+//!   the JSON of the values the context did not cover, when any remain.
 //!
 //! CRDT endpoints (same query parameters, and `return=value` on updates): see
 //! [`super::crdt`].
+//!
+//! When the node has a client token (`--client-token-file`), every endpoint but `/health`
+//! answers 401 `unauthorized` unless the request carries `Authorization: Bearer <token>`.
 //!
 //! Errors are JSON `{"error": "<code>", "message": "..."}`, with `"indeterminate": true|false`
 //! on 503s that concern a write: 400 malformed input, 413 key or value over the limit, 409 a
@@ -120,12 +123,15 @@ pub struct ApiState {
     pub sync: &'static str,
     /// Size limits.
     pub limits: Limits,
+    /// The client token every request must carry, if one is configured.
+    pub token: Option<std::sync::Arc<super::auth::ClientToken>>,
 }
 
 /// The router for the HTTP API.
 pub fn router(state: ApiState) -> Router {
     let body_max = state.limits.value_bytes_max.saturating_add(1);
-    Router::new()
+    let token = state.token.clone();
+    let router = Router::new()
         .route("/health", get(health))
         .route("/v1/cluster", get(cluster))
         .route("/v1/cluster/leave", post(leave))
@@ -143,7 +149,14 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/crdt/", axum::routing::any(empty_key))
         .route("/v1/crdt", axum::routing::any(empty_key))
         .layer(DefaultBodyLimit::max(body_max))
-        .with_state(state)
+        .with_state(state);
+    match token {
+        Some(t) => router.layer(axum::middleware::from_fn_with_state(
+            t,
+            super::auth::require_token,
+        )),
+        None => router,
+    }
 }
 
 async fn empty_key() -> Response {
@@ -636,6 +649,11 @@ async fn kv_delete(
     write(&api, uri, query, &headers, None).await
 }
 
+enum Kind {
+    Put,
+    Delete,
+}
+
 async fn write(
     api: &ApiState,
     uri: Uri,
@@ -651,6 +669,11 @@ async fn write(
         (Ok(o), Ok(c)) => (o, c),
         (Err(r), _) | (_, Err(r)) => return *r.0,
     };
+    let request_kind = if value.is_some() {
+        Kind::Put
+    } else {
+        Kind::Delete
+    };
     let op = match value {
         Some(value) => ClientOp::Put { value, context },
         None => ClientOp::Delete { context },
@@ -665,8 +688,10 @@ async fn write(
         ClientReply::Failed(e) => return failure(&e, true),
         ClientReply::Read(_) | ClientReply::Updated(_) => return wrong_reply(),
     };
-    // A context that covers a sibling never reaches a client without that sibling.
-    let mut resp = if w.values.len() > 1 {
+    // A context that covers a sibling never reaches a client without that sibling: a write
+    // answers 300 when values beside its own remain, a delete when any value remains.
+    let delete = matches!(request_kind, Kind::Delete);
+    let mut resp = if w.values.len() > 1 || (delete && !w.values.is_empty()) {
         (
             StatusCode::MULTIPLE_CHOICES,
             siblings_json(&w.values, Some(&w.context)),

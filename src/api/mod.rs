@@ -1,5 +1,8 @@
-//! User-facing APIs: the HTTP API (axum). The QUIC client API and the Rust client library
-//! arrive with the replicated key-value store.
+//! User-facing APIs: the HTTP API (axum) and the QUIC client API, both thin translators in
+//! front of the node core, and the client token both check. The Rust client library that
+//! speaks them is [`crate::client`].
 
+pub mod auth;
 pub mod crdt;
 pub mod http;
+pub mod quic;

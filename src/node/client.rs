@@ -188,6 +188,7 @@ pub struct ReadResult {
     /// The key's type (`None`: no replica knows the key).
     pub type_name: Option<String>,
     /// Every live value of a register (none: absent, deleted, or not a register).
+    #[serde(with = "crate::protocol::bytes_list")]
     pub values: Vec<Vec<u8>>,
     /// The value of a CRDT key.
     pub crdt: Option<CrdtValue>,
@@ -205,6 +206,7 @@ pub struct ReadResult {
 pub struct WriteResult {
     /// The live values after the write: just the new one, or it and the concurrent siblings
     /// the context did not cover (none after a delete that left no sibling).
+    #[serde(with = "crate::protocol::bytes_list")]
     pub values: Vec<Vec<u8>>,
     /// The context covering exactly those values.
     pub context: Context,

@@ -143,5 +143,28 @@ pub fn decode_with_limit<T: DeserializeOwned>(
     Ok(value)
 }
 
+pub mod client;
+
+/// Serde helper for a list of byte strings (`#[serde(with = "crate::protocol::bytes_list")]`):
+/// each one as MessagePack binary, not as an array of integers (which costs up to twice the
+/// bytes and a decode call per byte).
+pub mod bytes_list {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Serializes each byte string as binary.
+    pub fn serialize<S: Serializer>(values: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(values.iter().map(|v| serde_bytes::Bytes::new(v)))
+    }
+
+    /// Deserializes a list of binary strings.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+        let list = Vec::<serde_bytes::ByteBuf>::deserialize(d)?;
+        Ok(list
+            .into_iter()
+            .map(serde_bytes::ByteBuf::into_vec)
+            .collect())
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -42,6 +42,9 @@ const LEAVE_FLUSH: Duration = Duration::from_millis(500);
 /// Inputs of one kind handled before the outputs they produced are performed.
 const INPUT_BATCH_MAX: usize = 256;
 
+/// QUIC API client connections a node serves at once.
+const QUIC_CLIENTS_MAX: usize = 1024;
+
 /// Bytes the storage thread puts into one commit at most (it always takes one batch).
 const GROUP_COMMIT_BYTES_MAX: usize = 64 * 1024 * 1024;
 
@@ -108,6 +111,8 @@ pub struct NodeOptions {
     pub tombstone_gc_quiet: Duration,
     /// The longest timeout a client request may ask for.
     pub request_timeout_max: Duration,
+    /// The token clients must present (HTTP and QUIC), if any.
+    pub client_token: Option<crate::api::auth::ClientToken>,
 }
 
 impl NodeOptions {
@@ -272,7 +277,7 @@ async fn run_node(
     mut store: RocksStore,
     persisted: meta::BootInfo,
 ) -> Result<(), RuntimeError> {
-    let (server_cfg, client_cfg) = tls::quinn_configs(&node_tls, &[tls::PEER_ALPN])?;
+    let (server_cfg, client_cfg) = tls::node_quinn_configs(&node_tls)?;
     let (transport, mut inbound) = Transport::bind_with_endpoint_config(
         options.listen,
         node_tls.endpoint_config(),
@@ -367,12 +372,18 @@ async fn run_node(
     let (admin_tx, mut admin_rx) = mpsc::channel::<AdminRequest>(64);
     let (client_tx, mut client_rx) = mpsc::channel::<ClientCall>(4096);
     let (http_stop_tx, http_stop_rx) = oneshot::channel::<()>();
-    let router = http::router(http::ApiState {
+    let api = http::ApiState {
         admin: admin_tx,
         clients: client_tx,
         sync: options.sync.as_str(),
         limits,
-    });
+        token: options.client_token.clone().map(std::sync::Arc::new),
+    };
+    let quic_api = tokio::spawn(
+        crate::api::quic::serve(transport.serve_clients(QUIC_CLIENTS_MAX), api.clone())
+            .in_current_span(),
+    );
+    let router = http::router(api);
     let http_task = tokio::spawn(
         async move {
             let server = axum::serve(http_listener, router).with_graceful_shutdown(async {
@@ -545,6 +556,7 @@ async fn run_node(
     drop(client_rx);
     let _ = http_stop_tx.send(());
     transport.shutdown().await;
+    quic_api.abort();
     let abort = http_task.abort_handle();
     if tokio::time::timeout(Duration::from_secs(2), http_task)
         .await

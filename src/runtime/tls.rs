@@ -45,8 +45,9 @@ use rustls::RootCertStore;
 
 use crate::id::NodeId;
 
-/// The DNS name every node certificate carries and every node verifies its peers against.
-pub const NODE_SERVER_NAME: &str = "chorus-node";
+/// The DNS name every node certificate carries and every node (and client) verifies nodes
+/// against.
+pub const NODE_SERVER_NAME: &str = crate::protocol::client::NODE_SERVER_NAME;
 
 /// ALPN protocol identifier of node-to-node traffic (peer RPC, gossip, anti-entropy).
 pub const PEER_ALPN: &[u8] = b"chorus-peer/1";
@@ -594,28 +595,66 @@ pub fn quinn_configs(
     material: &impl TlsMaterial,
     alpn: &[&[u8]],
 ) -> Result<(quinn::ServerConfig, quinn::ClientConfig), TlsError> {
+    configs(material, alpn, alpn, false)
+}
+
+/// The configurations a node runs with: like [`quinn_configs`] for [`PEER_ALPN`], except that
+/// the server also accepts QUIC API clients ([`CLIENT_ALPN`]), which present no certificate.
+///
+/// A client certificate is therefore optional in the handshake (one that is presented must
+/// still chain to the cluster CA); the transport closes any peer-ALPN connection that did not
+/// present one before reading a byte from it. Clients may open up to [`CLIENT_LANES_MAX`]
+/// bidirectional streams.
+pub fn node_quinn_configs(
+    material: &impl TlsMaterial,
+) -> Result<(quinn::ServerConfig, quinn::ClientConfig), TlsError> {
+    configs(material, &[PEER_ALPN, CLIENT_ALPN], &[PEER_ALPN], true)
+}
+
+/// Bidirectional streams (lanes) a QUIC API client may have open on one connection.
+pub const CLIENT_LANES_MAX: u32 = 32;
+
+/// ALPN protocol identifier of the QUIC client API.
+pub const CLIENT_ALPN: &[u8] = crate::protocol::client::CLIENT_ALPN;
+
+fn configs(
+    material: &impl TlsMaterial,
+    server_alpn: &[&[u8]],
+    client_alpn: &[&[u8]],
+    serve_clients: bool,
+) -> Result<(quinn::ServerConfig, quinn::ClientConfig), TlsError> {
     let node = material.node_cert()?;
     let provider = provider();
-    let alpn: Vec<Vec<u8>> = alpn.iter().map(|p| p.to_vec()).collect();
+    let alpn = |list: &[&[u8]]| -> Vec<Vec<u8>> { list.iter().map(|p| p.to_vec()).collect() };
     let roots = Arc::new(root_store(Path::new(CA_CERT_FILE), &node.ca_certs)?);
     let transport = Arc::new(peer_transport_config());
 
-    let client_verifier =
-        WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone()).build()?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone());
+    let client_verifier = if serve_clients {
+        verifier.allow_unauthenticated().build()?
+    } else {
+        verifier.build()?
+    };
     let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(client_verifier)
         .with_single_cert(node.chain.clone(), node.key.clone_key())?;
-    server.alpn_protocols = alpn.clone();
+    server.alpn_protocols = alpn(server_alpn);
     let mut server_config =
         quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(server)?));
-    server_config.transport_config(transport.clone());
+    if serve_clients {
+        let mut t = peer_transport_config();
+        t.max_concurrent_bidi_streams(VarInt::from_u32(CLIENT_LANES_MAX));
+        server_config.transport_config(Arc::new(t));
+    } else {
+        server_config.transport_config(transport.clone());
+    }
 
     let mut client = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots)
         .with_client_auth_cert(node.chain.clone(), node.key.clone_key())?;
-    client.alpn_protocols = alpn;
+    client.alpn_protocols = alpn(client_alpn);
     let mut client_config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(client)?));
     client_config.transport_config(transport);
 

@@ -26,6 +26,10 @@
 //!   Connections we accept are only read from: replies to a peer go over our own connection to
 //!   its address.
 //!
+//! - The same endpoint serves QUIC API clients: a connection that negotiated the client ALPN
+//!   is handed, untouched, to the channel from [`Transport::serve_clients`] (the API layer
+//!   reads it); a peer-ALPN connection that presented no certificate is closed unread.
+//!
 //! Everything is bounded by [`Limits`]: payload sizes, queue lengths, peers, streams in
 //! flight, handshake and stream durations. Nothing a peer sends can panic this module.
 
@@ -44,7 +48,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{timeout, timeout_at, Instant};
 use tracing::{debug, error, info, warn};
 
-use super::tls::{node_id_of, NODE_SERVER_NAME};
+use super::tls::{node_id_of, CLIENT_ALPN, NODE_SERVER_NAME};
 use crate::id::NodeId;
 
 /// Application error code closing connections when the transport shuts down.
@@ -210,6 +214,18 @@ pub enum SendError {
     },
 }
 
+/// A connection from a QUIC API client (ALPN `chorus-client/1`), handed to whoever called
+/// [`Transport::serve_clients`]. It holds one of the transport's client slots until dropped.
+#[derive(Debug)]
+pub struct ClientConnection {
+    /// The connection, handshake done; the client presented no certificate (or any).
+    pub conn: Connection,
+    _slot: OwnedSemaphorePermit,
+}
+
+/// Where client connections go, and how many may be open at once.
+type ClientSink = Arc<Mutex<Option<(mpsc::Sender<ClientConnection>, Arc<Semaphore>)>>>;
+
 /// A payload waiting in a peer's queue.
 enum Outbound {
     Datagram(Bytes),
@@ -239,6 +255,8 @@ struct Shared {
     closed: AtomicBool,
     /// Taken on close, so the [`Inbound`] channel ends once every task has.
     inbound: Mutex<Option<mpsc::Sender<Inbound>>>,
+    /// Set by [`Transport::serve_clients`]; taken on close.
+    clients: ClientSink,
 }
 
 impl Shared {
@@ -275,6 +293,10 @@ impl Shared {
         self.endpoint.close(CLOSE_SHUTDOWN, b"shutdown");
         self.peers().clear();
         self.inbound
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        self.clients
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
@@ -364,10 +386,12 @@ impl Transport {
             next_peer_id: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             inbound: Mutex::new(Some(inbound_tx.clone())),
+            clients: Arc::new(Mutex::new(None)),
         });
         runtime.spawn(accept_loop(
             endpoint,
             inbound_tx,
+            shared.clients.clone(),
             shared.limits.clone(),
             Arc::new(Semaphore::new(
                 shared.limits.peers_max.min(Semaphore::MAX_PERMITS),
@@ -382,6 +406,22 @@ impl Transport {
             },
             inbound_rx,
         ))
+    }
+
+    /// From now on, hand connections that negotiated the client ALPN (`chorus-client/1`) to
+    /// the returned channel, at most `max` open at once (more are closed at once, and logged).
+    /// Before this is called, and after the transport closes, such connections are closed.
+    /// The endpoint must have been bound with a server configuration that offers the client
+    /// ALPN (`tls::node_quinn_configs`).
+    pub fn serve_clients(&self, max: usize) -> mpsc::Receiver<ClientConnection> {
+        let (tx, rx) = mpsc::channel(64);
+        let slots = Arc::new(Semaphore::new(capacity(max)));
+        *self
+            .shared
+            .clients
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some((tx, slots));
+        rx
     }
 
     /// The address the endpoint is bound to (with the real port when bound to port 0).
@@ -854,6 +894,7 @@ async fn write_message(
 async fn accept_loop(
     endpoint: Endpoint,
     inbound: mpsc::Sender<Inbound>,
+    clients: ClientSink,
     limits: Limits,
     slots: Arc<Semaphore>,
 ) {
@@ -874,11 +915,15 @@ async fn accept_loop(
         let inbound = inbound.clone();
         let limits = limits.clone();
         let slots = slots.clone();
+        let clients = clients.clone();
         tokio::spawn(async move {
             let handshake = async { incoming.accept()?.await };
             let result = timeout(limits.connect_timeout, handshake).await;
             drop(pending);
             match result {
+                Ok(Ok(conn)) if alpn_of(&conn).as_deref() == Some(CLIENT_ALPN) => {
+                    hand_over_client(conn, &clients);
+                }
                 Ok(Ok(conn)) => {
                     let Ok(slot) = slots.try_acquire_owned() else {
                         warn!(peer = %remote, max = limits.peers_max, "too many peer connections; closing one");
@@ -900,6 +945,41 @@ async fn accept_loop(
         });
     }
     debug!("accept loop ended: endpoint closed");
+}
+
+/// The ALPN protocol a connection negotiated.
+fn alpn_of(conn: &Connection) -> Option<Vec<u8>> {
+    conn.handshake_data()?
+        .downcast::<quinn::crypto::rustls::HandshakeData>()
+        .ok()?
+        .protocol
+}
+
+/// Gives a client connection to the client API, or closes it when none serves or too many are
+/// open.
+fn hand_over_client(conn: Connection, clients: &ClientSink) {
+    let remote = conn.remote_address();
+    let sink = clients
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    let Some((tx, slots)) = sink else {
+        info!(client = %remote, "closing a client connection: this node serves no QUIC clients");
+        conn.close(CLOSE_SHUTDOWN, b"no client API");
+        return;
+    };
+    let Ok(slot) = slots.try_acquire_owned() else {
+        warn!(client = %remote, "too many client connections; closing one");
+        conn.close(CLOSE_SHUTDOWN, b"too many connections");
+        return;
+    };
+    if let Err(e) = tx.try_send(ClientConnection { conn, _slot: slot }) {
+        let conn = match e {
+            mpsc::error::TrySendError::Full(c) | mpsc::error::TrySendError::Closed(c) => c.conn,
+        };
+        warn!(client = %remote, "client API not keeping up with new connections; closing one");
+        conn.close(CLOSE_SHUTDOWN, b"busy");
+    }
 }
 
 /// Delivers a connection's datagrams and unidirectional streams to `inbound` until it closes.
@@ -1346,6 +1426,84 @@ mod tests {
                 .unwrap();
             let result = timeout(Duration::from_secs(3), conn).await.unwrap();
             assert!(result.is_err(), "ALPN mismatch must fail the handshake");
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn node_endpoint_hands_clients_over_and_still_refuses_uncertified_peers() {
+        use crate::runtime::tls::node_quinn_configs;
+        bounded(async {
+            let ca = ClusterCa::generate("cluster").unwrap();
+            let node = ca.issue_node("a").unwrap();
+            let (server, client_cfg) = node_quinn_configs(&node).unwrap();
+            let (a, mut a_rx) = Transport::bind_with_endpoint_config(
+                loopback(),
+                node.endpoint_config(),
+                server,
+                client_cfg,
+                test_limits(),
+            )
+            .unwrap();
+            let mut clients = a.serve_clients(4);
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca.cert_der().clone()).unwrap();
+            let no_cert = |alpn: &[u8]| {
+                let mut c = rustls::ClientConfig::builder_with_provider(provider.clone())
+                    .with_protocol_versions(&[&rustls::version::TLS13])
+                    .unwrap()
+                    .with_root_certificates(roots.clone())
+                    .with_no_client_auth();
+                c.alpn_protocols = vec![alpn.to_vec()];
+                c
+            };
+
+            // A client without a certificate, speaking the client ALPN: handed over.
+            let client = raw_client(no_cert(CLIENT_ALPN));
+            let conn = client
+                .connect(a.local_addr(), NODE_SERVER_NAME)
+                .unwrap()
+                .await
+                .unwrap();
+            let handed = timeout(Duration::from_secs(3), clients.recv())
+                .await
+                .unwrap()
+                .expect("a client connection");
+            assert_eq!(
+                handed.conn.remote_address().port(),
+                client.local_addr().unwrap().port()
+            );
+            drop((conn, handed));
+
+            // The same without a certificate but claiming to be a peer: closed, nothing read.
+            let client = raw_client(no_cert(PEER_ALPN));
+            let conn = client
+                .connect(a.local_addr(), NODE_SERVER_NAME)
+                .unwrap()
+                .await
+                .unwrap();
+            if let Ok(mut send) = conn.open_uni().await {
+                let _ = send.write_all(b"Sneaky").await;
+                let _ = send.finish();
+            }
+            let reason = timeout(Duration::from_secs(3), conn.closed())
+                .await
+                .unwrap();
+            assert!(
+                matches!(reason, ConnectionError::ApplicationClosed(_)),
+                "{reason:?}"
+            );
+            assert_eq!(next(&mut a_rx, Duration::from_millis(300)).await, None);
+
+            // Real peers still work (with certificates, dialing with the peer ALPN only).
+            let (b, _b_rx) = start(&ca.issue_node("b").unwrap(), test_limits());
+            b.send_message(a.local_addr(), b"hello".to_vec());
+            let got = next(&mut a_rx, Duration::from_secs(5)).await;
+            assert!(
+                matches!(got, Some(Inbound::Message { ref bytes, .. }) if bytes == b"hello"),
+                "{got:?}"
+            );
         })
         .await;
     }

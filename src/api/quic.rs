@@ -1,0 +1,359 @@
+//! The QUIC client API: serves client connections the transport hands over (ALPN
+//! `chorus-client/1`) with the protocol of [`crate::protocol::client`].
+//!
+//! Like the HTTP handlers, nothing here touches the node core: each request becomes a
+//! [`ClientCall`] to the driver task, and its [`ClientReply`] goes back on the lane it came on.
+//! This module owns the lanes: reading frames, checking the hello's token, bounding what one
+//! lane may have in flight, and writing answers in batches.
+//!
+//! Bounds: a connection has at most `tls::CLIENT_LANES_MAX` lanes (QUIC's stream limit), a lane
+//! at most [`LANE_IN_FLIGHT_MAX`] requests (beyond, the lane is not read, which pushes back on
+//! the client through flow control), a frame at most the node's value limit plus the key and
+//! some overhead, and a frame that has started must arrive within [`FRAME_TIMEOUT`]. Anything
+//! malformed is answered with a refusal and logged; anything that breaks the framing ends the
+//! lane, never the node.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::{RecvStream, SendStream, VarInt};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::time::timeout;
+use tracing::{debug, info, warn};
+
+use super::http::{AdminRequest, ApiState, ClientCall};
+use crate::node::{ClientError, ClientReply};
+use crate::protocol::client::{
+    decode_body, encode_frame, request_body_max, ClientMessage, FrameHeader, Refusal,
+    ServerMessage, FRAME_HEADER_BYTES,
+};
+use crate::protocol::WireError;
+use crate::runtime::transport::ClientConnection;
+
+/// Requests one lane may have in flight at once.
+pub const LANE_IN_FLIGHT_MAX: usize = 256;
+
+/// How long the rest of a frame may take once its first byte arrived (and the hello, once the
+/// lane is open).
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Most bytes gathered into one write of answers.
+const WRITE_BATCH_BYTES: usize = 256 * 1024;
+
+/// Stream error code: the lane's framing broke (oversize or truncated frame).
+const LANE_BROKEN: VarInt = VarInt::from_u32(1);
+/// Stream error code: the hello was refused.
+const LANE_REFUSED: VarInt = VarInt::from_u32(2);
+
+/// Serves every client connection from `connections` until the channel ends.
+pub async fn serve(mut connections: mpsc::Receiver<ClientConnection>, api: ApiState) {
+    while let Some(c) = connections.recv().await {
+        tokio::spawn(serve_connection(c, api.clone()));
+    }
+}
+
+async fn serve_connection(client: ClientConnection, api: ApiState) {
+    let conn = client.conn.clone();
+    let remote = conn.remote_address();
+    debug!(client = %remote, "QUIC client connected");
+    loop {
+        match conn.accept_bi().await {
+            Ok((send, recv)) => {
+                tokio::spawn(lane(send, recv, remote, api.clone()));
+            }
+            Err(e) => {
+                debug!(client = %remote, reason = %e, "QUIC client connection ended");
+                break;
+            }
+        }
+    }
+    drop(client);
+}
+
+/// Why a lane stopped reading.
+enum LaneEnd {
+    /// The client finished the stream, or the connection went away.
+    Closed,
+    /// Framing broke: the refusal was sent and the stream is stopped.
+    Broken,
+}
+
+/// Reads one frame's header. `None` when the stream ended cleanly before a new frame.
+async fn read_header(
+    recv: &mut RecvStream,
+    remote: SocketAddr,
+) -> Result<Option<[u8; FRAME_HEADER_BYTES]>, LaneEnd> {
+    let mut header = [0u8; FRAME_HEADER_BYTES];
+    // The first byte may take as long as the client likes (lanes are long-lived)...
+    match recv.read(&mut header[..1]).await {
+        Ok(Some(1)) => {}
+        Ok(_) => return Ok(None),
+        Err(e) => {
+            debug!(client = %remote, error = %e, "client lane ended");
+            return Err(LaneEnd::Closed);
+        }
+    }
+    // ...the rest of the header must follow promptly.
+    match timeout(FRAME_TIMEOUT, recv.read_exact(&mut header[1..])).await {
+        Ok(Ok(())) => Ok(Some(header)),
+        Ok(Err(e)) => {
+            info!(client = %remote, error = %e, "client lane cut inside a frame header; ending it");
+            Err(LaneEnd::Broken)
+        }
+        Err(_) => {
+            warn!(client = %remote, "client frame header took too long; ending the lane");
+            let _ = recv.stop(LANE_BROKEN);
+            Err(LaneEnd::Broken)
+        }
+    }
+}
+
+/// Reads one whole frame: its id and body, or the end of the lane. A frame whose header
+/// cannot be used is answered (when it names an id) and ends the lane.
+async fn read_frame(
+    recv: &mut RecvStream,
+    remote: SocketAddr,
+    body_max: usize,
+    out: &mpsc::Sender<Vec<u8>>,
+) -> Result<Option<(u64, Vec<u8>)>, LaneEnd> {
+    let Some(header) = read_header(recv, remote).await? else {
+        return Ok(None);
+    };
+    let h = match FrameHeader::parse(&header, body_max) {
+        Ok(h) => h,
+        Err(e) => {
+            let mut id = [0u8; 8];
+            id.copy_from_slice(&header[4..]);
+            let code = if matches!(e, WireError::TooLarge { .. }) {
+                "too_large"
+            } else {
+                "bad_request"
+            };
+            warn!(client = %remote, error = %e, "refusing a client frame; ending the lane");
+            send_refusal(
+                out,
+                u64::from_be_bytes(id),
+                Refusal::new(code, e.to_string()),
+            )
+            .await;
+            let _ = recv.stop(LANE_BROKEN);
+            return Err(LaneEnd::Broken);
+        }
+    };
+    let mut body = vec![0u8; h.body_len];
+    match timeout(FRAME_TIMEOUT, recv.read_exact(&mut body)).await {
+        Ok(Ok(())) => Ok(Some((h.id, body))),
+        Ok(Err(e)) => {
+            info!(client = %remote, id = h.id, error = %e, "client frame cut short; ending the lane");
+            send_refusal(
+                out,
+                h.id,
+                Refusal::new("bad_request", format!("the frame was cut short: {e}")),
+            )
+            .await;
+            Err(LaneEnd::Broken)
+        }
+        Err(_) => {
+            warn!(client = %remote, id = h.id, "client frame took too long; ending the lane");
+            let _ = recv.stop(LANE_BROKEN);
+            Err(LaneEnd::Broken)
+        }
+    }
+}
+
+async fn send_refusal(out: &mpsc::Sender<Vec<u8>>, id: u64, refusal: Refusal) {
+    send(out, id, &ServerMessage::Refused(refusal)).await;
+}
+
+async fn send(out: &mpsc::Sender<Vec<u8>>, id: u64, message: &ServerMessage) {
+    match encode_frame(id, message) {
+        Ok(frame) => {
+            let _ = out.send(frame).await;
+        }
+        Err(e) => warn!(id, error = %e, "cannot encode an answer to a client"),
+    }
+}
+
+/// Writes answers as they come, gathering whatever is ready into one write.
+async fn writer(mut send: SendStream, mut answers: mpsc::Receiver<Vec<u8>>, remote: SocketAddr) {
+    let mut batch = Vec::with_capacity(16 * 1024);
+    while let Some(first) = answers.recv().await {
+        batch.clear();
+        batch.extend_from_slice(&first);
+        while batch.len() < WRITE_BATCH_BYTES {
+            match answers.try_recv() {
+                Ok(more) => batch.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
+        match timeout(FRAME_TIMEOUT, send.write_all(&batch)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                debug!(client = %remote, error = %e, "client lane closed while answering");
+                return;
+            }
+            Err(_) => {
+                warn!(client = %remote, "client not reading its answers; ending the lane");
+                let _ = send.reset(LANE_BROKEN);
+                return;
+            }
+        }
+    }
+    let _ = send.finish();
+}
+
+/// Serves one lane: the hello, then requests until the client finishes the stream.
+async fn lane(send: SendStream, mut recv: RecvStream, remote: SocketAddr, api: ApiState) {
+    let body_max = request_body_max(api.limits.key_bytes_max, api.limits.value_bytes_max);
+    let (out, answers) = mpsc::channel::<Vec<u8>>(LANE_IN_FLIGHT_MAX);
+    let writer = tokio::spawn(writer(send, answers, remote));
+    let result = serve_lane(&mut recv, remote, &api, body_max, &out).await;
+    drop(out);
+    if matches!(result, LaneEnd::Broken) {
+        let _ = recv.stop(LANE_BROKEN);
+    }
+    // Answers still in flight finish on their own; the writer ends after the last.
+    let _ = writer.await;
+}
+
+async fn serve_lane(
+    recv: &mut RecvStream,
+    remote: SocketAddr,
+    api: &ApiState,
+    body_max: usize,
+    out: &mpsc::Sender<Vec<u8>>,
+) -> LaneEnd {
+    // The hello.
+    let hello = match timeout(FRAME_TIMEOUT, read_frame(recv, remote, body_max, out)).await {
+        Ok(Ok(Some(frame))) => frame,
+        Ok(Ok(None)) => return LaneEnd::Closed,
+        Ok(Err(end)) => return end,
+        Err(_) => {
+            warn!(client = %remote, "client lane sent no hello; ending it");
+            return LaneEnd::Broken;
+        }
+    };
+    let (id, body) = hello;
+    match decode_body::<ClientMessage>(&body, body_max) {
+        Ok(ClientMessage::Hello { token }) => {
+            if let Some(t) = &api.token {
+                if !t.accepts(token.as_deref()) {
+                    let what = if token.is_some() { "a wrong" } else { "no" };
+                    warn!(client = %remote, "refused a QUIC client lane with {what} client token");
+                    send_refusal(
+                        out,
+                        id,
+                        Refusal::new("unauthorized", format!("{what} client token")),
+                    )
+                    .await;
+                    let _ = recv.stop(LANE_REFUSED);
+                    return LaneEnd::Closed;
+                }
+            }
+            send(out, id, &ServerMessage::Ready).await;
+        }
+        Ok(_) => {
+            warn!(client = %remote, "client lane did not start with a hello; ending it");
+            send_refusal(
+                out,
+                id,
+                Refusal::new("bad_request", "a lane starts with a hello"),
+            )
+            .await;
+            return LaneEnd::Broken;
+        }
+        Err(e) => {
+            warn!(client = %remote, error = %e, "malformed hello; ending the lane");
+            send_refusal(out, id, Refusal::new("bad_request", e.to_string())).await;
+            return LaneEnd::Broken;
+        }
+    }
+    let in_flight = Arc::new(Semaphore::new(LANE_IN_FLIGHT_MAX));
+    loop {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return LaneEnd::Closed;
+        };
+        let (id, body) = match read_frame(recv, remote, body_max, out).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return LaneEnd::Closed,
+            Err(end) => return end,
+        };
+        match decode_body::<ClientMessage>(&body, body_max) {
+            Ok(ClientMessage::Request(request)) => {
+                let write = request.op.is_write();
+                let (tx, rx) = oneshot::channel();
+                match api.clients.try_send(ClientCall { request, reply: tx }) {
+                    Ok(()) => {
+                        tokio::spawn(answer(rx, out.clone(), id, write, permit));
+                    }
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        // Refused before the core saw it: nothing was applied.
+                        let e = ClientError::Overloaded;
+                        send(out, id, &ServerMessage::Reply(ClientReply::Failed(e))).await;
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        send_refusal(out, id, shutting_down(write, false)).await;
+                    }
+                }
+            }
+            Ok(ClientMessage::Cluster) => {
+                let (tx, rx) = oneshot::channel();
+                if api.admin.send(AdminRequest::Cluster(tx)).await.is_err() {
+                    send_refusal(out, id, shutting_down(false, false)).await;
+                    continue;
+                }
+                let out = out.clone();
+                tokio::spawn(async move {
+                    let message = match rx.await {
+                        Ok(view) => ServerMessage::Cluster(Box::new(view)),
+                        Err(_) => ServerMessage::Refused(shutting_down(false, false)),
+                    };
+                    send(&out, id, &message).await;
+                    drop(permit);
+                });
+            }
+            Ok(ClientMessage::Hello { .. }) => {
+                send_refusal(
+                    out,
+                    id,
+                    Refusal::new("bad_request", "this lane already said hello"),
+                )
+                .await;
+            }
+            Err(e) => {
+                warn!(client = %remote, id, error = %e, "refusing a malformed client request");
+                let code = if matches!(e, WireError::TooLarge { .. }) {
+                    "too_large"
+                } else {
+                    "bad_request"
+                };
+                send_refusal(out, id, Refusal::new(code, e.to_string())).await;
+            }
+        }
+    }
+}
+
+fn shutting_down(write: bool, maybe_applied: bool) -> Refusal {
+    Refusal {
+        code: "shutting_down".into(),
+        message: "the node is shutting down".into(),
+        indeterminate: write.then_some(maybe_applied),
+    }
+}
+
+/// Waits for the core's answer and sends it back.
+async fn answer(
+    rx: oneshot::Receiver<ClientReply>,
+    out: mpsc::Sender<Vec<u8>>,
+    id: u64,
+    write: bool,
+    _permit: OwnedSemaphorePermit,
+) {
+    let message = match rx.await {
+        Ok(reply) => ServerMessage::Reply(reply),
+        // The node stopped with the request in flight: a write may have been applied.
+        Err(_) => ServerMessage::Refused(shutting_down(write, true)),
+    };
+    send(&out, id, &message).await;
+}

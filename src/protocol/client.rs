@@ -1,0 +1,241 @@
+//! The QUIC client protocol (ALPN [`CLIENT_ALPN`]): what a client and a node say to each other
+//! on the node's QUIC endpoint. This module defines the messages and their framing; it does no
+//! I/O (the node side lives in `api::quic`, the client side in `client`).
+//!
+//! # Lanes and frames
+//!
+//! A client opens a few long-lived bidirectional streams ("lanes") on one connection and
+//! multiplexes its requests over them: each request is a frame carrying a request id chosen by
+//! the client, and the node answers each with a frame carrying the same id, in whatever order the
+//! answers are ready. Many requests (and answers) share one QUIC packet and one write, which is
+//! what makes this cheaper than a stream per request.
+//!
+//! ```text
+//! +----------------+----------------+----------------------------------------+
+//! | length: u32 BE | request id: u64 BE | envelope (see `protocol`): message  |
+//! +----------------+----------------+----------------------------------------+
+//! ```
+//!
+//! `length` counts the id and the envelope. The id sits outside the envelope so that a frame
+//! whose body cannot be decoded still gets an answer naming it.
+//!
+//! # A lane's life
+//!
+//! The first frame of every lane is [`ClientMessage::Hello`] with the client token (when the
+//! node requires one); the node answers [`ServerMessage::Ready`], or
+//! [`ServerMessage::Refused`] with code `unauthorized` and ends the lane. Then any number of
+//! [`ClientMessage::Request`]s (every operation of the HTTP data API) and
+//! [`ClientMessage::Cluster`] (what `GET /v1/cluster` answers). Requests are checked against
+//! the same limits as over HTTP and fail with the same codes: the core's own failures arrive as
+//! [`ClientReply::Failed`]; what the API layer refuses before the core sees it (malformed
+//! frames, a frame over the size limit, a node shutting down) as [`ServerMessage::Refused`].
+//! A frame over the size limit, or one cut short, also ends the lane (its framing can no longer
+//! be trusted); the connection and its other lanes go on.
+
+use serde::{Deserialize, Serialize};
+
+use super::{decode_with_limit, WireError, HEADER_BYTES, MAGIC, WIRE_VERSION};
+use crate::node::{ClientReply, ClientRequest, ClusterView};
+
+/// ALPN protocol identifier of the QUIC client API.
+pub const CLIENT_ALPN: &[u8] = b"chorus-client/1";
+
+/// The DNS name every node certificate carries; clients verify nodes against it.
+pub const NODE_SERVER_NAME: &str = "chorus-node";
+
+/// Bytes of a frame before its envelope: the length and the request id.
+pub const FRAME_HEADER_BYTES: usize = 12;
+
+/// Request id of a lane's hello (any id works; clients use this one).
+pub const HELLO_ID: u64 = 0;
+
+/// Most bytes of a client token.
+pub const TOKEN_BYTES_MAX: usize = 4096;
+
+/// What a client sends on a lane.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientMessage {
+    /// The first frame of every lane.
+    Hello {
+        /// The client token, when the node is configured with one.
+        token: Option<String>,
+    },
+    /// A data request (registers and CRDTs).
+    Request(ClientRequest),
+    /// The cluster as the node sees it (what `GET /v1/cluster` answers).
+    Cluster,
+}
+
+/// What a node answers on a lane.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerMessage {
+    /// The hello was accepted: requests may follow.
+    Ready,
+    /// The answer to a data request (its failures included).
+    Reply(ClientReply),
+    /// The answer to [`ClientMessage::Cluster`].
+    Cluster(Box<ClusterView>),
+    /// Refused before the node core saw it.
+    Refused(Refusal),
+}
+
+/// A request the API layer refused, in the shape of the HTTP API's error bodies.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// Machine-readable code: `unauthorized`, `bad_request`, `too_large`, `shutting_down`,
+    /// `overloaded`.
+    pub code: String,
+    /// What happened.
+    pub message: String,
+    /// For writes: whether it may have been applied.
+    pub indeterminate: Option<bool>,
+}
+
+impl Refusal {
+    /// A refusal of something that certainly changed nothing.
+    pub fn new(code: &str, message: impl Into<String>) -> Refusal {
+        Refusal {
+            code: code.into(),
+            message: message.into(),
+            indeterminate: None,
+        }
+    }
+}
+
+/// Encodes `message` as one frame with request id `id`.
+pub fn encode_frame<T: Serialize>(id: u64, message: &T) -> Result<Vec<u8>, WireError> {
+    let mut out = Vec::with_capacity(128);
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(&MAGIC);
+    out.push(WIRE_VERSION);
+    rmp_serde::encode::write(&mut out, message).map_err(|source| WireError::Encode {
+        what: std::any::type_name::<T>(),
+        source,
+    })?;
+    let len = out.len() - 4;
+    let len = u32::try_from(len).map_err(|_| WireError::TooLarge {
+        len,
+        max: u32::MAX as usize,
+    })?;
+    out[..4].copy_from_slice(&len.to_be_bytes());
+    Ok(out)
+}
+
+/// A frame's header: how many bytes follow it and the request id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameHeader {
+    /// Bytes of the envelope that follows.
+    pub body_len: usize,
+    /// The request id.
+    pub id: u64,
+}
+
+impl FrameHeader {
+    /// Parses a frame header, refusing frames whose envelope would exceed `body_max` bytes or
+    /// whose length cannot even hold the id and an envelope header.
+    pub fn parse(bytes: &[u8; FRAME_HEADER_BYTES], body_max: usize) -> Result<Self, WireError> {
+        let len = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+        let mut id = [0; 8];
+        id.copy_from_slice(&bytes[4..]);
+        let id = u64::from_be_bytes(id);
+        if len < 8 + HEADER_BYTES {
+            return Err(WireError::Truncated {
+                len: len.saturating_sub(8),
+            });
+        }
+        let body_len = len - 8;
+        if body_len > body_max {
+            return Err(WireError::TooLarge {
+                len: body_len,
+                max: body_max,
+            });
+        }
+        Ok(FrameHeader { body_len, id })
+    }
+}
+
+/// Decodes a frame's envelope (the bytes after its header) of at most `body_max` bytes.
+pub fn decode_body<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    body_max: usize,
+) -> Result<T, WireError> {
+    decode_with_limit(body, body_max)
+}
+
+/// Largest request frame body a node accepts, given its key and value limits: the largest
+/// value (or set update, which the core bounds by the same total) plus the key, a context and
+/// the envelope.
+pub fn request_body_max(key_bytes_max: usize, value_bytes_max: usize) -> usize {
+    value_bytes_max
+        .saturating_add(key_bytes_max)
+        .saturating_add(64 * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::{ClientOp, RequestOptions};
+
+    fn put() -> ClientMessage {
+        ClientMessage::Request(ClientRequest {
+            key: b"k".to_vec(),
+            op: ClientOp::Put {
+                value: vec![7; 100],
+                context: None,
+            },
+            options: RequestOptions {
+                w: Some(3),
+                ..RequestOptions::default()
+            },
+        })
+    }
+
+    fn split(frame: &[u8]) -> (FrameHeader, &[u8]) {
+        let header: [u8; FRAME_HEADER_BYTES] = frame[..FRAME_HEADER_BYTES].try_into().unwrap();
+        (
+            FrameHeader::parse(&header, 1 << 20).unwrap(),
+            &frame[FRAME_HEADER_BYTES..],
+        )
+    }
+
+    #[test]
+    fn frames_round_trip_with_their_id() {
+        let frame = encode_frame(42, &put()).unwrap();
+        let (h, body) = split(&frame);
+        assert_eq!(h.id, 42);
+        assert_eq!(h.body_len, body.len());
+        let back: ClientMessage = decode_body(body, 1 << 20).unwrap();
+        assert_eq!(back, put());
+    }
+
+    #[test]
+    fn bad_headers_and_bodies_are_errors_not_panics() {
+        let frame = encode_frame(1, &put()).unwrap();
+        let header: [u8; FRAME_HEADER_BYTES] = frame[..FRAME_HEADER_BYTES].try_into().unwrap();
+        // Over the limit.
+        assert!(matches!(
+            FrameHeader::parse(&header, 10),
+            Err(WireError::TooLarge { .. })
+        ));
+        // A length too small to hold an id and an envelope header.
+        let mut short = header;
+        short[..4].copy_from_slice(&3u32.to_be_bytes());
+        assert!(matches!(
+            FrameHeader::parse(&short, 1 << 20),
+            Err(WireError::Truncated { .. })
+        ));
+        // Garbage and truncated bodies.
+        let body = &frame[FRAME_HEADER_BYTES..];
+        for bad in [
+            &body[..body.len() - 1],
+            &b"CH\x01\xff\xff"[..],
+            &b"GET / HTTP"[..],
+        ] {
+            assert!(decode_body::<ClientMessage>(bad, 1 << 20).is_err());
+        }
+        // A server message is not a client message.
+        let reply = encode_frame(1, &ServerMessage::Ready).unwrap();
+        assert!(decode_body::<ClientMessage>(&reply[FRAME_HEADER_BYTES..], 1 << 20).is_err());
+    }
+}
