@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! cargo run --example cart -- alice apple pear                  # over HTTP
-//! cargo run --example cart -- --quic chorus-dev/ca.pem bob fig  # over QUIC
+//! cargo run --example cart -- --quic chorus-dev/ca/ca.pem bob fig  # over QUIC
 //! ```
 //!
 //! In another crate, depend on `chorus` with `default-features = false, features = ["client"]`

@@ -27,7 +27,7 @@ pub struct ClientArgs {
     /// quic (needs the cluster CA: --ca) or http.
     #[arg(long, default_value = "http")]
     protocol: Protocol,
-    /// The cluster CA certificate, for --protocol quic [default: chorus-dev/ca.pem].
+    /// The cluster CA certificate, for --protocol quic [default: chorus-dev/ca/ca.pem].
     #[arg(long, value_name = "FILE")]
     ca: Option<PathBuf>,
     /// File holding the client token (or set CHORUS_TOKEN).
@@ -186,7 +186,7 @@ async fn connect(args: &ClientArgs) -> Result<(Client, Options), Error> {
         let path = args
             .ca
             .clone()
-            .unwrap_or_else(|| PathBuf::from("chorus-dev/ca.pem"));
+            .unwrap_or_else(|| PathBuf::from("chorus-dev/ca/ca.pem"));
         config.ca_pem = Some(std::fs::read_to_string(&path).map_err(|e| {
             config_error(format!(
                 "cannot read the cluster CA {} (give --ca FILE): {e}",

@@ -190,7 +190,7 @@ struct BenchArgs {
     /// quic or http; a comma list (`quic,http`) runs every workload over each, in one run.
     #[arg(long, default_value = "http", value_delimiter = ',')]
     protocol: Vec<Protocol>,
-    /// The cluster CA certificate, for QUIC [default: chorus-dev/ca.pem].
+    /// The cluster CA certificate, for QUIC [default: chorus-dev/ca/ca.pem].
     #[arg(long, value_name = "FILE")]
     ca: Option<PathBuf>,
     /// File holding the client token, if the nodes require one.
@@ -511,7 +511,7 @@ fn bench_cmd(args: BenchArgs) -> Result<(), String> {
         let path = args
             .ca
             .clone()
-            .unwrap_or_else(|| PathBuf::from("chorus-dev/ca.pem"));
+            .unwrap_or_else(|| PathBuf::from("chorus-dev/ca/ca.pem"));
         Some(std::fs::read_to_string(&path).map_err(|e| {
             format!(
                 "cannot read the cluster CA {} (give --ca FILE): {e}",

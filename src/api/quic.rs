@@ -19,14 +19,13 @@ use std::time::Duration;
 
 use quinn::{RecvStream, SendStream, VarInt};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
-use tokio::time::timeout;
+use tokio::time::{timeout, timeout_at, Instant};
 use tracing::{debug, info, warn};
 
 use super::http::{AdminRequest, ApiState, ClientCall};
 use crate::node::{ClientError, ClientReply};
 use crate::protocol::client::{
-    decode_body, encode_frame, request_body_max, ClientMessage, FrameHeader, Refusal,
-    ServerMessage, FRAME_HEADER_BYTES,
+    decode_body, encode_frame, request_body_max, ClientMessage, FrameBuffer, Refusal, ServerMessage,
 };
 use crate::protocol::WireError;
 use crate::runtime::transport::ClientConnection;
@@ -77,89 +76,8 @@ enum LaneEnd {
     Closed,
     /// Framing broke: the refusal was sent and the stream is stopped.
     Broken,
-}
-
-/// Reads one frame's header. `None` when the stream ended cleanly before a new frame.
-async fn read_header(
-    recv: &mut RecvStream,
-    remote: SocketAddr,
-) -> Result<Option<[u8; FRAME_HEADER_BYTES]>, LaneEnd> {
-    let mut header = [0u8; FRAME_HEADER_BYTES];
-    // The first byte may take as long as the client likes (lanes are long-lived)...
-    match recv.read(&mut header[..1]).await {
-        Ok(Some(1)) => {}
-        Ok(_) => return Ok(None),
-        Err(e) => {
-            debug!(client = %remote, error = %e, "client lane ended");
-            return Err(LaneEnd::Closed);
-        }
-    }
-    // ...the rest of the header must follow promptly.
-    match timeout(FRAME_TIMEOUT, recv.read_exact(&mut header[1..])).await {
-        Ok(Ok(())) => Ok(Some(header)),
-        Ok(Err(e)) => {
-            info!(client = %remote, error = %e, "client lane cut inside a frame header; ending it");
-            Err(LaneEnd::Broken)
-        }
-        Err(_) => {
-            warn!(client = %remote, "client frame header took too long; ending the lane");
-            let _ = recv.stop(LANE_BROKEN);
-            Err(LaneEnd::Broken)
-        }
-    }
-}
-
-/// Reads one whole frame: its id and body, or the end of the lane. A frame whose header
-/// cannot be used is answered (when it names an id) and ends the lane.
-async fn read_frame(
-    recv: &mut RecvStream,
-    remote: SocketAddr,
-    body_max: usize,
-    out: &mpsc::Sender<Vec<u8>>,
-) -> Result<Option<(u64, Vec<u8>)>, LaneEnd> {
-    let Some(header) = read_header(recv, remote).await? else {
-        return Ok(None);
-    };
-    let h = match FrameHeader::parse(&header, body_max) {
-        Ok(h) => h,
-        Err(e) => {
-            let mut id = [0u8; 8];
-            id.copy_from_slice(&header[4..]);
-            let code = if matches!(e, WireError::TooLarge { .. }) {
-                "too_large"
-            } else {
-                "bad_request"
-            };
-            warn!(client = %remote, error = %e, "refusing a client frame; ending the lane");
-            send_refusal(
-                out,
-                u64::from_be_bytes(id),
-                Refusal::new(code, e.to_string()),
-            )
-            .await;
-            let _ = recv.stop(LANE_BROKEN);
-            return Err(LaneEnd::Broken);
-        }
-    };
-    let mut body = vec![0u8; h.body_len];
-    match timeout(FRAME_TIMEOUT, recv.read_exact(&mut body)).await {
-        Ok(Ok(())) => Ok(Some((h.id, body))),
-        Ok(Err(e)) => {
-            info!(client = %remote, id = h.id, error = %e, "client frame cut short; ending the lane");
-            send_refusal(
-                out,
-                h.id,
-                Refusal::new("bad_request", format!("the frame was cut short: {e}")),
-            )
-            .await;
-            Err(LaneEnd::Broken)
-        }
-        Err(_) => {
-            warn!(client = %remote, id = h.id, "client frame took too long; ending the lane");
-            let _ = recv.stop(LANE_BROKEN);
-            Err(LaneEnd::Broken)
-        }
-    }
+    /// The hello was refused.
+    Refused,
 }
 
 async fn send_refusal(out: &mpsc::Sender<Vec<u8>>, id: u64, refusal: Refusal) {
@@ -210,8 +128,14 @@ async fn lane(send: SendStream, mut recv: RecvStream, remote: SocketAddr, api: A
     let writer = tokio::spawn(writer(send, answers, remote));
     let result = serve_lane(&mut recv, remote, &api, body_max, &out).await;
     drop(out);
-    if matches!(result, LaneEnd::Broken) {
-        let _ = recv.stop(LANE_BROKEN);
+    match result {
+        LaneEnd::Broken => {
+            let _ = recv.stop(LANE_BROKEN);
+        }
+        LaneEnd::Refused => {
+            let _ = recv.stop(LANE_REFUSED);
+        }
+        LaneEnd::Closed => {}
     }
     // Answers still in flight finish on their own; the writer ends after the last.
     let _ = writer.await;
@@ -224,112 +148,164 @@ async fn serve_lane(
     body_max: usize,
     out: &mpsc::Sender<Vec<u8>>,
 ) -> LaneEnd {
-    // The hello.
-    let hello = match timeout(FRAME_TIMEOUT, read_frame(recv, remote, body_max, out)).await {
-        Ok(Ok(Some(frame))) => frame,
-        Ok(Ok(None)) => return LaneEnd::Closed,
-        Ok(Err(end)) => return end,
-        Err(_) => {
-            warn!(client = %remote, "client lane sent no hello; ending it");
-            return LaneEnd::Broken;
-        }
-    };
-    let (id, body) = hello;
-    match decode_body::<ClientMessage>(&body, body_max) {
-        Ok(ClientMessage::Hello { token }) => {
-            if let Some(t) = &api.token {
-                if !t.accepts(token.as_deref()) {
-                    let what = if token.is_some() { "a wrong" } else { "no" };
-                    warn!(client = %remote, "refused a QUIC client lane with {what} client token");
+    let mut frames = FrameBuffer::new(body_max);
+    let mut ready = false;
+    let hello_by = Instant::now() + FRAME_TIMEOUT;
+    let in_flight = Arc::new(Semaphore::new(LANE_IN_FLIGHT_MAX));
+    loop {
+        // Every complete frame buffered, then read more.
+        loop {
+            let (id, message) = match frames.next_frame() {
+                Ok(Some((id, body))) => (id, decode_body::<ClientMessage>(body, body_max)),
+                Ok(None) => break,
+                Err(e) => {
+                    let code = if matches!(e.error, WireError::TooLarge { .. }) {
+                        "too_large"
+                    } else {
+                        "bad_request"
+                    };
+                    warn!(client = %remote, id = e.id, error = %e.error, "refusing a client frame; ending the lane");
+                    send_refusal(out, e.id, Refusal::new(code, e.error.to_string())).await;
+                    return LaneEnd::Broken;
+                }
+            };
+            if !ready {
+                match hello(message, api, remote) {
+                    Ok(()) => {
+                        send(out, id, &ServerMessage::Ready).await;
+                        ready = true;
+                        continue;
+                    }
+                    Err((refusal, end)) => {
+                        send_refusal(out, id, refusal).await;
+                        return end;
+                    }
+                }
+            }
+            match message {
+                Ok(ClientMessage::Request(request)) => {
+                    let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                        return LaneEnd::Closed;
+                    };
+                    let write = request.op.is_write();
+                    let (tx, rx) = oneshot::channel();
+                    match api.clients.try_send(ClientCall { request, reply: tx }) {
+                        Ok(()) => {
+                            tokio::spawn(answer(rx, out.clone(), id, write, permit));
+                        }
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            // Refused before the core saw it: nothing was applied.
+                            let e = ClientError::Overloaded;
+                            send(out, id, &ServerMessage::Reply(ClientReply::Failed(e))).await;
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            send_refusal(out, id, shutting_down(write, false)).await;
+                        }
+                    }
+                }
+                Ok(ClientMessage::Cluster) => {
+                    let (tx, rx) = oneshot::channel();
+                    if api.admin.send(AdminRequest::Cluster(tx)).await.is_err() {
+                        send_refusal(out, id, shutting_down(false, false)).await;
+                        continue;
+                    }
+                    let out = out.clone();
+                    tokio::spawn(async move {
+                        let message = match rx.await {
+                            Ok(view) => ServerMessage::Cluster(Box::new(view)),
+                            Err(_) => ServerMessage::Refused(shutting_down(false, false)),
+                        };
+                        send(&out, id, &message).await;
+                    });
+                }
+                Ok(ClientMessage::Hello { .. }) => {
                     send_refusal(
                         out,
                         id,
-                        Refusal::new("unauthorized", format!("{what} client token")),
+                        Refusal::new("bad_request", "this lane already said hello"),
                     )
                     .await;
-                    let _ = recv.stop(LANE_REFUSED);
-                    return LaneEnd::Closed;
+                }
+                Err(e) => {
+                    warn!(client = %remote, id, error = %e, "refusing a malformed client request");
+                    send_refusal(out, id, Refusal::new("bad_request", e.to_string())).await;
                 }
             }
-            send(out, id, &ServerMessage::Ready).await;
         }
-        Ok(_) => {
-            warn!(client = %remote, "client lane did not start with a hello; ending it");
-            send_refusal(
-                out,
-                id,
-                Refusal::new("bad_request", "a lane starts with a hello"),
-            )
-            .await;
-            return LaneEnd::Broken;
-        }
-        Err(e) => {
-            warn!(client = %remote, error = %e, "malformed hello; ending the lane");
-            send_refusal(out, id, Refusal::new("bad_request", e.to_string())).await;
-            return LaneEnd::Broken;
-        }
-    }
-    let in_flight = Arc::new(Semaphore::new(LANE_IN_FLIGHT_MAX));
-    loop {
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            return LaneEnd::Closed;
+        // The hello must come promptly, and so must the rest of a frame that has started; an
+        // idle lane between frames may wait as long as the connection lives.
+        let deadline = if !ready {
+            Some(hello_by)
+        } else if frames.mid_frame() {
+            Some(Instant::now() + FRAME_TIMEOUT)
+        } else {
+            None
         };
-        let (id, body) = match read_frame(recv, remote, body_max, out).await {
-            Ok(Some(frame)) => frame,
-            Ok(None) => return LaneEnd::Closed,
-            Err(end) => return end,
+        let read = recv.read(frames.spare());
+        let result = match deadline {
+            None => read.await,
+            Some(at) => match timeout_at(at, read).await {
+                Ok(r) => r,
+                Err(_) => {
+                    if ready {
+                        warn!(client = %remote, "client frame took too long; ending the lane");
+                    } else {
+                        warn!(client = %remote, "client lane sent no hello in time; ending it");
+                    }
+                    return LaneEnd::Broken;
+                }
+            },
         };
-        match decode_body::<ClientMessage>(&body, body_max) {
-            Ok(ClientMessage::Request(request)) => {
-                let write = request.op.is_write();
-                let (tx, rx) = oneshot::channel();
-                match api.clients.try_send(ClientCall { request, reply: tx }) {
-                    Ok(()) => {
-                        tokio::spawn(answer(rx, out.clone(), id, write, permit));
-                    }
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        // Refused before the core saw it: nothing was applied.
-                        let e = ClientError::Overloaded;
-                        send(out, id, &ServerMessage::Reply(ClientReply::Failed(e))).await;
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => {
-                        send_refusal(out, id, shutting_down(write, false)).await;
-                    }
-                }
-            }
-            Ok(ClientMessage::Cluster) => {
-                let (tx, rx) = oneshot::channel();
-                if api.admin.send(AdminRequest::Cluster(tx)).await.is_err() {
-                    send_refusal(out, id, shutting_down(false, false)).await;
-                    continue;
-                }
-                let out = out.clone();
-                tokio::spawn(async move {
-                    let message = match rx.await {
-                        Ok(view) => ServerMessage::Cluster(Box::new(view)),
-                        Err(_) => ServerMessage::Refused(shutting_down(false, false)),
-                    };
-                    send(&out, id, &message).await;
-                    drop(permit);
-                });
-            }
-            Ok(ClientMessage::Hello { .. }) => {
+        match result {
+            Ok(Some(n)) => frames.filled(n),
+            Ok(None) if frames.mid_frame() => {
+                let id = frames.partial_id().unwrap_or(0);
+                info!(client = %remote, id, "client frame cut short; ending the lane");
                 send_refusal(
                     out,
                     id,
-                    Refusal::new("bad_request", "this lane already said hello"),
+                    Refusal::new("bad_request", "the stream ended inside a frame"),
                 )
                 .await;
+                return LaneEnd::Closed;
             }
+            Ok(None) => return LaneEnd::Closed,
             Err(e) => {
-                warn!(client = %remote, id, error = %e, "refusing a malformed client request");
-                let code = if matches!(e, WireError::TooLarge { .. }) {
-                    "too_large"
-                } else {
-                    "bad_request"
-                };
-                send_refusal(out, id, Refusal::new(code, e.to_string())).await;
+                debug!(client = %remote, error = %e, "client lane ended");
+                return LaneEnd::Closed;
             }
+        }
+    }
+}
+
+/// Checks a lane's first message: a hello with the right token.
+fn hello(
+    message: Result<ClientMessage, WireError>,
+    api: &ApiState,
+    remote: SocketAddr,
+) -> Result<(), (Refusal, LaneEnd)> {
+    match message {
+        Ok(ClientMessage::Hello { token }) => match &api.token {
+            Some(t) if !t.accepts(token.as_deref()) => {
+                let what = if token.is_some() { "a wrong" } else { "no" };
+                warn!(client = %remote, "refused a QUIC client lane with {what} client token");
+                Err((
+                    Refusal::new("unauthorized", format!("{what} client token")),
+                    LaneEnd::Refused,
+                ))
+            }
+            _ => Ok(()),
+        },
+        Ok(_) => {
+            warn!(client = %remote, "client lane did not start with a hello; ending it");
+            Err((
+                Refusal::new("bad_request", "a lane starts with a hello"),
+                LaneEnd::Broken,
+            ))
+        }
+        Err(e) => {
+            warn!(client = %remote, error = %e, "malformed hello; ending the lane");
+            Err((Refusal::new("bad_request", e.to_string()), LaneEnd::Broken))
         }
     }
 }

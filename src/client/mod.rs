@@ -29,7 +29,7 @@
 //! # async fn demo() -> Result<(), chorus::client::Error> {
 //! let mut config = Config::new(["127.0.0.1:7200", "127.0.0.1:7201"]);
 //! config.protocol = Protocol::Quic;
-//! config.ca_pem = Some(std::fs::read_to_string("chorus-dev/ca.pem").unwrap());
+//! config.ca_pem = Some(std::fs::read_to_string("chorus-dev/ca/ca.pem").unwrap());
 //! let client = Client::connect(config).await?;
 //!
 //! // A read-modify-write that never leaves a needless sibling: write back with the context.
@@ -813,7 +813,11 @@ impl Client {
             indeterminate |= applied_maybe;
             // Report what a node said over a node that could not be reached.
             let answered = error.kind != ErrorKind::Unreachable;
-            if answered || last.as_ref().is_none_or(|l| l.kind == ErrorKind::Unreachable) {
+            if answered
+                || last
+                    .as_ref()
+                    .is_none_or(|l| l.kind == ErrorKind::Unreachable)
+            {
                 last = Some(error);
             }
             // A register write that may have landed is retried only when the caller allows

@@ -18,8 +18,8 @@ use super::{Answer, Config, CrdtRead, Error, ErrorKind, Failure, Op, Options, Re
 use super::{Value, Written};
 use crate::node::{ClientError, ClientOp, ClientReply, ClientRequest};
 use crate::protocol::client::{
-    decode_body, encode_frame, ClientMessage, FrameHeader, ServerMessage, FRAME_HEADER_BYTES,
-    HELLO_ID, NODE_SERVER_NAME,
+    decode_body, encode_frame, ClientMessage, FrameBuffer, ServerMessage, HELLO_ID,
+    NODE_SERVER_NAME,
 };
 
 /// Largest answer frame the client accepts (a read may carry several large siblings).
@@ -402,30 +402,34 @@ async fn writer(mut send: SendStream, mut rx: mpsc::Receiver<Vec<u8>>, dead: Arc
 }
 
 async fn reader(mut recv: RecvStream, pending: Pending, dead: Arc<AtomicBool>) {
-    loop {
-        let mut header = [0u8; FRAME_HEADER_BYTES];
-        if recv.read_exact(&mut header).await.is_err() {
-            break;
-        }
-        let Ok(h) = FrameHeader::parse(&header, ANSWER_BODY_MAX) else {
-            break;
-        };
-        let mut body = vec![0u8; h.body_len];
-        if recv.read_exact(&mut body).await.is_err() {
-            break;
-        }
-        let waiter = pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&h.id);
-        match decode_body::<ServerMessage>(&body, ANSWER_BODY_MAX) {
-            Ok(message) => {
-                if let Some(w) = waiter {
-                    let _ = w.send(message);
+    let mut frames = FrameBuffer::new(ANSWER_BODY_MAX);
+    'read: loop {
+        loop {
+            let (id, message) = match frames.next_frame() {
+                Ok(Some((id, body))) => (id, decode_body::<ServerMessage>(body, ANSWER_BODY_MAX)),
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(id = e.id, error = %e.error, "unreadable answer frame from a node");
+                    break 'read;
                 }
+            };
+            let waiter = pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&id);
+            match message {
+                Ok(message) => {
+                    if let Some(w) = waiter {
+                        let _ = w.send(message);
+                    }
+                }
+                // Its request learns that no usable answer came.
+                Err(e) => tracing::warn!(id, error = %e, "malformed answer from a node"),
             }
-            // Its request learns that no usable answer came.
-            Err(e) => tracing::warn!(id = h.id, error = %e, "malformed answer from a node"),
+        }
+        match recv.read(frames.spare()).await {
+            Ok(Some(n)) => frames.filled(n),
+            Ok(None) | Err(_) => break,
         }
     }
     dead.store(true, Ordering::Relaxed);

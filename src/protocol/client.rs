@@ -155,6 +155,115 @@ impl FrameHeader {
     }
 }
 
+/// A frame that cannot be read: its id (as far as the header names one) and why.
+#[derive(Debug)]
+pub struct FrameError {
+    /// The request id in the offending header.
+    pub id: u64,
+    /// What is wrong.
+    pub error: WireError,
+}
+
+/// Cuts frames out of a stream's bytes as they arrive, whatever the read boundaries: the
+/// reader fills [`FrameBuffer::spare`], reports it with [`FrameBuffer::filled`], and takes
+/// every complete frame with [`FrameBuffer::next_frame`]. One read usually yields many frames,
+/// so a busy lane costs a read per batch, not per request. No I/O here.
+#[derive(Debug)]
+pub struct FrameBuffer {
+    buf: Vec<u8>,
+    /// The unconsumed bytes are `buf[start..end]`.
+    start: usize,
+    end: usize,
+    body_max: usize,
+}
+
+/// Bytes asked of each read.
+const READ_BYTES: usize = 64 * 1024;
+
+impl FrameBuffer {
+    /// A buffer refusing frames whose envelope exceeds `body_max` bytes.
+    pub fn new(body_max: usize) -> FrameBuffer {
+        FrameBuffer {
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+            body_max,
+        }
+    }
+
+    /// Room to read into (at least 64 KiB, or what the frame in progress still needs).
+    pub fn spare(&mut self) -> &mut [u8] {
+        if self.start > 0 && (self.start == self.end || self.start >= self.buf.len() / 2) {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        let need = self.pending_frame_bytes().max(READ_BYTES);
+        if self.buf.len() < self.end + need {
+            self.buf.resize(self.end + need, 0);
+        }
+        &mut self.buf[self.end..]
+    }
+
+    /// `n` bytes were read into the space [`FrameBuffer::spare`] gave.
+    pub fn filled(&mut self, n: usize) {
+        self.end = (self.end + n).min(self.buf.len());
+    }
+
+    /// Bytes still missing from the frame whose start is buffered (0 when none started).
+    fn pending_frame_bytes(&self) -> usize {
+        let have = &self.buf[self.start..self.end];
+        if have.len() < FRAME_HEADER_BYTES {
+            return 0;
+        }
+        let len = u32::from_be_bytes([have[0], have[1], have[2], have[3]]) as usize;
+        (len + 4)
+            .min(self.body_max + FRAME_HEADER_BYTES)
+            .saturating_sub(have.len())
+    }
+
+    /// Whether part of a frame is buffered (the rest is owed).
+    pub fn mid_frame(&self) -> bool {
+        self.end > self.start
+    }
+
+    /// The id of the frame in progress, once its header is buffered.
+    pub fn partial_id(&self) -> Option<u64> {
+        let have = &self.buf[self.start..self.end];
+        (have.len() >= FRAME_HEADER_BYTES).then(|| {
+            let mut id = [0u8; 8];
+            id.copy_from_slice(&have[4..FRAME_HEADER_BYTES]);
+            u64::from_be_bytes(id)
+        })
+    }
+
+    /// The next complete frame: its id and envelope bytes. `Ok(None)` when more bytes are
+    /// needed; an error when the header is unusable (the stream's framing is then lost).
+    pub fn next_frame(&mut self) -> Result<Option<(u64, &[u8])>, FrameError> {
+        let have = &self.buf[self.start..self.end];
+        if have.len() < FRAME_HEADER_BYTES {
+            return Ok(None);
+        }
+        let mut header = [0u8; FRAME_HEADER_BYTES];
+        header.copy_from_slice(&have[..FRAME_HEADER_BYTES]);
+        let h = FrameHeader::parse(&header, self.body_max).map_err(|error| {
+            let mut id = [0u8; 8];
+            id.copy_from_slice(&header[4..]);
+            FrameError {
+                id: u64::from_be_bytes(id),
+                error,
+            }
+        })?;
+        let total = FRAME_HEADER_BYTES + h.body_len;
+        if have.len() < total {
+            return Ok(None);
+        }
+        let body = self.start + FRAME_HEADER_BYTES;
+        self.start += total;
+        Ok(Some((h.id, &self.buf[body..body + h.body_len])))
+    }
+}
+
 /// Decodes a frame's envelope (the bytes after its header) of at most `body_max` bytes.
 pub fn decode_body<T: serde::de::DeserializeOwned>(
     body: &[u8],
@@ -207,6 +316,38 @@ mod tests {
         assert_eq!(h.body_len, body.len());
         let back: ClientMessage = decode_body(body, 1 << 20).unwrap();
         assert_eq!(back, put());
+    }
+
+    #[test]
+    fn frames_are_cut_out_of_arbitrary_read_boundaries() {
+        let frames: Vec<Vec<u8>> = (0..50u64)
+            .map(|i| encode_frame(i, &put()).unwrap())
+            .collect();
+        let stream: Vec<u8> = frames.concat();
+        for chunk in [1, 7, 12, 13, 500, stream.len()] {
+            let mut fb = FrameBuffer::new(1 << 20);
+            let mut got = Vec::new();
+            for piece in stream.chunks(chunk) {
+                let spare = fb.spare();
+                spare[..piece.len()].copy_from_slice(piece);
+                fb.filled(piece.len());
+                while let Some((id, body)) = fb.next_frame().unwrap() {
+                    let m: ClientMessage = decode_body(body, 1 << 20).unwrap();
+                    assert_eq!(m, put());
+                    got.push(id);
+                }
+            }
+            assert_eq!(got, (0..50).collect::<Vec<_>>(), "chunks of {chunk}");
+            assert!(!fb.mid_frame());
+        }
+        // An oversize header is an error naming its id.
+        let mut fb = FrameBuffer::new(10);
+        let frame = encode_frame(77, &put()).unwrap();
+        fb.spare()[..frame.len()].copy_from_slice(&frame);
+        fb.filled(frame.len());
+        let e = fb.next_frame().unwrap_err();
+        assert_eq!(e.id, 77);
+        assert!(matches!(e.error, WireError::TooLarge { .. }));
     }
 
     #[test]
