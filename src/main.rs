@@ -193,7 +193,7 @@ struct BenchArgs {
     /// The cluster CA certificate, for QUIC [default: chorus-dev/ca/ca.pem].
     #[arg(long, value_name = "FILE")]
     ca: Option<PathBuf>,
-    /// File holding the client token, if the nodes require one.
+    /// File holding the client token, if the nodes require one (or set CHORUS_TOKEN).
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
     /// Keys in the data set.
@@ -402,7 +402,8 @@ fn ring_plan_live(live: &str, args: &PlanArgs) -> Result<(), String> {
     let mut sizes: BTreeMap<PartitionId, u64> = BTreeMap::new();
     for m in &owners {
         let url = format!("http://{}/v1/partitions?bytes=true", m.http_addr);
-        match http_json::<Vec<PartitionInfo>>(agent.get(&url).call(), "partitions") {
+        match http_json::<Vec<PartitionInfo>>(dev::with_token(agent.get(&url)).call(), "partitions")
+        {
             Ok(parts) => {
                 for p in parts {
                     if let Some(b) = p.bytes {
@@ -528,7 +529,7 @@ fn bench_cmd(args: BenchArgs) -> Result<(), String> {
                 .trim()
                 .to_owned(),
         ),
-        None => None,
+        None => dev::env_token(),
     };
     let runs: Vec<(Workload, Protocol)> = args
         .workload
@@ -639,7 +640,7 @@ fn status(args: StatusArgs) -> Result<(), String> {
     // Anti-entropy at a glance (older nodes without the endpoint are skipped).
     let agent = http_agent(Duration::from_secs(5));
     if let Ok(parts) = http_json::<Vec<PartitionInfo>>(
-        agent.get(format!("http://{addr}/v1/partitions")).call(),
+        dev::with_token(agent.get(format!("http://{addr}/v1/partitions"))).call(),
         "partitions",
     ) {
         let keys: u64 = parts.iter().map(|p| p.keys).sum();
@@ -701,7 +702,10 @@ fn repair(args: RepairArgs) -> Result<(), String> {
     if let Some(p) = args.partition {
         url.push_str(&format!("?partition={p}"));
     }
-    let started: RepairProgress = http_json(agent.post(&url).send_empty(), "starting the repair")?;
+    let started: RepairProgress = http_json(
+        dev::with_token(agent.post(&url)).send_empty(),
+        "starting the repair",
+    )?;
     println!(
         "repair {} started on {addr}: {} partitions",
         started.id, started.partitions
@@ -714,9 +718,7 @@ fn repair(args: RepairArgs) -> Result<(), String> {
     let mut last = None;
     loop {
         let p: RepairProgress = http_json(
-            agent
-                .get(format!("http://{addr}/v1/repair/{}", started.id))
-                .call(),
+            dev::with_token(agent.get(format!("http://{addr}/v1/repair/{}", started.id))).call(),
             "reading the repair's progress",
         )?;
         let line = format!(

@@ -471,6 +471,36 @@ fn tokens_foreign_cas_and_malformed_client_streams_are_refused() {
         )
     });
 
+    // The CLI: the token from a file or CHORUS_TOKEN; without it, unauthorized (exit 2).
+    let http_addr = node.http.to_string();
+    let (code, _, err) = run_cli(&["get", "k", "--node", &http_addr]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("unauthorized"), "{err}");
+    let (code, out, err) = run_cli(&[
+        "get",
+        "k",
+        "--node",
+        &http_addr,
+        "--token-file",
+        token_file.to_str().unwrap(),
+    ]);
+    assert_eq!((code, out.as_str()), (0, "v"), "{err}");
+    let status = chorus()
+        .args(["status", "--http", &http_addr])
+        .env("CHORUS_TOKEN", "s3cret-token")
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let status = chorus()
+        .args(["status", "--http", &http_addr])
+        .output()
+        .unwrap();
+    assert!(!status.status.success(), "status without the token");
+
     // QUIC: a lane whose hello has no token or a wrong one is refused.
     rt.block_on(async {
         for token in [None, Some("wrong".to_string())] {

@@ -169,14 +169,30 @@ pub fn fetch_cluster(http: SocketAddr, timeout: Duration) -> Result<ClusterView,
         .timeout_global(Some(timeout))
         .build()
         .into();
-    let body = agent
-        .get(format!("http://{http}/v1/cluster"))
+    let body = with_token(agent.get(format!("http://{http}/v1/cluster")))
         .call()
         .map_err(|e| e.to_string())?
         .body_mut()
         .read_to_string()
         .map_err(|e| e.to_string())?;
     serde_json::from_str::<ClusterView>(&body).map_err(|e| format!("bad /v1/cluster reply: {e}"))
+}
+
+/// The client token from the `CHORUS_TOKEN` environment variable, if set.
+pub fn env_token() -> Option<String> {
+    std::env::var("CHORUS_TOKEN")
+        .ok()
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+}
+
+/// Adds `Authorization: Bearer $CHORUS_TOKEN` to an HTTP request when the variable is set (for
+/// nodes started with `--client-token-file`).
+pub fn with_token<B>(req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+    match env_token() {
+        Some(t) => req.header("authorization", format!("Bearer {t}")),
+        None => req,
+    }
 }
 
 fn formed(nodes: &[DevNode]) -> Option<Vec<ClusterView>> {
