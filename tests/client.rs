@@ -358,6 +358,22 @@ fn client_library_cli_and_breakers_on_a_three_node_cluster() {
         2 => assert!(err.contains("unavailable"), "{err}"),
         _ => panic!("exit code {code}: {err}"),
     }
+    // With a second node frozen (SIGSTOP: its sockets stay open, it just never answers), a
+    // w=2 write reaches at most the node it is sent to: its fate is unknown, exit 3.
+    nodes[1].signal("-STOP");
+    let (code, _, err) = cli(&[
+        "put",
+        "cli-frozen",
+        "v",
+        "--w",
+        "2",
+        "--strict",
+        "--timeout-ms",
+        "800",
+    ]);
+    nodes[1].signal("-CONT");
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("may have been applied"), "{err}");
 }
 
 /// A raw QUIC client lane on `addr`.

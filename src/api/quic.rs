@@ -25,7 +25,8 @@ use tracing::{debug, info, warn};
 use super::http::{AdminRequest, ApiState, ClientCall};
 use crate::node::{ClientError, ClientReply};
 use crate::protocol::client::{
-    decode_body, encode_frame, request_body_max, ClientMessage, FrameBuffer, Refusal, ServerMessage,
+    decode_body, encode_frame, gather, request_body_max, ClientMessage, FrameBuffer, Refusal,
+    ServerMessage,
 };
 use crate::protocol::WireError;
 use crate::runtime::transport::ClientConnection;
@@ -36,9 +37,6 @@ pub const LANE_IN_FLIGHT_MAX: usize = 256;
 /// How long the rest of a frame may take once its first byte arrived (and the hello, once the
 /// lane is open).
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Most bytes gathered into one write of answers.
-const WRITE_BATCH_BYTES: usize = 256 * 1024;
 
 /// Stream error code: the lane's framing broke (oversize or truncated frame).
 const LANE_BROKEN: VarInt = VarInt::from_u32(1);
@@ -97,14 +95,7 @@ async fn send(out: &mpsc::Sender<Vec<u8>>, id: u64, message: &ServerMessage) {
 async fn writer(mut send: SendStream, mut answers: mpsc::Receiver<Vec<u8>>, remote: SocketAddr) {
     let mut batch = Vec::with_capacity(16 * 1024);
     while let Some(first) = answers.recv().await {
-        batch.clear();
-        batch.extend_from_slice(&first);
-        while batch.len() < WRITE_BATCH_BYTES {
-            match answers.try_recv() {
-                Ok(more) => batch.extend_from_slice(&more),
-                Err(_) => break,
-            }
-        }
+        gather(&mut batch, &first, || answers.try_recv().ok());
         match timeout(FRAME_TIMEOUT, send.write_all(&batch)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {

@@ -65,7 +65,7 @@ use serde::Serialize;
 use self::breaker::Breaker;
 pub use self::breaker::{BreakerConfig, BreakerState};
 pub use self::quic::quic_config;
-use crate::node::{ClusterView, Liveness, RequestOptions};
+use crate::node::{ClusterView, Liveness};
 pub use crate::node::{Context, CrdtOp, CrdtValue};
 use crate::ring::{Member, Ring, RingConfig};
 use crate::NodeId;
@@ -156,29 +156,9 @@ impl Config {
     }
 }
 
-/// Per-request options: quorums, strictness, timeout (as the HTTP API's query parameters).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Options {
-    /// Replies a read waits for (default: the node's R).
-    pub r: Option<usize>,
-    /// Durable acknowledgements a write waits for (default: the node's W).
-    pub w: Option<usize>,
-    /// Only the key's own replicas count (no sloppy quorum).
-    pub strict: bool,
-    /// How long the node may take, in milliseconds (default: the node's, 5 s).
-    pub timeout_ms: Option<u64>,
-}
-
-impl Options {
-    fn to_request(self) -> RequestOptions {
-        RequestOptions {
-            r: self.r,
-            w: self.w,
-            strict: self.strict,
-            timeout_ms: self.timeout_ms,
-        }
-    }
-}
+/// Per-request options: quorums, strictness, timeout (as the HTTP API's query parameters
+/// `r`, `w`, `strict`, `timeout_ms`).
+pub use crate::node::RequestOptions as Options;
 
 /// A register's value(s).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -651,21 +631,24 @@ impl Client {
         }
     }
 
-    /// Adds `n` to a counter: a G-Counter when `n` is positive and the key is new or one, a
-    /// PN-Counter when the key is one (use [`Client::update`] to choose the type yourself).
+    /// Adds `n` to a counter: a G-Counter when `n` is positive (unless the key is a
+    /// PN-Counter), a PN-Counter when it is negative (use [`Client::update`] to choose the type
+    /// yourself). One round trip when the type is right the first time.
     pub async fn incr(&self, key: impl AsRef<[u8]>, n: i64) -> Result<Updated, Error> {
         let key = key.as_ref();
-        let op = if n > 0 {
-            match self.crdt(key).await? {
-                Some(c) if c.type_name == "pncounter" => CrdtOp::PNCounter { increment: n },
-                _ => CrdtOp::GCounter {
-                    increment: n.unsigned_abs(),
-                },
+        let op_id = self.mint_op_id();
+        if n > 0 {
+            let g = CrdtOp::GCounter {
+                increment: n.unsigned_abs(),
+            };
+            match self.update_with_id(key, g, op_id.as_str()).await {
+                // A PN-Counter: the G-Counter update changed nothing; apply it as what it is.
+                Err(e) if e.kind == ErrorKind::TypeConflict => {}
+                other => return other,
             }
-        } else {
-            CrdtOp::PNCounter { increment: n }
-        };
-        self.update(key, op).await
+        }
+        self.update_with_id(key, CrdtOp::PNCounter { increment: n }, op_id)
+            .await
     }
 
     /// A set's elements (empty when never written) and, for an OR-Set, its context.
@@ -684,7 +667,8 @@ impl Client {
         }
     }
 
-    /// Adds elements to an OR-Set (a new key becomes an OR-Set; a 2P-Set stays one).
+    /// Adds elements to a set: an OR-Set (what a new key becomes), or the 2P-Set the key
+    /// already is.
     pub async fn set_add<I, S>(&self, key: impl AsRef<[u8]>, elements: I) -> Result<Updated, Error>
     where
         I: IntoIterator<Item = S>,
@@ -692,18 +676,23 @@ impl Client {
     {
         let add: Vec<String> = elements.into_iter().map(Into::into).collect();
         let key = key.as_ref();
-        let op = match self.crdt(key).await? {
-            Some(c) if c.type_name == "2pset" => CrdtOp::TwoPSet {
-                add,
-                remove: Vec::new(),
-            },
-            _ => CrdtOp::ORSet {
-                add,
-                remove: Vec::new(),
-                context: None,
-            },
+        let op_id = self.mint_op_id();
+        let or = CrdtOp::ORSet {
+            add: add.clone(),
+            remove: Vec::new(),
+            context: None,
         };
-        self.update(key, op).await
+        match self.update_with_id(key, or, op_id.as_str()).await {
+            // A 2P-Set: the OR-Set update changed nothing.
+            Err(e) if e.kind == ErrorKind::TypeConflict => {
+                let two = CrdtOp::TwoPSet {
+                    add,
+                    remove: Vec::new(),
+                };
+                self.update_with_id(key, two, op_id).await
+            }
+            other => other,
+        }
     }
 
     /// Removes elements from a set: from an OR-Set exactly the adds a fresh read saw; from a

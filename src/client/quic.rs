@@ -18,15 +18,12 @@ use super::{Answer, Config, CrdtRead, Error, ErrorKind, Failure, Op, Options, Re
 use super::{Value, Written};
 use crate::node::{ClientError, ClientOp, ClientReply, ClientRequest};
 use crate::protocol::client::{
-    decode_body, encode_frame, ClientMessage, FrameBuffer, ServerMessage, HELLO_ID,
+    decode_body, encode_frame, gather, ClientMessage, FrameBuffer, ServerMessage, HELLO_ID,
     NODE_SERVER_NAME,
 };
 
 /// Largest answer frame the client accepts (a read may carry several large siblings).
 const ANSWER_BODY_MAX: usize = 64 * 1024 * 1024;
-
-/// Most bytes gathered into one write of requests.
-const WRITE_BATCH_BYTES: usize = 256 * 1024;
 
 /// The QUIC client configuration the library connects with: TLS 1.3, the node's certificate
 /// verified against `ca_pem` (the cluster CA, PEM) for the name every node certificate
@@ -254,7 +251,7 @@ impl QuicNode {
         let request = ClientMessage::Request(ClientRequest {
             key: key.to_vec(),
             op: op_wire,
-            options: options.to_request(),
+            options,
         });
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let frame = encode_frame(id, &request).map_err(|e| {
@@ -385,14 +382,7 @@ fn start_lane(send: SendStream, recv: RecvStream) -> Lane {
 async fn writer(mut send: SendStream, mut rx: mpsc::Receiver<Vec<u8>>, dead: Arc<AtomicBool>) {
     let mut batch = Vec::with_capacity(16 * 1024);
     while let Some(first) = rx.recv().await {
-        batch.clear();
-        batch.extend_from_slice(&first);
-        while batch.len() < WRITE_BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(more) => batch.extend_from_slice(&more),
-                Err(_) => break,
-            }
-        }
+        gather(&mut batch, &first, || rx.try_recv().ok());
         if send.write_all(&batch).await.is_err() {
             dead.store(true, Ordering::Relaxed);
             return;

@@ -124,7 +124,7 @@ impl Default for DataConfig {
 }
 
 /// Per-request options (query parameters `r`, `w`, `strict`, `timeout_ms` on the HTTP API).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestOptions {
     /// Replies a read waits for (default: the node's R).
     pub r: Option<usize>,

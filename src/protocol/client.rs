@@ -34,7 +34,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{decode_with_limit, WireError, HEADER_BYTES, MAGIC, WIRE_VERSION};
+use super::{decode_with_limit, encode_into, WireError, HEADER_BYTES};
 use crate::node::{ClientReply, ClientRequest, ClusterView};
 
 /// ALPN protocol identifier of the QUIC client API.
@@ -107,12 +107,7 @@ pub fn encode_frame<T: Serialize>(id: u64, message: &T) -> Result<Vec<u8>, WireE
     let mut out = Vec::with_capacity(128);
     out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(&id.to_be_bytes());
-    out.extend_from_slice(&MAGIC);
-    out.push(WIRE_VERSION);
-    rmp_serde::encode::write(&mut out, message).map_err(|source| WireError::Encode {
-        what: std::any::type_name::<T>(),
-        source,
-    })?;
+    encode_into(&mut out, message)?;
     let len = out.len() - 4;
     let len = u32::try_from(len).map_err(|_| WireError::TooLarge {
         len,
@@ -261,6 +256,22 @@ impl FrameBuffer {
         let body = self.start + FRAME_HEADER_BYTES;
         self.start += total;
         Ok(Some((h.id, &self.buf[body..body + h.body_len])))
+    }
+}
+
+/// Most bytes one write of frames gathers.
+pub const WRITE_BATCH_BYTES: usize = 256 * 1024;
+
+/// Fills `batch` with `first` and then whatever `next` has ready, up to [`WRITE_BATCH_BYTES`]:
+/// frames queued while the last write was in progress go out in one write.
+pub fn gather(batch: &mut Vec<u8>, first: &[u8], mut next: impl FnMut() -> Option<Vec<u8>>) {
+    batch.clear();
+    batch.extend_from_slice(first);
+    while batch.len() < WRITE_BATCH_BYTES {
+        match next() {
+            Some(more) => batch.extend_from_slice(&more),
+            None => break,
+        }
     }
 }
 

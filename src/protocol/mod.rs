@@ -92,13 +92,18 @@ pub enum WireError {
 /// Encodes `value` in a versioned envelope.
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, WireError> {
     let mut out = Vec::with_capacity(64);
+    encode_into(&mut out, value)?;
+    Ok(out)
+}
+
+/// Appends `value` in a versioned envelope to `out`.
+pub fn encode_into<T: Serialize>(out: &mut Vec<u8>, value: &T) -> Result<(), WireError> {
     out.extend_from_slice(&MAGIC);
     out.push(WIRE_VERSION);
-    rmp_serde::encode::write(&mut out, value).map_err(|source| WireError::Encode {
+    rmp_serde::encode::write(out, value).map_err(|source| WireError::Encode {
         what: std::any::type_name::<T>(),
         source,
-    })?;
-    Ok(out)
+    })
 }
 
 /// Decodes a `T` from an envelope of at most [`DEFAULT_FRAME_BYTES_MAX`] bytes.
