@@ -581,7 +581,32 @@ fn tokens_foreign_cas_and_malformed_client_streams_are_refused() {
             matches!(m, ServerMessage::Reply(chorus::node::ClientReply::Read(_))),
             "{m:?}"
         );
-        // An oversize frame: refused, and the lane ends.
+        // A frame over the limit (a put of 2 MiB): refused, skipped, and the lane goes on.
+        let big_put = ClientMessage::Request(chorus::node::ClientRequest {
+            key: b"big".to_vec(),
+            op: chorus::node::ClientOp::Put {
+                value: vec![7; 2 << 20],
+                context: None,
+            },
+            options: Default::default(),
+        });
+        send.write_all(&encode_frame(10, &big_put).unwrap())
+            .await
+            .unwrap();
+        send.write_all(&encode_frame(11, &get).unwrap())
+            .await
+            .unwrap();
+        let (id, m) = read_answer(&mut recv)
+            .await
+            .expect("an answer to a big frame");
+        assert_eq!((id, refused_code(&m)), (10, "too_large"));
+        let (id, m) = read_answer(&mut recv).await.expect("the lane goes on");
+        assert_eq!(id, 11);
+        assert!(
+            matches!(m, ServerMessage::Reply(chorus::node::ClientReply::Read(_))),
+            "{m:?}"
+        );
+        // An absurdly declared frame: refused, and the lane ends.
         let mut big = ((100u32 << 20) + 8).to_be_bytes().to_vec();
         big.extend_from_slice(&9u64.to_be_bytes());
         send.write_all(&big).await.unwrap();
@@ -645,6 +670,7 @@ fn tokens_foreign_cas_and_malformed_client_streams_are_refused() {
         "refused an HTTP request with no client token",
         "refusing a malformed client request",
         "refusing a client frame; ending the lane",
+        "refusing a client frame; skipping it",
         "client lane did not start with a hello",
         "client frame cut short",
     ] {

@@ -6,14 +6,19 @@
 //! This module owns the lanes: reading frames, checking the hello's token, bounding what one
 //! lane may have in flight, and writing answers in batches.
 //!
-//! Bounds: a connection has at most `tls::CLIENT_LANES_MAX` lanes (QUIC's stream limit), a lane
-//! at most [`LANE_IN_FLIGHT_MAX`] requests (beyond, the lane is not read, which pushes back on
-//! the client through flow control), a frame at most the node's value limit plus the key and
-//! some overhead, and a frame that has started must arrive within [`FRAME_TIMEOUT`]. Anything
-//! malformed is answered with a refusal and logged; anything that breaks the framing ends the
-//! lane, never the node.
+//! Bounds: a connection has at most `tls::CLIENT_LANES_MAX` lanes (QUIC's stream limit) and no
+//! unidirectional streams, and is closed unless one of its lanes says an accepted hello within
+//! [`FRAME_TIMEOUT`] (or at once when a hello is refused); a lane holds at most
+//! [`LANE_IN_FLIGHT_MAX`] requests (beyond, it is not read, which pushes back on the client
+//! through flow control); a frame is at most a hello's size before the hello and the node's
+//! value limit plus the key and some overhead after it, and must arrive whole within
+//! [`FRAME_TIMEOUT`] of its first byte. Buffers grow with the bytes that arrive, never with
+//! what a header declares. Anything malformed is answered with a refusal and logged; a frame
+//! over the limit is skipped (its bytes dropped as they come) and the lane goes on; anything
+//! that breaks the framing ends the lane, never the node.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +31,7 @@ use super::http::{AdminRequest, ApiState, ClientCall};
 use crate::node::{ClientError, ClientReply};
 use crate::protocol::client::{
     decode_body, encode_frame, gather, request_body_max, ClientMessage, FrameBuffer, Refusal,
-    ServerMessage,
+    ServerMessage, TOKEN_BYTES_MAX,
 };
 use crate::protocol::WireError;
 use crate::runtime::transport::ClientConnection;
@@ -42,6 +47,14 @@ pub const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 const LANE_BROKEN: VarInt = VarInt::from_u32(1);
 /// Stream error code: the hello was refused.
 const LANE_REFUSED: VarInt = VarInt::from_u32(2);
+/// Connection error code: no lane said an accepted hello (in time).
+const CLOSE_UNAUTHENTICATED: VarInt = VarInt::from_u32(3);
+
+/// How long a connection whose hello was refused stays open for the refusal to arrive.
+const REFUSED_LINGER: Duration = Duration::from_secs(1);
+
+/// Largest frame before a lane's hello: a hello with the longest token.
+const HELLO_BODY_MAX: usize = TOKEN_BYTES_MAX + 256;
 
 /// Serves every client connection from `connections` until the channel ends.
 pub async fn serve(mut connections: mpsc::Receiver<ClientConnection>, api: ApiState) {
@@ -54,10 +67,33 @@ async fn serve_connection(client: ClientConnection, api: ApiState) {
     let conn = client.conn.clone();
     let remote = conn.remote_address();
     debug!(client = %remote, "QUIC client connected");
+    // The client API reads only bidirectional streams: refuse unidirectional ones outright so
+    // that nothing can be buffered on them.
+    conn.set_max_concurrent_uni_streams(VarInt::from_u32(0));
+    // A connection that has not opened a lane with an accepted hello within the frame timeout
+    // gives its slot back.
+    let authenticated = Arc::new(AtomicBool::new(false));
+    let watchdog = {
+        let conn = conn.clone();
+        let authenticated = authenticated.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(FRAME_TIMEOUT).await;
+            if !authenticated.load(Ordering::Relaxed) {
+                info!(client = %remote, "closing a client connection with no accepted lane");
+                conn.close(CLOSE_UNAUTHENTICATED, b"no accepted hello");
+            }
+        })
+    };
     loop {
         match conn.accept_bi().await {
             Ok((send, recv)) => {
-                tokio::spawn(lane(send, recv, remote, api.clone()));
+                let lane = Lane {
+                    conn: conn.clone(),
+                    remote,
+                    api: api.clone(),
+                    authenticated: authenticated.clone(),
+                };
+                tokio::spawn(lane.serve(send, recv));
             }
             Err(e) => {
                 debug!(client = %remote, reason = %e, "QUIC client connection ended");
@@ -65,7 +101,16 @@ async fn serve_connection(client: ClientConnection, api: ApiState) {
             }
         }
     }
+    watchdog.abort();
     drop(client);
+}
+
+/// What a lane knows of its connection.
+struct Lane {
+    conn: quinn::Connection,
+    remote: SocketAddr,
+    api: ApiState,
+    authenticated: Arc<AtomicBool>,
 }
 
 /// Why a lane stopped reading.
@@ -112,38 +157,57 @@ async fn writer(mut send: SendStream, mut answers: mpsc::Receiver<Vec<u8>>, remo
     let _ = send.finish();
 }
 
-/// Serves one lane: the hello, then requests until the client finishes the stream.
-async fn lane(send: SendStream, mut recv: RecvStream, remote: SocketAddr, api: ApiState) {
-    let body_max = request_body_max(api.limits.key_bytes_max, api.limits.value_bytes_max);
-    let (out, answers) = mpsc::channel::<Vec<u8>>(LANE_IN_FLIGHT_MAX);
-    let writer = tokio::spawn(writer(send, answers, remote));
-    let result = serve_lane(&mut recv, remote, &api, body_max, &out).await;
-    drop(out);
-    match result {
-        LaneEnd::Broken => {
-            let _ = recv.stop(LANE_BROKEN);
+impl Lane {
+    /// Serves one lane: the hello, then requests until the client finishes the stream.
+    async fn serve(self, send: SendStream, mut recv: RecvStream) {
+        let body_max = request_body_max(
+            self.api.limits.key_bytes_max,
+            self.api.limits.value_bytes_max,
+        );
+        let (out, answers) = mpsc::channel::<Vec<u8>>(LANE_IN_FLIGHT_MAX);
+        let writer = tokio::spawn(writer(send, answers, self.remote));
+        let result = serve_lane(&mut recv, &self, body_max, &out).await;
+        drop(out);
+        match result {
+            LaneEnd::Broken => {
+                let _ = recv.stop(LANE_BROKEN);
+            }
+            LaneEnd::Refused => {
+                let _ = recv.stop(LANE_REFUSED);
+                // Let the refusal reach the client (closing at once could discard it), then
+                // close a connection that has no accepted lane.
+                let _ = writer.await;
+                tokio::time::sleep(REFUSED_LINGER).await;
+                if !self.authenticated.load(Ordering::Relaxed) {
+                    self.conn.close(CLOSE_UNAUTHENTICATED, b"unauthorized");
+                }
+                return;
+            }
+            LaneEnd::Closed => {}
         }
-        LaneEnd::Refused => {
-            let _ = recv.stop(LANE_REFUSED);
-        }
-        LaneEnd::Closed => {}
+        // Answers still in flight finish on their own; the writer ends after the last.
+        let _ = writer.await;
     }
-    // Answers still in flight finish on their own; the writer ends after the last.
-    let _ = writer.await;
 }
 
 async fn serve_lane(
     recv: &mut RecvStream,
-    remote: SocketAddr,
-    api: &ApiState,
+    lane: &Lane,
     body_max: usize,
     out: &mpsc::Sender<Vec<u8>>,
 ) -> LaneEnd {
-    let mut frames = FrameBuffer::new(body_max);
+    let (remote, api) = (lane.remote, &lane.api);
+    let mut frames = FrameBuffer::new(HELLO_BODY_MAX);
     let mut ready = false;
     let hello_by = Instant::now() + FRAME_TIMEOUT;
+    // When the frame now being received started arriving.
+    let mut frame_since: Option<Instant> = None;
     let in_flight = Arc::new(Semaphore::new(LANE_IN_FLIGHT_MAX));
     loop {
+        if out.is_closed() {
+            // The writer is gone (the client stopped reading): serve no more.
+            return LaneEnd::Closed;
+        }
         // Every complete frame buffered, then read more.
         loop {
             let (id, message) = match frames.next_frame() {
@@ -155,8 +219,12 @@ async fn serve_lane(
                     } else {
                         "bad_request"
                     };
-                    warn!(client = %remote, id = e.id, error = %e.error, "refusing a client frame; ending the lane");
                     send_refusal(out, e.id, Refusal::new(code, e.error.to_string())).await;
+                    if e.skipped && ready {
+                        warn!(client = %remote, id = e.id, error = %e.error, "refusing a client frame; skipping it");
+                        continue;
+                    }
+                    warn!(client = %remote, id = e.id, error = %e.error, "refusing a client frame; ending the lane");
                     return LaneEnd::Broken;
                 }
             };
@@ -165,6 +233,8 @@ async fn serve_lane(
                     Ok(()) => {
                         send(out, id, &ServerMessage::Ready).await;
                         ready = true;
+                        lane.authenticated.store(true, Ordering::Relaxed);
+                        frames.set_body_max(body_max);
                         continue;
                     }
                     Err((refusal, end)) => {
@@ -195,6 +265,9 @@ async fn serve_lane(
                     }
                 }
                 Ok(ClientMessage::Cluster) => {
+                    let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                        return LaneEnd::Closed;
+                    };
                     let (tx, rx) = oneshot::channel();
                     if api.admin.send(AdminRequest::Cluster(tx)).await.is_err() {
                         send_refusal(out, id, shutting_down(false, false)).await;
@@ -207,6 +280,7 @@ async fn serve_lane(
                             Err(_) => ServerMessage::Refused(shutting_down(false, false)),
                         };
                         send(&out, id, &message).await;
+                        drop(permit);
                     });
                 }
                 Ok(ClientMessage::Hello { .. }) => {
@@ -225,12 +299,15 @@ async fn serve_lane(
         }
         // The hello must come promptly, and so must the rest of a frame that has started; an
         // idle lane between frames may wait as long as the connection lives.
+        frame_since = match (frames.mid_frame(), frame_since) {
+            (false, _) => None,
+            (true, None) => Some(Instant::now()),
+            (true, since) => since,
+        };
         let deadline = if !ready {
             Some(hello_by)
-        } else if frames.mid_frame() {
-            Some(Instant::now() + FRAME_TIMEOUT)
         } else {
-            None
+            frame_since.map(|t| t + FRAME_TIMEOUT)
         };
         let read = recv.read(frames.spare());
         let result = match deadline {

@@ -20,8 +20,8 @@ use crate::node::{ClusterView, Context, CrdtOp, CrdtValue};
 
 type Sender = http1::SendRequest<Full<Bytes>>;
 
-/// Idle connections kept per node.
-const IDLE_MAX: usize = 64;
+/// Idle connections kept per node (one per concurrent requester, up to this many).
+const IDLE_MAX: usize = 1024;
 
 /// Largest answer body read.
 const BODY_MAX: usize = 64 * 1024 * 1024;
@@ -194,12 +194,9 @@ fn error_body(status: StatusCode, body: &[u8], write: bool) -> Error {
     }
 }
 
+/// An answer the client cannot read: for a write, whether it was applied is unknown.
 fn malformed(what: &str) -> Failure {
-    Failure::Answered(Error::new(
-        ErrorKind::Internal,
-        "internal",
-        format!("the node's answer is malformed: {what}"),
-    ))
+    Failure::Lost(format!("the node's answer is malformed: {what}"))
 }
 
 fn context_header(headers: &HeaderMap, key: &[u8]) -> Result<Option<Context>, Failure> {
@@ -287,30 +284,51 @@ impl HttpNode {
                 other => break other,
             }
         };
+        let fresh = pooled.is_none();
         let mut sender = match pooled {
             Some(s) => s,
             None => connect(self.addr, self.connect_timeout)
                 .await
                 .map_err(Failure::Unreached)?,
         };
-        let exchange = async {
-            sender
-                .ready()
-                .await
-                .map_err(|e| Failure::Unreached(format!("connection: {e}")))?;
-            let resp = sender
-                .send_request(req)
-                .await
-                .map_err(|e| Failure::Lost(format!("request: {e}")))?;
+        let addr = self.addr;
+        let connect_timeout = self.connect_timeout;
+        let exchange = async move {
+            let mut req = req;
+            // A pooled connection may have closed since it was idle: a request it hands back
+            // unsent goes once more, on a new connection.
+            let mut retried = fresh;
+            let resp = loop {
+                sender
+                    .ready()
+                    .await
+                    .map_err(|e| Failure::Unreached(format!("connection: {e}")))?;
+                match sender.try_send_request(req).await {
+                    Ok(resp) => break resp,
+                    Err(mut e) => match e.take_message() {
+                        Some(unsent) if !retried => {
+                            retried = true;
+                            req = unsent;
+                            sender = connect(addr, connect_timeout)
+                                .await
+                                .map_err(Failure::Unreached)?;
+                        }
+                        Some(_) => {
+                            return Err(Failure::Unreached(format!("request: {}", e.error())))
+                        }
+                        None => return Err(Failure::Lost(format!("request: {}", e.error()))),
+                    },
+                }
+            };
             let (parts, body) = resp.into_parts();
             let body = http_body_util::Limited::new(body, BODY_MAX)
                 .collect()
                 .await
                 .map_err(|e| Failure::Lost(format!("answer: {e}")))?
                 .to_bytes();
-            Ok::<_, Failure>((parts.status, parts.headers, body))
+            Ok::<_, Failure>(((parts.status, parts.headers, body), sender))
         };
-        let result = tokio::time::timeout(wait, exchange)
+        let (result, sender) = tokio::time::timeout(wait, exchange)
             .await
             .map_err(|_| Failure::Lost(format!("no answer within {} ms", wait.as_millis())))??;
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);

@@ -383,7 +383,7 @@ pub(crate) enum Failure {
 
 /// A node's connection(s), by protocol.
 enum Conn {
-    Quic(quic::QuicNode),
+    Quic(Box<quic::QuicNode>),
     Http(http::HttpNode),
 }
 
@@ -876,7 +876,7 @@ impl Inner {
                     http_addr: m.http_addr,
                     quic_addr: Some(m.quic_addr),
                     conn: match &self.quic {
-                        Some(q) => Conn::Quic(q.node(m.quic_addr)),
+                        Some(q) => Conn::Quic(Box::new(q.node(m.quic_addr))),
                         None => Conn::Http(self.http.node(m.http_addr)),
                     },
                     breaker: Mutex::new(Breaker::new(&self.config.breaker)),
@@ -928,8 +928,9 @@ impl Inner {
         Err(last)
     }
 
-    /// The nodes to try for `key`, best first: the key's replicas (rotating which goes first),
-    /// then the others; nodes whose breaker refuses go last, soonest-to-reopen first.
+    /// The nodes to try for `key`, best first: a node due for its half-open probe, then the
+    /// key's replicas (rotating which goes first), then the others, all with closed breakers;
+    /// nodes whose breaker is open only when every breaker is (soonest-to-reopen first).
     fn candidates(&self, key: &[u8]) -> Vec<Arc<Node>> {
         let view = self.view();
         let rotate = self.rotate.fetch_add(1, Ordering::Relaxed);
@@ -953,21 +954,45 @@ impl Inner {
         }
         let now = Instant::now();
         let breaker = &self.config.breaker;
-        let (mut allowed, mut refused): (Vec<_>, Vec<_>) = ordered.into_iter().partition(|n| {
+        let state = |n: &Arc<Node>| {
             n.breaker
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .allow(now, breaker)
-        });
-        // Every breaker open: try the node that reopens soonest rather than none.
-        refused.sort_by_key(|n| {
-            n.breaker
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .open_until()
-        });
-        allowed.append(&mut refused);
-        allowed
+                .state(now)
+        };
+        let mut closed = Vec::with_capacity(ordered.len());
+        let mut open = Vec::new();
+        let mut probe = None;
+        for node in ordered {
+            match state(&node) {
+                BreakerState::Closed => closed.push(node),
+                // One node whose cool-down is over goes first, as this request's probe (claimed
+                // here, so no request that would not send it uses it up).
+                BreakerState::HalfOpen
+                    if probe.is_none()
+                        && node
+                            .breaker
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .allow(now, breaker) =>
+                {
+                    probe = Some(node)
+                }
+                _ => open.push(node),
+            }
+        }
+        let mut chosen: Vec<Arc<Node>> = probe.into_iter().chain(closed).collect();
+        if chosen.is_empty() {
+            // Every breaker open: try the node that reopens soonest rather than none.
+            open.sort_by_key(|n| {
+                n.breaker
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .open_until()
+            });
+            chosen = open;
+        }
+        chosen
     }
 }
 

@@ -106,6 +106,7 @@ impl QuicShared {
             },
             conn: tokio::sync::Mutex::new(None),
             next_lane: AtomicUsize::new(0),
+            failed: Mutex::new(None),
         }
     }
 }
@@ -144,7 +145,13 @@ pub(crate) struct QuicNode {
     shared: SharedRef,
     conn: tokio::sync::Mutex<Option<Arc<Live>>>,
     next_lane: AtomicUsize,
+    /// When the last connection attempt failed, and why: requests within a second of it fail
+    /// at once instead of queueing for attempts of their own.
+    failed: Mutex<Option<(std::time::Instant, String)>>,
 }
+
+/// How long a failed connection attempt answers for the node.
+const RECONNECT_AFTER: Duration = Duration::from_secs(1);
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -157,9 +164,29 @@ impl QuicNode {
         if let Some(old) = slot.take() {
             old.conn.close(VarInt::from_u32(0), b"replaced");
         }
-        let live = Arc::new(self.connect().await?);
-        *slot = Some(live.clone());
-        Ok(live)
+        if let Some((at, why)) = self
+            .failed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            if at.elapsed() < RECONNECT_AFTER {
+                return Err(Failure::Unreached(why.clone()));
+            }
+        }
+        match self.connect().await {
+            Ok(live) => {
+                let live = Arc::new(live);
+                *slot = Some(live.clone());
+                Ok(live)
+            }
+            Err(Failure::Unreached(why)) => {
+                *self.failed.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Some((std::time::Instant::now(), why.clone()));
+                Err(Failure::Unreached(why))
+            }
+            Err(other) => Err(other),
+        }
     }
 
     async fn connect(&self) -> Result<Live, Failure> {
@@ -225,7 +252,7 @@ impl QuicNode {
         Ok(Live { conn, lanes })
     }
 
-    /// Sends one request and waits for its answer.
+    /// Sends one request and waits for its answer, all within `wait`.
     pub(crate) async fn call(
         &self,
         key: &[u8],
@@ -233,7 +260,16 @@ impl QuicNode {
         options: Options,
         wait: Duration,
     ) -> Result<Answer, Failure> {
-        let live = self.live().await?;
+        let deadline = tokio::time::Instant::now() + wait;
+        let live = match tokio::time::timeout_at(deadline, self.live()).await {
+            Ok(live) => live?,
+            Err(_) => {
+                return Err(Failure::Unreached(format!(
+                    "no connection within {} ms",
+                    wait.as_millis()
+                )))
+            }
+        };
         let op_wire = match op {
             Op::Get | Op::GetCrdt => ClientOp::Get,
             Op::Put { value, context } => ClientOp::Put {
@@ -267,14 +303,21 @@ impl QuicNode {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(id, tx);
-        if lane.tx.send(frame).await.is_err() {
+        let queued = match tokio::time::timeout_at(deadline, lane.tx.send(frame)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Failure::Unreached("the connection closed".into())),
+            Err(_) => Err(Failure::Unreached(
+                "the node is not reading requests".into(),
+            )),
+        };
+        if let Err(f) = queued {
             lane.pending
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .remove(&id);
-            return Err(Failure::Unreached("the connection closed".into()));
+            return Err(f);
         }
-        let message = match tokio::time::timeout(wait, rx).await {
+        let message = match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(m)) => m,
             Ok(Err(_)) => return Err(Failure::Lost("the connection was lost".into())),
             Err(_) => {
@@ -313,9 +356,7 @@ fn answer_of(op: &Op, message: ServerMessage) -> Result<Answer, Failure> {
                 &r.code, r.message, maybe,
             )));
         }
-        ServerMessage::Ready | ServerMessage::Cluster(_) => {
-            return Err(Failure::Answered(super::wrong_answer()))
-        }
+        ServerMessage::Ready | ServerMessage::Cluster(_) => return Err(wrong_kind()),
     };
     match (op, reply) {
         (_, ClientReply::Failed(e)) => Err(Failure::Answered(error_of(e))),
@@ -354,8 +395,13 @@ fn answer_of(op: &Op, message: ServerMessage) -> Result<Answer, Failure> {
             notes: u.notes,
             acks: u.acks,
         })),
-        _ => Err(Failure::Answered(super::wrong_answer())),
+        _ => Err(wrong_kind()),
     }
+}
+
+/// An answer of the wrong kind: for a write, whether it was applied is unknown.
+fn wrong_kind() -> Failure {
+    Failure::Lost("the node answered with the wrong kind of reply".into())
 }
 
 /// The core's failure as a client error (the same code the HTTP API gives).

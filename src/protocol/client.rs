@@ -157,7 +157,13 @@ pub struct FrameError {
     pub id: u64,
     /// What is wrong.
     pub error: WireError,
+    /// The frame is over the size limit but its length is plausible: its bytes are skipped as
+    /// they arrive and the stream's framing goes on. Otherwise the framing is lost.
+    pub skipped: bool,
 }
+
+/// Frames over the limit but at most this large are skipped rather than ending the stream.
+pub const SKIP_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 /// Cuts frames out of a stream's bytes as they arrive, whatever the read boundaries: the
 /// reader fills [`FrameBuffer::spare`], reports it with [`FrameBuffer::filled`], and takes
@@ -170,6 +176,8 @@ pub struct FrameBuffer {
     start: usize,
     end: usize,
     body_max: usize,
+    /// Bytes of a skipped frame still to come (and be dropped).
+    discard: usize,
 }
 
 /// Bytes asked of each read.
@@ -183,19 +191,25 @@ impl FrameBuffer {
             start: 0,
             end: 0,
             body_max,
+            discard: 0,
         }
     }
 
-    /// Room to read into (at least 64 KiB, or what the frame in progress still needs).
+    /// Changes the size limit for the frames still to come.
+    pub fn set_body_max(&mut self, body_max: usize) {
+        self.body_max = body_max;
+    }
+
+    /// Room to read into: 64 KiB beyond what is buffered. The buffer grows with the bytes
+    /// that arrive, never with what a header declares.
     pub fn spare(&mut self) -> &mut [u8] {
         if self.start > 0 && (self.start == self.end || self.start >= self.buf.len() / 2) {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
         }
-        let need = self.pending_frame_bytes().max(READ_BYTES);
-        if self.buf.len() < self.end + need {
-            self.buf.resize(self.end + need, 0);
+        if self.buf.len() < self.end + READ_BYTES {
+            self.buf.resize(self.end + READ_BYTES, 0);
         }
         &mut self.buf[self.end..]
     }
@@ -203,23 +217,14 @@ impl FrameBuffer {
     /// `n` bytes were read into the space [`FrameBuffer::spare`] gave.
     pub fn filled(&mut self, n: usize) {
         self.end = (self.end + n).min(self.buf.len());
+        let drop = self.discard.min(self.end - self.start);
+        self.start += drop;
+        self.discard -= drop;
     }
 
-    /// Bytes still missing from the frame whose start is buffered (0 when none started).
-    fn pending_frame_bytes(&self) -> usize {
-        let have = &self.buf[self.start..self.end];
-        if have.len() < FRAME_HEADER_BYTES {
-            return 0;
-        }
-        let len = u32::from_be_bytes([have[0], have[1], have[2], have[3]]) as usize;
-        (len + 4)
-            .min(self.body_max + FRAME_HEADER_BYTES)
-            .saturating_sub(have.len())
-    }
-
-    /// Whether part of a frame is buffered (the rest is owed).
+    /// Whether part of a frame is buffered or owed.
     pub fn mid_frame(&self) -> bool {
-        self.end > self.start
+        self.end > self.start || self.discard > 0
     }
 
     /// The id of the frame in progress, once its header is buffered.
@@ -241,14 +246,27 @@ impl FrameBuffer {
         }
         let mut header = [0u8; FRAME_HEADER_BYTES];
         header.copy_from_slice(&have[..FRAME_HEADER_BYTES]);
-        let h = FrameHeader::parse(&header, self.body_max).map_err(|error| {
-            let mut id = [0u8; 8];
-            id.copy_from_slice(&header[4..]);
-            FrameError {
-                id: u64::from_be_bytes(id),
-                error,
+        let h = match FrameHeader::parse(&header, self.body_max) {
+            Ok(h) => h,
+            Err(error) => {
+                let mut id = [0u8; 8];
+                id.copy_from_slice(&header[4..]);
+                let declared = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
+                let total = declared as usize + 4;
+                let skipped =
+                    matches!(error, WireError::TooLarge { .. }) && total <= SKIP_BYTES_MAX;
+                if skipped {
+                    let have = self.end - self.start;
+                    self.start += total.min(have);
+                    self.discard = total.saturating_sub(have);
+                }
+                return Err(FrameError {
+                    id: u64::from_be_bytes(id),
+                    error,
+                    skipped,
+                });
             }
-        })?;
+        };
         let total = FRAME_HEADER_BYTES + h.body_len;
         if have.len() < total {
             return Ok(None);
@@ -358,7 +376,34 @@ mod tests {
         fb.filled(frame.len());
         let e = fb.next_frame().unwrap_err();
         assert_eq!(e.id, 77);
-        assert!(matches!(e.error, WireError::TooLarge { .. }));
+        assert!(matches!(e.error, WireError::TooLarge { .. }) && e.skipped);
+        // Its bytes are dropped, in whatever pieces they come, and the next frame is read.
+        let mut fb = FrameBuffer::new(50);
+        let mut big = encode_frame(5, &put()).unwrap();
+        let small_frame = encode_frame(6, &ClientMessage::Cluster).unwrap();
+        big.extend_from_slice(&small_frame);
+        let mut errors = Vec::new();
+        let mut got = Vec::new();
+        for piece in big.chunks(20) {
+            fb.spare()[..piece.len()].copy_from_slice(piece);
+            fb.filled(piece.len());
+            loop {
+                match fb.next_frame() {
+                    Ok(Some((id, _))) => got.push(id),
+                    Ok(None) => break,
+                    Err(e) => errors.push((e.id, e.skipped)),
+                }
+            }
+        }
+        assert_eq!((errors, got), (vec![(5, true)], vec![6]));
+        // An absurd length ends the framing.
+        let mut fb = FrameBuffer::new(200);
+        let mut h = u32::MAX.to_be_bytes().to_vec();
+        h.extend_from_slice(&9u64.to_be_bytes());
+        fb.spare()[..12].copy_from_slice(&h);
+        fb.filled(12);
+        let e = fb.next_frame().unwrap_err();
+        assert!(!e.skipped && e.id == 9);
     }
 
     #[test]
