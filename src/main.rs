@@ -135,6 +135,19 @@ struct StartArgs {
     /// (every endpoint but /health), in each lane's hello over QUIC. Default: no token.
     #[arg(long)]
     client_token_file: Option<PathBuf>,
+    /// Record no metrics (`GET /metrics` answers 404); for measuring their overhead.
+    #[arg(long)]
+    no_metrics: bool,
+    /// Log format on stderr: text, or json (one JSON object per line).
+    #[arg(long, default_value = "text")]
+    log_format: LogFormat,
+}
+
+/// How `chorus start` writes its logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 /// The `chorus start` config file.
@@ -495,6 +508,7 @@ fn start(args: StartArgs) -> Result<(), String> {
             Some(path) => Some(ClientToken::load(&path).map_err(|e| e.to_string())?),
             None => None,
         },
+        metrics: !args.no_metrics,
     };
     chorus::runtime::run_blocking(options).map_err(|e| e.to_string())
 }
@@ -793,21 +807,31 @@ fn cert(command: CertCommand) -> Result<(), String> {
     Ok(())
 }
 
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        // One JSON object per line, with the fields of every enclosing span (node id, request
+        // id) flattened into it.
+        LogFormat::Json => fmt
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
+        LogFormat::Text => fmt
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Start(args) => {
-            init_logging();
+            init_logging(args.log_format);
             start(args)
         }
         Command::Dev(args) => dev::run(DevOptions {

@@ -19,9 +19,6 @@
 //!
 //! Handlers only translate: the node core validates again and does the work.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
-
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{RawQuery, State};
@@ -138,16 +135,9 @@ fn split_return(query: Option<String>) -> Result<(bool, Option<String>), Refusal
     Ok((want, (!rest.is_empty()).then(|| rest.join("&"))))
 }
 
-/// A fresh operation id: random per process, then a counter.
+/// A fresh operation id.
 fn mint_op_id() -> String {
-    static PREFIX: OnceLock<u64> = OnceLock::new();
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    let prefix = *PREFIX.get_or_init(|| {
-        use rand::RngExt as _;
-        let mut rng: rand_xoshiro::Xoshiro256PlusPlus = rand::make_rng();
-        rng.random()
-    });
-    format!("{prefix:016x}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+    super::http::mint_id()
 }
 
 fn op_id_of(headers: &HeaderMap) -> Result<String, Refusal> {

@@ -3,6 +3,7 @@
 //!
 //! Cluster endpoints:
 //! - `GET /health` → 200 once the node serves.
+//! - `GET /metrics` → the Prometheus text exposition (see [`super::metrics`]).
 //! - `GET /v1/cluster` → the cluster as this node sees it ([`ClusterView`] as JSON).
 //! - `POST /v1/cluster/leave` → 202 `{"status":"leaving"}`; the node leaves gracefully and
 //!   exits once a majority of the ring's members confirmed its departure (until then
@@ -35,6 +36,9 @@
 //!
 //! CRDT endpoints (same query parameters, and `return=value` on updates): see
 //! [`super::crdt`].
+//!
+//! Every answer carries `x-request-id` (the client's, when it sent a valid one), which the
+//! request's log lines carry too.
 //!
 //! When the node has a client token (`--client-token-file`), every endpoint but `/health`
 //! answers 401 `unauthorized` unless the request carries `Authorization: Bearer <token>`.
@@ -125,6 +129,8 @@ pub struct ApiState {
     pub limits: Limits,
     /// The client token every request must carry, if one is configured.
     pub token: Option<std::sync::Arc<super::auth::ClientToken>>,
+    /// Renders `GET /metrics` (none: metrics off).
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 /// The router for the HTTP API.
@@ -133,6 +139,7 @@ pub fn router(state: ApiState) -> Router {
     let token = state.token.clone();
     let router = Router::new()
         .route("/health", get(health))
+        .route("/metrics", get(metrics_text))
         .route("/v1/cluster", get(cluster))
         .route("/v1/cluster/leave", post(leave))
         .route("/v1/cluster/remove/{node}", post(remove))
@@ -150,13 +157,54 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/crdt", axum::routing::any(empty_key))
         .layer(DefaultBodyLimit::max(body_max))
         .with_state(state);
-    match token {
+    let router = match token {
         Some(t) => router.layer(axum::middleware::from_fn_with_state(
             t,
             super::auth::require_token,
         )),
         None => router,
-    }
+    };
+    // Outermost, so that every answer (refusals included) has an id.
+    router.layer(axum::middleware::from_fn(request_id))
+}
+
+/// Request and response header: the request's id. A client may choose it (1 to 64 printable
+/// ASCII characters); otherwise the node mints one. Every log line the request causes in the
+/// API layer carries it (`request_id`).
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+async fn request_id(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use tracing::Instrument as _;
+    let id = request
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(mint_id);
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        method = %request.method(),
+        path = %request.uri().path()
+    );
+    let mut resp = next.run(request).instrument(span).await;
+    resp.headers_mut().insert(REQUEST_ID_HEADER, header(&id));
+    resp
+}
+
+/// A fresh id (requests, CRDT operations): random per process, then a counter.
+pub(super) fn mint_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let prefix = *PREFIX.get_or_init(|| {
+        use rand::RngExt as _;
+        let mut rng: rand_xoshiro::Xoshiro256PlusPlus = rand::make_rng();
+        rng.random()
+    });
+    format!("{prefix:016x}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 async fn empty_key() -> Response {
@@ -165,6 +213,40 @@ async fn empty_key() -> Response {
 
 async fn health() -> &'static str {
     "ok\n"
+}
+
+/// `GET /metrics`: the Prometheus text exposition, with the sampled gauges refreshed first.
+async fn metrics_text(State(api): State<ApiState>) -> Response {
+    let Some(handle) = api.metrics.clone() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "metrics are off on this node".into(),
+        );
+    };
+    let (tx, rx) = oneshot::channel();
+    let (ptx, prx) = oneshot::channel();
+    if api.admin.send(AdminRequest::Cluster(tx)).await.is_err()
+        || api
+            .admin
+            .send(AdminRequest::Partitions(false, ptx))
+            .await
+            .is_err()
+    {
+        return unavailable();
+    }
+    match (rx.await, prx.await) {
+        (Ok(view), Ok(parts)) => super::metrics::sample(&view, &parts),
+        _ => return unavailable(),
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        handle.render(),
+    )
+        .into_response()
 }
 
 #[derive(Serialize)]
@@ -477,18 +559,33 @@ fn wants_json(headers: &HeaderMap) -> bool {
 }
 
 pub(super) async fn call(api: &ApiState, request: ClientRequest) -> Result<ClientReply, Response> {
+    let started = std::time::Instant::now();
+    let op = super::metrics::op_name(&request.op);
     let write = request.op.is_write();
     let (tx, rx) = oneshot::channel();
     match api.clients.try_send(ClientCall { request, reply: tx }) {
         Ok(()) => {}
         // Refused before the core saw it: nothing was applied.
         Err(mpsc::error::TrySendError::Full(_)) => {
+            super::metrics::refused("http", op, started, "overloaded");
             return Err(failure(&ClientError::Overloaded, write));
         }
-        Err(mpsc::error::TrySendError::Closed(_)) => return Err(stopping(write, false)),
+        Err(mpsc::error::TrySendError::Closed(_)) => {
+            super::metrics::refused("http", op, started, "shutting_down");
+            return Err(stopping(write, false));
+        }
     }
-    // The node stopped with the request in flight: a write may have been applied.
-    rx.await.map_err(|_| stopping(write, true))
+    match rx.await {
+        Ok(reply) => {
+            super::metrics::request("http", op, started, &reply);
+            Ok(reply)
+        }
+        // The node stopped with the request in flight: a write may have been applied.
+        Err(_) => {
+            super::metrics::refused("http", op, started, "shutting_down");
+            Err(stopping(write, true))
+        }
+    }
 }
 
 /// 503: the node is shutting down (with, for a write, whether it may have been applied).
@@ -514,6 +611,7 @@ pub(super) fn wrong_reply() -> Response {
 }
 
 pub(super) fn failure(e: &ClientError, write: bool) -> Response {
+    tracing::debug!(code = e.code(), "request failed: {e}");
     let (status, indeterminate) = match e {
         ClientError::BadRequest(_) => (StatusCode::BAD_REQUEST, None),
         ClientError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, None),

@@ -28,6 +28,7 @@ use tokio::time::{timeout, timeout_at, Instant};
 use tracing::{debug, info, warn};
 
 use super::http::{AdminRequest, ApiState, ClientCall};
+use super::metrics;
 use crate::node::{ClientError, ClientReply};
 use crate::protocol::client::{
     decode_body, encode_frame, gather, request_body_max, ClientMessage, FrameBuffer, Refusal,
@@ -248,18 +249,28 @@ async fn serve_lane(
                     let Ok(permit) = in_flight.clone().acquire_owned().await else {
                         return LaneEnd::Closed;
                     };
+                    let started = std::time::Instant::now();
+                    let op = metrics::op_name(&request.op);
                     let write = request.op.is_write();
                     let (tx, rx) = oneshot::channel();
                     match api.clients.try_send(ClientCall { request, reply: tx }) {
                         Ok(()) => {
-                            tokio::spawn(answer(rx, out.clone(), id, write, permit));
+                            let asked = Asked {
+                                id,
+                                op,
+                                write,
+                                started,
+                            };
+                            tokio::spawn(answer(rx, out.clone(), asked, permit));
                         }
                         Err(mpsc::error::TrySendError::Full(_)) => {
                             // Refused before the core saw it: nothing was applied.
+                            metrics::refused("quic", op, started, "overloaded");
                             let e = ClientError::Overloaded;
                             send(out, id, &ServerMessage::Reply(ClientReply::Failed(e))).await;
                         }
                         Err(mpsc::error::TrySendError::Closed(_)) => {
+                            metrics::refused("quic", op, started, "shutting_down");
                             send_refusal(out, id, shutting_down(write, false)).await;
                         }
                     }
@@ -386,18 +397,31 @@ fn shutting_down(write: bool, maybe_applied: bool) -> Refusal {
     }
 }
 
+/// A request the core is working on.
+struct Asked {
+    id: u64,
+    op: &'static str,
+    write: bool,
+    started: std::time::Instant,
+}
+
 /// Waits for the core's answer and sends it back.
 async fn answer(
     rx: oneshot::Receiver<ClientReply>,
     out: mpsc::Sender<Vec<u8>>,
-    id: u64,
-    write: bool,
+    asked: Asked,
     _permit: OwnedSemaphorePermit,
 ) {
     let message = match rx.await {
-        Ok(reply) => ServerMessage::Reply(reply),
+        Ok(reply) => {
+            metrics::request("quic", asked.op, asked.started, &reply);
+            ServerMessage::Reply(reply)
+        }
         // The node stopped with the request in flight: a write may have been applied.
-        Err(_) => ServerMessage::Refused(shutting_down(write, true)),
+        Err(_) => {
+            metrics::refused("quic", asked.op, asked.started, "shutting_down");
+            ServerMessage::Refused(shutting_down(asked.write, true))
+        }
     };
-    send(&out, id, &message).await;
+    send(&out, asked.id, &message).await;
 }

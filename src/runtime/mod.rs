@@ -113,6 +113,41 @@ pub struct NodeOptions {
     pub request_timeout_max: Duration,
     /// The token clients must present (HTTP and QUIC), if any.
     pub client_token: Option<crate::api::auth::ClientToken>,
+    /// Record metrics and serve `GET /metrics` (default true).
+    pub metrics: bool,
+}
+
+/// Installs the process-wide Prometheus recorder (once per process; a second node in the same
+/// process shares it).
+fn install_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    static HANDLE: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let seconds = [
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+            ];
+            let counts = [
+                1.0, 2.0, 3.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0,
+            ];
+            let built = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("seconds".into()), &seconds)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("batches".into()), &counts))
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("values".into()), &counts))
+                .and_then(|b| b.install_recorder());
+            match built {
+                Ok(handle) => {
+                    crate::api::metrics::describe();
+                    Some(handle)
+                }
+                Err(e) => {
+                    warn!(error = %e, "metrics are off: cannot install the recorder");
+                    None
+                }
+            }
+        })
+        .clone()
 }
 
 impl NodeOptions {
@@ -257,8 +292,10 @@ fn storage_thread(
                 Err(_) => break,
             }
         }
+        let started = std::time::Instant::now();
         match store.write(&group, sync == SyncPolicy::Always) {
             Ok(()) => {
+                crate::api::metrics::group_commit(batches, started);
                 if done.send(Committed::Durable(last)).is_err() {
                     return;
                 }
@@ -378,6 +415,11 @@ async fn run_node(
         sync: options.sync.as_str(),
         limits,
         token: options.client_token.clone().map(std::sync::Arc::new),
+        metrics: if options.metrics {
+            install_metrics()
+        } else {
+            None
+        },
     };
     let quic_api = tokio::spawn(
         crate::api::quic::serve(transport.serve_clients(QUIC_CLIENTS_MAX), api.clone())

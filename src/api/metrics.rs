@@ -1,0 +1,169 @@
+//! Prometheus metrics: what the node exports at `GET /metrics`, through the `metrics` facade and
+//! `metrics-exporter-prometheus` (never hand-formatted).
+//!
+//! Recorded as they happen: client requests by API, operation and outcome, and their latency
+//! as the coordinating node sees it (from the request's arrival to its answer); reads by sibling
+//! count; indeterminate writes; requests shed by the in-flight bound (outcome `overloaded`);
+//! group-commit batch sizes and sync latency (by the storage thread). Sampled at each scrape
+//! from the node core's own counters: members by liveness, hints, handoff, anti-entropy
+//! figures, type conflicts, tombstones purged, requests in flight.
+//!
+//! The node core records nothing itself (it stays deterministic); the driver and the API layer
+//! do. With no recorder installed (tests, tools) every call here is a no-op.
+
+use std::time::Instant;
+
+use metrics::{counter, gauge, histogram};
+
+use crate::node::{ClientError, ClientOp, ClientReply, ClusterView, Liveness, PartitionInfo};
+
+/// Metric names (one place, so the test and the docs agree with the code).
+pub mod names {
+    /// Client requests, by `api` (http, quic), `op` (get, put, delete, update) and `outcome`
+    /// (ok, or the error code).
+    pub const REQUESTS: &str = "chorus_requests_total";
+    /// Latency of client requests on the node that received them, seconds, by `api` and `op`.
+    pub const REQUEST_SECONDS: &str = "chorus_request_duration_seconds";
+    /// Writes answered "may have been applied".
+    pub const INDETERMINATE: &str = "chorus_indeterminate_writes_total";
+    /// Values per register read (1 = no siblings).
+    pub const READ_VALUES: &str = "chorus_read_values";
+    /// Batches per group commit.
+    pub const COMMIT_BATCHES: &str = "chorus_group_commit_batches";
+    /// Duration of one group commit (write and, with `--sync always`, the WAL sync), seconds.
+    pub const COMMIT_SECONDS: &str = "chorus_group_commit_duration_seconds";
+    /// Ring members by SWIM `liveness`.
+    pub const MEMBERS: &str = "chorus_members";
+    /// Hints held for other nodes.
+    pub const HINTS_PENDING: &str = "chorus_hints_pending";
+    /// Partition pushes still to make.
+    pub const HANDOFF_PENDING: &str = "chorus_handoff_pending";
+    /// Client requests in flight on this node.
+    pub const IN_FLIGHT: &str = "chorus_requests_in_flight";
+    /// States of another type refused since start.
+    pub const TYPE_CONFLICTS: &str = "chorus_crdt_type_conflicts";
+    /// Keys this node holds.
+    pub const KEYS: &str = "chorus_keys";
+    /// Register tombstones purged since start.
+    pub const TOMBSTONES_PURGED: &str = "chorus_tombstones_purged";
+    /// Keys repaired by anti-entropy since start (over this node's partitions).
+    pub const AE_KEYS: &str = "chorus_anti_entropy_keys_repaired";
+    /// Bytes anti-entropy sent since start.
+    pub const AE_BYTES: &str = "chorus_anti_entropy_bytes_sent";
+    /// Anti-entropy exchanges in flight.
+    pub const AE_IN_FLIGHT: &str = "chorus_anti_entropy_exchanges_in_flight";
+}
+
+/// Describes every metric (help text in the exposition).
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        names::REQUESTS,
+        "Client requests by API, operation and outcome"
+    );
+    describe_histogram!(
+        names::REQUEST_SECONDS,
+        Unit::Seconds,
+        "Client request latency on the receiving node"
+    );
+    describe_counter!(names::INDETERMINATE, "Writes answered as possibly applied");
+    describe_histogram!(names::READ_VALUES, "Values per register read (siblings)");
+    describe_histogram!(names::COMMIT_BATCHES, "Write batches per group commit");
+    describe_histogram!(
+        names::COMMIT_SECONDS,
+        Unit::Seconds,
+        "Group commit duration (write and sync)"
+    );
+    describe_gauge!(names::MEMBERS, "Ring members by SWIM liveness");
+    describe_gauge!(names::HINTS_PENDING, "Hints held for other nodes");
+    describe_gauge!(names::HANDOFF_PENDING, "Partition pushes still to make");
+    describe_gauge!(names::IN_FLIGHT, "Client requests in flight");
+    describe_gauge!(names::TYPE_CONFLICTS, "CRDT type conflicts since start");
+    describe_gauge!(names::KEYS, "Keys held");
+    describe_gauge!(names::TOMBSTONES_PURGED, "Tombstones purged since start");
+    describe_gauge!(names::AE_KEYS, "Keys repaired by anti-entropy since start");
+    describe_gauge!(names::AE_BYTES, "Bytes sent by anti-entropy since start");
+    describe_gauge!(names::AE_IN_FLIGHT, "Anti-entropy exchanges in flight");
+}
+
+/// The operation's name in metrics.
+pub fn op_name(op: &ClientOp) -> &'static str {
+    match op {
+        ClientOp::Get => "get",
+        ClientOp::Put { .. } => "put",
+        ClientOp::Delete { .. } => "delete",
+        ClientOp::Update { .. } => "update",
+    }
+}
+
+/// Records one answered client request.
+pub fn request(api: &'static str, op: &'static str, started: Instant, reply: &ClientReply) {
+    let outcome = match reply {
+        ClientReply::Failed(e) => {
+            if matches!(
+                e,
+                ClientError::Unavailable {
+                    indeterminate: true,
+                    ..
+                }
+            ) {
+                counter!(names::INDETERMINATE, "api" => api).increment(1);
+            }
+            e.code()
+        }
+        ClientReply::Read(r) => {
+            if r.type_name.as_deref() == Some("register") {
+                histogram!(names::READ_VALUES).record(r.values.len() as f64);
+            }
+            "ok"
+        }
+        ClientReply::Written(_) | ClientReply::Updated(_) => "ok",
+    };
+    finish(api, op, started, outcome);
+}
+
+/// Records a request refused before the core answered (`outcome`: its error code).
+pub fn refused(api: &'static str, op: &'static str, started: Instant, outcome: &'static str) {
+    finish(api, op, started, outcome);
+}
+
+fn finish(api: &'static str, op: &'static str, started: Instant, outcome: &'static str) {
+    counter!(names::REQUESTS, "api" => api, "op" => op, "outcome" => outcome).increment(1);
+    histogram!(names::REQUEST_SECONDS, "api" => api, "op" => op)
+        .record(started.elapsed().as_secs_f64());
+}
+
+/// Records one group commit.
+pub fn group_commit(batches: usize, started: Instant) {
+    histogram!(names::COMMIT_BATCHES).record(batches as f64);
+    histogram!(names::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+}
+
+/// Sets the sampled gauges from the node's view of itself.
+pub fn sample(view: &ClusterView, partitions: &[PartitionInfo]) {
+    for (liveness, name) in [
+        (Liveness::Alive, "alive"),
+        (Liveness::Suspect, "suspect"),
+        (Liveness::Down, "down"),
+    ] {
+        let n = view
+            .members
+            .iter()
+            .filter(|m| m.liveness == liveness)
+            .count();
+        gauge!(names::MEMBERS, "liveness" => name).set(n as f64);
+    }
+    if let Some(d) = &view.data {
+        gauge!(names::HINTS_PENDING).set(d.hints_pending as f64);
+        gauge!(names::HANDOFF_PENDING).set(d.handoff_pending as f64);
+        gauge!(names::IN_FLIGHT).set(d.requests_in_flight as f64);
+        gauge!(names::TYPE_CONFLICTS).set(d.type_conflicts as f64);
+        gauge!(names::KEYS).set(d.keys_held as f64);
+        gauge!(names::TOMBSTONES_PURGED).set(d.tombstones_purged as f64);
+        gauge!(names::AE_IN_FLIGHT).set(d.exchanges_in_flight as f64);
+    }
+    let keys: u64 = partitions.iter().map(|p| p.keys_repaired).sum();
+    let bytes: u64 = partitions.iter().map(|p| p.bytes_sent).sum();
+    gauge!(names::AE_KEYS).set(keys as f64);
+    gauge!(names::AE_BYTES).set(bytes as f64);
+}
