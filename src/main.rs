@@ -188,6 +188,9 @@ struct DevArgs {
     /// Seconds between the nodes' Merkle-tree exchanges of each partition (0: off).
     #[arg(long, default_value_t = 60)]
     anti_entropy_interval: u64,
+    /// Start the nodes without metrics (to measure what metrics cost).
+    #[arg(long)]
+    no_metrics: bool,
 }
 
 #[derive(Args, Debug)]
@@ -841,6 +844,7 @@ fn main() -> ExitCode {
             form_timeout: Duration::from_secs(args.timeout),
             sync: args.sync,
             anti_entropy_interval: args.anti_entropy_interval,
+            no_metrics: args.no_metrics,
         })
         .map_err(|e| e.to_string()),
         Command::Bench(args) => bench_cmd(args),

@@ -64,7 +64,7 @@ fn metrics_count_a_known_workload_and_requests_carry_ids() {
     }
     // 30 writes and 12 counter updates over QUIC, wherever the client routes them.
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
+    let _client = rt.block_on(async {
         let mut c = Config::new(nodes.iter().map(|n| n.http.to_string()));
         c.protocol = Protocol::Quic;
         c.ca_pem = Some(std::fs::read_to_string(tmp.path().join("ca/ca.pem")).unwrap());
@@ -78,6 +78,8 @@ fn metrics_count_a_known_workload_and_requests_carry_ids() {
                 .await
                 .unwrap();
         }
+        // Kept open until the scrape (its connections count).
+        client
     });
 
     let after: Vec<_> = nodes.iter().map(|n| scrape(n.http)).collect();
@@ -123,6 +125,10 @@ fn metrics_count_a_known_workload_and_requests_carry_ids() {
     // Every write was made durable by some group commit on node 0.
     assert!(n0("chorus_group_commit_duration_seconds_count", &[]) >= 1.0);
     assert!(total(&after, "chorus_keys", &[]) >= 3.0 * 71.0);
+    // Each node accepted a connection from each other node; the QUIC client is connected to
+    // at least one node.
+    assert!(total(&after, "chorus_quic_connections", &["kind=\"peer\""]) >= 6.0);
+    assert!(total(&after, "chorus_quic_connections", &["kind=\"client\""]) >= 1.0);
 
     // Request ids: minted, or the client's own, echoed and on the request's log lines.
     let agent: ureq::Agent = ureq::Agent::config_builder()

@@ -52,6 +52,10 @@ pub mod names {
     pub const AE_BYTES: &str = "chorus_anti_entropy_bytes_sent";
     /// Anti-entropy exchanges in flight.
     pub const AE_IN_FLIGHT: &str = "chorus_anti_entropy_exchanges_in_flight";
+    /// QUIC connections open, by `kind` (client, or peer for those peers opened to us).
+    pub const QUIC_CONNECTIONS: &str = "chorus_quic_connections";
+    /// Bytes of closed QUIC connections, by `kind` and `direction` (rx, tx).
+    pub const QUIC_BYTES: &str = "chorus_quic_bytes_total";
 }
 
 /// Describes every metric (help text in the exposition).
@@ -84,6 +88,24 @@ pub fn describe() {
     describe_gauge!(names::AE_KEYS, "Keys repaired by anti-entropy since start");
     describe_gauge!(names::AE_BYTES, "Bytes sent by anti-entropy since start");
     describe_gauge!(names::AE_IN_FLIGHT, "Anti-entropy exchanges in flight");
+    describe_gauge!(names::QUIC_CONNECTIONS, "QUIC connections open");
+    describe_counter!(
+        names::QUIC_BYTES,
+        Unit::Bytes,
+        "Bytes of closed QUIC connections"
+    );
+}
+
+/// A QUIC connection of `kind` opened.
+pub fn connection_opened(kind: &'static str) {
+    gauge!(names::QUIC_CONNECTIONS, "kind" => kind).increment(1.0);
+}
+
+/// A QUIC connection of `kind` closed, with its byte counts.
+pub fn connection_closed(kind: &'static str, stats: &quinn::ConnectionStats) {
+    gauge!(names::QUIC_CONNECTIONS, "kind" => kind).decrement(1.0);
+    counter!(names::QUIC_BYTES, "kind" => kind, "direction" => "rx").increment(stats.udp_rx.bytes);
+    counter!(names::QUIC_BYTES, "kind" => kind, "direction" => "tx").increment(stats.udp_tx.bytes);
 }
 
 /// The operation's name in metrics.

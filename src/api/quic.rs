@@ -68,6 +68,7 @@ async fn serve_connection(client: ClientConnection, api: ApiState) {
     let conn = client.conn.clone();
     let remote = conn.remote_address();
     debug!(client = %remote, "QUIC client connected");
+    metrics::connection_opened("client");
     // The client API reads only bidirectional streams: refuse unidirectional ones outright so
     // that nothing can be buffered on them.
     conn.set_max_concurrent_uni_streams(VarInt::from_u32(0));
@@ -103,6 +104,7 @@ async fn serve_connection(client: ClientConnection, api: ApiState) {
         }
     }
     watchdog.abort();
+    metrics::connection_closed("client", &conn.stats());
     drop(client);
 }
 

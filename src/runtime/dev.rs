@@ -28,6 +28,8 @@ pub struct DevOptions {
     pub sync: super::SyncPolicy,
     /// Seconds between Merkle-tree exchanges of each partition (0: off).
     pub anti_entropy_interval: u64,
+    /// Start the nodes with `--no-metrics` (to measure what metrics cost).
+    pub no_metrics: bool,
 }
 
 /// Why the local cluster could not be run.
@@ -117,6 +119,7 @@ fn spawn_node(
     base_port: u16,
     sync: super::SyncPolicy,
     anti_entropy_interval: u64,
+    no_metrics: bool,
 ) -> Result<DevNode, DevError> {
     let (quic, http) = node_addrs(base_port, i)?;
     let tls_dir = prepare_tls(dir, i)?;
@@ -142,6 +145,9 @@ fn spawn_node(
         .arg(sync.as_str())
         .arg("--anti-entropy-interval")
         .arg(anti_entropy_interval.to_string());
+    if no_metrics {
+        cmd.arg("--no-metrics");
+    }
     if i > 0 {
         let (seed, _) = node_addrs(base_port, 0)?;
         cmd.arg("--join").arg(seed.to_string());
@@ -253,6 +259,7 @@ pub fn run(options: DevOptions) -> Result<(), DevError> {
             options.base_port,
             options.sync,
             options.anti_entropy_interval,
+            options.no_metrics,
         ) {
             Ok(n) => nodes.push(n),
             Err(e) => {

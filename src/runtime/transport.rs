@@ -998,6 +998,7 @@ async fn serve_connection(
             return;
         }
     };
+    crate::api::metrics::connection_opened("peer");
     let datagrams = async {
         loop {
             match conn.read_datagram().await {
@@ -1034,6 +1035,7 @@ async fn serve_connection(
         }
     };
     tokio::join!(datagrams, streams);
+    crate::api::metrics::connection_closed("peer", &conn.stats());
     let reason = conn.close_reason();
     debug!(peer = %from, ?reason, "peer connection closed");
 }
