@@ -5,8 +5,9 @@
 //! as the coordinating node sees it (from the request's arrival to its answer); reads by sibling
 //! count; indeterminate writes; requests shed by the in-flight bound (outcome `overloaded`);
 //! group-commit batch sizes and sync latency (by the storage thread). Sampled at each scrape
-//! from the node core's own counters: members by liveness, hints, handoff, anti-entropy
-//! figures, type conflicts, tombstones purged, requests in flight.
+//! from the node core's own counters: members by liveness, hints held and delivered, read
+//! repairs, handoff, anti-entropy figures, type conflicts, tombstones purged, requests in
+//! flight.
 //!
 //! The node core records nothing itself (it stays deterministic); the driver and the API layer
 //! do. With no recorder installed (tests, tools) every call here is a no-op.
@@ -52,6 +53,10 @@ pub mod names {
     pub const AE_BYTES: &str = "chorus_anti_entropy_bytes_sent";
     /// Anti-entropy exchanges in flight.
     pub const AE_IN_FLIGHT: &str = "chorus_anti_entropy_exchanges_in_flight";
+    /// Read repairs sent since start.
+    pub const READ_REPAIRS: &str = "chorus_read_repairs_total";
+    /// Hints their owners acknowledged since start.
+    pub const HINTS_DELIVERED: &str = "chorus_hints_delivered_total";
     /// QUIC connections open, by `kind` (client, or peer for those peers opened to us).
     pub const QUIC_CONNECTIONS: &str = "chorus_quic_connections";
     /// Bytes of closed QUIC connections, by `kind` and `direction` (rx, tx).
@@ -89,6 +94,11 @@ pub fn describe() {
     describe_gauge!(names::AE_BYTES, "Bytes sent by anti-entropy since start");
     describe_gauge!(names::AE_IN_FLIGHT, "Anti-entropy exchanges in flight");
     describe_gauge!(names::QUIC_CONNECTIONS, "QUIC connections open");
+    describe_counter!(names::READ_REPAIRS, "Read repairs sent since start");
+    describe_counter!(
+        names::HINTS_DELIVERED,
+        "Hints their owners acknowledged since start"
+    );
     describe_counter!(
         names::QUIC_BYTES,
         Unit::Bytes,
@@ -183,6 +193,8 @@ pub fn sample(view: &ClusterView, partitions: &[PartitionInfo]) {
         gauge!(names::KEYS).set(d.keys_held as f64);
         gauge!(names::TOMBSTONES_PURGED).set(d.tombstones_purged as f64);
         gauge!(names::AE_IN_FLIGHT).set(d.exchanges_in_flight as f64);
+        counter!(names::READ_REPAIRS).absolute(d.read_repairs);
+        counter!(names::HINTS_DELIVERED).absolute(d.hints_delivered);
     }
     let keys: u64 = partitions.iter().map(|p| p.keys_repaired).sum();
     let bytes: u64 = partitions.iter().map(|p| p.bytes_sent).sum();

@@ -174,6 +174,8 @@ pub(crate) struct Coordinator {
     requests: BTreeMap<u64, Request>,
     /// Requests in `requests` whose client has its answer, oldest (lowest id) first.
     lingering: BTreeSet<u64>,
+    /// Read repairs sent since start (stale replicas sent the merged state).
+    read_repairs: u64,
 }
 
 impl Coordinator {
@@ -185,7 +187,13 @@ impl Coordinator {
             next_req: first.max(1),
             requests: BTreeMap::new(),
             lingering: BTreeSet::new(),
+            read_repairs: 0,
         }
+    }
+
+    /// Read repairs sent since start.
+    pub(crate) fn read_repairs(&self) -> u64 {
+        self.read_repairs
     }
 
     /// Requests in flight, lingering ones included.
@@ -209,7 +217,7 @@ impl Coordinator {
             };
             if let Some(r) = self.requests.remove(&oldest) {
                 if matches!(r.state, State::Read { .. }) {
-                    finish_read(oldest, r, self.config.read_repair, fx);
+                    self.read_repairs += finish_read(oldest, r, self.config.read_repair, fx);
                 }
             }
         }
@@ -828,7 +836,7 @@ impl Coordinator {
                 r.opts.r,
                 matches!(r.state, State::Read { answered: true, .. }),
             );
-            finish_read(req, r, self.config.read_repair, fx);
+            self.read_repairs += finish_read(req, r, self.config.read_repair, fx);
             if !answered {
                 // Every replica that could answer did, and too few could.
                 let error = unavailable(
@@ -847,7 +855,9 @@ impl Coordinator {
             return;
         };
         match &r.state {
-            State::Read { answered: true, .. } => finish_read(req, r, self.config.read_repair, fx),
+            State::Read { answered: true, .. } => {
+                self.read_repairs += finish_read(req, r, self.config.read_repair, fx);
+            }
             State::Read { replies, .. } => {
                 let got = replies.len();
                 let error = unavailable(
@@ -862,7 +872,7 @@ impl Coordinator {
                 );
                 let (origin, needed) = (r.origin, r.opts.r);
                 let _ = needed;
-                finish_read(req, r, self.config.read_repair, fx);
+                self.read_repairs += finish_read(req, r, self.config.read_repair, fx);
                 answer(origin, ClientReply::Failed(error), fx);
             }
             State::Writing { answered: true, .. } => {}
@@ -1071,19 +1081,22 @@ fn send_to_target(
 
 /// After a read: send the merged state to every replica that answered with less (unless read
 /// repair is turned off).
-fn finish_read(req: u64, r: Request, read_repair: bool, fx: &mut Effects<'_>) {
+/// Sends the merged state to every replica whose reply differed; returns how many.
+fn finish_read(req: u64, r: Request, read_repair: bool, fx: &mut Effects<'_>) -> u64 {
     let State::Read {
         replies, merged, ..
     } = r.state
     else {
-        return;
+        return 0;
     };
-    let Some(merged) = merged else { return };
+    let Some(merged) = merged else { return 0 };
     if !read_repair {
-        return;
+        return 0;
     }
+    let mut sent = 0;
     for (node, reply) in replies {
         if reply.as_ref() != Some(&merged) {
+            sent += 1;
             debug!(req, %node, "read repair");
             fx.send(
                 node,
@@ -1096,6 +1109,7 @@ fn finish_read(req: u64, r: Request, read_repair: bool, fx: &mut Effects<'_>) {
             );
         }
     }
+    sent
 }
 
 fn read_result(key: &[u8], merged: Option<&Object>, replies: usize) -> ReadResult {

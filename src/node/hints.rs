@@ -122,6 +122,8 @@ pub(crate) struct Hints {
     in_flight: BTreeMap<u64, Delivery>,
     /// Hints in a delivery in flight.
     offered: BTreeSet<(NodeId, u64)>,
+    /// Hints their owners acknowledged since start.
+    delivered: u64,
 }
 
 impl Hints {
@@ -158,7 +160,13 @@ impl Hints {
             next_batch: first_batch,
             in_flight: BTreeMap::new(),
             offered: BTreeSet::new(),
+            delivered: 0,
         })
+    }
+
+    /// Hints their owners acknowledged since start.
+    pub(crate) fn delivered(&self) -> u64 {
+        self.delivered
     }
 
     /// Hints held (durable or not).
@@ -218,6 +226,7 @@ impl Hints {
                     return;
                 };
                 for (target, seq) in d.hints {
+                    self.delivered += 1;
                     self.offered.remove(&(target, seq));
                     fx.journal
                         .batch()

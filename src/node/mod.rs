@@ -436,6 +436,12 @@ pub struct DataStats {
     /// Tombstone GC rounds this node led to the end (every member answered) since start.
     #[serde(default)]
     pub gc_rounds: u64,
+    /// Read repairs this node sent since start (stale replicas sent the merged state).
+    #[serde(default)]
+    pub read_repairs: u64,
+    /// Hints their owners acknowledged since start.
+    #[serde(default)]
+    pub hints_delivered: u64,
 }
 
 /// One Chorus node's protocol state.
@@ -809,6 +815,8 @@ impl Node {
             keys_held: self.sync.keys_held(),
             tombstones_purged: self.replica.tombstones_purged(),
             gc_rounds: self.sync.gc_rounds(),
+            read_repairs: self.coordinator.read_repairs(),
+            hints_delivered: self.hints.delivered(),
         }
     }
 

@@ -761,6 +761,10 @@ fn a_read_repairs_a_stale_replica() {
         vec![&b"new"[..]],
         "read repair brought n2 up to date"
     );
+    assert!(
+        net.nodes[&addr(1)].data_stats().read_repairs >= 1,
+        "the coordinator counts the repair it sent"
+    );
 }
 
 #[test]
@@ -782,6 +786,7 @@ fn a_replica_that_does_not_answer_gets_a_hint_kept_by_the_coordinator() {
     net.start(config(2, 2, vec![addr(0)]));
     net.run_for(Duration::from_secs(10));
     assert_eq!(net.nodes[&addr(0)].data_stats().hints_pending, 0);
+    assert_eq!(net.nodes[&addr(0)].data_stats().hints_delivered, 1);
     let local = net.nodes[&addr(2)]
         .local_object(b"silent")
         .unwrap()
