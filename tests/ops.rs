@@ -129,6 +129,29 @@ fn metrics_count_a_known_workload_and_requests_carry_ids() {
     // at least one node.
     assert!(total(&after, "chorus_quic_connections", &["kind=\"peer\""]) >= 6.0);
     assert!(total(&after, "chorus_quic_connections", &["kind=\"client\""]) >= 1.0);
+    // Replica side: every write was acknowledged durably by at least two replicas (w = 2),
+    // each ack timed from the write's arrival to its release.
+    assert!(
+        moved("chorus_replica_write_duration_seconds_count", &[]) >= 2.0 * (40.0 + 30.0),
+        "{}",
+        moved("chorus_replica_write_duration_seconds_count", &[])
+    );
+    // Nothing was shed.
+    assert_eq!(moved("chorus_requests_shed_total", &[]), 0.0);
+    // Bytes of the open peer connections are counted while they are open (every 5 s).
+    let counted = wait_for(Duration::from_secs(20), || {
+        let now: Vec<_> = nodes.iter().map(|n| scrape(n.http)).collect();
+        let rx = total(
+            &now,
+            "chorus_quic_bytes_total",
+            &["kind=\"peer\"", "direction=\"rx\""],
+        );
+        (rx > 10_000.0).then_some(rx)
+    });
+    assert!(
+        counted.is_some(),
+        "no bytes counted on open peer connections"
+    );
 
     // Request ids: minted, or the client's own, echoed and on the request's log lines.
     let agent: ureq::Agent = ureq::Agent::config_builder()

@@ -1307,6 +1307,9 @@ impl Cluster {
             if let Some(n) = self.slots[node].node_mut() {
                 let _log = crate::log::enter(node, now);
                 n.handle_durable(seq, now);
+                // Replica-side latencies are for the runtime's metrics; the simulator keeps
+                // none.
+                drop(n.take_ack_waits());
             }
             let slot = &mut self.slots[node];
             if let Some(n) = slot.node_mut() {

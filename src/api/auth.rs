@@ -18,6 +18,9 @@ use crate::protocol::client::TOKEN_BYTES_MAX;
 #[derive(Clone)]
 pub struct ClientToken {
     hash: blake3::Hash,
+    /// The token itself: the node sends it when it asks its members for their figures (the
+    /// status page), as a cluster shares one token.
+    secret: String,
 }
 
 impl std::fmt::Debug for ClientToken {
@@ -62,7 +65,13 @@ impl ClientToken {
         }
         Ok(ClientToken {
             hash: blake3::hash(token.as_bytes()),
+            secret: token.to_owned(),
         })
+    }
+
+    /// The token's text (for requests this node makes to its members).
+    pub fn secret(&self) -> &str {
+        &self.secret
     }
 
     /// Reads a token from a file: its whole content, surrounding whitespace ignored.

@@ -38,35 +38,53 @@ use crate::node::{ClientError, ClientOp, ClientReply, ClientRequest, Context, Cr
 const CRDT_PREFIX: &str = "/v1/crdt/";
 
 /// A CRDT key as clients see it.
-#[derive(Serialize)]
-struct View {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct View {
+    /// `gcounter`, `pncounter`, `2pset` or `orset`.
     #[serde(rename = "type")]
     type_name: String,
+    /// A counter's integer (a decimal string beyond 64 bits), or a set's sorted elements.
+    #[schema(value_type = Object)]
     value: serde_json::Value,
+    /// OR-Sets: the context a remove sends back to remove exactly what this read saw.
     context: Option<String>,
 }
 
 /// The answer to an update, when it has a body.
-#[derive(Serialize)]
-struct Updated {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct Updated {
+    /// The key's type.
     #[serde(rename = "type")]
     type_name: String,
+    /// The key's value after the update (as in [`View`]).
+    #[schema(value_type = Object)]
     value: serde_json::Value,
+    /// OR-Sets: the context after the update.
     context: Option<String>,
+    /// The operation's id.
     op_id: String,
+    /// Whether this op id had been applied already (the update was not applied again).
     replayed: bool,
+    /// Parts of the update that had no effect, and why.
     notes: Vec<String>,
 }
 
-/// One update, as posted.
-#[derive(Deserialize)]
+/// One update, as posted: `type` and the fields that type takes (`increment` for counters,
+/// `add`/`remove` for sets, `context` for an OR-Set remove).
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct UpdateBody {
+pub(super) struct UpdateBody {
+    /// `gcounter`, `pncounter`, `2pset` or `orset`.
     #[serde(rename = "type")]
     type_name: String,
+    /// Counters: the amount (G-Counter ≥ 1; PN-Counter any non-zero integer).
+    #[schema(value_type = Option<i64>)]
     increment: Option<serde_json::Number>,
+    /// Sets: elements to add (each at most 1 KiB).
     add: Option<Vec<String>>,
+    /// Sets: elements to remove (2P-Set: for good).
     remove: Option<Vec<String>>,
+    /// OR-Set removes: the context of the read that saw the elements.
     context: Option<String>,
 }
 
@@ -82,6 +100,16 @@ fn value_json(v: &CrdtValue) -> serde_json::Value {
 }
 
 /// `GET /v1/crdt/{key}`.
+#[utoipa::path(get, path = "/v1/crdt/{*key}", tag = "crdt",
+    params(
+        ("key" = String, Path, description = "The key, percent-encoded (any bytes)"),
+        super::openapi::DataParams,
+        ("x-request-id" = Option<String>, Header, description = "The request's id")),
+    responses(
+        (status = 200, description = "The key's type and value", body = View),
+        (status = 404, description = "Never written (`not_found`)",
+            body = super::http::ErrorBody),
+        super::openapi::DataErrors))]
 pub(super) async fn crdt_get(
     State(api): State<ApiState>,
     uri: Uri,
@@ -237,6 +265,29 @@ fn parse_update(body: &[u8], key: &[u8]) -> Result<CrdtOp, Refusal> {
 }
 
 /// `POST /v1/crdt/{key}`.
+#[utoipa::path(post, path = "/v1/crdt/{*key}", tag = "crdt",
+    params(
+        ("key" = String, Path, description = "The key, percent-encoded (any bytes)"),
+        super::openapi::DataParams,
+        super::openapi::ReturnParam,
+        ("x-chorus-op-id" = Option<String>, Header, description = "The operation's id \
+            (printable ASCII, at most 128 bytes): the same id sent again, to any node, is \
+            applied at most once. Minted when absent"),
+        ("x-request-id" = Option<String>, Header, description = "The request's id")),
+    request_body(content = UpdateBody, content_type = "application/json"),
+    responses(
+        (status = 204, description = "Applied",
+            headers(
+                ("x-chorus-acks" = u32, description = "Replicas that acknowledged durably"),
+                ("x-chorus-op-id" = String, description = "The operation's id"),
+                ("x-chorus-sync" = String, description = "The sync policy that applied"))),
+        (status = 200, description = "Applied; the value after it (`?return=value`, or when \
+            part of the update had no effect: see `notes`)", body = Updated,
+            headers(
+                ("x-chorus-acks" = u32, description = "Replicas that acknowledged durably"),
+                ("x-chorus-op-id" = String, description = "The operation's id"),
+                ("x-chorus-sync" = String, description = "The sync policy that applied"))),
+        super::openapi::DataErrors))]
 pub(super) async fn crdt_post(
     State(api): State<ApiState>,
     uri: Uri,

@@ -4,6 +4,10 @@
 //! Cluster endpoints:
 //! - `GET /health` → 200 once the node serves.
 //! - `GET /metrics` → the Prometheus text exposition (see [`super::metrics`]).
+//! - `GET /`, `GET /v1/status`, `GET /v1/node` → the status page and its figures (see
+//!   [`super::status`]).
+//! - `GET /v1/openapi.json` → the OpenAPI 3.1 document of all of this (see [`super::openapi`]):
+//!   the router is built from the handlers' descriptions ([`routes`]), so the two agree.
 //! - `GET /v1/cluster` → the cluster as this node sees it ([`ClusterView`] as JSON).
 //! - `POST /v1/cluster/leave` → 202 `{"status":"leaving"}`; the node leaves gracefully and
 //!   exits once a majority of the ring's members confirmed its departure (until then
@@ -53,7 +57,6 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use serde::Serialize;
@@ -131,30 +134,40 @@ pub struct ApiState {
     pub token: Option<std::sync::Arc<super::auth::ClientToken>>,
     /// Renders `GET /metrics` (none: metrics off).
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// The status page's state (its request window is fed by both APIs).
+    pub status: std::sync::Arc<super::status::StatusState>,
+}
+
+/// The routes of the HTTP API with their OpenAPI descriptions: each route comes from its
+/// handler's `#[utoipa::path]`, so the document ([`super::openapi`]) lists exactly what the
+/// router serves.
+pub(super) fn routes() -> utoipa_axum::router::OpenApiRouter<ApiState> {
+    use super::{crdt, openapi, status};
+    use utoipa_axum::routes;
+    utoipa_axum::router::OpenApiRouter::with_openapi(<openapi::ApiDoc as utoipa::OpenApi>::openapi())
+        .routes(routes!(status::page))
+        .routes(routes!(health))
+        .routes(routes!(metrics_text))
+        .routes(routes!(openapi::openapi_json))
+        .routes(routes!(status::node))
+        .routes(routes!(status::status))
+        .routes(routes!(cluster))
+        .routes(routes!(leave))
+        .routes(routes!(remove))
+        .routes(routes!(partitions))
+        .routes(routes!(repair, repair_latest))
+        .routes(routes!(repair_progress))
+        .routes(routes!(kv_get, kv_put, kv_delete))
+        .routes(routes!(crdt::crdt_get, crdt::crdt_post))
 }
 
 /// The router for the HTTP API.
 pub fn router(state: ApiState) -> Router {
     let body_max = state.limits.value_bytes_max.saturating_add(1);
     let token = state.token.clone();
-    let router = Router::new()
-        .route("/health", get(health))
-        .route("/metrics", get(metrics_text))
-        .route("/v1/cluster", get(cluster))
-        .route("/v1/cluster/leave", post(leave))
-        .route("/v1/cluster/remove/{node}", post(remove))
-        .route("/v1/partitions", get(partitions))
-        .route("/v1/repair", post(repair).get(repair_latest))
-        .route("/v1/repair/{id}", get(repair_progress))
-        .route("/v1/kv/{*key}", get(kv_get).put(kv_put).delete(kv_delete))
-        .route("/v1/kv/", axum::routing::any(empty_key))
-        .route("/v1/kv", axum::routing::any(empty_key))
-        .route(
-            "/v1/crdt/{*key}",
-            get(super::crdt::crdt_get).post(super::crdt::crdt_post),
-        )
-        .route("/v1/crdt/", axum::routing::any(empty_key))
-        .route("/v1/crdt", axum::routing::any(empty_key))
+    let (router, _) = routes().split_for_parts();
+    let router = router
+        .fallback(no_route)
         .layer(DefaultBodyLimit::max(body_max))
         .with_state(state);
     let router = match token {
@@ -207,15 +220,34 @@ pub(super) fn mint_id() -> String {
     format!("{prefix:016x}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
-async fn empty_key() -> Response {
-    *bad("the key is empty").0
+/// Any path no route serves: 400 for a data endpoint without a key, 404 otherwise.
+async fn no_route(uri: Uri) -> Response {
+    match uri.path() {
+        "/v1/kv" | "/v1/kv/" | "/v1/crdt" | "/v1/crdt/" => *bad("the key is empty").0,
+        other => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no such endpoint: {other} (see /v1/openapi.json)"),
+        ),
+    }
 }
 
+/// `GET /health`.
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses((status = 200, description = "The node serves (answered without a token too)",
+        body = String, content_type = "text/plain", example = "ok")))]
 async fn health() -> &'static str {
     "ok\n"
 }
 
 /// `GET /metrics`: the Prometheus text exposition, with the sampled gauges refreshed first.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus text exposition format 0.0.4",
+            body = String, content_type = "text/plain; version=0.0.4"),
+        (status = 404, description = "Metrics are off on this node (`--no-metrics`)",
+            body = ErrorBody),
+        (status = 503, description = "The node is shutting down", body = ErrorBody)))]
 async fn metrics_text(State(api): State<ApiState>) -> Response {
     let Some(handle) = api.metrics.clone() else {
         return error(
@@ -249,10 +281,16 @@ async fn metrics_text(State(api): State<ApiState>) -> Response {
         .into_response()
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
+/// The body of every error answer.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct ErrorBody<'a> {
+    /// A stable code: `bad_request`, `unauthorized`, `not_found`, `type_conflict`,
+    /// `too_large`, `unavailable`, `overloaded`, `shutting_down`, `internal`, ...
     error: &'a str,
+    /// What went wrong, for people.
     message: String,
+    /// On a write's 503: whether it may have been applied (`true`: retry only if the write is
+    /// idempotent or carries its op id).
     #[serde(skip_serializing_if = "Option::is_none")]
     indeterminate: Option<bool>,
 }
@@ -269,7 +307,7 @@ pub(super) fn error(status: StatusCode, code: &str, message: String) -> Response
         .into_response()
 }
 
-fn unavailable() -> Response {
+pub(super) fn unavailable() -> Response {
     error(
         StatusCode::SERVICE_UNAVAILABLE,
         "shutting_down",
@@ -277,6 +315,11 @@ fn unavailable() -> Response {
     )
 }
 
+/// `GET /v1/cluster`.
+#[utoipa::path(get, path = "/v1/cluster", tag = "cluster",
+    responses(
+        (status = 200, description = "The cluster as this node sees it", body = ClusterView),
+        (status = 503, description = "The node is shutting down", body = ErrorBody)))]
 async fn cluster(State(api): State<ApiState>) -> Response {
     let (tx, rx) = oneshot::channel();
     if api.admin.send(AdminRequest::Cluster(tx)).await.is_err() {
@@ -288,6 +331,14 @@ async fn cluster(State(api): State<ApiState>) -> Response {
     }
 }
 
+/// `GET /v1/partitions`.
+#[utoipa::path(get, path = "/v1/partitions", tag = "cluster",
+    params(super::openapi::PartitionsParams),
+    responses(
+        (status = 200, description = "The partitions this node replicates, with their Merkle \
+            roots and anti-entropy figures", body = Vec<PartitionInfo>),
+        (status = 400, description = "Unknown parameter", body = ErrorBody),
+        (status = 503, description = "The node is shutting down", body = ErrorBody)))]
 async fn partitions(State(api): State<ApiState>, RawQuery(query): RawQuery) -> Response {
     let pairs: Vec<(String, String)> =
         match serde_urlencoded::from_str(query.as_deref().unwrap_or_default()) {
@@ -329,6 +380,16 @@ async fn partitions(State(api): State<ApiState>, RawQuery(query): RawQuery) -> R
     }
 }
 
+/// `POST /v1/repair`.
+#[utoipa::path(post, path = "/v1/repair", tag = "cluster",
+    params(super::openapi::RepairParams),
+    responses(
+        (status = 202, description = "A repair started: every partition this node replicates \
+            (or the one asked for) is compared by Merkle-tree exchange with its other replicas",
+            body = RepairProgress),
+        (status = 400, description = "Bad parameter, or a partition this node does not \
+            replicate", body = ErrorBody),
+        (status = 503, description = "The node is shutting down", body = ErrorBody)))]
 async fn repair(State(api): State<ApiState>, RawQuery(query): RawQuery) -> Response {
     let mut partition = None;
     let pairs: Vec<(String, String)> =
@@ -379,10 +440,22 @@ async fn repair(State(api): State<ApiState>, RawQuery(query): RawQuery) -> Respo
     }
 }
 
+/// `GET /v1/repair`.
+#[utoipa::path(get, path = "/v1/repair", tag = "cluster",
+    responses(
+        (status = 200, description = "The latest repair's progress", body = RepairProgress),
+        (status = 404, description = "No repair ran on this node", body = ErrorBody)))]
 async fn repair_latest(State(api): State<ApiState>) -> Response {
     repair_status(api, 0).await
 }
 
+/// `GET /v1/repair/{id}`.
+#[utoipa::path(get, path = "/v1/repair/{id}", tag = "cluster",
+    params(("id" = u64, Path, description = "The repair's id (from `POST /v1/repair`)")),
+    responses(
+        (status = 200, description = "The repair's progress", body = RepairProgress),
+        (status = 400, description = "Not a repair id", body = ErrorBody),
+        (status = 404, description = "No such repair on this node", body = ErrorBody)))]
 async fn repair_progress(State(api): State<ApiState>, Path(id): Path<String>) -> Response {
     match id.parse::<u64>() {
         Ok(id) if id > 0 => repair_status(api, id).await,
@@ -415,21 +488,50 @@ async fn repair_status(api: ApiState, id: u64) -> Response {
     }
 }
 
+/// The answer to a leave.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Leaving {
+    /// `leaving`.
+    status: &'static str,
+}
+
+/// The answer to a removal.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Removing {
+    /// `removing`.
+    status: &'static str,
+    /// The node being removed.
+    node: String,
+}
+
+/// `POST /v1/cluster/leave`.
+#[utoipa::path(post, path = "/v1/cluster/leave", tag = "cluster",
+    responses(
+        (status = 202, description = "The node leaves gracefully: it hands its partitions over \
+            and exits once a majority of the members confirmed", body = Leaving),
+        (status = 503, description = "The node is shutting down", body = ErrorBody)))]
 async fn leave(State(api): State<ApiState>) -> Response {
     let (tx, rx) = oneshot::channel();
     if api.admin.send(AdminRequest::Leave(tx)).await.is_err() {
         return unavailable();
     }
     match rx.await {
-        Ok(()) => (
-            StatusCode::ACCEPTED,
-            Json(serde_json::json!({"status": "leaving"})),
-        )
-            .into_response(),
+        Ok(()) => (StatusCode::ACCEPTED, Json(Leaving { status: "leaving" })).into_response(),
         Err(_) => unavailable(),
     }
 }
 
+/// `POST /v1/cluster/remove/{node}`.
+#[utoipa::path(post, path = "/v1/cluster/remove/{node}", tag = "cluster",
+    params(("node" = String, Path, description = "The dead node's id (16 hex digits)")),
+    responses(
+        (status = 202, description = "The node is written off; its partitions move to the \
+            others (progress under `pending` in `GET /v1/cluster`)", body = Removing),
+        (status = 400, description = "Malformed node id (`bad_node_id`)", body = ErrorBody),
+        (status = 404, description = "Not in the ring (`unknown_node`)", body = ErrorBody),
+        (status = 409, description = "The node is this one (use leave), or this node is \
+            leaving (`refused`)", body = ErrorBody),
+        (status = 503, description = "The node is shutting down", body = ErrorBody)))]
 async fn remove(State(api): State<ApiState>, Path(node): Path<String>) -> Response {
     let id = match node.parse::<NodeId>() {
         Ok(id) => id,
@@ -442,7 +544,10 @@ async fn remove(State(api): State<ApiState>, Path(node): Path<String>) -> Respon
     match rx.await {
         Ok(Ok(())) => (
             StatusCode::ACCEPTED,
-            Json(serde_json::json!({"status": "removing", "node": id.to_string()})),
+            Json(Removing {
+                status: "removing",
+                node: id.to_string(),
+            }),
         )
             .into_response(),
         Ok(Err(e @ RemoveError::Unknown(_))) => {
@@ -567,22 +672,22 @@ pub(super) async fn call(api: &ApiState, request: ClientRequest) -> Result<Clien
         Ok(()) => {}
         // Refused before the core saw it: nothing was applied.
         Err(mpsc::error::TrySendError::Full(_)) => {
-            super::metrics::refused("http", op, started, "overloaded");
+            super::metrics::refused(&api.status.recent, "http", op, started, "overloaded");
             return Err(failure(&ClientError::Overloaded, write));
         }
         Err(mpsc::error::TrySendError::Closed(_)) => {
-            super::metrics::refused("http", op, started, "shutting_down");
+            super::metrics::refused(&api.status.recent, "http", op, started, "shutting_down");
             return Err(stopping(write, false));
         }
     }
     match rx.await {
         Ok(reply) => {
-            super::metrics::request("http", op, started, &reply);
+            super::metrics::request(&api.status.recent, "http", op, started, &reply);
             Ok(reply)
         }
         // The node stopped with the request in flight: a write may have been applied.
         Err(_) => {
-            super::metrics::refused("http", op, started, "shutting_down");
+            super::metrics::refused(&api.status.recent, "http", op, started, "shutting_down");
             Err(stopping(write, true))
         }
     }
@@ -634,9 +739,13 @@ pub(super) fn failure(e: &ClientError, write: bool) -> Response {
         .into_response()
 }
 
-#[derive(Serialize)]
+/// Concurrent values of a register.
+#[derive(Serialize, utoipa::ToSchema)]
 struct Siblings {
+    /// The causal context covering every value (send it back with the write that resolves
+    /// them).
     context: Option<String>,
+    /// The values, base64 (standard alphabet, padded).
     values: Vec<String>,
 }
 
@@ -652,6 +761,27 @@ pub(super) fn header(v: &str) -> HeaderValue {
     HeaderValue::from_str(v).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
+/// `GET /v1/kv/{key}`.
+#[utoipa::path(get, path = "/v1/kv/{*key}", tag = "kv",
+    params(
+        ("key" = String, Path, description = "The key, percent-encoded (any bytes)"),
+        super::openapi::DataParams,
+        ("accept" = Option<String>, Header,
+            description = "`application/json`: answer 200 with the JSON of the values for any \
+            count (siblings included)"),
+        ("x-request-id" = Option<String>, Header, description = "The request's id (1 to 64 \
+            printable ASCII characters); minted when absent, returned either way")),
+    responses(
+        (status = 200, description = "One value (raw bytes), or with `Accept: \
+            application/json` the values as JSON",
+            headers(("x-chorus-context" = String, description = "The causal context to send \
+                back with the next write")),
+            content(([u8] = "application/octet-stream"), (Siblings = "application/json"))),
+        (status = 300, description = "Concurrent values (siblings)", body = Siblings,
+            headers(("x-chorus-context" = String, description = "Covers every sibling"))),
+        (status = 404, description = "Absent or deleted (`not_found`); with \
+            `x-chorus-context` when a tombstone exists", body = ErrorBody),
+        super::openapi::DataErrors))]
 async fn kv_get(
     State(api): State<ApiState>,
     uri: Uri,
@@ -714,6 +844,30 @@ async fn kv_get(
     resp
 }
 
+/// `PUT /v1/kv/{key}`.
+#[utoipa::path(put, path = "/v1/kv/{*key}", tag = "kv",
+    params(
+        ("key" = String, Path, description = "The key, percent-encoded (any bytes)"),
+        super::openapi::DataParams,
+        ("x-chorus-context" = Option<String>, Header, description = "The context of the read \
+            this write follows: it supersedes what the read saw. Without one the write is \
+            concurrent with every existing value"),
+        ("x-request-id" = Option<String>, Header, description = "The request's id")),
+    request_body(content = [u8], content_type = "application/octet-stream",
+        description = "The value (up to the node's value limit)"),
+    responses(
+        (status = 204, description = "Written; one value remains",
+            headers(
+                ("x-chorus-context" = String, description = "The new context"),
+                ("x-chorus-acks" = u32, description = "Replicas that acknowledged durably"),
+                ("x-chorus-sync" = String, description = "The sync policy that applied"))),
+        (status = 300, description = "Written; concurrent values remain beside it",
+            body = Siblings,
+            headers(
+                ("x-chorus-context" = String, description = "The new context"),
+                ("x-chorus-acks" = u32, description = "Replicas that acknowledged durably"),
+                ("x-chorus-sync" = String, description = "The sync policy that applied"))),
+        super::openapi::DataErrors))]
 async fn kv_put(
     State(api): State<ApiState>,
     uri: Uri,
@@ -738,6 +892,23 @@ async fn kv_put(
     write(&api, uri, query, &headers, Some(body.to_vec())).await
 }
 
+/// `DELETE /v1/kv/{key}`.
+#[utoipa::path(delete, path = "/v1/kv/{*key}", tag = "kv",
+    params(
+        ("key" = String, Path, description = "The key, percent-encoded (any bytes)"),
+        super::openapi::DataParams,
+        ("x-chorus-context" = Option<String>, Header, description = "The context of the read \
+            this delete follows: it removes what the read saw"),
+        ("x-request-id" = Option<String>, Header, description = "The request's id")),
+    responses(
+        (status = 204, description = "Deleted",
+            headers(
+                ("x-chorus-context" = String, description = "The new context"),
+                ("x-chorus-acks" = u32, description = "Replicas that acknowledged durably"),
+                ("x-chorus-sync" = String, description = "The sync policy that applied"))),
+        (status = 300, description = "Values the context did not cover remain",
+            body = Siblings),
+        super::openapi::DataErrors))]
 async fn kv_delete(
     State(api): State<ApiState>,
     uri: Uri,

@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use metrics::{counter, gauge, histogram};
 
+use super::status::RecentRequests;
 use crate::node::{ClientError, ClientOp, ClientReply, ClusterView, Liveness, PartitionInfo};
 
 /// Metric names (one place, so the test and the docs agree with the code).
@@ -25,6 +26,12 @@ pub mod names {
     pub const REQUESTS: &str = "chorus_requests_total";
     /// Latency of client requests on the node that received them, seconds, by `api` and `op`.
     pub const REQUEST_SECONDS: &str = "chorus_request_duration_seconds";
+    /// Replica side: time from a replica write's arrival to its acknowledgement (the wait for
+    /// durability), seconds.
+    pub const REPLICA_WRITE_SECONDS: &str = "chorus_replica_write_duration_seconds";
+    /// Client requests shed (refused unapplied) because the node's queue of requests was full,
+    /// by `api`.
+    pub const SHED: &str = "chorus_requests_shed_total";
     /// Writes answered "may have been applied".
     pub const INDETERMINATE: &str = "chorus_indeterminate_writes_total";
     /// Values per register read (1 = no siblings).
@@ -59,7 +66,8 @@ pub mod names {
     pub const HINTS_DELIVERED: &str = "chorus_hints_delivered_total";
     /// QUIC connections open, by `kind` (client, or peer for those peers opened to us).
     pub const QUIC_CONNECTIONS: &str = "chorus_quic_connections";
-    /// Bytes of closed QUIC connections, by `kind` and `direction` (rx, tx).
+    /// Bytes of QUIC connections (UDP payload), by `kind` and `direction` (rx, tx): of open
+    /// ones every few seconds, of closed ones in full.
     pub const QUIC_BYTES: &str = "chorus_quic_bytes_total";
 }
 
@@ -74,6 +82,15 @@ pub fn describe() {
         names::REQUEST_SECONDS,
         Unit::Seconds,
         "Client request latency on the receiving node"
+    );
+    describe_histogram!(
+        names::REPLICA_WRITE_SECONDS,
+        Unit::Seconds,
+        "Replica write latency: arrival to durable acknowledgement"
+    );
+    describe_counter!(
+        names::SHED,
+        "Client requests shed by the in-flight bound (refused unapplied)"
     );
     describe_counter!(names::INDETERMINATE, "Writes answered as possibly applied");
     describe_histogram!(names::READ_VALUES, "Values per register read (siblings)");
@@ -102,20 +119,67 @@ pub fn describe() {
     describe_counter!(
         names::QUIC_BYTES,
         Unit::Bytes,
-        "Bytes of closed QUIC connections"
+        "Bytes of QUIC connections (open ones every 5 s)"
     );
 }
 
-/// A QUIC connection of `kind` opened.
-pub fn connection_opened(kind: &'static str) {
-    gauge!(names::QUIC_CONNECTIONS, "kind" => kind).increment(1.0);
+/// How often an open QUIC connection's byte counts are added to the counters.
+pub const CONNECTION_METER_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Meters one QUIC connection: counts it open while it lives, and adds its bytes to the
+/// counters every [`CONNECTION_METER_INTERVAL`] while [`ConnectionMeter::run`] is polled and
+/// once more when the meter is dropped (when it counts the connection closed).
+pub struct ConnectionMeter {
+    kind: &'static str,
+    conn: quinn::Connection,
+    rx: metrics::Counter,
+    tx: metrics::Counter,
+    seen_rx: u64,
+    seen_tx: u64,
 }
 
-/// A QUIC connection of `kind` closed, with its byte counts.
-pub fn connection_closed(kind: &'static str, stats: &quinn::ConnectionStats) {
-    gauge!(names::QUIC_CONNECTIONS, "kind" => kind).decrement(1.0);
-    counter!(names::QUIC_BYTES, "kind" => kind, "direction" => "rx").increment(stats.udp_rx.bytes);
-    counter!(names::QUIC_BYTES, "kind" => kind, "direction" => "tx").increment(stats.udp_tx.bytes);
+impl ConnectionMeter {
+    /// Starts metering `conn`, a connection of `kind` (client, peer).
+    pub fn new(kind: &'static str, conn: quinn::Connection) -> ConnectionMeter {
+        gauge!(names::QUIC_CONNECTIONS, "kind" => kind).increment(1.0);
+        ConnectionMeter {
+            kind,
+            conn,
+            rx: counter!(names::QUIC_BYTES, "kind" => kind, "direction" => "rx"),
+            tx: counter!(names::QUIC_BYTES, "kind" => kind, "direction" => "tx"),
+            seen_rx: 0,
+            seen_tx: 0,
+        }
+    }
+
+    fn add(&mut self) {
+        let stats = self.conn.stats();
+        self.rx
+            .increment(stats.udp_rx.bytes.saturating_sub(self.seen_rx));
+        self.tx
+            .increment(stats.udp_tx.bytes.saturating_sub(self.seen_tx));
+        self.seen_rx = self.seen_rx.max(stats.udp_rx.bytes);
+        self.seen_tx = self.seen_tx.max(stats.udp_tx.bytes);
+    }
+
+    /// Adds the connection's bytes every few seconds until it closes.
+    pub async fn run(&mut self) {
+        let mut tick = tokio::time::interval(CONNECTION_METER_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.conn.closed() => return,
+                _ = tick.tick() => self.add(),
+            }
+        }
+    }
+}
+
+impl Drop for ConnectionMeter {
+    fn drop(&mut self) {
+        self.add();
+        gauge!(names::QUIC_CONNECTIONS, "kind" => self.kind).decrement(1.0);
+    }
 }
 
 /// The operation's name in metrics.
@@ -128,8 +192,14 @@ pub fn op_name(op: &ClientOp) -> &'static str {
     }
 }
 
-/// Records one answered client request.
-pub fn request(api: &'static str, op: &'static str, started: Instant, reply: &ClientReply) {
+/// Records one answered client request (here and in the status page's window).
+pub fn request(
+    recent: &RecentRequests,
+    api: &'static str,
+    op: &'static str,
+    started: Instant,
+    reply: &ClientReply,
+) {
     let outcome = match reply {
         ClientReply::Failed(e) => {
             if matches!(
@@ -151,18 +221,39 @@ pub fn request(api: &'static str, op: &'static str, started: Instant, reply: &Cl
         }
         ClientReply::Written(_) | ClientReply::Updated(_) => "ok",
     };
-    finish(api, op, started, outcome);
+    finish(recent, api, op, started, outcome);
 }
 
 /// Records a request refused before the core answered (`outcome`: its error code).
-pub fn refused(api: &'static str, op: &'static str, started: Instant, outcome: &'static str) {
-    finish(api, op, started, outcome);
+pub fn refused(
+    recent: &RecentRequests,
+    api: &'static str,
+    op: &'static str,
+    started: Instant,
+    outcome: &'static str,
+) {
+    if outcome == "overloaded" {
+        counter!(names::SHED, "api" => api).increment(1);
+    }
+    finish(recent, api, op, started, outcome);
 }
 
-fn finish(api: &'static str, op: &'static str, started: Instant, outcome: &'static str) {
+fn finish(
+    recent: &RecentRequests,
+    api: &'static str,
+    op: &'static str,
+    started: Instant,
+    outcome: &'static str,
+) {
+    recent.record(started);
     counter!(names::REQUESTS, "api" => api, "op" => op, "outcome" => outcome).increment(1);
     histogram!(names::REQUEST_SECONDS, "api" => api, "op" => op)
         .record(started.elapsed().as_secs_f64());
+}
+
+/// Records one replica write acknowledgement that waited `wait` for durability.
+pub fn replica_write(wait: std::time::Duration) {
+    histogram!(names::REPLICA_WRITE_SECONDS).record(wait.as_secs_f64());
 }
 
 /// Records one group commit.

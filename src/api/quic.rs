@@ -68,7 +68,7 @@ async fn serve_connection(client: ClientConnection, api: ApiState) {
     let conn = client.conn.clone();
     let remote = conn.remote_address();
     debug!(client = %remote, "QUIC client connected");
-    metrics::connection_opened("client");
+    let mut meter = metrics::ConnectionMeter::new("client", conn.clone());
     // The client API reads only bidirectional streams: refuse unidirectional ones outright so
     // that nothing can be buffered on them.
     conn.set_max_concurrent_uni_streams(VarInt::from_u32(0));
@@ -86,25 +86,36 @@ async fn serve_connection(client: ClientConnection, api: ApiState) {
             }
         })
     };
-    loop {
-        match conn.accept_bi().await {
-            Ok((send, recv)) => {
-                let lane = Lane {
-                    conn: conn.clone(),
-                    remote,
-                    api: api.clone(),
-                    authenticated: authenticated.clone(),
-                };
-                tokio::spawn(lane.serve(send, recv));
-            }
-            Err(e) => {
-                debug!(client = %remote, reason = %e, "QUIC client connection ended");
-                break;
+    {
+        let metering = async {
+            meter.run().await;
+            std::future::pending::<std::convert::Infallible>().await
+        };
+        tokio::pin!(metering);
+        loop {
+            let accepted = tokio::select! {
+                a = conn.accept_bi() => a,
+                never = &mut metering => match never {},
+            };
+            match accepted {
+                Ok((send, recv)) => {
+                    let lane = Lane {
+                        conn: conn.clone(),
+                        remote,
+                        api: api.clone(),
+                        authenticated: authenticated.clone(),
+                    };
+                    tokio::spawn(lane.serve(send, recv));
+                }
+                Err(e) => {
+                    debug!(client = %remote, reason = %e, "QUIC client connection ended");
+                    break;
+                }
             }
         }
     }
     watchdog.abort();
-    metrics::connection_closed("client", &conn.stats());
+    drop(meter);
     drop(client);
 }
 
@@ -263,16 +274,28 @@ async fn serve_lane(
                                 write,
                                 started,
                             };
-                            tokio::spawn(answer(rx, out.clone(), asked, permit));
+                            tokio::spawn(answer(
+                                rx,
+                                out.clone(),
+                                asked,
+                                permit,
+                                api.status.clone(),
+                            ));
                         }
                         Err(mpsc::error::TrySendError::Full(_)) => {
                             // Refused before the core saw it: nothing was applied.
-                            metrics::refused("quic", op, started, "overloaded");
+                            metrics::refused(&api.status.recent, "quic", op, started, "overloaded");
                             let e = ClientError::Overloaded;
                             send(out, id, &ServerMessage::Reply(ClientReply::Failed(e))).await;
                         }
                         Err(mpsc::error::TrySendError::Closed(_)) => {
-                            metrics::refused("quic", op, started, "shutting_down");
+                            metrics::refused(
+                                &api.status.recent,
+                                "quic",
+                                op,
+                                started,
+                                "shutting_down",
+                            );
                             send_refusal(out, id, shutting_down(write, false)).await;
                         }
                     }
@@ -413,15 +436,22 @@ async fn answer(
     out: mpsc::Sender<Vec<u8>>,
     asked: Asked,
     _permit: OwnedSemaphorePermit,
+    status: Arc<super::status::StatusState>,
 ) {
     let message = match rx.await {
         Ok(reply) => {
-            metrics::request("quic", asked.op, asked.started, &reply);
+            metrics::request(&status.recent, "quic", asked.op, asked.started, &reply);
             ServerMessage::Reply(reply)
         }
         // The node stopped with the request in flight: a write may have been applied.
         Err(_) => {
-            metrics::refused("quic", asked.op, asked.started, "shutting_down");
+            metrics::refused(
+                &status.recent,
+                "quic",
+                asked.op,
+                asked.started,
+                "shutting_down",
+            );
             ServerMessage::Refused(shutting_down(asked.write, true))
         }
     };

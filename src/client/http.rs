@@ -27,6 +27,7 @@ const IDLE_MAX: usize = 1024;
 const BODY_MAX: usize = 64 * 1024 * 1024;
 
 /// What every node's pool shares.
+#[derive(Clone)]
 pub(crate) struct HttpShared {
     token: Option<String>,
     connect_timeout: Duration,
@@ -37,6 +38,15 @@ impl HttpShared {
         HttpShared {
             token: config.token.clone(),
             connect_timeout: config.connect_timeout,
+        }
+    }
+
+    /// Settings for asking nodes directly (the status page asks its members).
+    #[cfg(feature = "server")]
+    pub(crate) fn with(token: Option<String>, connect_timeout: Duration) -> HttpShared {
+        HttpShared {
+            token,
+            connect_timeout,
         }
     }
 
@@ -55,8 +65,18 @@ impl HttpShared {
         addr: SocketAddr,
         wait: Duration,
     ) -> Result<ClusterView, Error> {
+        self.get_json(addr, "/v1/cluster", wait).await
+    }
+
+    /// `GET path` from the node at `addr`, whose 200 answer is `T` as JSON.
+    pub(crate) async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        wait: Duration,
+    ) -> Result<T, Error> {
         let node = self.node(addr);
-        let req = node.request(Method::GET, "/v1/cluster".into(), Bytes::new());
+        let req = node.request(Method::GET, path.into(), Bytes::new());
         let (status, _, body) = node.send(req, wait).await.map_err(|f| match f {
             Failure::Answered(e) => e,
             Failure::Unreached(m) | Failure::Lost(m) => {
@@ -70,7 +90,7 @@ impl HttpShared {
             Error::new(
                 ErrorKind::Internal,
                 "internal",
-                format!("{addr} answered /v1/cluster with something else: {e}"),
+                format!("{addr} answered {path} with something else: {e}"),
             )
         })
     }

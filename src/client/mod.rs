@@ -52,7 +52,7 @@
 //! ```
 
 pub mod breaker;
-mod http;
+pub(crate) mod http;
 mod quic;
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -67,7 +67,7 @@ pub use self::breaker::{BreakerConfig, BreakerState};
 pub use self::quic::quic_config;
 use crate::node::{ClusterView, Liveness};
 pub use crate::node::{Context, CrdtOp, CrdtValue};
-use crate::ring::{Member, Ring, RingConfig};
+use crate::ring::Ring;
 use crate::NodeId;
 
 /// Which API the client speaks.
@@ -855,15 +855,11 @@ impl Inner {
     fn install(&self, cluster: &ClusterView) {
         let old = self.view();
         let mut nodes = Vec::new();
-        let mut ids = Vec::new();
         for m in &cluster.members {
             if !m.status.owns_partitions() && m.status != crate::membership::RingStatus::Joining {
                 continue;
             }
             let id = m.id.parse::<NodeId>().ok();
-            if m.status.owns_partitions() {
-                ids.extend(id);
-            }
             let kept = old
                 .nodes
                 .iter()
@@ -892,10 +888,7 @@ impl Inner {
             }
             nodes.push(node);
         }
-        let ring = RingConfig::new(cluster.ring.partitions, cluster.ring.vnodes)
-            .ok()
-            .and_then(|c| Ring::new(ids.into_iter().map(Member::new), c).ok())
-            .map(|r| (r, cluster.ring.n));
+        let ring = cluster.placement_ring().map(|r| (r, cluster.ring.n));
         *self.view.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(View { nodes, ring });
     }
 

@@ -11,6 +11,7 @@ use crate::id::NodeId;
 /// `joining → member → leaving → left`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub enum RingStatus {
     /// Announced itself; owns no partitions yet.
     Joining,

@@ -150,6 +150,7 @@ pub enum MembershipMessage {
 /// Reachability of a member as SWIM sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub enum Liveness {
     /// Answers probes.
     Alive,
@@ -162,6 +163,7 @@ pub enum Liveness {
 /// A ring change this node started and is waiting to see confirmed, as reported by
 /// `GET /v1/cluster`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct PendingChange {
     /// The node whose status changes (16 hex digits).
     pub node: String,

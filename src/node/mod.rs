@@ -274,6 +274,8 @@ impl Outbox {
 pub(crate) struct Deferred {
     to: NodeId,
     message: PeerMessage,
+    /// When it started waiting (for the replica-side latency of writes).
+    since: Duration,
 }
 
 /// Local calls between sub-machines that never cross the network.
@@ -321,7 +323,11 @@ impl Effects<'_> {
 
     /// Sends `message` to `to` once everything staged up to journal number `seq` is durable.
     pub(crate) fn after_durable(&mut self, seq: u64, to: NodeId, message: PeerMessage) {
-        if let Some(d) = self.journal.after_durable(seq, Deferred { to, message }) {
+        let since = self.now;
+        if let Some(d) = self
+            .journal
+            .after_durable(seq, Deferred { to, message, since })
+        {
             self.mail.push_back((d.to, d.message));
         }
     }
@@ -357,12 +363,15 @@ impl From<MembershipError> for NodeError {
 
 /// One member as reported by `GET /v1/cluster`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct MemberView {
     /// Node id (16 hex digits).
     pub id: String,
     /// QUIC endpoint.
+    #[cfg_attr(feature = "server", schema(value_type = String, example = "127.0.0.1:7100"))]
     pub quic_addr: SocketAddr,
     /// HTTP endpoint.
+    #[cfg_attr(feature = "server", schema(value_type = String, example = "127.0.0.1:8100"))]
     pub http_addr: SocketAddr,
     /// SWIM liveness.
     pub liveness: Liveness,
@@ -376,6 +385,7 @@ pub struct MemberView {
 
 /// Ring parameters as reported by `GET /v1/cluster`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct RingView {
     /// Number of partitions (Q).
     pub partitions: u32,
@@ -387,6 +397,7 @@ pub struct RingView {
 
 /// The cluster as one node sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct ClusterView {
     /// The reporting node.
     pub node_id: String,
@@ -403,8 +414,23 @@ pub struct ClusterView {
     pub data: Option<DataStats>,
 }
 
+impl ClusterView {
+    /// The placement the reported ring gives (members and leaving nodes own partitions), or
+    /// none when the report cannot describe a ring (no owner, bad parameters).
+    pub fn placement_ring(&self) -> Option<Ring> {
+        let ids = self
+            .members
+            .iter()
+            .filter(|m| m.status.owns_partitions())
+            .filter_map(|m| m.id.parse::<NodeId>().ok());
+        let config = RingConfig::new(self.ring.partitions, self.ring.vnodes).ok()?;
+        Ring::new(ids.map(crate::ring::Member::new), config).ok()
+    }
+}
+
 /// Counters of the data path, for status pages and checks.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct DataStats {
     /// Client requests in flight (coordinated here or forwarded).
     pub requests_in_flight: usize,
@@ -466,7 +492,13 @@ pub struct Node {
     handoff_done: bool,
     /// What the sync sub-machine last said about a joining node's intake.
     intake_ready: Option<Vec<NodeId>>,
+    /// How long each replica write acknowledgement released since the driver last took them
+    /// waited for durability (at most [`ACK_WAITS_MAX`]; see [`Node::take_ack_waits`]).
+    ack_waits: Vec<Duration>,
 }
+
+/// Replica-side write latencies kept between two [`Node::take_ack_waits`].
+pub const ACK_WAITS_MAX: usize = 65_536;
 
 /// Splits the router into the sub-machine it calls and the [`Effects`] it lends it.
 macro_rules! fx {
@@ -565,6 +597,7 @@ impl Node {
             staged: Vec::new(),
             handoff_done: false,
             intake_ready: None,
+            ack_waits: Vec::new(),
         })
     }
 
@@ -636,6 +669,13 @@ impl Node {
     /// Every [`Output::Persist`] numbered up to `seq` is on stable storage.
     pub fn handle_durable(&mut self, seq: u64, now: Duration) {
         for d in self.journal.durable(seq) {
+            if matches!(
+                d.message,
+                PeerMessage::Coordinator(CoordinatorMessage::Ack { .. })
+            ) && self.ack_waits.len() < ACK_WAITS_MAX
+            {
+                self.ack_waits.push(now.saturating_sub(d.since));
+            }
             self.mail.push_back((d.to, d.message));
         }
         self.replica.durable(self.journal.durable_seq());
@@ -799,6 +839,14 @@ impl Node {
     /// The newest generation SWIM knows for each node it lists (for invariant checks).
     pub fn swim_generations(&self) -> BTreeMap<NodeId, u64> {
         self.membership.swim_generations()
+    }
+
+    /// Replica-side write latencies since the last call: for each write acknowledgement this
+    /// node's replica released after waiting for durability, the time from the write's arrival
+    /// to its release (in the driver's time). For metrics; the core keeps at most
+    /// [`ACK_WAITS_MAX`] between calls.
+    pub fn take_ack_waits(&mut self) -> Vec<Duration> {
+        std::mem::take(&mut self.ack_waits)
     }
 
     /// Counters of the data path.

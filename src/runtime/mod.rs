@@ -420,6 +420,9 @@ async fn run_node(
         } else {
             None
         },
+        status: std::sync::Arc::new(crate::api::status::StatusState::new(
+            options.client_token.as_ref().map(|t| t.secret().to_owned()),
+        )),
     };
     let quic_api = tokio::spawn(
         crate::api::quic::serve(transport.serve_clients(QUIC_CLIENTS_MAX), api.clone())
@@ -528,7 +531,12 @@ async fn run_node(
                 }
             }
             Some(done) = done_rx.recv() => match done {
-                Committed::Durable(seq) => node.handle_durable(seq, epoch.elapsed()),
+                Committed::Durable(seq) => {
+                    node.handle_durable(seq, epoch.elapsed());
+                    for wait in node.take_ack_waits() {
+                        crate::api::metrics::replica_write(wait);
+                    }
+                }
                 Committed::Failed(e) => {
                     error!(error = %e, "a data write failed; stopping");
                     break 'run Err(RuntimeError::Store(e));

@@ -998,7 +998,7 @@ async fn serve_connection(
             return;
         }
     };
-    crate::api::metrics::connection_opened("peer");
+    let mut meter = crate::api::metrics::ConnectionMeter::new("peer", conn.clone());
     let datagrams = async {
         loop {
             match conn.read_datagram().await {
@@ -1034,8 +1034,17 @@ async fn serve_connection(
             }
         }
     };
-    tokio::join!(datagrams, streams);
-    crate::api::metrics::connection_closed("peer", &conn.stats());
+    // The connection's handling ends when reading ends, as before metering; the meter runs
+    // beside it, and its drop adds the last bytes.
+    let metering = async {
+        meter.run().await;
+        std::future::pending::<std::convert::Infallible>().await
+    };
+    tokio::select! {
+        _ = async { tokio::join!(datagrams, streams) } => {}
+        never = metering => match never {},
+    }
+    drop(meter);
     let reason = conn.close_reason();
     debug!(peer = %from, ?reason, "peer connection closed");
 }

@@ -167,6 +167,7 @@ struct RepairRun {
 
 /// Progress of a repair, as `chorus repair` and `POST /v1/repair` report it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct RepairProgress {
     /// The run.
     pub id: u64,
@@ -186,6 +187,7 @@ pub struct RepairProgress {
 
 /// One partition as `GET /v1/partitions` shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct PartitionInfo {
     /// The partition.
     pub partition: u16,
