@@ -108,6 +108,14 @@ pub struct ClientCall {
     pub request: ClientRequest,
     /// Where the answer goes.
     pub reply: oneshot::Sender<ClientReply>,
+    /// The HTTP request's id (`x-request-id`): the driver logs the core's handling of the
+    /// request under it.
+    pub request_id: Option<std::sync::Arc<str>>,
+}
+
+tokio::task_local! {
+    /// The id of the HTTP request the current task serves.
+    static REQUEST_ID: std::sync::Arc<str>;
 }
 
 /// Size limits the API enforces before a request reaches the core (which checks them again).
@@ -201,7 +209,10 @@ async fn request_id(request: axum::extract::Request, next: axum::middleware::Nex
         method = %request.method(),
         path = %request.uri().path()
     );
-    let mut resp = next.run(request).instrument(span).await;
+    let mut resp = REQUEST_ID
+        .scope(std::sync::Arc::from(id.as_str()), next.run(request))
+        .instrument(span)
+        .await;
     resp.headers_mut().insert(REQUEST_ID_HEADER, header(&id));
     resp
 }
@@ -668,7 +679,12 @@ pub(super) async fn call(api: &ApiState, request: ClientRequest) -> Result<Clien
     let op = super::metrics::op_name(&request.op);
     let write = request.op.is_write();
     let (tx, rx) = oneshot::channel();
-    match api.clients.try_send(ClientCall { request, reply: tx }) {
+    let request_id = REQUEST_ID.try_with(std::sync::Arc::clone).ok();
+    match api.clients.try_send(ClientCall {
+        request,
+        reply: tx,
+        request_id,
+    }) {
         Ok(()) => {}
         // Refused before the core saw it: nothing was applied.
         Err(mpsc::error::TrySendError::Full(_)) => {

@@ -266,7 +266,14 @@ async fn serve_lane(
                     let op = metrics::op_name(&request.op);
                     let write = request.op.is_write();
                     let (tx, rx) = oneshot::channel();
-                    match api.clients.try_send(ClientCall { request, reply: tx }) {
+                    // QUIC requests are numbered per lane by the client; there is no
+                    // request id header to echo.
+                    let call = ClientCall {
+                        request,
+                        reply: tx,
+                        request_id: None,
+                    };
+                    match api.clients.try_send(call) {
                         Ok(()) => {
                             let asked = Asked {
                                 id,

@@ -371,7 +371,7 @@ pub struct MemberView {
     #[cfg_attr(feature = "server", schema(value_type = String, example = "127.0.0.1:7100"))]
     pub quic_addr: SocketAddr,
     /// HTTP endpoint.
-    #[cfg_attr(feature = "server", schema(value_type = String, example = "127.0.0.1:8100"))]
+    #[cfg_attr(feature = "server", schema(value_type = String, example = "127.0.0.1:7200"))]
     pub http_addr: SocketAddr,
     /// SWIM liveness.
     pub liveness: Liveness,

@@ -117,9 +117,9 @@ pub struct NodeOptions {
     pub metrics: bool,
 }
 
-/// Installs the process-wide Prometheus recorder (once per process; a second node in the same
-/// process shares it).
-fn install_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+/// Installs the process-wide Prometheus recorder, as `chorus start` does (once per process; a
+/// second node in the same process shares it). Public for the metrics-overhead benchmark.
+pub fn install_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
     use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
     static HANDLE: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
         std::sync::OnceLock::new();
@@ -523,6 +523,13 @@ async fn run_node(
                 while let Some(call) = next.take() {
                     next_client += 1;
                     pending.insert(next_client, call.reply);
+                    // The core's lines while it takes the request carry the HTTP request id
+                    // (debug level, like those lines: no cost at the default level).
+                    let span = call
+                        .request_id
+                        .as_deref()
+                        .map(|id| tracing::debug_span!("request", request_id = %id));
+                    let _entered = span.as_ref().map(|s| s.enter());
                     node.handle_client(next_client, call.request, now);
                     taken += 1;
                     if taken < INPUT_BATCH_MAX {
