@@ -108,8 +108,8 @@ pub struct ClientCall {
     pub request: ClientRequest,
     /// Where the answer goes.
     pub reply: oneshot::Sender<ClientReply>,
-    /// The HTTP request's id (`x-request-id`): the driver logs the core's handling of the
-    /// request under it.
+    /// The HTTP request's id (`x-request-id`): the core's log lines about the request carry
+    /// it.
     pub request_id: Option<std::sync::Arc<str>>,
 }
 

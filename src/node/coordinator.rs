@@ -26,6 +26,7 @@
 //!   table forever.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -160,6 +161,8 @@ enum State {
 #[derive(Debug)]
 struct Request {
     origin: Origin,
+    /// The client's request id (HTTP `x-request-id`), for this node's log lines about it.
+    trace: Option<Arc<str>>,
     key: Vec<u8>,
     opts: Resolved,
     /// The operation id of a CRDT update.
@@ -228,9 +231,10 @@ impl Coordinator {
         &mut self,
         client: u64,
         request: ClientRequest,
+        trace: Option<Arc<str>>,
         fx: &mut Effects<'_>,
     ) {
-        self.start(Origin::Client(client), request, fx);
+        self.start(Origin::Client(client), request, trace, fx);
     }
 
     /// A message from node `from`.
@@ -242,7 +246,7 @@ impl Coordinator {
     ) {
         match msg {
             CoordinatorMessage::Forward { req, request } => {
-                self.start(Origin::Peer { node: from, req }, request, fx)
+                self.start(Origin::Peer { node: from, req }, request, None, fx)
             }
             CoordinatorMessage::Forwarded { req, reply } => {
                 let relayed = matches!(
@@ -267,10 +271,12 @@ impl Coordinator {
                 }
             }
             CoordinatorMessage::Refused { req, error } => {
-                debug!(req, %from, %error, "a replica refused its part");
                 let Some(r) = self.requests.get(&req) else {
+                    debug!(req, %from, %error, "a replica refused its part");
                     return;
                 };
+                let request_id = r.trace.as_deref();
+                debug!(req, request_id, %from, %error, "a replica refused its part");
                 match &r.state {
                     State::Read { .. } => self.on_read_reply(req, from, None, fx),
                     State::Looking { .. } => self.on_look_reply(req, from, None, fx),
@@ -535,7 +541,13 @@ impl Coordinator {
         }
     }
 
-    fn start(&mut self, origin: Origin, request: ClientRequest, fx: &mut Effects<'_>) {
+    fn start(
+        &mut self,
+        origin: Origin,
+        request: ClientRequest,
+        trace: Option<Arc<str>>,
+        fx: &mut Effects<'_>,
+    ) {
         if self.requests.len() - self.lingering.len() >= self.config.requests_in_flight_max {
             answer(origin, ClientReply::Failed(ClientError::Overloaded), fx);
             return;
@@ -627,6 +639,7 @@ impl Coordinator {
                         req,
                         Request {
                             origin,
+                            trace,
                             key,
                             opts,
                             op_id,
@@ -683,6 +696,7 @@ impl Coordinator {
             req,
             Request {
                 origin,
+                trace,
                 key,
                 opts,
                 op_id,
@@ -744,7 +758,13 @@ impl Coordinator {
         if !targets.iter().any(|t| t.node == from) {
             // Not one of this request's targets: an acknowledgement nobody asked for counts
             // for nothing.
-            debug!(req, %from, "ignored an acknowledgement from a node that is not a target");
+            let request_id = r.trace.as_deref();
+            debug!(
+                req,
+                request_id,
+                %from,
+                "ignored an acknowledgement from a node that is not a target"
+            );
             return;
         }
         acked.insert(from);
@@ -793,7 +813,8 @@ impl Coordinator {
                         None => *merged = Some(o.clone()),
                         Some(m) => {
                             if m.merge(o).is_err() {
-                                debug!(req, %from, "replicas disagree on the key's type");
+                                let request_id = r.trace.as_deref();
+                                debug!(req, request_id, %from, "replicas disagree on the key's type");
                             }
                         }
                     }
@@ -1097,7 +1118,7 @@ fn finish_read(req: u64, r: Request, read_repair: bool, fx: &mut Effects<'_>) ->
     for (node, reply) in replies {
         if reply.as_ref() != Some(&merged) {
             sent += 1;
-            debug!(req, %node, "read repair");
+            debug!(req, request_id = r.trace.as_deref(), %node, "read repair");
             fx.send(
                 node,
                 ReplicaMessage::Write {

@@ -648,8 +648,20 @@ impl Node {
 
     /// A client request arrived; its answer comes back as [`Output::Reply`] with `client`.
     pub fn handle_client(&mut self, client: u64, request: ClientRequest, now: Duration) {
+        self.handle_client_traced(client, request, None, now);
+    }
+
+    /// [`Node::handle_client`] for a request with an id (HTTP `x-request-id`) that this
+    /// node's log lines about it carry as `request_id`.
+    pub fn handle_client_traced(
+        &mut self,
+        client: u64,
+        request: ClientRequest,
+        request_id: Option<std::sync::Arc<str>>,
+        now: Duration,
+    ) {
         self.coordinator
-            .handle_client(client, request, &mut fx!(self, now));
+            .handle_client(client, request, request_id, &mut fx!(self, now));
         self.settle(now);
     }
 

@@ -33,6 +33,8 @@ struct Net {
     left: BTreeSet<SocketAddr>,
     /// Messages that reached a node not running, with their destination.
     sent_to_dead: Vec<(SocketAddr, Vec<u8>)>,
+    /// The request id the next client requests carry.
+    request_id: Option<std::sync::Arc<str>>,
 }
 
 enum Event {
@@ -60,6 +62,7 @@ impl Net {
             down: BTreeSet::new(),
             left: BTreeSet::new(),
             sent_to_dead: Vec::new(),
+            request_id: None,
         }
     }
 
@@ -167,13 +170,14 @@ impl Net {
         let handle = self.seq;
         let now = self.now;
         let node = self.nodes.get_mut(&addr(i)).expect("running");
-        node.handle_client(
+        node.handle_client_traced(
             handle,
             ClientRequest {
                 key: key.to_vec(),
                 op,
                 options,
             },
+            self.request_id.clone(),
             now,
         );
         self.drain(addr(i));
@@ -727,8 +731,9 @@ fn a_non_replica_forwards_a_write_to_a_replica_which_mints_the_dot() {
     assert_ne!(minter, net.nodes[&addr(outsider)].actor());
 }
 
-#[test]
-fn a_read_repairs_a_stale_replica() {
+/// Three nodes where n2 missed a strict write of `rr` ("old" → "new") while it was down, and
+/// is back.
+fn stale_replica() -> Net {
     let mut net = cluster(3);
     written(net.put(0, b"rr", b"old", None));
     net.run_for(Duration::from_secs(1));
@@ -751,6 +756,12 @@ fn a_read_repairs_a_stale_replica() {
     assert_eq!(hints, 0, "strict writes leave no hints");
     net.start(config(2, 2, vec![addr(0)]));
     net.run_for(Duration::from_secs(10));
+    net
+}
+
+#[test]
+fn a_read_repairs_a_stale_replica() {
+    let mut net = stale_replica();
     let r = net.get(1, b"rr", 3);
     assert_eq!(r.values, vec![b"new".to_vec()]);
     net.run_for(Duration::from_millis(100));
@@ -765,6 +776,44 @@ fn a_read_repairs_a_stale_replica() {
         net.nodes[&addr(1)].data_stats().read_repairs >= 1,
         "the coordinator counts the repair it sent"
     );
+}
+
+/// The coordinator's log lines about a request carry the client's request id.
+#[cfg(feature = "server")]
+#[test]
+fn the_coordinators_lines_about_a_request_carry_its_request_id() {
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Lines {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    let mut net = stale_replica();
+    let lines = Lines::default();
+    let writer = lines.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    net.request_id = Some(Arc::from("req-7f3a"));
+    tracing::subscriber::with_default(subscriber, || {
+        assert_eq!(net.get(1, b"rr", 3).values, vec![b"new".to_vec()]);
+    });
+    let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+    let repair = text
+        .lines()
+        .find(|l| l.contains("read repair"))
+        .unwrap_or_else(|| panic!("no read repair line:\n{text}"));
+    assert!(repair.contains("request_id=\"req-7f3a\""), "{repair}");
 }
 
 #[test]

@@ -523,14 +523,8 @@ async fn run_node(
                 while let Some(call) = next.take() {
                     next_client += 1;
                     pending.insert(next_client, call.reply);
-                    // The core's lines while it takes the request carry the HTTP request id
-                    // (debug level, like those lines: no cost at the default level).
-                    let span = call
-                        .request_id
-                        .as_deref()
-                        .map(|id| tracing::debug_span!("request", request_id = %id));
-                    let _entered = span.as_ref().map(|s| s.enter());
-                    node.handle_client(next_client, call.request, now);
+                    // The core's log lines about the request carry its HTTP request id.
+                    node.handle_client_traced(next_client, call.request, call.request_id, now);
                     taken += 1;
                     if taken < INPUT_BATCH_MAX {
                         next = client_rx.try_recv().ok();
