@@ -51,6 +51,7 @@ fn main() {
         context: None,
         deleted: false,
         replies: 2,
+        parts: Vec::new(),
     });
     let recent = RecentRequests::new();
     let (off_req, off_rep) = measure("no recorder (--no-metrics)", &recent, &reply);

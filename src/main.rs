@@ -131,6 +131,11 @@ struct StartArgs {
     /// The longest timeout (seconds) a client request may ask for. Default: 120.
     #[arg(long)]
     request_timeout_max: Option<u64>,
+    /// Most concurrent values (siblings) a register write may leave a key with; a write that
+    /// would leave more is refused (413) until a client resolves them by writing with the
+    /// context of a read (0: no bound). Default: 100.
+    #[arg(long)]
+    siblings_max: Option<usize>,
     /// File holding the token clients must present: `Authorization: Bearer <token>` over HTTP
     /// (every endpoint but /health), in each lane's hello over QUIC. Default: no token.
     #[arg(long)]
@@ -165,6 +170,7 @@ struct StartFile {
     tombstone_gc_interval: Option<u64>,
     tombstone_gc_quiet: Option<u64>,
     request_timeout_max: Option<u64>,
+    siblings_max: Option<usize>,
     client_token_file: Option<PathBuf>,
 }
 
@@ -507,6 +513,10 @@ fn start(args: StartArgs) -> Result<(), String> {
                 .unwrap_or(120)
                 .max(1),
         ),
+        siblings_max: args
+            .siblings_max
+            .or(file.siblings_max)
+            .unwrap_or(chorus::node::SIBLINGS_MAX_DEFAULT),
         client_token: match args.client_token_file.or(file.client_token_file) {
             Some(path) => Some(ClientToken::load(&path).map_err(|e| e.to_string())?),
             None => None,
@@ -653,6 +663,25 @@ fn status(args: StatusArgs) -> Result<(), String> {
             m.incarnation,
             m.partitions
         );
+    }
+    if let Some(d) = &view.data {
+        println!(
+            "data on {}: {} hints held, {} handoff pushes pending, {} keys contested here",
+            view.node_id, d.hints_pending, d.handoff_pending, d.type_conflicts
+        );
+        // What must not pass unnoticed: states not stored, operation ids forgotten early.
+        if d.merges_refused + d.sends_refused > 0 {
+            println!(
+                "warning: {} merges refused here and {} hints or handoff keys refused by other nodes (each kept and retried): a key's merged state is over the stored limit; resolve its siblings",
+                d.merges_refused, d.sends_refused
+            );
+        }
+        if d.op_ids_forgotten_early + d.op_ids_forgotten_unstable > 0 {
+            println!(
+                "warning: {} operation ids forgotten within their retry window and {} before every replica held them (hot keys at the op-log memory bound): a retry of one may count again",
+                d.op_ids_forgotten_early, d.op_ids_forgotten_unstable
+            );
+        }
     }
     // Anti-entropy at a glance (older nodes without the endpoint are skipped).
     let agent = http_agent(Duration::from_secs(5));

@@ -328,3 +328,112 @@ fn junk_client(tls_dir: &std::path::Path, target: std::net::SocketAddr) {
         t.shutdown().await;
     });
 }
+
+/// Issue 21, item 1 (acceptance): a node SIGSTOPped, removed with `POST
+/// /v1/cluster/remove/{id}` from another node, then SIGCONTed, changes no key's value and
+/// resurrects no deleted key (checked at `r=3` after anti-entropy and tombstone GC have run),
+/// and what it sends is refused by the members (counted in `refused_senders`); it learns it
+/// was removed and stops.
+#[test]
+fn a_paused_node_removed_then_resumed_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let flags = [
+        "--anti-entropy-interval",
+        "3",
+        "--tombstone-gc-interval",
+        "3",
+        "--tombstone-gc-quiet",
+        "10",
+        "--request-timeout-max",
+        "5",
+    ];
+    let (mut nodes, ids) = start_cluster_with(tmp.path(), 4, &flags);
+    let h: Vec<std::net::SocketAddr> = nodes.iter().map(|n| n.http).collect();
+    let keys: Vec<String> = (0..24).map(|i| format!("k{i}")).collect();
+    for k in &keys {
+        assert_eq!(put(h[0], k, b"old", None, "w=3").status, 204, "{k}");
+    }
+    nodes[3].signal("-STOP");
+    let down = wait_for(Duration::from_secs(30), || {
+        nodes[0]
+            .view()
+            .filter(|v| liveness_of(v, &ids[3]) == Some(Liveness::Down))
+    });
+    assert!(down.is_some(), "n3 is seen down");
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(5)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let resp = agent
+        .post(format!("http://{}/v1/cluster/remove/{}", h[0], ids[3]))
+        .send_empty()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    for n in &nodes[..3] {
+        let removed = wait_for(Duration::from_secs(30), || {
+            n.view().filter(|v| {
+                v.pending.is_empty()
+                    && v.members
+                        .iter()
+                        .any(|m| m.id == ids[3] && m.status == RingStatus::Left)
+            })
+        });
+        assert!(removed.is_some(), "{}: {:?}", n.name, n.view());
+    }
+    // Half the keys get a new value, the other half are deleted (with their contexts).
+    let (changed, deleted) = keys.split_at(keys.len() / 2);
+    for k in changed {
+        let r = get(h[1], k, "r=3");
+        assert_eq!(
+            put(h[1], k, b"new", r.context.as_deref(), "w=3").status,
+            204
+        );
+    }
+    for k in deleted {
+        let r = get(h[1], k, "r=3");
+        assert_eq!(delete(h[1], k, r.context.as_deref()).status, 204, "{k}");
+    }
+    // Tombstone GC purges the deletes on the three members.
+    let purged = wait_for(Duration::from_secs(90), || {
+        let all: Vec<u64> = nodes[..3]
+            .iter()
+            .filter_map(|n| n.view()?.data.map(|d| d.tombstones_purged))
+            .collect();
+        (all.len() == 3 && all.iter().all(|&p| p >= deleted.len() as u64)).then_some(all)
+    });
+    assert!(
+        purged.is_some(),
+        "tombstones were purged: {:?}",
+        nodes[0].view()
+    );
+    nodes[3].signal("-CONT");
+    let status = nodes[3]
+        .wait_exit(Duration::from_secs(40))
+        .expect("the removed node learns it and stops");
+    assert_eq!(status.code(), Some(0), "{}", nodes[3].log());
+    // Anti-entropy runs a few rounds among the members, then every key reads as it should.
+    std::thread::sleep(Duration::from_secs(8));
+    for k in changed {
+        let r = get(h[2], k, "r=3");
+        assert_eq!(
+            (r.status, r.body.as_slice()),
+            (200, &b"new"[..]),
+            "{k}: {r:?}"
+        );
+    }
+    for k in deleted {
+        let r = get(h[2], k, "r=3");
+        assert_eq!(r.status, 404, "{k} came back: {r:?}");
+    }
+    let refused: u64 = nodes[..3]
+        .iter()
+        .filter_map(|n| n.view()?.data.map(|d| d.refused_senders))
+        .sum();
+    let logged = nodes[..3].iter().any(|n| {
+        n.log()
+            .contains("refused data-path messages from a node that is not a ring member")
+    });
+    assert_eq!(refused > 0, logged, "every refusal is counted and logged");
+    eprintln!("messages from the removed node refused by the members: {refused}");
+}

@@ -250,16 +250,29 @@ fn every_type_round_trips_through_different_nodes_and_keeps_its_type() {
     }
     let big = format!(r#"{{"type":"2pset","add":["{}"]}}"#, "e".repeat(1025));
     assert_eq!(post(h(0), "tags", &big, None, "").status, 400);
-    // One actor's entry holds up to 2^64 - 1: two maximal increments fit, a third does not.
+    // A counter's range is the signed 64-bit range, whichever node coordinates: the top
+    // fits, one more is refused through every node (400, nothing changed), and a step back
+    // applies.
     let huge = format!(r#"{{"type":"pncounter","increment":{}}}"#, i64::MAX);
     assert_eq!(post(h(0), "big", &huge, None, "").status, 204);
-    assert_eq!(post(h(0), "big", &huge, None, "").status, 204);
-    let r = post(h(0), "big", &huge, None, "");
-    assert_eq!(r.status, 400, "the entry would overflow: {r:?}");
-    assert_eq!(
-        read(h(1), "big", "r=3").body["value"],
-        (2 * i128::from(i64::MAX)).to_string()
-    );
+    for i in 0..3 {
+        let r = post(
+            h(i),
+            "big",
+            r#"{"type":"pncounter","increment":1}"#,
+            None,
+            "",
+        );
+        assert_eq!(r.status, 400, "through node {i}: {r:?}");
+        assert!(
+            r.body["message"].as_str().unwrap().contains("range"),
+            "{r:?}"
+        );
+    }
+    assert_eq!(read(h(1), "big", "r=3").body["value"], i64::MAX);
+    let back = r#"{"type":"pncounter","increment":-1}"#;
+    assert_eq!(post(h(2), "big", back, None, "").status, 204);
+    assert_eq!(read(h(1), "big", "r=3").body["value"], i64::MAX - 1);
     assert_eq!(value(h(1), "hits"), 17);
     assert_eq!(value(h(1), "tags"), serde_json::json!(["a", "c"]));
     assert_eq!(read(h(0), "never-written", "").status, 404);
@@ -342,4 +355,115 @@ fn a_node_killed_during_increments_loses_none_that_were_acknowledged() {
     })
     .expect("a read at r=3 after the restart");
     assert_eq!(all, v);
+}
+
+/// Issue 20, defect 1 (acceptance): an op id retried 5 times at `w=3` through three
+/// different nodes answers success every time and counts once; with one node SIGSTOPped,
+/// retries at `w=2` succeed. On main every retry at `w=3` timed out with 2 of 3
+/// acknowledgements (the coordinator's own was dropped).
+#[test]
+fn an_op_id_retried_at_w3_through_every_node_succeeds_and_counts_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (nodes, _) = start_cluster(tmp.path(), 3);
+    let h = |i: usize| nodes[i].http;
+    let op = r#"{"type":"gcounter","increment":1}"#;
+    let first = post(h(0), "c5", op, Some("retry-1"), "w=3");
+    assert_eq!((first.status, first.acks), (204, Some(3)), "{first:?}");
+    for (n, i) in [0, 1, 2, 0, 1].into_iter().enumerate() {
+        let r = post(h(i), "c5", op, Some("retry-1"), "w=3&return=value");
+        assert_eq!(r.status, 200, "retry {n} through node {i}: {r:?}");
+        assert_eq!(r.acks, Some(3), "retry {n} through node {i}: {r:?}");
+        assert_eq!(r.body["replayed"], true);
+        assert_eq!(r.body["value"], 1);
+    }
+    assert_eq!(value(h(2), "c5"), 1);
+    // One node frozen: it neither answers nor closes its connections.
+    nodes[2].signal("-STOP");
+    let second = post(h(1), "c5", op, Some("retry-2"), "w=2&timeout_ms=3000");
+    assert_eq!(second.status, 204, "{second:?}");
+    for (n, i) in [0, 1, 0, 1, 0].into_iter().enumerate() {
+        for id in ["retry-1", "retry-2"] {
+            let r = post(h(i), "c5", op, Some(id), "w=2&timeout_ms=3000&return=value");
+            assert_eq!(r.status, 200, "{id} retry {n} through node {i}: {r:?}");
+            assert!(r.acks.unwrap() >= 2, "{r:?}");
+            assert_eq!(r.body["replayed"], true, "{r:?}");
+        }
+    }
+    let r = read(h(0), "c5", "r=2");
+    assert_eq!(r.body["value"], 2, "{r:?}");
+    nodes[2].signal("-CONT");
+    let all = wait_for(Duration::from_secs(30), || {
+        let r = read(h(2), "c5", "r=3");
+        (r.status == 200).then(|| r.body["value"].clone())
+    });
+    assert_eq!(all, Some(2.into()));
+}
+
+/// Issue 20, defect 4 (the issue's reproduction on real nodes): three PN-Counter increments
+/// at `w=2` while node C is down; C restarts; a register `PUT` sent to C as soon as it
+/// serves. On main it answered 204, and after an anti-entropy interval C held a register
+/// while A and B held the counter, for good (reads through C alternated, increments through
+/// C answered 409). Now C asks the other replicas first and refuses, and all agree.
+#[test]
+fn a_restarted_replica_refuses_a_write_of_another_type_and_replicas_agree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut nodes, _) = start_cluster_with(
+        tmp.path(),
+        3,
+        &["--no-hints", "--anti-entropy-interval", "5"],
+    );
+    let https: Vec<SocketAddr> = nodes.iter().map(|n| n.http).collect();
+    let h = |i: usize| https[i];
+    nodes[2].kill();
+    for n in 0..3 {
+        let r = post(
+            h(0),
+            "k",
+            r#"{"type":"pncounter","increment":10}"#,
+            Some(&format!("inc-{n}")),
+            "w=2",
+        );
+        assert_eq!(r.status, 204, "{r:?}");
+    }
+    nodes[2].spawn();
+    nodes[2].wait_serving();
+    // Until C sees the other replicas it cannot tell what the key holds (503, certainly not
+    // applied); once it does, 409. Never a success.
+    let refused = wait_for(Duration::from_secs(20), || {
+        let put = reply(
+            agent()
+                .put(format!("http://{}/v1/kv/k?w=1", h(2)))
+                .send(&b"oops"[..])
+                .expect("PUT"),
+        );
+        match put.status {
+            409 => Some(put),
+            503 => {
+                assert_eq!(put.body["indeterminate"], false, "{put:?}");
+                None
+            }
+            _ => panic!("a register write on a counter key: {put:?}"),
+        }
+    })
+    .expect("C refuses with 409 once it sees the other replicas");
+    assert_eq!(refused.body["error"], "type_conflict");
+    // After anti-entropy has run, every node reads the counter through C, and C takes
+    // increments.
+    let agreed = wait_for(Duration::from_secs(40), || {
+        let ok = (0..3).all(|i| {
+            let r = read(h(i), "k", "r=1");
+            r.status == 200 && r.body["type"] == "pncounter" && r.body["value"] == 30
+        });
+        ok.then_some(())
+    });
+    assert!(agreed.is_some(), "replicas did not agree on the counter");
+    let r = post(
+        h(2),
+        "k",
+        r#"{"type":"pncounter","increment":1}"#,
+        Some("after"),
+        "w=3",
+    );
+    assert_eq!(r.status, 204, "{r:?}");
+    assert_eq!(value(h(0), "k"), 31);
 }

@@ -150,6 +150,10 @@ fn every_error_status_is_clear_and_changes_nothing() {
     }
     // 503: the quorum cannot be reached. Right after a SIGKILL, before SWIM notices, a write
     // that needs the dead node times out: it may have been applied (it was, on two nodes).
+    // (The key exists: a coordinator without a copy of a key would first ask the replicas
+    // what it holds, and time out there, with nothing applied.)
+    let first = put(http, "k2", b"first", None, "w=3");
+    assert_eq!(first.status, 204, "{first:?}");
     let victim = nodes[2].view().unwrap().node_id;
     nodes[2].kill();
     let a = put(http, "k2", b"maybe", None, "w=3&timeout_ms=300");

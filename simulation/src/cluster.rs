@@ -30,6 +30,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use chorus::crdt::OpLogPolicy;
 use chorus::membership::{NodeInfo, RingStatus};
 use chorus::node::{
     ClientError, ClientReply, ClientRequest, ClusterView, Node, NodeConfig, NodeError, Object,
@@ -79,6 +80,9 @@ pub struct ClusterConfig {
     /// `None`: never. The quiet window is [`TOMBSTONE_GC_QUIET`], and client requests may
     /// last at most [`CLIENT_TIMEOUT_MAX`].
     pub tombstone_gc_interval: Option<Duration>,
+    /// How long, and for how many updates, every node remembers CRDT operation ids (`None`:
+    /// the node's default). The tiny op-log profile shrinks it ([`crate::profile`]).
+    pub op_log: Option<OpLogPolicy>,
 }
 
 /// Tombstone GC's quiet window in the simulator: longer than any message stays in the
@@ -102,6 +106,7 @@ impl Default for ClusterConfig {
             anti_entropy_interval: Some(Duration::from_secs(15)),
             repairs_off: false,
             tombstone_gc_interval: Some(Duration::from_secs(10)),
+            op_log: None,
         }
     }
 }
@@ -580,6 +585,9 @@ impl Cluster {
         config.data.tombstone_gc_interval = self.config.tombstone_gc_interval;
         config.data.tombstone_gc_quiet = TOMBSTONE_GC_QUIET;
         config.data.timeout_max = CLIENT_TIMEOUT_MAX;
+        if let Some(policy) = self.config.op_log {
+            config.data.op_log = policy;
+        }
         if self.config.repairs_off {
             config.data.read_repair = false;
             config.data.hints = false;
@@ -807,7 +815,7 @@ impl Cluster {
                 }
                 match kept.get_mut(&key) {
                     Some(k) => {
-                        let _ = k.merge(&object);
+                        k.merge(&object);
                     }
                     None => {
                         kept.insert(key, object);
@@ -819,7 +827,8 @@ impl Cluster {
         for (key, object) in gone {
             let covered = kept.get(&key).is_some_and(|k| {
                 let mut with = k.clone();
-                with.merge(&object).is_ok() && with == *k
+                with.merge(&object);
+                with == *k
             });
             if !covered {
                 self.lost.insert(key, now);
@@ -993,6 +1002,7 @@ impl Cluster {
             at: self.now,
             nodes,
             lost: self.lost.clone(),
+            op_log: self.config.op_log.unwrap_or_default(),
         }
     }
 
@@ -1222,6 +1232,9 @@ impl Cluster {
                 }
                 self.meta_written(node);
             }
+            // The simulated network has no connections to drop: a restarted node's streams
+            // reach its new process at once.
+            Output::PeerRestarted { .. } => {}
             Output::Left => {
                 self.slots[node].disk.write_left();
                 self.meta_written(node);

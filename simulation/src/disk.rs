@@ -125,9 +125,9 @@ impl Disk {
                 continue;
             };
             match out.get_mut(&key) {
-                // A state of another type: the node keeps both apart; the data copy stands.
+                // (A state of another type merges into a contested one, keeping both.)
                 Some(held) => {
-                    let _ = held.merge(&object);
+                    held.merge(&object);
                 }
                 None => {
                     out.insert(key, object);

@@ -10,7 +10,7 @@ use std::fmt;
 use std::time::Duration;
 
 use chorus::causality::{Dot, VersionVector};
-use chorus::node::{CrdtOp, CrdtValue};
+use chorus::node::{ClientError, CrdtOp, CrdtValue, ReadResult, RequestOptions};
 use chorus::NodeId;
 
 /// Index of an operation in its [`History`].
@@ -151,6 +151,31 @@ impl Outcome {
     }
 }
 
+impl Outcome {
+    /// A failure as the data workloads record it: the error's code, a colon, its message.
+    pub fn failed(e: &ClientError) -> Outcome {
+        Outcome::Failed(format!("{}: {e}", e.code()))
+    }
+
+    /// The error code of a failure recorded by [`Outcome::failed`] (`type_conflict`,
+    /// `too_large`, `unavailable`, ...).
+    pub fn failure_code(&self) -> Option<&str> {
+        match self {
+            Outcome::Failed(why) => why.split_once(':').map(|(code, _)| code),
+            _ => None,
+        }
+    }
+
+    /// Whether this is a refusal of the write itself (its type, size or content), which a
+    /// retry cannot change: `type_conflict`, `too_large` or `bad_request`.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self.failure_code(),
+            Some("type_conflict" | "too_large" | "bad_request")
+        )
+    }
+}
+
 impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -231,19 +256,142 @@ pub struct CrdtRecord {
     pub final_read: bool,
     /// The value read, or the notes of an applied update.
     pub result: Option<CrdtResult>,
+    /// Which attempt of its operation id an update is (1: the first; retries send the same id
+    /// again).
+    pub attempt: u32,
+    /// How many attempts the client makes at most before it gives up on the id.
+    pub attempts_max: u32,
+    /// The request's options (`w`, `strict`, timeout).
+    pub options: RequestOptions,
+}
+
+impl CrdtRecord {
+    /// A record of attempt 1 of 1 with default options (what tests build).
+    pub fn new(
+        op: OpId,
+        key: &str,
+        update: Option<(CrdtOp, String)>,
+        final_read: bool,
+        result: Option<CrdtResult>,
+    ) -> Self {
+        CrdtRecord {
+            op,
+            key: key.to_owned(),
+            update,
+            final_read,
+            result,
+            attempt: 1,
+            attempts_max: 1,
+            options: RequestOptions::default(),
+        }
+    }
+}
+
+/// One live part of a contested key as a read showed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartRead {
+    /// The part's type.
+    pub type_name: String,
+    /// A CRDT part's value.
+    pub value: Option<CrdtValue>,
+    /// A register part's live values (as the register workload names them).
+    pub values: Vec<String>,
+}
+
+/// What a read of a key showed, as the CRDT checkers need it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CrdtRead {
+    /// The key's type (`None`: no replica knows the key; `contested`: see `parts`).
+    pub type_name: Option<String>,
+    /// The value of a key with one live CRDT part.
+    pub value: Option<CrdtValue>,
+    /// The register part's live values (also of a contested key).
+    pub values: Vec<String>,
+    /// Every live part of a contested key (empty otherwise).
+    pub parts: Vec<PartRead>,
+}
+
+impl CrdtRead {
+    /// A read of a key with one CRDT type (`None`: absent).
+    pub fn single(type_name: &str, value: Option<CrdtValue>) -> Self {
+        CrdtRead {
+            type_name: value.as_ref().map(|_| type_name.to_owned()),
+            value,
+            ..CrdtRead::default()
+        }
+    }
+
+    /// What a node's read answer shows; register values are named by `name` (see the register
+    /// workload's large values).
+    pub fn from_result(r: &ReadResult, name: impl Fn(&[u8]) -> String) -> Self {
+        CrdtRead {
+            type_name: r.type_name.clone(),
+            value: r.crdt.clone(),
+            values: r.values.iter().map(|v| name(v)).collect(),
+            parts: r
+                .parts
+                .iter()
+                .map(|p| PartRead {
+                    type_name: p.type_name.clone(),
+                    value: p.crdt.clone(),
+                    values: p.values.iter().map(|v| name(v)).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether the read shows a live part of type `type_name`.
+    pub fn has(&self, type_name: &str) -> bool {
+        if self.parts.is_empty() {
+            self.type_name.as_deref() == Some(type_name)
+        } else {
+            self.parts.iter().any(|p| p.type_name == type_name)
+        }
+    }
+
+    /// The value of the part of CRDT type `type_name` (`None`: the key has no such part).
+    pub fn part(&self, type_name: &str) -> Option<&CrdtValue> {
+        if self.parts.is_empty() {
+            (self.type_name.as_deref() == Some(type_name))
+                .then_some(self.value.as_ref())
+                .flatten()
+        } else {
+            self.parts
+                .iter()
+                .find(|p| p.type_name == type_name)
+                .and_then(|p| p.value.as_ref())
+        }
+    }
+
+    /// The types of the live parts shown (one, or several for a contested key).
+    pub fn live_types(&self) -> Vec<&str> {
+        if self.parts.is_empty() {
+            match self.type_name.as_deref() {
+                // A deleted register holds no live type.
+                Some("register") if self.values.is_empty() => Vec::new(),
+                Some(t) => vec![t],
+                None => Vec::new(),
+            }
+        } else {
+            self.parts.iter().map(|p| p.type_name.as_str()).collect()
+        }
+    }
 }
 
 /// The answer to a CRDT operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CrdtResult {
-    /// A read: the value (`None`: no replica had the key).
-    Read(Option<CrdtValue>),
+    /// A read: what it showed.
+    Read(CrdtRead),
     /// An update was acknowledged, with what it said had no effect.
     Updated {
         /// The reply's notes.
         notes: Vec<String>,
         /// The nodes that acknowledged it durably.
         acked_by: Vec<NodeId>,
+        /// The id had been applied before: the reply acknowledges that earlier update, and its
+        /// notes say nothing of what that update did.
+        replayed: bool,
     },
 }
 

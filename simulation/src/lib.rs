@@ -27,6 +27,8 @@
 //!   workload, and the network nemesis (a client that injects faults, as in Jepsen).
 //! - [`check`]: the [`check::Checker`] trait, the membership checkers, and the safety
 //!   invariants checked after every step.
+//! - [`profile`]: per-seed profiles (a tiny operation-id log with a hot counter, large
+//!   values), picked from the seed so that a sweep covers each.
 //! - [`sim`]: one run — phases (faults, heal, quiet), settling, the report — and sweeps over
 //!   many seeds.
 //! - [`log`]: optional printing of the core's own log lines, stamped with simulated time.
@@ -41,6 +43,7 @@ pub mod disk;
 pub mod history;
 pub mod log;
 pub mod network;
+pub mod profile;
 pub mod rng;
 pub mod scheduler;
 pub mod sim;

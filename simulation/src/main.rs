@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use chorus_sim::args::{format_duration, parse_duration, FaultSet, SeedRange};
+use chorus_sim::profile::Profile;
 use chorus_sim::sim::{self, Progress, RunConfig, SweepConfig};
 use clap::{Args, Parser, Subcommand};
 
@@ -73,6 +74,10 @@ struct Common {
     /// Turn read repair and hinted handoff off: replicas converge by anti-entropy alone.
     #[arg(long)]
     anti_entropy_only: bool,
+    /// Force a profile for every seed (standard, tiny-op-log, large-values); by default each
+    /// seed picks its own.
+    #[arg(long)]
+    profile: Option<Profile>,
 }
 
 impl Common {
@@ -86,6 +91,7 @@ impl Common {
             trace: false,
             data: !self.no_data,
             anti_entropy_only: self.anti_entropy_only,
+            profile: self.profile,
         }
     }
 }

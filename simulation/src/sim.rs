@@ -29,13 +29,14 @@ use crate::args::{format_duration, FaultSet, SeedRange};
 use crate::check::safety::SafetyMonitor;
 use crate::check::{self, CheckInput, Checker, ClusterSnapshot, Violation};
 use crate::cluster::{Cluster, ClusterConfig, Stats, Step};
-use crate::history::{History, OpKind};
+use crate::history::{CrdtResult, History, OpKind};
+use crate::profile::Profile;
 use crate::rng::{self, SimRng};
 use crate::trace::Trace;
-use crate::workload::crdt::{Crdt, CrdtConfig};
+use crate::workload::crdt::{Crdt, CrdtConfig, HotCounter};
 use crate::workload::membership::{Membership, MembershipConfig};
 use crate::workload::nemesis::{Nemesis, NemesisConfig};
-use crate::workload::register::{Register, RegisterConfig};
+use crate::workload::register::{LargeValues, Register, RegisterConfig};
 use crate::workload::{Ctx, Workload};
 
 /// Most machines in an initial cluster.
@@ -61,6 +62,8 @@ pub struct RunConfig {
     pub data: bool,
     /// Turn read repair and hinted handoff off, so replicas converge by anti-entropy alone.
     pub anti_entropy_only: bool,
+    /// The profile (see [`crate::profile`]); `None`: the one the seed picks.
+    pub profile: Option<Profile>,
 }
 
 impl RunConfig {
@@ -75,13 +78,19 @@ impl RunConfig {
             trace: false,
             data: true,
             anti_entropy_only: false,
+            profile: None,
         }
+    }
+
+    /// The profile the run has: the one forced, or the one its seed picks.
+    pub fn profile(&self) -> Profile {
+        self.profile.unwrap_or_else(|| Profile::for_seed(self.seed))
     }
 
     /// The command that replays this run.
     pub fn replay_command(&self) -> String {
         format!(
-            "cargo run --release -p chorus-sim -- run --seed {} --nodes {} --duration {} --faults {} --settle {}{}{}",
+            "cargo run --release -p chorus-sim -- run --seed {} --nodes {} --duration {} --faults {} --settle {}{}{}{}",
             self.seed,
             self.nodes,
             format_duration(self.duration),
@@ -92,7 +101,10 @@ impl RunConfig {
                 " --anti-entropy-only"
             } else {
                 ""
-            }
+            },
+            self.profile
+                .map(|p| format!(" --profile {p}"))
+                .unwrap_or_default()
         )
     }
 
@@ -230,8 +242,10 @@ pub fn run(config: &RunConfig) -> Result<RunReport, SimError> {
     config.validate()?;
     let wall = Instant::now();
     let trace = Trace::new(config.trace);
+    let profile = config.profile();
     let cluster_config = ClusterConfig {
         repairs_off: config.anti_entropy_only,
+        op_log: profile.op_log(),
         ..ClusterConfig::default()
     };
     let cluster = Cluster::new(cluster_config, config.seed, trace);
@@ -243,8 +257,14 @@ pub fn run(config: &RunConfig) -> Result<RunReport, SimError> {
         Box::new(Nemesis::new(NemesisConfig::new(config.faults.clone()))),
     ];
     if config.data {
-        workloads.push(Box::new(Register::new(RegisterConfig::default())));
-        workloads.push(Box::new(Crdt::new(CrdtConfig::default())));
+        workloads.push(Box::new(Register::new(RegisterConfig {
+            large: (profile == Profile::LargeValues).then(LargeValues::default),
+            ..RegisterConfig::default()
+        })));
+        workloads.push(Box::new(Crdt::new(CrdtConfig {
+            hot: (profile == Profile::TinyOpLog).then(HotCounter::default),
+            ..CrdtConfig::default()
+        })));
     }
     let mut sim = Simulation {
         cluster,
@@ -359,12 +379,13 @@ pub fn summary(r: &RunReport) -> String {
     let c = &r.config;
     let _ = writeln!(
         s,
-        "chorus-sim run: seed {}, {} nodes, {} of faults ({}), settle limit {}",
+        "chorus-sim run: seed {}, {} nodes, {} of faults ({}), settle limit {}, profile {}",
         c.seed,
         c.nodes,
         format_duration(c.duration),
         c.faults,
-        format_duration(c.settle_max)
+        format_duration(c.settle_max),
+        c.profile()
     );
     let counts = r.history.counts();
     let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
@@ -407,15 +428,43 @@ pub fn summary(r: &RunReport) -> String {
             );
         }
     }
-    // DESIGN.md §3: a replica offered a state of another type keeps its own and counts it.
-    let conflicts: u64 = r
+    // DESIGN.md §3: writes of several types that raced leave a key contested, every part kept.
+    let stats: Vec<&chorus::node::DataStats> = r
         .snapshot
         .nodes
         .iter()
         .filter_map(|n| n.data.as_ref())
-        .map(|d| d.type_conflicts)
-        .sum();
-    let raced = check::crdt::contested(&r.history, &r.snapshot.lost).len();
+        .collect();
+    let sum = |f: fn(&chorus::node::DataStats) -> u64| -> u64 { stats.iter().map(|d| f(d)).sum() };
+    let conflicts = sum(|d| d.type_conflicts);
+    let contested: std::collections::BTreeSet<String> = r
+        .snapshot
+        .nodes
+        .iter()
+        .filter(|n| n.process.is_running())
+        .flat_map(|n| n.objects.iter())
+        .filter(|(_, o)| o.is_contested())
+        .map(|(k, _)| String::from_utf8_lossy(k).into_owned())
+        .collect();
+    let refused_for_type = r
+        .history
+        .ops()
+        .iter()
+        .filter(|o| {
+            o.outcome
+                .as_ref()
+                .is_some_and(|x| x.failure_code() == Some("type_conflict"))
+        })
+        .count();
+    let forgot_notes = r
+        .history
+        .crdt()
+        .iter()
+        .filter(|c| {
+            matches!(&c.result, Some(CrdtResult::Updated { notes, .. })
+                if notes.iter().any(|n| n.contains("forgot")))
+        })
+        .count();
     let (held, dropped, purged): (u64, u64, u64) = r
         .snapshot
         .nodes
@@ -431,7 +480,21 @@ pub fn summary(r: &RunReport) -> String {
     );
     let _ = writeln!(
         s,
-        "types: {conflicts} states of another type refused by running replicas; {raced} keys created in a race between two types (left out of the CRDT checkers)"
+        "types: {} keys contested at the end {:?}; {conflicts} times a running replica's copy became contested; {refused_for_type} writes refused for their type",
+        contested.len(),
+        contested
+    );
+    let _ = writeln!(
+        s,
+        "op ids: {} forgotten early and {} before every replica held them by running nodes; {forgot_notes} update replies said they forgot ids",
+        sum(|d| d.op_ids_forgotten_early),
+        sum(|d| d.op_ids_forgotten_unstable)
+    );
+    let _ = writeln!(
+        s,
+        "merges refused for size: {} by running replicas; {} sends refused to running senders",
+        sum(|d| d.merges_refused),
+        sum(|d| d.sends_refused)
     );
     let st = &r.stats;
     let dropped: u64 = st.dropped.values().sum();

@@ -10,6 +10,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use chorus::crdt::OpLogPolicy;
 use chorus::membership::{RingState, RingStatus};
 use chorus::merkle::Digest;
 use chorus::node::{ClusterView, DataStats, Object};
@@ -96,6 +97,9 @@ pub struct ClusterSnapshot {
     /// held, with the time of the last such removal: what was acknowledged of them before may
     /// be gone, and a CRDT key may have been created anew, of any type.
     pub lost: BTreeMap<Vec<u8>, Duration>,
+    /// How long, and for how many updates, every node remembers CRDT operation ids: a retry
+    /// later than the window after its id's first application may count again.
+    pub op_log: OpLogPolicy,
 }
 
 impl ClusterSnapshot {

@@ -33,21 +33,47 @@ fn a_fault_free_cluster_forms_and_passes_every_checker() {
             .collect();
         assert_eq!(joins.len(), 6, "six joins");
         assert!(joins.iter().all(|o| o.outcome == Some(Outcome::Ok)));
-        // Without faults every client operation succeeds.
+        // Without faults every client operation succeeds, except writes of one type to a key
+        // holding another (the shared keys, by design: 409, nothing applied), blind writes
+        // beyond the size bound (413, nothing applied) and, while nodes
+        // are still joining (and for a few seconds after, while the last joiner's ring entry
+        // spreads), requests a replica refuses because its view of the ring differs.
+        let formed = joins.iter().filter_map(|o| o.end).max().unwrap() + Duration::from_secs(5);
         let data = report
             .history
             .ops()
             .iter()
             .filter(|o| o.client == "register");
-        let (mut ok, mut total) = (0, 0);
+        let (mut ok, mut total, mut typed) = (0, 0, 0);
         for op in data {
             total += 1;
-            ok += usize::from(op.outcome == Some(Outcome::Ok));
+            match &op.outcome {
+                Some(Outcome::Ok) => ok += 1,
+                Some(Outcome::Failed(why)) if why.starts_with("type_conflict") => typed += 1,
+                // Blind writes of large values beyond the bound on a client write's state.
+                Some(Outcome::Failed(why)) if why.starts_with("too_large") => {}
+                // The final reads still running when the run stops.
+                Some(Outcome::Indeterminate(why)) if why.contains("when the run ended") => {}
+                other => assert!(
+                    op.start < formed,
+                    "seed {seed}: {op:?} failed after the cluster formed ({other:?}):\n{}",
+                    sim::summary(&report)
+                ),
+            }
         }
         assert!(total > 50, "the clients did work: {total}");
-        assert_eq!(ok, total, "{}", sim::summary(&report));
-        // Settling waits for the final reads after the heal (a round every 3 s).
-        assert!(report.settled_after <= Some(Duration::from_secs(10)));
+        assert!(
+            ok > total * 3 / 4,
+            "{ok} of {total} ok, {typed} refused for their type"
+        );
+        // Settling waits for the final reads after the heal (a round every 3 s), and for
+        // anti-entropy (every 15 s per node) to carry each CRDT replica's record of which
+        // operation ids it holds to the others (read repair leaves such differences alone).
+        assert!(
+            report.settled_after <= Some(Duration::from_secs(40)),
+            "seed {seed}: {:?}",
+            report.settled_after
+        );
     }
 }
 
@@ -187,14 +213,19 @@ fn a_coordinator_that_lost_a_write_never_mints_its_dot_again() {
             },
             options: RequestOptions::default(),
         };
-        c.client_request(0, 0, 1, put("first"));
+        // A first write every replica keeps: n0 restarts with a copy of the key (a coordinator
+        // without any copy asks a majority for the key's state before minting, which alone
+        // would avoid the reuse below).
+        c.client_request(0, 0, 1, put("zero"));
+        run_to(&mut c, Duration::from_secs(11));
+        c.client_request(0, 0, 2, put("first"));
         // Crash n0 a millisecond later: its replicas got the write, its disk did not.
         c.crash_after_outputs(0, u32::MAX, Duration::from_millis(1))
             .unwrap();
-        run_to(&mut c, Duration::from_secs(11));
+        run_to(&mut c, Duration::from_secs(12));
         c.start(0).unwrap();
         run_to(&mut c, Duration::from_secs(20));
-        c.client_request(0, 0, 2, put("second"));
+        c.client_request(0, 0, 3, put("second"));
         run_to(&mut c, Duration::from_secs(30));
         let snapshot = c.snapshot();
         let held: Vec<usize> = snapshot.nodes.iter().map(|n| n.objects.len()).collect();
@@ -276,7 +307,7 @@ fn a_counter_increment_lost_in_a_crash_is_never_overwritten() {
             for (_, o) in &n.objects {
                 match &mut all {
                     None => all = Some(o.clone()),
-                    Some(a) => a.merge(o).unwrap(),
+                    Some(a) => a.merge(o),
                 }
             }
         }

@@ -88,7 +88,7 @@ pub(super) struct UpdateBody {
     context: Option<String>,
 }
 
-fn value_json(v: &CrdtValue) -> serde_json::Value {
+pub(super) fn value_json(v: &CrdtValue) -> serde_json::Value {
     match v {
         CrdtValue::Counter(n) => match i64::try_from(*n) {
             Ok(n) => serde_json::Value::from(n),
@@ -129,6 +129,9 @@ pub(super) async fn crdt_get(
         Ok(_) => return wrong_reply(),
         Err(resp) => return resp,
     };
+    if !read.parts.is_empty() {
+        return super::http::contested(&read);
+    }
     match (read.type_name, read.crdt) {
         (None, _) => error(StatusCode::NOT_FOUND, "not_found", "no such key".into()),
         (Some(t), Some(value)) => Json(View {
@@ -163,14 +166,26 @@ fn split_return(query: Option<String>) -> Result<(bool, Option<String>), Refusal
     Ok((want, (!rest.is_empty()).then(|| rest.join("&"))))
 }
 
-/// A fresh operation id.
-fn mint_op_id() -> String {
-    super::http::mint_id()
+/// A fresh operation id for an update sent without one: 128 bits from the operating system's
+/// random source, as 32 lowercase hex characters. Drawn anew for every update and unrelated to
+/// request ids, so no client can guess, and send first, the id of another client's update
+/// (which would make that update answer 204 while applying nothing).
+fn mint_op_id() -> Result<String, rand::rngs::SysError> {
+    use rand::TryRng as _;
+    let mut bits = [0u8; 16];
+    rand::rngs::SysRng.try_fill_bytes(&mut bits)?;
+    Ok(format!("{:032x}", u128::from_be_bytes(bits)))
 }
 
 fn op_id_of(headers: &HeaderMap) -> Result<String, Refusal> {
     match headers.get(OP_ID_HEADER) {
-        None => Ok(mint_op_id()),
+        None => mint_op_id().map_err(|e| {
+            tracing::warn!("the operating system's random source failed: {e}");
+            let e = ClientError::Internal(format!(
+                "the node could not draw a random op id ({e}); send {OP_ID_HEADER}"
+            ));
+            Refusal(Box::new(failure(&e, true)))
+        }),
         Some(v) => {
             let id = v
                 .to_str()
@@ -408,8 +423,78 @@ mod tests {
 
     #[test]
     fn minted_op_ids_are_valid_and_distinct() {
-        let (a, b) = (mint_op_id(), mint_op_id());
+        let (a, b) = (mint_op_id().unwrap(), mint_op_id().unwrap());
         assert_ne!(a, b);
         assert!(check_op_id(&a).is_ok());
+    }
+
+    /// How many leading characters two ids share.
+    fn common_prefix(a: &str, b: &str) -> usize {
+        a.bytes().zip(b.bytes()).take_while(|(x, y)| x == y).count()
+    }
+
+    #[test]
+    fn minted_op_ids_are_128_random_bits_in_hex() {
+        let ids: Vec<String> = (0..1000).map(|_| mint_op_id().unwrap()).collect();
+        for id in &ids {
+            assert_eq!(id.len(), 32, "{id}");
+            assert!(
+                id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+                "{id}"
+            );
+            assert!(check_op_id(id).is_ok());
+        }
+        let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
+        // Not a prefix and a counter: consecutive ids share no prefix or suffix beyond what
+        // chance gives (8 hex characters by chance: about 1 in 4 billion per pair), and no
+        // two of the 1,000 share 11 leading characters (sorted neighbours are the closest).
+        for pair in ids.windows(2) {
+            let (a, b) = (&pair[0], &pair[1]);
+            assert!(common_prefix(a, b) < 8, "{a} {b}");
+            let (ra, rb): (String, String) = (a.chars().rev().collect(), b.chars().rev().collect());
+            assert!(common_prefix(&ra, &rb) < 8, "{a} {b}");
+        }
+        let mut sorted = ids.clone();
+        sorted.sort();
+        for pair in sorted.windows(2) {
+            assert!(common_prefix(&pair[0], &pair[1]) <= 10, "{pair:?}");
+        }
+        // About half the 128,000 bits are set (a standard deviation is about 180).
+        let ones: u32 = ids
+            .iter()
+            .map(|id| u128::from_str_radix(id, 16).unwrap().count_ones())
+            .sum();
+        assert!((62_000..66_000).contains(&ones), "{ones} bits set");
+    }
+
+    #[test]
+    fn minted_op_ids_share_nothing_with_request_ids() {
+        for _ in 0..100 {
+            let before = mint_op_id().unwrap();
+            let request = super::super::http::mint_request_id();
+            let after = mint_op_id().unwrap();
+            let (prefix, _counter) = request.split_once('-').unwrap();
+            for op in [&before, &after] {
+                assert!(!op.contains('-'), "{op}");
+                // No 10 characters of the request id's random part (by chance: about 1 in
+                // 50 million per op id).
+                for part in prefix.as_bytes().windows(10) {
+                    let part = std::str::from_utf8(part).unwrap();
+                    assert!(!op.contains(part), "{op} {request}");
+                }
+            }
+            assert!(common_prefix(&before, &after) < 8, "{before} {after}");
+        }
+    }
+
+    #[test]
+    fn an_update_without_an_op_id_gets_a_minted_one() {
+        let minted = op_id_of(&HeaderMap::new()).ok().unwrap();
+        assert_eq!(minted.len(), 32);
+        assert_ne!(op_id_of(&HeaderMap::new()).ok().unwrap(), minted);
+        let mut headers = HeaderMap::new();
+        headers.insert(OP_ID_HEADER, "client-chosen-1".parse().unwrap());
+        assert_eq!(op_id_of(&headers).ok().unwrap(), "client-chosen-1");
     }
 }

@@ -202,7 +202,7 @@ async fn request_id(request: axum::extract::Request, next: axum::middleware::Nex
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_owned)
-        .unwrap_or_else(mint_id);
+        .unwrap_or_else(mint_request_id);
     let span = tracing::info_span!(
         "request",
         request_id = %id,
@@ -217,8 +217,10 @@ async fn request_id(request: axum::extract::Request, next: axum::middleware::Nex
     resp
 }
 
-/// A fresh id (requests, CRDT operations): random per process, then a counter.
-pub(super) fn mint_id() -> String {
+/// A fresh request id: random per process, then a counter. For logs and answers only; CRDT
+/// operation ids are minted apart from it (`crdt::mint_op_id`), so nothing learnt from request
+/// ids predicts them.
+pub(super) fn mint_request_id() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::OnceLock;
     static PREFIX: OnceLock<u64> = OnceLock::new();
@@ -755,6 +757,73 @@ pub(super) fn failure(e: &ClientError, write: bool) -> Response {
         .into_response()
 }
 
+/// A contested key: writes of several types raced, and the key keeps every part.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct ContestedBody {
+    /// `contested`.
+    error: &'static str,
+    /// What happened and how to end it.
+    message: String,
+    /// Every live part of the key.
+    parts: Vec<PartJson>,
+}
+
+/// One live part of a contested key.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct PartJson {
+    /// The part's type.
+    #[serde(rename = "type")]
+    type_name: String,
+    /// A register part's values, base64.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    values: Option<Vec<String>>,
+    /// A CRDT part's value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Object)]
+    value: Option<serde_json::Value>,
+    /// The part's context: a `DELETE /v1/kv/{key}` with a register part's context removes
+    /// exactly the values it covers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    context: Option<String>,
+}
+
+/// The answer to a read of a contested key, on either API: 409 `contested` with every part.
+pub(super) fn contested(read: &crate::node::ReadResult) -> Response {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let shown: Vec<String> = read
+        .parts
+        .iter()
+        .map(|p| match &p.crdt {
+            Some(v) => format!("{} = {}", p.type_name, super::crdt::value_json(v)),
+            None => format!("{} with {} value(s)", p.type_name, p.values.len()),
+        })
+        .collect();
+    let message = format!(
+        "the key holds several types at once: {}; writes of different types raced and every one was kept; a CRDT part is permanent, a register part ends with a delete carrying its context",
+        shown.join(", ")
+    );
+    let parts = read
+        .parts
+        .iter()
+        .map(|p| PartJson {
+            type_name: p.type_name.clone(),
+            values: (p.type_name == "register")
+                .then(|| p.values.iter().map(|v| b64.encode(v)).collect()),
+            value: p.crdt.as_ref().map(super::crdt::value_json),
+            context: p.context.as_ref().map(Context::to_token),
+        })
+        .collect();
+    (
+        StatusCode::CONFLICT,
+        Json(ContestedBody {
+            error: "contested",
+            message,
+            parts,
+        }),
+    )
+        .into_response()
+}
+
 /// Concurrent values of a register.
 #[derive(Serialize, utoipa::ToSchema)]
 struct Siblings {
@@ -821,6 +890,9 @@ async fn kv_get(
         ClientReply::Failed(e) => return failure(&e, false),
         ClientReply::Written(_) | ClientReply::Updated(_) => return wrong_reply(),
     };
+    if !read.parts.is_empty() {
+        return contested(&read);
+    }
     if let Some(t) = read.type_name.as_deref().filter(|&t| t != "register") {
         let e = ClientError::TypeConflict(format!(
             "the key holds a {t}, not a register; read it at /v1/crdt/"

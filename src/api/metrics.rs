@@ -48,8 +48,17 @@ pub mod names {
     pub const HANDOFF_PENDING: &str = "chorus_handoff_pending";
     /// Client requests in flight on this node.
     pub const IN_FLIGHT: &str = "chorus_requests_in_flight";
-    /// States of another type refused since start.
+    /// Keys that became contested on this node since start (writes of several types raced).
     pub const TYPE_CONFLICTS: &str = "chorus_crdt_type_conflicts";
+    /// Merges this node refused since start because the merged state would be larger than a
+    /// replica stores (the sender keeps them).
+    pub const MERGES_REFUSED: &str = "chorus_merges_refused_total";
+    /// Hints and handoff keys other nodes refused to store since start (kept, offered again).
+    pub const SENDS_REFUSED: &str = "chorus_sends_refused_total";
+    /// Operation ids forgotten before it was safe since start, by `reason`: `early` (within
+    /// the retry window, a hot key's memory bound) or `unstable` (before every replica held
+    /// them, the hard bound).
+    pub const OP_IDS_FORGOTTEN: &str = "chorus_op_ids_forgotten_total";
     /// Keys this node holds.
     pub const KEYS: &str = "chorus_keys";
     /// Register tombstones purged since start.
@@ -104,7 +113,22 @@ pub fn describe() {
     describe_gauge!(names::HINTS_PENDING, "Hints held for other nodes");
     describe_gauge!(names::HANDOFF_PENDING, "Partition pushes still to make");
     describe_gauge!(names::IN_FLIGHT, "Client requests in flight");
-    describe_gauge!(names::TYPE_CONFLICTS, "CRDT type conflicts since start");
+    describe_gauge!(
+        names::TYPE_CONFLICTS,
+        "Keys that became contested here since start (writes of several types raced)"
+    );
+    describe_counter!(
+        names::MERGES_REFUSED,
+        "Merges refused since start because the merged state would exceed the stored limit"
+    );
+    describe_counter!(
+        names::SENDS_REFUSED,
+        "Hints and handoff keys another node refused to store since start (kept)"
+    );
+    describe_counter!(
+        names::OP_IDS_FORGOTTEN,
+        "Operation ids forgotten before it was safe since start (memory bounds), by reason"
+    );
     describe_gauge!(names::KEYS, "Keys held");
     describe_gauge!(names::TOMBSTONES_PURGED, "Tombstones purged since start");
     describe_gauge!(names::AE_KEYS, "Keys repaired by anti-entropy since start");
@@ -286,6 +310,11 @@ pub fn sample(view: &ClusterView, partitions: &[PartitionInfo]) {
         gauge!(names::AE_IN_FLIGHT).set(d.exchanges_in_flight as f64);
         counter!(names::READ_REPAIRS).absolute(d.read_repairs);
         counter!(names::HINTS_DELIVERED).absolute(d.hints_delivered);
+        counter!(names::MERGES_REFUSED).absolute(d.merges_refused);
+        counter!(names::SENDS_REFUSED).absolute(d.sends_refused);
+        counter!(names::OP_IDS_FORGOTTEN, "reason" => "early").absolute(d.op_ids_forgotten_early);
+        counter!(names::OP_IDS_FORGOTTEN, "reason" => "unstable")
+            .absolute(d.op_ids_forgotten_unstable);
     }
     let keys: u64 = partitions.iter().map(|p| p.keys_repaired).sum();
     let bytes: u64 = partitions.iter().map(|p| p.bytes_sent).sum();

@@ -124,7 +124,10 @@ pub(super) enum DataErrors {
     /// The key holds another type.
     #[response(
         status = 409,
-        description = "The key holds another type (`type_conflict`)"
+        description = "A write of another type than the key's (`type_conflict`; nothing \
+            changed), or a read of a contested key (`contested`: writes of several types raced; \
+            the body then also lists every part with its `type`, `values` or `value`, and \
+            `context`)"
     )]
     Conflict(ErrorBody<'static>),
     /// Over a size limit.

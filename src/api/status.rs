@@ -200,6 +200,12 @@ pub struct NodeStats {
     pub exchanges_in_flight: u64,
     /// Read repairs sent since start.
     pub read_repairs: u64,
+    /// Register writes refused since start because their key had too many siblings.
+    #[serde(default)]
+    pub siblings_refused: u64,
+    /// The keys with the most siblings this node stored lately, most first.
+    #[serde(default)]
+    pub crowded_keys: Vec<crate::node::CrowdedKey>,
 }
 
 /// A member's figures, or why they are missing.
@@ -308,6 +314,8 @@ fn own_stats(state: &StatusState, view: &ClusterView) -> NodeStats {
         keys_held: d.keys_held,
         exchanges_in_flight: d.exchanges_in_flight as u64,
         read_repairs: d.read_repairs,
+        siblings_refused: d.siblings_refused,
+        crowded_keys: d.crowded_keys,
     }
 }
 

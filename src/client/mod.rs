@@ -56,7 +56,7 @@ pub(crate) mod http;
 mod quic;
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -254,6 +254,9 @@ pub enum ErrorKind {
     TooLarge,
     /// The key holds another type; nothing changed.
     TypeConflict,
+    /// A read of a contested key: writes of several types raced and the key keeps every
+    /// part (the message lists them; the HTTP answer's JSON holds them all).
+    Contested,
     /// A wrong or missing client token.
     Unauthorized,
     /// The quorum was not reached.
@@ -306,6 +309,7 @@ impl Error {
             "bad_request" | "bad_node_id" => ErrorKind::BadRequest,
             "too_large" => ErrorKind::TooLarge,
             "type_conflict" => ErrorKind::TypeConflict,
+            "contested" => ErrorKind::Contested,
             "unauthorized" => ErrorKind::Unauthorized,
             "unavailable" => ErrorKind::Unavailable,
             "overloaded" => ErrorKind::Overloaded,
@@ -407,8 +411,6 @@ struct Inner {
     quic: Option<quic::QuicShared>,
     http: http::HttpShared,
     rotate: AtomicUsize,
-    op_prefix: u64,
-    op_seq: AtomicU64,
     refreshing: std::sync::atomic::AtomicBool,
 }
 
@@ -460,11 +462,6 @@ impl Client {
             Protocol::Http => None,
         };
         let http = http::HttpShared::new(&config);
-        let op_prefix = {
-            use rand::RngExt as _;
-            let mut rng: rand_xoshiro::Xoshiro256PlusPlus = rand::make_rng();
-            rng.random()
-        };
         let mut cluster = None;
         let mut errors = Vec::new();
         for &seed in &seeds {
@@ -492,8 +489,6 @@ impl Client {
             quic,
             http,
             rotate: AtomicUsize::new(0),
-            op_prefix,
-            op_seq: AtomicU64::new(1),
             refreshing: std::sync::atomic::AtomicBool::new(false),
             config,
         });
@@ -727,13 +722,15 @@ impl Client {
         self.update(key, op).await
     }
 
-    /// A fresh operation id: random per client, then a counter.
+    /// A fresh operation id: 128 bits from the operating system's random source, as 32
+    /// lowercase hex characters. Unguessable, so no other client can send it first; mint it
+    /// once per operation and send every retry with it, so that the operation applies once.
+    ///
+    /// # Panics
+    ///
+    /// If the operating system cannot supply random bytes.
     pub fn mint_op_id(&self) -> String {
-        format!(
-            "{:016x}-{}",
-            self.inner.op_prefix,
-            self.inner.op_seq.fetch_add(1, Ordering::Relaxed)
-        )
+        random_op_id()
     }
 
     /// Runs one operation: picks nodes, retries what is safe, feeds the breakers.
@@ -832,6 +829,26 @@ fn wrong_answer() -> Error {
         ErrorKind::Internal,
         "internal",
         "the node answered with the wrong kind of reply",
+    )
+}
+
+/// A read found a contested key (see [`crate::node::Object`]): every part, in the message.
+fn contested(parts: &[crate::node::PartView]) -> Error {
+    let shown: Vec<String> = parts
+        .iter()
+        .map(|p| match &p.crdt {
+            Some(crate::node::CrdtValue::Counter(n)) => format!("{} = {n}", p.type_name),
+            Some(crate::node::CrdtValue::Set(e)) => format!("{} = {e:?}", p.type_name),
+            None => format!("{} with {} value(s)", p.type_name, p.values.len()),
+        })
+        .collect();
+    Error::new(
+        ErrorKind::Contested,
+        "contested",
+        format!(
+            "the key holds several types at once: {}; writes of different types raced and every one was kept",
+            shown.join(", ")
+        ),
     )
 }
 
@@ -1006,9 +1023,54 @@ async fn refresher(inner: Weak<Inner>) {
     }
 }
 
+/// 128 bits from the operating system's random source as 32 lowercase hex characters.
+fn random_op_id() -> String {
+    use rand::TryRng as _;
+    let mut bits = [0u8; 16];
+    rand::rngs::SysRng
+        .try_fill_bytes(&mut bits)
+        .unwrap_or_else(|e| panic!("the operating system's random source failed: {e}"));
+    format!("{:032x}", u128::from_be_bytes(bits))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn op_ids_are_128_random_bits_in_hex() {
+        let ids: Vec<String> = (0..1000).map(|_| random_op_id()).collect();
+        for id in &ids {
+            assert_eq!(id.len(), 32, "{id}");
+            assert!(
+                id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+                "{id}"
+            );
+            assert!(crate::crdt::check_op_id(id).is_ok());
+        }
+        let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
+        let common =
+            |a: &str, b: &str| a.bytes().zip(b.bytes()).take_while(|(x, y)| x == y).count();
+        // Not a prefix and a counter: consecutive ids share no prefix or suffix beyond what
+        // chance gives, and no two of the 1,000 share 11 leading characters.
+        for pair in ids.windows(2) {
+            let (a, b) = (&pair[0], &pair[1]);
+            assert!(common(a, b) < 8, "{a} {b}");
+            let (ra, rb): (String, String) = (a.chars().rev().collect(), b.chars().rev().collect());
+            assert!(common(&ra, &rb) < 8, "{a} {b}");
+        }
+        let mut sorted = ids.clone();
+        sorted.sort();
+        for pair in sorted.windows(2) {
+            assert!(common(&pair[0], &pair[1]) <= 10, "{pair:?}");
+        }
+        let ones: u32 = ids
+            .iter()
+            .map(|id| u128::from_str_radix(id, 16).unwrap().count_ones())
+            .sum();
+        assert!((62_000..66_000).contains(&ones), "{ones} bits set");
+    }
 
     #[test]
     fn values_and_addresses() {

@@ -360,6 +360,9 @@ fn answer_of(op: &Op, message: ServerMessage) -> Result<Answer, Failure> {
     };
     match (op, reply) {
         (_, ClientReply::Failed(e)) => Err(Failure::Answered(error_of(e))),
+        (Op::Get | Op::GetCrdt, ClientReply::Read(r)) if !r.parts.is_empty() => {
+            Err(Failure::Answered(super::contested(&r.parts)))
+        }
         (Op::Get, ClientReply::Read(r)) => {
             if let Some(t) = r.type_name.as_deref().filter(|&t| t != "register") {
                 return Err(Failure::Answered(super::not_a("register", t)));

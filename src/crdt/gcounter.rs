@@ -7,14 +7,17 @@ use serde::{Deserialize, Serialize, Serializer};
 use super::{Crdt, CrdtError, InvalidReason};
 use crate::id::NodeId;
 
-/// A counter that only goes up: one `u64` entry per replica node, each written only by its own
-/// node, and the value is their sum. Merge takes the pointwise maximum.
+/// A counter that only goes up: one entry per replica node, each written only by its own node,
+/// and the value is their sum. Merge takes the pointwise maximum. Entries are 128-bit, so no
+/// entry overflows while it takes increments of up to `u64::MAX`: an increment is refused only
+/// after more than 2^64 of them (the database's counters rely on it: their range is a property
+/// of the value, never of one node's entry).
 ///
 /// Zero entries are never stored, so equal counters encode to equal bytes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "BTreeMap<NodeId, u64>")]
+#[serde(try_from = "BTreeMap<NodeId, u128>")]
 pub struct GCounter {
-    entries: BTreeMap<NodeId, u64>,
+    entries: BTreeMap<NodeId, u128>,
 }
 
 impl GCounter {
@@ -27,34 +30,35 @@ impl GCounter {
     ///
     /// # Errors
     ///
-    /// [`CrdtError::CounterOverflow`] if the entry would exceed `u64::MAX`; the counter is then
+    /// [`CrdtError::CounterOverflow`] if the entry would exceed `u128::MAX`; the counter is then
     /// unchanged.
     pub fn increment(&mut self, node: NodeId, by: u64) -> Result<(), CrdtError> {
         if by == 0 {
             return Ok(());
         }
         let current = self.get(node);
-        let next =
-            current
-                .checked_add(by)
-                .ok_or(CrdtError::CounterOverflow { node, current, by })?;
+        let next = current
+            .checked_add(u128::from(by))
+            .ok_or(CrdtError::CounterOverflow { node, current, by })?;
         self.entries.insert(node, next);
         Ok(())
     }
 
-    /// The counter's value: the sum of all entries. It cannot overflow, as it would take more
-    /// than 2^64 entries.
+    /// The counter's value: the sum of all entries, saturating at `u128::MAX` (which takes
+    /// more than 2^64 increments of `u64::MAX`).
     pub fn value(&self) -> u128 {
-        self.entries.values().map(|&v| u128::from(v)).sum()
+        self.entries
+            .values()
+            .fold(0u128, |sum, &v| sum.saturating_add(v))
     }
 
     /// `node`'s entry (0 if it never incremented).
-    pub fn get(&self, node: NodeId) -> u64 {
+    pub fn get(&self, node: NodeId) -> u128 {
         self.entries.get(&node).copied().unwrap_or(0)
     }
 
     /// The non-zero entries, in node order.
-    pub fn iter(&self) -> impl Iterator<Item = (NodeId, u64)> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = (NodeId, u128)> + '_ {
         self.entries.iter().map(|(&n, &v)| (n, v))
     }
 }
@@ -74,14 +78,24 @@ impl Crdt for GCounter {
 
 impl Serialize for GCounter {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.entries.serialize(serializer)
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.entries.len()))?;
+        for (node, &v) in &self.entries {
+            // An entry that fits 64 bits is written as one integer (the usual case); larger
+            // ones as MessagePack's 128-bit form. Both decode as `u128`.
+            match u64::try_from(v) {
+                Ok(small) => map.serialize_entry(node, &small)?,
+                Err(_) => map.serialize_entry(node, &v)?,
+            }
+        }
+        map.end()
     }
 }
 
-impl TryFrom<BTreeMap<NodeId, u64>> for GCounter {
+impl TryFrom<BTreeMap<NodeId, u128>> for GCounter {
     type Error = CrdtError;
 
-    fn try_from(entries: BTreeMap<NodeId, u64>) -> Result<Self, Self::Error> {
+    fn try_from(entries: BTreeMap<NodeId, u128>) -> Result<Self, Self::Error> {
         if let Some((&node, _)) = entries.iter().find(|(_, &v)| v == 0) {
             let reason = InvalidReason::ZeroEntry { node };
             return Err(CrdtError::invalid("gcounter", reason));
@@ -140,24 +154,29 @@ mod tests {
     }
 
     #[test]
-    fn overflow_is_rejected_and_changes_nothing() {
+    fn an_entry_takes_many_maximal_increments_and_overflow_is_rejected() {
         let mut c = GCounter::new();
-        c.increment(n(1), u64::MAX - 1).unwrap();
-        c.increment(n(2), 7).unwrap();
+        for _ in 0..3 {
+            c.increment(n(1), u64::MAX).unwrap();
+        }
+        assert_eq!(c.get(n(1)), 3 * u128::from(u64::MAX));
+        // Only an entry near the 128-bit limit (a decoded state) refuses, changing nothing.
+        let wire: BTreeMap<NodeId, u128> = [(n(1), u128::MAX - 1), (n(2), 7)].into();
+        let mut c = GCounter::try_from(wire).unwrap();
         let before = c.clone();
         let err = c.increment(n(1), 2).unwrap_err();
         assert_eq!(
             err,
             CrdtError::CounterOverflow {
                 node: n(1),
-                current: u64::MAX - 1,
+                current: u128::MAX - 1,
                 by: 2
             }
         );
         assert_eq!(c, before);
         c.increment(n(1), 1).unwrap();
-        assert_eq!(c.get(n(1)), u64::MAX);
-        assert_eq!(c.value(), u128::from(u64::MAX) + 7);
+        assert_eq!(c.get(n(1)), u128::MAX);
+        assert_eq!(c.value(), u128::MAX, "the sum saturates");
     }
 
     #[test]
@@ -180,7 +199,7 @@ mod tests {
 
     #[test]
     fn decode_rejects_zero_entry() {
-        let wire: BTreeMap<NodeId, u64> = [(n(1), 3), (n(2), 0)].into_iter().collect();
+        let wire: BTreeMap<NodeId, u128> = [(n(1), 3), (n(2), 0)].into_iter().collect();
         let reason = InvalidReason::ZeroEntry { node: n(2) };
         assert_eq!(
             GCounter::try_from(wire.clone()),

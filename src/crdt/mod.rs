@@ -34,8 +34,8 @@ mod twopset;
 
 pub use gcounter::GCounter;
 pub use oplog::{
-    check_op_id, ActorMark, Application, Applied, Counter, OpIdError, OpKey, OpLog, OpLogPolicy,
-    Record, OP_ID_BYTES_MAX,
+    check_op_id, ActorMark, Application, Applied, Counter, Forgotten, OpIdError, OpKey, OpLog,
+    OpLogPolicy, Record, Site, OP_ID_BYTES_MAX, PER_ACTOR_MAX_LIMIT,
 };
 pub use orset::{ORSet, RemoveOutcome};
 pub use pncounter::PNCounter;
@@ -72,16 +72,16 @@ impl<T: Ord + Clone + Debug + Serialize + DeserializeOwned> Element for T {}
 /// Why a CRDT operation or decode failed. No variant leaves a partly changed state behind.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CrdtError {
-    /// A counter entry would exceed `u64::MAX`. The counter was not changed.
+    /// A counter entry would exceed `u128::MAX`. The counter was not changed.
     #[error(
-        "counter entry of node {node} is {current}; adding {by} would overflow u64, \
+        "counter entry of node {node} is {current}; adding {by} would overflow it, \
          the counter was not changed"
     )]
     CounterOverflow {
         /// The acting node, whose entry would overflow.
         node: NodeId,
         /// Its entry before the operation.
-        current: u64,
+        current: u128,
         /// The amount that was to be added.
         by: u64,
     },

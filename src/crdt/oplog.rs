@@ -2,30 +2,43 @@
 //! once however many coordinators applied it.
 //!
 //! A client that retries a timed-out increment cannot know whether the first attempt landed. So
-//! every update carries an operation id, and a key's state remembers the ids it applied
-//! recently: an [`OpLog`]. A coordinator whose copy already holds an id does nothing; two
-//! coordinators that both applied one id (the retry reached a replica that had not yet received
-//! the first attempt) are reconciled when their states meet:
+//! every update carries an operation id, and a key's state remembers the ids it applied: an
+//! [`OpLog`]. A coordinator whose copy already holds an id does nothing; two coordinators that
+//! both applied one id (the retry reached a replica that had not yet received the first
+//! attempt) are reconciled when their states meet:
 //!
 //! - Each application is recorded under the id, by the actor that performed it, with the
 //!   actor's own sequence number. Records merge by union.
 //! - Of several applications of one id, the one by the smallest actor is *canonical*; the others
 //!   are *duplicates*. A [`Counter`]'s entries hold every application; its value leaves the
 //!   duplicates out, so it needs the records of an operation applied twice for as long as the
-//!   counter lives: those are never forgotten (below).
-//! - Records are forgotten per actor, oldest first, after a time window or beyond a count
-//!   ([`OpLogPolicy`]): each actor keeps a *floor*, which only it raises, and records at or
-//!   below it are dropped by every merge. An id is therefore recognised while its first
-//!   application is among the records its actor still keeps: by default for 10 minutes and the
-//!   last 128 updates by that actor to that key. A retry later than that may be applied again.
-//!   Records of an operation applied by two actors are never forgotten (they are *pinned*), so
-//!   the operation keeps counting once; such operations are as rare as retries that reach two
-//!   coordinators before the first attempt reached the second.
-//! - Memory: an actor is a process, and a process that stops leaves its records in the keys it
-//!   updated (at most 128 per key, about 50 bytes each) for good: only an actor forgets its
-//!   own. A node restarted very often grows its hot counters by that much per restart;
-//!   compacting departed actors needs a cluster-wide agreement that they are gone, which this
-//!   version does not have.
+//!   counter lives: those are never forgotten (they are *pinned* when their actor forgets).
+//!
+//! # Forgetting
+//!
+//! Records are forgotten per actor, oldest first: each actor keeps a *floor*, which only it
+//! raises, and records at or below it are dropped by every merge. Forgetting a record is safe
+//! only once it can no longer change the value, which takes two things:
+//!
+//! - **Stability.** Every current replica of the key holds the record. Each replica notes in
+//!   the state, whenever it stores it, how far it holds each actor's records (its *row*,
+//!   [`OpLog::observe`]); rows merge by maximum and travel with the state. (Copies that differ
+//!   only in rows are left to anti-entropy: read repair does not send them, see
+//!   [`OpLog::without_rows`].) An actor learns that
+//!   replica `r` holds its record only by merging a state that came from `r` after `r` held
+//!   it, and that state carries every application `r` made before it saw the record: so when
+//!   the actor forgets, it already sees any duplicate and pins instead.
+//! - **Age.** A retry can arrive late; a record is kept at least [`OpLogPolicy::window_ms`]
+//!   (by its actor's clock) after it was applied, so a retry within that window is recognised
+//!   through any replica.
+//!
+//! Memory is bounded, and the bounds are reported, never silent. Past
+//! [`OpLogPolicy::per_actor_max`] records of one actor in one key (a hot key), the actor
+//! forgets its oldest *stable* records early: a retry of one of those arriving later may count
+//! again. Past four times that (a replica unreachable for long while the key stays hot), it
+//! forgets its oldest records even if not stable: a duplicate applied concurrently elsewhere
+//! may then count twice. Both are returned as [`Forgotten`] (the node counts them and says so
+//! in the update's reply).
 //!
 //! Times are the applying actor's own clock (milliseconds, as the core's `now`); they are only
 //! ever compared with that same actor's times, so clocks of different nodes never meet.
@@ -42,15 +55,23 @@ use crate::id::NodeId;
 /// Longest operation id, in bytes.
 pub const OP_ID_BYTES_MAX: usize = 128;
 
-/// Most records one actor may hold in a decoded state (the policy keeps far fewer).
-const RECORDS_PER_ACTOR_DECODE_MAX: usize = 4096;
+/// Most records one actor may hold in a decoded state (four times the largest policy bound).
+const RECORDS_PER_ACTOR_DECODE_MAX: usize = 4 * PER_ACTOR_MAX_LIMIT;
 
-/// How long operation ids are remembered.
+/// Largest [`OpLogPolicy::per_actor_max`] a node accepts.
+pub const PER_ACTOR_MAX_LIMIT: usize = 4096;
+
+/// Most replica rows a decoded log may hold (nodes that ever stored the key).
+const ROWS_DECODE_MAX: usize = 1024;
+
+/// How long operation ids are remembered (see the module documentation).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OpLogPolicy {
-    /// Records older than this (by their actor's clock) are forgotten, in milliseconds.
+    /// A record is kept at least this long after it was applied (by its actor's clock), in
+    /// milliseconds, and after that until every replica holds it.
     pub window_ms: u64,
-    /// Records an actor keeps per key at most; older ones are forgotten.
+    /// Records of one actor a key keeps before it forgets stable ones early; four times this
+    /// before it forgets unstable ones. At most [`PER_ACTOR_MAX_LIMIT`].
     pub per_actor_max: usize,
 }
 
@@ -58,8 +79,35 @@ impl Default for OpLogPolicy {
     fn default() -> Self {
         OpLogPolicy {
             window_ms: 10 * 60 * 1000,
-            per_actor_max: 128,
+            per_actor_max: 1024,
         }
+    }
+}
+
+/// Where an update is applied: the replica node whose row the log keeps, and the key's
+/// current replicas (every one of them must hold a record before it may be forgotten).
+#[derive(Clone, Copy, Debug)]
+pub struct Site<'a> {
+    /// The node applying the update (its row is refreshed).
+    pub node: NodeId,
+    /// The key's current replicas. Empty: unknown, so nothing is stable.
+    pub replicas: &'a [NodeId],
+}
+
+/// Records forgotten by one update before it was safe, because of the memory bounds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Forgotten {
+    /// Stable records forgotten before their window: a late retry of one may count again.
+    pub early: u32,
+    /// Records forgotten before every replica held them: a duplicate applied concurrently
+    /// elsewhere may count twice.
+    pub unstable: u32,
+}
+
+impl Forgotten {
+    /// Whether anything was forgotten before it was safe.
+    pub fn any(&self) -> bool {
+        self.early > 0 || self.unstable > 0
     }
 }
 
@@ -125,12 +173,17 @@ pub struct Record {
 pub struct OpLog {
     marks: BTreeMap<NodeId, ActorMark>,
     records: Vec<Record>,
+    /// Per replica node: the newest sequence number of each actor its copy held when it last
+    /// stored the key (see "Stability").
+    rows: BTreeMap<NodeId, BTreeMap<NodeId, u64>>,
 }
 
 #[derive(Deserialize)]
 struct OpLogWire {
     marks: BTreeMap<NodeId, ActorMark>,
     records: Vec<Record>,
+    #[serde(default)]
+    rows: BTreeMap<NodeId, BTreeMap<NodeId, u64>>,
 }
 
 /// Why an operation id was refused.
@@ -179,9 +232,13 @@ impl TryFrom<OpLogWire> for OpLog {
                 return Err(format!("actor {} holds too many records", r.actor));
             }
         }
+        if w.rows.len() > ROWS_DECODE_MAX || w.rows.values().any(|row| row.len() > w.marks.len()) {
+            return Err("too many replica rows".into());
+        }
         Ok(OpLog {
             marks: w.marks,
             records: w.records,
+            rows: w.rows,
         })
     }
 }
@@ -219,15 +276,81 @@ impl OpLog {
         self.records.is_empty()
     }
 
-    /// Records that `actor` applied set update `id` at `now_ms` (the caller checked
-    /// [`OpLog::contains`] first), then forgets `actor`'s records beyond `policy`.
-    pub fn record_set_update(&mut self, actor: NodeId, id: &str, now_ms: u64, policy: OpLogPolicy) {
-        self.record(actor, id, 0, now_ms, policy);
+    /// Records that `actor` applied set update `id` at `now_ms` on `site` (the caller checked
+    /// [`OpLog::contains`] first), then forgets `actor`'s records that `policy` lets go.
+    pub fn record_set_update(
+        &mut self,
+        actor: NodeId,
+        id: &str,
+        now_ms: u64,
+        policy: OpLogPolicy,
+        site: Site<'_>,
+    ) -> Forgotten {
+        self.record(actor, id, 0, now_ms, policy, site)
     }
 
-    /// Records that `actor` applied `id` with `amount` at `now_ms`, then forgets `actor`'s
-    /// records beyond `policy`. The caller checked [`OpLog::contains`] first.
-    fn record(&mut self, actor: NodeId, id: &str, amount: i64, now_ms: u64, policy: OpLogPolicy) {
+    /// Notes that replica `node` holds this state: its row becomes the state's sequence numbers
+    /// (see "Stability"). A replica calls it on every state of the key it stores.
+    pub fn observe(&mut self, node: NodeId) {
+        let row: BTreeMap<NodeId, u64> = self.marks.iter().map(|(a, m)| (*a, m.seq)).collect();
+        if !row.is_empty() {
+            self.rows.insert(node, row);
+        }
+    }
+
+    /// Drops the rows of nodes other than `node` and `replicas` (the key's current replicas):
+    /// only those rows count toward stability, and without pruning every node that ever
+    /// stored the key would keep a row for good (past [`ROWS_DECODE_MAX`], a state that no
+    /// longer decodes).
+    pub fn prune_rows(&mut self, node: NodeId, replicas: &[NodeId]) {
+        self.rows.retain(|n, _| *n == node || replicas.contains(n));
+    }
+
+    /// The log without its replica rows, to tell copies that differ only in rows (which
+    /// anti-entropy reconciles in its time) from copies that differ in what they hold.
+    pub fn without_rows(&self) -> OpLog {
+        OpLog {
+            marks: self.marks.clone(),
+            records: self.records.clone(),
+            rows: BTreeMap::new(),
+        }
+    }
+
+    /// Whether the two logs hold the same records and marks (rows aside).
+    pub fn same_records(&self, other: &OpLog) -> bool {
+        self.marks == other.marks && self.records == other.records
+    }
+
+    /// The highest sequence number of `actor` that every one of `replicas` holds (0 when one
+    /// has no row, or none is named).
+    fn stable_upto(&self, actor: NodeId, replicas: &[NodeId]) -> u64 {
+        if replicas.is_empty() {
+            return 0;
+        }
+        replicas
+            .iter()
+            .map(|r| {
+                self.rows
+                    .get(r)
+                    .and_then(|row| row.get(&actor))
+                    .copied()
+                    .unwrap_or(0)
+            })
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// Records that `actor` applied `id` with `amount` at `now_ms` on `site`, then forgets
+    /// `actor`'s records that `policy` lets go. The caller checked [`OpLog::contains`] first.
+    fn record(
+        &mut self,
+        actor: NodeId,
+        id: &str,
+        amount: i64,
+        now_ms: u64,
+        policy: OpLogPolicy,
+        site: Site<'_>,
+    ) -> Forgotten {
         let mark = self.marks.entry(actor).or_default();
         mark.seq += 1;
         let record = Record {
@@ -247,18 +370,43 @@ impl OpLog {
             Ok(i) => self.records[i] = record,
             Err(i) => self.records.insert(i, record),
         }
-        self.forget(actor, now_ms, policy);
+        self.observe(site.node);
+        self.prune_rows(site.node, site.replicas);
+        self.forget(actor, now_ms, policy, site)
     }
 
-    /// Raises `actor`'s floor past its records that are too old or too many. Only an actor
-    /// raises its own floor, together with the pins it decides: so any state that knows a floor
-    /// also holds every record that floor pinned, and merging stays a join.
-    fn forget(&mut self, actor: NodeId, now_ms: u64, policy: OpLogPolicy) {
-        let mine = self.seqs_of(actor);
-        let excess = mine.len().saturating_sub(policy.per_actor_max);
+    /// Raises `actor`'s floor past its oldest records that may go (see "Forgetting"): older
+    /// than the window and held by every replica, or beyond the bounds. Only an actor raises
+    /// its own floor, together with the pins it decides: so any state that knows a floor also
+    /// holds every record that floor pinned, and merging stays a join.
+    fn forget(
+        &mut self,
+        actor: NodeId,
+        now_ms: u64,
+        policy: OpLogPolicy,
+        site: Site<'_>,
+    ) -> Forgotten {
+        let floor_now = self.marks.get(&actor).map_or(0, |m| m.floor);
+        let mine: Vec<(u64, u64)> = self
+            .seqs_of(actor)
+            .into_iter()
+            .filter(|&(seq, _)| seq > floor_now)
+            .collect();
+        let stable = self.stable_upto(actor, site.replicas);
+        let soft = policy.per_actor_max.clamp(1, PER_ACTOR_MAX_LIMIT);
+        let hard = soft.saturating_mul(4);
         let mut floor = None;
+        let mut forgotten = Forgotten::default();
         for (i, &(seq, at)) in mine.iter().enumerate() {
-            if i < excess || at.saturating_add(policy.window_ms) < now_ms {
+            let kept = mine.len() - i;
+            let aged = at.saturating_add(policy.window_ms) < now_ms;
+            if seq <= stable && aged {
+                floor = Some(seq);
+            } else if seq <= stable && kept > soft {
+                forgotten.early += 1;
+                floor = Some(seq);
+            } else if kept > hard {
+                forgotten.unstable += 1;
                 floor = Some(seq);
             } else {
                 break;
@@ -267,6 +415,7 @@ impl OpLog {
         if let Some(f) = floor {
             self.raise_floor(actor, f);
         }
+        forgotten
     }
 
     /// `actor`'s remembered records as (seq, time), oldest first.
@@ -325,6 +474,15 @@ impl Crdt for OpLog {
             let mine = self.marks.entry(*actor).or_default();
             mine.seq = mine.seq.max(m.seq);
             mine.floor = mine.floor.max(m.floor);
+        }
+        for (node, row) in &other.rows {
+            // Both are the same replica's rows from different times: the later holds the
+            // earlier (its copy only grows), so the join is the entrywise maximum.
+            let mine = self.rows.entry(*node).or_default();
+            for (actor, &seq) in row {
+                let s = mine.entry(*actor).or_default();
+                *s = (*s).max(seq);
+            }
         }
         if !other.records.is_empty() {
             let mine = std::mem::take(&mut self.records);
@@ -411,11 +569,13 @@ impl Counter {
         &self.log
     }
 
-    /// Adds `amount` on behalf of `actor` under operation `id`, unless `id` was applied before.
+    /// Adds `amount` on behalf of `actor` under operation `id` on `site`, unless `id` was
+    /// applied before; returns what it did and what it forgot before it was safe.
     ///
     /// # Errors
     ///
-    /// [`CrdtError::CounterOverflow`] when `actor`'s entry would overflow; nothing changed.
+    /// [`CrdtError::CounterOverflow`] when `actor`'s entry would overflow (more than 2^64
+    /// increments); nothing changed.
     pub fn apply(
         &mut self,
         actor: NodeId,
@@ -423,13 +583,29 @@ impl Counter {
         amount: i64,
         now_ms: u64,
         policy: OpLogPolicy,
-    ) -> Result<Applied, CrdtError> {
+        site: Site<'_>,
+    ) -> Result<(Applied, Forgotten), CrdtError> {
         if self.log.contains(id) {
-            return Ok(Applied::Replayed);
+            return Ok((Applied::Replayed, Forgotten::default()));
         }
         self.add(actor, amount)?;
-        self.log.record(actor, id, amount, now_ms, policy);
-        Ok(Applied::Now)
+        let forgotten = self.log.record(actor, id, amount, now_ms, policy, site);
+        Ok((Applied::Now, forgotten))
+    }
+
+    /// Notes that replica `node` holds this state (see [`OpLog::observe`]).
+    pub fn observe(&mut self, node: NodeId) {
+        self.log.observe(node);
+    }
+
+    /// See [`OpLog::prune_rows`].
+    pub fn prune_rows(&mut self, node: NodeId, replicas: &[NodeId]) {
+        self.log.prune_rows(node, replicas);
+    }
+
+    /// Whether the two counters hold the same (rows aside: see [`OpLog::without_rows`]).
+    pub fn same_data(&self, other: &Counter) -> bool {
+        self.entries == other.entries && self.log.same_records(&other.log)
     }
 
     fn add(&mut self, actor: NodeId, amount: i64) -> Result<(), CrdtError> {
@@ -454,7 +630,7 @@ impl Crdt for Counter {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
+    use std::collections::BTreeMap;
 
     use proptest::prelude::*;
 
@@ -463,14 +639,33 @@ mod tests {
 
     const KEEP_ALL: OpLogPolicy = OpLogPolicy {
         window_ms: u64::MAX,
-        per_actor_max: usize::MAX,
+        per_actor_max: PER_ACTOR_MAX_LIMIT,
     };
 
-    /// Forgets fast, so histories exercise floors, trimming and pins.
+    /// Forgets as soon as it may: a record is forgotten once every replica holds it and 6 ms
+    /// passed; the bounds are far away.
     const FORGETFUL: OpLogPolicy = OpLogPolicy {
         window_ms: 6,
-        per_actor_max: 3,
+        per_actor_max: PER_ACTOR_MAX_LIMIT,
     };
+
+    /// Tiny bounds too: forgets early, and even unstable records, all the time.
+    const CRAMPED: OpLogPolicy = OpLogPolicy {
+        window_ms: 6,
+        per_actor_max: 2,
+    };
+
+    /// Every replica's node id (replica `i` is node `i`, whose actor is node `i` as well).
+    fn all() -> Vec<NodeId> {
+        (0..REPLICAS).map(node).collect()
+    }
+
+    fn site(r: usize, replicas: &[NodeId]) -> Site<'_> {
+        Site {
+            node: node(r),
+            replicas,
+        }
+    }
 
     /// The amount of operation `id` (a client retrying sends the same amount).
     fn amount_of(id: u8) -> i64 {
@@ -488,27 +683,55 @@ mod tests {
     fn arb_steps() -> impl Strategy<Value = Vec<Step>> {
         let apply = (0..REPLICAS, 0u8..12).prop_map(|(r, id)| Step::Apply(r, id));
         let sync = (0..REPLICAS, 0..REPLICAS).prop_map(|(from, to)| Step::Sync { from, to });
-        proptest::collection::vec(prop_oneof![2 => apply, 1 => sync], 0..50)
+        proptest::collection::vec(prop_oneof![2 => apply, 2 => sync], 0..80)
     }
 
-    fn replay(steps: &[Step], policy: OpLogPolicy) -> (Vec<Counter>, BTreeSet<u8>) {
-        let mut states = vec![Counter::new(); REPLICAS];
-        let mut ids = BTreeSet::new();
+    /// What a history did: the states, when each id was first applied, and whether anything
+    /// was forgotten before it was safe.
+    struct Run {
+        states: Vec<Counter>,
+        first: BTreeMap<u8, u64>,
+        reported: bool,
+    }
+
+    /// Replays `steps` (one per millisecond). With `within_window`, a retry later than the
+    /// window after its id's first application is left out (the guarantee covers retries
+    /// within the window).
+    fn replay(steps: &[Step], policy: OpLogPolicy, within_window: bool) -> Run {
+        let replicas = all();
+        let mut run = Run {
+            states: vec![Counter::new(); REPLICAS],
+            first: BTreeMap::new(),
+            reported: false,
+        };
         for (t, step) in steps.iter().enumerate() {
+            let t = t as u64;
             match *step {
                 Step::Apply(r, id) => {
-                    states[r]
-                        .apply(node(r), &id.to_string(), amount_of(id), t as u64, policy)
+                    let t0 = *run.first.entry(id).or_insert(t);
+                    if within_window && t > t0.saturating_add(policy.window_ms) {
+                        continue;
+                    }
+                    let (_, f) = run.states[r]
+                        .apply(
+                            node(r),
+                            &id.to_string(),
+                            amount_of(id),
+                            t,
+                            policy,
+                            site(r, &replicas),
+                        )
                         .unwrap();
-                    ids.insert(id);
+                    run.reported |= f.any();
                 }
                 Step::Sync { from, to } => {
-                    let source = states[from].clone();
-                    states[to].merge(&source);
+                    let source = run.states[from].clone();
+                    run.states[to].merge(&source);
+                    run.states[to].observe(node(to));
                 }
             }
         }
-        (states, ids)
+        run
     }
 
     fn converge(states: &[Counter]) -> Counter {
@@ -519,71 +742,233 @@ mod tests {
         all
     }
 
+    fn want(run: &Run) -> i128 {
+        run.first.keys().map(|&id| i128::from(amount_of(id))).sum()
+    }
+
     proptest! {
         #[test]
         fn merge_laws_hold(steps in arb_steps()) {
-            for policy in [KEEP_ALL, FORGETFUL] {
-                let (s, _) = replay(&steps, policy);
+            for policy in [KEEP_ALL, FORGETFUL, CRAMPED] {
+                let s = replay(&steps, policy, false).states;
                 check_merge_laws(&s[0], &s[1], &s[2])?;
                 check_merge_laws(&s[0].log, &s[1].log, &s[2].log)?;
                 check_round_trip(&s[0])?;
             }
         }
 
-        /// Whatever the merges, no state holds more than `per_actor_max` unpinned records of
-        /// one actor.
+        /// Issue 20, defect 2: with records forgotten as soon as the rules allow (every
+        /// replica holds them, the window passed), any interleaving of applications, retries
+        /// through any replica within the window, and merges counts every operation id exactly
+        /// once: none twice, none dropped — in every order the states later meet.
         #[test]
-        fn forgetting_keeps_every_key_bounded(steps in arb_steps()) {
-            let (states, _) = replay(&steps, FORGETFUL);
-            for s in &states {
-                for r in 0..REPLICAS {
-                    let mine = s.log.records.iter().filter(|x| x.actor == node(r) && !x.app.pinned).count();
-                    prop_assert!(mine <= FORGETFUL.per_actor_max, "{} records of replica {}", mine, r);
-                }
+        fn a_tiny_window_never_counts_an_id_twice_nor_drops_one(
+            steps in arb_steps(),
+            order in proptest::collection::vec(0..REPLICAS, 0..6),
+        ) {
+            let run = replay(&steps, FORGETFUL, true);
+            prop_assert!(!run.reported, "the bounds are never reached here");
+            let mut some = Counter::new();
+            for &r in &order {
+                some.merge(&run.states[r]);
+            }
+            let everything = merged(&some, &converge(&run.states));
+            prop_assert_eq!(everything.value(), want(&run));
+            // However the states meet, and after every replica observed the whole.
+            let mut again = everything.clone();
+            for r in 0..REPLICAS {
+                let mut theirs = merged(&run.states[r], &everything);
+                theirs.observe(node(r));
+                again.merge(&theirs);
+            }
+            prop_assert_eq!(again.value(), want(&run));
+        }
+
+        /// With tiny memory bounds a key forgets records before it is safe: that is always
+        /// reported, and only then may the value be off; an acknowledged increment is never
+        /// dropped.
+        #[test]
+        fn tiny_bounds_are_reported_and_never_drop_an_increment(
+            steps in arb_steps(),
+        ) {
+            let run = replay(&steps, CRAMPED, true);
+            let value = converge(&run.states).value();
+            if !run.reported {
+                prop_assert_eq!(value, want(&run));
+            }
+            // Positive amounts only: nothing acknowledged is ever subtracted away.
+            let positive: i128 = run
+                .first
+                .keys()
+                .map(|&id| i128::from(amount_of(id)))
+                .filter(|&a| a > 0)
+                .sum();
+            let negative: i128 = run
+                .first
+                .keys()
+                .map(|&id| i128::from(amount_of(id)))
+                .filter(|&a| a < 0)
+                .sum();
+            if !run.reported {
+                prop_assert!(value <= positive && value >= negative);
             }
         }
 
-        /// However retries spread over coordinators, once every state has met, each operation
-        /// id counts exactly once (while ids are remembered).
+        /// Whatever the merges, no state holds more than four times `per_actor_max` unpinned
+        /// records of one actor.
         #[test]
-        fn every_operation_counts_once(steps in arb_steps(), order in proptest::collection::vec(0..REPLICAS, 0..6)) {
-            let (states, ids) = replay(&steps, KEEP_ALL);
-            let want: i128 = ids.iter().map(|&id| i128::from(amount_of(id))).sum();
-            let mut all = Counter::new();
-            for &r in &order {
-                all.merge(&states[r]);
+        fn forgetting_keeps_every_key_bounded(steps in arb_steps()) {
+            let run = replay(&steps, CRAMPED, false);
+            for s in &run.states {
+                for r in 0..REPLICAS {
+                    let mine = s.log.records.iter().filter(|x| x.actor == node(r) && !x.app.pinned).count();
+                    prop_assert!(mine <= 4 * CRAMPED.per_actor_max, "{} records of replica {}", mine, r);
+                }
             }
-            let all = merged(&all, &converge(&states));
-            prop_assert_eq!(all.value(), want);
-            // Also once every actor forgot every record it may forget (all but the pinned).
-            let mut everyone = all.clone();
-            for (q, other) in states.iter().enumerate() {
-                let mut theirs = merged(other, &all);
-                theirs.log.raise_floor(node(q), u64::MAX);
-                everyone.merge(&theirs);
-            }
-            prop_assert_eq!(everyone.value(), want);
         }
 
         /// A replica's own value never counts one operation twice, even before it met the
         /// others.
         #[test]
         fn no_replica_ever_overcounts(steps in arb_steps()) {
-            let (states, ids) = replay(&steps, KEEP_ALL);
-            let most: i128 = ids.iter().map(|&id| i128::from(amount_of(id).max(0))).sum();
-            for s in &states {
+            let run = replay(&steps, KEEP_ALL, false);
+            let most: i128 = run.first.keys().map(|&id| i128::from(amount_of(id).max(0))).sum();
+            for s in &run.states {
                 prop_assert!(s.value() <= most, "{} > {}", s.value(), most);
             }
         }
+    }
+
+    /// Issue 20, defect 2, the unit reproduction: `x` applied "op" and went on; `y` applied a
+    /// retry of it before it had `x`'s state. On main `x` forgot "op" (beyond one record) and
+    /// the merge counted it twice (3); an unstable record is kept, and the value is 2.
+    #[test]
+    fn a_record_not_yet_on_every_replica_is_not_forgotten() {
+        let policy = OpLogPolicy {
+            window_ms: u64::MAX,
+            per_actor_max: 1,
+        };
+        let (a, b) = (node(0), node(1));
+        let replicas = [a, b];
+        let (mut x, mut y) = (Counter::new(), Counter::new());
+        x.apply(a, "op", 1, 0, policy, site(0, &replicas)).unwrap();
+        y.apply(b, "op", 1, 0, policy, site(1, &replicas)).unwrap();
+        let (_, f) = x
+            .apply(a, "other", 1, 1, policy, site(0, &replicas))
+            .unwrap();
+        assert!(!f.any(), "nothing was forgotten");
+        x.merge(&y);
+        assert_eq!(x.value(), 2);
+    }
+
+    /// Issue 20, defect 2, the cluster reproduction in miniature: op P through A, then 200
+    /// more through A (with B holding all of them), then a retry of P through B. On main A
+    /// forgot P after 128 updates and B applied the retry again; now P is remembered for its
+    /// window, and the retry is recognised.
+    #[test]
+    fn a_prompt_retry_on_a_hot_key_is_recognised_through_another_replica() {
+        let policy = OpLogPolicy::default();
+        let (a, b) = (node(0), node(1));
+        let replicas = [a, b];
+        let mut at_a = Counter::new();
+        at_a.apply(a, "P", 1, 0, policy, site(0, &replicas))
+            .unwrap();
+        for i in 0..200u64 {
+            at_a.apply(a, &format!("n{i}"), 1, i, policy, site(0, &replicas))
+                .unwrap();
+        }
+        let mut at_b = at_a.clone();
+        at_b.observe(b);
+        let (applied, _) = at_b
+            .apply(b, "P", 1, 300, policy, site(1, &replicas))
+            .unwrap();
+        assert_eq!(applied, Applied::Replayed);
+        assert_eq!(merged(&at_a, &at_b).value(), 201);
+    }
+
+    /// A record leaves once its window passed and every replica holds it (and not before).
+    #[test]
+    fn records_are_forgotten_once_old_and_on_every_replica() {
+        let policy = OpLogPolicy {
+            window_ms: 100,
+            per_actor_max: 1024,
+        };
+        let (a, b) = (node(0), node(1));
+        let replicas = [a, b];
+        let mut c = Counter::new();
+        c.apply(a, "old", 1, 0, policy, site(0, &replicas)).unwrap();
+        c.apply(a, "late", 1, 1000, policy, site(0, &replicas))
+            .unwrap();
+        assert!(c.log.contains("old"), "b does not hold it yet");
+        // b stores the state; a learns it (merging b's copy), then updates again.
+        let mut at_b = c.clone();
+        at_b.observe(b);
+        c.merge(&at_b);
+        c.apply(a, "later", 1, 1001, policy, site(0, &replicas))
+            .unwrap();
+        assert!(!c.log.contains("old"), "old, and on every replica");
+        assert!(c.log.contains("late"), "still within its window");
+        assert_eq!(c.value(), 3);
+        // A stale copy that still holds the forgotten record gets it dropped by the merge.
+        let m = merged(&at_b, &c);
+        assert!(!m.log.contains("old"));
+        assert_eq!(m.value(), 3);
+    }
+
+    /// Past the bound a hot key forgets stable records early, and says so.
+    #[test]
+    fn the_memory_bound_forgets_stable_records_first_and_reports_it() {
+        let policy = OpLogPolicy {
+            window_ms: u64::MAX,
+            per_actor_max: 3,
+        };
+        let a = node(0);
+        let alone = [a];
+        let mut c = Counter::new();
+        let mut early = 0;
+        for i in 0..10u64 {
+            let (_, f) = c
+                .apply(a, &format!("op{i}"), 1, i, policy, site(0, &alone))
+                .unwrap();
+            assert_eq!(f.unstable, 0, "every record is stable on the only replica");
+            early += f.early;
+        }
+        assert_eq!(early, 7);
+        assert_eq!(c.log.len(), 3);
+        assert_eq!(c.value(), 10);
+        // With a replica that never stores the key, records are unstable: kept up to four
+        // times the bound, then forgotten all the same, reported as unstable.
+        let replicas = [a, node(1)];
+        let mut c = Counter::new();
+        let mut unstable = 0;
+        for i in 0..20u64 {
+            let (_, f) = c
+                .apply(a, &format!("op{i}"), 1, i, policy, site(0, &replicas))
+                .unwrap();
+            assert_eq!(f.early, 0);
+            unstable += f.unstable;
+        }
+        assert_eq!(c.log.len(), 12);
+        assert_eq!(unstable, 8);
     }
 
     #[test]
     fn a_replayed_id_changes_nothing() {
         let mut c = Counter::new();
         let a = NodeId::new(1);
-        assert_eq!(c.apply(a, "op-1", 5, 0, KEEP_ALL), Ok(Applied::Now));
+        let s = Site {
+            node: a,
+            replicas: &[],
+        };
+        assert_eq!(
+            c.apply(a, "op-1", 5, 0, KEEP_ALL, s).map(|x| x.0),
+            Ok(Applied::Now)
+        );
         let before = c.clone();
-        assert_eq!(c.apply(a, "op-1", 5, 1, KEEP_ALL), Ok(Applied::Replayed));
+        assert_eq!(
+            c.apply(a, "op-1", 5, 1, KEEP_ALL, s).map(|x| x.0),
+            Ok(Applied::Replayed)
+        );
         assert_eq!(c, before);
         assert_eq!(c.value(), 5);
     }
@@ -591,10 +976,19 @@ mod tests {
     #[test]
     fn a_retry_through_another_coordinator_counts_once() {
         let (a, b) = (NodeId::new(1), NodeId::new(2));
+        let replicas = [a, b];
+        let sa = Site {
+            node: a,
+            replicas: &replicas,
+        };
+        let sb = Site {
+            node: b,
+            replicas: &replicas,
+        };
         let mut x = Counter::new();
         let mut y = Counter::new();
-        x.apply(a, "op", 3, 0, KEEP_ALL).unwrap();
-        y.apply(b, "op", 3, 0, KEEP_ALL).unwrap();
+        x.apply(a, "op", 3, 0, KEEP_ALL, sa).unwrap();
+        y.apply(b, "op", 3, 0, KEEP_ALL, sb).unwrap();
         let both = merged(&x, &y);
         assert_eq!(both.value(), 3, "the duplicate is left out");
         // A's application is canonical; b's is the duplicate.
@@ -611,51 +1005,6 @@ mod tests {
     }
 
     #[test]
-    fn records_of_an_operation_applied_twice_are_pinned_not_forgotten() {
-        let (x, y) = (NodeId::new(1), NodeId::new(2));
-        let policy = OpLogPolicy {
-            window_ms: 10,
-            per_actor_max: 100,
-        };
-        // x applied "op"; y applied it again (a retry through another coordinator).
-        let mut a = Counter::new();
-        a.apply(x, "op", 1, 0, policy).unwrap();
-        let mut b = Counter::new();
-        b.apply(y, "op", 1, 0, policy).unwrap();
-        a.merge(&b);
-        assert_eq!(a.value(), 1);
-        // Much later x applies more: its old record would be forgotten, but is pinned.
-        a.apply(x, "later", 1, 1000, policy).unwrap();
-        assert!(a.log.contains("op"));
-        assert_eq!(a.value(), 2, "y's duplicate still counts out");
-        assert_eq!(merged(&a, &b).value(), 2);
-    }
-
-    #[test]
-    fn records_are_forgotten_by_age_and_by_count() {
-        let a = NodeId::new(1);
-        let policy = OpLogPolicy {
-            window_ms: 100,
-            per_actor_max: 3,
-        };
-        let mut c = Counter::new();
-        for i in 0..5u64 {
-            c.apply(a, &format!("op{i}"), 1, i, policy).unwrap();
-        }
-        assert_eq!(c.log.len(), 3, "only the newest 3");
-        assert!(!c.log.contains("op0") && c.log.contains("op4"));
-        c.apply(a, "late", 1, 1000, policy).unwrap();
-        assert_eq!(c.log.len(), 1, "older than the window");
-        assert_eq!(c.value(), 6);
-        // A stale copy that still holds forgotten records gets them dropped by the merge.
-        let mut stale = Counter::new();
-        stale.apply(a, "op0", 1, 0, KEEP_ALL).unwrap();
-        let m = merged(&stale, &c);
-        assert!(!m.log.contains("op0"));
-        assert_eq!(m.value(), 6);
-    }
-
-    #[test]
     fn op_ids_are_checked() {
         assert!(check_op_id("a-b_c.1").is_ok());
         for bad in ["", "has space", "é", &"x".repeat(OP_ID_BYTES_MAX + 1)] {
@@ -666,8 +1015,12 @@ mod tests {
     #[test]
     fn bad_logs_are_refused_on_decode() {
         let a = NodeId::new(1);
+        let s = Site {
+            node: a,
+            replicas: &[],
+        };
         let mut c = Counter::new();
-        c.apply(a, "op", 1, 0, KEEP_ALL).unwrap();
+        c.apply(a, "op", 1, 0, KEEP_ALL, s).unwrap();
         let mut bad = c.clone();
         bad.log.marks.get_mut(&a).unwrap().floor = 1;
         let bytes = rmp_serde::to_vec(&bad).unwrap();
@@ -682,8 +1035,44 @@ mod tests {
         bad.log.records[0].app.seq = 9;
         let bytes = rmp_serde::to_vec(&bad).unwrap();
         assert!(rmp_serde::from_slice::<Counter>(&bytes).is_err());
+        // A replica row naming actors the log never saw.
+        let mut bad = c.clone();
+        bad.log
+            .rows
+            .insert(node(5), [(node(7), 1), (node(8), 1)].into());
+        let bytes = rmp_serde::to_vec(&bad).unwrap();
+        assert!(rmp_serde::from_slice::<Counter>(&bytes).is_err());
         // The valid state decodes.
         let bytes = rmp_serde::to_vec(&c).unwrap();
         assert_eq!(rmp_serde::from_slice::<Counter>(&bytes).unwrap(), c);
+    }
+
+    /// Found by a hostile review: rows were never pruned, so a key stored by more than
+    /// `ROWS_DECODE_MAX` nodes over its life (churn, stray merges) encoded but no longer
+    /// decoded. Rows of nodes that are not current replicas are dropped as each replica
+    /// stores the state.
+    #[test]
+    fn rows_of_nodes_that_are_no_longer_replicas_are_dropped() {
+        let a = node(0);
+        let replicas = [a, node(1), node(2)];
+        let mut c = Counter::new();
+        let site = Site {
+            node: a,
+            replicas: &replicas,
+        };
+        c.apply(a, "x", 1, 0, KEEP_ALL, site).unwrap();
+        for k in 0..(ROWS_DECODE_MAX as u64 + 1) {
+            // A node that stored the key once, then lost its share of the ring.
+            let passer = NodeId::new(10_000 + k);
+            c.observe(passer);
+            c.prune_rows(a, &replicas);
+        }
+        c.observe(node(1));
+        c.prune_rows(node(1), &replicas);
+        let rows: Vec<NodeId> = c.log.rows.keys().copied().collect();
+        assert_eq!(rows, vec![a, node(1)]);
+        let bytes = rmp_serde::to_vec(&c).unwrap();
+        let back: Counter = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(back, c);
     }
 }

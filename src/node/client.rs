@@ -10,10 +10,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::object::{Context, CrdtOp, CrdtValue};
+use super::object::{Context, CrdtOp, CrdtValue, PartView};
 use crate::causality::Dot;
 use crate::crdt::{check_op_id, OpLogPolicy};
 use crate::id::NodeId;
+
+/// Default bound on a register's siblings (as Riak's `max_siblings`).
+pub const SIBLINGS_MAX_DEFAULT: usize = 100;
 
 /// Data-path settings of a node.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,6 +57,10 @@ pub struct DataConfig {
     /// How long, and for how many updates, a key remembers operation ids (the window in which
     /// a retried CRDT update is recognised).
     pub op_log: OpLogPolicy,
+    /// Most concurrent values (siblings) a register write may leave its key with; a write
+    /// that would leave more is refused (413, nothing changed) and the client resolves them by
+    /// writing with the context of a read. 0: no bound.
+    pub siblings_max: usize,
     /// Largest set element, in bytes.
     pub element_bytes_max: usize,
     /// Most elements one set update may name.
@@ -107,6 +114,7 @@ impl Default for DataConfig {
             cache_bytes: 64 * 1024 * 1024,
             actor_per_process: true,
             op_log: OpLogPolicy::default(),
+            siblings_max: SIBLINGS_MAX_DEFAULT,
             element_bytes_max: 1024,
             elements_per_update_max: 1024,
             anti_entropy_interval: Some(Duration::from_secs(60)),
@@ -199,6 +207,10 @@ pub struct ReadResult {
     pub deleted: bool,
     /// Replicas that answered before the reply.
     pub replies: usize,
+    /// A contested key (writes of several types raced, see [`super::Object`]): every live
+    /// part with its value and context; `type_name` is then `contested`. Empty otherwise.
+    #[serde(default)]
+    pub parts: Vec<PartView>,
 }
 
 /// A write's (or delete's) answer.

@@ -37,7 +37,7 @@ use super::client::{
     UpdateResult, WriteResult,
 };
 use super::hints::HintsMessage;
-use super::object::{Context, CrdtOp, Object};
+use super::object::{Context, Object};
 use super::replica::{MintOp, MintOutcome, Minted, ReplicaCall, ReplicaMessage};
 use super::{Call, Effects, Output};
 use crate::id::NodeId;
@@ -131,12 +131,13 @@ enum State {
         /// Down replicas no fallback could take: this node keeps their hints.
         orphans: Vec<NodeId>,
     },
-    /// A CRDT update whose coordinating replica has no copy of the key: the other replicas
-    /// are asked for theirs first (the key's type, and contents to start from).
+    /// A write whose coordinating replica has no copy of the key: the other replicas are
+    /// asked for theirs first (the key's type, and contents to start from).
     Looking {
         targets: Vec<Target>,
         orphans: Vec<NodeId>,
-        op: CrdtOp,
+        op: MintOp,
+        context: Option<Context>,
         asked: Vec<NodeId>,
         replies: BTreeMap<NodeId, Option<Object>>,
         /// Replies needed: with this node, a majority of the key's replicas.
@@ -167,6 +168,8 @@ struct Request {
     opts: Resolved,
     /// The operation id of a CRDT update.
     op_id: Option<String>,
+    /// The type a CRDT update is for.
+    update_type: Option<&'static str>,
     state: State,
 }
 
@@ -280,18 +283,10 @@ impl Coordinator {
                 match &r.state {
                     State::Read { .. } => self.on_read_reply(req, from, None, fx),
                     State::Looking { .. } => self.on_look_reply(req, from, None, fx),
-                    // A replica of another type: the write cannot land anywhere. Only a target
-                    // can say so, and only before the client has its answer.
-                    State::Writing {
-                        targets, answered, ..
-                    } if !*answered
-                        && targets.iter().any(|t| t.node == from)
-                        && matches!(error, ClientError::TypeConflict(_)) =>
-                    {
-                        if let Some(r) = self.take(req) {
-                            answer(r.origin, ClientReply::Failed(error), fx);
-                        }
-                    }
+                    // A target that refuses a write's state (it stores every merge but one
+                    // beyond its size limit) simply does not acknowledge: the write waits for
+                    // others, a fallback, or its deadline. Never a type conflict: replicas
+                    // merge states of every type.
                     _ => {}
                 }
             }
@@ -312,7 +307,11 @@ impl Coordinator {
             return;
         };
         let (targets, orphans) = (std::mem::take(targets), std::mem::take(orphans));
-        let Minted { object, outcome } = match result {
+        let Minted {
+            object,
+            outcome,
+            durable_at,
+        } = match result {
             Ok(m) => m,
             Err(e) => {
                 if let Some(r) = self.take(req) {
@@ -321,6 +320,15 @@ impl Coordinator {
                 return;
             }
         };
+        // This node's own acknowledgement, once its copy holds the write durably: registered
+        // here, after the request is writing, so an update whose id was applied before (its
+        // copy durable already) counts at once instead of arriving while still minting.
+        let local = targets
+            .iter()
+            .any(|t| t.node == fx.me && t.hint_for.is_none());
+        if local {
+            fx.after_durable(durable_at, fx.me, CoordinatorMessage::Ack { req }.into());
+        }
         let holders = holders_of(&targets, fx);
         for t in &targets {
             if t.node == fx.me && t.hint_for.is_none() {
@@ -354,10 +362,16 @@ impl Coordinator {
         };
     }
 
-    /// The local replica has no copy of the key of update `req`: ask the key's other reachable
-    /// replicas for theirs before applying (so an update of another type than the key's is
-    /// refused, and the update starts from the key's contents).
-    pub(crate) fn on_absent(&mut self, req: u64, op: CrdtOp, fx: &mut Effects<'_>) {
+    /// The local replica has no copy of the key of write `req`: ask the key's other reachable
+    /// replicas for theirs before applying (so a write of another type than the key's is
+    /// refused, and the write starts from the key's contents).
+    pub(crate) fn on_absent(
+        &mut self,
+        req: u64,
+        op: MintOp,
+        context: Option<Context>,
+        fx: &mut Effects<'_>,
+    ) {
         let Some(r) = self.requests.get_mut(&req) else {
             return;
         };
@@ -407,6 +421,7 @@ impl Coordinator {
             targets,
             orphans,
             op,
+            context,
             asked,
             replies: BTreeMap::new(),
             need,
@@ -446,13 +461,14 @@ impl Coordinator {
         if let Some(held) = reply
             .as_ref()
             .and_then(Option::as_ref)
+            .filter(|o| !o.allows(op.type_name()))
             .map(Object::type_name)
-            .filter(|&t| t != op.type_name())
         {
-            let error = ClientError::TypeConflict(format!(
-                "the key holds a {held}, not a {}",
-                op.type_name()
-            ));
+            let conflict = super::object::TypeConflict {
+                held,
+                offered: op.type_name(),
+            };
+            let error = ClientError::TypeConflict(format!("{conflict}; nothing was applied"));
             if let Some(r) = self.take(req) {
                 answer(r.origin, ClientReply::Failed(error), fx);
             }
@@ -491,6 +507,7 @@ impl Coordinator {
             targets,
             orphans,
             op,
+            context,
             replies,
             ..
         } = &mut r.state
@@ -501,35 +518,30 @@ impl Coordinator {
         for o in replies.values().flatten() {
             match &mut seed {
                 None => seed = Some(o.clone()),
-                Some(s) => {
-                    if let Err(c) = s.merge(o) {
-                        // Replicas already disagree on the type: refuse rather than add a
-                        // third opinion.
-                        let error = ClientError::TypeConflict(format!(
-                            "replicas of the key hold different types ({c})"
-                        ));
-                        if let Some(r) = self.take(req) {
-                            answer(r.origin, ClientReply::Failed(error), fx);
-                        }
-                        return;
-                    }
-                }
+                Some(s) => s.merge(o),
             }
         }
-        let op = op.clone();
+        if let Some(s) = seed.as_ref().filter(|s| !s.allows(op.type_name())) {
+            let conflict = super::object::TypeConflict {
+                held: s.type_name(),
+                offered: op.type_name(),
+            };
+            let error = ClientError::TypeConflict(format!("{conflict}; nothing was applied"));
+            if let Some(r) = self.take(req) {
+                answer(r.origin, ClientReply::Failed(error), fx);
+            }
+            return;
+        }
+        let (op, context) = (op.clone(), context.take());
         let (targets, orphans) = (std::mem::take(targets), std::mem::take(orphans));
-        let op_id = r.op_id.clone().unwrap_or_default();
         r.state = State::Minting { targets, orphans };
         fx.calls.push_back(Call::Replica(ReplicaCall::Mint {
             req,
             key: r.key.clone(),
-            op: MintOp::Update {
-                op,
-                op_id,
-                looked: true,
-                seed: seed.map(Box::new),
-            },
-            context: None,
+            op,
+            context,
+            looked: true,
+            seed: seed.map(Box::new),
         }));
     }
 
@@ -552,6 +564,16 @@ impl Coordinator {
             answer(origin, ClientReply::Failed(ClientError::Overloaded), fx);
             return;
         }
+        if fx.topo.left {
+            // Left, or removed by an operator: this node serves no data any more.
+            let why = "this node has left the cluster (or an operator removed it); send the request to a member";
+            answer(
+                origin,
+                ClientReply::Failed(unavailable(why, false, 0, 1)),
+                fx,
+            );
+            return;
+        }
         // Quorums are bounded by the replicas that exist: N, or every owner when there are fewer.
         let opts = match self.config.validate(&request, fx.topo.replicas().max(1)) {
             Ok(o) => o,
@@ -571,9 +593,9 @@ impl Coordinator {
         // (0 means "no acknowledgement wanted" on the wire: never use it.)
         self.next_req = self.next_req.wrapping_add(1).max(1);
         let ClientRequest { key, op, .. } = request.clone();
-        let op_id = match &op {
-            ClientOp::Update { op_id, .. } => Some(op_id.clone()),
-            _ => None,
+        let (op_id, update_type) = match &op {
+            ClientOp::Update { op_id, op } => (Some(op_id.clone()), Some(op.type_name())),
+            _ => (None, None),
         };
         let state = match op {
             ClientOp::Get => {
@@ -629,6 +651,21 @@ impl Coordinator {
                     (Origin::Client(_), Some(f)) if !primaries.contains(&fx.me) => Some(f),
                     _ => None,
                 };
+                // A CRDT update is applied only by a replica of its key: its operation log
+                // forgets a record once every replica holds it, which tells nothing of a node
+                // outside the preference list that applied it too.
+                if matches!(op, ClientOp::Update { .. })
+                    && forward_to.is_none()
+                    && !primaries.contains(&fx.me)
+                {
+                    let why = "no replica of the key is reachable to apply the update; nothing was applied";
+                    answer(
+                        origin,
+                        ClientReply::Failed(unavailable(why, false, 0, opts.w)),
+                        fx,
+                    );
+                    return;
+                }
                 if let Some(to) = forward_to {
                     fx.send(to, CoordinatorMessage::Forward { req, request }.into());
                     fx.set_timer(
@@ -643,6 +680,7 @@ impl Coordinator {
                             key,
                             opts,
                             op_id,
+                            update_type,
                             state: State::Forwarded { to, write: true },
                         },
                     );
@@ -670,15 +708,7 @@ impl Coordinator {
                 let (mint, context) = match op {
                     ClientOp::Put { value, context } => (MintOp::Put(value), context),
                     ClientOp::Delete { context } => (MintOp::Delete, context),
-                    ClientOp::Update { op, op_id } => (
-                        MintOp::Update {
-                            op,
-                            op_id,
-                            looked: false,
-                            seed: None,
-                        },
-                        None,
-                    ),
+                    ClientOp::Update { op, op_id } => (MintOp::Update { op, op_id }, None),
                     // (Reads took the branch above.)
                     ClientOp::Get => return,
                 };
@@ -687,6 +717,8 @@ impl Coordinator {
                     key: key.clone(),
                     op: mint,
                     context,
+                    looked: false,
+                    seed: None,
                 }));
                 State::Minting { targets, orphans }
             }
@@ -700,6 +732,7 @@ impl Coordinator {
                 key,
                 opts,
                 op_id,
+                update_type,
                 state,
             },
         );
@@ -812,9 +845,10 @@ impl Coordinator {
                     match merged {
                         None => *merged = Some(o.clone()),
                         Some(m) => {
-                            if m.merge(o).is_err() {
+                            m.merge(o);
+                            if m.is_contested() {
                                 let request_id = r.trace.as_deref();
-                                debug!(req, request_id, %from, "replicas disagree on the key's type");
+                                debug!(req, request_id, %from, types = ?m.live_types(), "the key is contested");
                             }
                         }
                     }
@@ -1116,7 +1150,9 @@ fn finish_read(req: u64, r: Request, read_repair: bool, fx: &mut Effects<'_>) ->
     }
     let mut sent = 0;
     for (node, reply) in replies {
-        if reply.as_ref() != Some(&merged) {
+        // A copy that differs only in its operation logs' replica rows is left to
+        // anti-entropy: otherwise every read after a CRDT update would repair.
+        if reply.as_ref().is_none_or(|o| !o.same_data(&merged)) {
             sent += 1;
             debug!(req, request_id = r.trace.as_deref(), %node, "read repair");
             fx.send(
@@ -1135,13 +1171,20 @@ fn finish_read(req: u64, r: Request, read_repair: bool, fx: &mut Effects<'_>) ->
 
 fn read_result(key: &[u8], merged: Option<&Object>, replies: usize) -> ReadResult {
     let reg = merged.and_then(Object::as_register);
+    let contested = merged.is_some_and(Object::is_contested);
     ReadResult {
         type_name: merged.map(|o| o.type_name().to_owned()),
         values: reg.map_or_else(Vec::new, |r| r.values().map(<[u8]>::to_vec).collect()),
         crdt: merged.and_then(Object::crdt_value),
         context: merged.and_then(|o| o.context(key)),
-        deleted: reg.is_some_and(|r| r.is_deleted()),
+        deleted: merged.is_some_and(|o| o.live_types().is_empty())
+            && reg.is_some_and(|r| r.is_deleted()),
         replies,
+        parts: if contested {
+            merged.map_or_else(Vec::new, |o| o.parts(key))
+        } else {
+            Vec::new()
+        },
     }
 }
 
@@ -1156,30 +1199,39 @@ fn written(r: &Request) -> ClientReply {
         return ClientReply::Failed(ClientError::Internal("not a write".into()));
     };
     let acked_by: Vec<NodeId> = acked.iter().copied().collect();
-    match (outcome, object.as_register(), object.crdt_value()) {
-        (MintOutcome::Dot(dot), Some(reg), _) => ClientReply::Written(WriteResult {
-            values: reg.values().map(<[u8]>::to_vec).collect(),
-            context: Context::new(&r.key, reg.context()),
-            acks: acked.len(),
-            acked_by,
-            dot: *dot,
-        }),
-        (MintOutcome::Update(effect), _, Some(value)) => ClientReply::Updated(UpdateResult {
-            type_name: object.type_name().to_owned(),
-            value,
-            context: match object {
-                Object::ORSet(_) => object.context(&r.key),
-                _ => None,
-            },
-            op_id: r.op_id.clone().unwrap_or_default(),
-            replayed: effect.replayed,
-            notes: effect.notes.clone(),
-            acks: acked.len(),
-            acked_by,
-        }),
-        _ => ClientReply::Failed(ClientError::Internal(
-            "the write's outcome does not match the key's type".into(),
-        )),
+    match outcome {
+        MintOutcome::Dot(dot) => match object.as_register() {
+            Some(reg) => ClientReply::Written(WriteResult {
+                values: reg.values().map(<[u8]>::to_vec).collect(),
+                context: Context::new(&r.key, reg.context()),
+                acks: acked.len(),
+                acked_by,
+                dot: *dot,
+            }),
+            None => ClientReply::Failed(ClientError::Internal(
+                "a register write left no register".into(),
+            )),
+        },
+        MintOutcome::Update(effect) => {
+            // The part the update applied to (the key may hold others: contested).
+            let part = r.update_type.and_then(|t| object.part(t));
+            let value = part.as_deref().and_then(Object::crdt_value);
+            match (part.as_deref(), value) {
+                (Some(p), Some(value)) => ClientReply::Updated(UpdateResult {
+                    type_name: p.type_name().to_owned(),
+                    value,
+                    context: p.context(&r.key),
+                    op_id: r.op_id.clone().unwrap_or_default(),
+                    replayed: effect.replayed,
+                    notes: effect.notes.clone(),
+                    acks: acked.len(),
+                    acked_by,
+                }),
+                _ => ClientReply::Failed(ClientError::Internal(
+                    "the write's outcome does not match the key's type".into(),
+                )),
+            }
+        }
     }
 }
 

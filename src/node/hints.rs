@@ -24,10 +24,14 @@ use super::replica::{MergeEntry, MergeReply, ReplicaMessage};
 use super::Effects;
 use crate::id::NodeId;
 use crate::protocol;
-use crate::storage::{hint_key, split_hint_key, ReadStore, Space, StoreError};
+use crate::storage::{hint_key, split_hint_key, ReadStore, Space, StoreError, SCAN_BYTES_MAX};
 
 /// A delivery not acknowledged within this long is offered again.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A hint its owner refused to store (its merged state would be too large) is offered again
+/// only after this long: it stays held and reported, without a storm of re-deliveries.
+const REFUSED_BACKOFF: Duration = Duration::from_secs(60);
 
 /// Messages to a node's hints sub-machine.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,10 +60,14 @@ pub enum HintsMessage {
         /// The hints: the replica each is for, with its key and state.
         hints: Vec<AdoptedHint>,
     },
-    /// The sender durably merged (or adopted) delivery `batch`.
+    /// The sender durably merged (or adopted) delivery `batch`, except the entries at the
+    /// positions in `refused`, which it did not store: they stay with the receiver.
     Delivered {
         /// The delivery.
         batch: u64,
+        /// Positions of entries the sender refused (a merge beyond the stored size limit).
+        #[serde(default)]
+        refused: Vec<u32>,
     },
 }
 
@@ -124,6 +132,10 @@ pub(crate) struct Hints {
     offered: BTreeSet<(NodeId, u64)>,
     /// Hints their owners acknowledged since start.
     delivered: u64,
+    /// Hints a replica refused to store since start (they are kept).
+    refused: u64,
+    /// Refused hints, with when they may be offered again.
+    held_back: BTreeMap<HintId, Duration>,
 }
 
 impl Hints {
@@ -136,13 +148,22 @@ impl Hints {
     ) -> Result<Self, StoreError> {
         let mut held: BTreeMap<NodeId, BTreeMap<u64, u64>> = BTreeMap::new();
         let mut next_seq = 1;
-        for (k, _) in store.scan(Space::Hints, &[], &[], usize::MAX)? {
-            match split_hint_key(&k) {
-                Some((target, seq)) => {
-                    held.entry(target).or_default().insert(seq, 0);
-                    next_seq = next_seq.max(seq + 1);
+        // Page by page, bounded in bytes: hints carry whole states.
+        let mut from = Vec::new();
+        loop {
+            let page = store.scan_page(Space::Hints, &from, &[], 4096, SCAN_BYTES_MAX)?;
+            for (k, _) in &page.entries {
+                match split_hint_key(k) {
+                    Some((target, seq)) => {
+                        held.entry(target).or_default().insert(seq, 0);
+                        next_seq = next_seq.max(seq + 1);
+                    }
+                    None => warn!(len = k.len(), "ignoring a malformed hint key"),
                 }
-                None => warn!(len = k.len(), "ignoring a malformed hint key"),
+            }
+            match page.next_from() {
+                Some(next) => from = next,
+                None => break,
             }
         }
         let count: usize = held.values().map(BTreeMap::len).sum();
@@ -161,7 +182,14 @@ impl Hints {
             in_flight: BTreeMap::new(),
             offered: BTreeSet::new(),
             delivered: 0,
+            refused: 0,
+            held_back: BTreeMap::new(),
         })
+    }
+
+    /// Hints a replica refused to store since start (each is kept and offered again).
+    pub(crate) fn refused(&self) -> u64 {
+        self.refused
     }
 
     /// Hints their owners acknowledged since start.
@@ -212,9 +240,10 @@ impl Hints {
                         at = a;
                     }
                 }
-                fx.after_durable(at, from, HintsMessage::Delivered { batch }.into());
+                let refused = Vec::new();
+                fx.after_durable(at, from, HintsMessage::Delivered { batch, refused }.into());
             }
-            HintsMessage::Delivered { batch } => {
+            HintsMessage::Delivered { batch, refused } => {
                 let Some(d) = self.in_flight.get(&batch) else {
                     return;
                 };
@@ -225,9 +254,17 @@ impl Hints {
                 let Some(d) = self.in_flight.remove(&batch) else {
                     return;
                 };
-                for (target, seq) in d.hints {
-                    self.delivered += 1;
+                for (i, (target, seq)) in d.hints.into_iter().enumerate() {
                     self.offered.remove(&(target, seq));
+                    if refused.contains(&u32::try_from(i).unwrap_or(u32::MAX)) {
+                        // Not stored there: kept, offered again later, and reported.
+                        self.refused += 1;
+                        self.held_back
+                            .insert((target, seq), fx.now + REFUSED_BACKOFF);
+                        warn!(%target, seq, %from, "a replica refused a hint (its merged state would be too large); keeping it");
+                        continue;
+                    }
+                    self.delivered += 1;
                     fx.journal
                         .batch()
                         .delete(Space::Hints, hint_key(target, seq));
@@ -285,6 +322,10 @@ impl Hints {
 
     /// Offers durable hints to every reachable owner that has no delivery in flight.
     pub(crate) fn deliver(&mut self, fx: &mut Effects<'_>) {
+        if fx.topo.left {
+            // Left, or removed: the members refuse what this node would send.
+            return;
+        }
         let now = fx.now;
         let stale: Vec<u64> = self
             .in_flight
@@ -301,6 +342,7 @@ impl Hints {
             }
         }
         let busy: BTreeSet<NodeId> = self.in_flight.values().map(|d| d.to).collect();
+        self.held_back.retain(|_, until| *until > now);
         let durable = fx.journal.durable_seq();
         let in_ring = |n: NodeId| fx.topo.ring.as_ref().is_some_and(|r| r.contains(n));
         let targets: Vec<NodeId> = self.held.keys().copied().collect();
@@ -320,7 +362,11 @@ impl Hints {
             }
             let ready: Vec<u64> = self.held[&target]
                 .iter()
-                .filter(|&(&seq, &at)| at <= durable && !self.offered.contains(&(target, seq)))
+                .filter(|&(&seq, &at)| {
+                    at <= durable
+                        && !self.offered.contains(&(target, seq))
+                        && !self.held_back.contains_key(&(target, seq))
+                })
                 .map(|(&seq, _)| seq)
                 .take(self.batch_max)
                 .collect();

@@ -24,7 +24,11 @@
 //!
 //! A joining node becomes a `member` once it has caught up with a member's ring state and the
 //! data path reported ([`Membership::set_data_ready`]) that it pulled every partition it will
-//! own from the ring's current owners; a change of owners in between asks for it again.
+//! own from the ring's current owners; a change of owners in between asks for it again. Its
+//! ring must still list another member when it does: a joiner never promotes itself while the
+//! only owners are leaving (every member left, or was removed, since it caught up). The leaving
+//! owners then hand their partitions to the joining nodes (the future placement), and once they
+//! are gone, with no owner left, the joiners carry the ring on.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -267,7 +271,15 @@ pub(crate) struct Membership {
     /// The ring owners (sorted) for which the data path pulled every partition this node will
     /// own; a joining node becomes a member only when it equals the current owners.
     data_ready_for: Option<Vec<NodeId>>,
+    /// The newest generation SWIM reported for each peer (bounded by
+    /// [`GENERATIONS_KNOWN_MAX`]), to notice restarts.
+    generations: BTreeMap<NodeId, u64>,
 }
+
+/// Peers whose generation [`Membership`] remembers to notice their restarts: far more than a
+/// ring holds; beyond it a new peer's restarts are not reported (their connections still end
+/// by QUIC's stateless reset or idle timeout).
+const GENERATIONS_KNOWN_MAX: usize = 4096;
 
 impl Membership {
     /// The membership state of node `id` at `info`, its generation, randomness from `seed`,
@@ -338,6 +350,7 @@ impl Membership {
             removals: BTreeMap::new(),
             suspects: BTreeMap::new(),
             reannounced: Duration::ZERO,
+            generations: BTreeMap::new(),
             future: None,
             placement_version: 0,
             topology_version: 0,
@@ -354,6 +367,7 @@ impl Membership {
         if self.config.seeds.is_empty() || own != RingStatus::Joining {
             // Founding a cluster, or already past joining: nobody to catch up from first.
             self.synced = true;
+            self.replace_future();
         }
         self.reannounced = now;
         out.set_timer(
@@ -591,6 +605,8 @@ impl Membership {
             complete: false,
             left: self.own_entry().status == RingStatus::Left,
             settled,
+            // The router fills it in from the ring state.
+            peers: Default::default(),
         }
     }
 
@@ -732,6 +748,7 @@ impl Membership {
             if !self.synced {
                 self.synced = true;
                 self.topology_version += 1;
+                self.replace_future();
             }
         }
         let answer = match reply {
@@ -1109,9 +1126,22 @@ impl Membership {
 
     fn maybe_become_member(&mut self) {
         let mut own = self.own_entry();
-        let owners: Vec<NodeId> = self.lock_ring().owners().collect();
+        let (owners, other_member) = {
+            let ring = self.lock_ring();
+            let owners: Vec<NodeId> = ring.owners().collect();
+            let other_member = ring
+                .iter()
+                .any(|(n, e)| n != self.id && e.status == RingStatus::Member);
+            (owners, other_member)
+        };
+        // Caught up with a member once is not enough: that member may have left or been
+        // removed since, and so may every other. With owners that are all leaving and no member
+        // left, the joiners do not promote themselves; the leaving owners hand their partitions
+        // to them (see `future_owners`) and go, and once no owner remains the joiners carry the
+        // ring on.
         if own.status == RingStatus::Joining
             && self.synced
+            && (other_member || owners.is_empty())
             && self.leave.is_none()
             && self.data_ready_for.as_ref() == Some(&owners)
         {
@@ -1171,13 +1201,16 @@ impl Membership {
             self.topology_version += 1;
             match n {
                 OwnedNotification::MemberUp(p) => {
-                    info!(member = %p.node, addr = %p.addr, generation = p.generation, "member up")
+                    info!(member = %p.node, addr = %p.addr, generation = p.generation, "member up");
+                    self.note_generation(p, out);
                 }
                 OwnedNotification::MemberDown(p) => {
                     info!(member = %p.node, addr = %p.addr, "member down")
                 }
                 OwnedNotification::Rename(a, b) => {
-                    info!(member = %b.node, from = a.generation, to = b.generation, "member restarted")
+                    info!(member = %b.node, from = a.generation, to = b.generation, "member restarted");
+                    self.note_generation(a, out);
+                    self.note_generation(b, out);
                 }
                 OwnedNotification::Defunct => {
                     self.swim_connected = false;
@@ -1196,6 +1229,28 @@ impl Membership {
                     self.ring_sync_with_random_member(out);
                 }
                 OwnedNotification::Idle => self.swim_connected = false,
+            }
+        }
+    }
+
+    /// Records the newest generation SWIM reported for a peer; a newer one than known means the
+    /// peer restarted, and the driver is told to drop its connection to the old process.
+    fn note_generation(&mut self, p: PeerId, out: &mut Outbox) {
+        if p.node == self.id {
+            return;
+        }
+        match self.generations.get(&p.node) {
+            Some(&known) if known >= p.generation => {}
+            known => {
+                if known.is_some() {
+                    out.push(Output::PeerRestarted {
+                        node: p.node,
+                        addr: p.addr,
+                    });
+                }
+                if known.is_some() || self.generations.len() < GENERATIONS_KNOWN_MAX {
+                    self.generations.insert(p.node, p.generation);
+                }
             }
         }
     }
@@ -1231,6 +1286,19 @@ impl Membership {
         }
     }
 
+    /// Recomputes the future placement once this node has caught up with a member: which one
+    /// it is can depend on that (see [`future_owners`]).
+    fn replace_future(&mut self) {
+        let current = self.lock_ring().clone();
+        if future_owners(&current, true) == future_owners(&current, false) {
+            return;
+        }
+        if let Err(e) = self.place_state(&current) {
+            warn!(error = %e, "cannot place the ring");
+        }
+        self.topology_version += 1;
+    }
+
     fn place(&mut self) -> Result<(), MembershipError> {
         let current = self.lock_ring().clone();
         self.place_state(&current)?;
@@ -1249,14 +1317,14 @@ impl Membership {
             };
             self.placement_version += 1;
         }
-        let future_of = |s: &RingState| -> Vec<NodeId> {
-            s.iter()
-                .filter(|(_, e)| e.status == RingStatus::Member)
-                .map(|(n, _)| n)
-                .collect()
-        };
-        let future = future_of(current);
-        if future != future_of(&self.ring_seen) || self.future.is_none() {
+        let future = future_owners(current, self.synced);
+        let mut had: Vec<NodeId> = self
+            .future
+            .as_ref()
+            .map(|r| r.members().iter().map(|m| m.id).collect())
+            .unwrap_or_default();
+        had.sort_unstable();
+        if future != had || self.future.is_none() {
             self.future = if future.is_empty() {
                 None
             } else {
@@ -1271,6 +1339,29 @@ impl Membership {
     }
 }
 
+/// The nodes that own partitions once every pending leave completes (sorted): the members.
+/// When no member remains but some owners are still leaving (the last members left or were
+/// removed while others were leaving), the joining nodes: they cannot become members with no
+/// member to catch up from, so the leaving owners hand their partitions to them instead, and
+/// they carry the ring on once the leaves complete. Only for a node that has caught up with a
+/// member (`synced`): before that, a ring without members may just be one it has not heard of
+/// yet (a node asked to leave while still joining may know nobody but other newcomers), and
+/// nothing is handed to anyone.
+fn future_owners(s: &RingState, synced: bool) -> Vec<NodeId> {
+    let with = |status: RingStatus| -> Vec<NodeId> {
+        s.iter()
+            .filter(|(_, e)| e.status == status)
+            .map(|(n, _)| n)
+            .collect()
+    };
+    let members = with(RingStatus::Member);
+    if members.is_empty() && synced && s.owners().next().is_some() {
+        with(RingStatus::Joining)
+    } else {
+        members
+    }
+}
+
 /// A majority of `n` (none needed of nobody).
 fn majority(n: usize) -> usize {
     if n == 0 {
@@ -1282,7 +1373,120 @@ fn majority(n: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::majority;
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use super::{majority, Membership, MembershipConfig, MembershipMessage, Outbox, SyncReply};
+    use crate::id::NodeId;
+    use crate::membership::{NodeInfo, RingEntry, RingState, RingStatus};
+
+    fn info(i: u16) -> NodeInfo {
+        NodeInfo {
+            quic_addr: SocketAddr::from(([10, 0, 0, 1], 7000 + i)),
+            http_addr: SocketAddr::from(([10, 0, 0, 1], 8000 + i)),
+        }
+    }
+
+    fn ring(entries: &[(u64, RingStatus)]) -> RingState {
+        let mut r = RingState::new();
+        for &(n, status) in entries {
+            let entry = RingEntry {
+                status,
+                info_version: 1,
+                info: info(n as u16),
+            };
+            r.merge_entry(NodeId::new(n), &entry);
+        }
+        r
+    }
+
+    /// A ring sync from node `from` carrying `state`.
+    fn sync_from(m: &mut Membership, from: u64, state: RingState, now: Duration) {
+        let message = MembershipMessage::RingSync {
+            state,
+            reply: SyncReply::Never,
+        };
+        m.handle_message(NodeId::new(from), message, now, &mut Outbox::new());
+    }
+
+    /// Issue 21, item 7 (sim seed 1094): a joiner caught up with a member, then every member
+    /// left the `member` status (one leaving, one removed) while it pulled its partitions from
+    /// the owners that remained, all leaving. It must not promote itself with no member to catch
+    /// up from: the leaving owners hand their partitions to it instead, and once they are gone
+    /// it carries the ring on.
+    #[test]
+    fn a_joiner_does_not_promote_itself_when_every_owner_is_leaving() {
+        use RingStatus::*;
+        let me = 9;
+        let t = Duration::from_secs;
+        let mut m = Membership::new(
+            NodeId::new(me),
+            info(me as u16),
+            1,
+            MembershipConfig::new(vec![info(1).quic_addr]),
+            7,
+            RingState::new(),
+            false,
+        )
+        .unwrap();
+        m.start(t(0), &mut Outbox::new());
+        sync_from(
+            &mut m,
+            1,
+            ring(&[(1, Member), (2, Member), (me, Joining)]),
+            t(1),
+        );
+        assert!(m.synced, "caught up with member n1");
+        // n1 starts leaving and an operator removes n2: only leaving owners remain.
+        sync_from(&mut m, 1, ring(&[(1, Leaving), (2, Left)]), t(2));
+        m.set_data_ready(vec![NodeId::new(1)], t(3), &mut Outbox::new());
+        assert_eq!(
+            m.own_status(),
+            Joining,
+            "promoted itself with no member to catch up from"
+        );
+        // The leaving owner hands its partitions to the joiner.
+        let topo = m.topology(3);
+        assert!(topo
+            .partition_ids()
+            .all(|p| topo.future_owners(p) == vec![NodeId::new(me)]));
+        // Its leave completes: nobody else owns anything, and the joiner carries the ring on.
+        sync_from(&mut m, 1, ring(&[(1, Left)]), t(4));
+        assert_eq!(m.own_status(), Joining, "still waits for its intake");
+        m.set_data_ready(vec![], t(5), &mut Outbox::new());
+        assert_eq!(m.own_status(), Member);
+    }
+
+    /// A node asked to leave while still joining, which knows nobody but another newcomer yet,
+    /// hands nothing to that newcomer: a ring without members is only the emptied ring to a
+    /// node that has caught up with a member.
+    #[test]
+    fn a_node_that_has_not_caught_up_hands_nothing_to_joiners() {
+        use RingStatus::*;
+        let me = 9;
+        let t = Duration::from_secs;
+        let mut m = Membership::new(
+            NodeId::new(me),
+            info(me as u16),
+            1,
+            MembershipConfig::new(vec![info(8).quic_addr]),
+            7,
+            RingState::new(),
+            false,
+        )
+        .unwrap();
+        m.start(t(0), &mut Outbox::new());
+        sync_from(&mut m, 8, ring(&[(8, Joining)]), t(1));
+        m.leave(t(2), &mut Outbox::new());
+        assert_eq!(m.own_status(), Leaving);
+        assert!(m.topology(3).future.is_none());
+        // It catches up with a member: that is where its partitions go.
+        sync_from(&mut m, 1, ring(&[(1, Member), (8, Joining)]), t(3));
+        let topo = m.topology(3);
+        assert!(topo
+            .partition_ids()
+            .all(|p| topo.future_owners(p) == vec![NodeId::new(1)]));
+    }
 
     #[test]
     fn majority_of_the_members() {

@@ -70,7 +70,7 @@ use crate::storage::{ReadStore, StoreError, WriteBatch};
 
 pub use client::{
     ClientError, ClientOp, ClientReply, ClientRequest, DataConfig, ReadResult, RequestOptions,
-    UpdateResult, WriteResult,
+    UpdateResult, WriteResult, SIBLINGS_MAX_DEFAULT,
 };
 pub use coordinator::{CoordinatorMessage, CoordinatorTimer};
 pub use hints::{AdoptedHint, HintsMessage, HintsTimer};
@@ -81,7 +81,8 @@ pub use membership::{
     RemoveError, SyncReply,
 };
 pub use object::{
-    Context, ContextError, CrdtOp, CrdtValue, Logged, Object, TypeConflict, UpdateEffect,
+    Context, ContextError, CrdtOp, CrdtValue, Logged, Object, PartView, Parts, TypeConflict,
+    UpdateEffect,
 };
 pub use replica::{MergeEntry, MergeReply, ReplicaMessage};
 pub use sync::{AeMessage, PartitionInfo, RepairProgress, SyncMessage, SyncTimer};
@@ -223,6 +224,14 @@ pub enum Output {
         /// The answer.
         reply: ClientReply,
     },
+    /// Membership learned that the node at `addr` restarted (a newer generation): the driver
+    /// drops its connection to the previous process, so that nothing more is lost in it.
+    PeerRestarted {
+        /// The node.
+        node: NodeId,
+        /// Its endpoint.
+        addr: SocketAddr,
+    },
     /// The node has left the cluster (or an operator removed it) and a majority of the members
     /// confirmed it. The driver persists that the leave is complete (so the data directory
     /// never starts again), then shuts down once sends are flushed.
@@ -290,13 +299,15 @@ pub(crate) enum Call {
         /// The minted state and dot, or why not.
         result: Result<replica::Minted, ClientError>,
     },
-    /// To the coordinator: the replica has no copy of the key of update `req`, so it applied
-    /// nothing; the coordinator looks at the other replicas first.
+    /// To the coordinator: the replica has no copy of the key of write `req`, so it applied
+    /// nothing; the coordinator looks at the other replicas first (the key's type).
     Absent {
         /// The coordinator's request.
         req: u64,
-        /// The update, handed back.
-        op: object::CrdtOp,
+        /// The write, handed back.
+        op: replica::MintOp,
+        /// Its context, handed back.
+        context: Option<object::Context>,
     },
 }
 
@@ -428,6 +439,29 @@ impl ClusterView {
     }
 }
 
+/// A key with siblings, as [`DataStats::crowded_keys`] lists it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
+pub struct CrowdedKey {
+    /// The key, as text when it is UTF-8 (lossy otherwise; see `key_base64`).
+    pub key: String,
+    /// The key's bytes, base64.
+    pub key_base64: String,
+    /// Its concurrent values.
+    pub siblings: usize,
+}
+
+impl CrowdedKey {
+    fn new(key: &[u8], siblings: usize) -> Self {
+        use base64::Engine as _;
+        CrowdedKey {
+            key: String::from_utf8_lossy(key).into_owned(),
+            key_base64: base64::engine::general_purpose::STANDARD.encode(key),
+            siblings,
+        }
+    }
+}
+
 /// Counters of the data path, for status pages and checks.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
@@ -442,10 +476,36 @@ pub struct DataStats {
     pub staged_keys: usize,
     /// Events waiting for durability.
     pub waiting_for_durability: usize,
-    /// States of another type this node's replica refused to merge since it started (a key
-    /// written as two types at once while its first write was spreading).
+    /// Keys that became contested on this node's replica since it started (writes of several
+    /// types raced; the key keeps every part, and reads report it).
     #[serde(default)]
     pub type_conflicts: u64,
+    /// Merges this node's replica refused since it started because the merged state would be
+    /// larger than a replica stores (the sender keeps them: a hint stays held, a push pending).
+    #[serde(default)]
+    pub merges_refused: u64,
+    /// Hints and handoff keys other replicas refused to store since start (kept and offered
+    /// again).
+    #[serde(default)]
+    pub sends_refused: u64,
+    /// Operation ids forgotten within their retry window since start, to keep a hot key
+    /// within its memory bound (a late retry of one may count again).
+    #[serde(default)]
+    pub op_ids_forgotten_early: u64,
+    /// Operation ids forgotten before every replica held them since start (the hard memory
+    /// bound, reached only while a replica is unreachable and the key stays hot).
+    #[serde(default)]
+    pub op_ids_forgotten_unstable: u64,
+    /// Register writes the sibling guard refused since start.
+    #[serde(default)]
+    pub siblings_refused: u64,
+    /// Data-path messages refused since start because their sender was not a ring member
+    /// (it left, was removed, or is unknown).
+    #[serde(default)]
+    pub refused_senders: u64,
+    /// The keys with the most siblings this node stored lately, most first (at most 16).
+    #[serde(default)]
+    pub crowded_keys: Vec<CrowdedKey>,
     /// Anti-entropy exchanges this node started that are in flight.
     #[serde(default)]
     pub exchanges_in_flight: usize,
@@ -495,7 +555,14 @@ pub struct Node {
     /// How long each replica write acknowledgement released since the driver last took them
     /// waited for durability (at most [`ACK_WAITS_MAX`]; see [`Node::take_ack_waits`]).
     ack_waits: Vec<Duration>,
+    /// Data-path messages refused since start because their sender is not a ring member.
+    refused_senders: u64,
+    /// Senders already warned about (bounded; later refusals log at debug level).
+    warned_senders: std::collections::BTreeSet<NodeId>,
 }
+
+/// Most distinct refused senders warned about at `warn` level.
+const WARNED_SENDERS_MAX: usize = 64;
 
 /// Replica-side write latencies kept between two [`Node::take_ack_waits`].
 pub const ACK_WAITS_MAX: usize = 65_536;
@@ -562,7 +629,8 @@ impl Node {
                 partitions,
                 d.cache_bytes,
             )
-            .with_op_log(d.op_log),
+            .with_op_log(d.op_log)
+            .with_siblings_max(d.siblings_max),
             hints: hints::Hints::new(
                 Box::new(store.clone()),
                 d.hint_interval,
@@ -598,6 +666,8 @@ impl Node {
             handoff_done: false,
             intake_ready: None,
             ack_waits: Vec::new(),
+            refused_senders: 0,
+            warned_senders: std::collections::BTreeSet::new(),
         })
     }
 
@@ -713,6 +783,22 @@ impl Node {
     }
 
     fn dispatch(&mut self, from: NodeId, message: PeerMessage, now: Duration) {
+        // Only ring members (joining, member, leaving) take part in the data path. A node that
+        // left or was removed may still run with a stale view (a paused VM written off by an
+        // operator): its writes, hints, repairs and exchanges could bring back what the
+        // members purged since, and its acknowledgements would count for nothing it holds.
+        if from != self.id
+            && !matches!(message, PeerMessage::Membership(_))
+            && !self.topo.peers.contains(&from)
+        {
+            self.refused_senders += 1;
+            if self.warned_senders.len() < WARNED_SENDERS_MAX && self.warned_senders.insert(from) {
+                warn!(%from, "refused data-path messages from a node that is not a ring member (left, removed or unknown)");
+            } else {
+                debug!(%from, "refused a data-path message from a node that is not a ring member");
+            }
+            return;
+        }
         match message {
             PeerMessage::Membership(m) => {
                 self.membership.handle_message(from, m, now, &mut self.out)
@@ -757,8 +843,9 @@ impl Node {
                     Call::Minted { req, result } => {
                         self.coordinator.on_minted(req, result, &mut fx!(self, now))
                     }
-                    Call::Absent { req, op } => {
-                        self.coordinator.on_absent(req, op, &mut fx!(self, now))
+                    Call::Absent { req, op, context } => {
+                        self.coordinator
+                            .on_absent(req, op, context, &mut fx!(self, now))
                     }
                 }
                 continue;
@@ -802,6 +889,13 @@ impl Node {
         }
         self.topo_version = Some(v);
         self.topo = self.membership.topology(self.replicas);
+        self.topo.peers = self
+            .membership
+            .ring_state()
+            .iter()
+            .filter(|(_, e)| e.status != RingStatus::Left)
+            .map(|(id, _)| id)
+            .collect();
         let staged = self.replica.staged_keys();
         self.topo.complete = self.sync.complete();
         self.sync.topology_changed(&staged, &mut fx!(self, now));
@@ -870,6 +964,18 @@ impl Node {
             staged_keys: self.replica.overlay_len(),
             waiting_for_durability: self.journal.waiting(),
             type_conflicts: self.replica.type_conflicts(),
+            merges_refused: self.replica.merges_refused(),
+            sends_refused: self.hints.refused() + self.sync.refused(),
+            op_ids_forgotten_early: self.replica.op_ids_forgotten().0,
+            op_ids_forgotten_unstable: self.replica.op_ids_forgotten().1,
+            siblings_refused: self.replica.siblings_refused(),
+            refused_senders: self.refused_senders,
+            crowded_keys: self
+                .replica
+                .crowded_keys()
+                .into_iter()
+                .map(|(key, siblings)| CrowdedKey::new(&key, siblings))
+                .collect(),
             exchanges_in_flight: self.sync.exchanges_in_flight(),
             keys_dropped: self.replica.keys_dropped(),
             keys_held: self.sync.keys_held(),

@@ -13,15 +13,21 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use crate::causality::{Register, VersionVector, COUNTER_MAX};
-use crate::crdt::{Applied, Counter, Crdt, ORSet, OpLog, OpLogPolicy, TwoPSet};
+use crate::crdt::{Applied, Counter, Crdt, Forgotten, ORSet, OpLog, OpLogPolicy, Site, TwoPSet};
 use crate::id::NodeId;
 use crate::protocol::{self, WireError};
 use crate::ring::key_hash;
 
-/// Largest encoded object a replica stores or accepts: a value of 1 MiB with a few concurrent
-/// siblings fits, and so does a message carrying one such object within the wire's frame limit
-/// ([`crate::protocol::DEFAULT_FRAME_BYTES_MAX`], 8 MiB).
-pub const OBJECT_BYTES_MAX: usize = 6 * 1024 * 1024;
+/// Largest state a client write may leave a key with (a value of 1 MiB with a few concurrent
+/// siblings fits); a write that would grow a state past it is refused.
+pub const OBJECT_WRITE_BYTES_MAX: usize = 6 * 1024 * 1024;
+
+/// Largest encoded object a replica stores or decodes. States that were each accepted under
+/// [`OBJECT_WRITE_BYTES_MAX`] must merge wherever they meet (siblings written on several sides
+/// of a partition add up), so this is eight times that; a message carrying one such object
+/// fits the wire's frame limit ([`crate::protocol::DEFAULT_FRAME_BYTES_MAX`]). A merge beyond
+/// it is refused, counted and left with its sender, never acknowledged.
+pub const OBJECT_BYTES_MAX: usize = 8 * OBJECT_WRITE_BYTES_MAX;
 
 /// Messages that carry many objects (handoff pages, hint hand-backs) stop adding objects once
 /// they hold this many bytes (always carrying at least one), so they stay within the wire's
@@ -38,7 +44,18 @@ pub const CONTEXT_ENTRIES_MAX: usize = 1024;
 /// below [`COUNTER_MAX`] that writes after it can never push a counter past the limit.
 pub const CONTEXT_COUNTER_MAX: u64 = COUNTER_MAX / 2;
 
-/// A key's replicated state. Its variant is the key's type, fixed by the first write.
+/// A key's replicated state.
+///
+/// A key has one type, fixed by its first write, and nearly always holds one of the single
+/// variants. Types are part of the lattice all the same: two states of different types (two
+/// coordinators that created the key with different types at once, or a replica that took a
+/// write of another type before it had the key's copy) merge into [`Object::Contested`], which
+/// keeps each type's part and merges each with its own kind. So replicas of a key always
+/// converge, whatever order writes of several types reach them in, and no acknowledged write of
+/// any type is lost: a read of a contested key reports it and shows every part
+/// ([`Object::parts`]). A contested key stays contested while two or more of its parts are
+/// *live* (a register part with a value, or any CRDT part); deleting the register part (a
+/// delete with its context) ends the contest when one CRDT part is left.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Object {
     /// A multi-value register.
@@ -51,6 +68,159 @@ pub enum Object {
     TwoPSet(Logged<TwoPSet<String>>),
     /// An add-wins observed-remove set.
     ORSet(Logged<ORSet<String>>),
+    /// Parts of several types (at least two present): see the type's documentation.
+    Contested(Box<Parts>),
+}
+
+/// The parts of a key that holds several types ([`Object::Contested`]); each merges on its
+/// own. Decoding refuses fewer than two parts (that state is a single variant).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "PartsWire")]
+pub struct Parts {
+    /// The register part.
+    pub register: Option<Register>,
+    /// The G-Counter part.
+    pub gcounter: Option<Counter>,
+    /// The PN-Counter part.
+    pub pncounter: Option<Counter>,
+    /// The 2P-Set part.
+    pub twopset: Option<Logged<TwoPSet<String>>>,
+    /// The OR-Set part.
+    pub orset: Option<Logged<ORSet<String>>>,
+}
+
+#[derive(Deserialize)]
+struct PartsWire {
+    register: Option<Register>,
+    gcounter: Option<Counter>,
+    pncounter: Option<Counter>,
+    twopset: Option<Logged<TwoPSet<String>>>,
+    orset: Option<Logged<ORSet<String>>>,
+}
+
+impl TryFrom<PartsWire> for Parts {
+    type Error = String;
+
+    fn try_from(w: PartsWire) -> Result<Self, Self::Error> {
+        let p = Parts {
+            register: w.register,
+            gcounter: w.gcounter,
+            pncounter: w.pncounter,
+            twopset: w.twopset,
+            orset: w.orset,
+        };
+        if p.count() < 2 {
+            return Err("a contested state holds fewer than two parts".into());
+        }
+        Ok(p)
+    }
+}
+
+impl Parts {
+    fn count(&self) -> usize {
+        usize::from(self.register.is_some())
+            + usize::from(self.gcounter.is_some())
+            + usize::from(self.pncounter.is_some())
+            + usize::from(self.twopset.is_some())
+            + usize::from(self.orset.is_some())
+    }
+
+    /// Adds a single-type state to its part (merging with what the part holds).
+    fn absorb(&mut self, object: Object) {
+        fn join<T: Crdt>(slot: &mut Option<T>, v: T) {
+            match slot {
+                Some(mine) => mine.merge(&v),
+                None => *slot = Some(v),
+            }
+        }
+        match object {
+            Object::Register(r) => match &mut self.register {
+                Some(mine) => mine.sync(&r),
+                None => self.register = Some(r),
+            },
+            Object::GCounter(c) => join(&mut self.gcounter, c),
+            Object::PNCounter(c) => join(&mut self.pncounter, c),
+            Object::TwoPSet(s) => join(&mut self.twopset, s),
+            Object::ORSet(s) => join(&mut self.orset, s),
+            Object::Contested(p) => {
+                for part in p.into_objects() {
+                    self.absorb(part);
+                }
+            }
+        }
+    }
+
+    /// Each part as a single-type state, in type order.
+    fn into_objects(self) -> Vec<Object> {
+        let mut v = Vec::new();
+        v.extend(self.register.map(Object::Register));
+        v.extend(self.gcounter.map(Object::GCounter));
+        v.extend(self.pncounter.map(Object::PNCounter));
+        v.extend(self.twopset.map(Object::TwoPSet));
+        v.extend(self.orset.map(Object::ORSet));
+        v
+    }
+
+    /// Each part as a single-type state, borrowed, in type order.
+    fn objects(&self) -> Vec<Object> {
+        self.clone().into_objects()
+    }
+
+    /// Takes the part of type `name` out, if present.
+    fn take(&mut self, name: &str) -> Option<Object> {
+        match name {
+            REGISTER => self.register.take().map(Object::Register),
+            GCOUNTER => self.gcounter.take().map(Object::GCounter),
+            PNCOUNTER => self.pncounter.take().map(Object::PNCounter),
+            TWOPSET => self.twopset.take().map(Object::TwoPSet),
+            ORSET => self.orset.take().map(Object::ORSet),
+            _ => None,
+        }
+    }
+
+    /// The canonical object of these parts: a single variant when only one part is present.
+    fn into_object(mut self) -> Object {
+        if self.count() >= 2 {
+            return Object::Contested(Box::new(self));
+        }
+        for name in TYPES {
+            if let Some(o) = self.take(name) {
+                return o;
+            }
+        }
+        // No part at all cannot be built by any write; an empty register stands for it.
+        Object::Register(Register::new())
+    }
+}
+
+/// Type names as the API shows them.
+pub const REGISTER: &str = "register";
+/// See [`REGISTER`].
+pub const GCOUNTER: &str = "gcounter";
+/// See [`REGISTER`].
+pub const PNCOUNTER: &str = "pncounter";
+/// See [`REGISTER`].
+pub const TWOPSET: &str = "2pset";
+/// See [`REGISTER`].
+pub const ORSET: &str = "orset";
+/// The name a read reports for a key that holds several live types.
+pub const CONTESTED: &str = "contested";
+/// Every type, in the order parts are listed.
+pub const TYPES: [&str; 5] = [REGISTER, GCOUNTER, PNCOUNTER, TWOPSET, ORSET];
+
+/// One live part of a key, as a read reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartView {
+    /// The part's type.
+    pub type_name: String,
+    /// A register part's live values (empty for CRDT parts).
+    #[serde(with = "crate::protocol::bytes_list")]
+    pub values: Vec<Vec<u8>>,
+    /// A CRDT part's value.
+    pub crdt: Option<CrdtValue>,
+    /// The part's context (register and OR-Set parts): a delete with a register part's context
+    /// removes exactly the values it covers.
+    pub context: Option<Context>,
 }
 
 /// A set and the operation ids of its recent updates (so a replayed update changes nothing).
@@ -62,10 +232,14 @@ pub struct Logged<S> {
     pub log: OpLog,
 }
 
-impl<S: Crdt> Logged<S> {
+impl<S: Crdt> Crdt for Logged<S> {
     fn merge(&mut self, other: &Self) {
         self.set.merge(&other.set);
         self.log.merge(&other.log);
+    }
+
+    fn leq(&self, other: &Self) -> bool {
+        self.set.leq(&other.set) && self.log.leq(&other.log)
     }
 }
 
@@ -105,10 +279,10 @@ impl CrdtOp {
     /// The type's name as the API shows it.
     pub fn type_name(&self) -> &'static str {
         match self {
-            CrdtOp::GCounter { .. } => "gcounter",
-            CrdtOp::PNCounter { .. } => "pncounter",
-            CrdtOp::TwoPSet { .. } => "2pset",
-            CrdtOp::ORSet { .. } => "orset",
+            CrdtOp::GCounter { .. } => GCOUNTER,
+            CrdtOp::PNCounter { .. } => PNCOUNTER,
+            CrdtOp::TwoPSet { .. } => TWOPSET,
+            CrdtOp::ORSet { .. } => ORSET,
         }
     }
 
@@ -122,7 +296,7 @@ impl CrdtOp {
     }
 
     /// An empty state of the operation's type.
-    fn empty(&self) -> Object {
+    pub fn empty(&self) -> Object {
         match self {
             CrdtOp::GCounter { .. } => Object::GCounter(Counter::new()),
             CrdtOp::PNCounter { .. } => Object::PNCounter(Counter::new()),
@@ -139,7 +313,15 @@ pub struct UpdateEffect {
     pub replayed: bool,
     /// What parts of the update had no effect, or a weaker one than asked, and why.
     pub notes: Vec<String>,
+    /// Operation ids the key forgot before it was safe to, to stay within its memory bound.
+    #[serde(skip)]
+    pub forgotten: Forgotten,
 }
+
+/// The range every counter's value stays in: a G-Counter's from 0, a PN-Counter's from
+/// `i64::MIN`, both up to `i64::MAX`. An update that would take the value out of it is refused
+/// whichever node coordinates it.
+pub const COUNTER_RANGE: (i128, i128) = (i64::MIN as i128, i64::MAX as i128);
 
 /// Why an update could not be applied. Nothing changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -161,9 +343,9 @@ pub enum CrdtValue {
     Set(Vec<String>),
 }
 
-/// Why two states of one key cannot be merged.
+/// Why a write of one type cannot apply to a key: it holds another (nothing changed).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the key holds a {held}, not a {offered}")]
+#[error("{}", conflict_message(held, offered))]
 pub struct TypeConflict {
     /// The type the replica holds.
     pub held: &'static str,
@@ -171,39 +353,167 @@ pub struct TypeConflict {
     pub offered: &'static str,
 }
 
+fn conflict_message(held: &str, offered: &str) -> String {
+    if held == CONTESTED {
+        format!("the key is contested (it holds several types) and none of them is a {offered}")
+    } else {
+        format!("the key holds a {held}, not a {offered}")
+    }
+}
+
 impl Object {
-    /// The type's name as the API shows it.
+    /// The type's name as the API shows it: the one live type, [`CONTESTED`] when several
+    /// parts are live, and `register` for a register that holds only tombstones.
     pub fn type_name(&self) -> &'static str {
         match self {
-            Object::Register(_) => "register",
-            Object::GCounter(_) => "gcounter",
-            Object::PNCounter(_) => "pncounter",
-            Object::TwoPSet(_) => "2pset",
-            Object::ORSet(_) => "orset",
+            Object::Contested(_) => {
+                let live = self.live_types();
+                match live.as_slice() {
+                    [] => REGISTER,
+                    [one] => one,
+                    _ => CONTESTED,
+                }
+            }
+            single => single.part_type(),
         }
     }
 
-    /// Merges another replica's state of the same key (commutative, associative, idempotent).
-    /// A state of another type is refused and changes nothing.
-    pub fn merge(&mut self, other: &Object) -> Result<(), TypeConflict> {
-        match (self, other) {
+    /// The type of a single-variant state (`contested` for [`Object::Contested`]).
+    fn part_type(&self) -> &'static str {
+        match self {
+            Object::Register(_) => REGISTER,
+            Object::GCounter(_) => GCOUNTER,
+            Object::PNCounter(_) => PNCOUNTER,
+            Object::TwoPSet(_) => TWOPSET,
+            Object::ORSet(_) => ORSET,
+            Object::Contested(_) => CONTESTED,
+        }
+    }
+
+    /// The types of the live parts, in type order: a register with a value, and every CRDT
+    /// part (CRDT keys are never deleted). A register that holds only tombstones is not live.
+    pub fn live_types(&self) -> Vec<&'static str> {
+        let live_register = |r: &Register| r.values().next().is_some();
+        match self {
+            Object::Contested(p) => {
+                let mut v = Vec::new();
+                if p.register.as_ref().is_some_and(live_register) {
+                    v.push(REGISTER);
+                }
+                for (present, name) in [
+                    (p.gcounter.is_some(), GCOUNTER),
+                    (p.pncounter.is_some(), PNCOUNTER),
+                    (p.twopset.is_some(), TWOPSET),
+                    (p.orset.is_some(), ORSET),
+                ] {
+                    if present {
+                        v.push(name);
+                    }
+                }
+                v
+            }
+            Object::Register(r) if !live_register(r) => Vec::new(),
+            single => vec![single.part_type()],
+        }
+    }
+
+    /// Whether the key has several live types (see [`Object`]).
+    pub fn is_contested(&self) -> bool {
+        self.live_types().len() > 1
+    }
+
+    /// Whether a write of type `name` may apply to this state: the key has no live type yet
+    /// (new, or a deleted register), or `name` is one of its live types.
+    pub fn allows(&self, name: &str) -> bool {
+        let live = self.live_types();
+        live.is_empty() || live.contains(&name)
+    }
+
+    fn conflict(&self, offered: &'static str) -> TypeConflict {
+        TypeConflict {
+            held: self.type_name(),
+            offered,
+        }
+    }
+
+    /// Merges another replica's state of the same key: the least upper bound (commutative,
+    /// associative, idempotent). States of different types merge into [`Object::Contested`];
+    /// nothing is ever refused or lost.
+    pub fn merge(&mut self, other: &Object) {
+        match (&mut *self, other) {
             (Object::Register(a), Object::Register(b)) => a.sync(b),
             (Object::GCounter(a), Object::GCounter(b))
             | (Object::PNCounter(a), Object::PNCounter(b)) => a.merge(b),
             (Object::TwoPSet(a), Object::TwoPSet(b)) => a.merge(b),
             (Object::ORSet(a), Object::ORSet(b)) => a.merge(b),
-            (a, b) => {
-                return Err(TypeConflict {
-                    held: a.type_name(),
-                    offered: b.type_name(),
-                })
+            _ => {
+                let mine = std::mem::replace(self, Object::Register(Register::new()));
+                let mut parts = Parts::default();
+                parts.absorb(mine);
+                parts.absorb(other.clone());
+                *self = parts.into_object();
             }
         }
-        Ok(())
     }
 
-    /// Applies a CRDT update on behalf of `actor` (this process's actor), at `now_ms` by its
-    /// clock; `current` is the local copy (`None`: the key is new). Returns the new state.
+    /// Splits `current` into the part of type `name` (if any) and the other parts (if any),
+    /// after checking that a write of type `name` may apply.
+    fn split(
+        current: Option<Object>,
+        name: &'static str,
+    ) -> Result<(Option<Object>, Option<Parts>), TypeConflict> {
+        let Some(current) = current else {
+            return Ok((None, None));
+        };
+        if !current.allows(name) {
+            return Err(current.conflict(name));
+        }
+        Ok(match current {
+            Object::Contested(p) => {
+                let mut p = *p;
+                let part = p.take(name);
+                (part, Some(p))
+            }
+            single if single.part_type() == name => (Some(single), None),
+            other => {
+                // A deleted register taking its first write of another type.
+                let mut p = Parts::default();
+                p.absorb(other);
+                (None, Some(p))
+            }
+        })
+    }
+
+    /// Puts an updated part back among the others.
+    fn join_parts(part: Object, rest: Option<Parts>) -> Object {
+        match rest {
+            None => part,
+            Some(mut p) => {
+                p.absorb(part);
+                p.into_object()
+            }
+        }
+    }
+
+    /// Writes the register of `current` (`None`: the key is new) with `write`; returns the new
+    /// state and what `write` returned. Refused, changing nothing, when the key has a live
+    /// part of another type and no live register.
+    pub fn write_register<T>(
+        current: Option<Object>,
+        write: impl FnOnce(&mut Register) -> T,
+    ) -> Result<(Object, T), TypeConflict> {
+        let (part, rest) = Self::split(current, REGISTER)?;
+        let mut register = match part {
+            Some(Object::Register(r)) => r,
+            _ => Register::new(),
+        };
+        let out = write(&mut register);
+        Ok((Self::join_parts(Object::Register(register), rest), out))
+    }
+
+    /// Applies a CRDT update on behalf of `actor` (this process's actor) on `site`, at
+    /// `now_ms` by its clock; `current` is the local copy (`None`: the key is new). Returns the
+    /// new state.
     pub fn apply_update(
         current: Option<Object>,
         actor: NodeId,
@@ -211,24 +521,66 @@ impl Object {
         op_id: &str,
         now_ms: u64,
         policy: OpLogPolicy,
+        site: Site<'_>,
     ) -> Result<(Object, UpdateEffect), UpdateError> {
-        let mut object = current.unwrap_or_else(|| op.empty());
+        let (part, rest) = Self::split(current, op.type_name())?;
+        let applying = Applying {
+            actor,
+            op_id,
+            now_ms,
+            policy,
+            site,
+        };
+        let (part, mut effect) = Self::apply_to_part(part, op, &applying)?;
+        if effect.forgotten.any() {
+            let f = effect.forgotten;
+            effect.notes.push(format!(
+                "this key takes updates faster than it may forget their operation ids: to stay within its memory bound it forgot {} ids within {} s of their update and {} not yet on every replica, so a retry of one of those may count again",
+                f.early,
+                policy.window_ms / 1000,
+                f.unstable
+            ));
+        }
+        Ok((Self::join_parts(part, rest), effect))
+    }
+
+    fn apply_to_part(
+        part: Option<Object>,
+        op: &CrdtOp,
+        a: &Applying<'_>,
+    ) -> Result<(Object, UpdateEffect), UpdateError> {
+        let Applying {
+            actor,
+            op_id,
+            now_ms,
+            policy,
+            site,
+        } = *a;
+        let mut object = part.unwrap_or_else(|| op.empty());
         let mut effect = UpdateEffect::default();
         let invalid = |e: crate::crdt::CrdtError| UpdateError::Invalid(e.to_string());
         match (&mut object, op) {
             (Object::GCounter(c), CrdtOp::GCounter { increment }) => {
                 let amount = i64::try_from(*increment)
                     .map_err(|_| UpdateError::Invalid("the increment is too large".into()))?;
-                effect.replayed = c
-                    .apply(actor, op_id, amount, now_ms, policy)
-                    .map_err(invalid)?
-                    == Applied::Replayed;
+                if !c.log().contains(op_id) {
+                    check_range(c.value(), amount, 0)?;
+                }
+                let (applied, forgotten) = c
+                    .apply(actor, op_id, amount, now_ms, policy, site)
+                    .map_err(invalid)?;
+                effect.replayed = applied == Applied::Replayed;
+                effect.forgotten = forgotten;
             }
             (Object::PNCounter(c), CrdtOp::PNCounter { increment }) => {
-                effect.replayed = c
-                    .apply(actor, op_id, *increment, now_ms, policy)
-                    .map_err(invalid)?
-                    == Applied::Replayed;
+                if !c.log().contains(op_id) {
+                    check_range(c.value(), *increment, COUNTER_RANGE.0)?;
+                }
+                let (applied, forgotten) = c
+                    .apply(actor, op_id, *increment, now_ms, policy, site)
+                    .map_err(invalid)?;
+                effect.replayed = applied == Applied::Replayed;
+                effect.forgotten = forgotten;
             }
             (Object::TwoPSet(s), CrdtOp::TwoPSet { add, remove }) => {
                 if s.log.contains(op_id) {
@@ -254,7 +606,7 @@ impl Object {
                             ));
                         }
                     }
-                    s.log.record_set_update(actor, op_id, now_ms, policy);
+                    effect.forgotten = s.log.record_set_update(actor, op_id, now_ms, policy, site);
                 }
             }
             (
@@ -290,12 +642,12 @@ impl Object {
                             "without a context, the remove took back the adds the coordinating replica had seen".into(),
                         );
                     }
-                    s.log.record_set_update(actor, op_id, now_ms, policy);
+                    effect.forgotten = s.log.record_set_update(actor, op_id, now_ms, policy, site);
                 }
             }
             (held, op) => {
                 return Err(UpdateError::TypeConflict(TypeConflict {
-                    held: held.type_name(),
+                    held: held.part_type(),
                     offered: op.type_name(),
                 }))
             }
@@ -303,23 +655,125 @@ impl Object {
         Ok((object, effect))
     }
 
-    /// The value clients see of a CRDT key (`None` for a register).
+    /// Notes that replica `node` holds this state (every CRDT part's operation log keeps a row
+    /// per replica, see [`crate::crdt::OpLog::observe`]). A replica calls it on every state it
+    /// stores. Rows of nodes that are neither `node` nor one of the key's current `replicas`
+    /// are dropped ([`crate::crdt::OpLog::prune_rows`]).
+    pub fn observe(&mut self, node: NodeId, replicas: &[NodeId]) {
+        let see = |log: &mut crate::crdt::OpLog| {
+            log.observe(node);
+            log.prune_rows(node, replicas);
+        };
+        match self {
+            Object::Register(_) => {}
+            Object::GCounter(c) | Object::PNCounter(c) => {
+                c.observe(node);
+                c.prune_rows(node, replicas);
+            }
+            Object::TwoPSet(s) => see(&mut s.log),
+            Object::ORSet(s) => see(&mut s.log),
+            Object::Contested(p) => {
+                for c in [&mut p.gcounter, &mut p.pncounter].into_iter().flatten() {
+                    c.observe(node);
+                    c.prune_rows(node, replicas);
+                }
+                if let Some(s) = &mut p.twopset {
+                    see(&mut s.log);
+                }
+                if let Some(s) = &mut p.orset {
+                    see(&mut s.log);
+                }
+            }
+        }
+    }
+
+    /// Whether two states of a key hold the same data, leaving aside the replica rows of
+    /// operation logs (copies that differ only there are reconciled by anti-entropy; read
+    /// repair does not send them).
+    pub fn same_data(&self, other: &Object) -> bool {
+        match (self, other) {
+            (Object::GCounter(a), Object::GCounter(b))
+            | (Object::PNCounter(a), Object::PNCounter(b)) => a.same_data(b),
+            (Object::TwoPSet(a), Object::TwoPSet(b)) => {
+                a.set == b.set && a.log.same_records(&b.log)
+            }
+            (Object::ORSet(a), Object::ORSet(b)) => a.set == b.set && a.log.same_records(&b.log),
+            (a, b) => a == b,
+        }
+    }
+
+    /// The single live part, borrowed when this is a single variant.
+    fn live_part(&self) -> Option<std::borrow::Cow<'_, Object>> {
+        use std::borrow::Cow;
+        match self {
+            Object::Contested(p) => {
+                let mut live: Vec<Object> = p
+                    .objects()
+                    .into_iter()
+                    .filter(|o| !o.live_types().is_empty())
+                    .collect();
+                (live.len() == 1).then(|| Cow::Owned(live.remove(0)))
+            }
+            single => Some(Cow::Borrowed(single)),
+        }
+    }
+
+    /// The part of type `name`, if present (borrowed when this is a single variant).
+    pub fn part(&self, name: &str) -> Option<std::borrow::Cow<'_, Object>> {
+        use std::borrow::Cow;
+        match self {
+            Object::Contested(p) => p.clone().take(name).map(Cow::Owned),
+            single if single.part_type() == name => Some(Cow::Borrowed(single)),
+            _ => None,
+        }
+    }
+
+    /// The value clients see of a CRDT key (`None` for a register or a contested key).
     pub fn crdt_value(&self) -> Option<CrdtValue> {
-        Some(match self {
-            Object::Register(_) => return None,
+        Some(match self.live_part()?.as_ref() {
+            Object::Register(_) | Object::Contested(_) => return None,
             Object::GCounter(c) | Object::PNCounter(c) => CrdtValue::Counter(c.value()),
             Object::TwoPSet(s) => CrdtValue::Set(s.set.elements().cloned().collect()),
             Object::ORSet(s) => CrdtValue::Set(s.set.elements().cloned().collect()),
         })
     }
 
-    /// The causal context clients carry for this key, if its type has one (registers, OR-Sets).
+    /// The causal context clients carry for this key, if its type has one (registers, OR-Sets;
+    /// `None` for a contested key, whose parts carry theirs).
     pub fn context(&self, key: &[u8]) -> Option<Context> {
         match self {
             Object::Register(r) => Some(Context::new(key, r.context())),
             Object::ORSet(s) => Some(Context::new(key, s.set.clock().clone())),
+            Object::Contested(p) if !self.is_contested() => match self.type_name() {
+                ORSET => p
+                    .orset
+                    .as_ref()
+                    .map(|s| Context::new(key, s.set.clock().clone())),
+                REGISTER => p.register.as_ref().map(|r| Context::new(key, r.context())),
+                _ => None,
+            },
             _ => None,
         }
+    }
+
+    /// Every live part with its value and context (one entry unless the key is contested).
+    pub fn parts(&self, key: &[u8]) -> Vec<PartView> {
+        let objects = match self {
+            Object::Contested(p) => p.objects(),
+            single => vec![single.clone()],
+        };
+        objects
+            .iter()
+            .filter(|o| !o.live_types().is_empty())
+            .map(|o| PartView {
+                type_name: o.part_type().to_owned(),
+                values: o
+                    .as_register()
+                    .map_or_else(Vec::new, |r| r.values().map(<[u8]>::to_vec).collect()),
+                crdt: o.crdt_value(),
+                context: o.context(key),
+            })
+            .collect()
     }
 
     /// The stored and wire encoding.
@@ -332,13 +786,44 @@ impl Object {
         protocol::decode_with_limit(bytes, OBJECT_BYTES_MAX)
     }
 
-    /// The register, if this is one.
+    /// The register part, if the key has one (live or only tombstones).
     pub fn as_register(&self) -> Option<&Register> {
         match self {
             Object::Register(r) => Some(r),
+            Object::Contested(p) => p.register.as_ref(),
             _ => None,
         }
     }
+
+    /// Whether the state is only a register's tombstones (what tombstone GC may purge).
+    pub fn is_tombstone(&self) -> bool {
+        matches!(self, Object::Register(r) if r.is_deleted())
+    }
+}
+
+/// Who applies an update, and how its key remembers operation ids.
+#[derive(Clone, Copy, Debug)]
+struct Applying<'a> {
+    actor: NodeId,
+    op_id: &'a str,
+    now_ms: u64,
+    policy: OpLogPolicy,
+    site: Site<'a>,
+}
+
+/// Refuses adding `amount` to a counter worth `value` when the result would leave
+/// [`low`, `i64::MAX`] and move further from it (a value already outside, which concurrent
+/// updates through different nodes can leave, may always come back).
+fn check_range(value: i128, amount: i64, low: i128) -> Result<(), UpdateError> {
+    let high = COUNTER_RANGE.1;
+    let next = value.saturating_add(i128::from(amount));
+    let away = (next > high && next > value) || (next < low && next < value);
+    if away {
+        return Err(UpdateError::Invalid(format!(
+            "the counter is {value}; adding {amount} would take it outside its range {low} to {high}, so nothing was changed"
+        )));
+    }
+    Ok(())
 }
 
 /// Why a client's context token was refused. Nothing was changed.
@@ -495,7 +980,7 @@ mod tests {
         b.put(NodeId::new(2), &VersionVector::new(), b"y".to_vec());
         let mut oa = Object::Register(a);
         let ob = Object::Register(b);
-        oa.merge(&ob).unwrap();
+        oa.merge(&ob);
         let bytes = oa.encode().unwrap();
         let back = Object::decode(&bytes).unwrap();
         assert_eq!(back, oa);

@@ -38,11 +38,14 @@ use tracing::{error, warn};
 use super::client::ClientError;
 use super::coordinator::CoordinatorMessage;
 use super::hints::HintsMessage;
-use super::object::{Context, CrdtOp, Object, TypeConflict, UpdateEffect, UpdateError};
+use super::object::{
+    Context, CrdtOp, Object, TypeConflict, UpdateEffect, UpdateError, OBJECT_BYTES_MAX,
+    OBJECT_WRITE_BYTES_MAX,
+};
 use super::sync::SyncMessage;
 use super::{Call, Effects};
-use crate::causality::{Dot, Register, VersionVector};
-use crate::crdt::OpLogPolicy;
+use crate::causality::{Dot, VersionVector};
+use crate::crdt::{OpLogPolicy, Site};
 use crate::id::NodeId;
 use crate::merkle::{leaf, Digest};
 use crate::storage::{data_key, split_data_key, ReadStore, Space};
@@ -120,12 +123,17 @@ pub(crate) enum MintOp {
         op: CrdtOp,
         /// Its operation id.
         op_id: String,
-        /// Whether the coordinator already looked at the other replicas; until it has, a
-        /// replica without a copy applies nothing (it cannot know the key's type).
-        looked: bool,
-        /// What the other replicas hold, merged, to start from.
-        seed: Option<Box<Object>>,
     },
+}
+
+impl MintOp {
+    /// The type of key the write is for.
+    pub(crate) fn type_name(&self) -> &'static str {
+        match self {
+            MintOp::Put(_) | MintOp::Delete => super::object::REGISTER,
+            MintOp::Update { op, .. } => op.type_name(),
+        }
+    }
 }
 
 /// What a mint did.
@@ -144,19 +152,27 @@ pub(crate) struct Minted {
     pub(crate) object: Object,
     /// What the write did.
     pub(crate) outcome: MintOutcome,
+    /// The journal number under which the local copy holds the write durably (an update whose
+    /// id was applied before, and that changed nothing, may be durable already).
+    pub(crate) durable_at: u64,
 }
 
 /// Local calls into the replica (never from the network).
 #[derive(Debug)]
 pub(crate) enum ReplicaCall {
     /// Mint a write for the local coordinator's request `req`; the result comes back as
-    /// [`Call::Minted`] at once, and an acknowledgement as [`CoordinatorMessage::Ack`] from
-    /// this node once durable.
+    /// [`Call::Minted`] at once, with the journal number the local copy is durable under (the
+    /// coordinator counts this node's acknowledgement from then). Until the coordinator has
+    /// `looked` at the other replicas, a replica without a copy of the key applies nothing
+    /// ([`Call::Absent`]): it cannot know the key's type. `seed` is what the other replicas
+    /// hold, merged, to start from.
     Mint {
         req: u64,
         key: Vec<u8>,
         op: MintOp,
         context: Option<Context>,
+        looked: bool,
+        seed: Option<Box<Object>>,
     },
     /// Delete these local copies (storage keys), each only if its Merkle leaf is still the
     /// given one: the sync sub-machine drops a partition this node no longer owns, once every
@@ -224,6 +240,47 @@ impl Cache {
 /// A local copy with its Merkle leaf digest.
 type Held = (Object, Digest);
 
+/// How many keys [`Crowded`] remembers.
+const CROWDED_KEYS: usize = 16;
+
+/// The keys with the most siblings among those stored lately: a bounded table, updated with
+/// every stored register state (a key whose siblings were resolved leaves it).
+#[derive(Debug, Default)]
+struct Crowded {
+    keys: BTreeMap<Vec<u8>, usize>,
+}
+
+impl Crowded {
+    fn note(&mut self, key: &[u8], siblings: usize) {
+        if siblings < 2 {
+            self.keys.remove(key);
+            return;
+        }
+        if let Some(n) = self.keys.get_mut(key) {
+            *n = siblings;
+            return;
+        }
+        if self.keys.len() >= CROWDED_KEYS {
+            // Make room only for a key with more siblings than the fewest kept.
+            let Some((least, &n)) = self.keys.iter().min_by_key(|(k, &n)| (n, (*k).clone())) else {
+                return;
+            };
+            if n >= siblings {
+                return;
+            }
+            let least = least.clone();
+            self.keys.remove(&least);
+        }
+        self.keys.insert(key.to_vec(), siblings);
+    }
+
+    fn top(&self) -> Vec<(Vec<u8>, usize)> {
+        let mut v: Vec<(Vec<u8>, usize)> = self.keys.iter().map(|(k, &n)| (k.clone(), n)).collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        v
+    }
+}
+
 /// The replica sub-machine.
 pub(crate) struct Replica {
     store: Box<dyn ReadStore>,
@@ -239,8 +296,20 @@ pub(crate) struct Replica {
     cache: Cache,
     /// How long keys remember operation ids.
     op_log: OpLogPolicy,
-    /// States of another type refused by merges (a type conflict while a first write spreads).
+    /// Keys that became contested here (states of several types merged).
     type_conflicts: u64,
+    /// Merges refused because the merged state would exceed [`OBJECT_BYTES_MAX`].
+    merges_refused: u64,
+    /// Operation ids forgotten within their window to stay within the memory bound.
+    forgotten_early: u64,
+    /// Operation ids forgotten before every replica held them (the hard memory bound).
+    forgotten_unstable: u64,
+    /// Most siblings a register write may leave (0: no bound).
+    siblings_max: usize,
+    /// Register writes refused by the sibling guard.
+    siblings_refused: u64,
+    /// The keys with the most siblings.
+    crowded: Crowded,
     /// Local copies dropped since start.
     dropped: u64,
     /// Tombstones purged since start.
@@ -265,6 +334,12 @@ impl Replica {
             cache: Cache::new(cache_bytes),
             op_log: OpLogPolicy::default(),
             type_conflicts: 0,
+            merges_refused: 0,
+            forgotten_early: 0,
+            forgotten_unstable: 0,
+            siblings_max: 0,
+            siblings_refused: 0,
+            crowded: Crowded::default(),
             dropped: 0,
             purged: 0,
             dot_floor: 0,
@@ -277,9 +352,27 @@ impl Replica {
         self
     }
 
-    /// States of another type this replica refused to merge since it started.
+    /// Sets the sibling guard (0: none).
+    pub(crate) fn with_siblings_max(mut self, max: usize) -> Self {
+        self.siblings_max = max;
+        self
+    }
+
+    /// Keys that became contested on this replica since it started.
     pub(crate) fn type_conflicts(&self) -> u64 {
         self.type_conflicts
+    }
+
+    /// Operation ids this replica forgot before it was safe since it started: within their
+    /// window, and before every replica held them (the memory bounds; see the op log).
+    pub(crate) fn op_ids_forgotten(&self) -> (u64, u64) {
+        (self.forgotten_early, self.forgotten_unstable)
+    }
+
+    /// Merges this replica refused since it started because the merged state would be larger
+    /// than it stores (the sender keeps them).
+    pub(crate) fn merges_refused(&self) -> u64 {
+        self.merges_refused
     }
 
     /// The actor minting this process's dots.
@@ -345,26 +438,35 @@ impl Replica {
     }
 
     /// Stages `object` as the new local copy, replacing the one with leaf digest `old`;
-    /// returns its journal number.
+    /// returns its journal number. A client `write` is held to the write bound (see
+    /// [`Replica::check_write_size`]), a merge to the stored bound only.
     fn stage(
         &mut self,
         skey: Vec<u8>,
         object: Object,
         old: Option<Digest>,
+        write: bool,
         fx: &mut Effects<'_>,
     ) -> Result<u64, ClientError> {
         let bytes = object.encode().map_err(|e| {
             warn!(error = %e, "cannot encode an object");
             ClientError::TooLarge(format!("the key's state cannot be stored: {e}"))
         })?;
-        if bytes.len() > super::object::OBJECT_BYTES_MAX {
+        if write {
+            self.check_write_size(&skey, bytes.len())?;
+        }
+        if bytes.len() > OBJECT_BYTES_MAX {
+            self.merges_refused += 1;
             return Err(ClientError::TooLarge(format!(
-                "the key's state would be {} bytes (too many large siblings); resolve them first",
+                "the key's merged state would be {} bytes, more than a replica stores ({OBJECT_BYTES_MAX})",
                 bytes.len()
             )));
         }
         let seq = fx.journal.staging_seq();
         let new = leaf_of(&skey, &bytes);
+        if let Some((_, key)) = split_data_key(&skey) {
+            self.note_siblings(key, &object);
+        }
         self.cache
             .put(skey.clone(), bytes.len(), object.clone(), new);
         fx.journal.batch().put(Space::Data, skey.clone(), bytes);
@@ -378,6 +480,63 @@ impl Replica {
             .insert(skey.clone(), (seq, Some((object, new))));
         self.staged.push_back((seq, skey));
         Ok(seq)
+    }
+
+    /// The sibling guard: a register write that leaves more than `siblings_max` values and
+    /// more than the key had (`before`) is refused, changing nothing; one that resolves
+    /// siblings always goes through.
+    fn check_siblings(
+        &mut self,
+        key: &[u8],
+        before: usize,
+        object: &Object,
+    ) -> Result<(), ClientError> {
+        let after = object.as_register().map_or(0, |r| r.values().count());
+        if self.siblings_max == 0 || after <= self.siblings_max || after <= before {
+            return Ok(());
+        }
+        self.siblings_refused += 1;
+        warn!(key = ?String::from_utf8_lossy(key), siblings = before, "refused a write: the key has too many siblings");
+        Err(ClientError::TooLarge(format!(
+            "the key has {before} concurrent values (siblings), the most this node keeps is {}; read the key and write with its context to resolve them",
+            self.siblings_max
+        )))
+    }
+
+    /// Notes a register's sibling count after a change, for the keys with the most siblings.
+    fn note_siblings(&mut self, key: &[u8], object: &Object) {
+        let n = object.as_register().map_or(0, |r| r.values().count());
+        self.crowded.note(key, n);
+    }
+
+    /// The keys with the most siblings this node has stored lately, most first.
+    pub(crate) fn crowded_keys(&self) -> Vec<(Vec<u8>, usize)> {
+        self.crowded.top()
+    }
+
+    /// Register writes refused by the sibling guard since start.
+    pub(crate) fn siblings_refused(&self) -> u64 {
+        self.siblings_refused
+    }
+
+    /// Whether a client write may leave a state of `size` bytes under storage key `skey`: at
+    /// most [`OBJECT_WRITE_BYTES_MAX`], or no larger than the current copy (a write that
+    /// shrinks an oversized state, resolving siblings, is let through). Merges are bounded by
+    /// [`OBJECT_BYTES_MAX`] only: states that were each accepted must merge wherever they meet.
+    fn check_write_size(&mut self, skey: &[u8], size: usize) -> Result<(), ClientError> {
+        if size <= OBJECT_WRITE_BYTES_MAX {
+            return Ok(());
+        }
+        let before = match self.load_storage_key(skey)? {
+            Some((o, _)) => o.encode().map(|b| b.len()).unwrap_or(0),
+            None => 0,
+        };
+        if size <= before {
+            return Ok(());
+        }
+        Err(ClientError::TooLarge(format!(
+            "the key's state would be {size} bytes, more than {OBJECT_WRITE_BYTES_MAX} (too many large siblings); read the key and write with its context to resolve them"
+        )))
     }
 
     /// Deletes the local copies of `keys` (storage keys) whose Merkle leaf is still the given
@@ -456,15 +615,18 @@ impl Replica {
     ) -> Result<u64, ClientError> {
         let skey = self.storage_key(key);
         let (merged, old) = match self.load_storage_key(&skey)? {
-            None => (incoming.clone(), None),
+            None => {
+                let mut o = incoming.clone();
+                o.observe(fx.me, &replicas_of(key, fx));
+                (o, None)
+            }
             Some((mut mine, old)) => {
                 let before = mine.clone();
-                if let Err(TypeConflict { held, offered }) = mine.merge(incoming) {
+                mine.merge(incoming);
+                mine.observe(fx.me, &replicas_of(key, fx));
+                if mine != before && mine.is_contested() && !before.is_contested() {
                     self.type_conflicts += 1;
-                    warn!(held, offered, key = ?String::from_utf8_lossy(key), "refused a state of another type");
-                    return Err(ClientError::TypeConflict(format!(
-                        "the key holds a {held}, not a {offered}"
-                    )));
+                    warn!(key = ?String::from_utf8_lossy(key), types = ?mine.live_types(), "the key is now contested: writes of several types raced");
                 }
                 if mine == before {
                     return Ok(self.durable_point(&skey, fx));
@@ -472,7 +634,7 @@ impl Replica {
                 (mine, Some(old))
             }
         };
-        self.stage(skey, merged, old, fx)
+        self.stage(skey, merged, old, false, fx)
     }
 
     /// Handles a message from node `from`.
@@ -482,10 +644,12 @@ impl Replica {
         msg: ReplicaMessage,
         fx: &mut Effects<'_>,
     ) {
-        if fx.topo.left && !matches!(msg, ReplicaMessage::Read { .. }) {
-            // This node has left: a write acknowledged here would leave with it. The sender
-            // finds another replica (a coordinator hedges; hints and handoff re-route).
-            if let ReplicaMessage::Write { req, .. } = msg {
+        if fx.topo.left {
+            // This node has left (or was removed): a write acknowledged here would leave with
+            // it, and its copy may be older than what the members purged since. The sender
+            // finds another replica (a coordinator hedges or asks a spare; hints and handoff
+            // re-route).
+            if let ReplicaMessage::Write { req, .. } | ReplicaMessage::Read { req, .. } = msg {
                 if req != 0 {
                     let error = ClientError::Unavailable {
                         message: "this node has left the cluster".into(),
@@ -534,24 +698,26 @@ impl Replica {
                 fx.send(from, reply.into());
             }
             ReplicaMessage::Merge { reply, entries } => {
+                // The acknowledgement names every entry this replica did not store, so the
+                // sender keeps exactly those (a hint stays held, a handoff stays pending).
                 let mut last = fx.journal.durable_seq();
-                for e in &entries {
+                let mut refused = Vec::new();
+                for (i, e) in entries.iter().enumerate() {
                     match self.merge_in(&e.key, &e.object, fx) {
                         Ok(seq) => last = last.max(seq),
-                        // A conflicting type stays as it is, and a merge too large to store
-                        // cannot be stored (the other copies keep it); the sender must not retry
-                        // these forever, so they count as handled.
-                        Err(ClientError::TypeConflict(_)) => {}
                         Err(ClientError::TooLarge(why)) => {
-                            error!(key = ?String::from_utf8_lossy(&e.key), %why, "cannot merge a key: too large");
+                            error!(key = ?String::from_utf8_lossy(&e.key), %why, "cannot merge a key: too large; the sender keeps it");
+                            refused.push(u32::try_from(i).unwrap_or(u32::MAX));
                         }
-                        // Anything else (storage failing): do not acknowledge.
+                        // Anything else (storage failing): do not acknowledge at all.
                         Err(_) => return,
                     }
                 }
                 let ack = match reply {
-                    MergeReply::Hints { batch } => HintsMessage::Delivered { batch }.into(),
-                    MergeReply::Handoff { batch } => SyncMessage::Pushed { batch }.into(),
+                    MergeReply::Hints { batch } => {
+                        HintsMessage::Delivered { batch, refused }.into()
+                    }
+                    MergeReply::Handoff { batch } => SyncMessage::Pushed { batch, refused }.into(),
                     MergeReply::Repair => return,
                 };
                 fx.after_durable(last, from, ack);
@@ -567,25 +733,31 @@ impl Replica {
                 key,
                 op,
                 context,
+                looked,
+                seed,
             } => {
-                if let MintOp::Update {
-                    op, looked: false, ..
-                } = &op
-                {
-                    if matches!(self.load(&key), Ok(None)) {
-                        let op = op.clone();
-                        fx.calls.push_back(Call::Absent { req, op });
-                        return;
-                    }
+                if fx.topo.left {
+                    // A request this node's coordinator took before it left (or was removed):
+                    // a copy written now would never reach the members.
+                    let error = ClientError::Unavailable {
+                        message: "this node has left the cluster; send the request to a member"
+                            .into(),
+                        indeterminate: false,
+                        acks: 0,
+                        needed: 1,
+                    };
+                    fx.calls.push_back(Call::Minted {
+                        req,
+                        result: Err(error),
+                    });
+                    return;
                 }
-                let result = self.mint(&key, op, context.as_ref(), fx);
-                if let Ok((_, seq)) = &result {
-                    fx.after_durable(*seq, fx.me, CoordinatorMessage::Ack { req }.into());
+                if !looked && matches!(self.load(&key), Ok(None)) {
+                    fx.calls.push_back(Call::Absent { req, op, context });
+                    return;
                 }
-                fx.calls.push_back(Call::Minted {
-                    req,
-                    result: result.map(|(m, _)| m),
-                });
+                let result = self.mint(&key, op, context.as_ref(), seed, fx);
+                fx.calls.push_back(Call::Minted { req, result });
             }
             ReplicaCall::Drop { keys, purge } => {
                 let asked = keys.len();
@@ -604,70 +776,88 @@ impl Replica {
         key: &[u8],
         op: MintOp,
         context: Option<&Context>,
+        seed: Option<Box<Object>>,
         fx: &mut Effects<'_>,
-    ) -> Result<(Minted, u64), ClientError> {
+    ) -> Result<Minted, ClientError> {
         let skey = self.storage_key(key);
         let (mut current, old) = match self.load_storage_key(&skey)? {
             Some((o, d)) => (Some(o), Some(d)),
             None => (None, None),
         };
-        if let MintOp::Update {
-            op, op_id, seed, ..
-        } = op
-        {
-            // Start from what the other replicas hold (the key's type and contents).
-            let seeded = seed.is_some();
-            if let Some(seed) = seed {
-                match &mut current {
-                    None => current = Some(*seed),
-                    Some(mine) => mine.merge(&seed).map_err(|c| {
-                        self.type_conflicts += 1;
-                        ClientError::TypeConflict(c.to_string())
-                    })?,
-                }
+        // Start from what the other replicas hold (the key's type and contents).
+        let seeded = seed.is_some();
+        if let Some(seed) = seed {
+            match &mut current {
+                None => current = Some(*seed),
+                Some(mine) => mine.merge(&seed),
             }
-            let now_ms = u64::try_from(fx.now.as_millis()).unwrap_or(u64::MAX);
-            let (object, effect) =
-                Object::apply_update(current, self.actor, &op, &op_id, now_ms, self.op_log)
-                    .map_err(|e| match e {
-                        UpdateError::TypeConflict(c) => ClientError::TypeConflict(c.to_string()),
-                        UpdateError::Invalid(why) => ClientError::BadRequest(why),
-                    })?;
-            // A replayed id changed nothing (unless the seed did): the earlier update's state is
-            // acknowledged again.
-            let seq = if effect.replayed && !seeded {
-                self.durable_point(&skey, fx)
-            } else {
-                self.stage(skey, object.clone(), old, fx)?
-            };
-            let outcome = MintOutcome::Update(effect);
-            return Ok((Minted { object, outcome }, seq));
         }
-        let mut register = match current {
-            None => Register::new(),
-            Some(Object::Register(r)) => r,
-            Some(other) => {
-                return Err(ClientError::TypeConflict(format!(
-                    "the key holds a {}, not a register",
-                    other.type_name()
-                )))
+        let conflict = |c: TypeConflict| ClientError::TypeConflict(c.to_string());
+        let (object, outcome, changed) = match op {
+            MintOp::Update { op, op_id } => {
+                let now_ms = now_ms(fx);
+                let replicas = fx.topo.primaries(fx.topo.partition(key));
+                let site = Site {
+                    node: fx.me,
+                    replicas: &replicas,
+                };
+                let (mut object, effect) = Object::apply_update(
+                    current,
+                    self.actor,
+                    &op,
+                    &op_id,
+                    now_ms,
+                    self.op_log,
+                    site,
+                )
+                .map_err(|e| match e {
+                    UpdateError::TypeConflict(c) => conflict(c),
+                    UpdateError::Invalid(why) => ClientError::BadRequest(why),
+                })?;
+                object.observe(fx.me, &replicas);
+                self.forgotten_early += u64::from(effect.forgotten.early);
+                self.forgotten_unstable += u64::from(effect.forgotten.unstable);
+                // A replayed id changed nothing (unless the seed did): the earlier update's
+                // state is acknowledged again.
+                let changed = !effect.replayed || seeded;
+                (object, MintOutcome::Update(effect), changed)
+            }
+            MintOp::Put(value) => {
+                let empty = VersionVector::new();
+                let seen = context.map_or(&empty, Context::seen);
+                let (actor, floor) = (self.actor, self.dot_floor);
+                let before = current
+                    .as_ref()
+                    .and_then(Object::as_register)
+                    .map_or(0, |r| r.values().count());
+                let (mut object, dot) =
+                    Object::write_register(current, |r| r.put_above(actor, seen, value, floor))
+                        .map_err(conflict)?;
+                self.check_siblings(key, before, &object)?;
+                object.observe(fx.me, &replicas_of(key, fx));
+                (object, MintOutcome::Dot(dot), true)
+            }
+            MintOp::Delete => {
+                let empty = VersionVector::new();
+                let seen = context.map_or(&empty, Context::seen);
+                let (actor, floor) = (self.actor, self.dot_floor);
+                let (mut object, dot) =
+                    Object::write_register(current, |r| r.delete_above(actor, seen, floor))
+                        .map_err(conflict)?;
+                object.observe(fx.me, &replicas_of(key, fx));
+                (object, MintOutcome::Dot(dot), true)
             }
         };
-        let empty = VersionVector::new();
-        let seen = context.map_or(&empty, Context::seen);
-        let dot = match op {
-            MintOp::Put(value) => register.put_above(self.actor, seen, value, self.dot_floor),
-            MintOp::Delete => register.delete_above(self.actor, seen, self.dot_floor),
-            MintOp::Update { .. } => {
-                return Err(ClientError::Internal(
-                    "a CRDT update reached the register path".into(),
-                ))
-            }
+        let durable_at = if changed {
+            self.stage(skey, object.clone(), old, true, fx)?
+        } else {
+            self.durable_point(&skey, fx)
         };
-        let object = Object::Register(register);
-        let seq = self.stage(skey, object.clone(), old, fx)?;
-        let outcome = MintOutcome::Dot(dot);
-        Ok((Minted { object, outcome }, seq))
+        Ok(Minted {
+            object,
+            outcome,
+            durable_at,
+        })
     }
 
     /// Everything up to journal number `seq` is durable: drop it from the overlay (the store has
@@ -698,6 +888,11 @@ impl Replica {
     }
 }
 
+/// The input's time in milliseconds (the clock operation logs use).
+fn now_ms(fx: &Effects<'_>) -> u64 {
+    u64::try_from(fx.now.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// The Merkle leaf digest of the state `bytes` stored under storage key `skey`.
 pub(crate) fn leaf_of(skey: &[u8], bytes: &[u8]) -> Digest {
     leaf(split_data_key(skey).map_or(skey, |(_, k)| k), bytes)
@@ -715,4 +910,9 @@ pub(crate) struct Staged {
     pub(crate) old: Option<Digest>,
     /// The leaf after (`None`: the copy was dropped).
     pub(crate) new: Option<Digest>,
+}
+
+/// The current replicas of `key` (whose rows a CRDT's operation log keeps).
+fn replicas_of(key: &[u8], fx: &Effects<'_>) -> Vec<NodeId> {
+    fx.topo.primaries(fx.topo.partition(key))
 }

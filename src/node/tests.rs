@@ -35,6 +35,10 @@ struct Net {
     sent_to_dead: Vec<(SocketAddr, Vec<u8>)>,
     /// The request id the next client requests carry.
     request_id: Option<std::sync::Arc<str>>,
+    /// Frozen nodes (a paused VM): their events wait, in order, until they resume.
+    paused: BTreeMap<SocketAddr, (Node, Vec<Event>)>,
+    /// Every `PeerRestarted` output: (observer, restarted node, its address).
+    restarts: Vec<(SocketAddr, NodeId, SocketAddr)>,
 }
 
 enum Event {
@@ -63,6 +67,34 @@ impl Net {
             left: BTreeSet::new(),
             sent_to_dead: Vec::new(),
             request_id: None,
+            paused: BTreeMap::new(),
+            restarts: Vec::new(),
+        }
+    }
+
+    /// Freezes node `a`: it handles nothing, and what reaches it waits.
+    fn pause(&mut self, a: SocketAddr) {
+        let node = self.nodes.remove(&a).expect("running");
+        self.paused.insert(a, (node, Vec::new()));
+    }
+
+    /// Thaws node `a`: its timers that came due fire first (a resumed process runs its own
+    /// loop before the network catches up), then the messages that waited arrive.
+    fn resume(&mut self, a: SocketAddr) {
+        let (node, waiting) = self.paused.remove(&a).expect("paused");
+        self.nodes.insert(a, node);
+        let (timers, rest): (Vec<Event>, Vec<Event>) = waiting
+            .into_iter()
+            .partition(|e| matches!(e, Event::Timer(_)));
+        for e in timers.into_iter().chain(rest) {
+            let now = self.now;
+            let node = self.nodes.get_mut(&a).expect("resumed");
+            match e {
+                Event::Gossip(from, b) => node.handle_gossip(from, &b, now),
+                Event::Message(from, b) => node.handle_message(from, &b, now),
+                Event::Timer(t) => node.handle_timer(t, now),
+            }
+            self.drain(a);
         }
     }
 
@@ -122,6 +154,7 @@ impl Net {
                     self.disks.entry(a).or_default().ring = state;
                 }
                 Output::PersistGeneration(_) => {}
+                Output::PeerRestarted { node, addr } => self.restarts.push((a, node, addr)),
                 Output::Left => {
                     self.disks.entry(a).or_default().leave_complete = true;
                     self.left.insert(a);
@@ -138,6 +171,10 @@ impl Net {
             }
             let ((at, _), (to, event)) = entry.remove_entry();
             self.now = at;
+            if let Some((_, waiting)) = self.paused.get_mut(&to) {
+                waiting.push(event);
+                continue;
+            }
             let Some(node) = self.nodes.get_mut(&to) else {
                 if let Event::Message(_, b) = event {
                     self.sent_to_dead.push((to, b));
@@ -281,6 +318,17 @@ fn crash_is_detected_and_restart_rejoins_with_new_generation() {
         );
         assert_eq!(v.members.len(), 4);
     }
+    // Every other node told its driver to drop its connection to the old process, and did
+    // not do so for any node that did not restart.
+    let told: BTreeSet<SocketAddr> = net
+        .restarts
+        .iter()
+        .map(|&(observer, node, at)| {
+            assert_eq!((node, at), (NodeId::new(103), addr(3)));
+            observer
+        })
+        .collect();
+    assert_eq!(told, (0..3).map(addr).collect::<BTreeSet<_>>());
 }
 
 #[test]
@@ -1038,6 +1086,9 @@ fn an_acknowledgement_from_a_node_that_is_not_a_target_counts_for_nothing() {
         .into_iter()
         .find(|&n| n != NodeId::new(100))
         .unwrap();
+    // The key exists (so n0 writes at once instead of first asking what the key holds).
+    written(net.put(0, &key, b"v0", None));
+    net.run_for(Duration::from_secs(1));
     // That replica crashes; before SWIM notices, a w=3 write is sent to it.
     net.crash(addr(silent.get() - 100));
     net.seq += 1;
@@ -1429,5 +1480,456 @@ fn a_member_that_missed_a_delete_holds_its_purge_back_and_nothing_comes_back() {
     for n in 0..3 {
         let r = net.get(n, b"k", 1);
         assert!(r.values.is_empty(), "n{n} resurrected {r:?}");
+    }
+}
+
+fn update_with(
+    net: &mut Net,
+    i: u64,
+    key: &[u8],
+    op: CrdtOp,
+    op_id: &str,
+    options: RequestOptions,
+) -> ClientReply {
+    let op = ClientOp::Update {
+        op,
+        op_id: op_id.to_owned(),
+    };
+    net.request(i, key, op, options)
+}
+
+/// Issue 20, defect 1: a replayed operation id is acknowledged by every replica that holds
+/// it, the coordinator included, so a retry at `w = N` succeeds (it timed out, 2 of 3).
+#[test]
+fn a_replay_at_w_equal_n_is_acknowledged_by_every_replica_including_the_coordinator() {
+    let mut net = cluster(3);
+    let all = RequestOptions {
+        w: Some(3),
+        ..RequestOptions::default()
+    };
+    let incr = CrdtOp::GCounter { increment: 1 };
+    let first = update_with(&mut net, 0, b"c5", incr.clone(), "retry-1", all);
+    assert!(
+        matches!(&first, ClientReply::Updated(u) if u.acks == 3 && !u.replayed),
+        "{first:?}"
+    );
+    // The same request again, through every node (each coordinates it: with N = 3 on three
+    // nodes every node is a replica).
+    for i in [0, 0, 1, 2] {
+        match update_with(&mut net, i, b"c5", incr.clone(), "retry-1", all) {
+            ClientReply::Updated(u) => {
+                assert_eq!(u.acks, 3, "through node {i}");
+                assert!(u.replayed, "through node {i}");
+                assert_eq!(u.value, CrdtValue::Counter(1));
+            }
+            other => panic!("a replay through node {i} at w=3: {other:?}"),
+        }
+    }
+    // With one replica down, a replay at w = 2 succeeds the same way.
+    net.crash(addr(2));
+    net.run_for(Duration::from_secs(8));
+    let two = RequestOptions {
+        w: Some(2),
+        strict: true,
+        ..RequestOptions::default()
+    };
+    for i in [0, 1] {
+        match update_with(&mut net, i, b"c5", incr.clone(), "retry-1", two) {
+            ClientReply::Updated(u) => assert!(u.replayed && u.acks == 2, "{u:?}"),
+            other => panic!("a replay through node {i} at w=2, one replica down: {other:?}"),
+        }
+    }
+}
+
+fn no_hints_config(i: u64, generation: u64, seeds: Vec<SocketAddr>) -> NodeConfig {
+    let mut c = config(i, generation, seeds);
+    c.data.hints = false;
+    c
+}
+
+fn pn(increment: i64) -> CrdtOp {
+    CrdtOp::PNCounter { increment }
+}
+
+/// Issue 20, defect 4 (the reproduction on real nodes, in miniature): a replica that missed
+/// a counter's writes takes a register write for the key before it has its copy. On main it
+/// answered 204 and kept a register while the others kept the counter, for good; now it asks
+/// the other replicas first and refuses (409, nothing stored), and every replica converges.
+#[test]
+fn a_write_of_another_type_on_a_replica_without_its_copy_is_refused_and_replicas_converge() {
+    let mut net = Net::new();
+    net.start(no_hints_config(0, 1, vec![]));
+    for i in 1..3 {
+        net.start(no_hints_config(i, 1, vec![addr(0)]));
+    }
+    net.run_for(Duration::from_secs(10));
+    net.crash(addr(2));
+    net.run_for(Duration::from_secs(8));
+    let w2 = RequestOptions {
+        w: Some(2),
+        ..RequestOptions::default()
+    };
+    for n in 0..3 {
+        let r = update_with(&mut net, 0, b"k", pn(10), &format!("i{n}"), w2);
+        assert!(matches!(r, ClientReply::Updated(_)), "{r:?}");
+    }
+    net.start(no_hints_config(2, 2, vec![addr(0)]));
+    net.run_for(Duration::from_secs(3));
+    assert!(net.nodes[&addr(2)].local_object(b"k").unwrap().is_none());
+    let put = net.request(
+        2,
+        b"k",
+        ClientOp::Put {
+            value: b"oops".to_vec(),
+            context: None,
+        },
+        RequestOptions {
+            w: Some(1),
+            ..RequestOptions::default()
+        },
+    );
+    assert!(
+        matches!(&put, ClientReply::Failed(ClientError::TypeConflict(m)) if m.contains("pncounter")),
+        "{put:?}"
+    );
+    // One anti-entropy interval later every replica holds the same counter.
+    net.run_for(Duration::from_secs(70));
+    let states: Vec<Option<Object>> = (0..3)
+        .map(|i| net.nodes[&addr(i)].local_object(b"k").unwrap())
+        .collect();
+    assert!(states[0].is_some());
+    assert!(states.iter().all(|s| s == &states[0]), "{states:?}");
+    let r = net.get(2, b"k", 3);
+    assert_eq!(r.type_name.as_deref(), Some("pncounter"));
+    assert_eq!(r.crdt, Some(CrdtValue::Counter(30)));
+    assert!(matches!(
+        update(&mut net, 2, b"k", pn(1), "after"),
+        ClientReply::Updated(_)
+    ));
+}
+
+/// Issue 20, defect 4: two coordinators create one key with two types at once. Both writes
+/// were acknowledged, so both are kept: every replica converges to one contested state, and a
+/// read says so and shows each part. Deleting the register part with its context ends the
+/// contest, leaving the counter.
+#[test]
+fn keys_created_with_two_types_at_once_converge_to_one_contested_state() {
+    let mut net = cluster(3);
+    let (now, key) = (net.now, b"both".to_vec());
+    let put = ClientRequest {
+        key: key.clone(),
+        op: ClientOp::Put {
+            value: b"reg".to_vec(),
+            context: None,
+        },
+        options: RequestOptions::default(),
+    };
+    let incr = ClientRequest {
+        key: key.clone(),
+        op: ClientOp::Update {
+            op: CrdtOp::GCounter { increment: 5 },
+            op_id: "g".into(),
+        },
+        options: RequestOptions::default(),
+    };
+    net.nodes
+        .get_mut(&addr(0))
+        .unwrap()
+        .handle_client(9001, put, now);
+    net.nodes
+        .get_mut(&addr(1))
+        .unwrap()
+        .handle_client(9002, incr, now);
+    net.drain(addr(0));
+    net.drain(addr(1));
+    net.run_for(Duration::from_secs(2));
+    assert!(
+        matches!(net.replies.remove(&9001), Some(ClientReply::Written(_))),
+        "the register write was acknowledged"
+    );
+    assert!(
+        matches!(net.replies.remove(&9002), Some(ClientReply::Updated(_))),
+        "the counter update was acknowledged"
+    );
+    net.run_for(Duration::from_secs(70));
+    let states: Vec<Object> = (0..3)
+        .map(|i| net.nodes[&addr(i)].local_object(&key).unwrap().unwrap())
+        .collect();
+    assert!(states.iter().all(|s| s == &states[0]), "{states:?}");
+    assert!(states[0].is_contested());
+    let r = net.get(2, &key, 3);
+    assert_eq!(r.type_name.as_deref(), Some("contested"));
+    let types: Vec<&str> = r.parts.iter().map(|p| p.type_name.as_str()).collect();
+    assert_eq!(types, ["register", "gcounter"]);
+    assert_eq!(r.parts[0].values, vec![b"reg".to_vec()]);
+    assert_eq!(r.parts[1].crdt, Some(CrdtValue::Counter(5)));
+    // Updates of either live type still apply; a third type is refused.
+    assert!(matches!(
+        update(&mut net, 1, &key, CrdtOp::GCounter { increment: 1 }, "g2"),
+        ClientReply::Updated(u) if u.value == CrdtValue::Counter(6)
+    ));
+    assert!(matches!(
+        update(&mut net, 1, &key, pn(1), "p"),
+        ClientReply::Failed(ClientError::TypeConflict(_))
+    ));
+    // The register part ends with a delete carrying its context.
+    let ctx = r.parts[0].context.clone();
+    let del = net.request(
+        0,
+        &key,
+        ClientOp::Delete { context: ctx },
+        RequestOptions::default(),
+    );
+    assert!(matches!(del, ClientReply::Written(_)), "{del:?}");
+    net.run_for(Duration::from_secs(1));
+    let r = net.get(1, &key, 3);
+    assert_eq!(r.type_name.as_deref(), Some("gcounter"));
+    assert_eq!(r.crdt, Some(CrdtValue::Counter(6)));
+    assert!(r.parts.is_empty());
+}
+
+/// Issue 20, defect 6: a counter's range belongs to the counter. On main an increment's fate
+/// depended on the coordinating process's own entry: three rounds of +MAX/-MAX through one
+/// node overflowed its entry (400) while the value stayed 0.
+#[test]
+fn a_counter_update_gets_the_same_answer_through_any_node() {
+    let mut net = cluster(3);
+    let max = i64::MAX;
+    for round in 0..3 {
+        for (n, step) in [(max, "up"), (-max, "down")] {
+            let r = update(&mut net, 0, b"pn", pn(n), &format!("{step}{round}"));
+            assert!(matches!(r, ClientReply::Updated(_)), "round {round}: {r:?}");
+        }
+    }
+    assert!(matches!(
+        update(&mut net, 0, b"pn", pn(max), "top"),
+        ClientReply::Updated(u) if u.value == CrdtValue::Counter(i128::from(max))
+    ));
+    // Past the top: refused through every node, and nothing changed.
+    for i in 0..3 {
+        let r = update(&mut net, i, b"pn", pn(1), &format!("over{i}"));
+        assert!(
+            matches!(&r, ClientReply::Failed(ClientError::BadRequest(m)) if m.contains("range")),
+            "through node {i}: {r:?}"
+        );
+    }
+    // A valid update still applies.
+    assert!(matches!(
+        update(&mut net, 2, b"pn", pn(-1), "back"),
+        ClientReply::Updated(u) if u.value == CrdtValue::Counter(i128::from(max) - 1)
+    ));
+    let g = |n: u64| CrdtOp::GCounter { increment: n };
+    assert!(matches!(
+        update(&mut net, 1, b"g", g(max as u64), "g1"),
+        ClientReply::Updated(_)
+    ));
+    for i in 0..3 {
+        assert!(matches!(
+            update(&mut net, i, b"g", g(1), &format!("g-over{i}")),
+            ClientReply::Failed(ClientError::BadRequest(_))
+        ));
+    }
+}
+
+/// A register of `siblings` concurrent values of 1 MiB each, by actors from `first`.
+fn big_register(first: u64, siblings: u64) -> Object {
+    let mut r = crate::causality::Register::new();
+    for a in first..first + siblings {
+        r.put(
+            NodeId::new(a),
+            &crate::causality::VersionVector::new(),
+            vec![b'a'; 1 << 20],
+        );
+    }
+    Object::Register(r)
+}
+
+/// Issue 20, defect 5: a replica acknowledges exactly what it stored. A hint whose merge into
+/// its owner's copy would be larger than a replica stores is refused there; the fallback keeps
+/// it (and both count it). On main the owner counted the refused entry as handled and the
+/// fallback deleted the hint: the siblings it carried were gone.
+#[test]
+fn a_hint_the_owner_cannot_store_stays_with_the_fallback() {
+    let mut net = cluster(3);
+    let key = b"huge".to_vec();
+    // Each state alone is under the stored limit; together they are over it.
+    let siblings = (super::object::OBJECT_BYTES_MAX as u64 / (1 << 20)) * 6 / 10;
+    let mine = big_register(1000, siblings);
+    let theirs = big_register(5000, siblings);
+    let (x, y, z) = (NodeId::new(100), NodeId::new(101), NodeId::new(102));
+    let now = net.now;
+    let to_y = crate::protocol::encode(&PeerMessage::Replica(ReplicaMessage::Merge {
+        reply: replica::MergeReply::Repair,
+        entries: vec![MergeEntry {
+            key: key.clone(),
+            object: mine,
+        }],
+    }))
+    .unwrap();
+    net.nodes
+        .get_mut(&addr(1))
+        .unwrap()
+        .handle_message(z, &to_y, now);
+    net.drain(addr(1));
+    let to_x = crate::protocol::encode(&PeerMessage::Hints(HintsMessage::Store {
+        req: 0,
+        target: y,
+        key: key.clone(),
+        object: theirs,
+        holders: vec![z],
+    }))
+    .unwrap();
+    net.nodes
+        .get_mut(&addr(0))
+        .unwrap()
+        .handle_message(z, &to_x, now);
+    net.drain(addr(0));
+    net.run_for(Duration::from_secs(3));
+    let (sx, sy) = (
+        net.nodes[&addr(0)].data_stats(),
+        net.nodes[&addr(1)].data_stats(),
+    );
+    assert_eq!(sx.hints_pending, 1, "the fallback keeps the hint: {sx:?}");
+    assert!(sx.sends_refused >= 1, "{sx:?}");
+    assert!(sy.merges_refused >= 1, "{sy:?}");
+    let _ = x;
+    // The owner's copy is its own state, untouched.
+    let held = net.nodes[&addr(1)].local_object(&key).unwrap().unwrap();
+    assert_eq!(
+        held.as_register().unwrap().values().count() as u64,
+        siblings
+    );
+}
+
+/// Issue 21, item 6: the sibling guard. Blind writes to one key grow its siblings up to the
+/// bound; beyond it a blind write is refused (413, nothing changed) and says how to resolve;
+/// a write with the context of a read resolves them; the keys with the most siblings are
+/// reported.
+#[test]
+fn the_sibling_guard_refuses_blind_writes_beyond_the_bound_and_reports_the_key() {
+    let mut net = Net::new();
+    let guarded = |i: u64, seeds: Vec<SocketAddr>| {
+        let mut c = config(i, 1, seeds);
+        c.data.siblings_max = 4;
+        c
+    };
+    net.start(guarded(0, vec![]));
+    for i in 1..3 {
+        net.start(guarded(i, vec![addr(0)]));
+    }
+    net.run_for(Duration::from_secs(10));
+    for n in 0..4 {
+        let w = written(net.put(0, b"hot", format!("v{n}").as_bytes(), None));
+        assert_eq!(w.values.len(), n + 1);
+    }
+    let refused = net.put(1, b"hot", b"one too many", None);
+    assert!(
+        matches!(&refused, ClientReply::Failed(ClientError::TooLarge(m)) if m.contains("siblings") && m.contains("context")),
+        "{refused:?}"
+    );
+    let r = net.get(2, b"hot", 3);
+    assert_eq!(r.values.len(), 4, "nothing changed");
+    let stats = net.nodes[&addr(0)].data_stats();
+    assert_eq!(
+        stats
+            .crowded_keys
+            .first()
+            .map(|k| (k.key.as_str(), k.siblings)),
+        Some(("hot", 4))
+    );
+    // Resolving with the read's context goes through and clears the report.
+    let w = written(net.put(1, b"hot", b"merged", r.context));
+    assert_eq!(w.values, vec![b"merged".to_vec()]);
+    net.run_for(Duration::from_secs(1));
+    for i in 0..3 {
+        let stats = net.nodes[&addr(i)].data_stats();
+        assert!(
+            stats.crowded_keys.is_empty(),
+            "node {i}: {:?}",
+            stats.crowded_keys
+        );
+    }
+    assert_eq!(net.nodes[&addr(1)].data_stats().siblings_refused, 1);
+}
+
+/// Issue 21, item 1: a node that stalls, is removed by an operator as dead, and resumes with
+/// a stale view must not bring back a delete that was acknowledged and purged while it was
+/// gone. Its data-plane messages are refused by the members (and counted), and it stops
+/// serving data as soon as it learns it was removed. On main its anti-entropy handed the old
+/// value back and the deleted key lived again.
+#[test]
+fn a_removed_node_that_resumes_brings_no_purged_delete_back() {
+    let mut net = gc_cluster(4);
+    let ring = net.nodes[&addr(0)].placement().unwrap().clone();
+    let stalled = NodeId::new(103);
+    // Keys n3 replicates and n0 does not coordinate (n0 is the operator's node).
+    let keys: Vec<Vec<u8>> = (0..2000)
+        .map(|i| format!("old{i}").into_bytes())
+        .filter(|k| ring.is_replica(ring.partition_of(k), stalled, 3))
+        .take(20)
+        .collect();
+    let all = RequestOptions {
+        w: Some(3),
+        ..RequestOptions::default()
+    };
+    for k in &keys {
+        let put = ClientOp::Put {
+            value: b"old".to_vec(),
+            context: None,
+        };
+        assert!(matches!(
+            net.request(0, k, put, all),
+            ClientReply::Written(_)
+        ));
+    }
+    net.run_for(Duration::from_secs(2));
+    net.pause(addr(3));
+    net.run_for(Duration::from_secs(10));
+    net.nodes
+        .get_mut(&addr(0))
+        .unwrap()
+        .remove(stalled, net.now)
+        .unwrap();
+    net.run_for(Duration::from_secs(30));
+    assert_eq!(net.nodes[&addr(0)].removal_confirmed(stalled), Some(true));
+    for k in &keys {
+        let r = net.get(0, k, 3);
+        let del = net.request(0, k, ClientOp::Delete { context: r.context }, all);
+        assert!(matches!(del, ClientReply::Written(_)), "{del:?}");
+    }
+    // Tombstone GC asks the members (n3 is not one any more) and purges.
+    net.run_for(Duration::from_secs(90));
+    for k in &keys {
+        for i in 0..3 {
+            assert!(
+                net.nodes[&addr(i)].local_object(k).unwrap().is_none(),
+                "n{i} still holds {:?}",
+                String::from_utf8_lossy(k)
+            );
+        }
+    }
+    net.resume(addr(3));
+    net.run_for(Duration::from_secs(40));
+    let refused: u64 = (0..3)
+        .map(|i| net.nodes[&addr(i)].data_stats().refused_senders)
+        .sum();
+    assert!(
+        refused > 0,
+        "the members refused the removed node's messages"
+    );
+    // Once it knows, the removed node serves nothing either.
+    let late = net.request(3, &keys[0], ClientOp::Get, RequestOptions::default());
+    assert!(
+        matches!(&late, ClientReply::Failed(ClientError::Unavailable { message, .. }) if message.contains("left")),
+        "{late:?}"
+    );
+    for k in &keys {
+        let r = net.get(1, k, 3);
+        assert!(
+            r.values.is_empty(),
+            "{:?} came back: {:?}",
+            String::from_utf8_lossy(k),
+            r.values
+        );
     }
 }

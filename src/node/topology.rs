@@ -48,6 +48,10 @@ pub(crate) struct Topology {
     /// The placement once this joining node is a member (`None` unless joining and caught up
     /// with the ring).
     pub(crate) with_me: Option<Ring>,
+    /// Nodes the data path takes messages from: every node in the ring state that has not
+    /// left (joining, member, leaving). A node that left or was removed, or one this node has
+    /// not heard of, is refused (see the router).
+    pub(crate) peers: BTreeSet<NodeId>,
 }
 
 impl Default for Topology {
@@ -68,6 +72,7 @@ impl Default for Topology {
             complete: false,
             settled: false,
             with_me: None,
+            peers: BTreeSet::new(),
         }
     }
 }

@@ -28,8 +28,10 @@ pub const WIRE_VERSION: u8 = 1;
 /// Bytes of envelope before the body.
 pub const HEADER_BYTES: usize = MAGIC.len() + 1;
 
-/// Default limit on a whole encoded message.
-pub const DEFAULT_FRAME_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// Default limit on a whole encoded peer message: one object at the largest size a replica
+/// stores (48 MiB, see `node::object::OBJECT_BYTES_MAX`) with room for its key and the
+/// message around it. Buffers grow with the bytes that arrive, never with a declared length.
+pub const DEFAULT_FRAME_BYTES_MAX: usize = 49 * 1024 * 1024;
 
 /// Deepest nesting of MessagePack containers a decoder accepts.
 pub const DEPTH_MAX: usize = 32;

@@ -26,7 +26,7 @@ use rand::Rng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tracing::{error, info, info_span, warn, Instrument};
+use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::api::http::{self, AdminRequest, ClientCall};
 use crate::id::NodeId;
@@ -111,6 +111,8 @@ pub struct NodeOptions {
     pub tombstone_gc_quiet: Duration,
     /// The longest timeout a client request may ask for.
     pub request_timeout_max: Duration,
+    /// Most siblings a register write may leave its key with (0: no bound).
+    pub siblings_max: usize,
     /// The token clients must present (HTTP and QUIC), if any.
     pub client_token: Option<crate::api::auth::ClientToken>,
     /// Record metrics and serve `GET /metrics` (default true).
@@ -263,22 +265,28 @@ struct Job {
     batch: WriteBatch,
 }
 
-/// What the storage thread reports.
-enum Committed {
+/// What the storage thread reports: a single value it overwrites (a `watch` channel), so the
+/// channel holds at most one report however far the node loop falls behind.
+#[derive(Clone, Debug, Default)]
+struct Committed {
     /// Every batch up to this number is durable.
-    Durable(u64),
+    durable: u64,
     /// A write failed: the node must stop.
-    Failed(StoreError),
+    failed: Option<String>,
 }
+
+/// Batches queued for the storage thread at most; beyond, the node loop waits for room
+/// (backpressure) rather than queue without bound.
+const STORAGE_JOBS_MAX: usize = 1024;
 
 /// The storage thread: commits queued batches in groups, one write and one sync per group.
 fn storage_thread(
     mut store: RocksStore,
     sync: SyncPolicy,
-    jobs: std::sync::mpsc::Receiver<Job>,
-    done: mpsc::UnboundedSender<Committed>,
+    mut jobs: mpsc::Receiver<Job>,
+    done: tokio::sync::watch::Sender<Committed>,
 ) {
-    while let Ok(first) = jobs.recv() {
+    while let Some(first) = jobs.blocking_recv() {
         let mut last = first.seq;
         let mut group = first.batch;
         let mut batches = 1;
@@ -296,12 +304,21 @@ fn storage_thread(
         match store.write(&group, sync == SyncPolicy::Always) {
             Ok(()) => {
                 crate::api::metrics::group_commit(batches, started);
-                if done.send(Committed::Durable(last)).is_err() {
+                if done
+                    .send(Committed {
+                        durable: last,
+                        failed: None,
+                    })
+                    .is_err()
+                {
                     return;
                 }
             }
             Err(e) => {
-                let _ = done.send(Committed::Failed(e));
+                let _ = done.send(Committed {
+                    durable: 0,
+                    failed: Some(e.to_string()),
+                });
                 return;
             }
         }
@@ -352,6 +369,7 @@ async fn run_node(
     config.data.tombstone_gc_interval = options.tombstone_gc_interval;
     config.data.tombstone_gc_quiet = options.tombstone_gc_quiet;
     config.data.timeout_max = options.request_timeout_max;
+    config.data.siblings_max = options.siblings_max;
     let transport_bound = {
         let l = transport::Limits::default();
         l.queue_age_max + l.stream_timeout * 2
@@ -395,8 +413,8 @@ async fn run_node(
         "node starting"
     );
 
-    let (jobs_tx, jobs_rx) = std::sync::mpsc::channel::<Job>();
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Committed>();
+    let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(STORAGE_JOBS_MAX);
+    let (done_tx, mut done_rx) = tokio::sync::watch::channel(Committed::default());
     let storage = {
         let store = store.clone();
         let sync = options.sync;
@@ -463,7 +481,7 @@ async fn run_node(
                     timers.insert((at, timer_seq), timer);
                 }
                 Output::Persist { seq, batch } => {
-                    if jobs_tx.send(Job { seq, batch }).is_err() {
+                    if jobs_tx.send(Job { seq, batch }).await.is_err() {
                         break 'run Err(RuntimeError::StorageThread("stopped".into()));
                     }
                 }
@@ -483,6 +501,10 @@ async fn run_node(
                         error!(error = %e, "cannot persist the generation; stopping");
                         break 'run Err(RuntimeError::Meta(e));
                     }
+                }
+                Output::PeerRestarted { node: peer, addr } => {
+                    debug!(%peer, %addr, "peer restarted; dropping the connection to its previous process");
+                    transport.reset_peer(addr);
                 }
                 Output::Left => {
                     if let Err(e) = meta::persist_left(&mut store) {
@@ -531,18 +553,17 @@ async fn run_node(
                     }
                 }
             }
-            Some(done) = done_rx.recv() => match done {
-                Committed::Durable(seq) => {
-                    node.handle_durable(seq, epoch.elapsed());
-                    for wait in node.take_ack_waits() {
-                        crate::api::metrics::replica_write(wait);
-                    }
-                }
-                Committed::Failed(e) => {
+            Ok(()) = done_rx.changed() => {
+                let done = done_rx.borrow_and_update().clone();
+                if let Some(e) = done.failed {
                     error!(error = %e, "a data write failed; stopping");
-                    break 'run Err(RuntimeError::Store(e));
+                    break 'run Err(RuntimeError::StorageThread(format!("a data write failed: {e}")));
                 }
-            },
+                node.handle_durable(done.durable, epoch.elapsed());
+                for wait in node.take_ack_waits() {
+                    crate::api::metrics::replica_write(wait);
+                }
+            }
             Some(req) = admin_rx.recv() => match req {
                 AdminRequest::Cluster(reply) => {
                     let mut view = node.cluster_view();

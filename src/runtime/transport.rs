@@ -61,6 +61,10 @@ const STREAM_TIMEOUT: VarInt = VarInt::from_u32(2);
 /// Application error code closing a connection whose certificate yields no node id.
 const CLOSE_NO_IDENTITY: VarInt = VarInt::from_u32(3);
 
+/// Application error code closing a connection to a peer's previous process (membership
+/// reported that the peer restarted).
+const CLOSE_PEER_RESTARTED: VarInt = VarInt::from_u32(4);
+
 /// The first byte of a stream carrying one whole message.
 const STREAM_SINGLE: u8 = b'S';
 /// The first byte of a stream carrying length-prefixed frames.
@@ -284,6 +288,16 @@ impl Shared {
         }
     }
 
+    /// Closes the current connection to `to`, if any: the peer's task dials afresh for its next
+    /// payload.
+    fn reset_peer(&self, to: SocketAddr) {
+        let conn = self.peers().get_mut(&to).and_then(|p| p.conn.take());
+        if let Some(conn) = conn {
+            debug!(peer = %to, "closing the connection to a peer's previous process");
+            conn.close(CLOSE_PEER_RESTARTED, b"peer restarted");
+        }
+    }
+
     /// Stops accepting work: closes the endpoint and every connection, drops every queue (their
     /// tasks then end) and the inbound sender.
     fn close(&self) {
@@ -445,6 +459,14 @@ impl Transport {
     /// [`Transport::try_send_datagram`]. A dropped datagram is logged, not reported.
     pub fn send_datagram(&self, to: SocketAddr, bytes: Bytes) {
         let _ = self.try_send_datagram(to, bytes);
+    }
+
+    /// Drops the connection to the peer at `to` (its queue stays): call it when membership
+    /// reports that the peer restarted, so that nothing more is sent into the previous
+    /// process's connection, which would be lost until QUIC notices (a stateless reset, or the
+    /// idle timeout). The next payload dials the new process.
+    pub fn reset_peer(&self, to: SocketAddr) {
+        self.shared.reset_peer(to);
     }
 
     /// Sends `bytes` to `to` as one message, without blocking; see
@@ -1714,6 +1736,51 @@ mod tests {
                     break;
                 }
                 assert!(started.elapsed() < Duration::from_secs(10), "no redial");
+            }
+            b2.shutdown().await;
+        })
+        .await;
+    }
+
+    /// Once membership reports the restart, the connection to the dead process is dropped, so
+    /// the very next message reaches the new one (without the reset it went into the old
+    /// connection and was lost).
+    #[tokio::test]
+    async fn a_reset_peer_gets_the_next_message_on_a_fresh_connection() {
+        bounded(async {
+            let ca = ClusterCa::generate("cluster").unwrap();
+            let b_cert = ca.issue_node("b").unwrap();
+            let (a, _a_rx) = start(&ca.issue_node("a").unwrap(), test_limits());
+            let b_runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            let (b, mut b_rx) = {
+                let _entered = b_runtime.enter();
+                start(&b_cert, test_limits())
+            };
+            let b_addr = b.local_addr();
+            a.try_send_message(b_addr, b"before".to_vec()).unwrap();
+            wait_message(&mut b_rx, |m| m == b"before").await;
+            b_runtime.shutdown_background();
+            drop(b);
+            drop(b_rx);
+            let started = std::time::Instant::now();
+            let (b2, mut b2_rx) = loop {
+                match start_at(&b_cert, b_addr, test_limits()) {
+                    Ok(bound) => break bound,
+                    Err(_) if started.elapsed() < Duration::from_secs(5) => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(e) => panic!("cannot rebind {b_addr}: {e}"),
+                }
+            };
+            a.reset_peer(b_addr);
+            a.send_message(b_addr, b"after".to_vec());
+            match next(&mut b2_rx, Duration::from_secs(5)).await {
+                Some(Inbound::Message { bytes, .. }) => assert_eq!(bytes, b"after"),
+                other => panic!("the first message after the reset was lost: {other:?}"),
             }
             b2.shutdown().await;
         })

@@ -608,6 +608,7 @@ mod tests {
             at: AT,
             nodes,
             lost: Default::default(),
+            op_log: Default::default(),
         }
     }
 

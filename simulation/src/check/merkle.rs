@@ -3,14 +3,11 @@
 //!
 //! - [`MerkleRoots`]: every running replica of a partition (by the placement of the members the
 //!   observers list) has the same Merkle root — exact convergence of every key, registers and
-//!   CRDTs, whether or not anybody read it. Partitions holding a key created in a race between
-//!   two types ([`super::crdt::contested`]) are left out: their replicas keep different types
-//!   by design (DESIGN.md §3) and report the conflict.
+//!   CRDTs, whether or not anybody read it — keys written with several types (contested,
+//!   DESIGN.md §3) included: their replicas converge on one state holding every type's part.
 //! - [`MerkleExact`]: every running node's tree roots equal the roots computed afresh from the
 //!   bytes on its disk; a tree that drifted from its data (a write that skipped the tree, a
 //!   wrong leaf) would hide differences from anti-entropy forever.
-
-use std::collections::BTreeSet;
 
 use chorus::merkle::Digest;
 use chorus::ring::PartitionId;
@@ -38,17 +35,9 @@ impl Checker for MerkleRoots {
         let Some((ring, view)) = super::crdt::observed_ring(input) else {
             return;
         };
-        let contested: BTreeSet<PartitionId> =
-            super::crdt::contested(input.history, &input.snapshot.lost)
-                .iter()
-                .map(|k| ring.partition_of(k.as_bytes()))
-                .collect();
         for i in 0..view.partitions {
             let Ok(i) = u16::try_from(i) else { break };
             let p = PartitionId::new(i);
-            if contested.contains(&p) {
-                continue;
-            }
             let replicas = ring.preference_list(p, view.n);
             let roots: Vec<(usize, Digest)> = input
                 .snapshot
@@ -154,6 +143,7 @@ mod tests {
             at: Duration::from_secs(100),
             nodes: vec![n],
             lost: Default::default(),
+            op_log: Default::default(),
         };
         let history = History::new();
         let mut out = Vec::new();

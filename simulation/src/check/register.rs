@@ -17,11 +17,13 @@
 //! - [`HintsDrained`]: after the heal no running node still holds hints.
 //! - [`DotsUnique`]: on every disk of every machine, a key's dot names at most one value — a
 //!   dot minted twice (Riak's doomstones) would show as one dot with two values.
+//! - [`MergesStored`]: no running replica refused to merge a state for its size, and no sender
+//!   was refused: client writes are bounded well below what a replica must merge, so states
+//!   that were each accepted always merge.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use chorus::causality::{Dot, RegisterValue, VersionVector};
-use chorus::node::Object;
 
 use super::{CheckInput, Checker, Violation};
 use crate::history::{DataOp, DataResult, OpKind, Operation, Outcome};
@@ -35,6 +37,7 @@ pub fn all() -> Vec<Box<dyn Checker>> {
         Box::new(ConcurrentSiblings),
         Box::new(HintsDrained),
         Box::new(DotsUnique),
+        Box::new(MergesStored),
     ]
 }
 
@@ -411,6 +414,36 @@ impl Checker for HintsDrained {
     }
 }
 
+/// No running node refused a merge, or was refused one, for size (see the module notes). The
+/// simulator's states stay far below the merge bound (48 MiB): values of at most 1 MiB, client
+/// writes refused beyond 6 MiB, and at most a few such states meeting.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MergesStored;
+
+impl Checker for MergesStored {
+    fn name(&self) -> &'static str {
+        "merges-stored"
+    }
+
+    fn check(&self, input: &CheckInput<'_>, out: &mut Vec<Violation>) {
+        for n in &input.snapshot.nodes {
+            let Some(d) = &n.data else { continue };
+            if d.merges_refused > 0 || d.sends_refused > 0 {
+                out.push(Violation {
+                    checker: self.name(),
+                    at: input.snapshot.at,
+                    observer: Some(n.slot),
+                    subject: None,
+                    message: format!(
+                        "n{} refused {} merges for size and had {} of its sends refused",
+                        n.slot, d.merges_refused, d.sends_refused
+                    ),
+                });
+            }
+        }
+    }
+}
+
 /// On every disk, each dot of a key names one value only.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DotsUnique;
@@ -425,7 +458,8 @@ impl Checker for DotsUnique {
         let mut reported = BTreeSet::new();
         for n in &input.snapshot.nodes {
             for (key, object) in &n.objects {
-                let Object::Register(reg) = object else {
+                // (The register part of a contested key too.)
+                let Some(reg) = object.as_register() else {
                     continue;
                 };
                 for (dot, value) in reg.dvvset().dotted_values() {
@@ -464,6 +498,7 @@ mod tests {
 
     use chorus::causality::Register;
     use chorus::node::DataStats;
+    use chorus::node::Object;
     use chorus::NodeId;
 
     use super::*;
@@ -499,6 +534,7 @@ mod tests {
             at: t(400),
             nodes: (0..3).map(|i| node(i, false)).collect(),
             lost: Default::default(),
+            op_log: Default::default(),
         }
     }
 

@@ -10,6 +10,7 @@
 //! - [`membership`]: bootstraps the cluster, then crashes, restarts, adds and removes nodes.
 //! - [`register`]: clients that read, write and delete register keys through random nodes.
 //! - [`crdt`]: clients that update counters and sets, retrying with the same operation id.
+//!   Both write the [`SHARED_KEYS`].
 //! - [`nemesis`]: the network nemesis — partitions and degraded periods — recorded as
 //!   operations of a client named `nemesis`, as Jepsen does.
 //!
@@ -29,6 +30,33 @@ use crate::cluster::Cluster;
 use crate::history::{History, OpId, OpKind, Outcome};
 use crate::rng::SimRng;
 use crate::trace::{End, Kind};
+
+/// Keys both the register clients and the CRDT clients write, with the CRDT type the CRDT
+/// clients use on each: whichever type a key holds, writes of the other are refused while it
+/// lives, and writes of both types racing leave it contested (DESIGN.md §3). A key's first
+/// writes are where types race, so the names move on every [`SHARED_GENERATION`]: the key
+/// written at time `t` is [`shared_key`]`(i, t)`, fresh for both workloads at once (on both
+/// sides of a partition, if one is in effect); and at the very start of each generation both
+/// workloads create every shared key at once, through random nodes, so that creations of two
+/// types race for real.
+pub const SHARED_KEYS: &[(&str, &str)] = &[("x0", "gcounter"), ("x1", "orset"), ("x2", "2pset")];
+
+/// How long the clients write one generation of the shared keys.
+pub const SHARED_GENERATION: Duration = Duration::from_secs(30);
+
+/// The start of the first generation of shared keys after `now` (a generation's start is where
+/// both workloads race to create its keys, see [`SHARED_KEYS`]).
+pub fn next_generation(now: Duration) -> Duration {
+    let g = SHARED_GENERATION.as_secs();
+    Duration::from_secs((now.as_secs() / g + 1) * g)
+}
+
+/// The name of shared key `i` ([`SHARED_KEYS`]) at simulated time `now`, with its CRDT type.
+pub fn shared_key(i: usize, now: Duration) -> (String, &'static str) {
+    let (base, kind) = SHARED_KEYS[i % SHARED_KEYS.len()];
+    let generation = now.as_secs() / SHARED_GENERATION.as_secs();
+    (format!("{base}.{generation}"), kind)
+}
 
 /// A simulated client.
 pub trait Workload {

@@ -14,13 +14,25 @@
 //! key ends as a tombstone nobody touches (what tombstone GC purges); long after, some such keys
 //! are written again (blind), so a key's second life is checked too.
 //!
+//! About one operation in [`SHARED_ONE_IN`] goes to a key the CRDT clients update too
+//! ([`super::SHARED_KEYS`], renamed every [`super::SHARED_GENERATION`], and written blind by
+//! the workload itself at the instant each generation starts, racing the CRDT clients' first
+//! updates): a register write there is refused (409, nothing applied anywhere) while the key
+//! holds a live CRDT part and no live register, and races with CRDT updates leave the key
+//! contested (both parts kept); reads of a contested key report the register part's values and
+//! context, which is what the register clients and checkers use. With
+//! [`LargeValues`] some operations go to keys `b<i>` whose values are hundreds of KiB, named in
+//! the history by [`value_name`].
+//!
 //! After the heal it stops writing and reads every key it touched with `r=N` every few seconds:
 //! the [`crate::check::register`] checkers judge the latest of these final reads.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use chorus::node::{ClientError, ClientOp, ClientReply, ClientRequest, Context, RequestOptions};
+use chorus::node::{
+    ClientError, ClientOp, ClientReply, ClientRequest, Context, ReadResult, RequestOptions,
+};
 use rand::RngExt;
 
 use super::{pick, Ctx, Wakeups, Workload};
@@ -43,6 +55,11 @@ pub struct RegisterConfig {
     pub final_read_every: Duration,
     /// Replicas per key (for the final reads).
     pub n: usize,
+    /// Also write the keys the CRDT clients update ([`super::SHARED_KEYS`]), about one
+    /// operation in [`SHARED_ONE_IN`].
+    pub shared: bool,
+    /// Also write large values (see [`LargeValues`]).
+    pub large: Option<LargeValues>,
 }
 
 impl Default for RegisterConfig {
@@ -54,13 +71,78 @@ impl Default for RegisterConfig {
             warmup: Duration::from_secs(8),
             final_read_every: Duration::from_secs(3),
             n: 3,
+            shared: true,
+            large: None,
         }
+    }
+}
+
+/// Large values: some operations go to keys `b0`, `b1`, ... whose values are hundreds of KiB,
+/// written mostly blind so that siblings pile up towards the bound on a client write's state,
+/// on both sides of partitions.
+#[derive(Debug, Clone, Copy)]
+pub struct LargeValues {
+    /// Keys that take large values.
+    pub keys: usize,
+    /// Size of a value, uniform in this range (bytes).
+    pub bytes: (usize, usize),
+    /// Share of operations (per mille) that go to these keys.
+    pub per_mille: u32,
+}
+
+impl Default for LargeValues {
+    fn default() -> Self {
+        LargeValues {
+            keys: 2,
+            bytes: (300 * 1024, 900 * 1024),
+            per_mille: 200,
+        }
+    }
+}
+
+/// One operation in this many goes to a key shared with the CRDT clients.
+pub const SHARED_ONE_IN: u32 = 5;
+
+/// A large value named `name`: the name, `@` and the value's length, `#`, then filler up to
+/// that length. [`value_name`] gives the name back (and notices any damage).
+pub fn large_value(name: &str, bytes: usize) -> Vec<u8> {
+    let head = format!("{name}@{bytes}#");
+    let mut v = head.into_bytes();
+    let len = bytes.max(v.len());
+    v.resize(len, b'.');
+    v
+}
+
+/// The name under which the history and the checkers know a value: the value itself, or for
+/// a large value ([`large_value`]) its name and length; a large value not exactly as written
+/// (wrong length, damaged filler) gets a name no client wrote, which the checkers report.
+pub fn value_name(bytes: &[u8]) -> String {
+    let Some(hash) = bytes.iter().position(|&b| b == b'#') else {
+        return String::from_utf8_lossy(bytes).into_owned();
+    };
+    let head = String::from_utf8_lossy(&bytes[..hash]).into_owned();
+    // The length exactly, the filler by sample (every 4 KiB and its last bytes): values are
+    // read often, and the core never edits a value's bytes, only stores or drops them whole.
+    let filler = &bytes[hash + 1..];
+    let tail = &filler[filler.len().saturating_sub(64)..];
+    let intact = head
+        .rsplit_once('@')
+        .and_then(|(_, n)| n.parse::<usize>().ok())
+        .is_some_and(|n| n == bytes.len())
+        && filler.iter().step_by(4096).all(|&b| b == b'.')
+        && tail.iter().all(|&b| b == b'.');
+    if intact {
+        head
+    } else {
+        format!("{head} (damaged: {} bytes)", bytes.len())
     }
 }
 
 #[derive(Debug, Clone, Copy)]
 enum Pending {
     Next(usize),
+    /// Create every shared key of the generation starting now.
+    Race,
     FinalRound,
 }
 
@@ -100,6 +182,8 @@ pub struct Register {
     quiesced: bool,
     /// Keys deleted at the end of a life, with when, and whether written again since.
     retired: Vec<(String, Duration, bool)>,
+    /// Shared keys touched (read at the end).
+    shared: BTreeSet<String>,
 }
 
 impl Register {
@@ -114,11 +198,26 @@ impl Register {
             next_token: 0,
             quiesced: false,
             retired: Vec::new(),
+            shared: BTreeSet::new(),
         }
     }
 
     fn key(i: usize) -> String {
         format!("k{i}")
+    }
+
+    fn large_key(i: usize) -> String {
+        format!("b{i}")
+    }
+
+    /// Every key the clients wrote or may write (not the keys taken through a life).
+    fn keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = (0..self.config.keys).map(Self::key).collect();
+        keys.extend(self.shared.iter().cloned());
+        if let Some(l) = self.config.large {
+            keys.extend((0..l.keys).map(Self::large_key));
+        }
+        keys
     }
 
     fn serving(cx: &Ctx<'_>) -> Vec<usize> {
@@ -185,8 +284,23 @@ impl Register {
             self.life_op(cx, client, node);
             return;
         }
-        let k = cx.rng().random_range(0..self.config.keys);
-        let key = Self::key(k);
+        let large = self
+            .config
+            .large
+            .filter(|l| l.keys > 0 && cx.rng().random_range(0..1000) < l.per_mille);
+        let key = if let Some(l) = large {
+            Self::large_key(cx.rng().random_range(0..l.keys))
+        } else if self.config.shared && cx.rng().random_range(0..SHARED_ONE_IN) == 0 {
+            let i = cx.rng().random_range(0..super::SHARED_KEYS.len());
+            let (key, _) = super::shared_key(i, cx.now());
+            self.shared.insert(key.clone());
+            key
+        } else {
+            Self::key(cx.rng().random_range(0..self.config.keys))
+        };
+        // Large values are written mostly blind: siblings pile up.
+        // (Dice below `with_context` write with the context, below `writes` blind, above delete.)
+        let (with_context, writes) = if large.is_some() { (42, 96) } else { (72, 88) };
         let dice: u32 = cx.rng().random_range(0..100);
         let mut options = RequestOptions::default();
         let known = self.clients[client].contexts.get(&key).cloned();
@@ -213,19 +327,27 @@ impl Register {
                     None
                 }
             };
+            let size = large.map(|l| cx.rng().random_range(l.bytes.0..=l.bytes.1));
             let c = &mut self.clients[client];
-            if dice < 88 {
+            if dice < writes {
                 c.next_value += 1;
                 let value = format!("c{client}-{}", c.next_value);
-                let context = if dice < 72 { known } else { None };
+                let context = if dice < with_context { known } else { None };
+                let (name, bytes) = match size {
+                    Some(size) => {
+                        let bytes = large_value(&value, size);
+                        (value_name(&bytes), bytes)
+                    }
+                    None => (value.clone(), value.into_bytes()),
+                };
                 (
                     OpKind::Write {
                         key: key.clone(),
-                        value: value.clone(),
+                        value: name,
                         node,
                     },
                     ClientOp::Put {
-                        value: value.into_bytes(),
+                        value: bytes,
                         context,
                     },
                 )
@@ -245,6 +367,37 @@ impl Register {
             options,
         };
         self.send(cx, Some(client), node, kind, request, false);
+    }
+
+    /// At the start of a generation of shared keys: a blind write to each, through random
+    /// nodes, at the instant the CRDT clients create them too (see [`super::SHARED_KEYS`]).
+    fn race(&mut self, cx: &mut Ctx<'_>) {
+        if self.quiesced {
+            return;
+        }
+        let now = cx.now();
+        let generation = now.as_secs() / super::SHARED_GENERATION.as_secs();
+        for i in 0..super::SHARED_KEYS.len() {
+            let serving = Self::serving(cx);
+            let Some(node) = pick(cx.rng(), &serving) else {
+                break;
+            };
+            let (key, _) = super::shared_key(i, now);
+            self.shared.insert(key.clone());
+            let value = format!("race{generation}-{i}");
+            let request = ClientRequest {
+                key: key.clone().into_bytes(),
+                op: ClientOp::Put {
+                    value: value.clone().into_bytes(),
+                    context: None,
+                },
+                options: RequestOptions::default(),
+            };
+            let kind = OpKind::Write { key, value, node };
+            self.send(cx, None, node, kind, request, false);
+        }
+        let at = super::next_generation(now);
+        self.wakeups.schedule(cx, at, Pending::Race);
     }
 
     /// The next step of a key's life (see the module notes).
@@ -311,7 +464,7 @@ impl Register {
     fn final_round(&mut self, cx: &mut Ctx<'_>) {
         let serving = Self::serving(cx);
         if !serving.is_empty() {
-            let mut keys: Vec<String> = (0..self.config.keys).map(Self::key).collect();
+            let mut keys = self.keys();
             keys.extend(self.retired.iter().map(|(k, _, _)| k.clone()));
             keys.extend(self.clients.iter().filter_map(|c| c.living.clone()));
             for key in keys {
@@ -343,10 +496,22 @@ impl Register {
 }
 
 fn strings(values: &[Vec<u8>]) -> Vec<String> {
-    values
+    values.iter().map(|v| value_name(v)).collect()
+}
+
+/// The register context of a read: the key's, or its register part's when it is contested.
+fn register_context(r: &ReadResult) -> Option<Context> {
+    if r.parts.is_empty() {
+        // (An OR-Set's context is no register context.)
+        return match r.type_name.as_deref() {
+            None | Some("register") => r.context.clone(),
+            Some(_) => None,
+        };
+    }
+    r.parts
         .iter()
-        .map(|v| String::from_utf8_lossy(v).into_owned())
-        .collect()
+        .find(|p| p.type_name == "register")
+        .and_then(|p| p.context.clone())
 }
 
 impl Workload for Register {
@@ -360,11 +525,16 @@ impl Workload for Register {
             let at = self.config.warmup + jitter;
             self.wakeups.schedule(cx, at, Pending::Next(c));
         }
+        if self.config.shared {
+            let at = super::next_generation(self.config.warmup);
+            self.wakeups.schedule(cx, at, Pending::Race);
+        }
     }
 
     fn wake(&mut self, token: u64, cx: &mut Ctx<'_>) {
         match self.wakeups.take(token) {
             Some(Pending::Next(c)) => self.next_op(cx, c),
+            Some(Pending::Race) => self.race(cx),
             Some(Pending::FinalRound) => self.final_round(cx),
             None => {}
         }
@@ -382,14 +552,17 @@ impl Workload for Register {
         };
         let outcome = match reply {
             ClientReply::Read(r) => {
-                if let (Some(c), Some(ctx)) = (f.client, &r.context) {
+                // (A key that holds only another type has no register context: a write
+                // without one is refused, or becomes a sibling of nothing.)
+                let context = register_context(&r);
+                if let (Some(c), Some(ctx)) = (f.client, &context) {
                     self.clients[c].contexts.insert(f.key.clone(), ctx.clone());
                 }
                 cx.history_mut().data_result(
                     f.op,
                     DataResult::Read {
                         values: strings(&r.values),
-                        context: r.context.map(|c| c.seen().clone()),
+                        context: context.map(|c| c.seen().clone()),
                     },
                 );
                 Outcome::Ok
@@ -424,7 +597,7 @@ impl Workload for Register {
                 if indeterminate {
                     Outcome::Indeterminate(e.to_string())
                 } else {
-                    Outcome::Failed(e.to_string())
+                    Outcome::failed(&e)
                 }
             }
         };

@@ -42,7 +42,7 @@ use super::SyncMessage;
 use crate::id::NodeId;
 use crate::merkle::{differing, BucketSet, Digest, Tree, GROUPS, GROUP_WIDTH};
 use crate::ring::PartitionId;
-use crate::storage::{data_key, partition_range, split_data_key, ReadStore, Space};
+use crate::storage::{data_key, partition_range, split_data_key, ReadStore, Space, SCAN_BYTES_MAX};
 
 /// An exchange that heard nothing for this long is abandoned.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -863,22 +863,16 @@ impl AntiEntropy {
             return;
         }
         let end = partition_range(x.p).1;
-        let page = match store.scan(Space::Data, cursor, &end, self.config.page_keys.max(1)) {
+        let limit = self.config.page_keys.max(1);
+        let page = match store.scan_page(Space::Data, cursor, &end, limit, SCAN_BYTES_MAX) {
             Ok(page) => page,
             Err(e) => {
                 warn!(error = %e, partition = %x.p, "cannot scan for anti-entropy");
                 return;
             }
         };
-        let page_end = if page.len() >= self.config.page_keys.max(1) {
-            page.last().map_or_else(Vec::new, |(k, _)| {
-                let mut k = k.clone();
-                k.push(0);
-                k
-            })
-        } else {
-            Vec::new()
-        };
+        let page_end = page.next_from().unwrap_or_default();
+        let page = page.entries;
         let mut digests = Vec::new();
         let mut bytes = 0u64;
         for (skey, value) in &page {
@@ -941,7 +935,14 @@ impl AntiEntropy {
             return;
         }
         let end = if to.is_empty() { p_end } else { to };
-        let page = match store.scan(Space::Data, &start, &end, RESPONDER_SCAN_MAX) {
+        // Bounded in bytes as well as keys: any peer may ask for a page.
+        let page = match store.scan_page(
+            Space::Data,
+            &start,
+            &end,
+            RESPONDER_SCAN_MAX,
+            SCAN_BYTES_MAX,
+        ) {
             Ok(page) => page,
             Err(e) => {
                 warn!(error = %e, partition = %p, "cannot scan for anti-entropy");
@@ -953,9 +954,10 @@ impl AntiEntropy {
                 return;
             }
         };
-        let mut upto = (page.len() >= RESPONDER_SCAN_MAX)
-            .then(|| page.last().map(|(k, _)| k.clone()))
+        let mut upto = (!page.complete)
+            .then(|| page.entries.last().map(|(k, _)| k.clone()))
             .flatten();
+        let page = page.entries;
         let theirs: BTreeMap<Vec<u8>, Digest> = digests
             .into_iter()
             .map(|(k, d)| (data_key(p, &k), d))

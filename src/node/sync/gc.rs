@@ -48,7 +48,7 @@ use super::SyncMessage;
 use crate::id::NodeId;
 use crate::merkle::Digest;
 use crate::ring::{key_hash, PartitionId};
-use crate::storage::{data_key, partition_range, ReadStore, Space};
+use crate::storage::{data_key, partition_range, ReadStore, Space, SCAN_BYTES_MAX};
 
 /// Most keys one query may name (enforced when one arrives).
 pub(crate) const KEYS_PER_QUERY_MAX: usize = 4096;
@@ -328,10 +328,10 @@ impl Gc {
             return;
         }
         let pass = *self.pass_started.get_or_insert(now);
-        let mut examined = 0;
+        let (mut examined, mut bytes) = (0, 0);
         let mut keys = Vec::new();
         let round_max = self.config.keys_per_round.clamp(1, KEYS_PER_QUERY_MAX);
-        while examined < SCAN_PER_TICK && keys.len() < round_max {
+        while examined < SCAN_PER_TICK && bytes < SCAN_BYTES_MAX && keys.len() < round_max {
             if self.cursor >= partitions {
                 // A pass is over; the next starts an interval after this one did.
                 if now < pass + interval || !keys.is_empty() {
@@ -350,9 +350,10 @@ impl Gc {
                 self.resume.clear();
                 continue;
             }
-            let budget = SCAN_PER_TICK - examined;
-            let (scanned, done) = self.candidates(p, round_max, budget, &mut keys, store, fx);
+            let budget = (SCAN_PER_TICK - examined, SCAN_BYTES_MAX - bytes);
+            let (scanned, read, done) = self.candidates(p, round_max, budget, &mut keys, store, fx);
             examined += scanned.max(1);
+            bytes += read;
             if done {
                 self.cursor += 1;
             }
@@ -363,33 +364,35 @@ impl Gc {
     }
 
     /// Adds tombstones of `p` to `keys`, from where the scan stopped, until `keys` holds
-    /// `max`, reading at most `budget` entries; returns how many entries were read, and
-    /// whether the partition is done.
+    /// `max`, reading at most `budget` entries and bytes; returns how many entries and bytes
+    /// were read, and whether the partition is done.
     fn candidates(
         &mut self,
         p: PartitionId,
         max: usize,
-        budget: usize,
+        budget: (usize, usize),
         keys: &mut Vec<(Vec<u8>, Digest)>,
         store: &dyn ReadStore,
         fx: &Effects<'_>,
-    ) -> (usize, bool) {
+    ) -> (usize, usize, bool) {
         let (start, end) = partition_range(p);
         let from = if self.resume.is_empty() {
             start
         } else {
             self.resume.clone()
         };
-        let budget = budget.max(1);
-        let page = match store.scan(Space::Data, &from, &end, budget) {
+        let page = match store.scan_page(Space::Data, &from, &end, budget.0.max(1), budget.1) {
             Ok(page) => page,
             Err(e) => {
                 warn!(error = %e, partition = %p, "cannot scan a partition for tombstones");
                 self.resume.clear();
-                return (0, true);
+                return (0, 0, true);
             }
         };
+        let more = !page.complete;
+        let page = page.entries;
         let scanned = page.len();
+        let read: usize = page.iter().map(|(k, v)| k.len() + v.len()).sum();
         let mut last = None;
         for (skey, bytes) in &page {
             last = Some(skey);
@@ -413,7 +416,7 @@ impl Gc {
             }
         }
         let done = match last {
-            Some(l) if scanned >= budget || keys.len() >= max => {
+            Some(l) if more || keys.len() >= max => {
                 // Go on after the last entry looked at.
                 let mut next = l.clone();
                 next.push(0);
@@ -425,7 +428,7 @@ impl Gc {
                 true
             }
         };
-        (scanned, done)
+        (scanned, read, done)
     }
 
     fn start_round(&mut self, keys: Vec<(Vec<u8>, Digest)>, fx: &mut Effects<'_>) {

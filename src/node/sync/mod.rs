@@ -58,13 +58,19 @@ use super::{Call, Effects};
 use crate::id::NodeId;
 use crate::merkle::Tree;
 use crate::ring::PartitionId;
-use crate::storage::{partition_range, split_data_key, ReadStore, Space, StoreError};
+use crate::storage::{
+    partition_range, split_data_key, ReadStore, Space, StoreError, SCAN_BYTES_MAX,
+};
 
 /// Metadata key of the handoff record.
 pub const META_HANDOFF: &str = "handoff";
 
 /// A page not acknowledged within this long is sent again.
 const PUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A push whose owner refused a key (its merged state would be too large) waits this long
+/// before it sends again: the key stays pending and reported, without a storm of re-sends.
+const REFUSED_BACKOFF: Duration = Duration::from_secs(60);
 
 /// Pages in flight at once, over all partitions and owners.
 const PUSHES_IN_FLIGHT_MAX: usize = 4;
@@ -81,10 +87,14 @@ const DROP_GRACE: Duration = Duration::from_secs(20);
 /// Messages to a node's sync sub-machine.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SyncMessage {
-    /// The sender durably merged push `batch`.
+    /// The sender durably merged push `batch`, except the entries at the positions in
+    /// `refused`, which it did not store: the push of those keys stays pending.
     Pushed {
         /// The push.
         batch: u64,
+        /// Positions of entries the sender refused (a merge beyond the stored size limit).
+        #[serde(default)]
+        refused: Vec<u32>,
     },
     /// Merkle-tree anti-entropy.
     Ae(AeMessage),
@@ -110,6 +120,8 @@ struct Task {
     /// state: pushed on their own once that number is durable (the walk may have read an
     /// older state, or passed them already).
     extras: BTreeMap<Vec<u8>, u64>,
+    /// The owner refused a key: nothing is sent before this time.
+    paused_until: Duration,
 }
 
 #[derive(Debug)]
@@ -125,6 +137,9 @@ struct Push {
     p: PartitionId,
     to: NodeId,
     sent: Sent,
+    /// The storage keys of the entries sent, in order (an acknowledgement names refused
+    /// entries by position).
+    keys: Vec<Vec<u8>>,
     sent_at: Duration,
 }
 
@@ -160,6 +175,8 @@ pub(crate) struct Sync {
     trees: BTreeMap<PartitionId, Tree>,
     ae: exchange::AntiEntropy,
     gc: gc::Gc,
+    /// Keys a new owner refused to store since start (their push stays pending).
+    refused: u64,
 }
 
 impl Sync {
@@ -197,6 +214,7 @@ impl Sync {
             trees,
             ae: exchange::AntiEntropy::new(ae, first_batch.rotate_left(32)),
             gc: gc::Gc::new(gc, first_batch.rotate_left(16)),
+            refused: 0,
         })
     }
 
@@ -217,6 +235,11 @@ impl Sync {
     /// Whether this node was a member with its data (the topology's `complete`).
     pub(crate) fn complete(&self) -> bool {
         self.record.complete
+    }
+
+    /// Keys a new owner refused to store since start (each push stays pending).
+    pub(crate) fn refused(&self) -> u64 {
+        self.refused
     }
 
     /// Keys this node holds, over every partition.
@@ -271,10 +294,16 @@ impl Sync {
             self.record.complete = true;
             self.persist(fx);
         }
-        if fx.topo.left && !self.tasks.is_empty() {
-            // Left (or removed): nothing more goes out from here (see below).
+        if fx.topo.left {
+            // Left (or removed): nothing more goes out from here. Everything this node held
+            // went to its owners before it recorded `left` (or an operator removed it, and the
+            // members refuse what it would send): owners that join later get the data from the
+            // others. Its handoff is complete whatever the placement says (recording `left`
+            // changes the placement, and with no leave pending there is no future one).
+            self.seen_version = Some(fx.topo.placement_version);
             self.tasks.clear();
             self.in_flight.clear();
+            return;
         }
         if fx.topo.joining {
             // What a joining node holds are copies it pulled of the partitions it will own:
@@ -298,13 +327,6 @@ impl Sync {
             return;
         }
         self.seen_version = Some(fx.topo.placement_version);
-        if fx.topo.left {
-            // Everything this node held went to its owners before it recorded `left` (or an
-            // operator removed it): owners that join later get the data from the others.
-            self.tasks.clear();
-            self.in_flight.clear();
-            return;
-        }
         let mut staged_in: BTreeMap<PartitionId, Vec<(Vec<u8>, u64)>> = BTreeMap::new();
         for (skey, seq) in staged {
             if let Some((p, _)) = split_data_key(skey) {
@@ -407,12 +429,16 @@ impl Sync {
         hints_held: usize,
         fx: &mut Effects<'_>,
     ) {
+        if fx.topo.left {
+            // Left, or removed: this node takes part in no exchange, handoff or purge.
+            return;
+        }
         match msg {
             SyncMessage::Gc(msg) => self.gc.handle(from, msg, &*self.store, hints_held, fx),
             SyncMessage::Ae(msg) => {
                 self.ae.handle(from, msg, &mut self.trees, &*self.store, fx);
             }
-            SyncMessage::Pushed { batch } => {
+            SyncMessage::Pushed { batch, refused } => {
                 let ok = self.in_flight.get(&batch).is_some_and(|p| p.to == from);
                 if !ok {
                     return;
@@ -430,6 +456,20 @@ impl Sync {
                                 }
                             }
                         }
+                        // What the owner did not store stays pending: pushed again on its
+                        // own, so the partition is never counted as handed over without it.
+                        let durable = fx.journal.durable_seq();
+                        if !refused.is_empty() {
+                            task.paused_until = fx.now + REFUSED_BACKOFF;
+                        }
+                        for i in refused {
+                            let Some(k) = push.keys.get(i as usize) else {
+                                continue;
+                            };
+                            self.refused += 1;
+                            warn!(partition = %push.p, to = %push.to, "a new owner refused a key (its merged state would be too large); the push stays pending");
+                            task.extras.entry(k.clone()).or_insert(durable);
+                        }
                     }
                 }
                 self.progress(fx);
@@ -446,10 +486,12 @@ impl Sync {
     ) {
         match timer {
             SyncTimer::Tick => {
-                self.progress(fx);
-                self.drop_unowned(fx);
-                self.ae.tick(&mut self.trees, &*self.store, fx);
-                self.gc.tick(&*self.store, hints_held, fx);
+                if !fx.topo.left {
+                    self.progress(fx);
+                    self.drop_unowned(fx);
+                    self.ae.tick(&mut self.trees, &*self.store, fx);
+                    self.gc.tick(&*self.store, hints_held, fx);
+                }
                 fx.set_timer(self.interval, SyncTimer::Tick);
             }
         }
@@ -525,10 +567,10 @@ impl Sync {
             return;
         }
         let mut keys = Vec::new();
-        let mut partitions = 0;
+        let (mut partitions, mut bytes) = (0, 0usize);
         let candidates: Vec<PartitionId> = self.trees.keys().copied().collect();
         for p in candidates {
-            if keys.len() >= DROP_KEYS_PER_TICK {
+            if keys.len() >= DROP_KEYS_PER_TICK || bytes >= SCAN_BYTES_MAX {
                 break;
             }
             if fx.topo.replicates(p)
@@ -544,18 +586,23 @@ impl Sync {
                 continue;
             }
             let (from, to) = partition_range(p);
-            let page =
-                match self
-                    .store
-                    .scan(Space::Data, &from, &to, DROP_KEYS_PER_TICK - keys.len())
-                {
-                    Ok(page) => page,
-                    Err(e) => {
-                        warn!(error = %e, partition = %p, "cannot scan a partition to drop");
-                        continue;
-                    }
-                };
+            // Bounded in bytes too: what is not dropped this tick is dropped at the next.
+            let limit = DROP_KEYS_PER_TICK - keys.len();
+            let page = match self.store.scan_page(
+                Space::Data,
+                &from,
+                &to,
+                limit,
+                SCAN_BYTES_MAX.saturating_sub(bytes),
+            ) {
+                Ok(page) => page.entries,
+                Err(e) => {
+                    warn!(error = %e, partition = %p, "cannot scan a partition to drop");
+                    continue;
+                }
+            };
             partitions += 1;
+            bytes += page.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
             keys.extend(page.into_iter().map(|(k, v)| {
                 let leaf = leaf_of(&k, &v);
                 (k, leaf)
@@ -584,6 +631,11 @@ impl Sync {
             .keys()
             .copied()
             .filter(|t| !busy.contains(t) && fx.topo.is_alive(t.1))
+            .filter(|t| {
+                self.tasks
+                    .get(t)
+                    .is_some_and(|task| task.paused_until <= now)
+            })
             .collect();
         let mut done = Vec::new();
         for (p, to) in ready {
@@ -598,6 +650,7 @@ impl Sync {
             let durable = fx.journal.durable_seq();
             let mut found = Vec::new();
             let mut entries = Vec::new();
+            let mut sent_keys = Vec::new();
             let mut bytes = 0;
             for (k, &seq) in task.extras.iter() {
                 if found.len() >= self.batch_max || bytes >= BATCH_BYTES_MAX {
@@ -610,10 +663,13 @@ impl Sync {
                     Ok(Some(v)) => {
                         bytes += v.len() + k.len();
                         match (split_data_key(k), Object::decode(&v)) {
-                            (Some((_, key)), Ok(object)) => entries.push(MergeEntry {
-                                key: key.to_vec(),
-                                object,
-                            }),
+                            (Some((_, key)), Ok(object)) => {
+                                entries.push(MergeEntry {
+                                    key: key.to_vec(),
+                                    object,
+                                });
+                                sent_keys.push(k.clone());
+                            }
                             _ => warn!("skipping an unreadable object in handoff"),
                         }
                     }
@@ -636,23 +692,20 @@ impl Sync {
                     k.push(0);
                     k
                 };
-                let mut page = match self.store.scan(Space::Data, &from, &end, self.batch_max) {
-                    Ok(page) => page,
+                // Within the wire's frame limit: the page stops once it holds enough bytes.
+                let page = match self.store.scan_page(
+                    Space::Data,
+                    &from,
+                    &end,
+                    self.batch_max,
+                    BATCH_BYTES_MAX,
+                ) {
+                    Ok(page) => page.entries,
                     Err(e) => {
                         warn!(error = %e, partition = %p, "cannot scan for handoff");
                         continue;
                     }
                 };
-                // Within the wire's frame limit: stop once the page holds enough bytes.
-                let mut bytes = 0;
-                let keep = page
-                    .iter()
-                    .position(|(k, v)| {
-                        bytes += k.len() + v.len();
-                        bytes > BATCH_BYTES_MAX
-                    })
-                    .map_or(page.len(), |i| i.max(1));
-                page.truncate(keep);
                 let Some((last, _)) = page.last() else {
                     task.scanned = true;
                     if task.extras.is_empty() {
@@ -667,10 +720,13 @@ impl Sync {
                         continue;
                     };
                     match Object::decode(&v) {
-                        Ok(object) => entries.push(MergeEntry {
-                            key: key.to_vec(),
-                            object,
-                        }),
+                        Ok(object) => {
+                            entries.push(MergeEntry {
+                                key: key.to_vec(),
+                                object,
+                            });
+                            sent_keys.push(k.clone());
+                        }
                         Err(e) => warn!(error = %e, "skipping an unreadable object in handoff"),
                     }
                 }
@@ -699,6 +755,7 @@ impl Sync {
                     p,
                     to,
                     sent,
+                    keys: sent_keys,
                     sent_at: now,
                 },
             );
@@ -735,9 +792,9 @@ fn rebuild_trees(store: &dyn ReadStore) -> Result<BTreeMap<PartitionId, Tree>, S
     let mut from = Vec::new();
     let mut keys = 0u64;
     loop {
-        let page = store.scan(Space::Data, &from, &[], REBUILD_PAGE)?;
-        let full = page.len() >= REBUILD_PAGE;
-        for (skey, value) in &page {
+        let page = store.scan_page(Space::Data, &from, &[], REBUILD_PAGE, SCAN_BYTES_MAX)?;
+        let next = page.next_from();
+        for (skey, value) in &page.entries {
             if let Some((p, key)) = split_data_key(skey) {
                 trees
                     .entry(p)
@@ -746,12 +803,9 @@ fn rebuild_trees(store: &dyn ReadStore) -> Result<BTreeMap<PartitionId, Tree>, S
                 keys += 1;
             }
         }
-        match page.last() {
-            Some((last, _)) if full => {
-                from = last.clone();
-                from.push(0);
-            }
-            _ => break,
+        match next {
+            Some(n) => from = n,
+            None => break,
         }
     }
     info!(
