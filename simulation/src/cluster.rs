@@ -38,6 +38,7 @@ use chorus::node::{
 };
 use chorus::NodeId;
 
+use crate::check::datapath::DataPathMonitor;
 use crate::disk::{Disk, DiskError};
 use crate::network::{DatagramFate, NetConfig, Network};
 use crate::rng::{self, SimRng};
@@ -344,6 +345,10 @@ pub struct Cluster {
     next_client: u64,
     /// Keys an operator's removal lost something of, with the time of the last such removal.
     lost: BTreeMap<Vec<u8>, Duration>,
+    /// The acknowledgement contract, checked at every message sent.
+    datapath: DataPathMonitor,
+    /// Each slot's ring partition count (from its configuration at its last start).
+    partitions: BTreeMap<usize, u32>,
 }
 
 impl Cluster {
@@ -364,7 +369,14 @@ impl Cluster {
             observations: Vec::new(),
             next_client: 0,
             lost: BTreeMap::new(),
+            datapath: DataPathMonitor::new(),
+            partitions: BTreeMap::new(),
         }
+    }
+
+    /// The data-path monitor: violations of the acknowledgement contract seen so far.
+    pub fn datapath(&self) -> &DataPathMonitor {
+        &self.datapath
     }
 
     /// The current simulated time.
@@ -595,6 +607,8 @@ impl Cluster {
         if let Some(tune) = self.config.tune {
             tune(&mut config);
         }
+        self.partitions
+            .insert(node, config.membership.ring.partitions());
         let node_seed = rng::derive(self.seed, "node-rng", ((node as u64) << 32) | slot.epoch);
         let initial = persisted.ring.get(persisted.id).map(|e| e.status);
         let saved = Persisted {
@@ -1090,6 +1104,8 @@ impl Cluster {
                 );
                 // The simulated handshake authenticates the sending machine's node id.
                 let from_id = self.slots[from].id;
+                self.datapath
+                    .delivered(now, to, self.slots[to].epoch, from_id, &m.bytes);
                 if let Some(n) = self.slots[to].node_mut() {
                     let _log = crate::log::enter(to, now);
                     n.handle_message(from_id, &m.bytes, now);
@@ -1242,6 +1258,7 @@ impl Cluster {
                 slot.left_written = Some(slot.meta_writes);
             }
             Output::Persist { seq, batch } => {
+                self.datapath.persisted(node, &batch, self.now);
                 let slot = &mut self.slots[node];
                 slot.disk.write_batch(&batch);
                 slot.data_written = slot.data_written.max(seq);
@@ -1426,6 +1443,20 @@ impl Cluster {
         let Some(to) = self.resolve(from, to, Kind::MessageDropped, &bytes) else {
             return;
         };
+        if let Some(&partitions) = self.partitions.get(&from) {
+            let slot = &self.slots[from];
+            let disk = slot.disk.handle();
+            let store = disk.lock();
+            self.datapath.sending(
+                self.now,
+                from,
+                slot.epoch,
+                self.slots[to].id,
+                &bytes,
+                &store,
+                partitions,
+            );
+        }
         let dst = &self.slots[to];
         let m = InFlight {
             from,

@@ -66,7 +66,7 @@ struct Common {
     faults: FaultSet,
     /// Longest the quiet phase after the heal may take to settle (every check passing and
     /// every membership operation complete).
-    #[arg(long, default_value = "1m", value_parser = parse_duration)]
+    #[arg(long, default_value = "90s", value_parser = parse_duration)]
     settle: Duration,
     /// Run membership and faults only, without the register workload's clients.
     #[arg(long)]

@@ -128,8 +128,10 @@ impl RunConfig {
 
 /// Default limit on the time to settle after the heal: what the protocols need (rejoining after
 /// a restart, SWIM's suspicion timeout, a period of re-announcing to down members, pending leaves
-/// and removals), with margin, and short enough that slow recovery fails the run.
-pub const SETTLE_MAX: Duration = Duration::from_secs(60);
+/// and removals, and a few anti-entropy rounds, every 15 s per node, to carry each CRDT
+/// replica's record of the operation ids it holds, under the replica set as it settled, to the
+/// others), with margin, and short enough that slow recovery fails the run.
+pub const SETTLE_MAX: Duration = Duration::from_secs(90);
 
 /// How often the quiet phase checks whether the cluster has settled.
 pub const CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -171,6 +173,9 @@ pub struct RunReport {
     pub history: History,
     /// The cluster at the end.
     pub snapshot: ClusterSnapshot,
+    /// Acknowledgements of replica writes and hints checked against the sender's disk as
+    /// they left it ([`crate::check::datapath`]).
+    pub acks_checked: u64,
     /// Wall-clock time the run took (not part of the deterministic result).
     pub wall: Duration,
 }
@@ -343,6 +348,21 @@ pub fn run(config: &RunConfig) -> Result<RunReport, SimError> {
     for obs in sim.cluster.take_observations() {
         sim.safety.observe(end, &obs);
     }
+    let datapath = sim.cluster.datapath();
+    if !datapath.violations().is_empty() {
+        let mut found = datapath.violations().to_vec();
+        if datapath.dropped() > 0 {
+            found.push(Violation {
+                checker: "data-path",
+                at: end,
+                observer: None,
+                subject: None,
+                message: format!("... and {} more data-path violations", datapath.dropped()),
+            });
+        }
+        found.append(&mut violations);
+        violations = found;
+    }
     if !sim.safety.violations().is_empty() {
         let mut safety = sim.safety.violations().to_vec();
         if sim.safety.dropped() > 0 {
@@ -367,6 +387,7 @@ pub fn run(config: &RunConfig) -> Result<RunReport, SimError> {
         settled_after,
         end,
         stats: sim.cluster.stats().clone(),
+        acks_checked: sim.cluster.datapath().checked(),
         history: sim.history,
         snapshot,
         wall: wall.elapsed(),
@@ -495,6 +516,11 @@ pub fn summary(r: &RunReport) -> String {
         "merges refused for size: {} by running replicas; {} sends refused to running senders",
         sum(|d| d.merges_refused),
         sum(|d| d.sends_refused)
+    );
+    let _ = writeln!(
+        s,
+        "data path: {} acknowledgements of replica writes and hints checked against the disk as they left",
+        r.acks_checked
     );
     let st = &r.stats;
     let dropped: u64 = st.dropped.values().sum();

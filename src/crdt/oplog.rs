@@ -22,12 +22,18 @@
 //!
 //! - **Stability.** Every current replica of the key holds the record. Each replica notes in
 //!   the state, whenever it stores it, how far it holds each actor's records (its *row*,
-//!   [`OpLog::observe`]); rows merge by maximum and travel with the state. (Copies that differ
-//!   only in rows are left to anti-entropy: read repair does not send them, see
-//!   [`OpLog::without_rows`].) An actor learns that
-//!   replica `r` holds its record only by merging a state that came from `r` after `r` held
-//!   it, and that state carries every application `r` made before it saw the record: so when
-//!   the actor forgets, it already sees any duplicate and pins instead.
+//!   [`OpLog::observe`]), under the replica set it sees ([`replica_set_id`]); rows merge by
+//!   maximum and travel with the state, and only rows of the judging node's current set
+//!   count. (Copies that differ only in rows are left to anti-entropy: read repair does not
+//!   send them, see [`OpLog::without_rows`].) An actor learns that replica `r` holds its
+//!   record only by merging a state that came from `r` after `r` held it, and that state
+//!   carries every application `r` made before it saw the record: so when the actor forgets,
+//!   it already sees any duplicate and pins instead. A replica that left the set may have
+//!   applied a duplicate its successor did not have yet; a leave completes only once its
+//!   handoff is with its successor, and the successor's rows count only once taken under
+//!   the new set, so they carry that duplicate too. (A join moves a key away from a replica
+//!   that stays in the cluster, whose last writes follow in a handoff after the set changed:
+//!   a retry applied there in that moment is the one case this does not cover.)
 //! - **Age.** A retry can arrive late; a record is kept at least [`OpLogPolicy::window_ms`]
 //!   (by its actor's clock) after it was applied, so a retry within that window is recognised
 //!   through any replica.
@@ -173,9 +179,9 @@ pub struct Record {
 pub struct OpLog {
     marks: BTreeMap<NodeId, ActorMark>,
     records: Vec<Record>,
-    /// Per replica node: the newest sequence number of each actor its copy held when it last
-    /// stored the key (see "Stability").
-    rows: BTreeMap<NodeId, BTreeMap<NodeId, u64>>,
+    /// Per replica node and replica set: the newest sequence number of each actor its copy
+    /// held when it last stored the key as a replica of that set (see "Stability").
+    rows: BTreeMap<RowKey, BTreeMap<NodeId, u64>>,
 }
 
 #[derive(Deserialize)]
@@ -183,7 +189,30 @@ struct OpLogWire {
     marks: BTreeMap<NodeId, ActorMark>,
     records: Vec<Record>,
     #[serde(default)]
-    rows: BTreeMap<NodeId, BTreeMap<NodeId, u64>>,
+    rows: BTreeMap<RowKey, BTreeMap<NodeId, u64>>,
+}
+
+/// Whose row: the replica that stored the state, and the replica set it stored it under
+/// ([`replica_set_id`]). A row counts toward stability only for that same set: a replica that
+/// joined the set later shows by its row under the new set that it stored the key after the
+/// set changed, not before.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+struct RowKey(NodeId, u64);
+
+/// A deterministic identity of a set of replicas (order and repeats do not matter): FNV-1a
+/// over the sorted node ids, the same on every node and every version.
+pub(crate) fn replica_set_id(replicas: &[NodeId]) -> u64 {
+    let mut ids: Vec<u64> = replicas.iter().map(|n| n.get()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for id in ids {
+        for b in id.to_be_bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h
 }
 
 /// Why an operation id was refused.
@@ -289,21 +318,20 @@ impl OpLog {
         self.record(actor, id, 0, now_ms, policy, site)
     }
 
-    /// Notes that replica `node` holds this state: its row becomes the state's sequence numbers
-    /// (see "Stability"). A replica calls it on every state of the key it stores.
-    pub fn observe(&mut self, node: NodeId) {
+    /// Notes that `node`, which sees `replicas` as the key's replicas, holds this state: its
+    /// row for that set becomes the state's sequence numbers (see "Stability"), and rows of
+    /// other sets, or of nodes outside this one, are dropped (only rows of the current set
+    /// count, and without pruning every node that ever stored the key would keep a row for
+    /// good: past [`ROWS_DECODE_MAX`], a state that no longer decodes). A replica calls it on
+    /// every state of the key it stores.
+    pub fn observe(&mut self, node: NodeId, replicas: &[NodeId]) {
+        let set = replica_set_id(replicas);
+        self.rows
+            .retain(|k, _| k.1 == set && (k.0 == node || replicas.contains(&k.0)));
         let row: BTreeMap<NodeId, u64> = self.marks.iter().map(|(a, m)| (*a, m.seq)).collect();
         if !row.is_empty() {
-            self.rows.insert(node, row);
+            self.rows.insert(RowKey(node, set), row);
         }
-    }
-
-    /// Drops the rows of nodes other than `node` and `replicas` (the key's current replicas):
-    /// only those rows count toward stability, and without pruning every node that ever
-    /// stored the key would keep a row for good (past [`ROWS_DECODE_MAX`], a state that no
-    /// longer decodes).
-    pub fn prune_rows(&mut self, node: NodeId, replicas: &[NodeId]) {
-        self.rows.retain(|n, _| *n == node || replicas.contains(n));
     }
 
     /// The log without its replica rows, to tell copies that differ only in rows (which
@@ -321,17 +349,18 @@ impl OpLog {
         self.marks == other.marks && self.records == other.records
     }
 
-    /// The highest sequence number of `actor` that every one of `replicas` holds (0 when one
-    /// has no row, or none is named).
+    /// The highest sequence number of `actor` that every one of `replicas` holds as a replica
+    /// of that same set (0 when one has no such row, or none is named).
     fn stable_upto(&self, actor: NodeId, replicas: &[NodeId]) -> u64 {
         if replicas.is_empty() {
             return 0;
         }
+        let set = replica_set_id(replicas);
         replicas
             .iter()
             .map(|r| {
                 self.rows
-                    .get(r)
+                    .get(&RowKey(*r, set))
                     .and_then(|row| row.get(&actor))
                     .copied()
                     .unwrap_or(0)
@@ -370,8 +399,7 @@ impl OpLog {
             Ok(i) => self.records[i] = record,
             Err(i) => self.records.insert(i, record),
         }
-        self.observe(site.node);
-        self.prune_rows(site.node, site.replicas);
+        self.observe(site.node, site.replicas);
         self.forget(actor, now_ms, policy, site)
     }
 
@@ -475,10 +503,10 @@ impl Crdt for OpLog {
             mine.seq = mine.seq.max(m.seq);
             mine.floor = mine.floor.max(m.floor);
         }
-        for (node, row) in &other.rows {
-            // Both are the same replica's rows from different times: the later holds the
-            // earlier (its copy only grows), so the join is the entrywise maximum.
-            let mine = self.rows.entry(*node).or_default();
+        for (key, row) in &other.rows {
+            // Both are the same replica's rows (for one set) from different times: the later
+            // holds the earlier (its copy only grows), so the join is the entrywise maximum.
+            let mine = self.rows.entry(*key).or_default();
             for (actor, &seq) in row {
                 let s = mine.entry(*actor).or_default();
                 *s = (*s).max(seq);
@@ -594,13 +622,8 @@ impl Counter {
     }
 
     /// Notes that replica `node` holds this state (see [`OpLog::observe`]).
-    pub fn observe(&mut self, node: NodeId) {
-        self.log.observe(node);
-    }
-
-    /// See [`OpLog::prune_rows`].
-    pub fn prune_rows(&mut self, node: NodeId, replicas: &[NodeId]) {
-        self.log.prune_rows(node, replicas);
+    pub fn observe(&mut self, node: NodeId, replicas: &[NodeId]) {
+        self.log.observe(node, replicas);
     }
 
     /// Whether the two counters hold the same (rows aside: see [`OpLog::without_rows`]).
@@ -678,18 +701,29 @@ mod tests {
         Apply(usize, u8),
         /// Replica `to` merges replica `from`'s state.
         Sync { from: usize, to: usize },
+        /// Replica `.0` leaves the key and the spare node (slot [`SPARE`], a future owner that
+        /// may have stored states already, as a non-replica) takes its place: as in a leave,
+        /// the spare first stores everything the leaving replica holds (its handoff, under the
+        /// old replica set), then the set changes and a new spare comes.
+        Replace(usize),
     }
+
+    /// The slot of the node that is not a replica yet (see [`Step::Replace`]).
+    const SPARE: usize = REPLICAS;
 
     fn arb_steps() -> impl Strategy<Value = Vec<Step>> {
         let apply = (0..REPLICAS, 0u8..12).prop_map(|(r, id)| Step::Apply(r, id));
-        let sync = (0..REPLICAS, 0..REPLICAS).prop_map(|(from, to)| Step::Sync { from, to });
-        proptest::collection::vec(prop_oneof![2 => apply, 2 => sync], 0..80)
+        let sync = (0..=SPARE, 0..=SPARE).prop_map(|(from, to)| Step::Sync { from, to });
+        let replace = (0..REPLICAS).prop_map(Step::Replace);
+        proptest::collection::vec(prop_oneof![2 => apply, 2 => sync, 1 => replace], 0..80)
     }
 
     /// What a history did: the states, when each id was first applied, and whether anything
     /// was forgotten before it was safe.
     struct Run {
         states: Vec<Counter>,
+        /// The node in each replica slot at the end (replacements bring new ones).
+        ids: Vec<NodeId>,
         first: BTreeMap<u8, u64>,
         reported: bool,
     }
@@ -698,9 +732,11 @@ mod tests {
     /// window after its id's first application is left out (the guarantee covers retries
     /// within the window).
     fn replay(steps: &[Step], policy: OpLogPolicy, within_window: bool) -> Run {
-        let replicas = all();
+        let mut ids = all();
+        ids.push(NodeId::new(99));
         let mut run = Run {
-            states: vec![Counter::new(); REPLICAS],
+            ids,
+            states: vec![Counter::new(); REPLICAS + 1],
             first: BTreeMap::new(),
             reported: false,
         };
@@ -712,22 +748,29 @@ mod tests {
                     if within_window && t > t0.saturating_add(policy.window_ms) {
                         continue;
                     }
+                    let site = Site {
+                        node: run.ids[r],
+                        replicas: &run.ids[..REPLICAS],
+                    };
                     let (_, f) = run.states[r]
-                        .apply(
-                            node(r),
-                            &id.to_string(),
-                            amount_of(id),
-                            t,
-                            policy,
-                            site(r, &replicas),
-                        )
+                        .apply(run.ids[r], &id.to_string(), amount_of(id), t, policy, site)
                         .unwrap();
                     run.reported |= f.any();
                 }
                 Step::Sync { from, to } => {
                     let source = run.states[from].clone();
                     run.states[to].merge(&source);
-                    run.states[to].observe(node(to));
+                    run.states[to].observe(run.ids[to], &run.ids[..REPLICAS]);
+                }
+                Step::Replace(r) => {
+                    let handed = run.states[r].clone();
+                    run.states[SPARE].merge(&handed);
+                    run.states[SPARE].observe(run.ids[SPARE], &run.ids[..REPLICAS]);
+                    run.states.swap(r, SPARE);
+                    run.ids.swap(r, SPARE);
+                    // The leaving node is gone (everything it held is with its successor).
+                    run.states[SPARE] = Counter::new();
+                    run.ids[SPARE] = NodeId::new(100 + t);
                 }
             }
         }
@@ -759,8 +802,9 @@ mod tests {
 
         /// Issue 20, defect 2: with records forgotten as soon as the rules allow (every
         /// replica holds them, the window passed), any interleaving of applications, retries
-        /// through any replica within the window, and merges counts every operation id exactly
-        /// once: none twice, none dropped — in every order the states later meet.
+        /// through any replica within the window, merges and replicas replaced as a leave
+        /// does, counts every operation id exactly once: none twice, none dropped — in every
+        /// order the states later meet.
         #[test]
         fn a_tiny_window_never_counts_an_id_twice_nor_drops_one(
             steps in arb_steps(),
@@ -778,7 +822,7 @@ mod tests {
             let mut again = everything.clone();
             for r in 0..REPLICAS {
                 let mut theirs = merged(&run.states[r], &everything);
-                theirs.observe(node(r));
+                theirs.observe(run.ids[r], &run.ids[..REPLICAS]);
                 again.merge(&theirs);
             }
             prop_assert_eq!(again.value(), want(&run));
@@ -878,7 +922,7 @@ mod tests {
                 .unwrap();
         }
         let mut at_b = at_a.clone();
-        at_b.observe(b);
+        at_b.observe(b, &replicas);
         let (applied, _) = at_b
             .apply(b, "P", 1, 300, policy, site(1, &replicas))
             .unwrap();
@@ -902,7 +946,7 @@ mod tests {
         assert!(c.log.contains("old"), "b does not hold it yet");
         // b stores the state; a learns it (merging b's copy), then updates again.
         let mut at_b = c.clone();
-        at_b.observe(b);
+        at_b.observe(b, &replicas);
         c.merge(&at_b);
         c.apply(a, "later", 1, 1001, policy, site(0, &replicas))
             .unwrap();
@@ -1039,7 +1083,7 @@ mod tests {
         let mut bad = c.clone();
         bad.log
             .rows
-            .insert(node(5), [(node(7), 1), (node(8), 1)].into());
+            .insert(RowKey(node(5), 1), [(node(7), 1), (node(8), 1)].into());
         let bytes = rmp_serde::to_vec(&bad).unwrap();
         assert!(rmp_serde::from_slice::<Counter>(&bytes).is_err());
         // The valid state decodes.
@@ -1062,17 +1106,73 @@ mod tests {
         };
         c.apply(a, "x", 1, 0, KEEP_ALL, site).unwrap();
         for k in 0..(ROWS_DECODE_MAX as u64 + 1) {
-            // A node that stored the key once, then lost its share of the ring.
+            // A node that stored the key once as a replica, then lost its share of the ring.
             let passer = NodeId::new(10_000 + k);
-            c.observe(passer);
-            c.prune_rows(a, &replicas);
+            c.observe(passer, &[a, passer]);
+            c.observe(a, &replicas);
         }
-        c.observe(node(1));
-        c.prune_rows(node(1), &replicas);
-        let rows: Vec<NodeId> = c.log.rows.keys().copied().collect();
-        assert_eq!(rows, vec![a, node(1)]);
+        c.observe(node(1), &replicas);
+        let set = replica_set_id(&replicas);
+        let rows: Vec<RowKey> = c.log.rows.keys().copied().collect();
+        assert_eq!(rows, vec![RowKey(a, set), RowKey(node(1), set)]);
         let bytes = rmp_serde::to_vec(&c).unwrap();
         let back: Counter = rmp_serde::from_slice(&bytes).unwrap();
         assert_eq!(back, c);
+    }
+
+    /// Found by a hostile review: a replica that applied a retry (a duplicate) and then left
+    /// the key, before the others merged its copy. The new owner had stored the first
+    /// application during the handoff, and its row made the record look stable under the new
+    /// replica set: the first application's actor forgot it and the duplicate counted twice,
+    /// silently (11, not 6). Rows count only for the replica set they were taken under: the
+    /// new owner's row from before the set changed proves nothing about the new set.
+    #[test]
+    fn a_row_taken_before_the_replica_set_changed_does_not_make_a_record_stable() {
+        let policy = OpLogPolicy {
+            window_ms: 100,
+            per_actor_max: 1024,
+        };
+        let (a, b, c, d) = (node(0), node(1), node(2), NodeId::new(77));
+        let old = [a, b, c];
+        let new = [a, b, d];
+        let at = |n: NodeId, replicas: &'static [NodeId]| Site { node: n, replicas };
+        let old: &'static [NodeId] = Box::leak(Box::new(old));
+        let new: &'static [NodeId] = Box::leak(Box::new(new));
+        let mut at_a = Counter::new();
+        let mut at_c = Counter::new();
+        at_a.apply(a, "P", 5, 0, policy, at(a, old)).unwrap();
+        // The retry reaches C, which has not seen A's application.
+        at_c.apply(c, "P", 5, 1, policy, at(c, old)).unwrap();
+        // B stores A's state; D, the future owner, gets it in C's leave handoff (still under
+        // the old set); A learns both rows.
+        let mut at_b = at_a.clone();
+        at_b.observe(b, old);
+        let mut at_d = at_a.clone();
+        at_d.observe(d, old);
+        at_a.merge(&at_b);
+        at_a.merge(&at_d);
+        // C's leave completes only once its handoff (the duplicate) is with D; then the set is
+        // {A, B, D}. A updates again after the window, under the new set.
+        at_d.merge(&at_c);
+        let (_, f) = at_a.apply(a, "Q", 1, 1000, policy, at(a, new)).unwrap();
+        assert!(at_a.log.contains("P"), "P is not stable under the new set");
+        assert!(!f.any());
+        // D stores again under the new set (with the duplicate), and everyone meets.
+        at_d.observe(d, new);
+        let mut all = at_a.clone();
+        all.merge(&at_d);
+        all.merge(&at_b);
+        assert_eq!(all.value(), 6, "P counted once");
+        // A forgets P only after it saw D's row under the new set, which comes with the
+        // duplicate: it pins rather than forgets, and the value stays.
+        at_a.merge(&at_d);
+        let mut at_b2 = at_a.clone();
+        at_b2.observe(b, new);
+        at_a.merge(&at_b2);
+        at_a.apply(a, "R", 1, 3000, policy, at(a, new)).unwrap();
+        let mut all = at_a.clone();
+        all.merge(&at_d);
+        all.merge(&at_c);
+        assert_eq!(all.value(), 7, "P once, Q and R");
     }
 }

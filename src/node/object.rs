@@ -657,31 +657,23 @@ impl Object {
 
     /// Notes that replica `node` holds this state (every CRDT part's operation log keeps a row
     /// per replica, see [`crate::crdt::OpLog::observe`]). A replica calls it on every state it
-    /// stores. Rows of nodes that are neither `node` nor one of the key's current `replicas`
-    /// are dropped ([`crate::crdt::OpLog::prune_rows`]).
+    /// stores, with the key's current `replicas` as it sees them: rows of other sets, or of
+    /// other nodes, are dropped.
     pub fn observe(&mut self, node: NodeId, replicas: &[NodeId]) {
-        let see = |log: &mut crate::crdt::OpLog| {
-            log.observe(node);
-            log.prune_rows(node, replicas);
-        };
         match self {
             Object::Register(_) => {}
-            Object::GCounter(c) | Object::PNCounter(c) => {
-                c.observe(node);
-                c.prune_rows(node, replicas);
-            }
-            Object::TwoPSet(s) => see(&mut s.log),
-            Object::ORSet(s) => see(&mut s.log),
+            Object::GCounter(c) | Object::PNCounter(c) => c.observe(node, replicas),
+            Object::TwoPSet(s) => s.log.observe(node, replicas),
+            Object::ORSet(s) => s.log.observe(node, replicas),
             Object::Contested(p) => {
                 for c in [&mut p.gcounter, &mut p.pncounter].into_iter().flatten() {
-                    c.observe(node);
-                    c.prune_rows(node, replicas);
+                    c.observe(node, replicas);
                 }
                 if let Some(s) = &mut p.twopset {
-                    see(&mut s.log);
+                    s.log.observe(node, replicas);
                 }
                 if let Some(s) = &mut p.orset {
-                    see(&mut s.log);
+                    s.log.observe(node, replicas);
                 }
             }
         }
@@ -698,6 +690,10 @@ impl Object {
                 a.set == b.set && a.log.same_records(&b.log)
             }
             (Object::ORSet(a), Object::ORSet(b)) => a.set == b.set && a.log.same_records(&b.log),
+            (Object::Contested(a), Object::Contested(b)) => {
+                let (a, b) = (a.objects(), b.objects());
+                a.len() == b.len() && a.iter().zip(&b).all(|(x, y)| x.same_data(y))
+            }
             (a, b) => a == b,
         }
     }
@@ -986,5 +982,33 @@ mod tests {
         assert_eq!(back, oa);
         assert_eq!(back.as_register().unwrap().values().count(), 2);
         assert!(Object::decode(b"CH\x01\xc1").is_err());
+    }
+
+    /// Found by the data-path monitor: two copies of a contested key that differ only in
+    /// the replica rows of a part's operation log hold the same data (before, `same_data`
+    /// compared contested states whole, rows included).
+    #[test]
+    fn contested_copies_that_differ_only_in_rows_hold_the_same_data() {
+        let mut reg = Register::new();
+        reg.put(NodeId::new(1), &VersionVector::new(), b"x".to_vec());
+        let mut counter = crate::crdt::Counter::new();
+        let replicas = [NodeId::new(1), NodeId::new(2)];
+        let site = crate::crdt::Site {
+            node: NodeId::new(1),
+            replicas: &replicas,
+        };
+        counter
+            .apply(NodeId::new(1), "op", 1, 0, Default::default(), site)
+            .unwrap();
+        let mut a = Object::Register(reg);
+        a.merge(&Object::GCounter(counter));
+        assert!(a.is_contested());
+        let mut b = a.clone();
+        b.observe(NodeId::new(2), &replicas);
+        assert_ne!(a, b, "the rows differ");
+        assert!(a.same_data(&b) && b.same_data(&a));
+        let mut merged = a.clone();
+        merged.merge(&b);
+        assert!(merged.same_data(&a));
     }
 }

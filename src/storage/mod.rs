@@ -336,6 +336,25 @@ impl MemoryStore {
         !self.unsynced.is_empty()
     }
 
+    /// The value of `key` in `space` that a crash now would keep (what is synced), for
+    /// checkers that judge what a node acknowledged.
+    pub fn get_durable(&self, space: Space, key: &[u8]) -> Option<&[u8]> {
+        self.synced.get(&(space, key.to_vec())).map(Vec::as_slice)
+    }
+
+    /// The synced entries of `space` whose keys start with `prefix` (see
+    /// [`MemoryStore::get_durable`]).
+    pub fn durable_with_prefix<'a>(
+        &'a self,
+        space: Space,
+        prefix: &'a [u8],
+    ) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
+        self.synced
+            .range((space, prefix.to_vec())..)
+            .take_while(move |((s, k), _)| *s == space && k.starts_with(prefix))
+            .map(|((_, k), v)| (k.as_slice(), v.as_slice()))
+    }
+
     /// What survives a crash: the synced state, with every unsynced write lost.
     pub fn crash(&self) -> MemoryStore {
         MemoryStore {

@@ -15,11 +15,14 @@
 //! - [`crdt`]: what clients of counters and sets saw (bounds on counters, permanent 2P-Set
 //!   removals, OR-Set adds that survive), and that replicas of CRDT keys converge.
 //! - [`safety`]: invariants checked after every simulated step.
+//! - [`datapath`]: the acknowledgement contract (nothing acknowledged before it is durable),
+//!   checked at every message a node sends.
 //!
 //! Further checkers (CRDT bounds, convergence) plug in beside them by implementing the same
 //! trait and, when they need more state, by adding fields to [`NodeSnapshot`].
 
 pub mod crdt;
+pub mod datapath;
 pub mod membership;
 pub mod merkle;
 pub mod register;
