@@ -31,9 +31,11 @@
 //!   it already sees any duplicate and pins instead. A replica that left the set may have
 //!   applied a duplicate its successor did not have yet; a leave completes only once its
 //!   handoff is with its successor, and the successor's rows count only once taken under
-//!   the new set, so they carry that duplicate too. (A join moves a key away from a replica
-//!   that stays in the cluster, whose last writes follow in a handoff after the set changed:
-//!   a retry applied there in that moment is the one case this does not cover.)
+//!   the new set, so they carry that duplicate too. Not covered yet (open): a join, or a
+//!   former owner partitioned with a stale view, moves a key away from a replica whose last
+//!   writes follow after the set changed; a replica that crashes after a state carrying its
+//!   row went out, but before that state reached its disk, then applies a retry again; a
+//!   duplicate whose only copy waits in a hint (hint holders' rows never count).
 //! - **Age.** A retry can arrive late; a record is kept at least [`OpLogPolicy::window_ms`]
 //!   (by its actor's clock) after it was applied, so a retry within that window is recognised
 //!   through any replica.
@@ -263,6 +265,16 @@ impl TryFrom<OpLogWire> for OpLog {
         }
         if w.rows.len() > ROWS_DECODE_MAX || w.rows.values().any(|row| row.len() > w.marks.len()) {
             return Err("too many replica rows".into());
+        }
+        // A row says how far a replica holds each actor's records: never past what the log
+        // itself knows (an inflated row would make records look stable).
+        let inflated = w
+            .rows
+            .values()
+            .flatten()
+            .any(|(actor, &seq)| w.marks.get(actor).is_none_or(|m| seq > m.seq));
+        if inflated {
+            return Err("a replica row beyond the log's sequence numbers".into());
         }
         Ok(OpLog {
             marks: w.marks,
@@ -1077,6 +1089,14 @@ mod tests {
         // A record newer than its actor's sequence number.
         let mut bad = c.clone();
         bad.log.records[0].app.seq = 9;
+        let bytes = rmp_serde::to_vec(&bad).unwrap();
+        assert!(rmp_serde::from_slice::<Counter>(&bytes).is_err());
+        // A replica row beyond an actor's sequence number.
+        let mut bad = c.clone();
+        let actor = *bad.log.marks.keys().next().unwrap();
+        bad.log
+            .rows
+            .insert(RowKey(node(5), 1), [(actor, 1_000)].into());
         let bytes = rmp_serde::to_vec(&bad).unwrap();
         assert!(rmp_serde::from_slice::<Counter>(&bytes).is_err());
         // A replica row naming actors the log never saw.

@@ -14,7 +14,8 @@
 //! - **one process per node id**: no two running processes share a node id;
 //! - **a node knows itself**: a running node's ring state always holds its own entry;
 //! - **members are made by members**: a node that did not found the cluster becomes a member
-//!   only while its ring state shows another member it could have caught up from.
+//!   only while its ring state shows another member (or a leaving node, which still owns its
+//!   partitions) it could have caught up from.
 //!
 //! It depends only on the observation types of [`crate::snapshot`] and the node's own types.
 
@@ -174,10 +175,12 @@ impl SafetyMonitor {
         // (A joining node asked to leave goes straight to `leaving`: that is no promotion.)
         let promoted = before == Some(RingStatus::Joining) && own == Some(RingStatus::Member);
         if promoted && !n.founder {
-            let other_member = n
-                .ring
-                .iter()
-                .any(|(id, e)| id != n.id && e.status == RingStatus::Member);
+            // A leaving node still owns its partitions until its handoff is done: a joiner
+            // catches up from it as from a member (seed 1094 of 10 minutes: every member was
+            // leaving, and a joiner that had pulled everything from them was reported).
+            let other_member = n.ring.iter().any(|(id, e)| {
+                id != n.id && matches!(e.status, RingStatus::Member | RingStatus::Leaving)
+            });
             // Every machine that was ever a member left or was removed: the ring has no member
             // to catch up from, and the joiners carry it on (with whatever the removals lost).
             let ring_emptied = self.members_ever.iter().any(|&s| s != slot)
@@ -453,6 +456,52 @@ mod tests {
         m.observe(t(10), &Observation::Removed { slot: 5 });
         promote(&mut m, 6);
         assert_eq!(m.violations().len(), 2, "{:#?}", m.violations());
+    }
+
+    /// Seed 1094 of 10 minutes: every member was leaving, and a joiner that had pulled its
+    /// partitions from them (they still own them until their handoff is done) was reported.
+    #[test]
+    fn a_joiner_promoted_after_pulling_from_leaving_nodes_is_fine() {
+        let mut m = SafetyMonitor::new();
+        m.observe(
+            t(1),
+            &seen(
+                3,
+                1,
+                ring(&[(3, RingStatus::Joining), (5, RingStatus::Leaving)]),
+                &[],
+            ),
+        );
+        m.observe(
+            t(2),
+            &seen(
+                3,
+                1,
+                ring(&[(3, RingStatus::Member), (5, RingStatus::Leaving)]),
+                &[],
+            ),
+        );
+        assert!(m.violations().is_empty(), "{:#?}", m.violations());
+        // With only joiners and departed nodes in view, it is still caught.
+        m.observe(
+            t(3),
+            &seen(
+                4,
+                1,
+                ring(&[(4, RingStatus::Joining), (5, RingStatus::Left)]),
+                &[],
+            ),
+        );
+        m.observe(
+            t(4),
+            &seen(
+                4,
+                1,
+                ring(&[(4, RingStatus::Member), (5, RingStatus::Left)]),
+                &[],
+            ),
+        );
+        assert_eq!(m.violations().len(), 1, "{:#?}", m.violations());
     }
 
     #[test]
