@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
-use chorus::api::auth::ClientToken;
+use chorus::api::auth::Token;
 use chorus::bench::{self, BenchOptions, Distribution, Protocol, Workload};
 use chorus::node::{Liveness, PartitionInfo, RepairProgress};
 use chorus::runtime::dev::{self, DevOptions};
@@ -77,13 +77,63 @@ enum Command {
         #[command(subcommand)]
         command: RingCommand,
     },
+    /// Change the cluster's membership (needs the operator token).
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+    /// Make tokens for --client-token-file and --operator-token-file.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Write a new random token (256 bits, as hex) to a new file readable by its owner only.
+    New {
+        /// The file to create (never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// Where an operator command is sent, and its credential.
+#[derive(Args, Debug)]
+struct OperatorArgs {
+    /// HTTP address of the node to ask.
+    #[arg(long, default_value = "http://127.0.0.1:7200")]
+    http: String,
+    /// File holding the operator token [default: $CHORUS_OPERATOR_TOKEN, else
+    /// chorus-dev/operator.token].
+    #[arg(long)]
+    operator_token_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCommand {
+    /// The node at --http leaves the cluster for good: it hands its partitions over and exits.
+    Leave(OperatorArgs),
+    /// Write off a dead node for good: its partitions move to the others. Refused for a node
+    /// that is not down, unless --force.
+    Remove {
+        /// The node's id (16 hex digits, as `chorus status` shows).
+        node: String,
+        /// Remove it even if it is not seen down (its machine is gone for good: a removed node
+        /// that still runs stops without handing its data off).
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        target: OperatorArgs,
+    },
 }
 
 #[derive(Args, Debug)]
 struct StartArgs {
     /// TOML file with any of: data_dir, listen, http, join (list), tls_dir, sync,
     /// anti_entropy_interval, tombstone_gc_interval, tombstone_gc_quiet, request_timeout_max,
-    /// client_token_file.
+    /// siblings_max, client_token_file, operator_token_file, http_hosts (list).
     /// Flags win.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -140,6 +190,16 @@ struct StartArgs {
     /// (every endpoint but /health), in each lane's hello over QUIC. Default: no token.
     #[arg(long)]
     client_token_file: Option<PathBuf>,
+    /// File holding the operator token: the only credential for leave, remove and repair
+    /// (without it they are refused). The file must be readable by its owner only; a token has
+    /// at least 32 characters (`chorus token new --out FILE` writes one). With neither token,
+    /// HTTP serves loopback only.
+    #[arg(long)]
+    operator_token_file: Option<PathBuf>,
+    /// A host name clients use to reach this node's HTTP API (repeatable): requests naming
+    /// any other host than these, IP addresses and localhost are refused (DNS rebinding).
+    #[arg(long = "http-host", value_name = "NAME")]
+    http_hosts: Vec<String>,
     /// Record no metrics (`GET /metrics` answers 404); for measuring their overhead.
     #[arg(long)]
     no_metrics: bool,
@@ -172,6 +232,9 @@ struct StartFile {
     request_timeout_max: Option<u64>,
     siblings_max: Option<usize>,
     client_token_file: Option<PathBuf>,
+    operator_token_file: Option<PathBuf>,
+    #[serde(default)]
+    http_hosts: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -275,6 +338,10 @@ struct RepairArgs {
     /// Give up waiting after this many seconds (the repair goes on).
     #[arg(long, default_value_t = 3600)]
     timeout_secs: u64,
+    /// File holding the operator token [default: $CHORUS_OPERATOR_TOKEN, else
+    /// chorus-dev/operator.token].
+    #[arg(long)]
+    operator_token_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -518,8 +585,17 @@ fn start(args: StartArgs) -> Result<(), String> {
             .or(file.siblings_max)
             .unwrap_or(chorus::node::SIBLINGS_MAX_DEFAULT),
         client_token: match args.client_token_file.or(file.client_token_file) {
-            Some(path) => Some(ClientToken::load(&path).map_err(|e| e.to_string())?),
+            Some(path) => Some(Token::load(&path).map_err(|e| e.to_string())?),
             None => None,
+        },
+        operator_token: match args.operator_token_file.or(file.operator_token_file) {
+            Some(path) => Some(Token::load(&path).map_err(|e| e.to_string())?),
+            None => None,
+        },
+        http_hosts: if args.http_hosts.is_empty() {
+            file.http_hosts
+        } else {
+            args.http_hosts
         },
         metrics: !args.no_metrics,
     };
@@ -748,8 +824,9 @@ fn repair(args: RepairArgs) -> Result<(), String> {
     if let Some(p) = args.partition {
         url.push_str(&format!("?partition={p}"));
     }
+    let operator = dev::operator_token(args.operator_token_file.as_deref())?;
     let started: RepairProgress = http_json(
-        dev::with_token(agent.post(&url)).send_empty(),
+        dev::with_operator(agent.post(&url), &operator).send_empty(),
         "starting the repair",
     )?;
     println!(
@@ -839,6 +916,33 @@ fn cert(command: CertCommand) -> Result<(), String> {
     Ok(())
 }
 
+fn cluster_cmd(command: ClusterCommand) -> Result<(), String> {
+    let (target, path, what) = match &command {
+        ClusterCommand::Leave(t) => (t, "/v1/cluster/leave".to_owned(), "leaving"),
+        ClusterCommand::Remove {
+            node,
+            force,
+            target,
+        } => (
+            target,
+            format!(
+                "/v1/cluster/remove/{node}{}",
+                if *force { "?force=true" } else { "" }
+            ),
+            "removing",
+        ),
+    };
+    let addr = http_addr(&target.http)?;
+    let operator = dev::operator_token(target.operator_token_file.as_deref())?;
+    let agent = http_agent(Duration::from_secs(10));
+    let answer: serde_json::Value = http_json(
+        dev::with_operator(agent.post(format!("http://{addr}{path}")), &operator).send_empty(),
+        what,
+    )?;
+    println!("{answer}");
+    Ok(())
+}
+
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -888,6 +992,12 @@ fn main() -> ExitCode {
         Command::Ring {
             command: RingCommand::Plan(args),
         } => ring_plan(args),
+        Command::Cluster { command } => cluster_cmd(command),
+        Command::Token {
+            command: TokenCommand::New { out },
+        } => chorus::api::auth::write_new_token(&out)
+            .map(|()| println!("wrote a new token to {} (mode 600)", out.display()))
+            .map_err(|e| format!("cannot write {}: {e}", out.display())),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -419,7 +419,11 @@ fn tokens_foreign_cas_and_malformed_client_streams_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let ca = make_ca(tmp.path(), "ca");
     let token_file = tmp.path().join("token");
-    std::fs::write(&token_file, "s3cret-token\n").unwrap();
+    std::fs::write(&token_file, "s3cret-token-0123456789abcdef0123456789\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let node = NodeProc::start_with(
         tmp.path(),
         "n0",
@@ -439,7 +443,7 @@ fn tokens_foreign_cas_and_malformed_client_streams_are_refused() {
     let client = wait_for(Duration::from_secs(30), || {
         rt.block_on(Client::connect(with_token(
             Protocol::Quic,
-            Some("s3cret-token"),
+            Some("s3cret-token-0123456789abcdef0123456789"),
         )))
         .ok()
     })
@@ -464,7 +468,7 @@ fn tokens_foreign_cas_and_malformed_client_streams_are_refused() {
         let mut s = std::net::TcpStream::connect(node.http).unwrap();
         write!(
             s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
         )
         .unwrap();
         let mut out = String::new();
@@ -477,7 +481,7 @@ fn tokens_foreign_cas_and_malformed_client_streams_are_refused() {
     let http_ok = rt
         .block_on(Client::connect(with_token(
             Protocol::Http,
-            Some("s3cret-token"),
+            Some("s3cret-token-0123456789abcdef0123456789"),
         )))
         .unwrap();
     rt.block_on(async {
@@ -503,7 +507,7 @@ fn tokens_foreign_cas_and_malformed_client_streams_are_refused() {
     assert_eq!((code, out.as_str()), (0, "v"), "{err}");
     let status = chorus()
         .args(["status", "--http", &http_addr])
-        .env("CHORUS_TOKEN", "s3cret-token")
+        .env("CHORUS_TOKEN", "s3cret-token-0123456789abcdef0123456789")
         .output()
         .unwrap();
     assert!(
@@ -532,7 +536,7 @@ fn tokens_foreign_cas_and_malformed_client_streams_are_refused() {
     // A client that trusts another CA refuses the node.
     let other = make_ca(tmp.path(), "other-ca");
     let mut foreign = config(&[&node], Protocol::Quic, &other);
-    foreign.token = Some("s3cret-token".into());
+    foreign.token = Some("s3cret-token-0123456789abcdef0123456789".into());
     foreign.attempts = 1;
     let e = rt.block_on(async {
         let c = Client::connect(foreign).await.unwrap();
@@ -546,7 +550,7 @@ fn tokens_foreign_cas_and_malformed_client_streams_are_refused() {
         encode_frame(
             0,
             &ClientMessage::Hello {
-                token: Some("s3cret-token".into()),
+                token: Some("s3cret-token-0123456789abcdef0123456789".into()),
             },
         )
         .unwrap()

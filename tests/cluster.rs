@@ -120,8 +120,7 @@ fn graceful_leave_shows_left_everywhere_and_exits_zero() {
         .timeout_global(Some(Duration::from_secs(5)))
         .build()
         .into();
-    let resp = agent
-        .post(format!("http://{}/v1/cluster/leave", nodes[2].http))
+    let resp = as_operator(agent.post(format!("http://{}/v1/cluster/leave", nodes[2].http)))
         .send_empty()
         .unwrap();
     assert_eq!(resp.status().as_u16(), 202);
@@ -182,8 +181,7 @@ fn an_operator_removes_a_dead_node_over_http() {
         .build()
         .into();
     let post = |path: &str| {
-        let mut resp = agent
-            .post(format!("http://{}{path}", nodes[0].http))
+        let mut resp = as_operator(agent.post(format!("http://{}{path}", nodes[0].http)))
             .send_empty()
             .unwrap();
         let body: serde_json::Value = resp.body_mut().read_json().unwrap();
@@ -209,6 +207,17 @@ fn an_operator_removes_a_dead_node_over_http() {
         "refused removals change nothing"
     );
 
+    // Not yet seen down: refused without force.
+    let (status, body) = post(&format!("/v1/cluster/remove/{}", ids[2]));
+    if status == 409 {
+        assert_eq!(body["error"], "not_down", "{body}");
+    }
+    let down = wait_for(Duration::from_secs(30), || {
+        nodes[0]
+            .view()
+            .filter(|v| liveness_of(v, &ids[2]) == Some(Liveness::Down))
+    });
+    assert!(down.is_some(), "n2 is seen down");
     let (status, body) = post(&format!("/v1/cluster/remove/{}", ids[2]));
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["status"], "removing");
@@ -365,8 +374,7 @@ fn a_paused_node_removed_then_resumed_changes_nothing() {
         .http_status_as_error(false)
         .build()
         .into();
-    let resp = agent
-        .post(format!("http://{}/v1/cluster/remove/{}", h[0], ids[3]))
+    let resp = as_operator(agent.post(format!("http://{}/v1/cluster/remove/{}", h[0], ids[3])))
         .send_empty()
         .unwrap();
     assert_eq!(resp.status().as_u16(), 202);

@@ -271,8 +271,7 @@ fn a_fourth_node_joins_and_leaves_under_load_and_old_owners_drop_what_they_lost(
         .timeout_global(Some(Duration::from_secs(5)))
         .build()
         .into();
-    let resp = agent
-        .post(format!("http://{}/v1/cluster/leave", nodes[3].http))
+    let resp = as_operator(agent.post(format!("http://{}/v1/cluster/leave", nodes[3].http)))
         .send_empty()
         .unwrap();
     assert_eq!(resp.status().as_u16(), 202);

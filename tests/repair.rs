@@ -89,6 +89,7 @@ fn chorus_repair_alone_brings_back_a_replica_that_missed_writes() {
     // One run: no peer answers into a connection to n2's previous process.
     let out = chorus()
         .args(["repair", "--http", &format!("http://{}", nodes[2].http)])
+        .env("CHORUS_OPERATOR_TOKEN", OPERATOR_TOKEN)
         .output()
         .unwrap();
     let elapsed = started.elapsed();
@@ -140,18 +141,14 @@ fn repair_requests_are_validated() {
     };
     assert_eq!(
         status(
-            agent
-                .post(format!("http://{http}/v1/repair?partition=256"))
-                .send_empty()
+            as_operator(agent.post(format!("http://{http}/v1/repair?partition=256"))).send_empty()
         ),
         400,
         "a partition beyond the ring"
     );
     assert_eq!(
         status(
-            agent
-                .post(format!("http://{http}/v1/repair?partition=x"))
-                .send_empty()
+            as_operator(agent.post(format!("http://{http}/v1/repair?partition=x"))).send_empty()
         ),
         400
     );
@@ -162,9 +159,7 @@ fn repair_requests_are_validated() {
     // A single node repairs trivially: nothing to compare with.
     assert_eq!(
         status(
-            agent
-                .post(format!("http://{http}/v1/repair?partition=3"))
-                .send_empty()
+            as_operator(agent.post(format!("http://{http}/v1/repair?partition=3"))).send_empty()
         ),
         202
     );
@@ -176,6 +171,7 @@ fn repair_requests_are_validated() {
             "--partition",
             "9",
         ])
+        .env("CHORUS_OPERATOR_TOKEN", OPERATOR_TOKEN)
         .output()
         .unwrap();
     assert!(

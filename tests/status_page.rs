@@ -152,6 +152,68 @@ fn status_page_lists_every_member_and_draws_the_ring_in_chromium() {
     }
 }
 
+/// With a client token the page asks for it, keeps it for the tab (given as `#token=`), and
+/// then draws; a wrong token is said to be refused.
+#[test]
+fn status_page_asks_for_the_token_on_a_protected_node() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = make_ca(tmp.path(), "ca");
+    let token = "status-page-client-token-0123456789abcdef";
+    let token_file = tmp.path().join("client.token");
+    std::fs::write(&token_file, token).unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let node = NodeProc::start_with(
+        tmp.path(),
+        "n0",
+        &ca,
+        &[],
+        &["--client-token-file", token_file.to_str().unwrap()],
+    );
+    let id = wait_for(Duration::from_secs(30), || {
+        let out = chorus()
+            .args(["status", "--json", "--http", &node.http.to_string()])
+            .env("CHORUS_TOKEN", token)
+            .output()
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v["node_id"].as_str().map(str::to_owned)
+    })
+    .unwrap_or_else(|| panic!("never served:\n{}", node.log()));
+    let url = format!("http://{}/", node.http);
+
+    // Without a token: the form, no figures.
+    let dom = render(&url, &tmp.path().join("chromium-t1"), None);
+    assert!(
+        !dom.contains("data-rendered="),
+        "drew without a token:\n{dom}"
+    );
+    assert!(
+        dom.contains("id=\"token-form\" class=\"\""),
+        "no token form shown:\n{dom}"
+    );
+    assert!(dom.contains("this node needs a token"), "{dom}");
+    // A wrong one: refused, and said so.
+    let dom = render(
+        &format!("{url}#token=wrong-token-0123456789abcdef0123456789"),
+        &tmp.path().join("chromium-t2"),
+        None,
+    );
+    assert!(!dom.contains("data-rendered="), "{dom}");
+    assert!(dom.contains("that token was refused"), "{dom}");
+    // The client token, and the operator token: the page draws this node.
+    for (i, t) in [token, OPERATOR_TOKEN].into_iter().enumerate() {
+        let dom = render(
+            &format!("{url}#token={t}"),
+            &tmp.path().join(format!("chromium-t3{i}")),
+            None,
+        );
+        assert!(dom.contains("data-rendered="), "never drew:\n{dom}");
+        assert!(dom.contains(&format!("data-node=\"{id}\"")), "{dom}");
+        assert!(!dom.contains(t), "the token stays out of the page");
+    }
+}
+
 /// Every `"$ref"` string anywhere in `v`.
 fn refs(v: &serde_json::Value, out: &mut Vec<String>) {
     match v {

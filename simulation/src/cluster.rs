@@ -790,7 +790,8 @@ impl Cluster {
         };
         let result = {
             let _log = crate::log::enter(via, now);
-            n.remove(id, now)
+            // The operator knows the machine is gone (it is not running): a forced removal.
+            n.remove(id, true, now)
         };
         result.map_err(|source| ControlError::Remove { via, node, source })?;
         self.slots[node].removed = true;

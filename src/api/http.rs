@@ -44,8 +44,12 @@
 //! Every answer carries `x-request-id` (the client's, when it sent a valid one), which the
 //! request's log lines carry too.
 //!
-//! When the node has a client token (`--client-token-file`), every endpoint but `/health`
-//! answers 401 `unauthorized` unless the request carries `Authorization: Bearer <token>`.
+//! Every request but `/health` first passes [`super::auth::guard`]: the browser guards (421 for
+//! a `Host` the node does not serve, 403/415 `cross_site`), then the credentials: with a client
+//! token (`--client-token-file`) every endpoint answers 401 `unauthorized` unless the request
+//! carries `Authorization: Bearer <token>` (the client or the operator token); leave, remove
+//! and repair need the operator token (`--operator-token-file`) and answer 403
+//! `operator_disabled` on a node without one. An address that keeps failing gets 429.
 //!
 //! Errors are JSON `{"error": "<code>", "message": "..."}`, with `"indeterminate": true|false`
 //! on 503s that concern a write: 400 malformed input, 413 key or value over the limit, 409 a
@@ -87,8 +91,9 @@ pub enum AdminRequest {
     Cluster(oneshot::Sender<ClusterView>),
     /// Leave the cluster; answered once the leave has started.
     Leave(oneshot::Sender<()>),
-    /// Remove a dead node from the ring; answered once the removal has started.
-    Remove(NodeId, oneshot::Sender<Result<(), RemoveError>>),
+    /// Remove a dead node from the ring (the flag: even if SWIM does not report it down);
+    /// answered once the removal has started.
+    Remove(NodeId, bool, oneshot::Sender<Result<(), RemoveError>>),
     /// Report the partitions this node replicates with their Merkle figures (and, when the
     /// flag is set, the bytes each holds).
     Partitions(bool, oneshot::Sender<Vec<PartitionInfo>>),
@@ -138,8 +143,8 @@ pub struct ApiState {
     pub sync: &'static str,
     /// Size limits.
     pub limits: Limits,
-    /// The client token every request must carry, if one is configured.
-    pub token: Option<std::sync::Arc<super::auth::ClientToken>>,
+    /// The credentials and browser guards every request but `/health` passes.
+    pub auth: std::sync::Arc<super::auth::Guard>,
     /// Renders `GET /metrics` (none: metrics off).
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// The status page's state (its request window is fed by both APIs).
@@ -172,19 +177,16 @@ pub(super) fn routes() -> utoipa_axum::router::OpenApiRouter<ApiState> {
 /// The router for the HTTP API.
 pub fn router(state: ApiState) -> Router {
     let body_max = state.limits.value_bytes_max.saturating_add(1);
-    let token = state.token.clone();
+    let guard = state.auth.clone();
     let (router, _) = routes().split_for_parts();
     let router = router
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(body_max))
-        .with_state(state);
-    let router = match token {
-        Some(t) => router.layer(axum::middleware::from_fn_with_state(
-            t,
-            super::auth::require_token,
-        )),
-        None => router,
-    };
+        .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(
+            guard,
+            super::auth::guard,
+        ));
     // Outermost, so that every answer (refusals included) has an id.
     router.layer(axum::middleware::from_fn(request_id))
 }
@@ -402,7 +404,10 @@ async fn partitions(State(api): State<ApiState>, RawQuery(query): RawQuery) -> R
             body = RepairProgress),
         (status = 400, description = "Bad parameter, or a partition this node does not \
             replicate", body = ErrorBody),
-        (status = 503, description = "The node is shutting down", body = ErrorBody)))]
+        (status = 401, description = "No or a wrong operator token (`unauthorized`)", body = ErrorBody),
+        (status = 403, description = "The node has no operator token (`operator_disabled`)", body = ErrorBody),
+        (status = 503, description = "The node is shutting down", body = ErrorBody)),
+    security(("operator_token" = [])))]
 async fn repair(State(api): State<ApiState>, RawQuery(query): RawQuery) -> Response {
     let mut partition = None;
     let pairs: Vec<(String, String)> =
@@ -522,7 +527,10 @@ struct Removing {
     responses(
         (status = 202, description = "The node leaves gracefully: it hands its partitions over \
             and exits once a majority of the members confirmed", body = Leaving),
-        (status = 503, description = "The node is shutting down", body = ErrorBody)))]
+        (status = 401, description = "No or a wrong operator token (`unauthorized`)", body = ErrorBody),
+        (status = 403, description = "The node has no operator token (`operator_disabled`)", body = ErrorBody),
+        (status = 503, description = "The node is shutting down", body = ErrorBody)),
+    security(("operator_token" = [])))]
 async fn leave(State(api): State<ApiState>) -> Response {
     let (tx, rx) = oneshot::channel();
     if api.admin.send(AdminRequest::Leave(tx)).await.is_err() {
@@ -536,22 +544,49 @@ async fn leave(State(api): State<ApiState>) -> Response {
 
 /// `POST /v1/cluster/remove/{node}`.
 #[utoipa::path(post, path = "/v1/cluster/remove/{node}", tag = "cluster",
-    params(("node" = String, Path, description = "The dead node's id (16 hex digits)")),
+    params(("node" = String, Path, description = "The dead node's id (16 hex digits)"),
+        ("force" = Option<bool>, Query, description = "Remove it even if this node does not \
+            see it down (its machine is gone for good; a removed node that still runs stops \
+            without handing its data off)")),
     responses(
         (status = 202, description = "The node is written off; its partitions move to the \
             others (progress under `pending` in `GET /v1/cluster`)", body = Removing),
-        (status = 400, description = "Malformed node id (`bad_node_id`)", body = ErrorBody),
+        (status = 400, description = "Malformed node id (`bad_node_id`) or query", body = ErrorBody),
+        (status = 401, description = "No or a wrong operator token (`unauthorized`)", body = ErrorBody),
+        (status = 403, description = "The node has no operator token (`operator_disabled`)", body = ErrorBody),
         (status = 404, description = "Not in the ring (`unknown_node`)", body = ErrorBody),
-        (status = 409, description = "The node is this one (use leave), or this node is \
-            leaving (`refused`)", body = ErrorBody),
-        (status = 503, description = "The node is shutting down", body = ErrorBody)))]
-async fn remove(State(api): State<ApiState>, Path(node): Path<String>) -> Response {
+        (status = 409, description = "The node is not down as this node sees it and `force` \
+            was not given (`not_down`), is this one (use leave), or this node is leaving \
+            (`refused`)", body = ErrorBody),
+        (status = 503, description = "The node is shutting down", body = ErrorBody)),
+    security(("operator_token" = [])))]
+async fn remove(
+    State(api): State<ApiState>,
+    Path(node): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
     let id = match node.parse::<NodeId>() {
         Ok(id) => id,
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad_node_id", e.to_string()),
     };
+    let force = match query.as_deref().unwrap_or("") {
+        "" | "force=false" => false,
+        "force" | "force=true" => true,
+        other => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("unknown query {other:?}: the only parameter is force=true|false"),
+            )
+        }
+    };
     let (tx, rx) = oneshot::channel();
-    if api.admin.send(AdminRequest::Remove(id, tx)).await.is_err() {
+    if api
+        .admin
+        .send(AdminRequest::Remove(id, force, tx))
+        .await
+        .is_err()
+    {
         return unavailable();
     }
     match rx.await {
@@ -565,6 +600,9 @@ async fn remove(State(api): State<ApiState>, Path(node): Path<String>) -> Respon
             .into_response(),
         Ok(Err(e @ RemoveError::Unknown(_))) => {
             error(StatusCode::NOT_FOUND, "unknown_node", e.to_string())
+        }
+        Ok(Err(e @ RemoveError::NotDown { .. })) => {
+            error(StatusCode::CONFLICT, "not_down", e.to_string())
         }
         Ok(Err(e)) => error(StatusCode::CONFLICT, "refused", e.to_string()),
         Err(_) => unavailable(),

@@ -26,7 +26,8 @@ use super::http::ErrorBody;
             Any node answers any request. Keys are any byte string, percent-encoded in the \
             path (a `/` inside a key may stay literal). With a client token configured \
             (`--client-token-file`), every endpoint but `/health` needs \
-            `Authorization: Bearer <token>`. Every answer carries `x-request-id`. Errors are \
+            `Authorization: Bearer <token>`; leave, remove and repair always need the \
+            operator token (`--operator-token-file`). Every answer carries `x-request-id`. Errors are \
             JSON `{\"error\": code, \"message\": text}` (with `indeterminate` on a write's \
             503); unknown paths answer 404 `not_found`, an empty key 400 `bad_request`."
     ),
@@ -49,7 +50,12 @@ impl Modify for BearerToken {
             "client_token",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
-        // Optional: a node without a token accepts requests without one.
+        components.add_security_scheme(
+            "operator_token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        // Optional: a node without a client token accepts requests without one. The
+        // operations that change the cluster name `operator_token` themselves.
         openapi.security = Some(vec![
             utoipa::openapi::security::SecurityRequirement::default(),
             utoipa::openapi::security::SecurityRequirement::new(

@@ -396,17 +396,32 @@ fn hello(
     remote: SocketAddr,
 ) -> Result<(), (Refusal, LaneEnd)> {
     match message {
-        Ok(ClientMessage::Hello { token }) => match &api.token {
-            Some(t) if !t.accepts(token.as_deref()) => {
-                let what = if token.is_some() { "a wrong" } else { "no" };
-                warn!(client = %remote, "refused a QUIC client lane with {what} client token");
-                Err((
-                    Refusal::new("unauthorized", format!("{what} client token")),
-                    LaneEnd::Refused,
-                ))
+        Ok(ClientMessage::Hello { token }) => {
+            let creds = &api.auth.credentials;
+            if creds.client.is_none() {
+                return Ok(());
             }
-            _ => Ok(()),
-        },
+            let now = std::time::Instant::now();
+            if let Err(wait_s) = api.auth.failures.check(remote.ip(), now) {
+                return Err((
+                    Refusal::new(
+                        "too_many_failures",
+                        format!("too many failed authentications: try again in {wait_s} s"),
+                    ),
+                    LaneEnd::Refused,
+                ));
+            }
+            if creds.allows_client(token.as_deref()) {
+                return Ok(());
+            }
+            api.auth.failures.failed(remote.ip(), now);
+            let what = if token.is_some() { "a wrong" } else { "no" };
+            warn!(client = %remote, "refused a QUIC client lane with {what} client token");
+            Err((
+                Refusal::new("unauthorized", format!("{what} client token")),
+                LaneEnd::Refused,
+            ))
+        }
         Ok(_) => {
             warn!(client = %remote, "client lane did not start with a hello; ending it");
             Err((

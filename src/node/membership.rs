@@ -198,6 +198,20 @@ pub enum RemoveError {
     /// This node is leaving or has left.
     #[error("this node is leaving the cluster and takes no ring changes")]
     Leaving,
+    /// SWIM does not report the node down: it may be running, and removing a running node
+    /// makes it stop without handing anything off. Remove it with `force` once it is known to
+    /// be gone for good.
+    #[error(
+        "node {node} is {liveness:?} as this node sees it, not down: stop it first, or remove it \
+         with force if its machine is gone for good (a removed node that is still running stops \
+         without handing its data off)"
+    )]
+    NotDown {
+        /// The node.
+        node: NodeId,
+        /// Its liveness as this node sees it.
+        liveness: Liveness,
+    },
 }
 
 /// Why the membership state cannot be set up.
@@ -515,10 +529,11 @@ impl Membership {
 
     /// Records that the dead node `node` is removed from the ring for good (an operator's
     /// decision: its partitions move to the others) and pushes the change until a majority of
-    /// the members confirm it.
+    /// the members confirm it. Unless `force`, a node SWIM does not report down is refused.
     pub(crate) fn remove(
         &mut self,
         node: NodeId,
+        force: bool,
         now: Duration,
         out: &mut Outbox,
     ) -> Result<(), RemoveError> {
@@ -533,6 +548,12 @@ impl Membership {
         };
         if self.removals.contains_key(&node) {
             return Ok(());
+        }
+        if !force && entry.status != RingStatus::Left {
+            let (liveness, _) = self.liveness_of(node);
+            if liveness != Liveness::Down {
+                return Err(RemoveError::NotDown { node, liveness });
+            }
         }
         entry.status = RingStatus::Left;
         self.lock_ring().merge_entry(node, &entry);

@@ -776,8 +776,9 @@ impl Node {
 
     /// Removes the dead node `node` from the ring for good (an operator's decision); the change
     /// is pushed until a majority of the members confirm it ([`Node::removal_confirmed`]).
-    pub fn remove(&mut self, node: NodeId, now: Duration) -> Result<(), RemoveError> {
-        let r = self.membership.remove(node, now, &mut self.out);
+    /// Unless `force`, a node SWIM does not report down is refused ([`RemoveError::NotDown`]).
+    pub fn remove(&mut self, node: NodeId, force: bool, now: Duration) -> Result<(), RemoveError> {
+        let r = self.membership.remove(node, force, now, &mut self.out);
         self.settle(now);
         r
     }

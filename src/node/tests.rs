@@ -515,14 +515,25 @@ fn an_operator_removes_a_dead_node_and_a_revived_one_stops() {
     let dead = NodeId::new(103);
     let n0 = net.nodes.get_mut(&addr(0)).unwrap();
     assert_eq!(
-        n0.remove(NodeId::new(100), net.now),
+        n0.remove(NodeId::new(100), false, net.now),
         Err(RemoveError::Itself(NodeId::new(100)))
     );
     assert_eq!(
-        n0.remove(NodeId::new(999), net.now),
+        n0.remove(NodeId::new(999), false, net.now),
         Err(RemoveError::Unknown(NodeId::new(999)))
     );
-    assert_eq!(n0.remove(dead, net.now), Ok(()));
+    // A live member is not removed without force, and nothing changes.
+    let ring_before = n0.cluster_view();
+    assert_eq!(
+        n0.remove(NodeId::new(102), false, net.now),
+        Err(RemoveError::NotDown {
+            node: NodeId::new(102),
+            liveness: Liveness::Alive
+        })
+    );
+    assert_eq!(n0.removal_confirmed(NodeId::new(102)), None);
+    assert_eq!(n0.cluster_view().members, ring_before.members);
+    assert_eq!(n0.remove(dead, false, net.now), Ok(()));
     assert_eq!(n0.removal_confirmed(dead), Some(false));
     net.drain(addr(0));
     net.run_for(Duration::from_secs(5));
@@ -1888,7 +1899,7 @@ fn a_removed_node_that_resumes_brings_no_purged_delete_back() {
     net.nodes
         .get_mut(&addr(0))
         .unwrap()
-        .remove(stalled, net.now)
+        .remove(stalled, false, net.now)
         .unwrap();
     net.run_for(Duration::from_secs(30));
     assert_eq!(net.nodes[&addr(0)].removal_confirmed(stalled), Some(true));

@@ -123,6 +123,7 @@ fn spawn_node(
 ) -> Result<DevNode, DevError> {
     let (quic, http) = node_addrs(base_port, i)?;
     let tls_dir = prepare_tls(dir, i)?;
+    let operator_token = dir.join(OPERATOR_TOKEN_FILE);
     let data_dir = dir.join(format!("node-{i}"));
     let log_path = data_dir.join("node.log");
     let log = std::fs::OpenOptions::new()
@@ -144,7 +145,9 @@ fn spawn_node(
         .arg("--sync")
         .arg(sync.as_str())
         .arg("--anti-entropy-interval")
-        .arg(anti_entropy_interval.to_string());
+        .arg(anti_entropy_interval.to_string())
+        .arg("--operator-token-file")
+        .arg(&operator_token);
     if no_metrics {
         cmd.arg("--no-metrics");
     }
@@ -190,6 +193,43 @@ pub fn env_token() -> Option<String> {
         .ok()
         .map(|t| t.trim().to_owned())
         .filter(|t| !t.is_empty())
+}
+
+/// The file `chorus dev` keeps its cluster's operator token in, under its directory.
+pub const OPERATOR_TOKEN_FILE: &str = "operator.token";
+
+/// The operator token for a command that changes the cluster: from `file` if given, else the
+/// `CHORUS_OPERATOR_TOKEN` environment variable, else `chorus-dev/operator.token` (the local
+/// cluster's) when it exists.
+pub fn operator_token(file: Option<&Path>) -> Result<String, String> {
+    if let Some(path) = file {
+        return crate::api::auth::Token::load(path)
+            .map(|t| t.secret().to_owned())
+            .map_err(|e| e.to_string());
+    }
+    if let Some(t) = std::env::var("CHORUS_OPERATOR_TOKEN")
+        .ok()
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+    {
+        return Ok(t);
+    }
+    let dev = Path::new("chorus-dev").join(OPERATOR_TOKEN_FILE);
+    if dev.exists() {
+        return crate::api::auth::Token::load(&dev)
+            .map(|t| t.secret().to_owned())
+            .map_err(|e| e.to_string());
+    }
+    Err(
+        "this command changes the cluster and needs the operator token: give \
+         --operator-token-file FILE or set CHORUS_OPERATOR_TOKEN"
+            .into(),
+    )
+}
+
+/// Adds `Authorization: Bearer <operator token>` to an HTTP request.
+pub fn with_operator<B>(req: ureq::RequestBuilder<B>, token: &str) -> ureq::RequestBuilder<B> {
+    req.header("authorization", format!("Bearer {token}"))
 }
 
 /// Adds `Authorization: Bearer $CHORUS_TOKEN` to an HTTP request when the variable is set (for
@@ -246,6 +286,11 @@ pub fn run(options: DevOptions) -> Result<(), DevError> {
     }
     node_addrs(options.base_port, options.nodes - 1)?;
     std::fs::create_dir_all(&options.dir).map_err(io(&options.dir))?;
+    // The operator token: what leave, remove and repair need (the CLI finds it here).
+    let token_path = options.dir.join(OPERATOR_TOKEN_FILE);
+    if !token_path.exists() {
+        crate::api::auth::write_new_token(&token_path).map_err(io(&token_path))?;
+    }
     let exe = std::env::current_exe().map_err(|e| DevError::Options(e.to_string()))?;
     let stop =
         signal_flag().map_err(|e| DevError::Options(format!("cannot watch signals: {e}")))?;
@@ -306,6 +351,10 @@ pub fn run(options: DevOptions) -> Result<(), DevError> {
             format!("http://{}", n.http)
         );
     }
+    println!(
+        "HTTP serves loopback only. Leave, remove and repair need the operator token in {}.",
+        token_path.display()
+    );
     println!(
         "cluster formed: every node sees {} alive members. Press Ctrl-C to stop.",
         nodes.len()

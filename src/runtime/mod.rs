@@ -114,7 +114,12 @@ pub struct NodeOptions {
     /// Most siblings a register write may leave its key with (0: no bound).
     pub siblings_max: usize,
     /// The token clients must present (HTTP and QUIC), if any.
-    pub client_token: Option<crate::api::auth::ClientToken>,
+    pub client_token: Option<crate::api::auth::Token>,
+    /// The operator's token: without it, leave, remove and repair are refused.
+    pub operator_token: Option<crate::api::auth::Token>,
+    /// Host names served over HTTP besides IP addresses and `localhost` (a request naming
+    /// another host is refused: DNS rebinding).
+    pub http_hosts: Vec<String>,
     /// Record metrics and serve `GET /metrics` (default true).
     pub metrics: bool,
 }
@@ -340,10 +345,26 @@ async fn run_node(
         transport::Limits::default(),
     )?;
     let quic_addr = transport.local_addr();
-    let http_listener = tokio::net::TcpListener::bind(options.http)
+    let credentials = crate::api::auth::Credentials {
+        client: options.client_token.clone(),
+        operator: options.operator_token.clone(),
+    };
+    let http_bind = if credentials.any() || options.http.ip().is_loopback() {
+        options.http
+    } else {
+        let loopback = SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), options.http.port());
+        warn!(
+            requested = %options.http,
+            serving = %loopback,
+            "no client or operator token is configured: HTTP serves loopback only (give \
+             --client-token-file and --operator-token-file to serve other hosts)"
+        );
+        loopback
+    };
+    let http_listener = tokio::net::TcpListener::bind(http_bind)
         .await
         .map_err(|source| RuntimeError::Http {
-            addr: options.http,
+            addr: http_bind,
             source,
         })?;
     let http_addr = http_listener
@@ -432,7 +453,15 @@ async fn run_node(
         clients: client_tx,
         sync: options.sync.as_str(),
         limits,
-        token: options.client_token.clone().map(std::sync::Arc::new),
+        auth: std::sync::Arc::new(crate::api::auth::Guard {
+            credentials,
+            failures: Default::default(),
+            hosts: options
+                .http_hosts
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+        }),
         metrics: if options.metrics {
             install_metrics()
         } else {
@@ -449,7 +478,11 @@ async fn run_node(
     let router = http::router(api);
     let http_task = tokio::spawn(
         async move {
-            let server = axum::serve(http_listener, router).with_graceful_shutdown(async {
+            let server = axum::serve(
+                http_listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async {
                 let _ = http_stop_rx.await;
             });
             if let Err(e) = server.await {
@@ -574,8 +607,8 @@ async fn run_node(
                     node.leave(epoch.elapsed());
                     let _ = reply.send(());
                 }
-                AdminRequest::Remove(id, reply) => {
-                    let _ = reply.send(node.remove(id, epoch.elapsed()));
+                AdminRequest::Remove(id, force, reply) => {
+                    let _ = reply.send(node.remove(id, force, epoch.elapsed()));
                 }
                 AdminRequest::Partitions(sizes, reply) => {
                     let mut list = node.partitions(epoch.elapsed());

@@ -35,6 +35,31 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
     }
 }
 
+/// The operator token every test node is started with (`--operator-token-file`, written next
+/// to its data directory by [`NodeProc::spawn`]).
+pub const OPERATOR_TOKEN: &str = "test-operator-token-0123456789abcdef0123";
+
+/// Writes [`OPERATOR_TOKEN`] to `path` (mode 600) unless it is there.
+pub fn write_operator_token(path: &Path) {
+    if path.exists() {
+        return;
+    }
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap();
+    writeln!(f, "{OPERATOR_TOKEN}").unwrap();
+}
+
+/// Adds the operator token to a request (leave, remove, repair).
+pub fn as_operator<B>(req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+    req.header("authorization", format!("Bearer {OPERATOR_TOKEN}"))
+}
+
 /// Creates a CA with `chorus cert ca` and returns its directory.
 pub fn make_ca(root: &Path, name: &str) -> PathBuf {
     let dir = root.join(name);
@@ -77,6 +102,8 @@ pub struct NodeProc {
     pub join: Vec<SocketAddr>,
     /// Extra `chorus start` flags.
     pub extra: Vec<String>,
+    /// Started with `--operator-token-file` (holding [`OPERATOR_TOKEN`]).
+    pub operator: bool,
     pub child: Option<Child>,
 }
 
@@ -94,6 +121,19 @@ impl NodeProc {
         join: &[SocketAddr],
         extra: &[&str],
     ) -> NodeProc {
+        NodeProc::start_opts(root, name, ca, join, extra, true)
+    }
+
+    /// [`NodeProc::start_with`], with the operator token (`--operator-token-file`, holding
+    /// [`OPERATOR_TOKEN`]) or without any.
+    pub fn start_opts(
+        root: &Path,
+        name: &str,
+        ca: &Path,
+        join: &[SocketAddr],
+        extra: &[&str],
+        operator: bool,
+    ) -> NodeProc {
         let data_dir = root.join(name);
         let tls_dir = data_dir.join("tls");
         issue_cert(ca, name, &tls_dir);
@@ -106,6 +146,7 @@ impl NodeProc {
             http,
             join: join.to_vec(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            operator,
             child: None,
         };
         node.spawn();
@@ -115,6 +156,10 @@ impl NodeProc {
     /// (Re)starts the process with the same data directory and addresses.
     pub fn spawn(&mut self) {
         std::fs::create_dir_all(&self.data_dir).unwrap();
+        let operator_token = self.operator_token_path();
+        if self.operator {
+            write_operator_token(&operator_token);
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -139,8 +184,16 @@ impl NodeProc {
         for j in &self.join {
             cmd.args(["--join", &j.to_string()]);
         }
+        if self.operator && !self.extra.iter().any(|a| a == "--operator-token-file") {
+            cmd.arg("--operator-token-file").arg(&operator_token);
+        }
         cmd.args(&self.extra);
         self.child = Some(cmd.spawn().unwrap());
+    }
+
+    /// The node's operator token file (it holds [`OPERATOR_TOKEN`]).
+    pub fn operator_token_path(&self) -> PathBuf {
+        self.data_dir.join("operator.token")
     }
 
     pub fn log_path(&self) -> PathBuf {
