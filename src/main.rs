@@ -898,18 +898,27 @@ fn cert(command: CertCommand) -> Result<(), String> {
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
             let ca = ClusterCa::generate("Chorus cluster CA").map_err(|e| e.to_string())?;
             ca.save(&dir).map_err(|e| e.to_string())?;
+            chorus::runtime::cluster_key::ensure(&dir).map_err(|e| e.to_string())?;
             println!(
-                "created cluster CA in {} (keep ca.key secret)",
+                "created cluster CA in {} (keep ca.key and cluster.key secret)",
                 dir.display()
             );
         }
-        CertCommand::Issue { ca, name, out } => {
-            let ca = ClusterCa::load(&ca).map_err(|e| e.to_string())?;
+        CertCommand::Issue {
+            ca: ca_dir,
+            name,
+            out,
+        } => {
+            let ca = ClusterCa::load(&ca_dir).map_err(|e| e.to_string())?;
             std::fs::create_dir_all(&out)
                 .map_err(|e| format!("cannot create {}: {e}", out.display()))?;
             let cert = ca.issue_node(&name).map_err(|e| e.to_string())?;
             cert.save(&out).map_err(|e| e.to_string())?;
             TlsFiles::in_dir(&out).load().map_err(|e| e.to_string())?;
+            // The cluster's shared secret travels with the certificate (a CA made before it
+            // existed gets one now).
+            chorus::runtime::cluster_key::ensure(&ca_dir).map_err(|e| e.to_string())?;
+            chorus::runtime::cluster_key::copy(&ca_dir, &out).map_err(|e| e.to_string())?;
             println!("issued node certificate {name:?} in {}", out.display());
         }
     }

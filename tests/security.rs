@@ -448,3 +448,89 @@ fn weak_token_files_are_refused_and_a_node_without_credentials_serves_loopback_o
         node.log()
     );
 }
+
+/// Before: a context is not authenticated: a write carrying 1,023 invented actors left a key
+/// whose context no client could send back, and a forged OR-Set remove context blocked an
+/// element for good. Now a context the cluster did not issue is refused (400) over both APIs
+/// and changes nothing; the contexts the cluster hands out keep working.
+#[test]
+fn contexts_the_cluster_did_not_issue_are_refused() {
+    use chorus::causality::VersionVector;
+    use chorus::client::{Client, Config, ErrorKind, Protocol};
+    use chorus::node::Context;
+    use chorus::NodeId;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let (nodes, _ids) = start_cluster(tmp.path(), 2);
+    let h = nodes[0].http;
+    let written = put(h, "k", b"v1", None, "w=2");
+    assert_eq!(written.status, 204);
+    let genuine = written.context.clone().unwrap();
+
+    // The attack of the review: a context with 1,023 invented actors (and a plain forgery
+    // that claims one write more than was made).
+    let wide: VersionVector = (1..=1023u64).map(|n| (NodeId::new(n), 1)).collect();
+    let claimed: VersionVector = [(NodeId::new(7), 99)].into_iter().collect();
+    for seen in [wide, claimed] {
+        let forged = Context::new(b"k", seen).to_token();
+        let a = put(h, "k", b"evil", Some(&forged), "w=2");
+        assert_eq!(a.status, 400, "{}", String::from_utf8_lossy(&a.body));
+        assert!(
+            String::from_utf8_lossy(&a.body).contains("not issued by this cluster"),
+            "{}",
+            String::from_utf8_lossy(&a.body)
+        );
+        let d = delete(h, "k", Some(&forged));
+        assert_eq!(d.status, 400);
+    }
+    // A genuine context of one key is no good for another.
+    assert_eq!(put(h, "other", b"x", Some(&genuine), "").status, 400);
+    // Nothing changed: one value, and the genuine context still supersedes it.
+    let r = get(nodes[1].http, "k", "r=2");
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"v1"[..]));
+    let next = put(h, "k", b"v2", Some(&genuine), "w=2");
+    assert_eq!(next.status, 204, "{}", String::from_utf8_lossy(&next.body));
+    assert_eq!(get(h, "k", "r=2").body, b"v2");
+
+    // OR-Set: a forged remove context is refused; the element can still be added and seen.
+    let orset = |body: &str| {
+        raw(
+            h,
+            "POST",
+            "/v1/crdt/s?w=2",
+            &[("Content-Type", "application/json")],
+            body,
+        )
+    };
+    let forged_set = Context::new(
+        b"s",
+        [(NodeId::new(42), 1_000_000)]
+            .into_iter()
+            .collect::<VersionVector>(),
+    )
+    .to_token();
+    let (status, body) = orset(&format!(
+        r#"{{"type":"orset","remove":["x"],"context":"{forged_set}"}}"#
+    ));
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = orset(r#"{"type":"orset","add":["x"]}"#);
+    assert_eq!(status, 204, "{body}");
+    let (status, body) = raw(h, "GET", "/v1/crdt/s?r=2", &[], "");
+    assert!(status == 200 && body.contains("\"x\""), "{status} {body}");
+
+    // QUIC: the client library's forged context is refused the same way.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut config = Config::new([h.to_string()]);
+    config.protocol = Protocol::Quic;
+    config.ca_pem = Some(std::fs::read_to_string(tmp.path().join("ca/ca.pem")).unwrap());
+    let forged = Context::new(b"k", [(NodeId::new(5), 5)].into_iter().collect());
+    rt.block_on(async {
+        let client = Client::connect(config).await.unwrap();
+        let e = client.put("k", "evil", Some(&forged)).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::BadRequest, "{e}");
+        // And a context the cluster issued works over QUIC too.
+        let read = client.get("k").await.unwrap();
+        client.put("k", "v3", read.context.as_ref()).await.unwrap();
+    });
+    assert_eq!(get(h, "k", "r=2").body, b"v3");
+}

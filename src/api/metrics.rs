@@ -32,6 +32,8 @@ pub mod names {
     /// Client requests shed (refused unapplied) because the node's queue of requests was full,
     /// by `api`.
     pub const SHED: &str = "chorus_requests_shed_total";
+    /// Client requests refused because a context they carried was not issued by the cluster.
+    pub const FORGED_CONTEXTS: &str = "chorus_forged_contexts_total";
     /// Writes answered "may have been applied".
     pub const INDETERMINATE: &str = "chorus_indeterminate_writes_total";
     /// Values per register read (1 = no siblings).
@@ -100,6 +102,10 @@ pub fn describe() {
     describe_counter!(
         names::SHED,
         "Client requests shed by the in-flight bound (refused unapplied)"
+    );
+    describe_counter!(
+        names::FORGED_CONTEXTS,
+        "Client requests refused for a context the cluster did not issue"
     );
     describe_counter!(names::INDETERMINATE, "Writes answered as possibly applied");
     describe_histogram!(names::READ_VALUES, "Values per register read (siblings)");
@@ -273,6 +279,11 @@ fn finish(
     counter!(names::REQUESTS, "api" => api, "op" => op, "outcome" => outcome).increment(1);
     histogram!(names::REQUEST_SECONDS, "api" => api, "op" => op)
         .record(started.elapsed().as_secs_f64());
+}
+
+/// Records a client request refused for a context the cluster did not issue.
+pub fn refused_context() {
+    counter!(names::FORGED_CONTEXTS).increment(1);
 }
 
 /// Records one replica write acknowledgement that waited `wait` for durability.

@@ -190,6 +190,37 @@ pub struct ClientRequest {
     pub options: RequestOptions,
 }
 
+impl ClientRequest {
+    /// Every context the request carries (a register write's or delete's, an OR-Set remove's).
+    pub fn contexts(&self) -> impl Iterator<Item = &Context> {
+        let c = match &self.op {
+            ClientOp::Put { context, .. } | ClientOp::Delete { context } => context.as_ref(),
+            ClientOp::Update {
+                op: CrdtOp::ORSet { context, .. },
+                ..
+            } => context.as_ref(),
+            ClientOp::Get | ClientOp::Update { .. } => None,
+        };
+        c.into_iter()
+    }
+}
+
+impl ClientReply {
+    /// Every context the reply carries, to be sealed for the client ([`Context::seal`]).
+    pub fn contexts_mut(&mut self) -> Vec<&mut Context> {
+        match self {
+            ClientReply::Read(r) => r
+                .context
+                .iter_mut()
+                .chain(r.parts.iter_mut().filter_map(|p| p.context.as_mut()))
+                .collect(),
+            ClientReply::Written(w) => vec![&mut w.context],
+            ClientReply::Updated(u) => u.context.iter_mut().collect(),
+            ClientReply::Failed(_) => Vec::new(),
+        }
+    }
+}
+
 /// A read's answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReadResult {

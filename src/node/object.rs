@@ -837,6 +837,46 @@ pub enum ContextError {
     /// More entries than any real history has.
     #[error("the context carries more than {CONTEXT_ENTRIES_MAX} entries")]
     TooManyEntries,
+    /// Its tag does not match: the cluster did not issue it (or it was changed).
+    #[error("the context was not issued by this cluster (send back a context exactly as a read or write returned it)")]
+    Forged,
+}
+
+/// The cluster's secret for context tags ([`Context::seal`]): 32 bytes every node shares,
+/// created with the cluster CA (`cluster.key`) and copied with each node certificate.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ContextKey([u8; 32]);
+
+impl std::fmt::Debug for ContextKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ContextKey(..)")
+    }
+}
+
+impl ContextKey {
+    /// A key from its 32 bytes.
+    pub fn from_bytes(bytes: [u8; 32]) -> ContextKey {
+        ContextKey(bytes)
+    }
+
+    fn tag(&self, key: u64, seen: &VersionVector) -> [u64; 2] {
+        let mut h = blake3::Hasher::new_keyed(&self.0);
+        h.update(b"chorus/context/v1\0");
+        h.update(&key.to_be_bytes());
+        h.update(&(seen.len() as u64).to_be_bytes());
+        for (node, counter) in seen.iter() {
+            h.update(&node.get().to_be_bytes());
+            h.update(&counter.to_be_bytes());
+        }
+        let out = h.finalize();
+        let b = out.as_bytes();
+        let word = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&b[i * 8..i * 8 + 8]);
+            u64::from_be_bytes(w)
+        };
+        [word(0), word(1)]
+    }
 }
 
 /// What a client saw of a key: an opaque token on the API.
@@ -846,14 +886,35 @@ pub struct Context {
     key: u64,
     /// Every write the client saw.
     seen: VersionVector,
+    /// A keyed hash of the two under the cluster's [`ContextKey`], set by the node that
+    /// answers the client ([`Context::seal`]); zero until then. The core never looks at it:
+    /// the runtime checks it on every client request ([`Context::verify`]).
+    tag: [u64; 2],
 }
 
 impl Context {
-    /// The context of `seen` for `key`.
+    /// The context of `seen` for `key` (not sealed yet).
     pub fn new(key: &[u8], seen: VersionVector) -> Self {
         Context {
             key: key_hash(key),
             seen,
+            tag: [0; 2],
+        }
+    }
+
+    /// Tags the context as issued by the cluster holding `secret`.
+    pub fn seal(&mut self, secret: &ContextKey) {
+        self.tag = secret.tag(self.key, &self.seen);
+    }
+
+    /// Whether the cluster holding `secret` issued the context (in constant time).
+    pub fn verify(&self, secret: &ContextKey) -> Result<(), ContextError> {
+        let want = secret.tag(self.key, &self.seen);
+        let diff = (want[0] ^ self.tag[0]) | (want[1] ^ self.tag[1]);
+        if diff == 0 {
+            Ok(())
+        } else {
+            Err(ContextError::Forged)
         }
     }
 
@@ -919,6 +980,29 @@ mod tests {
 
     fn vv(pairs: &[(u64, u64)]) -> VersionVector {
         pairs.iter().map(|&(n, c)| (NodeId::new(n), c)).collect()
+    }
+
+    #[test]
+    fn only_sealed_contexts_verify() {
+        let secret = ContextKey::from_bytes([7; 32]);
+        let other = ContextKey::from_bytes([8; 32]);
+        let mut c = Context::new(b"cart:1", vv(&[(1, 3), (2, 5)]));
+        assert_eq!(c.verify(&secret), Err(ContextError::Forged), "unsealed");
+        c.seal(&secret);
+        assert_eq!(c.verify(&secret), Ok(()));
+        assert_eq!(c.verify(&other), Err(ContextError::Forged));
+        let back = Context::from_token(&c.to_token(), b"cart:1").unwrap();
+        assert_eq!(back.verify(&secret), Ok(()), "the token keeps the tag");
+        // Any change to what it covers breaks the tag.
+        let mut grown = back.clone();
+        grown.seen = vv(&[(1, 3), (2, 6)]);
+        assert_eq!(grown.verify(&secret), Err(ContextError::Forged));
+        let mut more = back.clone();
+        more.seen = vv(&[(1, 3), (2, 5), (9, 1)]);
+        assert_eq!(more.verify(&secret), Err(ContextError::Forged));
+        let mut moved = back;
+        moved.key = key_hash(b"cart:2");
+        assert_eq!(moved.verify(&secret), Err(ContextError::Forged));
     }
 
     #[test]

@@ -109,6 +109,9 @@ fn prepare_tls(dir: &Path, i: u16) -> Result<PathBuf, DevError> {
         std::fs::create_dir_all(&tls_dir).map_err(io(&tls_dir))?;
         ca.issue_node(&format!("node-{i}"))?.save(&tls_dir)?;
     }
+    let key = |e: super::cluster_key::ClusterKeyError| DevError::Options(e.to_string());
+    super::cluster_key::ensure(&ca_dir).map_err(key)?;
+    super::cluster_key::copy(&ca_dir, &tls_dir).map_err(key)?;
     Ok(tls_dir)
 }
 

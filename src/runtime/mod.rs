@@ -13,6 +13,7 @@
 //! acknowledge what is not on disk. This module (with `storage::rocks`) is the only place that
 //! touches sockets, clocks, disks and OS randomness; it makes no protocol decision of its own.
 
+pub mod cluster_key;
 pub mod dev;
 pub mod tls;
 pub mod transport;
@@ -31,7 +32,7 @@ use tracing::{debug, error, info, info_span, warn, Instrument};
 use crate::api::http::{self, AdminRequest, ClientCall};
 use crate::id::NodeId;
 use crate::membership::NodeInfo;
-use crate::node::{ClientReply, Node, NodeConfig, Output, Persisted, Timer};
+use crate::node::{ClientError, ClientReply, Node, NodeConfig, Output, Persisted, Timer};
 use crate::storage::meta::{self, MetaError};
 use crate::storage::{RocksStore, Store, StoreError, WriteBatch};
 use transport::{Inbound, Transport};
@@ -186,6 +187,9 @@ pub enum RuntimeError {
     /// TLS material is missing or invalid.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// The cluster key (for context tags) is missing or invalid.
+    #[error(transparent)]
+    ClusterKey(#[from] cluster_key::ClusterKeyError),
     /// The data directory belongs to another node than the certificate.
     #[error(
         "the certificate in {tls_dir} belongs to node {cert}, but the data directory {data_dir} \
@@ -247,6 +251,7 @@ async fn run(options: NodeOptions) -> Result<(), RuntimeError> {
         source,
     })?;
     let node_tls = tls::TlsFiles::in_dir(&options.tls_dir()).load()?;
+    let context_key = cluster_key::load(&options.tls_dir())?;
     let cert_id = node_tls.node_id()?;
     let mut store = RocksStore::open(&options.data_dir.join("db"))?;
     let persisted = meta::boot(&mut store, cert_id)?;
@@ -259,7 +264,7 @@ async fn run(options: NodeOptions) -> Result<(), RuntimeError> {
         });
     }
     let span = info_span!("node", id = %persisted.id);
-    run_node(options, node_tls, store, persisted)
+    run_node(options, node_tls, context_key, store, persisted)
         .instrument(span)
         .await
 }
@@ -333,6 +338,7 @@ fn storage_thread(
 async fn run_node(
     options: NodeOptions,
     node_tls: tls::NodeCert,
+    context_key: crate::node::ContextKey,
     mut store: RocksStore,
     persisted: meta::BootInfo,
 ) -> Result<(), RuntimeError> {
@@ -518,8 +524,12 @@ async fn run_node(
                         break 'run Err(RuntimeError::StorageThread("stopped".into()));
                     }
                 }
-                Output::Reply { client, reply } => {
+                Output::Reply { client, mut reply } => {
                     if let Some(tx) = pending.remove(&client) {
+                        // Contexts leave the node tagged as the cluster's own.
+                        for c in reply.contexts_mut() {
+                            c.seal(&context_key);
+                        }
                         let _ = tx.send(reply);
                     }
                 }
@@ -576,10 +586,22 @@ async fn run_node(
                 let mut next = Some(call);
                 let mut taken = 0;
                 while let Some(call) = next.take() {
-                    next_client += 1;
-                    pending.insert(next_client, call.reply);
-                    // The core's log lines about the request carry its HTTP request id.
-                    node.handle_client_traced(next_client, call.request, call.request_id, now);
+                    // A context the cluster did not issue is refused before the core sees it.
+                    let forged = call
+                        .request
+                        .contexts()
+                        .find_map(|c| c.verify(&context_key).err());
+                    if let Some(e) = forged {
+                        crate::api::metrics::refused_context();
+                        let _ = call
+                            .reply
+                            .send(ClientReply::Failed(ClientError::BadRequest(e.to_string())));
+                    } else {
+                        next_client += 1;
+                        pending.insert(next_client, call.reply);
+                        // The core's log lines about the request carry its HTTP request id.
+                        node.handle_client_traced(next_client, call.request, call.request_id, now);
+                    }
                     taken += 1;
                     if taken < INPUT_BATCH_MAX {
                         next = client_rx.try_recv().ok();
