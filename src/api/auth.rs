@@ -110,7 +110,9 @@ pub(super) async fn require_token(
         return next.run(request).await;
     }
     let what = if offered.is_some() { "a wrong" } else { "no" };
-    warn!(path = %request.uri().path(), "refused an HTTP request with {what} client token");
+    if let Some(suppressed) = crate::runtime::ratelog::AUTH.check() {
+        warn!(suppressed, path = %request.uri().path(), "refused an HTTP request with {what} client token");
+    }
     let mut resp = super::http::error(
         StatusCode::UNAUTHORIZED,
         "unauthorized",
