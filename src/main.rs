@@ -178,7 +178,7 @@ struct ConnectionArgs {
     #[arg(long, value_name = "SECONDS")]
     quic_client_idle_timeout: Option<u64>,
     /// Requests one QUIC client connection may have in flight over all its lanes (the node
-    /// takes 4,096 from all clients together). Default: 1024.
+    /// serves 8,192 at once from all clients together). Default: 1024.
     #[arg(long, value_name = "N")]
     quic_connection_in_flight_max: Option<usize>,
 }

@@ -668,3 +668,109 @@ fn partition_sizing_is_limited_in_concurrency() {
     let page = fresh_metrics(http);
     assert!(counter(&page, "chorus_requests_busy_total") >= busy as f64);
 }
+
+/// Issue 22, item 3: one client connection cannot take the node's whole in-flight budget. With
+/// a replica stopped, writes at `w=2` wait for their timeout; one connection sends 40 of them,
+/// but the node takes at most `--quic-connection-in-flight-max` (8) from it at once, and another
+/// connection is still served at once.
+#[test]
+fn one_quic_connection_cannot_take_the_whole_in_flight_budget() {
+    use chorus::node::{ClientOp, ClientRequest, RequestOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    const CAP: u64 = 8;
+    let (nodes, _ids) =
+        start_cluster_with(tmp.path(), 2, &["--quic-connection-in-flight-max", "8"]);
+    let ca_pem = std::fs::read_to_string(tmp.path().join("ca").join("ca.pem")).unwrap();
+    nodes[1].signal("-STOP");
+    let http = nodes[0].http;
+    let rt = runtime();
+    let quic = nodes[0].quic;
+    let seen = rt.block_on(async {
+        let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let cfg = chorus::client::quic_config(&ca_pem).unwrap();
+        let conn = ep
+            .connect_with(cfg.clone(), quic, "chorus-node")
+            .unwrap()
+            .await
+            .unwrap();
+        let mut lanes = Vec::new();
+        for _ in 0..4 {
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            let hello = encode_frame(0, &ClientMessage::Hello { token: None }).unwrap();
+            send.write_all(&hello).await.unwrap();
+            assert!(matches!(
+                read_answer(&mut recv).await,
+                Some((_, ServerMessage::Ready))
+            ));
+            lanes.push((send, recv));
+        }
+        for i in 0..40u64 {
+            let put = ClientMessage::Request(ClientRequest {
+                key: format!("slow{i}").into_bytes(),
+                op: ClientOp::Put {
+                    value: b"v".to_vec(),
+                    context: None,
+                },
+                options: RequestOptions {
+                    w: Some(2),
+                    timeout_ms: Some(6000),
+                    ..RequestOptions::default()
+                },
+            });
+            let lane = &mut lanes[(i % 4) as usize].0;
+            lane.write_all(&encode_frame(i + 1, &put).unwrap())
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // Another connection is served at once.
+        let other = ep
+            .connect_with(cfg, quic, "chorus-node")
+            .unwrap()
+            .await
+            .unwrap();
+        let (mut send, mut recv) = other.open_bi().await.unwrap();
+        let hello = encode_frame(0, &ClientMessage::Hello { token: None }).unwrap();
+        send.write_all(&hello).await.unwrap();
+        assert!(matches!(
+            read_answer(&mut recv).await,
+            Some((_, ServerMessage::Ready))
+        ));
+        let get = ClientMessage::Request(ClientRequest {
+            key: b"other".to_vec(),
+            op: ClientOp::Get,
+            options: RequestOptions {
+                r: Some(1),
+                ..RequestOptions::default()
+            },
+        });
+        let asked = Instant::now();
+        send.write_all(&encode_frame(1, &get).unwrap())
+            .await
+            .unwrap();
+        let answer = read_answer(&mut recv).await;
+        assert!(
+            matches!(answer, Some((1, ServerMessage::Reply(_)))),
+            "{answer:?}"
+        );
+        assert!(
+            asked.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            asked.elapsed()
+        );
+        let seen = tokio::task::spawn_blocking(move || {
+            chorus::runtime::dev::fetch_cluster(http, Duration::from_secs(2))
+                .ok()
+                .and_then(|v| v.data)
+                .map(|d| d.requests_in_flight)
+        })
+        .await
+        .unwrap();
+        drop(lanes);
+        seen
+    });
+    nodes[1].signal("-CONT");
+    eprintln!("requests in flight on the node: {seen:?} (cap {CAP} per connection)");
+    let seen = seen.expect("the node's figures");
+    assert!((1..=CAP).contains(&(seen as u64)), "{seen} in flight");
+}

@@ -70,7 +70,7 @@ pub struct ConnectionOptions {
     /// closed (clients reconnect on their next request).
     pub quic_client_idle_timeout: Duration,
     /// Requests one QUIC client connection may have in flight over all its lanes (the node
-    /// takes 4,096 at once from all clients together).
+    /// serves 8,192 at once from all clients together).
     pub quic_connection_in_flight_max: usize,
 }
 
