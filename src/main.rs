@@ -206,6 +206,98 @@ struct StartArgs {
     /// Log format on stderr: text, or json (one JSON object per line).
     #[arg(long, default_value = "text")]
     log_format: LogFormat,
+    #[command(flatten)]
+    connections: ConnectionArgs,
+}
+
+/// `chorus start`'s connection caps and timeouts.
+#[derive(Args, Debug)]
+struct ConnectionArgs {
+    /// Seconds an HTTP connection may take to send a request's headers, counted from when it
+    /// is ready for one: an idle keep-alive connection is closed after this too. Default: 10.
+    #[arg(long, value_name = "SECONDS")]
+    http_header_timeout: Option<u64>,
+    /// Seconds an HTTP request's body may take to arrive after its headers. Default: 30.
+    #[arg(long, value_name = "SECONDS")]
+    http_body_timeout: Option<u64>,
+    /// HTTP connections open at once. Default, and upper bound: what the open-file limit
+    /// leaves once RocksDB's share and a reserve are set aside (logged at start).
+    #[arg(long, value_name = "N")]
+    http_connections_max: Option<usize>,
+    /// HTTP connections one source address may hold. Default: 256.
+    #[arg(long, value_name = "N")]
+    http_connections_per_address_max: Option<usize>,
+    /// QUIC client connections open at once. Default: 1024.
+    #[arg(long, value_name = "N")]
+    quic_clients_max: Option<usize>,
+    /// QUIC client connections one source address may hold. Default: 64.
+    #[arg(long, value_name = "N")]
+    quic_clients_per_address_max: Option<usize>,
+    /// Seconds after which a QUIC client connection with nothing in flight that sent nothing
+    /// is closed (clients reconnect on their next request). Default: 120.
+    #[arg(long, value_name = "SECONDS")]
+    quic_client_idle_timeout: Option<u64>,
+    /// Requests one QUIC client connection may have in flight over all its lanes (the node
+    /// serves 8,192 at once from all clients together). Default: 1024.
+    #[arg(long, value_name = "N")]
+    quic_connection_in_flight_max: Option<usize>,
+}
+
+impl ConnectionArgs {
+    fn options(&self) -> Result<chorus::runtime::ConnectionOptions, String> {
+        let d = chorus::runtime::ConnectionOptions::default();
+        let secs = |v: Option<u64>, flag: &str, default: Duration| match v {
+            None => Ok(default),
+            Some(0) => Err(format!("--{flag} must be at least 1 second")),
+            Some(s) => Ok(Duration::from_secs(s)),
+        };
+        let count = |v: Option<usize>, flag: &str, default: usize| match v {
+            None => Ok(default),
+            Some(0) => Err(format!("--{flag} must be at least 1")),
+            Some(n) => Ok(n),
+        };
+        Ok(chorus::runtime::ConnectionOptions {
+            http_header_timeout: secs(
+                self.http_header_timeout,
+                "http-header-timeout",
+                d.http_header_timeout,
+            )?,
+            http_body_timeout: secs(
+                self.http_body_timeout,
+                "http-body-timeout",
+                d.http_body_timeout,
+            )?,
+            http_connections_max: match self.http_connections_max {
+                Some(0) => return Err("--http-connections-max must be at least 1".into()),
+                n => n,
+            },
+            http_connections_per_address_max: count(
+                self.http_connections_per_address_max,
+                "http-connections-per-address-max",
+                d.http_connections_per_address_max,
+            )?,
+            quic_clients_max: count(
+                self.quic_clients_max,
+                "quic-clients-max",
+                d.quic_clients_max,
+            )?,
+            quic_clients_per_address_max: count(
+                self.quic_clients_per_address_max,
+                "quic-clients-per-address-max",
+                d.quic_clients_per_address_max,
+            )?,
+            quic_client_idle_timeout: secs(
+                self.quic_client_idle_timeout,
+                "quic-client-idle-timeout",
+                d.quic_client_idle_timeout,
+            )?,
+            quic_connection_in_flight_max: count(
+                self.quic_connection_in_flight_max,
+                "quic-connection-in-flight-max",
+                d.quic_connection_in_flight_max,
+            )?,
+        })
+    }
 }
 
 /// How `chorus start` writes its logs.
@@ -598,6 +690,7 @@ fn start(args: StartArgs) -> Result<(), String> {
             args.http_hosts
         },
         metrics: !args.no_metrics,
+        connections: args.connections.options()?,
     };
     chorus::runtime::run_blocking(options).map_err(|e| e.to_string())
 }

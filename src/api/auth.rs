@@ -476,7 +476,9 @@ pub(super) async fn guard(
     } else {
         "client"
     };
-    warn!(path = %request.uri().path(), client = %ip, "refused an HTTP request with {what} {which} token");
+    if let Some(suppressed) = crate::runtime::ratelog::AUTH.check() {
+        warn!(suppressed, path = %request.uri().path(), client = %ip, "refused an HTTP request with {what} {which} token");
+    }
     let mut resp = super::http::error(
         StatusCode::UNAUTHORIZED,
         "unauthorized",

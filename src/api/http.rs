@@ -353,8 +353,11 @@ async fn cluster(State(api): State<ApiState>) -> Response {
         (status = 200, description = "The partitions this node replicates, with their Merkle \
             roots and anti-entropy figures", body = Vec<PartitionInfo>),
         (status = 400, description = "Unknown parameter", body = ErrorBody),
-        (status = 503, description = "The node is shutting down", body = ErrorBody)))]
+        (status = 503, description = "The node is shutting down, or (`bytes=true`) as many \
+            sizings as it runs at once are running (code `busy`)", body = ErrorBody)))]
 async fn partitions(State(api): State<ApiState>, RawQuery(query): RawQuery) -> Response {
+    /// `bytes=true` reads every key the node holds: at most this many at once.
+    static SIZINGS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
     let pairs: Vec<(String, String)> =
         match serde_urlencoded::from_str(query.as_deref().unwrap_or_default()) {
             Ok(p) => p,
@@ -380,6 +383,18 @@ async fn partitions(State(api): State<ApiState>, RawQuery(query): RawQuery) -> R
             }
         }
     }
+    let _sizing = match bytes.then(|| SIZINGS.try_acquire()) {
+        Some(Err(_)) => {
+            super::metrics::busy("partitions_bytes");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "as many partition sizings as the node runs at once are running; try again later"
+                    .into(),
+            );
+        }
+        permit => permit,
+    };
     let (tx, rx) = oneshot::channel();
     if api
         .admin

@@ -80,6 +80,25 @@ pub mod names {
     /// Bytes of QUIC connections (UDP payload), by `kind` and `direction` (rx, tx): of open
     /// ones every few seconds, of closed ones in full.
     pub const QUIC_BYTES: &str = "chorus_quic_bytes_total";
+    /// HTTP connections open.
+    pub const HTTP_CONNECTIONS: &str = "chorus_http_connections";
+    /// HTTP connections refused at once (a 503 and closed), by `reason` (`per_address`: the
+    /// address has its share open; `full`: the node has every connection it may hold).
+    pub const HTTP_REFUSED: &str = "chorus_http_connections_refused_total";
+    /// Idle HTTP connections closed to make room for an address holding fewer.
+    pub const HTTP_EVICTED: &str = "chorus_http_connections_evicted_total";
+    /// HTTP connections closed for being too slow, by `phase` (`header`: a request's headers,
+    /// or the next request of an idle connection; `body`: a request body).
+    pub const HTTP_TIMED_OUT: &str = "chorus_http_connections_timed_out_total";
+    /// QUIC client connections refused, by `reason` (`per_address`, `full`).
+    pub const QUIC_REFUSED: &str = "chorus_quic_connections_refused_total";
+    /// QUIC client connections closed after sending nothing for the idle timeout.
+    pub const QUIC_IDLE: &str = "chorus_quic_connections_closed_idle_total";
+    /// Log lines suppressed by the refusal-log rate limit, by `category`.
+    pub const LOG_SUPPRESSED: &str = "chorus_log_lines_suppressed_total";
+    /// Requests to an expensive endpoint refused (503) because as many were running, by
+    /// `endpoint`.
+    pub const BUSY: &str = "chorus_requests_busy_total";
 }
 
 /// Describes every metric (help text in the exposition).
@@ -151,6 +170,72 @@ pub fn describe() {
         Unit::Bytes,
         "Bytes of QUIC connections (open ones every 5 s)"
     );
+    describe_gauge!(names::HTTP_CONNECTIONS, "HTTP connections open");
+    describe_counter!(
+        names::HTTP_REFUSED,
+        "HTTP connections refused at once (503), by reason (per_address, full)"
+    );
+    describe_counter!(
+        names::HTTP_EVICTED,
+        "Idle HTTP connections closed to make room for an address holding fewer"
+    );
+    describe_counter!(
+        names::HTTP_TIMED_OUT,
+        "HTTP connections closed for slow headers (or idle) or a slow body, by phase"
+    );
+    describe_counter!(
+        names::QUIC_REFUSED,
+        "QUIC client connections refused, by reason (per_address, full)"
+    );
+    describe_counter!(names::QUIC_IDLE, "QUIC client connections closed when idle");
+    describe_counter!(
+        names::LOG_SUPPRESSED,
+        "Refusal log lines suppressed by the rate limit, by category"
+    );
+    describe_counter!(
+        names::BUSY,
+        "Requests to an expensive endpoint refused (503) because as many were running"
+    );
+}
+
+/// A connection refused by `api` (http, quic) for `reason` (per_address, full).
+pub fn connection_refused(api: &'static str, reason: &'static str) {
+    let name = if api == "http" {
+        names::HTTP_REFUSED
+    } else {
+        names::QUIC_REFUSED
+    };
+    counter!(name, "reason" => reason).increment(1);
+}
+
+/// An idle HTTP connection closed to make room.
+pub fn http_connection_evicted() {
+    counter!(names::HTTP_EVICTED).increment(1);
+}
+
+/// An HTTP connection closed for being slow in `phase` (header, body).
+pub fn http_connection_timed_out(phase: &'static str) {
+    counter!(names::HTTP_TIMED_OUT, "phase" => phase).increment(1);
+}
+
+/// The HTTP connections open now.
+pub fn http_connections_open(n: usize) {
+    gauge!(names::HTTP_CONNECTIONS).set(n as f64);
+}
+
+/// A QUIC client connection closed when idle.
+pub fn quic_connection_idle() {
+    counter!(names::QUIC_IDLE).increment(1);
+}
+
+/// A refusal log line of `category` suppressed.
+pub fn log_line_suppressed(category: &'static str) {
+    counter!(names::LOG_SUPPRESSED, "category" => category).increment(1);
+}
+
+/// A request to the expensive `endpoint` refused because as many were running.
+pub fn busy(endpoint: &'static str) {
+    counter!(names::BUSY, "endpoint" => endpoint).increment(1);
 }
 
 /// How often an open QUIC connection's byte counts are added to the counters.

@@ -8,24 +8,28 @@
 //!
 //! Bounds: a connection has at most `tls::CLIENT_LANES_MAX` lanes (QUIC's stream limit) and no
 //! unidirectional streams, and is closed unless one of its lanes says an accepted hello within
-//! [`FRAME_TIMEOUT`] (or at once when a hello is refused); a lane holds at most
-//! [`LANE_IN_FLIGHT_MAX`] requests (beyond, it is not read, which pushes back on the client
-//! through flow control); a frame is at most a hello's size before the hello and the node's
+//! [`FRAME_TIMEOUT`] (or at once when a hello is refused), and once it has had nothing in
+//! flight and sent nothing for the idle timeout ([`QuicLimits`]); a lane holds at most
+//! [`LANE_IN_FLIGHT_MAX`] requests and the whole connection at most
+//! [`QuicLimits::connection_in_flight_max`] (beyond, it is not read, which pushes back on the
+//! client through flow control), so one connection cannot take the node's whole budget of
+//! requests; a frame is at most a hello's size before the hello and the node's
 //! value limit plus the key and some overhead after it, and must arrive whole within
 //! [`FRAME_TIMEOUT`] of its first byte. Buffers grow with the bytes that arrive, never with
-//! what a header declares. Anything malformed is answered with a refusal and logged; a frame
+//! what a header declares. Anything malformed is answered with a refusal and logged (through the
+//! refusal-log rate limit, `runtime::ratelog`); a frame
 //! over the limit is skipped (its bytes dropped as they come) and the lane goes on; anything
 //! that breaks the framing ends the lane, never the node.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::{RecvStream, SendStream, VarInt};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{timeout, timeout_at, Instant};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use super::http::{AdminRequest, ApiState, ClientCall};
 use super::metrics;
@@ -36,6 +40,7 @@ use crate::protocol::client::{
 };
 use crate::protocol::WireError;
 use crate::runtime::transport::ClientConnection;
+use crate::{info_limited, warn_limited};
 
 /// Requests one lane may have in flight at once.
 pub const LANE_IN_FLIGHT_MAX: usize = 256;
@@ -57,14 +62,74 @@ const REFUSED_LINGER: Duration = Duration::from_secs(1);
 /// Largest frame before a lane's hello: a hello with the longest token.
 const HELLO_BODY_MAX: usize = TOKEN_BYTES_MAX + 256;
 
+/// Connection-level bounds of the QUIC client API.
+#[derive(Clone, Copy, Debug)]
+pub struct QuicLimits {
+    /// A connection with nothing in flight that sent nothing for this long is closed.
+    pub idle_timeout: Duration,
+    /// Requests one connection may have in flight over all its lanes.
+    pub connection_in_flight_max: usize,
+}
+
+/// Connection error code: the connection was idle for the idle timeout.
+const CLOSE_IDLE: VarInt = VarInt::from_u32(4);
+
 /// Serves every client connection from `connections` until the channel ends.
-pub async fn serve(mut connections: mpsc::Receiver<ClientConnection>, api: ApiState) {
+pub async fn serve(
+    mut connections: mpsc::Receiver<ClientConnection>,
+    api: ApiState,
+    limits: QuicLimits,
+) {
     while let Some(c) = connections.recv().await {
-        tokio::spawn(serve_connection(c, api.clone()));
+        tokio::spawn(serve_connection(c, api.clone(), limits));
     }
 }
 
-async fn serve_connection(client: ClientConnection, api: ApiState) {
+/// When a connection last sent something (milliseconds since it opened).
+struct Activity {
+    opened: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn touch(&self) {
+        let ms = self.opened.elapsed().as_millis();
+        self.last_ms
+            .store(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.opened + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// Closes `conn` once it has had nothing in flight and sent nothing for `idle`.
+async fn idle_watchdog(
+    conn: quinn::Connection,
+    activity: Arc<Activity>,
+    in_flight: Arc<Semaphore>,
+    in_flight_max: usize,
+    idle: Duration,
+) {
+    loop {
+        let due = activity.last() + idle;
+        if Instant::now() < due {
+            tokio::time::sleep_until(due).await;
+            continue;
+        }
+        if in_flight.available_permits() < in_flight_max {
+            // A request is being served: that is not idle.
+            activity.touch();
+            continue;
+        }
+        metrics::quic_connection_idle();
+        info_limited!("connections", client = %conn.remote_address(), ?idle, "closing an idle QUIC client connection");
+        conn.close(CLOSE_IDLE, b"idle");
+        return;
+    }
+}
+
+async fn serve_connection(client: ClientConnection, api: ApiState, limits: QuicLimits) {
     let conn = client.conn.clone();
     let remote = conn.remote_address();
     debug!(client = %remote, "QUIC client connected");
@@ -81,11 +146,26 @@ async fn serve_connection(client: ClientConnection, api: ApiState) {
         tokio::spawn(async move {
             tokio::time::sleep(FRAME_TIMEOUT).await;
             if !authenticated.load(Ordering::Relaxed) {
-                info!(client = %remote, "closing a client connection with no accepted lane");
+                info_limited!("connections", client = %remote, "closing a client connection with no accepted lane");
                 conn.close(CLOSE_UNAUTHENTICATED, b"no accepted hello");
             }
         })
     };
+    let in_flight_max = limits
+        .connection_in_flight_max
+        .clamp(1, Semaphore::MAX_PERMITS);
+    let in_flight = Arc::new(Semaphore::new(in_flight_max));
+    let activity = Arc::new(Activity {
+        opened: Instant::now(),
+        last_ms: AtomicU64::new(0),
+    });
+    let idle = tokio::spawn(idle_watchdog(
+        conn.clone(),
+        activity.clone(),
+        in_flight.clone(),
+        in_flight_max,
+        limits.idle_timeout,
+    ));
     {
         let metering = async {
             meter.run().await;
@@ -99,11 +179,14 @@ async fn serve_connection(client: ClientConnection, api: ApiState) {
             };
             match accepted {
                 Ok((send, recv)) => {
+                    activity.touch();
                     let lane = Lane {
                         conn: conn.clone(),
                         remote,
                         api: api.clone(),
                         authenticated: authenticated.clone(),
+                        activity: activity.clone(),
+                        in_flight: in_flight.clone(),
                     };
                     tokio::spawn(lane.serve(send, recv));
                 }
@@ -115,6 +198,7 @@ async fn serve_connection(client: ClientConnection, api: ApiState) {
         }
     }
     watchdog.abort();
+    idle.abort();
     drop(meter);
     drop(client);
 }
@@ -125,6 +209,10 @@ struct Lane {
     remote: SocketAddr,
     api: ApiState,
     authenticated: Arc<AtomicBool>,
+    /// When the connection last sent something.
+    activity: Arc<Activity>,
+    /// The connection's budget of requests in flight, shared by its lanes.
+    in_flight: Arc<Semaphore>,
 }
 
 /// Why a lane stopped reading.
@@ -162,7 +250,7 @@ async fn writer(mut send: SendStream, mut answers: mpsc::Receiver<Vec<u8>>, remo
                 return;
             }
             Err(_) => {
-                warn!(client = %remote, "client not reading its answers; ending the lane");
+                warn_limited!("connections", client = %remote, "client not reading its answers; ending the lane");
                 let _ = send.reset(LANE_BROKEN);
                 return;
             }
@@ -235,10 +323,10 @@ async fn serve_lane(
                     };
                     send_refusal(out, e.id, Refusal::new(code, e.error.to_string())).await;
                     if e.skipped && ready {
-                        warn!(client = %remote, id = e.id, error = %e.error, "refusing a client frame; skipping it");
+                        warn_limited!("client_frames", client = %remote, id = e.id, error = %e.error, "refusing a client frame; skipping it");
                         continue;
                     }
-                    warn!(client = %remote, id = e.id, error = %e.error, "refusing a client frame; ending the lane");
+                    warn_limited!("client_frames", client = %remote, id = e.id, error = %e.error, "refusing a client frame; ending the lane");
                     return LaneEnd::Broken;
                 }
             };
@@ -262,6 +350,10 @@ async fn serve_lane(
                     let Ok(permit) = in_flight.clone().acquire_owned().await else {
                         return LaneEnd::Closed;
                     };
+                    let Ok(conn_permit) = lane.in_flight.clone().acquire_owned().await else {
+                        return LaneEnd::Closed;
+                    };
+                    let permit = (permit, conn_permit);
                     let started = std::time::Instant::now();
                     let op = metrics::op_name(&request.op);
                     let write = request.op.is_write();
@@ -335,7 +427,7 @@ async fn serve_lane(
                     .await;
                 }
                 Err(e) => {
-                    warn!(client = %remote, id, error = %e, "refusing a malformed client request");
+                    warn_limited!("client_frames", client = %remote, id, error = %e, "refusing a malformed client request");
                     send_refusal(out, id, Refusal::new("bad_request", e.to_string())).await;
                 }
             }
@@ -359,19 +451,22 @@ async fn serve_lane(
                 Ok(r) => r,
                 Err(_) => {
                     if ready {
-                        warn!(client = %remote, "client frame took too long; ending the lane");
+                        warn_limited!("client_frames", client = %remote, "client frame took too long; ending the lane");
                     } else {
-                        warn!(client = %remote, "client lane sent no hello in time; ending it");
+                        warn_limited!("client_frames", client = %remote, "client lane sent no hello in time; ending it");
                     }
                     return LaneEnd::Broken;
                 }
             },
         };
         match result {
-            Ok(Some(n)) => frames.filled(n),
+            Ok(Some(n)) => {
+                lane.activity.touch();
+                frames.filled(n);
+            }
             Ok(None) if frames.mid_frame() => {
                 let id = frames.partial_id().unwrap_or(0);
-                info!(client = %remote, id, "client frame cut short; ending the lane");
+                info_limited!("client_frames", client = %remote, id, "client frame cut short; ending the lane");
                 send_refusal(
                     out,
                     id,
@@ -416,21 +511,21 @@ fn hello(
             }
             api.auth.failures.failed(remote.ip(), now);
             let what = if token.is_some() { "a wrong" } else { "no" };
-            warn!(client = %remote, "refused a QUIC client lane with {what} client token");
+            warn_limited!("auth", client = %remote, "refused a QUIC client lane with {what} client token");
             Err((
                 Refusal::new("unauthorized", format!("{what} client token")),
                 LaneEnd::Refused,
             ))
         }
         Ok(_) => {
-            warn!(client = %remote, "client lane did not start with a hello; ending it");
+            warn_limited!("client_frames", client = %remote, "client lane did not start with a hello; ending it");
             Err((
                 Refusal::new("bad_request", "a lane starts with a hello"),
                 LaneEnd::Broken,
             ))
         }
         Err(e) => {
-            warn!(client = %remote, error = %e, "malformed hello; ending the lane");
+            warn_limited!("client_frames", client = %remote, error = %e, "malformed hello; ending the lane");
             Err((Refusal::new("bad_request", e.to_string()), LaneEnd::Broken))
         }
     }
@@ -457,7 +552,7 @@ async fn answer(
     rx: oneshot::Receiver<ClientReply>,
     out: mpsc::Sender<Vec<u8>>,
     asked: Asked,
-    _permit: OwnedSemaphorePermit,
+    _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
     status: Arc<super::status::StatusState>,
 ) {
     let message = match rx.await {

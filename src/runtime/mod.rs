@@ -14,7 +14,9 @@
 //! touches sockets, clocks, disks and OS randomness; it makes no protocol decision of its own.
 
 pub mod cluster_key;
+pub mod connections;
 pub mod dev;
+pub mod ratelog;
 pub mod tls;
 pub mod transport;
 
@@ -35,6 +37,8 @@ use crate::membership::NodeInfo;
 use crate::node::{ClientError, ClientReply, Node, NodeConfig, Output, Persisted, Timer};
 use crate::storage::meta::{self, MetaError};
 use crate::storage::{RocksStore, Store, StoreError, WriteBatch};
+pub use connections::ConnectionOptions;
+use connections::FileBudget;
 use transport::{Inbound, Transport};
 
 /// How long a leaving node keeps its endpoint open so its last messages get out.
@@ -42,9 +46,6 @@ const LEAVE_FLUSH: Duration = Duration::from_millis(500);
 
 /// Inputs of one kind handled before the outputs they produced are performed.
 const INPUT_BATCH_MAX: usize = 256;
-
-/// QUIC API client connections a node serves at once.
-const QUIC_CLIENTS_MAX: usize = 1024;
 
 /// Bytes the storage thread puts into one commit at most (it always takes one batch).
 const GROUP_COMMIT_BYTES_MAX: usize = 64 * 1024 * 1024;
@@ -123,6 +124,8 @@ pub struct NodeOptions {
     pub http_hosts: Vec<String>,
     /// Record metrics and serve `GET /metrics` (default true).
     pub metrics: bool,
+    /// Connection caps and timeouts of the HTTP and QUIC client APIs.
+    pub connections: ConnectionOptions,
 }
 
 /// Installs the process-wide Prometheus recorder, as `chorus start` does (once per process; a
@@ -219,6 +222,9 @@ pub enum RuntimeError {
     /// The node core refused to start.
     #[error(transparent)]
     Node(#[from] crate::node::NodeError),
+    /// The open-file limit cannot be raised, or is too low.
+    #[error(transparent)]
+    FileLimit(#[from] connections::FileLimitError),
     /// The tokio runtime could not be built.
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
@@ -253,7 +259,10 @@ async fn run(options: NodeOptions) -> Result<(), RuntimeError> {
     let node_tls = tls::TlsFiles::in_dir(&options.tls_dir()).load()?;
     let context_key = cluster_key::load(&options.tls_dir())?;
     let cert_id = node_tls.node_id()?;
-    let mut store = RocksStore::open(&options.data_dir.join("db"))?;
+    // Before anything opens many files: RocksDB gets its share, HTTP connections the rest.
+    let files = FileBudget::raise()?;
+    let mut store =
+        RocksStore::open_with_files(&options.data_dir.join("db"), Some(files.rocksdb_files))?;
     let persisted = meta::boot(&mut store, cert_id)?;
     if persisted.id != cert_id {
         return Err(RuntimeError::IdentityMismatch {
@@ -264,7 +273,7 @@ async fn run(options: NodeOptions) -> Result<(), RuntimeError> {
         });
     }
     let span = info_span!("node", id = %persisted.id);
-    run_node(options, node_tls, context_key, store, persisted)
+    run_node(options, node_tls, context_key, store, persisted, files)
         .instrument(span)
         .await
 }
@@ -341,6 +350,7 @@ async fn run_node(
     context_key: crate::node::ContextKey,
     mut store: RocksStore,
     persisted: meta::BootInfo,
+    files: FileBudget,
 ) -> Result<(), RuntimeError> {
     let (server_cfg, client_cfg) = tls::node_quinn_configs(&node_tls)?;
     let (transport, mut inbound) = Transport::bind_with_endpoint_config(
@@ -440,6 +450,41 @@ async fn run_node(
         "node starting"
     );
 
+    let caps = &options.connections;
+    let http_limits = connections::HttpLimits {
+        header_timeout: caps.http_header_timeout,
+        body_timeout: caps.http_body_timeout,
+        connections_max: caps
+            .http_connections_max
+            .unwrap_or(files.http_connections)
+            .min(files.http_connections),
+        per_address_max: caps.http_connections_per_address_max,
+    };
+    if caps
+        .http_connections_max
+        .is_some_and(|n| n > files.http_connections)
+    {
+        warn!(
+            asked = caps.http_connections_max,
+            allowed = files.http_connections,
+            "lowering the HTTP connection cap to what the open-file limit allows"
+        );
+    }
+    info!(
+        open_file_limit = files.limit,
+        raised_from = files.limit_before,
+        rocksdb_files = files.rocksdb_files,
+        reserved_files = files.reserved,
+        http_connections_max = http_limits.connections_max,
+        http_connections_per_address_max = http_limits.per_address_max,
+        http_header_timeout_s = http_limits.header_timeout.as_secs_f64(),
+        http_body_timeout_s = http_limits.body_timeout.as_secs_f64(),
+        quic_clients_max = caps.quic_clients_max,
+        quic_clients_per_address_max = caps.quic_clients_per_address_max,
+        quic_client_idle_timeout_s = caps.quic_client_idle_timeout.as_secs_f64(),
+        "open-file limit and the connection caps drawn from it"
+    );
+
     let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(STORAGE_JOBS_MAX);
     let (done_tx, mut done_rx) = tokio::sync::watch::channel(Committed::default());
     let storage = {
@@ -478,24 +523,19 @@ async fn run_node(
         )),
     };
     let quic_api = tokio::spawn(
-        crate::api::quic::serve(transport.serve_clients(QUIC_CLIENTS_MAX), api.clone())
-            .in_current_span(),
+        crate::api::quic::serve(
+            transport.serve_clients(caps.quic_clients_max, caps.quic_clients_per_address_max),
+            api.clone(),
+            crate::api::quic::QuicLimits {
+                idle_timeout: caps.quic_client_idle_timeout,
+                connection_in_flight_max: caps.quic_connection_in_flight_max,
+            },
+        )
+        .in_current_span(),
     );
     let router = http::router(api);
     let http_task = tokio::spawn(
-        async move {
-            let server = axum::serve(
-                http_listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async {
-                let _ = http_stop_rx.await;
-            });
-            if let Err(e) = server.await {
-                error!(error = %e, "HTTP server failed");
-            }
-        }
-        .in_current_span(),
+        connections::serve_http(http_listener, router, http_limits, http_stop_rx).in_current_span(),
     );
 
     let epoch = Instant::now();

@@ -48,8 +48,10 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{timeout, timeout_at, Instant};
 use tracing::{debug, error, info, warn};
 
+use super::connections::{ConnTable, Ticket};
 use super::tls::{node_id_of, CLIENT_ALPN, NODE_SERVER_NAME};
 use crate::id::NodeId;
+use crate::warn_limited;
 
 /// Application error code closing connections when the transport shuts down.
 const CLOSE_SHUTDOWN: VarInt = VarInt::from_u32(0);
@@ -219,16 +221,17 @@ pub enum SendError {
 }
 
 /// A connection from a QUIC API client (ALPN `chorus-client/1`), handed to whoever called
-/// [`Transport::serve_clients`]. It holds one of the transport's client slots until dropped.
+/// [`Transport::serve_clients`]. It holds one of the transport's client places (in total and
+/// for its source address) until dropped.
 #[derive(Debug)]
 pub struct ClientConnection {
     /// The connection, handshake done; the client presented no certificate (or any).
     pub conn: Connection,
-    _slot: OwnedSemaphorePermit,
+    _slot: Ticket,
 }
 
 /// Where client connections go, and how many may be open at once.
-type ClientSink = Arc<Mutex<Option<(mpsc::Sender<ClientConnection>, Arc<Semaphore>)>>>;
+type ClientSink = Arc<Mutex<Option<(mpsc::Sender<ClientConnection>, Arc<ConnTable>)>>>;
 
 /// A payload waiting in a peer's queue.
 enum Outbound {
@@ -423,13 +426,17 @@ impl Transport {
     }
 
     /// From now on, hand connections that negotiated the client ALPN (`chorus-client/1`) to
-    /// the returned channel, at most `max` open at once (more are closed at once, and logged).
-    /// Before this is called, and after the transport closes, such connections are closed.
-    /// The endpoint must have been bound with a server configuration that offers the client
-    /// ALPN (`tls::node_quinn_configs`).
-    pub fn serve_clients(&self, max: usize) -> mpsc::Receiver<ClientConnection> {
+    /// the returned channel, at most `max` open at once and `per_address_max` from one source
+    /// address (more are closed at once, counted and logged). Before this is called, and after
+    /// the transport closes, such connections are closed. The endpoint must have been bound
+    /// with a server configuration that offers the client ALPN (`tls::node_quinn_configs`).
+    pub fn serve_clients(
+        &self,
+        max: usize,
+        per_address_max: usize,
+    ) -> mpsc::Receiver<ClientConnection> {
         let (tx, rx) = mpsc::channel(64);
-        let slots = Arc::new(Semaphore::new(capacity(max)));
+        let slots = ConnTable::new(capacity(max), capacity(per_address_max));
         *self
             .shared
             .clients
@@ -948,7 +955,7 @@ async fn accept_loop(
                 }
                 Ok(Ok(conn)) => {
                     let Ok(slot) = slots.try_acquire_owned() else {
-                        warn!(peer = %remote, max = limits.peers_max, "too many peer connections; closing one");
+                        warn_limited!("connections", peer = %remote, max = limits.peers_max, "too many peer connections; closing one");
                         conn.close(CLOSE_SHUTDOWN, b"too many connections");
                         return;
                     };
@@ -957,7 +964,7 @@ async fn accept_loop(
                 }
                 Ok(Err(error)) => {
                     // Unknown CA, missing client certificate, wrong ALPN, ...
-                    warn!(peer = %remote, %error, "incoming handshake failed");
+                    warn_limited!("connections", peer = %remote, %error, "incoming handshake failed");
                 }
                 Err(_) => {
                     let timeout = limits.connect_timeout;
@@ -990,16 +997,20 @@ fn hand_over_client(conn: Connection, clients: &ClientSink) {
         conn.close(CLOSE_SHUTDOWN, b"no client API");
         return;
     };
-    let Ok(slot) = slots.try_acquire_owned() else {
-        warn!(client = %remote, "too many client connections; closing one");
-        conn.close(CLOSE_SHUTDOWN, b"too many connections");
-        return;
+    let slot = match slots.admit(remote.ip(), false) {
+        Ok(slot) => slot,
+        Err(why) => {
+            crate::api::metrics::connection_refused("quic", why.label());
+            warn_limited!("connections", client = %remote, reason = why.label(), "refusing a QUIC client connection: {why}");
+            conn.close(CLOSE_SHUTDOWN, b"too many connections");
+            return;
+        }
     };
     if let Err(e) = tx.try_send(ClientConnection { conn, _slot: slot }) {
         let conn = match e {
             mpsc::error::TrySendError::Full(c) | mpsc::error::TrySendError::Closed(c) => c.conn,
         };
-        warn!(client = %remote, "client API not keeping up with new connections; closing one");
+        warn_limited!("connections", client = %remote, "client API not keeping up with new connections; closing one");
         conn.close(CLOSE_SHUTDOWN, b"busy");
     }
 }
@@ -1478,7 +1489,7 @@ mod tests {
                 test_limits(),
             )
             .unwrap();
-            let mut clients = a.serve_clients(4);
+            let mut clients = a.serve_clients(4, 4);
             let provider = Arc::new(rustls::crypto::ring::default_provider());
             let mut roots = rustls::RootCertStore::empty();
             roots.add(ca.cert_der().clone()).unwrap();

@@ -32,7 +32,19 @@ impl std::fmt::Debug for RocksStore {
 impl RocksStore {
     /// Opens (creating if needed) the database in `path`.
     pub fn open(path: &Path) -> Result<RocksStore, StoreError> {
+        RocksStore::open_with_files(path, None)
+    }
+
+    /// [`RocksStore::open`], keeping at most `max_open_files` table files open at once (the
+    /// node's share of its open-file limit; `None`: RocksDB's default, all of them).
+    pub fn open_with_files(
+        path: &Path,
+        max_open_files: Option<u64>,
+    ) -> Result<RocksStore, StoreError> {
         let mut opts = Options::default();
+        if let Some(n) = max_open_files {
+            opts.set_max_open_files(i32::try_from(n).unwrap_or(i32::MAX));
+        }
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         // Two cores: one flush and one compaction at a time keep foreground latency steady.
