@@ -39,7 +39,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run one node in the foreground until SIGINT, SIGTERM or a graceful leave.
-    Start(StartArgs),
+    Start(Box<StartArgs>),
     /// Start a local multi-node cluster on 127.0.0.1 and keep it running until Ctrl-C.
     Dev(DevArgs),
     /// Show a cluster's members, liveness, ring status and partition counts.
@@ -1070,7 +1070,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Start(args) => {
             init_logging(args.log_format);
-            start(args)
+            start(*args)
         }
         Command::Dev(args) => dev::run(DevOptions {
             nodes: args.nodes,
