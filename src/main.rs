@@ -277,6 +277,15 @@ struct RepairArgs {
     timeout_secs: u64,
 }
 
+/// `chorus cert issue --role`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum CertRoleArg {
+    /// A node certificate: the only kind that may speak the peer protocol.
+    Node,
+    /// A client certificate: client authentication only.
+    Client,
+}
+
 #[derive(Subcommand, Debug)]
 enum CertCommand {
     /// Create a new cluster CA (ca.pem, ca.key) in DIR.
@@ -285,7 +294,9 @@ enum CertCommand {
         #[arg(long)]
         dir: PathBuf,
     },
-    /// Issue a node certificate signed by the CA in --ca into --out (node.pem, node.key, ca.pem).
+    /// Issue a certificate signed by the CA in --ca into --out: a node certificate (node.pem,
+    /// node.key, ca.pem) or, with --role client, a client certificate (client.pem, client.key,
+    /// ca.pem) that can never speak the peer protocol.
     Issue {
         /// Directory holding the CA.
         #[arg(long)]
@@ -293,9 +304,12 @@ enum CertCommand {
         /// Name to put in the certificate (e.g. the host name).
         #[arg(long)]
         name: String,
-        /// Output directory: give it to `chorus start --tls-dir`.
+        /// Output directory: give a node's to `chorus start --tls-dir`.
         #[arg(long)]
         out: PathBuf,
+        /// What the certificate is for: `node` (peers) or `client`.
+        #[arg(long, value_enum, default_value_t = CertRoleArg::Node)]
+        role: CertRoleArg,
     },
 }
 
@@ -826,14 +840,31 @@ fn cert(command: CertCommand) -> Result<(), String> {
                 dir.display()
             );
         }
-        CertCommand::Issue { ca, name, out } => {
+        CertCommand::Issue {
+            ca,
+            name,
+            out,
+            role,
+        } => {
             let ca = ClusterCa::load(&ca).map_err(|e| e.to_string())?;
             std::fs::create_dir_all(&out)
                 .map_err(|e| format!("cannot create {}: {e}", out.display()))?;
-            let cert = ca.issue_node(&name).map_err(|e| e.to_string())?;
-            cert.save(&out).map_err(|e| e.to_string())?;
-            TlsFiles::in_dir(&out).load().map_err(|e| e.to_string())?;
-            println!("issued node certificate {name:?} in {}", out.display());
+            match role {
+                CertRoleArg::Node => {
+                    let cert = ca.issue_node(&name).map_err(|e| e.to_string())?;
+                    cert.save(&out).map_err(|e| e.to_string())?;
+                    TlsFiles::in_dir(&out).load().map_err(|e| e.to_string())?;
+                    println!("issued node certificate {name:?} in {}", out.display());
+                }
+                CertRoleArg::Client => {
+                    let cert = ca.issue_client(&name).map_err(|e| e.to_string())?;
+                    cert.save_client(&out).map_err(|e| e.to_string())?;
+                    TlsFiles::client_in_dir(&out)
+                        .load_client()
+                        .map_err(|e| e.to_string())?;
+                    println!("issued client certificate {name:?} in {}", out.display());
+                }
+            }
         }
     }
     Ok(())

@@ -78,6 +78,8 @@ pub mod names {
     /// Bytes of QUIC connections (UDP payload), by `kind` and `direction` (rx, tx): of open
     /// ones every few seconds, of closed ones in full.
     pub const QUIC_BYTES: &str = "chorus_quic_bytes_total";
+    /// Peer connections refused, by reason (`not_a_node`: the certificate is not a node's).
+    pub const PEERS_REFUSED: &str = "chorus_peer_connections_refused_total";
 }
 
 /// Describes every metric (help text in the exposition).
@@ -144,6 +146,10 @@ pub fn describe() {
         names::QUIC_BYTES,
         Unit::Bytes,
         "Bytes of QUIC connections (open ones every 5 s)"
+    );
+    describe_counter!(
+        names::PEERS_REFUSED,
+        "Peer connections refused, by reason (not_a_node: not a node certificate)"
     );
 }
 

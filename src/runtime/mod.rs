@@ -29,6 +29,7 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::api::http::{self, AdminRequest, ClientCall};
+use crate::api::status::PeerStatsRequest;
 use crate::id::NodeId;
 use crate::membership::NodeInfo;
 use crate::node::{ClientReply, Node, NodeConfig, Output, Persisted, Timer};
@@ -44,6 +45,10 @@ const INPUT_BATCH_MAX: usize = 256;
 
 /// QUIC API client connections a node serves at once.
 const QUIC_CLIENTS_MAX: usize = 1024;
+
+/// Status-page questions to other members in flight at once (each ends with its answer, or
+/// when the asker gives up after [`crate::api::status::PEER_STATS_TIMEOUT`]).
+const PEER_STATS_ASKED_MAX: usize = 1024;
 
 /// Bytes the storage thread puts into one commit at most (it always takes one batch).
 const GROUP_COMMIT_BYTES_MAX: usize = 64 * 1024 * 1024;
@@ -357,11 +362,13 @@ async fn run_node(
         quic_addr,
         http_addr,
     };
+    let auth = tls::CertAuth::new(&node_tls)?;
     let mut config = NodeConfig::new(
         persisted.id,
         persisted.generation,
         info,
         options.join.clone(),
+        std::sync::Arc::new(auth),
     );
     config.data.hints = options.hints;
     config.data.read_repair = options.read_repair;
@@ -425,6 +432,11 @@ async fn run_node(
     };
 
     let (admin_tx, mut admin_rx) = mpsc::channel::<AdminRequest>(64);
+    // The status page's questions to other members, asked over the peer transport.
+    let (stats_tx, mut stats_rx) = mpsc::channel::<PeerStatsRequest>(PEER_STATS_ASKED_MAX);
+    let status_state = std::sync::Arc::new(crate::api::status::StatusState::new(stats_tx));
+    let mut stats_asked: HashMap<u64, (NodeId, oneshot::Sender<Vec<u8>>)> = HashMap::new();
+    let mut next_stats = 0u64;
     let (client_tx, mut client_rx) = mpsc::channel::<ClientCall>(4096);
     let (http_stop_tx, http_stop_rx) = oneshot::channel::<()>();
     let api = http::ApiState {
@@ -438,9 +450,7 @@ async fn run_node(
         } else {
             None
         },
-        status: std::sync::Arc::new(crate::api::status::StatusState::new(
-            options.client_token.as_ref().map(|t| t.secret().to_owned()),
-        )),
+        status: status_state.clone(),
     };
     let quic_api = tokio::spawn(
         crate::api::quic::serve(transport.serve_clients(QUIC_CLIENTS_MAX), api.clone())
@@ -506,6 +516,23 @@ async fn run_node(
                     debug!(%peer, %addr, "peer restarted; dropping the connection to its previous process");
                     transport.reset_peer(addr);
                 }
+                Output::StatsAsked { from, id } => {
+                    let mut view = node.cluster_view();
+                    view.data = Some(node.data_stats());
+                    let figures = crate::api::status::own_stats_bytes(&status_state, &view);
+                    node.answer_stats(from, id, figures, epoch.elapsed());
+                }
+                Output::StatsAnswered { from, id, stats } => {
+                    // Only the member asked may answer (the transport authenticated `from`).
+                    if stats_asked
+                        .get(&id)
+                        .is_some_and(|(asked, _)| *asked == from)
+                    {
+                        if let Some((_, reply)) = stats_asked.remove(&id) {
+                            let _ = reply.send(stats);
+                        }
+                    }
+                }
                 Output::Left => {
                     if let Err(e) = meta::persist_left(&mut store) {
                         error!(error = %e, "cannot record the completed leave; stopping");
@@ -562,6 +589,16 @@ async fn run_node(
                 node.handle_durable(done.durable, epoch.elapsed());
                 for wait in node.take_ack_waits() {
                     crate::api::metrics::replica_write(wait);
+                }
+            }
+            Some(ask) = stats_rx.recv() => {
+                // Questions whose asker gave up are forgotten; beyond the cap, new ones wait
+                // for no answer (the page shows the member without figures).
+                stats_asked.retain(|_, (_, reply)| !reply.is_closed());
+                if stats_asked.len() < PEER_STATS_ASKED_MAX {
+                    next_stats += 1;
+                    stats_asked.insert(next_stats, (ask.node, ask.reply));
+                    node.ask_stats(ask.node, next_stats, epoch.elapsed());
                 }
             }
             Some(req) = admin_rx.recv() => match req {
