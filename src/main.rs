@@ -187,13 +187,13 @@ struct StartArgs {
     #[arg(long)]
     siblings_max: Option<usize>,
     /// File holding the token clients must present: `Authorization: Bearer <token>` over HTTP
-    /// (every endpoint but /health), in each lane's hello over QUIC. Default: no token.
+    /// (every endpoint but /health), in each lane's hello over QUIC. Default: no token, and
+    /// then HTTP and QUIC client lanes serve loopback only.
     #[arg(long)]
     client_token_file: Option<PathBuf>,
     /// File holding the operator token: the only credential for leave, remove and repair
     /// (without it they are refused). The file must be readable by its owner only; a token has
-    /// at least 32 characters (`chorus token new --out FILE` writes one). With neither token,
-    /// HTTP serves loopback only.
+    /// at least 32 characters (`chorus token new --out FILE` writes one).
     #[arg(long)]
     operator_token_file: Option<PathBuf>,
     /// A host name clients use to reach this node's HTTP API (repeatable): requests naming
@@ -436,6 +436,15 @@ struct RepairArgs {
     operator_token_file: Option<PathBuf>,
 }
 
+/// `chorus cert issue --role`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum CertRoleArg {
+    /// A node certificate: the only kind that may speak the peer protocol.
+    Node,
+    /// A client certificate: client authentication only.
+    Client,
+}
+
 #[derive(Subcommand, Debug)]
 enum CertCommand {
     /// Create a new cluster CA (ca.pem, ca.key) in DIR.
@@ -444,7 +453,9 @@ enum CertCommand {
         #[arg(long)]
         dir: PathBuf,
     },
-    /// Issue a node certificate signed by the CA in --ca into --out (node.pem, node.key, ca.pem).
+    /// Issue a certificate signed by the CA in --ca into --out: a node certificate (node.pem,
+    /// node.key, ca.pem) or, with --role client, a client certificate (client.pem, client.key,
+    /// ca.pem) that can never speak the peer protocol.
     Issue {
         /// Directory holding the CA.
         #[arg(long)]
@@ -452,9 +463,12 @@ enum CertCommand {
         /// Name to put in the certificate (e.g. the host name).
         #[arg(long)]
         name: String,
-        /// Output directory: give it to `chorus start --tls-dir`.
+        /// Output directory: give a node's to `chorus start --tls-dir`.
         #[arg(long)]
         out: PathBuf,
+        /// What the certificate is for: `node` (peers) or `client`.
+        #[arg(long, value_enum, default_value_t = CertRoleArg::Node)]
+        role: CertRoleArg,
     },
 }
 
@@ -1001,18 +1015,31 @@ fn cert(command: CertCommand) -> Result<(), String> {
             ca: ca_dir,
             name,
             out,
+            role,
         } => {
             let ca = ClusterCa::load(&ca_dir).map_err(|e| e.to_string())?;
             std::fs::create_dir_all(&out)
                 .map_err(|e| format!("cannot create {}: {e}", out.display()))?;
-            let cert = ca.issue_node(&name).map_err(|e| e.to_string())?;
-            cert.save(&out).map_err(|e| e.to_string())?;
-            TlsFiles::in_dir(&out).load().map_err(|e| e.to_string())?;
-            // The cluster's shared secret travels with the certificate (a CA made before it
-            // existed gets one now).
-            chorus::runtime::cluster_key::ensure(&ca_dir).map_err(|e| e.to_string())?;
-            chorus::runtime::cluster_key::copy(&ca_dir, &out).map_err(|e| e.to_string())?;
-            println!("issued node certificate {name:?} in {}", out.display());
+            match role {
+                CertRoleArg::Node => {
+                    let cert = ca.issue_node(&name).map_err(|e| e.to_string())?;
+                    cert.save(&out).map_err(|e| e.to_string())?;
+                    TlsFiles::in_dir(&out).load().map_err(|e| e.to_string())?;
+                    // The cluster's shared secret travels with the node certificate (a CA made
+                    // before it existed gets one now). Client certificates never carry it.
+                    chorus::runtime::cluster_key::ensure(&ca_dir).map_err(|e| e.to_string())?;
+                    chorus::runtime::cluster_key::copy(&ca_dir, &out).map_err(|e| e.to_string())?;
+                    println!("issued node certificate {name:?} in {}", out.display());
+                }
+                CertRoleArg::Client => {
+                    let cert = ca.issue_client(&name).map_err(|e| e.to_string())?;
+                    cert.save_client(&out).map_err(|e| e.to_string())?;
+                    TlsFiles::client_in_dir(&out)
+                        .load_client()
+                        .map_err(|e| e.to_string())?;
+                    println!("issued client certificate {name:?} in {}", out.display());
+                }
+            }
         }
     }
     Ok(())

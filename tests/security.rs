@@ -282,8 +282,9 @@ fn browsers_strangers_and_guessers_are_refused() {
         "{body}"
     );
 
-    // Guessing: a burst of wrong tokens answer 401, then the address is slowed (429, even for
-    // the right token), and after a second it may try again.
+    // Guessing: a burst of wrong tokens answer 401, then the address is slowed (429, a second
+    // late); a right token still passes at once, and token-less requests (which any web page
+    // can make) never count.
     for i in 0..chorus::api::auth::FAILURES_BURST - 1 {
         let (status, _) = raw(
             h,
@@ -294,15 +295,25 @@ fn browsers_strangers_and_guessers_are_refused() {
         );
         assert_eq!(status, 401, "guess {i}");
     }
-    let (status, body) = raw(h, "GET", "/v1/cluster", &[("Authorization", &client)], "");
+    let started = std::time::Instant::now();
+    let (status, body) = raw(
+        h,
+        "GET",
+        "/v1/cluster",
+        &[("Authorization", "Bearer guess-x")],
+        "",
+    );
     assert_eq!(
         (status, error_code(&body).as_str()),
         (429, "too_many_failures"),
         "{body}"
     );
-    std::thread::sleep(Duration::from_millis(1500));
+    assert!(started.elapsed() >= Duration::from_millis(900), "slowed");
     let (status, _) = raw(h, "GET", "/v1/cluster", &[("Authorization", &client)], "");
-    assert_eq!(status, 200);
+    assert_eq!(status, 200, "a right token is never locked out");
+    for _ in 0..30 {
+        assert_eq!(raw(h, "GET", "/v1/cluster", &[], "").0, 401);
+    }
     // /health stays open.
     assert_eq!(raw(h, "GET", "/health", &[], "").0, 200);
 
@@ -442,11 +453,7 @@ fn weak_token_files_are_refused_and_a_node_without_credentials_serves_loopback_o
     })
     .unwrap_or_else(|| panic!("never served:\n{}", node.log()));
     assert_eq!(view.members[0].http_addr, looped, "{view:?}");
-    assert!(
-        node.log().contains("HTTP serves loopback only"),
-        "{}",
-        node.log()
-    );
+    assert!(node.log().contains("serve loopback only"), "{}", node.log());
 }
 
 /// Before: a context is not authenticated: a write carrying 1,023 invented actors left a key
@@ -517,6 +524,30 @@ fn contexts_the_cluster_did_not_issue_are_refused() {
     assert_eq!(status, 204, "{body}");
     let (status, body) = raw(h, "GET", "/v1/crdt/s?r=2", &[], "");
     assert!(status == 200 && body.contains("\"x\""), "{status} {body}");
+
+    // A register's (tombstone's) context is no OR-Set context, though the cluster issued it
+    // for the same key (it would defer removes of adds the set has not made yet).
+    let w = put(h, "rs", b"r", None, "w=2");
+    let d = delete(h, "rs", w.context.as_deref());
+    assert_eq!(d.status, 204);
+    let tomb = d.context.clone().unwrap();
+    let on_rs = |body: &str| {
+        raw(
+            h,
+            "POST",
+            "/v1/crdt/rs?w=2",
+            &[("Content-Type", "application/json")],
+            body,
+        )
+    };
+    let (status, body) = on_rs(r#"{"type":"orset","add":["y"]}"#);
+    assert_eq!(status, 204, "{body}");
+    let (status, body) = on_rs(&format!(
+        r#"{{"type":"orset","remove":["x"],"context":"{tomb}"}}"#
+    ));
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = on_rs(r#"{"type":"orset","add":["x"]}"#);
+    assert_eq!(status, 204, "{body}");
 
     // QUIC: the client library's forged context is refused the same way.
     let rt = tokio::runtime::Runtime::new().unwrap();

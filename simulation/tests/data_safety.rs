@@ -285,8 +285,14 @@ fn a_hot_counter_with_a_tiny_op_log_counts_a_retried_id_once() {
     let mut forgot = 0;
     for i in 0..20u64 {
         c.client_request(0, 0, 10 + i, incr("hot", &format!("more-{i}"), None));
+        // 50 ms apart, waiting (in 10 ms steps, a second at most) for a slow acknowledgement.
         t += Duration::from_millis(50);
         run_to(&mut c, t, &mut replies);
+        let waited = t + secs(1);
+        while !replies.contains_key(&(10 + i)) && t < waited {
+            t += Duration::from_millis(10);
+            run_to(&mut c, t, &mut replies);
+        }
         let u = ok(&mut replies, 10 + i);
         forgot += usize::from(u.notes.iter().any(|n| n.contains("forgot")));
     }

@@ -11,14 +11,16 @@
 //!   change the cluster (leave, cancel a leave, remove a node, start a repair). Without it those
 //!   actions are refused (403), whatever else is configured; the client token never suffices.
 //!
-//! A node started with neither serves HTTP on loopback only (see `runtime`).
+//! A node without a client token serves its data plane (HTTP, and QUIC client lanes) to
+//! loopback only (see `runtime` and `api::quic`).
 //!
 //! Tokens are at least [`TOKEN_CHARS_MIN`] printable characters (128 bits as hex); a token file
 //! readable or writable by anyone but its owner is refused. Only a hash of each token is kept for
 //! checking, and offered tokens are compared by hash in constant time. The scheme (`Bearer`) is
-//! case-insensitive. An address that keeps failing authentication is slowed: past
-//! [`FAILURES_BURST`] failures it gets 429 for about a second per further attempt, before its
-//! token is even looked at ([`FailureLimiter`]).
+//! case-insensitive. A right token always passes; an address that keeps presenting wrong
+//! tokens is slowed: past [`FAILURES_BURST`] of them it gets 429, a second late, for about a
+//! second per further wrong token ([`FailureLimiter`]). Requests without a token do not count
+//! (so no web page can lock a token holder out by making token-less requests).
 //!
 //! Every HTTP request but `/health` also passes the **browser guards** ([`guard`]): a `Host`
 //! the node does not serve is refused (DNS rebinding), and a state-changing request sent
@@ -199,7 +201,7 @@ pub struct Credentials {
 }
 
 impl Credentials {
-    /// Whether any credential is configured (without one, HTTP serves loopback only).
+    /// Whether any credential is configured.
     pub fn any(&self) -> bool {
         self.client.is_some() || self.operator.is_some()
     }
@@ -450,17 +452,8 @@ pub(super) async fn guard(
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip())
         .unwrap_or(IpAddr::from([0, 0, 0, 0]));
-    let now = Instant::now();
-    if let Err(wait_s) = guard.failures.check(ip, now) {
-        let mut resp = super::http::error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_failures",
-            format!("too many failed authentications from {ip}: try again in {wait_s} s"),
-        );
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(wait_s));
-        return resp;
-    }
+    // A right token always passes, whatever the address did before: so nobody can lock out
+    // the holders of a token (behind the same NAT, or from a page in their browser).
     let offered = bearer(request.headers());
     let ok = match need {
         Need::Operator => creds.operator.as_ref().is_some_and(|o| o.accepts(offered)),
@@ -469,7 +462,23 @@ pub(super) async fn guard(
     if ok {
         return next.run(request).await;
     }
-    guard.failures.failed(ip, now);
+    // Only wrong tokens presented count as failures; an address past its allowance is answered
+    // 429, a second late.
+    if offered.is_some() {
+        let now = Instant::now();
+        if let Err(wait_s) = guard.failures.check(ip, now) {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            let mut resp = super::http::error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_failures",
+                format!("too many wrong tokens from {ip}: try again in {wait_s} s"),
+            );
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(wait_s));
+            return resp;
+        }
+        guard.failures.failed(ip, now);
+    }
     let what = if offered.is_some() { "a wrong" } else { "no" };
     let which = if need == Need::Operator {
         "operator"

@@ -99,6 +99,8 @@ pub mod names {
     /// Requests to an expensive endpoint refused (503) because as many were running, by
     /// `endpoint`.
     pub const BUSY: &str = "chorus_requests_busy_total";
+    /// Peer connections refused, by reason (`not_a_node`: the certificate is not a node's).
+    pub const PEERS_REFUSED: &str = "chorus_peer_connections_refused_total";
 }
 
 /// Describes every metric (help text in the exposition).
@@ -195,6 +197,10 @@ pub fn describe() {
     describe_counter!(
         names::BUSY,
         "Requests to an expensive endpoint refused (503) because as many were running"
+    );
+    describe_counter!(
+        names::PEERS_REFUSED,
+        "Peer connections refused, by reason (not_a_node: not a node certificate)"
     );
 }
 

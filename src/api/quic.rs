@@ -494,14 +494,16 @@ fn hello(
         Ok(ClientMessage::Hello { token }) => {
             let creds = &api.auth.credentials;
             if creds.client.is_none() {
-                return Ok(());
-            }
-            let now = std::time::Instant::now();
-            if let Err(wait_s) = api.auth.failures.check(remote.ip(), now) {
+                // Without a client token the data plane serves this machine only (as HTTP
+                // does): the QUIC port is open to the network for the peers.
+                if remote.ip().is_loopback() {
+                    return Ok(());
+                }
+                warn_limited!("auth", client = %remote, "refused a QUIC client lane from another host: this node has no client token");
                 return Err((
                     Refusal::new(
-                        "too_many_failures",
-                        format!("too many failed authentications: try again in {wait_s} s"),
+                        "unauthorized",
+                        "this node has no client token: its client API serves loopback only",
                     ),
                     LaneEnd::Refused,
                 ));
@@ -509,7 +511,19 @@ fn hello(
             if creds.allows_client(token.as_deref()) {
                 return Ok(());
             }
-            api.auth.failures.failed(remote.ip(), now);
+            if token.is_some() {
+                let now = std::time::Instant::now();
+                if let Err(wait_s) = api.auth.failures.check(remote.ip(), now) {
+                    return Err((
+                        Refusal::new(
+                            "too_many_failures",
+                            format!("too many wrong tokens: try again in {wait_s} s"),
+                        ),
+                        LaneEnd::Refused,
+                    ));
+                }
+                api.auth.failures.failed(remote.ip(), now);
+            }
             let what = if token.is_some() { "a wrong" } else { "no" };
             warn_limited!("auth", client = %remote, "refused a QUIC client lane with {what} client token");
             Err((

@@ -7,15 +7,16 @@
 //!   percentiles over the last minute, hints and handoff pending, keys held.
 //! - `GET /v1/status` → everything the page shows ([`StatusReport`]): the cluster view, each
 //!   partition's preference list, this node's partitions with their anti-entropy state, and
-//!   every member's [`NodeStats`], fetched from the members' own `GET /v1/node` (concurrently,
-//!   each within [`PEER_STATS_TIMEOUT`], and reused for [`PEER_STATS_TTL`] so that many open
-//!   pages do not multiply the fan-out).
+//!   every member's [`NodeStats`], asked of the members over the authenticated peer transport
+//!   (concurrently, each within [`PEER_STATS_TIMEOUT`], and reused for [`PEER_STATS_TTL`] so
+//!   that many open pages do not multiply the fan-out). The question goes to the member's id:
+//!   only the node holding that id's certificate can receive or answer it, and no client token
+//!   ever leaves the node (an address in the ring is never sent a credential).
 //!
 //! This module owns the last-minute request window ([`RecentRequests`]), which the API layer
 //! feeds with every answered request; it reads the node core only through admin requests.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -25,12 +26,24 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use super::http::{AdminRequest, ApiState};
+use crate::id::NodeId;
 use crate::node::{ClusterView, PartitionInfo};
 
-/// How long a member has to answer `GET /v1/node` for the status report.
+/// A question for the node's driver: ask ring member `node` for its figures over the peer
+/// transport, and send back the answer's bytes (a JSON [`NodeStats`], as [`own_stats_bytes`]
+/// encodes it). Dropping `reply` means no answer.
+#[derive(Debug)]
+pub struct PeerStatsRequest {
+    /// The member to ask.
+    pub node: NodeId,
+    /// Where its answer goes.
+    pub reply: oneshot::Sender<Vec<u8>>,
+}
+
+/// How long a member has to answer for the status report.
 pub const PEER_STATS_TIMEOUT: Duration = Duration::from_millis(800);
 
 /// How long fetched member figures are reused.
@@ -243,7 +256,7 @@ pub struct StatusState {
     /// The last-minute request window.
     pub recent: RecentRequests,
     started: Instant,
-    peers: crate::client::http::HttpShared,
+    peers: mpsc::Sender<PeerStatsRequest>,
     cache: tokio::sync::Mutex<Option<(Instant, PeerFigures)>>,
 }
 
@@ -256,13 +269,13 @@ impl std::fmt::Debug for StatusState {
 }
 
 impl StatusState {
-    /// Fresh state; `token` is what this node sends to its members' `GET /v1/node` (the
-    /// cluster's client token, when one is configured).
-    pub fn new(token: Option<String>) -> StatusState {
+    /// Fresh state; members' figures are asked through `peers` (the node's driver, which asks
+    /// over the peer transport).
+    pub fn new(peers: mpsc::Sender<PeerStatsRequest>) -> StatusState {
         StatusState {
             recent: RecentRequests::new(),
             started: Instant::now(),
-            peers: crate::client::http::HttpShared::with(token, PEER_STATS_TIMEOUT),
+            peers,
             cache: tokio::sync::Mutex::new(None),
         }
     }
@@ -295,6 +308,11 @@ async fn view(api: &ApiState) -> Option<(ClusterView, Vec<PartitionInfo>)> {
         .await
         .ok()?;
     Some((rx.await.ok()?, prx.await.ok()?))
+}
+
+/// This node's figures as a member asking over the peer transport receives them (JSON).
+pub fn own_stats_bytes(state: &StatusState, view: &ClusterView) -> Vec<u8> {
+    serde_json::to_vec(&own_stats(state, view)).unwrap_or_default()
 }
 
 fn own_stats(state: &StatusState, view: &ClusterView) -> NodeStats {
@@ -344,11 +362,11 @@ pub async fn status(State(api): State<ApiState>) -> Response {
         return super::http::unavailable();
     };
     let own = own_stats(&api.status, &cluster);
-    let others: Vec<(String, SocketAddr)> = cluster
+    let others: Vec<String> = cluster
         .members
         .iter()
         .filter(|m| m.id != cluster.node_id && m.status != crate::membership::RingStatus::Left)
-        .map(|m| (m.id.clone(), m.http_addr))
+        .map(|m| m.id.clone())
         .collect();
     let fetched = peer_stats(&api.status, others).await;
     let nodes = cluster
@@ -380,6 +398,29 @@ pub async fn status(State(api): State<ApiState>) -> Response {
     .into_response()
 }
 
+/// Asks member `id` for its figures through the driver, within [`PEER_STATS_TIMEOUT`].
+async fn ask_member(peers: &mpsc::Sender<PeerStatsRequest>, id: &str) -> Result<NodeStats, String> {
+    let node: NodeId = id.parse().map_err(|e| format!("{e}"))?;
+    let (tx, rx) = oneshot::channel();
+    let asked = async {
+        peers
+            .send(PeerStatsRequest { node, reply: tx })
+            .await
+            .map_err(|_| "the node is shutting down".to_owned())?;
+        rx.await
+            .map_err(|_| "not asked (not reachable as a ring member)".to_owned())
+    };
+    let bytes = tokio::time::timeout(PEER_STATS_TIMEOUT, asked)
+        .await
+        .map_err(|_| format!("no answer within {} ms", PEER_STATS_TIMEOUT.as_millis()))??;
+    let stats: NodeStats =
+        serde_json::from_slice(&bytes).map_err(|e| format!("malformed figures: {e}"))?;
+    if stats.node_id != id {
+        return Err(format!("the answer names node {}", stats.node_id));
+    }
+    Ok(stats)
+}
+
 /// Each partition's preference list, as indexes into the view's members.
 fn owners(cluster: &ClusterView) -> Vec<Vec<u32>> {
     let Some(ring) = cluster.placement_ring() else {
@@ -403,32 +444,20 @@ fn owners(cluster: &ClusterView) -> Vec<Vec<u32>> {
 
 /// The other members' figures: from the cache when it is fresh, else asked of every member at
 /// once.
-async fn peer_stats(state: &StatusState, members: Vec<(String, SocketAddr)>) -> PeerFigures {
+async fn peer_stats(state: &StatusState, members: Vec<String>) -> PeerFigures {
     let mut cache = state.cache.lock().await;
     if let Some((at, map)) = cache.as_ref() {
-        if at.elapsed() < PEER_STATS_TTL && members.iter().all(|(id, _)| map.contains_key(id)) {
+        if at.elapsed() < PEER_STATS_TTL && members.iter().all(|id| map.contains_key(id)) {
             return map.clone();
         }
     }
     let mut tasks = tokio::task::JoinSet::new();
-    for (id, addr) in members {
+    for id in members {
         let peers = state.peers.clone();
         tasks.spawn(async move {
-            let answer = tokio::time::timeout(
-                PEER_STATS_TIMEOUT,
-                peers.get_json::<NodeStats>(addr, "/v1/node", PEER_STATS_TIMEOUT),
-            )
-            .await;
-            let (stats, error) = match answer {
-                Ok(Ok(s)) => (Some(s), None),
-                Ok(Err(e)) => (None, Some(e.to_string())),
-                Err(_) => (
-                    None,
-                    Some(format!(
-                        "no answer within {} ms",
-                        PEER_STATS_TIMEOUT.as_millis()
-                    )),
-                ),
+            let (stats, error) = match ask_member(&peers, &id).await {
+                Ok(s) => (Some(s), None),
+                Err(e) => (None, Some(e)),
             };
             MemberStats { id, stats, error }
         });

@@ -41,15 +41,6 @@ impl HttpShared {
         }
     }
 
-    /// Settings for asking nodes directly (the status page asks its members).
-    #[cfg(feature = "server")]
-    pub(crate) fn with(token: Option<String>, connect_timeout: Duration) -> HttpShared {
-        HttpShared {
-            token,
-            connect_timeout,
-        }
-    }
-
     pub(crate) fn node(&self, addr: SocketAddr) -> HttpNode {
         HttpNode {
             addr,

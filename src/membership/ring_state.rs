@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use super::auth::{entry_message, removal_message, EntryAuth};
 use crate::id::NodeId;
 
 /// Where a node stands in the ring. Statuses only move forward:
@@ -52,33 +53,182 @@ pub struct NodeInfo {
 /// One node's ring entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RingEntry {
-    /// The furthest status anyone has recorded for the node.
+    /// The node's status.
     pub status: RingStatus,
-    /// Version of `info`, bumped by the node itself when its addresses change.
+    /// Version of the entry, bumped by the node itself whenever it signs a new one (its status
+    /// or addresses changed). At most [`VERSION_MAX`].
     pub info_version: u64,
     /// The node's addresses as of `info_version`.
     pub info: NodeInfo,
 }
 
+/// Largest entry version believed. A node bumps its version when its status or addresses
+/// change, a handful of times in its life; one bumping it every second would need 136 years to
+/// get here. Larger versions are refused, so no arithmetic on versions can overflow.
+pub const VERSION_MAX: u64 = u32::MAX as u64;
+
 impl RingEntry {
-    /// Least upper bound of two entries of the same node: the furthest status and the newest
-    /// info (ties broken by the info itself, so the merge is deterministic).
-    pub fn merge(&mut self, other: &RingEntry) {
-        self.status = self.status.max(other.status);
-        if (other.info_version, other.info) > (self.info_version, self.info) {
-            self.info_version = other.info_version;
-            self.info = other.info;
+    /// The order in which one node's signed entries supersede each other: newest version first,
+    /// ties (only a node that signed two entries of one version, say after restoring an old
+    /// data directory, makes them) broken by the furthest status, then the info, so the merge
+    /// is deterministic.
+    fn rank(&self) -> (u64, RingStatus, NodeInfo) {
+        (self.info_version, self.status, self.info)
+    }
+}
+
+/// A ring entry with its node's signature ([`super::EntryAuth`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedEntry {
+    /// The entry.
+    pub entry: RingEntry,
+    /// The node's public key (the one its id is derived from). Empty: unsigned.
+    pub key: serde_bytes::ByteBuf,
+    /// The node's signature of [`super::entry_message`]. Empty: unsigned.
+    pub sig: serde_bytes::ByteBuf,
+}
+
+impl SignedEntry {
+    /// `entry` of `node`, signed with `auth` (which must be that node's).
+    pub fn sign(node: NodeId, entry: RingEntry, auth: &dyn EntryAuth) -> SignedEntry {
+        SignedEntry {
+            entry,
+            key: serde_bytes::ByteBuf::from(auth.public_key()),
+            sig: serde_bytes::ByteBuf::from(auth.sign(&entry_message(node, &entry))),
+        }
+    }
+
+    /// Whether `node` vouches for this entry, with a version no larger than [`VERSION_MAX`].
+    pub fn verify(&self, node: NodeId, auth: &dyn EntryAuth) -> bool {
+        self.entry.info_version <= VERSION_MAX
+            && auth.verify(
+                node,
+                &self.key,
+                &entry_message(node, &self.entry),
+                &self.sig,
+            )
+    }
+
+    fn rank(&self) -> (u64, RingStatus, NodeInfo, &[u8], &[u8]) {
+        let (v, s, i) = self.entry.rank();
+        (v, s, i, &self.key, &self.sig)
+    }
+}
+
+/// An operator's removal of a node, signed by the member that took the request. It carries
+/// no key: it is checked against the key in the signer's own (signed) entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Removal {
+    /// The node that signed it.
+    pub by: NodeId,
+    /// Its signature of [`super::removal_message`] of the removed node.
+    pub sig: serde_bytes::ByteBuf,
+}
+
+impl Removal {
+    /// A removal of `subject` signed by node `by` with `auth` (which must be `by`'s).
+    pub fn sign(by: NodeId, subject: NodeId, auth: &dyn EntryAuth) -> Removal {
+        Removal {
+            by,
+            sig: serde_bytes::ByteBuf::from(auth.sign(&removal_message(subject))),
+        }
+    }
+
+    fn rank(&self) -> (NodeId, &[u8]) {
+        (self.by, &self.sig)
+    }
+}
+
+/// Everything known of one node: its newest signed entry, and an operator's removal of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RingRecord {
+    /// The node's newest entry, signed by itself.
+    pub signed: SignedEntry,
+    /// A removal of the node, when a member removed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removal: Option<Removal>,
+}
+
+impl RingRecord {
+    /// The entry the ring acts on: the signed one, `left` when the node was removed.
+    pub fn effective(&self) -> RingEntry {
+        let mut e = self.signed.entry;
+        if self.removal.is_some() {
+            e.status = RingStatus::Left;
+        }
+        e
+    }
+
+    /// Least upper bound with another record of the same node; returns whether it changed.
+    fn merge(&mut self, other: &RingRecord) -> bool {
+        let mut changed = false;
+        if other.signed.rank() > self.signed.rank() {
+            self.signed = other.signed.clone();
+            changed = true;
+        }
+        changed |= self.merge_removal(other.removal.as_ref());
+        changed
+    }
+
+    /// Keeps one removal: of two, the least (a deterministic choice; any one suffices).
+    fn merge_removal(&mut self, other: Option<&Removal>) -> bool {
+        let Some(other) = other else { return false };
+        match &self.removal {
+            Some(mine) if mine.rank() <= other.rank() => false,
+            _ => {
+                self.removal = Some(other.clone());
+                true
+            }
         }
     }
 }
 
-/// The ring membership of the whole cluster: a map of per-node entries merged pointwise.
+/// Why received ring state was not (wholly) believed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MergeReport {
+    /// Whether anything changed.
+    pub changed: bool,
+    /// Entries or removals refused: bad or missing signature, a version above [`VERSION_MAX`],
+    /// or a removal by a node that never was a member.
+    pub refused: u64,
+    /// Records ignored because the sender may only speak for itself (it is not a ring owner).
+    pub ignored: u64,
+}
+
+/// The ring membership of the whole cluster: a map of per-node records merged pointwise.
 /// Commutative, associative and idempotent; gossiped by SWIM broadcasts and by periodic
 /// full-state exchange. Liveness is not part of it: a down member keeps its partitions.
+///
+/// # Who is believed
+///
+/// Received state goes through [`RingState::merge_verified`]: a node's entry is believed only
+/// when the node signed it (a peer cannot change another node's status, addresses or version),
+/// and a removal only when it is signed by a node whose own signed entry reached `member`
+/// (`member`, `leaving` or `left`: statuses only move forward, so the verdict never changes and
+/// every node reaches the same state). A sender that owns no partitions in the receiver's ring
+/// (unknown, joining, or gone) may only speak for itself: the rest of what it sends is ignored.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
+#[serde(
+    from = "BTreeMap<NodeId, RingRecord>",
+    into = "BTreeMap<NodeId, RingRecord>"
+)]
 pub struct RingState {
+    records: BTreeMap<NodeId, RingRecord>,
+    /// Each record's [`RingRecord::effective`] entry, kept beside it.
     entries: BTreeMap<NodeId, RingEntry>,
+}
+
+impl From<BTreeMap<NodeId, RingRecord>> for RingState {
+    fn from(records: BTreeMap<NodeId, RingRecord>) -> Self {
+        let entries = records.iter().map(|(&n, r)| (n, r.effective())).collect();
+        RingState { records, entries }
+    }
+}
+
+impl From<RingState> for BTreeMap<NodeId, RingRecord> {
+    fn from(s: RingState) -> Self {
+        s.records
+    }
 }
 
 impl RingState {
@@ -87,28 +237,178 @@ impl RingState {
         Self::default()
     }
 
-    /// Merges one node's entry; returns whether anything changed.
-    pub fn merge_entry(&mut self, node: NodeId, entry: &RingEntry) -> bool {
-        match self.entries.get_mut(&node) {
-            Some(mine) => {
-                let before = *mine;
-                mine.merge(entry);
-                *mine != before
-            }
+    /// Merges one node's record as is, without checking who vouches for it: only for state
+    /// this node made or persisted itself. Returns whether anything changed.
+    pub fn merge_record(&mut self, node: NodeId, record: &RingRecord) -> bool {
+        let changed = match self.records.get_mut(&node) {
+            Some(mine) => mine.merge(record),
             None => {
-                self.entries.insert(node, *entry);
+                self.records.insert(node, record.clone());
                 true
             }
-        }
-    }
-
-    /// Merges another replica's whole state; returns whether anything changed.
-    pub fn merge(&mut self, other: &RingState) -> bool {
-        let mut changed = false;
-        for (&node, entry) in &other.entries {
-            changed |= self.merge_entry(node, entry);
+        };
+        if changed {
+            if let Some(r) = self.records.get(&node) {
+                self.entries.insert(node, r.effective());
+            }
         }
         changed
+    }
+
+    /// Merges an unsigned entry of `node`, as [`RingState::merge_record`] does: for tests and
+    /// tools that build a ring by hand. Other nodes refuse such an entry.
+    pub fn merge_entry(&mut self, node: NodeId, entry: &RingEntry) -> bool {
+        let record = RingRecord {
+            signed: SignedEntry {
+                entry: *entry,
+                key: Default::default(),
+                sig: Default::default(),
+            },
+            removal: None,
+        };
+        self.merge_record(node, &record)
+    }
+
+    /// Merges another replica's whole state as is (see [`RingState::merge_record`]); returns
+    /// whether anything changed.
+    pub fn merge(&mut self, other: &RingState) -> bool {
+        let mut changed = false;
+        for (&node, record) in &other.records {
+            changed |= self.merge_record(node, record);
+        }
+        changed
+    }
+
+    /// The key `node` signs removals with, if it may sign them: its own signed entry reached
+    /// `member` (it never goes back, so neither does the answer).
+    fn remover_key(&self, node: NodeId) -> Option<&[u8]> {
+        self.records
+            .get(&node)
+            .filter(|r| r.signed.entry.status >= RingStatus::Member)
+            .map(|r| r.signed.key.as_slice())
+    }
+
+    /// Merges what node `from` sent (see the type's documentation for who is believed);
+    /// `auth` checks signatures. Records of nodes other than `from` are ignored unless `from`
+    /// owns partitions in this ring; each signed entry must be its node's, each removal a
+    /// member's.
+    pub fn merge_verified(
+        &mut self,
+        from: NodeId,
+        other: &RingState,
+        auth: &dyn EntryAuth,
+    ) -> MergeReport {
+        let from_owner = self
+            .entries
+            .get(&from)
+            .is_some_and(|e| e.status.owns_partitions());
+        let mut report = MergeReport::default();
+        let mut removals = Vec::new();
+        for (&node, record) in &other.records {
+            if node != from && !from_owner {
+                report.ignored += 1;
+                continue;
+            }
+            if self.records.get(&node) == Some(record) {
+                continue;
+            }
+            report.changed |= self.merge_signed(node, &record.signed, auth, &mut report);
+            if let Some(r) = &record.removal {
+                removals.push((node, r));
+            }
+        }
+        // Removals after the entries: the remover's entry may have come in the same state.
+        for (node, removal) in removals {
+            report.changed |= self.merge_removal(node, removal, auth, &mut report);
+        }
+        report
+    }
+
+    /// Merges one received record (a SWIM broadcast) relayed by `from` (`None`: this node's
+    /// own broadcast), as [`RingState::merge_verified`] would.
+    pub fn merge_verified_record(
+        &mut self,
+        from: Option<NodeId>,
+        node: NodeId,
+        record: &RingRecord,
+        auth: &dyn EntryAuth,
+    ) -> MergeReport {
+        let mut report = MergeReport::default();
+        let from_owner = from.is_none_or(|f| {
+            f == node
+                || self
+                    .entries
+                    .get(&f)
+                    .is_some_and(|e| e.status.owns_partitions())
+        });
+        if !from_owner {
+            report.ignored += 1;
+            return report;
+        }
+        if self.records.get(&node) == Some(record) {
+            return report;
+        }
+        report.changed |= self.merge_signed(node, &record.signed, auth, &mut report);
+        if let Some(r) = &record.removal {
+            report.changed |= self.merge_removal(node, r, auth, &mut report);
+        }
+        report
+    }
+
+    fn merge_signed(
+        &mut self,
+        node: NodeId,
+        signed: &SignedEntry,
+        auth: &dyn EntryAuth,
+        report: &mut MergeReport,
+    ) -> bool {
+        let known = self.records.get(&node).map(|r| &r.signed);
+        if known.is_some_and(|k| k.rank() >= signed.rank()) {
+            return false;
+        }
+        if !signed.verify(node, auth) {
+            report.refused += 1;
+            return false;
+        }
+        self.merge_record(
+            node,
+            &RingRecord {
+                signed: signed.clone(),
+                removal: None,
+            },
+        )
+    }
+
+    fn merge_removal(
+        &mut self,
+        node: NodeId,
+        removal: &Removal,
+        auth: &dyn EntryAuth,
+        report: &mut MergeReport,
+    ) -> bool {
+        let Some(record) = self.records.get(&node) else {
+            // Nothing to remove yet: the node's own entry must come first.
+            report.refused += 1;
+            return false;
+        };
+        if record
+            .removal
+            .as_ref()
+            .is_some_and(|r| r.rank() <= removal.rank())
+        {
+            return false;
+        }
+        let valid = removal.by != node
+            && self.remover_key(removal.by).is_some_and(|key| {
+                auth.verify(removal.by, key, &removal_message(node), &removal.sig)
+            });
+        if !valid {
+            report.refused += 1;
+            return false;
+        }
+        let mut record = record.clone();
+        record.merge_removal(Some(removal));
+        self.merge_record(node, &record)
     }
 
     /// Whether `self` knows everything `other` knows.
@@ -117,9 +417,14 @@ impl RingState {
         !merged.merge(other)
     }
 
-    /// One node's entry.
+    /// One node's entry (as the ring acts on it: `left` once removed).
     pub fn get(&self, node: NodeId) -> Option<&RingEntry> {
         self.entries.get(&node)
+    }
+
+    /// One node's whole record.
+    pub fn record(&self, node: NodeId) -> Option<&RingRecord> {
+        self.records.get(&node)
     }
 
     /// Every known node and its entry, in node order.
@@ -151,6 +456,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::membership::InsecureTestAuth;
 
     fn info(port: u16) -> NodeInfo {
         NodeInfo {
@@ -174,12 +480,26 @@ mod tests {
             info_version: v,
             info: info(1000 + p),
         });
-        prop::collection::btree_map((1u64..5).prop_map(NodeId::new), entry, 0..5)
-            .prop_map(|entries| RingState { entries })
+        let removal = prop::option::of((1u64..5).prop_map(|by| {
+            Removal::sign(
+                NodeId::new(by),
+                NodeId::new(0),
+                &InsecureTestAuth::new(NodeId::new(by)),
+            )
+        }));
+        prop::collection::btree_map((1u64..5).prop_map(NodeId::new), (entry, removal), 0..5)
+            .prop_map(|records| {
+                let mut s = RingState::new();
+                for (n, (e, removal)) in records {
+                    let signed = SignedEntry::sign(n, e, &InsecureTestAuth::new(n));
+                    s.merge_record(n, &RingRecord { signed, removal });
+                }
+                s
+            })
     }
 
     #[test]
-    fn status_only_moves_forward_and_newest_info_wins() {
+    fn newest_signed_entry_wins_and_a_removal_makes_it_left() {
         let n = NodeId::new(1);
         let mut s = RingState::new();
         assert!(s.merge_entry(
@@ -199,7 +519,7 @@ mod tests {
             }
         ));
         let e = s.get(n).unwrap();
-        assert_eq!(e.status, RingStatus::Leaving);
+        assert_eq!(e.status, RingStatus::Member);
         assert_eq!(e.info, info(7));
         assert!(!s.merge_entry(
             n,
@@ -210,6 +530,128 @@ mod tests {
             }
         ));
         assert_eq!(s.owners().collect::<Vec<_>>(), vec![n]);
+        let record = RingRecord {
+            signed: s.record(n).unwrap().signed.clone(),
+            removal: Some(Removal::sign(
+                NodeId::new(2),
+                n,
+                &InsecureTestAuth::new(NodeId::new(2)),
+            )),
+        };
+        assert!(s.merge_record(n, &record));
+        assert_eq!(s.get(n).unwrap().status, RingStatus::Left);
+        assert_eq!(s.owners().count(), 0);
+    }
+
+    fn signed(n: u64, status: RingStatus, version: u64, port: u16) -> RingRecord {
+        let node = NodeId::new(n);
+        let entry = RingEntry {
+            status,
+            info_version: version,
+            info: info(port),
+        };
+        RingRecord {
+            signed: SignedEntry::sign(node, entry, &InsecureTestAuth::new(node)),
+            removal: None,
+        }
+    }
+
+    /// Issue 22, item 2: a member forging another node's entry (a bumped version, its own
+    /// address), a phantom member, an absurd version or a removal by a node that never was a
+    /// member changes nothing, and each is counted.
+    #[test]
+    fn only_what_a_node_signed_itself_is_believed() {
+        use RingStatus::*;
+        let auth = InsecureTestAuth::new(NodeId::new(1));
+        let (a, b) = (NodeId::new(1), NodeId::new(2));
+        let mut mine = RingState::new();
+        mine.merge_record(a, &signed(1, Member, 1, 10));
+        mine.merge_record(b, &signed(2, Member, 1, 20));
+        let before = mine.clone();
+
+        // b's entry with a bumped version and a's address, re-signed by a: refused.
+        let mut forged = signed(2, Member, 9, 10);
+        forged.signed.sig = signed(1, Member, 9, 10).signed.sig;
+        forged.signed.key = signed(1, Member, 9, 10).signed.key;
+        let mut sent = RingState::new();
+        sent.merge_record(b, &forged);
+        // A phantom member, signed by nobody.
+        sent.merge_entry(
+            NodeId::new(3),
+            &RingEntry {
+                status: Member,
+                info_version: 1,
+                info: info(30),
+            },
+        );
+        // b's real entry, but with a version beyond the bound.
+        let mut absurd = RingState::new();
+        absurd.merge_record(b, &signed(2, Member, u64::MAX, 20));
+        let report = mine.merge_verified(a, &sent, &auth);
+        assert_eq!((report.changed, report.refused), (false, 2));
+        let report = mine.merge_verified(a, &absurd, &auth);
+        assert_eq!((report.changed, report.refused), (false, 1));
+        // A removal of a by b's... signed by a joining node c: refused.
+        let c = NodeId::new(3);
+        let mut removal = RingState::new();
+        removal.merge_record(c, &signed(3, Joining, 1, 30));
+        removal.merge_record(
+            a,
+            &RingRecord {
+                signed: mine.record(a).unwrap().signed.clone(),
+                removal: Some(Removal::sign(c, a, &InsecureTestAuth::new(c))),
+            },
+        );
+        let report = mine.merge_verified(a, &removal, &auth);
+        assert_eq!(report.refused, 1);
+        assert_eq!(mine.get(a), before.get(a));
+        assert_eq!(mine.get(b), before.get(b));
+        assert_eq!(mine.get(c).map(|e| e.status), Some(Joining));
+
+        // What b signs itself is believed; so is a removal by member b.
+        let mut real = RingState::new();
+        real.merge_record(b, &signed(2, Leaving, 2, 21));
+        real.merge_record(
+            c,
+            &RingRecord {
+                signed: signed(3, Joining, 1, 30).signed,
+                removal: Some(Removal::sign(b, c, &InsecureTestAuth::new(b))),
+            },
+        );
+        let report = mine.merge_verified(b, &real, &auth);
+        assert_eq!((report.changed, report.refused), (true, 0));
+        assert_eq!(
+            mine.get(b).map(|e| (e.status, e.info)),
+            Some((Leaving, info(21)))
+        );
+        assert_eq!(mine.get(c).map(|e| e.status), Some(Left));
+    }
+
+    /// Issue 22, item 2: a sender that owns no partitions may only speak for itself.
+    #[test]
+    fn a_non_owner_may_only_speak_for_itself() {
+        use RingStatus::*;
+        let auth = InsecureTestAuth::new(NodeId::new(1));
+        let (a, stranger, phantom) = (NodeId::new(1), NodeId::new(8), NodeId::new(9));
+        let mut mine = RingState::new();
+        mine.merge_record(a, &signed(1, Member, 1, 10));
+        let mut sent = RingState::new();
+        sent.merge_record(stranger, &signed(8, Joining, 1, 80));
+        sent.merge_record(phantom, &signed(9, Member, 1, 90));
+        sent.merge_record(a, &signed(1, Left, 7, 10));
+        let report = mine.merge_verified(stranger, &sent, &auth);
+        assert_eq!((report.changed, report.ignored), (true, 2));
+        assert_eq!(mine.get(stranger).map(|e| e.status), Some(Joining));
+        assert!(mine.get(phantom).is_none());
+        assert_eq!(mine.get(a).map(|e| e.status), Some(Member));
+        // The same from SWIM broadcasts relayed by the stranger.
+        let report = mine.merge_verified_record(
+            Some(stranger),
+            phantom,
+            sent.record(phantom).unwrap(),
+            &auth,
+        );
+        assert_eq!((report.changed, report.ignored), (false, 1));
     }
 
     proptest! {

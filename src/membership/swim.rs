@@ -9,7 +9,8 @@ use bytes::{Buf, BufMut};
 use foca::{Header, Invalidates, Member};
 use serde::{Deserialize, Serialize};
 
-use super::ring_state::{RingEntry, RingState, RingStatus};
+use super::auth::EntryAuth;
+use super::ring_state::{RingRecord, RingState, RingStatus};
 use crate::id::NodeId;
 use crate::protocol::DEPTH_MAX;
 
@@ -143,19 +144,19 @@ impl foca::Codec<PeerId> for SwimCodec {
     }
 }
 
-/// One ring entry as a SWIM custom broadcast.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// One node's ring record as a SWIM custom broadcast.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RingBroadcast {
-    /// The node the entry describes.
+    /// The node the record describes.
     pub node: NodeId,
-    /// The entry.
-    pub entry: RingEntry,
+    /// The record (its signed entry, and a removal if any).
+    pub record: RingRecord,
 }
 
 impl RingBroadcast {
     /// The broadcast's bytes.
     pub fn encode(&self) -> Vec<u8> {
-        // A fixed-shape struct of integers and addresses cannot fail to encode.
+        // A fixed-shape struct of integers, addresses and byte strings cannot fail to encode.
         rmp_serde::to_vec(self).unwrap_or_default()
     }
 }
@@ -166,6 +167,7 @@ pub struct RingBroadcastKey {
     node: NodeId,
     status: RingStatus,
     info_version: u64,
+    removed: bool,
 }
 
 impl Invalidates for RingBroadcastKey {
@@ -173,6 +175,7 @@ impl Invalidates for RingBroadcastKey {
         self.node == other.node
             && self.status >= other.status
             && self.info_version >= other.info_version
+            && self.removed >= other.removed
     }
 }
 
@@ -183,17 +186,39 @@ impl Invalidates for RingBroadcastKey {
 /// contended and exists only to make the handle `Send`.
 pub type SharedRing = Arc<Mutex<RingState>>;
 
-/// Merges received ring broadcasts into the shared ring state and tells foca to keep spreading
-/// only those that taught this node something new.
+/// Counts of ring records a node did not believe: refused (bad signature, absurd version,
+/// removal by a non-member) and ignored (relayed by a node that may only speak for itself).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RingRefusals {
+    /// Records refused.
+    pub refused: u64,
+    /// Records ignored.
+    pub ignored: u64,
+}
+
+/// The refusal counts shared between the broadcast handler and the node core, like
+/// [`SharedRing`].
+pub type SharedRefusals = Arc<Mutex<RingRefusals>>;
+
+/// Merges received ring broadcasts into the shared ring state — only what their nodes vouch
+/// for (see [`RingState::merge_verified_record`]) — and tells foca to keep spreading only those
+/// that taught this node something new.
 #[derive(Debug, Clone)]
 pub struct RingBroadcastHandler {
     ring: SharedRing,
+    auth: Arc<dyn EntryAuth>,
+    refusals: SharedRefusals,
 }
 
 impl RingBroadcastHandler {
-    /// A handler merging into `ring`.
-    pub fn new(ring: SharedRing) -> Self {
-        RingBroadcastHandler { ring }
+    /// A handler merging into `ring`, checking signatures with `auth` and counting what it does
+    /// not believe in `refusals`.
+    pub fn new(ring: SharedRing, auth: Arc<dyn EntryAuth>, refusals: SharedRefusals) -> Self {
+        RingBroadcastHandler {
+            ring,
+            auth,
+            refusals,
+        }
     }
 }
 
@@ -204,15 +229,30 @@ impl foca::BroadcastHandler<PeerId> for RingBroadcastHandler {
     fn receive_item(
         &mut self,
         data: &[u8],
-        _sender: Option<&PeerId>,
+        sender: Option<&PeerId>,
     ) -> Result<Option<Self::Key>, Self::Error> {
         let item: RingBroadcast = rmp_serde::from_slice(data)?;
         let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
-        if ring.merge_entry(item.node, &item.entry) {
+        let report = ring.merge_verified_record(
+            sender.map(|p| p.node),
+            item.node,
+            &item.record,
+            self.auth.as_ref(),
+        );
+        if report.refused > 0 || report.ignored > 0 {
+            let mut r = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+            r.refused += report.refused;
+            r.ignored += report.ignored;
+        }
+        // This node's own broadcasts (no sender) are already merged into the ring when they
+        // are added, and spread all the same.
+        if report.changed || (sender.is_none() && report.refused == 0) {
+            let entry = item.record.effective();
             Ok(Some(RingBroadcastKey {
                 node: item.node,
-                status: item.entry.status,
-                info_version: item.entry.info_version,
+                status: entry.status,
+                info_version: entry.info_version,
+                removed: item.record.removal.is_some(),
             }))
         } else {
             Ok(None)
@@ -225,7 +265,7 @@ mod tests {
     use foca::{Codec, Identity};
 
     use super::*;
-    use crate::membership::NodeInfo;
+    use crate::membership::{InsecureTestAuth, NodeInfo, RingEntry, SignedEntry};
 
     fn peer(i: u64, generation: u64) -> PeerId {
         PeerId {
@@ -266,27 +306,57 @@ mod tests {
     fn handler_spreads_only_news() {
         use foca::BroadcastHandler;
         let ring = SharedRing::default();
-        let mut handler = RingBroadcastHandler::new(ring.clone());
-        let item = RingBroadcast {
-            node: NodeId::new(9),
-            entry: RingEntry {
-                status: RingStatus::Member,
-                info_version: 1,
-                info: NodeInfo {
-                    quic_addr: SocketAddr::from(([127, 0, 0, 1], 1)),
-                    http_addr: SocketAddr::from(([127, 0, 0, 1], 2)),
-                },
+        let refusals = SharedRefusals::default();
+        let mut handler = RingBroadcastHandler::new(
+            ring.clone(),
+            Arc::new(InsecureTestAuth::new(NodeId::new(1))),
+            refusals.clone(),
+        );
+        let node = NodeId::new(9);
+        let entry = RingEntry {
+            status: RingStatus::Member,
+            info_version: 1,
+            info: NodeInfo {
+                quic_addr: SocketAddr::from(([127, 0, 0, 1], 1)),
+                http_addr: SocketAddr::from(([127, 0, 0, 1], 2)),
             },
         };
+        let item = RingBroadcast {
+            node,
+            record: RingRecord {
+                signed: SignedEntry::sign(node, entry, &InsecureTestAuth::new(node)),
+                removal: None,
+            },
+        };
+        // Relayed by a stranger (not node 9, not an owner): ignored.
+        assert!(handler
+            .receive_item(&item.encode(), Some(&peer(5, 1)))
+            .unwrap()
+            .is_none());
+        assert_eq!(refusals.lock().unwrap().ignored, 1);
+        // Unsigned: refused.
+        let mut unsigned = item.clone();
+        unsigned.record.signed.sig = Default::default();
+        assert!(handler
+            .receive_item(&unsigned.encode(), None)
+            .unwrap()
+            .is_none());
+        assert_eq!(refusals.lock().unwrap().refused, 1);
+        // From node 9 itself: news the first time only.
+        assert!(handler
+            .receive_item(&item.encode(), Some(&peer(9, 1)))
+            .unwrap()
+            .is_some());
+        assert!(handler
+            .receive_item(&item.encode(), Some(&peer(9, 1)))
+            .unwrap()
+            .is_none());
+        // This node's own broadcasts are spread even though they are no news to its ring.
         assert!(handler
             .receive_item(&item.encode(), None)
             .unwrap()
             .is_some());
-        assert!(handler
-            .receive_item(&item.encode(), None)
-            .unwrap()
-            .is_none());
         assert!(handler.receive_item(b"\xc1garbage", None).is_err());
-        assert_eq!(ring.lock().unwrap().get(NodeId::new(9)), Some(&item.entry));
+        assert_eq!(ring.lock().unwrap().get(NodeId::new(9)), Some(&entry));
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::object::{Context, CrdtOp, CrdtValue, PartView};
+use super::object::{Context, ContextKind, CrdtOp, CrdtValue, PartView};
 use crate::causality::Dot;
 use crate::crdt::{check_op_id, OpLogPolicy};
 use crate::id::NodeId;
@@ -191,14 +191,17 @@ pub struct ClientRequest {
 }
 
 impl ClientRequest {
-    /// Every context the request carries (a register write's or delete's, an OR-Set remove's).
-    pub fn contexts(&self) -> impl Iterator<Item = &Context> {
+    /// Every context the request carries, with the kind of key it must have been issued for
+    /// (a register write's or delete's, an OR-Set remove's).
+    pub fn contexts(&self) -> impl Iterator<Item = (ContextKind, &Context)> {
         let c = match &self.op {
-            ClientOp::Put { context, .. } | ClientOp::Delete { context } => context.as_ref(),
+            ClientOp::Put { context, .. } | ClientOp::Delete { context } => {
+                context.as_ref().map(|c| (ContextKind::Register, c))
+            }
             ClientOp::Update {
                 op: CrdtOp::ORSet { context, .. },
                 ..
-            } => context.as_ref(),
+            } => context.as_ref().map(|c| (ContextKind::ORSet, c)),
             ClientOp::Get | ClientOp::Update { .. } => None,
         };
         c.into_iter()
@@ -206,16 +209,26 @@ impl ClientRequest {
 }
 
 impl ClientReply {
-    /// Every context the reply carries, to be sealed for the client ([`Context::seal`]).
-    pub fn contexts_mut(&mut self) -> Vec<&mut Context> {
+    /// Every context the reply carries, with the kind of key it is for, to be sealed for the
+    /// client ([`Context::seal`]).
+    pub fn contexts_mut(&mut self) -> Vec<(ContextKind, &mut Context)> {
         match self {
-            ClientReply::Read(r) => r
-                .context
-                .iter_mut()
-                .chain(r.parts.iter_mut().filter_map(|p| p.context.as_mut()))
-                .collect(),
-            ClientReply::Written(w) => vec![&mut w.context],
-            ClientReply::Updated(u) => u.context.iter_mut().collect(),
+            ClientReply::Read(r) => {
+                let kind = ContextKind::of_type(r.type_name.as_deref().unwrap_or(""));
+                r.context
+                    .iter_mut()
+                    .map(|c| (kind, c))
+                    .chain(r.parts.iter_mut().filter_map(|p| {
+                        let kind = ContextKind::of_type(&p.type_name);
+                        p.context.as_mut().map(|c| (kind, c))
+                    }))
+                    .collect()
+            }
+            ClientReply::Written(w) => vec![(ContextKind::Register, &mut w.context)],
+            ClientReply::Updated(u) => {
+                let kind = ContextKind::of_type(&u.type_name);
+                u.context.iter_mut().map(|c| (kind, c)).collect()
+            }
             ClientReply::Failed(_) => Vec::new(),
         }
     }

@@ -33,6 +33,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
+use std::sync::Arc;
 use std::time::Duration;
 
 use foca::{AccumulatingRuntime, Foca, Incarnation, OwnedNotification, State};
@@ -45,8 +46,9 @@ use super::topology::Topology;
 use super::{Outbox, Output, SWIM_PACKET_BYTES_MAX};
 use crate::id::NodeId;
 use crate::membership::{
-    NodeInfo, PeerId, RingBroadcast, RingBroadcastHandler, RingEntry, RingState, RingStatus,
-    SharedRing, SwimCodec,
+    EntryAuth, MergeReport, NodeInfo, PeerId, Removal, RingBroadcast, RingBroadcastHandler,
+    RingEntry, RingRefusals, RingState, RingStatus, SharedRefusals, SharedRing, SignedEntry,
+    SwimCodec, VERSION_MAX,
 };
 use crate::ring::{Member, Ring, RingConfig};
 
@@ -212,6 +214,9 @@ pub enum RemoveError {
         /// Its liveness as this node sees it.
         liveness: Liveness,
     },
+    /// This node is not a member yet: the others only believe removals signed by a member.
+    #[error("this node is not a ring member yet; ask a member to remove the node")]
+    NotMember,
 }
 
 /// Why the membership state cannot be set up.
@@ -220,6 +225,10 @@ pub enum MembershipError {
     /// The data directory belongs to a node that left the cluster.
     #[error("node {0} has left the cluster and cannot rejoin; start with an empty data directory")]
     AlreadyLeft(NodeId),
+    /// The persisted entry of this node has the largest version there is; it cannot sign a
+    /// newer one.
+    #[error("node {0}'s ring entry version is exhausted")]
+    VersionExhausted(NodeId),
     /// The ring configuration cannot place data.
     #[error("invalid ring: {0}")]
     Ring(#[from] crate::ring::RingError),
@@ -252,6 +261,12 @@ struct Leave {
 pub(crate) struct Membership {
     id: NodeId,
     info: NodeInfo,
+    /// Signs this node's entries and checks everyone else's.
+    auth: Arc<dyn EntryAuth>,
+    /// Ring records not believed so far (SWIM broadcasts and ring syncs).
+    refusals: SharedRefusals,
+    /// The refusal counts last logged.
+    refusals_logged: RingRefusals,
     config: MembershipConfig,
     identity: PeerId,
     swim: Swim,
@@ -299,6 +314,7 @@ impl Membership {
     /// The membership state of node `id` at `info`, its generation, randomness from `seed`,
     /// the ring state it persisted before (empty on first start), and whether it persisted a
     /// completed leave.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         id: NodeId,
         info: NodeInfo,
@@ -307,31 +323,44 @@ impl Membership {
         seed: u64,
         persisted: RingState,
         leave_complete: bool,
+        auth: Arc<dyn EntryAuth>,
     ) -> Result<Membership, MembershipError> {
         let mut ring = persisted;
-        let own = match ring.get(id) {
-            Some(e) if e.status == RingStatus::Left && leave_complete => {
-                return Err(MembershipError::AlreadyLeft(id))
-            }
-            Some(e) if e.info == info => *e,
-            Some(e) => RingEntry {
-                status: e.status,
-                info_version: e.info_version + 1,
+        if ring.get(id).is_some_and(|e| e.status == RingStatus::Left) && leave_complete {
+            return Err(MembershipError::AlreadyLeft(id));
+        }
+        // This node signs its own entry: anew when its addresses changed (or what it persisted
+        // carries no valid signature of its own), with the next version.
+        let signed = ring.record(id).map(|r| r.signed.clone());
+        let own = match signed {
+            Some(s) if s.entry.info == info && s.verify(id, auth.as_ref()) => None,
+            Some(s) => Some(RingEntry {
+                status: s.entry.status,
+                info_version: next_version(s.entry.info_version)
+                    .ok_or(MembershipError::VersionExhausted(id))?,
                 info,
-            },
-            None => RingEntry {
+            }),
+            None => Some(RingEntry {
                 status: RingStatus::Joining,
                 info_version: 1,
                 info,
-            },
+            }),
         };
-        ring.merge_entry(id, &own);
+        if let Some(own) = own {
+            let record = crate::membership::RingRecord {
+                signed: SignedEntry::sign(id, own, auth.as_ref()),
+                removal: None,
+            };
+            ring.merge_record(id, &record);
+        }
         let identity = PeerId {
             node: id,
             addr: info.quic_addr,
             generation,
         };
+        let own_status = ring.get(id).map(|e| e.status);
         let shared = SharedRing::new(std::sync::Mutex::new(ring));
+        let refusals = SharedRefusals::default();
         let mut seeds = Xoshiro256PlusPlus::seed_from_u64(seed);
         let swim_rng = Xoshiro256PlusPlus::from_rng(&mut seeds);
         let swim = Foca::with_custom_broadcast(
@@ -339,17 +368,24 @@ impl Membership {
             config.foca_config(),
             swim_rng,
             SwimCodec,
-            RingBroadcastHandler::new(shared.clone()),
+            RingBroadcastHandler::new(shared.clone(), auth.clone(), refusals.clone()),
         );
         // A node that crashed or restarted mid-leave resumes where its disk says it was.
-        let leave = matches!(own.status, RingStatus::Leaving | RingStatus::Left).then(|| Leave {
-            phase: own.status,
+        let leave = match own_status {
+            Some(s @ (RingStatus::Leaving | RingStatus::Left)) => Some(s),
+            _ => None,
+        }
+        .map(|phase| Leave {
+            phase,
             confirmations: Confirmations::default(),
             done: false,
         });
         let mut m = Membership {
             id,
             info,
+            auth,
+            refusals,
+            refusals_logged: RingRefusals::default(),
             config,
             identity,
             swim,
@@ -504,9 +540,7 @@ impl Membership {
         if self.leave.is_some() {
             return;
         }
-        let mut own = self.own_entry();
-        own.status = RingStatus::Leaving;
-        self.lock_ring().merge_entry(self.id, &own);
+        self.sign_own_status(RingStatus::Leaving);
         // The data path must hand this node's partitions over under the new placement first.
         self.handoff_done = false;
         self.leave = Some(Leave {
@@ -543,24 +577,35 @@ impl Membership {
         if self.leave.is_some() {
             return Err(RemoveError::Leaving);
         }
-        let Some(mut entry) = self.lock_ring().get(node).copied() else {
+        let Some(mut record) = self.lock_ring().record(node).cloned() else {
             return Err(RemoveError::Unknown(node));
         };
         if self.removals.contains_key(&node) {
             return Ok(());
         }
-        if !force && entry.status != RingStatus::Left {
+        let gone = record.removal.is_some() || record.signed.entry.status == RingStatus::Left;
+        if !force && !gone {
             let (liveness, _) = self.liveness_of(node);
             if liveness != Liveness::Down {
                 return Err(RemoveError::NotDown { node, liveness });
             }
         }
-        entry.status = RingStatus::Left;
-        self.lock_ring().merge_entry(node, &entry);
+        // The others believe removals signed by a node whose own entry reached `member`.
+        let signer_status = self
+            .lock_ring()
+            .record(self.id)
+            .map(|r| r.signed.entry.status);
+        if signer_status < Some(RingStatus::Member) {
+            return Err(RemoveError::NotMember);
+        }
+        if record.removal.is_none() {
+            record.removal = Some(Removal::sign(self.id, node, self.auth.as_ref()));
+            self.lock_ring().merge_record(node, &record);
+        }
         warn!(node = %self.id, removed = %node, "removing a node from the ring by operator request");
         if let Err(e) = self
             .swim
-            .add_broadcast(&RingBroadcast { node, entry }.encode())
+            .add_broadcast(&RingBroadcast { node, record }.encode())
         {
             warn!(error = %e, "ring broadcast");
         }
@@ -760,10 +805,17 @@ impl Membership {
         out: &mut Outbox,
     ) {
         let knew_all = state.covers(&self.lock_ring());
-        self.lock_ring().merge(&state);
+        // A member's view counts for catching up only if it was a member before this message:
+        // a stranger's own entry (all this message can teach us of a non-owner) is no view of
+        // the ring.
+        let from_member = self.lock_ring().get(from).map(|e| e.status) == Some(RingStatus::Member);
+        let report = self
+            .lock_ring()
+            .merge_verified(from, &state, self.auth.as_ref());
+        self.note_refusals(from, report);
         // Persist before answering: an answer confirms what we now know.
         self.refresh_ring(out);
-        if self.lock_ring().get(from).map(|e| e.status) == Some(RingStatus::Member) {
+        if from_member && self.lock_ring().get(from).map(|e| e.status) == Some(RingStatus::Member) {
             // Caught up with a member's view of the ring: a joining node may become a member
             // (once it pulled its partitions, which the data path plans from the topology).
             if !self.synced {
@@ -794,6 +846,47 @@ impl Membership {
         self.note_confirmations(from, &state, now, out);
         self.announce_if_strange(from);
         self.maybe_become_member();
+    }
+
+    /// Counts and logs (rate-limited: at the 1st, 2nd, 4th, ... refusal) ring records this node
+    /// did not believe.
+    fn note_refusals(&mut self, from: NodeId, report: MergeReport) {
+        if report.refused == 0 && report.ignored == 0 {
+            return;
+        }
+        let total = {
+            let mut r = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+            r.refused += report.refused;
+            r.ignored += report.ignored;
+            *r
+        };
+        self.log_refusals(Some(from), total);
+    }
+
+    fn log_refusals(&mut self, from: Option<NodeId>, total: RingRefusals) {
+        let crossed =
+            |before: u64, now: u64| now > before && (before + 1..=now).any(|n| n.is_power_of_two());
+        if crossed(self.refusals_logged.refused, total.refused) {
+            warn!(
+                from = ?from,
+                refused = total.refused,
+                "refused ring entries not signed by their node (or removals not signed by a member); log lines are rate-limited, `refused` counts them all"
+            );
+        }
+        if crossed(self.refusals_logged.ignored, total.ignored) {
+            // Joining nodes send what they know of others too: routine, so not a warning.
+            debug!(
+                from = ?from,
+                ignored = total.ignored,
+                "ignored ring state about others from a node that is not a ring member (it may only speak for itself)"
+            );
+        }
+        self.refusals_logged = total;
+    }
+
+    /// Ring records not believed so far.
+    pub(crate) fn refusals(&self) -> RingRefusals {
+        *self.refusals.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Members whose confirmation counts for a change of `subject`: the ring's members (status
@@ -861,9 +954,7 @@ impl Membership {
                 RingStatus::Leaving if !self.handoff_done => return,
                 RingStatus::Leaving => {
                     // Every partition is with its future owners: nothing is lost by going.
-                    let mut own = self.own_entry();
-                    own.status = RingStatus::Left;
-                    self.lock_ring().merge_entry(self.id, &own);
+                    self.sign_own_status(RingStatus::Left);
                     self.enter_left_phase(now, out);
                 }
                 // Writes that reached this node late must be with their owners before it goes.
@@ -1146,7 +1237,7 @@ impl Membership {
     }
 
     fn maybe_become_member(&mut self) {
-        let mut own = self.own_entry();
+        let own = self.own_entry();
         let (owners, other_member) = {
             let ring = self.lock_ring();
             let owners: Vec<NodeId> = ring.owners().collect();
@@ -1165,9 +1256,8 @@ impl Membership {
             && (other_member || owners.is_empty())
             && self.leave.is_none()
             && self.data_ready_for.as_ref() == Some(&owners)
+            && self.sign_own_status(RingStatus::Member)
         {
-            own.status = RingStatus::Member;
-            self.lock_ring().merge_entry(self.id, &own);
             info!(node = %self.id, "joined the ring as a member");
             self.broadcast_own_entry();
         }
@@ -1181,10 +1271,37 @@ impl Membership {
             .expect("own ring entry present")
     }
 
+    /// Signs and records a new entry of this node with `status` and the next version; returns
+    /// whether it could (versions are bounded by [`VERSION_MAX`]; reaching it takes a node
+    /// changing status or address every second for over a century).
+    fn sign_own_status(&mut self, status: RingStatus) -> bool {
+        let Some(current) = self.lock_ring().record(self.id).map(|r| r.signed.entry) else {
+            return false;
+        };
+        let Some(version) = next_version(current.info_version) else {
+            error!(node = %self.id, "this node's ring entry version is exhausted; cannot change its status");
+            return false;
+        };
+        let entry = RingEntry {
+            status: current.status.max(status),
+            info_version: version,
+            info: self.info,
+        };
+        let record = crate::membership::RingRecord {
+            signed: SignedEntry::sign(self.id, entry, self.auth.as_ref()),
+            removal: None,
+        };
+        self.lock_ring().merge_record(self.id, &record);
+        true
+    }
+
     fn broadcast_own_entry(&mut self) {
+        let Some(record) = self.lock_ring().record(self.id).cloned() else {
+            return;
+        };
         let item = RingBroadcast {
             node: self.id,
-            entry: self.own_entry(),
+            record,
         };
         // The handler merges the item into the ring (already there) and keys it for spreading;
         // the key is new whenever the entry changed, so foca re-spreads it.
@@ -1200,6 +1317,10 @@ impl Membership {
     /// Persists ring changes first (before anything that could reveal them goes out), then
     /// turns SWIM's effects into outputs.
     fn after_input(&mut self, now: Duration, out: &mut Outbox) {
+        let total = self.refusals();
+        if total != self.refusals_logged {
+            self.log_refusals(None, total);
+        }
         self.refresh_ring(out);
         self.handle_notifications(out);
         // Notifications may have changed the ring (a catch-up sync is only a send, but be
@@ -1383,6 +1504,11 @@ fn future_owners(s: &RingState, synced: bool) -> Vec<NodeId> {
     }
 }
 
+/// The version after `v`, if it stays within [`VERSION_MAX`].
+fn next_version(v: u64) -> Option<u64> {
+    v.checked_add(1).filter(|&n| n <= VERSION_MAX)
+}
+
 /// A majority of `n` (none needed of nobody).
 fn majority(n: usize) -> usize {
     if n == 0 {
@@ -1397,9 +1523,13 @@ mod tests {
     use std::net::SocketAddr;
     use std::time::Duration;
 
+    use std::sync::Arc;
+
     use super::{majority, Membership, MembershipConfig, MembershipMessage, Outbox, SyncReply};
     use crate::id::NodeId;
-    use crate::membership::{NodeInfo, RingEntry, RingState, RingStatus};
+    use crate::membership::{
+        InsecureTestAuth, NodeInfo, RingEntry, RingRecord, RingState, RingStatus, SignedEntry,
+    };
 
     fn info(i: u16) -> NodeInfo {
         NodeInfo {
@@ -1408,17 +1538,39 @@ mod tests {
         }
     }
 
+    /// A ring of entries each signed by its node, at version 1 (`member`, `leaving` and
+    /// `left` at versions 2, 3 and 4, as their nodes would sign them).
     fn ring(entries: &[(u64, RingStatus)]) -> RingState {
         let mut r = RingState::new();
         for &(n, status) in entries {
             let entry = RingEntry {
                 status,
-                info_version: 1,
+                info_version: 1 + status as u64,
                 info: info(n as u16),
             };
-            r.merge_entry(NodeId::new(n), &entry);
+            let node = NodeId::new(n);
+            let record = RingRecord {
+                signed: SignedEntry::sign(node, entry, &InsecureTestAuth::new(node)),
+                removal: None,
+            };
+            r.merge_record(node, &record);
         }
         r
+    }
+
+    fn membership(me: u64, seeds: Vec<SocketAddr>) -> Membership {
+        let id = NodeId::new(me);
+        Membership::new(
+            id,
+            info(me as u16),
+            1,
+            MembershipConfig::new(seeds),
+            7,
+            RingState::new(),
+            false,
+            Arc::new(InsecureTestAuth::new(id)),
+        )
+        .unwrap()
     }
 
     /// A ring sync from node `from` carrying `state`.
@@ -1440,23 +1592,15 @@ mod tests {
         use RingStatus::*;
         let me = 9;
         let t = Duration::from_secs;
-        let mut m = Membership::new(
-            NodeId::new(me),
-            info(me as u16),
-            1,
-            MembershipConfig::new(vec![info(1).quic_addr]),
-            7,
-            RingState::new(),
-            false,
-        )
-        .unwrap();
+        let mut m = membership(me, vec![info(1).quic_addr]);
         m.start(t(0), &mut Outbox::new());
-        sync_from(
-            &mut m,
-            1,
-            ring(&[(1, Member), (2, Member), (me, Joining)]),
-            t(1),
-        );
+        let view = ring(&[(1, Member), (2, Member), (me, Joining)]);
+        // A stranger's first message teaches only its own entry; the next one, from a member,
+        // is a view of the ring.
+        sync_from(&mut m, 1, view.clone(), t(1));
+        assert!(!m.synced, "a stranger's view is no view of the ring");
+        assert!(m.ring_state().get(NodeId::new(2)).is_none());
+        sync_from(&mut m, 1, view, t(1));
         assert!(m.synced, "caught up with member n1");
         // n1 starts leaving and an operator removes n2: only leaving owners remain.
         sync_from(&mut m, 1, ring(&[(1, Leaving), (2, Left)]), t(2));
@@ -1486,16 +1630,7 @@ mod tests {
         use RingStatus::*;
         let me = 9;
         let t = Duration::from_secs;
-        let mut m = Membership::new(
-            NodeId::new(me),
-            info(me as u16),
-            1,
-            MembershipConfig::new(vec![info(8).quic_addr]),
-            7,
-            RingState::new(),
-            false,
-        )
-        .unwrap();
+        let mut m = membership(me, vec![info(8).quic_addr]);
         m.start(t(0), &mut Outbox::new());
         sync_from(&mut m, 8, ring(&[(8, Joining)]), t(1));
         m.leave(t(2), &mut Outbox::new());

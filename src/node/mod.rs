@@ -63,7 +63,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
 use crate::id::NodeId;
-use crate::membership::{NodeInfo, RingState, RingStatus};
+use crate::membership::{EntryAuth, NodeInfo, RingState, RingStatus};
 use crate::protocol;
 use crate::ring::{Ring, RingConfig};
 use crate::storage::{ReadStore, StoreError, WriteBatch};
@@ -81,8 +81,8 @@ pub use membership::{
     RemoveError, SyncReply,
 };
 pub use object::{
-    Context, ContextError, ContextKey, CrdtOp, CrdtValue, Logged, Object, PartView, Parts,
-    TypeConflict, UpdateEffect,
+    Context, ContextError, ContextKey, ContextKind, CrdtOp, CrdtValue, Logged, Object, PartView,
+    Parts, TypeConflict, UpdateEffect,
 };
 pub use replica::{MergeEntry, MergeReply, ReplicaMessage};
 pub use sync::{AeMessage, PartitionInfo, RepairProgress, SyncMessage, SyncTimer};
@@ -104,17 +104,28 @@ pub struct NodeConfig {
     pub membership: MembershipConfig,
     /// Data-path settings (quorums, limits, timeouts).
     pub data: DataConfig,
+    /// Signs this node's ring entries and checks the others' ([`EntryAuth`]): the node's
+    /// certificate key in the runtime, a deterministic stand-in in the simulator.
+    pub auth: std::sync::Arc<dyn EntryAuth>,
 }
 
 impl NodeConfig {
-    /// Defaults for a LAN cluster, joining through `seeds` (none: found a new cluster).
-    pub fn new(id: NodeId, generation: u64, info: NodeInfo, seeds: Vec<SocketAddr>) -> Self {
+    /// Defaults for a LAN cluster, joining through `seeds` (none: found a new cluster), signing
+    /// ring entries with `auth`.
+    pub fn new(
+        id: NodeId,
+        generation: u64,
+        info: NodeInfo,
+        seeds: Vec<SocketAddr>,
+        auth: std::sync::Arc<dyn EntryAuth>,
+    ) -> Self {
         NodeConfig {
             id,
             generation,
             info,
             membership: MembershipConfig::new(seeds),
             data: DataConfig::default(),
+            auth,
         }
     }
 }
@@ -157,7 +168,32 @@ pub enum PeerMessage {
     Hints(HintsMessage),
     /// For the sync sub-machine.
     Sync(SyncMessage),
+    /// A member's figures for the status page, asked of and answered by the drivers.
+    Stats(StatsMessage),
 }
+
+/// Asking another member for its figures (the status page's per-member numbers), over the
+/// authenticated peer transport. The figures are the driver's (request rates, latencies): the
+/// core only carries them, as opaque bytes, between members of the ring.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StatsMessage {
+    /// Send me your figures.
+    Ask {
+        /// The asker's handle, echoed in the answer.
+        id: u64,
+    },
+    /// My figures.
+    Answer {
+        /// The handle from the question.
+        id: u64,
+        /// The figures, encoded by the driver (at most [`STATS_BYTES_MAX`]).
+        #[serde(with = "serde_bytes")]
+        stats: Vec<u8>,
+    },
+}
+
+/// Largest figures answer carried ([`StatsMessage::Answer`]); larger ones are not sent.
+pub const STATS_BYTES_MAX: usize = 64 * 1024;
 
 macro_rules! into_enum {
     ($outer:ident :: $variant:ident ($inner:ty)) => {
@@ -173,6 +209,7 @@ into_enum!(PeerMessage::Coordinator(CoordinatorMessage));
 into_enum!(PeerMessage::Replica(ReplicaMessage));
 into_enum!(PeerMessage::Hints(HintsMessage));
 into_enum!(PeerMessage::Sync(SyncMessage));
+into_enum!(PeerMessage::Stats(StatsMessage));
 into_enum!(Timer::Membership(MembershipTimer));
 into_enum!(Timer::Coordinator(CoordinatorTimer));
 into_enum!(Timer::Hints(HintsTimer));
@@ -236,6 +273,23 @@ pub enum Output {
     /// confirmed it. The driver persists that the leave is complete (so the data directory
     /// never starts again), then shuts down once sends are flushed.
     Left,
+    /// Ring member `from` asks for this node's figures: the driver answers with
+    /// [`Node::answer_stats`] (or not at all).
+    StatsAsked {
+        /// The asking member (authenticated by the transport).
+        from: NodeId,
+        /// Its handle, for the answer.
+        id: u64,
+    },
+    /// Ring member `from` answered [`Node::ask_stats`].
+    StatsAnswered {
+        /// The answering member (authenticated by the transport).
+        from: NodeId,
+        /// The handle given to [`Node::ask_stats`].
+        id: u64,
+        /// The figures, as the other driver encoded them.
+        stats: Vec<u8>,
+    },
 }
 
 /// Where sub-machines put their effects; the router's single output queue.
@@ -355,6 +409,9 @@ pub enum NodeError {
     /// The data directory belongs to a node that left the cluster.
     #[error("node {0} has left the cluster and cannot rejoin; start with an empty data directory")]
     AlreadyLeft(NodeId),
+    /// This node's persisted ring entry has the largest version there is.
+    #[error("node {0}'s ring entry version is exhausted")]
+    VersionExhausted(NodeId),
     /// The ring configuration cannot place data.
     #[error("invalid ring: {0}")]
     Ring(#[from] crate::ring::RingError),
@@ -367,6 +424,7 @@ impl From<MembershipError> for NodeError {
     fn from(e: MembershipError) -> Self {
         match e {
             MembershipError::AlreadyLeft(id) => NodeError::AlreadyLeft(id),
+            MembershipError::VersionExhausted(id) => NodeError::VersionExhausted(id),
             MembershipError::Ring(e) => NodeError::Ring(e),
         }
     }
@@ -503,6 +561,14 @@ pub struct DataStats {
     /// (it left, was removed, or is unknown).
     #[serde(default)]
     pub refused_senders: u64,
+    /// Ring entries refused since start: not signed by their node (a forged entry, a phantom
+    /// member, an absurd version) or a removal not signed by a member.
+    #[serde(default)]
+    pub ring_entries_refused: u64,
+    /// Ring entries ignored since start: about another node, from a node that is not a ring
+    /// member (it may only speak for itself).
+    #[serde(default)]
+    pub ring_entries_ignored: u64,
     /// The keys with the most siblings this node stored lately, most first (at most 16).
     #[serde(default)]
     pub crowded_keys: Vec<CrowdedKey>,
@@ -614,6 +680,7 @@ impl Node {
             membership_seed,
             persisted.ring,
             persisted.leave_complete,
+            config.auth.clone(),
         )?;
         let partitions = config.membership.ring.partitions();
         let d = &config.data;
@@ -822,7 +889,41 @@ impl Node {
                 self.sync
                     .handle_message(from, m, self.hints.pending(), &mut fx!(self, now))
             }
+            PeerMessage::Stats(StatsMessage::Ask { id }) => {
+                self.out.push(Output::StatsAsked { from, id });
+            }
+            PeerMessage::Stats(StatsMessage::Answer { id, stats }) => {
+                self.out.push(Output::StatsAnswered { from, id, stats });
+            }
         }
+    }
+
+    /// Asks ring member `to` for its figures over the peer transport; its answer comes back as
+    /// [`Output::StatsAnswered`] with `id` (or never: the driver gives up on its own time). The
+    /// message goes to the address the ring holds for `to`, and the transport delivers it only
+    /// if the certificate there is `to`'s.
+    pub fn ask_stats(&mut self, to: NodeId, id: u64, now: Duration) {
+        if to != self.id && self.topo.peers.contains(&to) {
+            self.transmit(to, StatsMessage::Ask { id }.into());
+        }
+        self.settle(now);
+    }
+
+    /// Answers member `to`'s [`Output::StatsAsked`] `id` with this node's figures, encoded by the
+    /// driver; answers larger than [`STATS_BYTES_MAX`] are not sent.
+    pub fn answer_stats(&mut self, to: NodeId, id: u64, stats: Vec<u8>, now: Duration) {
+        if stats.len() <= STATS_BYTES_MAX && to != self.id {
+            self.transmit(to, StatsMessage::Answer { id, stats }.into());
+        }
+        self.settle(now);
+    }
+
+    /// Ring records this node did not believe since start: `(refused, ignored)` — refused for
+    /// a missing or bad signature, an absurd version, or a removal not signed by a member;
+    /// ignored for being about another node and sent by one that is not a ring member.
+    pub fn ring_refusals(&self) -> (u64, u64) {
+        let r = self.membership.refusals();
+        (r.refused, r.ignored)
     }
 
     /// Runs local deliveries and calls until none is left, follows membership changes, then
@@ -971,6 +1072,8 @@ impl Node {
             op_ids_forgotten_unstable: self.replica.op_ids_forgotten().1,
             siblings_refused: self.replica.siblings_refused(),
             refused_senders: self.refused_senders,
+            ring_entries_refused: self.membership.refusals().refused,
+            ring_entries_ignored: self.membership.refusals().ignored,
             crowded_keys: self
                 .replica
                 .crowded_keys()

@@ -842,6 +842,27 @@ pub enum ContextError {
     Forged,
 }
 
+/// What a context was issued for: a register's writes, or an OR-Set's adds. A context of one is
+/// refused as the other (an old register's counters would look like a set's future adds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContextKind {
+    /// A register (writes and deletes; a contested key's register part).
+    Register = 1,
+    /// An OR-Set (removes).
+    ORSet = 2,
+}
+
+impl ContextKind {
+    /// The kind of context a key of type `type_name` hands out.
+    pub fn of_type(type_name: &str) -> ContextKind {
+        if type_name == ORSET {
+            ContextKind::ORSet
+        } else {
+            ContextKind::Register
+        }
+    }
+}
+
 /// The cluster's secret for context tags ([`Context::seal`]): 32 bytes every node shares,
 /// created with the cluster CA (`cluster.key`) and copied with each node certificate.
 #[derive(Clone, PartialEq, Eq)]
@@ -859,9 +880,10 @@ impl ContextKey {
         ContextKey(bytes)
     }
 
-    fn tag(&self, key: u64, seen: &VersionVector) -> [u64; 2] {
+    fn tag(&self, kind: ContextKind, key: u64, seen: &VersionVector) -> [u64; 2] {
         let mut h = blake3::Hasher::new_keyed(&self.0);
         h.update(b"chorus/context/v1\0");
+        h.update(&[kind as u8]);
         h.update(&key.to_be_bytes());
         h.update(&(seen.len() as u64).to_be_bytes());
         for (node, counter) in seen.iter() {
@@ -902,14 +924,15 @@ impl Context {
         }
     }
 
-    /// Tags the context as issued by the cluster holding `secret`.
-    pub fn seal(&mut self, secret: &ContextKey) {
-        self.tag = secret.tag(self.key, &self.seen);
+    /// Tags the context as issued by the cluster holding `secret`, for a key of `kind`.
+    pub fn seal(&mut self, secret: &ContextKey, kind: ContextKind) {
+        self.tag = secret.tag(kind, self.key, &self.seen);
     }
 
-    /// Whether the cluster holding `secret` issued the context (in constant time).
-    pub fn verify(&self, secret: &ContextKey) -> Result<(), ContextError> {
-        let want = secret.tag(self.key, &self.seen);
+    /// Whether the cluster holding `secret` issued the context for a key of `kind` (in
+    /// constant time).
+    pub fn verify(&self, secret: &ContextKey, kind: ContextKind) -> Result<(), ContextError> {
+        let want = secret.tag(kind, self.key, &self.seen);
         let diff = (want[0] ^ self.tag[0]) | (want[1] ^ self.tag[1]);
         if diff == 0 {
             Ok(())
@@ -984,25 +1007,31 @@ mod tests {
 
     #[test]
     fn only_sealed_contexts_verify() {
+        use ContextKind::{ORSet as S, Register as R};
         let secret = ContextKey::from_bytes([7; 32]);
         let other = ContextKey::from_bytes([8; 32]);
         let mut c = Context::new(b"cart:1", vv(&[(1, 3), (2, 5)]));
-        assert_eq!(c.verify(&secret), Err(ContextError::Forged), "unsealed");
-        c.seal(&secret);
-        assert_eq!(c.verify(&secret), Ok(()));
-        assert_eq!(c.verify(&other), Err(ContextError::Forged));
+        assert_eq!(c.verify(&secret, R), Err(ContextError::Forged), "unsealed");
+        c.seal(&secret, R);
+        assert_eq!(c.verify(&secret, R), Ok(()));
+        assert_eq!(c.verify(&other, R), Err(ContextError::Forged));
+        assert_eq!(
+            c.verify(&secret, S),
+            Err(ContextError::Forged),
+            "a register's is no set's"
+        );
         let back = Context::from_token(&c.to_token(), b"cart:1").unwrap();
-        assert_eq!(back.verify(&secret), Ok(()), "the token keeps the tag");
+        assert_eq!(back.verify(&secret, R), Ok(()), "the token keeps the tag");
         // Any change to what it covers breaks the tag.
         let mut grown = back.clone();
         grown.seen = vv(&[(1, 3), (2, 6)]);
-        assert_eq!(grown.verify(&secret), Err(ContextError::Forged));
+        assert_eq!(grown.verify(&secret, R), Err(ContextError::Forged));
         let mut more = back.clone();
         more.seen = vv(&[(1, 3), (2, 5), (9, 1)]);
-        assert_eq!(more.verify(&secret), Err(ContextError::Forged));
+        assert_eq!(more.verify(&secret, R), Err(ContextError::Forged));
         let mut moved = back;
         moved.key = key_hash(b"cart:2");
-        assert_eq!(moved.verify(&secret), Err(ContextError::Forged));
+        assert_eq!(moved.verify(&secret, R), Err(ContextError::Forged));
     }
 
     #[test]

@@ -14,7 +14,9 @@ fn config(i: u64, generation: u64, seeds: Vec<SocketAddr>) -> NodeConfig {
         quic_addr: addr(i),
         http_addr: SocketAddr::from(([127, 0, 0, 1], 8000 + i as u16)),
     };
-    NodeConfig::new(NodeId::new(100 + i), generation, info, seeds)
+    let id = NodeId::new(100 + i);
+    let auth = std::sync::Arc::new(crate::membership::InsecureTestAuth::new(id));
+    NodeConfig::new(id, generation, info, seeds, auth)
 }
 
 /// Nodes keyed by address, a queue of pending deliveries and timers, and simulated time.
@@ -39,6 +41,8 @@ struct Net {
     paused: BTreeMap<SocketAddr, (Node, Vec<Event>)>,
     /// Every `PeerRestarted` output: (observer, restarted node, its address).
     restarts: Vec<(SocketAddr, NodeId, SocketAddr)>,
+    /// Every `StatsAnswered` output: (asker, answering node, handle, figures).
+    stats: Vec<(SocketAddr, NodeId, u64, Vec<u8>)>,
 }
 
 enum Event {
@@ -69,6 +73,7 @@ impl Net {
             request_id: None,
             paused: BTreeMap::new(),
             restarts: Vec::new(),
+            stats: Vec::new(),
         }
     }
 
@@ -158,6 +163,16 @@ impl Net {
                 Output::Left => {
                     self.disks.entry(a).or_default().leave_complete = true;
                     self.left.insert(a);
+                }
+                Output::StatsAsked { from, id } => {
+                    let figures = format!("figures of {}", id_of(a)).into_bytes();
+                    if let Some(n) = self.nodes.get_mut(&a) {
+                        n.answer_stats(from, id, figures, self.now);
+                    }
+                    self.drain(a);
+                }
+                Output::StatsAnswered { from, id, stats } => {
+                    self.stats.push((a, from, id, stats));
                 }
             }
         }
@@ -382,6 +397,206 @@ fn garbage_input_is_dropped_and_changes_nothing() {
     net.drain(addr(1));
     net.run_for(Duration::from_secs(3));
     assert_eq!(summary(&net.view(1)), before);
+}
+
+/// A ring sync from node `from` to node `to`, carrying `state`, as the transport delivers it.
+fn ring_sync(net: &mut Net, from: NodeId, to: u64, state: RingState) {
+    let bytes = protocol::encode(&PeerMessage::Membership(MembershipMessage::RingSync {
+        state,
+        reply: SyncReply::Never,
+    }))
+    .unwrap();
+    let now = net.now;
+    net.nodes
+        .get_mut(&addr(to))
+        .unwrap()
+        .handle_message(from, &bytes, now);
+    net.drain(addr(to));
+}
+
+/// A record holding `entry`, signed by `signer` (the node itself or a forger).
+fn signed_by(entry: crate::membership::RingEntry, signer: NodeId) -> crate::membership::RingRecord {
+    use crate::membership::{InsecureTestAuth, RingRecord, SignedEntry};
+    let forged = SignedEntry::sign(signer, entry, &InsecureTestAuth::new(signer));
+    RingRecord {
+        signed: SignedEntry {
+            entry,
+            key: forged.key,
+            sig: forged.sig,
+        },
+        removal: None,
+    }
+}
+
+/// Issue 22, item 2: a member (legitimate certificate, in the ring) sends another member's
+/// entry with a bumped version and its own address, that entry at version `u64::MAX`, and a
+/// phantom member. None is believed, each is counted, and the cluster goes on unchanged.
+#[test]
+fn a_forged_ring_entry_from_a_member_changes_nothing() {
+    use crate::membership::RingEntry;
+    let mut net = cluster(3);
+    let before = summary(&net.view(0));
+    let ring_before = net.nodes[&addr(0)].ring_state();
+    let (attacker, victim) = (NodeId::new(101), NodeId::new(102));
+    let real = *ring_before.get(victim).unwrap();
+    let mut forged = RingState::new();
+    // The victim's entry, one version on, pointing at the attacker's addresses.
+    let hijack = RingEntry {
+        info_version: real.info_version + 1,
+        info: ring_before.get(attacker).unwrap().info,
+        ..real
+    };
+    forged.merge_record(victim, &signed_by(hijack, attacker));
+    // A phantom member, vouched for by the attacker.
+    let phantom = NodeId::new(177);
+    let phantom_entry = RingEntry {
+        status: RingStatus::Member,
+        info_version: 1,
+        info: ring_before.get(attacker).unwrap().info,
+    };
+    forged.merge_record(phantom, &signed_by(phantom_entry, attacker));
+    let (refused, ignored) = net.nodes[&addr(0)].ring_refusals();
+    let refused_stat = net.nodes[&addr(0)].data_stats().ring_entries_refused;
+    ring_sync(&mut net, attacker, 0, forged);
+    // The victim's own entry at u64::MAX (its own signature, even): an absurd version.
+    let mut absurd = RingState::new();
+    let huge = RingEntry {
+        info_version: u64::MAX,
+        ..real
+    };
+    absurd.merge_record(victim, &signed_by(huge, victim));
+    ring_sync(&mut net, attacker, 0, absurd);
+    assert_eq!(net.nodes[&addr(0)].ring_state(), ring_before);
+    assert_eq!(net.nodes[&addr(0)].ring_refusals(), (refused + 3, ignored));
+    let stats = net.nodes[&addr(0)].data_stats();
+    assert_eq!(stats.ring_entries_refused, refused_stat + 3);
+    net.run_for(Duration::from_secs(5));
+    assert_eq!(summary(&net.view(0)), before);
+    assert_eq!(
+        net.nodes[&addr(0)].ring_state().get(victim).unwrap().info,
+        real.info
+    );
+    // The cluster still takes writes at w = 2 everywhere.
+    for i in 0..3 {
+        let w = written(net.put(i, format!("after-{i}").as_bytes(), b"v", None));
+        assert!(w.acks >= 2, "n{i}: {w:?}");
+    }
+}
+
+/// Issue 22, item 2: a node that is not a ring member (a certificate that never joined) may
+/// only ask to join: the ring state it sends about others — phantom members and a member's
+/// departure, even validly signed by them — is ignored and counted; only its own entry, as a
+/// joining node, is recorded.
+#[test]
+fn ring_state_from_a_non_member_is_ignored() {
+    use crate::membership::RingEntry;
+    let mut net = cluster(3);
+    let before = summary(&net.view(0));
+    let ring_before = net.nodes[&addr(0)].ring_state();
+    let stranger = NodeId::new(150);
+    let mut sent = RingState::new();
+    let info = |port: u16| NodeInfo {
+        quic_addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        http_addr: SocketAddr::from(([127, 0, 0, 1], port + 1)),
+    };
+    let own = RingEntry {
+        status: RingStatus::Joining,
+        info_version: 1,
+        info: info(9150),
+    };
+    sent.merge_record(stranger, &signed_by(own, stranger));
+    for p in 151..154u64 {
+        let phantom = NodeId::new(p);
+        let e = RingEntry {
+            status: RingStatus::Member,
+            info_version: 1,
+            info: info(9000 + p as u16),
+        };
+        sent.merge_record(phantom, &signed_by(e, phantom));
+    }
+    let victim = NodeId::new(102);
+    let left = RingEntry {
+        status: RingStatus::Left,
+        info_version: ring_before.get(victim).unwrap().info_version + 1,
+        ..*ring_before.get(victim).unwrap()
+    };
+    sent.merge_record(victim, &signed_by(left, victim));
+    let (refused, ignored) = net.nodes[&addr(0)].ring_refusals();
+    ring_sync(&mut net, stranger, 0, sent);
+    let after = net.nodes[&addr(0)].ring_state();
+    assert_eq!(net.nodes[&addr(0)].ring_refusals(), (refused, ignored + 4));
+    assert_eq!(after.len(), ring_before.len() + 1);
+    assert_eq!(
+        after.get(stranger).map(|e| e.status),
+        Some(RingStatus::Joining)
+    );
+    for (id, e) in ring_before.iter() {
+        assert_eq!(after.get(id), Some(e), "{id}");
+    }
+    assert_eq!(after.owners().count(), 3);
+    // Its data-path messages are still refused, and the members go on.
+    net.run_for(Duration::from_secs(3));
+    assert_eq!(
+        summary(&net.view(0))
+            .into_iter()
+            .filter(|(id, _, _)| *id != stranger.to_string())
+            .collect::<Vec<_>>(),
+        before
+    );
+}
+
+/// Issue 22, item 2: a member's figures for the status page travel over the peer transport:
+/// asked of a ring member by id, answered by its driver, delivered with the authenticated
+/// sender; nodes outside the ring can neither ask nor be asked.
+#[test]
+fn member_figures_are_asked_over_the_peer_transport() {
+    let mut net = cluster(3);
+    let now = net.now;
+    let n0 = net.nodes.get_mut(&addr(0)).unwrap();
+    n0.ask_stats(NodeId::new(101), 7, now);
+    n0.ask_stats(NodeId::new(102), 8, now);
+    // Not a ring member: never asked.
+    n0.ask_stats(NodeId::new(150), 9, now);
+    net.drain(addr(0));
+    net.run_for(Duration::from_millis(100));
+    let mut got: Vec<_> = net
+        .stats
+        .iter()
+        .map(|(at, from, id, s)| (*at, *from, *id, String::from_utf8_lossy(s).into_owned()))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            (
+                addr(0),
+                NodeId::new(101),
+                7,
+                format!("figures of {}", NodeId::new(101))
+            ),
+            (
+                addr(0),
+                NodeId::new(102),
+                8,
+                format!("figures of {}", NodeId::new(102))
+            ),
+        ]
+    );
+    // A stranger asking is refused as any data-path sender outside the ring.
+    let bytes = protocol::encode(&PeerMessage::Stats(StatsMessage::Ask { id: 1 })).unwrap();
+    let refused = net.nodes[&addr(1)].data_stats().refused_senders;
+    let now = net.now;
+    net.nodes
+        .get_mut(&addr(1))
+        .unwrap()
+        .handle_message(NodeId::new(150), &bytes, now);
+    net.drain(addr(1));
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(
+        net.nodes[&addr(1)].data_stats().refused_senders,
+        refused + 1
+    );
+    assert_eq!(net.stats.len(), 2);
 }
 
 #[test]
@@ -1603,8 +1818,9 @@ fn a_write_of_another_type_on_a_replica_without_its_copy_is_refused_and_replicas
         matches!(&put, ClientReply::Failed(ClientError::TypeConflict(m)) if m.contains("pncounter")),
         "{put:?}"
     );
-    // One anti-entropy interval later every replica holds the same counter.
-    net.run_for(Duration::from_secs(70));
+    // Within two anti-entropy intervals every replica holds the same counter (op-id rows of
+    // the other replicas may reach the first one in the second round).
+    net.run_for(Duration::from_secs(130));
     let states: Vec<Option<Object>> = (0..3)
         .map(|i| net.nodes[&addr(i)].local_object(b"k").unwrap())
         .collect();

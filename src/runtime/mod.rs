@@ -32,6 +32,7 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::api::http::{self, AdminRequest, ClientCall};
+use crate::api::status::PeerStatsRequest;
 use crate::id::NodeId;
 use crate::membership::NodeInfo;
 use crate::node::{ClientError, ClientReply, Node, NodeConfig, Output, Persisted, Timer};
@@ -46,6 +47,10 @@ const LEAVE_FLUSH: Duration = Duration::from_millis(500);
 
 /// Inputs of one kind handled before the outputs they produced are performed.
 const INPUT_BATCH_MAX: usize = 256;
+
+/// Status-page questions to other members in flight at once (each ends with its answer, or
+/// when the asker gives up after [`crate::api::status::PEER_STATS_TIMEOUT`]).
+const PEER_STATS_ASKED_MAX: usize = 1024;
 
 /// Bytes the storage thread puts into one commit at most (it always takes one batch).
 const GROUP_COMMIT_BYTES_MAX: usize = 64 * 1024 * 1024;
@@ -365,15 +370,17 @@ async fn run_node(
         client: options.client_token.clone(),
         operator: options.operator_token.clone(),
     };
-    let http_bind = if credentials.any() || options.http.ip().is_loopback() {
+    // Without a client token the data plane is open: it serves this machine only (the QUIC
+    // client API refuses other hosts the same way).
+    let http_bind = if credentials.client.is_some() || options.http.ip().is_loopback() {
         options.http
     } else {
         let loopback = SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), options.http.port());
         warn!(
             requested = %options.http,
             serving = %loopback,
-            "no client or operator token is configured: HTTP serves loopback only (give \
-             --client-token-file and --operator-token-file to serve other hosts)"
+            "no client token is configured: HTTP and the QUIC client API serve loopback only \
+             (give --client-token-file to serve other hosts)"
         );
         loopback
     };
@@ -394,11 +401,13 @@ async fn run_node(
         quic_addr,
         http_addr,
     };
+    let auth = tls::CertAuth::new(&node_tls)?;
     let mut config = NodeConfig::new(
         persisted.id,
         persisted.generation,
         info,
         options.join.clone(),
+        std::sync::Arc::new(auth),
     );
     config.data.hints = options.hints;
     config.data.read_repair = options.read_repair;
@@ -497,6 +506,11 @@ async fn run_node(
     };
 
     let (admin_tx, mut admin_rx) = mpsc::channel::<AdminRequest>(64);
+    // The status page's questions to other members, asked over the peer transport.
+    let (stats_tx, mut stats_rx) = mpsc::channel::<PeerStatsRequest>(PEER_STATS_ASKED_MAX);
+    let status_state = std::sync::Arc::new(crate::api::status::StatusState::new(stats_tx));
+    let mut stats_asked: HashMap<u64, (NodeId, oneshot::Sender<Vec<u8>>)> = HashMap::new();
+    let mut next_stats = 0u64;
     let (client_tx, mut client_rx) = mpsc::channel::<ClientCall>(4096);
     let (http_stop_tx, http_stop_rx) = oneshot::channel::<()>();
     let api = http::ApiState {
@@ -518,9 +532,7 @@ async fn run_node(
         } else {
             None
         },
-        status: std::sync::Arc::new(crate::api::status::StatusState::new(
-            options.client_token.as_ref().map(|t| t.secret().to_owned()),
-        )),
+        status: status_state.clone(),
     };
     let quic_api = tokio::spawn(
         crate::api::quic::serve(
@@ -567,8 +579,8 @@ async fn run_node(
                 Output::Reply { client, mut reply } => {
                     if let Some(tx) = pending.remove(&client) {
                         // Contexts leave the node tagged as the cluster's own.
-                        for c in reply.contexts_mut() {
-                            c.seal(&context_key);
+                        for (kind, c) in reply.contexts_mut() {
+                            c.seal(&context_key, kind);
                         }
                         let _ = tx.send(reply);
                     }
@@ -588,6 +600,23 @@ async fn run_node(
                 Output::PeerRestarted { node: peer, addr } => {
                     debug!(%peer, %addr, "peer restarted; dropping the connection to its previous process");
                     transport.reset_peer(addr);
+                }
+                Output::StatsAsked { from, id } => {
+                    let mut view = node.cluster_view();
+                    view.data = Some(node.data_stats());
+                    let figures = crate::api::status::own_stats_bytes(&status_state, &view);
+                    node.answer_stats(from, id, figures, epoch.elapsed());
+                }
+                Output::StatsAnswered { from, id, stats } => {
+                    // Only the member asked may answer (the transport authenticated `from`).
+                    if stats_asked
+                        .get(&id)
+                        .is_some_and(|(asked, _)| *asked == from)
+                    {
+                        if let Some((_, reply)) = stats_asked.remove(&id) {
+                            let _ = reply.send(stats);
+                        }
+                    }
                 }
                 Output::Left => {
                     if let Err(e) = meta::persist_left(&mut store) {
@@ -630,7 +659,7 @@ async fn run_node(
                     let forged = call
                         .request
                         .contexts()
-                        .find_map(|c| c.verify(&context_key).err());
+                        .find_map(|(kind, c)| c.verify(&context_key, kind).err());
                     if let Some(e) = forged {
                         crate::api::metrics::refused_context();
                         let _ = call
@@ -657,6 +686,16 @@ async fn run_node(
                 node.handle_durable(done.durable, epoch.elapsed());
                 for wait in node.take_ack_waits() {
                     crate::api::metrics::replica_write(wait);
+                }
+            }
+            Some(ask) = stats_rx.recv() => {
+                // Questions whose asker gave up are forgotten; beyond the cap, new ones wait
+                // for no answer (the page shows the member without figures).
+                stats_asked.retain(|_, (_, reply)| !reply.is_closed());
+                if stats_asked.len() < PEER_STATS_ASKED_MAX {
+                    next_stats += 1;
+                    stats_asked.insert(next_stats, (ask.node, ask.reply));
+                    node.ask_stats(ask.node, next_stats, epoch.elapsed());
                 }
             }
             Some(req) = admin_rx.recv() => match req {

@@ -21,6 +21,17 @@
 //! client verifies the server against that name, so any node signed by the cluster CA can talk to
 //! any other whatever its address. Servers demand a client certificate chaining to the same CA.
 //! A certificate from any other CA is refused during the handshake.
+//!
+//! # Roles
+//!
+//! Every certificate the CA issues says what it is for ([`CertRole`]) in its subject's
+//! organizational unit, which the CA signs: [`NODE_ROLE`] for nodes ([`ClusterCa::issue_node`]),
+//! [`CLIENT_ROLE`] for clients ([`ClusterCa::issue_client`]: client authentication only, and
+//! without the [`NODE_SERVER_NAME`] name, so it can neither serve as a node nor pass as one).
+//! Only node certificates speak the peer protocol: the transport closes a peer connection whose
+//! certificate is not a node's ([`peer_role_check`]), and a node refuses to start with anything
+//! but a node certificate. Certificates issued before roles existed carry none and are refused
+//! as peers; `chorus dev` re-issues its own, and `chorus cert issue` issues new ones.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -60,6 +71,42 @@ pub const CA_KEY_FILE: &str = "ca.key";
 pub const NODE_CERT_FILE: &str = "node.pem";
 /// File name of the node private key in a node directory.
 pub const NODE_KEY_FILE: &str = "node.key";
+/// File name of a client certificate in a client directory.
+pub const CLIENT_CERT_FILE: &str = "client.pem";
+/// File name of a client private key in a client directory.
+pub const CLIENT_KEY_FILE: &str = "client.key";
+
+/// The subject organizational unit of node certificates.
+pub const NODE_ROLE: &str = "chorus-node";
+/// The subject organizational unit of client certificates.
+pub const CLIENT_ROLE: &str = "chorus-client";
+
+/// What a certificate is for, as its CA-signed subject says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CertRole {
+    /// A cluster node: may speak the peer protocol.
+    Node,
+    /// A client: may not speak the peer protocol.
+    Client,
+}
+
+impl CertRole {
+    /// The organizational unit naming the role.
+    pub fn unit(self) -> &'static str {
+        match self {
+            CertRole::Node => NODE_ROLE,
+            CertRole::Client => CLIENT_ROLE,
+        }
+    }
+
+    /// The lowercase name used in the CLI (`node`, `client`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CertRole::Node => "node",
+            CertRole::Client => "client",
+        }
+    }
+}
 
 /// How long a freshly generated cluster CA is valid.
 pub const CA_VALIDITY_DAYS: u32 = 10 * 365;
@@ -171,6 +218,59 @@ pub enum TlsError {
     /// A certificate's public key cannot be read, so no node id can be derived from it.
     #[error("cannot derive a node id from the certificate: {0}")]
     NoNodeId(String),
+    /// A certificate is not for the role it is used in (a client certificate given to a node,
+    /// or one issued before certificates carried roles).
+    #[error(
+        "{} is not a {wanted} certificate (it is {found}); issue one with `chorus cert issue --role {wanted}`",
+        path.display()
+    )]
+    WrongRole {
+        /// The certificate file.
+        path: PathBuf,
+        /// The role it must have.
+        wanted: &'static str,
+        /// What it is instead.
+        found: String,
+    },
+}
+
+/// The role a certificate's subject names, or `None` when it names none (issued before roles
+/// existed, or by something else). A subject naming both is neither.
+pub fn role_of(cert: &CertificateDer<'_>) -> Result<Option<CertRole>, TlsError> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|e| TlsError::NoNodeId(e.to_string()))?;
+    let mut node = false;
+    let mut client = false;
+    for unit in parsed.subject().iter_organizational_unit() {
+        match unit.as_str() {
+            Ok(NODE_ROLE) => node = true,
+            Ok(CLIENT_ROLE) => client = true,
+            _ => {}
+        }
+    }
+    Ok(match (node, client) {
+        (true, false) => Some(CertRole::Node),
+        (false, true) => Some(CertRole::Client),
+        _ => None,
+    })
+}
+
+/// Checks that a peer's leaf certificate is a node certificate; the error says what it is
+/// instead. The transport runs it on every peer-protocol connection, both ways.
+pub fn peer_role_check(leaf: &CertificateDer<'_>) -> Result<(), String> {
+    match role_of(leaf) {
+        Ok(Some(CertRole::Node)) => Ok(()),
+        Ok(Some(CertRole::Client)) => Err("the peer presented a client certificate".to_owned()),
+        Ok(None) => Err("the peer's certificate names no role (not a node certificate)".to_owned()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn role_name(role: Option<CertRole>) -> String {
+    match role {
+        Some(r) => format!("a {} certificate", r.as_str()),
+        None => "a certificate without a role".to_owned(),
+    }
 }
 
 /// The node id bound to a certificate: the first 8 bytes (big-endian) of BLAKE3 over its
@@ -178,9 +278,18 @@ pub enum TlsError {
 /// its key: a process holding another node's certificate but not its key cannot complete a
 /// handshake, and one with its own certificate can only ever speak as itself.
 pub fn node_id_of(cert: &CertificateDer<'_>) -> Result<NodeId, TlsError> {
+    Ok(node_id_of_spki(spki_of(cert)?))
+}
+
+/// The DER subject public key info of a certificate.
+fn spki_of<'a>(cert: &'a CertificateDer<'_>) -> Result<&'a [u8], TlsError> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
         .map_err(|e| TlsError::NoNodeId(e.to_string()))?;
-    let spki = parsed.tbs_certificate.subject_pki.raw;
+    Ok(parsed.tbs_certificate.subject_pki.raw)
+}
+
+/// The node id bound to a DER subject public key info (see [`node_id_of`]).
+pub fn node_id_of_spki(spki: &[u8]) -> NodeId {
     let mut h = blake3::Hasher::new();
     h.update(b"chorus/node-id/v1\0");
     h.update(spki);
@@ -188,7 +297,97 @@ pub fn node_id_of(cert: &CertificateDer<'_>) -> Result<NodeId, TlsError> {
     first.copy_from_slice(&h.finalize().as_bytes()[..8]);
     // Zero is never an id (the core uses it as "nobody"); a key hashing to it is as unlikely as
     // a collision, but map it away anyway.
-    Ok(NodeId::new(u64::from_be_bytes(first).max(1)))
+    NodeId::new(u64::from_be_bytes(first).max(1))
+}
+
+/// Signs this node's ring entries with its certificate key (ECDSA P-256, SHA-256) and checks
+/// other nodes' signatures. The "public key" a signed entry carries is the signer's whole
+/// certificate (DER): it vouches for node `n` only when it is a current node certificate of the
+/// cluster CA (role [`NODE_ROLE`]) and `n` is [`node_id_of`] it, exactly as the transport binds
+/// ids to certificates. So a member cannot mint phantom members with keys of its own making.
+pub struct CertAuth {
+    cert: Vec<u8>,
+    key: ring::signature::EcdsaKeyPair,
+    rng: ring::rand::SystemRandom,
+    verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+}
+
+impl fmt::Debug for CertAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertAuth")
+            .field("cert_len", &self.cert.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CertAuth {
+    /// The signer of the node holding `cert` (an ECDSA P-256 key, as [`ClusterCa`] issues).
+    pub fn new(cert: &NodeCert) -> Result<CertAuth, TlsError> {
+        let leaf = cert
+            .chain
+            .first()
+            .ok_or_else(|| TlsError::NoNodeId("empty certificate chain".into()))?;
+        let rng = ring::rand::SystemRandom::new();
+        let roots = Arc::new(root_store(Path::new(CA_CERT_FILE), &cert.ca_certs)?);
+        let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider()).build()?;
+        let PrivateKeyDer::Pkcs8(pkcs8) = &cert.key else {
+            return Err(TlsError::NoNodeId(
+                "the node key is not a PKCS#8 ECDSA P-256 key".into(),
+            ));
+        };
+        let key = ring::signature::EcdsaKeyPair::from_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+            pkcs8.secret_pkcs8_der(),
+            &rng,
+        )
+        .map_err(|e| TlsError::NoNodeId(format!("the node key cannot sign ring entries: {e}")))?;
+        Ok(CertAuth {
+            cert: leaf.as_ref().to_vec(),
+            key,
+            rng,
+            verifier,
+        })
+    }
+}
+
+impl crate::membership::EntryAuth for CertAuth {
+    fn public_key(&self) -> Vec<u8> {
+        self.cert.clone()
+    }
+
+    fn sign(&self, message: &[u8]) -> Vec<u8> {
+        // Signing fails only if the OS random source does; an empty signature is then refused
+        // by every node, and the entry is signed again at its next change.
+        self.key
+            .sign(&self.rng, message)
+            .map(|s| s.as_ref().to_vec())
+            .unwrap_or_default()
+    }
+
+    fn verify(&self, node: NodeId, key: &[u8], message: &[u8], signature: &[u8]) -> bool {
+        if key.is_empty() {
+            return false;
+        }
+        let cert = CertificateDer::from(key);
+        if node_id_of(&cert).ok() != Some(node)
+            || peer_role_check(&cert).is_err()
+            || self
+                .verifier
+                .verify_client_cert(&cert, &[], UnixTime::now())
+                .is_err()
+        {
+            return false;
+        }
+        let Ok((_, parsed)) = x509_parser::parse_x509_certificate(key) else {
+            return false;
+        };
+        ring::signature::UnparsedPublicKey::new(
+            &ring::signature::ECDSA_P256_SHA256_ASN1,
+            &parsed.tbs_certificate.subject_pki.subject_public_key.data,
+        )
+        .verify(message, signature)
+        .is_ok()
+    }
 }
 
 /// The crypto provider every configuration here uses: `ring`, passed explicitly.
@@ -317,6 +516,9 @@ impl ClusterCa {
         }
         let mut params = CertificateParams::new(sans)?;
         params.distinguished_name = distinguished_name(name);
+        params
+            .distinguished_name
+            .push(DnType::OrganizationalUnitName, NODE_ROLE);
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![
@@ -338,8 +540,43 @@ impl ClusterCa {
     }
 }
 
+impl ClusterCa {
+    /// Issues a client certificate for `name` (any printable name, put in the subject's common
+    /// name): role [`CLIENT_ROLE`], client authentication only, and no subject alternative name,
+    /// so it cannot serve as a node nor speak the peer protocol. Save it with
+    /// [`NodeCert::save_client`].
+    pub fn issue_client(&self, name: &str) -> Result<NodeCert, TlsError> {
+        if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control()) {
+            return Err(TlsError::InvalidNodeName {
+                name: name.to_owned(),
+            });
+        }
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name = distinguished_name(name);
+        params
+            .distinguished_name
+            .push(DnType::OrganizationalUnitName, CLIENT_ROLE);
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        set_validity(&mut params, NODE_VALIDITY_DAYS);
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(NodeCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            ca_pem: self.cert_pem.clone(),
+            chain: vec![cert.der().clone()],
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            ca_certs: vec![self.cert_der.clone()],
+        })
+    }
+}
+
 /// A node's certificate, its private key, and the CA certificate(s) it trusts: everything
-/// [`quinn_configs`] needs.
+/// [`quinn_configs`] needs. (A client certificate from [`ClusterCa::issue_client`] has the same
+/// parts.)
 pub struct NodeCert {
     cert_pem: String,
     key_pem: String,
@@ -386,6 +623,23 @@ impl NodeCert {
     /// Reads a node directory written by [`NodeCert::save`]; see [`TlsFiles::load`].
     pub fn load(dir: &Path) -> Result<NodeCert, TlsError> {
         TlsFiles::in_dir(dir).load()
+    }
+
+    /// Writes a client certificate as `client.pem`, `client.key` (mode 0600) and `ca.pem` into
+    /// `dir`, creating it if needed.
+    pub fn save_client(&self, dir: &Path) -> Result<(), TlsError> {
+        create_dir(dir)?;
+        let files = TlsFiles::client_in_dir(dir);
+        write_replace(&files.key, self.key_pem.as_bytes(), true)?;
+        write_replace(&files.cert, self.cert_pem.as_bytes(), false)?;
+        write_replace(&files.ca_cert, self.ca_pem.as_bytes(), false)?;
+        Ok(())
+    }
+
+    /// Reads a client directory written by [`NodeCert::save_client`]: the files must parse, the
+    /// key match, and the certificate be a current client certificate of the CA beside it.
+    pub fn load_client(dir: &Path) -> Result<NodeCert, TlsError> {
+        TlsFiles::client_in_dir(dir).load_client()
     }
 
     /// The node certificate in PEM form.
@@ -507,9 +761,63 @@ impl TlsFiles {
         }
     }
 
+    /// The layout of a client directory: `ca.pem`, `client.pem`, `client.key`.
+    pub fn client_in_dir(dir: &Path) -> TlsFiles {
+        TlsFiles {
+            ca_cert: dir.join(CA_CERT_FILE),
+            cert: dir.join(CLIENT_CERT_FILE),
+            key: dir.join(CLIENT_KEY_FILE),
+        }
+    }
+
+    /// Reads and checks a client certificate's files (see [`NodeCert::load_client`]).
+    pub fn load_client(&self) -> Result<NodeCert, TlsError> {
+        let ca_pem = read_string(&self.ca_cert)?;
+        let cert_pem = read_string(&self.cert)?;
+        let key_pem = read_string(&self.key)?;
+        let ca_certs = parse_certs(&self.ca_cert, &ca_pem)?;
+        let chain = parse_certs(&self.cert, &cert_pem)?;
+        let key =
+            PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| TlsError::BadKey {
+                path: self.key.clone(),
+                reason: e.to_string(),
+            })?;
+        check_keys_match(&self.cert, &self.key, &chain[0], key.clone_key())?;
+        let roots = Arc::new(root_store(&self.ca_cert, &ca_certs)?);
+        let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
+            .build()
+            .map_err(|e| TlsError::BadCertificate {
+                path: self.ca_cert.clone(),
+                reason: e.to_string(),
+            })?;
+        verifier
+            .verify_client_cert(&chain[0], &chain[1..], UnixTime::now())
+            .map_err(|reason| TlsError::NotTrusted {
+                cert: self.cert.clone(),
+                ca: self.ca_cert.clone(),
+                reason,
+            })?;
+        let role = role_of(&chain[0])?;
+        if role != Some(CertRole::Client) {
+            return Err(TlsError::WrongRole {
+                path: self.cert.clone(),
+                wanted: CertRole::Client.as_str(),
+                found: role_name(role),
+            });
+        }
+        Ok(NodeCert {
+            cert_pem,
+            key_pem,
+            ca_pem,
+            chain,
+            key,
+            ca_certs,
+        })
+    }
+
     /// Reads and checks the three files: each must parse, the key must match the certificate,
     /// and the certificate must verify under the CA as a current node certificate (name
-    /// [`NODE_SERVER_NAME`], not expired). Errors name the offending file.
+    /// [`NODE_SERVER_NAME`], role [`NODE_ROLE`], not expired). Errors name the offending file.
     pub fn load(&self) -> Result<NodeCert, TlsError> {
         let ca_pem = read_string(&self.ca_cert)?;
         let cert_pem = read_string(&self.cert)?;
@@ -538,6 +846,14 @@ impl TlsFiles {
                 ca: self.ca_cert.clone(),
                 reason,
             })?;
+        let role = role_of(&chain[0])?;
+        if role != Some(CertRole::Node) {
+            return Err(TlsError::WrongRole {
+                path: self.cert.clone(),
+                wanted: CertRole::Node.as_str(),
+                found: role_name(role),
+            });
+        }
         Ok(NodeCert {
             cert_pem,
             key_pem,
@@ -1012,6 +1328,68 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    /// Issue 22, item 2: ring entries are signed with the node's certificate key, and only the
+    /// node whose id that key yields can vouch for its entry.
+    #[test]
+    fn cert_auth_binds_signatures_to_node_ids() {
+        use crate::membership::EntryAuth;
+        let ca = ClusterCa::generate("c").unwrap();
+        let (a, b) = (ca.issue_node("a").unwrap(), ca.issue_node("b").unwrap());
+        let (auth_a, auth_b) = (CertAuth::new(&a).unwrap(), CertAuth::new(&b).unwrap());
+        let (id_a, id_b) = (a.node_id().unwrap(), b.node_id().unwrap());
+        let sig = auth_a.sign(b"entry");
+        assert!(auth_b.verify(id_a, &auth_a.public_key(), b"entry", &sig));
+        assert!(!auth_b.verify(id_b, &auth_a.public_key(), b"entry", &sig));
+        assert!(!auth_b.verify(id_a, &auth_a.public_key(), b"other", &sig));
+        assert!(!auth_b.verify(id_b, &auth_b.public_key(), b"entry", &sig));
+        assert!(!auth_b.verify(id_a, b"", b"entry", &sig));
+        // A node certificate of another CA (a key of the attacker's making) vouches for nothing.
+        let rogue = ClusterCa::generate("rogue")
+            .unwrap()
+            .issue_node("p")
+            .unwrap();
+        let auth_rogue = CertAuth::new(&rogue).unwrap();
+        let sig = auth_rogue.sign(b"entry");
+        assert!(!auth_b.verify(
+            rogue.node_id().unwrap(),
+            &auth_rogue.public_key(),
+            b"entry",
+            &sig
+        ));
+        assert!(auth_rogue.verify(
+            rogue.node_id().unwrap(),
+            &auth_rogue.public_key(),
+            b"entry",
+            &sig
+        ));
+        // Nor does a client certificate of the right CA.
+        let client = ca.issue_client("c").unwrap();
+        let id_c = client.node_id().unwrap();
+        let auth_c = CertAuth::new(&client).unwrap();
+        let sig = auth_c.sign(b"entry");
+        assert!(!auth_b.verify(id_c, &auth_c.public_key(), b"entry", &sig));
+    }
+
+    /// Issue 22, item 2: certificates say what they are for.
+    #[test]
+    fn roles_are_marked_and_checked() {
+        let ca = ClusterCa::generate("c").unwrap();
+        let node = ca.issue_node("n1").unwrap();
+        let client = ca.issue_client("not-a-node").unwrap();
+        assert_eq!(role_of(&node.chain()[0]).unwrap(), Some(CertRole::Node));
+        assert_eq!(role_of(&client.chain()[0]).unwrap(), Some(CertRole::Client));
+        assert!(peer_role_check(&node.chain()[0]).is_ok());
+        assert!(peer_role_check(&client.chain()[0]).is_err());
+        let dir = TempDir::new("client");
+        client.save_client(&dir.0).unwrap();
+        NodeCert::load_client(&dir.0).unwrap();
+        // A client certificate cannot run a node.
+        std::fs::copy(dir.0.join(CLIENT_CERT_FILE), dir.0.join(NODE_CERT_FILE)).unwrap();
+        std::fs::copy(dir.0.join(CLIENT_KEY_FILE), dir.0.join(NODE_KEY_FILE)).unwrap();
+        let err = NodeCert::load(&dir.0).unwrap_err();
+        assert!(err.to_string().contains("node certificate"), "{err}");
     }
 
     #[test]

@@ -49,7 +49,7 @@ use tokio::time::{timeout, timeout_at, Instant};
 use tracing::{debug, error, info, warn};
 
 use super::connections::{ConnTable, Ticket};
-use super::tls::{node_id_of, CLIENT_ALPN, NODE_SERVER_NAME};
+use super::tls::{node_id_of, peer_role_check, CLIENT_ALPN, NODE_SERVER_NAME};
 use crate::id::NodeId;
 use crate::warn_limited;
 
@@ -66,6 +66,33 @@ const CLOSE_NO_IDENTITY: VarInt = VarInt::from_u32(3);
 /// Application error code closing a connection to a peer's previous process (membership
 /// reported that the peer restarted).
 const CLOSE_PEER_RESTARTED: VarInt = VarInt::from_u32(4);
+
+/// Application error code closing a peer-protocol connection whose certificate is not a node
+/// certificate (a client certificate, or one without a role).
+pub const CLOSE_NOT_A_NODE: VarInt = VarInt::from_u32(5);
+
+/// Peer-protocol connections refused because the certificate is not a node's, in this process.
+static NOT_A_NODE_REFUSED: AtomicU64 = AtomicU64::new(0);
+
+/// Counts (in metrics and in [`NOT_A_NODE_REFUSED`]) and logs a refused peer connection; the
+/// log is rate-limited to the 1st, 2nd, 4th, 8th, ... refusal, each line saying how many so far.
+fn refuse_not_a_node(conn: &Connection, remote: SocketAddr, error: &str) {
+    let n = NOT_A_NODE_REFUSED.fetch_add(1, Ordering::Relaxed) + 1;
+    metrics::counter!(crate::api::metrics::names::PEERS_REFUSED, "reason" => "not_a_node")
+        .increment(1);
+    if n.is_power_of_two() {
+        warn!(peer = %remote, %error, refused = n, "refused a peer connection: not a node certificate (log lines are rate-limited; `refused` counts them all)");
+    } else {
+        debug!(peer = %remote, %error, refused = n, "refused a peer connection: not a node certificate");
+    }
+    conn.close(CLOSE_NOT_A_NODE, b"not a node certificate");
+}
+
+/// Peer-protocol connections this process refused so far because the certificate was not a
+/// node's.
+pub fn refused_not_a_node() -> u64 {
+    NOT_A_NODE_REFUSED.load(Ordering::Relaxed)
+}
 
 /// The first byte of a stream carrying one whole message.
 const STREAM_SINGLE: u8 = b'S';
@@ -661,18 +688,28 @@ fn send_datagram_on(
     }
 }
 
-/// The node id bound to the certificate a connection's peer authenticated with.
-fn peer_node(conn: &Connection) -> Result<NodeId, String> {
+/// Why a peer-protocol connection's certificate is not acceptable.
+enum PeerCertError {
+    /// No node id can be derived from it.
+    NoIdentity(String),
+    /// It is not a node certificate.
+    NotANode(String),
+}
+
+/// The node id bound to the certificate a connection's peer authenticated with, which must be
+/// a node certificate.
+fn peer_node(conn: &Connection) -> Result<NodeId, PeerCertError> {
     let identity = conn
         .peer_identity()
-        .ok_or_else(|| "the peer presented no certificate".to_owned())?;
+        .ok_or_else(|| PeerCertError::NoIdentity("the peer presented no certificate".to_owned()))?;
     let chain = identity
         .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
-        .map_err(|_| "unexpected peer identity type".to_owned())?;
+        .map_err(|_| PeerCertError::NoIdentity("unexpected peer identity type".to_owned()))?;
     let leaf = chain
         .first()
-        .ok_or_else(|| "empty certificate chain".to_owned())?;
-    node_id_of(leaf).map_err(|e| e.to_string())
+        .ok_or_else(|| PeerCertError::NoIdentity("empty certificate chain".to_owned()))?;
+    peer_role_check(leaf).map_err(PeerCertError::NotANode)?;
+    node_id_of(leaf).map_err(|e| PeerCertError::NoIdentity(e.to_string()))
 }
 
 /// Why dialing a peer failed.
@@ -743,9 +780,14 @@ async fn peer_task(shared: Arc<Shared>, to: SocketAddr, id: u64, mut rx: mpsc::R
                 Ok(conn) => {
                     let node = match peer_node(&conn) {
                         Ok(n) => n,
-                        Err(error) => {
+                        Err(PeerCertError::NoIdentity(error)) => {
                             warn!(peer = %to, %error, "peer certificate yields no node id; closing");
                             conn.close(CLOSE_NO_IDENTITY, b"no node id");
+                            shared.remove_peer(to, id);
+                            return;
+                        }
+                        Err(PeerCertError::NotANode(error)) => {
+                            refuse_not_a_node(&conn, to, &error);
                             shared.remove_peer(to, id);
                             return;
                         }
@@ -1025,9 +1067,13 @@ async fn serve_connection(
     let from = conn.remote_address();
     let peer = match peer_node(&conn) {
         Ok(n) => n,
-        Err(error) => {
+        Err(PeerCertError::NoIdentity(error)) => {
             warn!(peer = %from, %error, "peer certificate yields no node id; closing");
             conn.close(CLOSE_NO_IDENTITY, b"no node id");
+            return;
+        }
+        Err(PeerCertError::NotANode(error)) => {
+            refuse_not_a_node(&conn, from, &error);
             return;
         }
     };
