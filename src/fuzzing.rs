@@ -190,24 +190,21 @@ pub fn context(data: &[u8]) {
     token(&base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data));
 }
 
+/// A token accepted for [`FUZZ_KEY`] is within the limits, round-trips, and is refused for
+/// another key. (A token refused for it may be accepted for another key: the key hash is in
+/// the clear, and the fuzzer finds a token for `another key` in minutes.)
 fn token(t: &str) {
-    match Context::from_token(t, FUZZ_KEY) {
-        Ok(c) => {
-            assert!(t.trim().len() <= CONTEXT_CHARS_MAX);
-            context_checked(&c, FUZZ_KEY);
-            assert_eq!(
-                Context::from_token(&c.to_token(), FUZZ_KEY).as_ref(),
-                Ok(&c)
-            );
-            assert_eq!(
-                Context::from_token(t, b"another key"),
-                Err(ContextError::WrongKey)
-            );
-        }
-        Err(_) => {
-            // Whatever a token decodes to, a wrong key never makes it acceptable.
-            assert!(Context::from_token(t, b"another key").is_err());
-        }
+    if let Ok(c) = Context::from_token(t, FUZZ_KEY) {
+        assert!(t.trim().len() <= CONTEXT_CHARS_MAX);
+        context_checked(&c, FUZZ_KEY);
+        assert_eq!(
+            Context::from_token(&c.to_token(), FUZZ_KEY).as_ref(),
+            Ok(&c)
+        );
+        assert_eq!(
+            Context::from_token(t, b"another key"),
+            Err(ContextError::WrongKey)
+        );
     }
 }
 
