@@ -474,6 +474,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ] {
         out.add("crdt_body", body.into(), body.as_bytes().to_vec());
     }
+    // Metadata a start reads: the node id (text) and the generation (big-endian), the
+    // largest of which a start must refuse rather than wrap.
+    out.add(
+        "stored_state",
+        "meta node id".into(),
+        NodeId::new(0x1234).to_string().into_bytes(),
+    );
+    for g in [41u64, u64::MAX] {
+        out.add(
+            "stored_state",
+            format!("meta generation {g}"),
+            g.to_be_bytes().to_vec(),
+        );
+    }
     let mut n = seeds.write(&dir)?;
     n += out.write(&dir)?;
     let summary: BTreeMap<&str, usize> =

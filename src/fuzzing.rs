@@ -12,7 +12,7 @@
 //! | `client_frame`  | a QUIC client stream: frames, [`ClientMessage`] and [`ServerMessage`] bodies |
 //! | `context`       | a context token ([`Context::from_token`]), as text and as raw bytes |
 //! | `crdt_body`     | the JSON body of a CRDT update ([`crdt_json::parse_update`])       |
-//! | `stored_state`  | what the store holds: objects, hints, the ring state               |
+//! | `stored_state`  | what the store holds: objects, hints, the node's metadata (id, generation, ring) |
 //!
 //! Not part of the public API (hidden from the docs); it is public only so that the fuzz crate
 //! can reach it.
@@ -29,6 +29,9 @@ use crate::protocol::client::{
     FRAME_HEADER_BYTES,
 };
 use crate::protocol::{self, crdt_json, DEFAULT_FRAME_BYTES_MAX, HEADER_BYTES};
+use crate::storage::meta::{boot, META_GENERATION, META_NODE_ID, META_RING};
+use crate::storage::MemoryStore;
+use crate::NodeId;
 
 /// A fuzz target: takes arbitrary bytes, panics only on a bug.
 pub type Target = fn(&[u8]);
@@ -51,7 +54,7 @@ pub const FUZZ_KEY: &[u8] = b"fuzz";
 pub fn peer_message(data: &[u8]) {
     if let Ok(m) = protocol::decode::<PeerMessage>(data) {
         assert!(data.len() <= DEFAULT_FRAME_BYTES_MAX);
-        round_trip(&m, |b| protocol::decode::<PeerMessage>(b));
+        round_trip(&m, protocol::decode::<PeerMessage>);
     }
     swim_packet(data);
 }
@@ -252,9 +255,9 @@ pub fn crdt_body(data: &[u8]) {
 }
 
 /// What a replica reads back from its store: an object (the `data` space), a hint (the
-/// `hints` space), the ring state (the `meta` space). A decoded object re-encodes to what
-/// decodes to itself, answers every question a read asks of it, and merges with itself into
-/// the same data.
+/// `hints` space), the ring state, and each metadata value a start reads (the `meta` space).
+/// A decoded object re-encodes to what decodes to itself, answers every question a read asks
+/// of it, and merges with itself into the same data.
 pub fn stored_state(data: &[u8]) {
     if let Ok(o) = Object::decode(data) {
         object_checked(&o);
@@ -263,7 +266,36 @@ pub fn stored_state(data: &[u8]) {
         object_checked(&o);
     }
     if let Ok(ring) = protocol::decode::<RingState>(data) {
-        round_trip(&ring, |b| protocol::decode::<RingState>(b));
+        round_trip(&ring, protocol::decode::<RingState>);
+    }
+    for key in [META_NODE_ID, META_GENERATION, META_RING] {
+        boot_from(key, data);
+    }
+}
+
+/// A start reading `data` as the metadata value under `key`: it fails as corrupt or boots,
+/// and a second start keeps the id and the ring and bumps the generation.
+fn boot_from(key: &str, data: &[u8]) {
+    let mut store = MemoryStore::new();
+    store.put_meta_unsynced(key, data);
+    store.sync();
+    let Ok(first) = boot(&mut store, NodeId::new(1)) else {
+        return;
+    };
+    assert!(first.generation >= 1);
+    if key == META_GENERATION {
+        let stored = u64::from_be_bytes(data.try_into().expect("an accepted generation"));
+        assert_eq!(Some(first.generation), stored.checked_add(1));
+    }
+    match boot(&mut store, NodeId::new(2)) {
+        Ok(second) => {
+            assert_eq!((second.id, &second.ring), (first.id, &first.ring));
+            assert_eq!(second.generation, first.generation + 1);
+        }
+        Err(e) => assert!(
+            first.generation == u64::MAX,
+            "a store that booted once does not boot again: {e}"
+        ),
     }
 }
 
