@@ -36,6 +36,8 @@ pub mod causality;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod crdt;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod id;
 pub mod membership;
 pub mod merkle;

@@ -25,7 +25,7 @@ use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::http::{
     bad, call, error, failure, header, key_after, options_of, wrong_reply, ApiState, Refusal,
@@ -33,6 +33,7 @@ use super::http::{
 };
 use crate::crdt::check_op_id;
 use crate::node::{ClientError, ClientOp, ClientReply, ClientRequest, Context, CrdtOp, CrdtValue};
+use crate::protocol::crdt_json::UpdateBody;
 
 /// The path prefix of the CRDT endpoints.
 const CRDT_PREFIX: &str = "/v1/crdt/";
@@ -67,25 +68,6 @@ pub(super) struct Updated {
     replayed: bool,
     /// Parts of the update that had no effect, and why.
     notes: Vec<String>,
-}
-
-/// One update, as posted: `type` and the fields that type takes (`increment` for counters,
-/// `add`/`remove` for sets, `context` for an OR-Set remove).
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(super) struct UpdateBody {
-    /// `gcounter`, `pncounter`, `2pset` or `orset`.
-    #[serde(rename = "type")]
-    type_name: String,
-    /// Counters: the amount (G-Counter ≥ 1; PN-Counter any non-zero integer).
-    #[schema(value_type = Option<i64>)]
-    increment: Option<serde_json::Number>,
-    /// Sets: elements to add (each at most 1 KiB).
-    add: Option<Vec<String>>,
-    /// Sets: elements to remove (2P-Set: for good).
-    remove: Option<Vec<String>>,
-    /// OR-Set removes: the context of the read that saw the elements.
-    context: Option<String>,
 }
 
 pub(super) fn value_json(v: &CrdtValue) -> serde_json::Value {
@@ -196,87 +178,10 @@ fn op_id_of(headers: &HeaderMap) -> Result<String, Refusal> {
     }
 }
 
-/// Turns the posted JSON into an update of the named type.
+/// Turns the posted JSON into an update of the named type (the parsing itself is
+/// [`crate::protocol::crdt_json`], in the core so that it is fuzzed without the server).
 fn parse_update(body: &[u8], key: &[u8]) -> Result<CrdtOp, Refusal> {
-    let b: UpdateBody = serde_json::from_slice(body)
-        .map_err(|e| bad(format!("the body is not a valid operation: {e}")))?;
-    let no_sets = |b: &UpdateBody| {
-        if b.add.is_some() || b.remove.is_some() || b.context.is_some() {
-            Err(bad(format!(
-                "a {} operation has only \"increment\"",
-                b.type_name
-            )))
-        } else {
-            Ok(())
-        }
-    };
-    let sets_only = |b: &UpdateBody| {
-        if b.increment.is_some() {
-            Err(bad(format!(
-                "a {} operation has no \"increment\"",
-                b.type_name
-            )))
-        } else {
-            Ok(())
-        }
-    };
-    match b.type_name.as_str() {
-        "gcounter" => {
-            no_sets(&b)?;
-            let n = b
-                .increment
-                .as_ref()
-                .ok_or_else(|| bad("a gcounter operation needs \"increment\""))?;
-            let increment = n
-                .as_u64()
-                .filter(|&n| n >= 1 && i64::try_from(n).is_ok())
-                .ok_or_else(|| {
-                    bad(format!(
-                        "a gcounter increment is an integer from 1 to {}, not {n}",
-                        i64::MAX
-                    ))
-                })?;
-            Ok(CrdtOp::GCounter { increment })
-        }
-        "pncounter" => {
-            no_sets(&b)?;
-            let n = b
-                .increment
-                .as_ref()
-                .ok_or_else(|| bad("a pncounter operation needs \"increment\""))?;
-            let increment = n.as_i64().ok_or_else(|| {
-                bad(format!(
-                    "a pncounter increment is an integer within ±2^63, not {n}"
-                ))
-            })?;
-            Ok(CrdtOp::PNCounter { increment })
-        }
-        "2pset" => {
-            sets_only(&b)?;
-            if b.context.is_some() {
-                return Err(bad("a 2pset operation takes no context"));
-            }
-            Ok(CrdtOp::TwoPSet {
-                add: b.add.unwrap_or_default(),
-                remove: b.remove.unwrap_or_default(),
-            })
-        }
-        "orset" => {
-            sets_only(&b)?;
-            let context = match &b.context {
-                None => None,
-                Some(t) => Some(Context::from_token(t, key).map_err(|e| bad(e.to_string()))?),
-            };
-            Ok(CrdtOp::ORSet {
-                add: b.add.unwrap_or_default(),
-                remove: b.remove.unwrap_or_default(),
-                context,
-            })
-        }
-        other => Err(bad(format!(
-            "unknown type {other:?}: one of gcounter, pncounter, 2pset, orset"
-        ))),
-    }
+    crate::protocol::crdt_json::parse_update(body, key).map_err(|e| bad(e.to_string()))
 }
 
 /// `POST /v1/crdt/{key}`.

@@ -151,6 +151,7 @@ pub fn decode_with_limit<T: DeserializeOwned>(
 }
 
 pub mod client;
+pub mod crdt_json;
 
 /// Serde helper for a list of byte strings (`#[serde(with = "crate::protocol::bytes_list")]`):
 /// each one as MessagePack binary, not as an array of integers (which costs up to twice the
