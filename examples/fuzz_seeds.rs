@@ -109,7 +109,8 @@ impl Net {
             quic_addr: a,
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8000 + i as u16)),
         };
-        let config = NodeConfig::new(id_of(a), 1, info, seeds);
+        let auth = std::sync::Arc::new(chorus::membership::InsecureTestAuth::new(id_of(a)));
+        let config = NodeConfig::new(id_of(a), 1, info, seeds, auth);
         let store = self.stores.entry(a).or_default().clone();
         let mut node = Node::new(config, i, Persisted::default(), store).expect("a node starts");
         node.start(self.now);
@@ -174,7 +175,11 @@ impl Net {
                         self.seeds.add("stored_state", k, bytes);
                     }
                 }
-                Output::PersistGeneration(_) | Output::PeerRestarted { .. } | Output::Left => {}
+                Output::PersistGeneration(_)
+                | Output::PeerRestarted { .. }
+                | Output::Left
+                | Output::StatsAsked { .. }
+                | Output::StatsAnswered { .. } => {}
             }
         }
     }
