@@ -1,5 +1,5 @@
 //! Command-line value parsing: durations (`1h`, `10m`, `90s`, `1m30s`, `250ms`), seed ranges
-//! (`0..200`, `5..=9`) and fault lists (`partition,loss,crash,join,leave`).
+//! (`0..200`, `5..=9`) and fault lists (`partition,loss,crash,join,leave,pause`).
 //!
 //! Every parser returns a [`ArgError`] that says what was wrong and what is accepted; none
 //! panics on any input. Formatting ([`format_duration`], [`FaultSet`]'s `Display`) is the exact
@@ -31,7 +31,7 @@ pub enum ArgError {
     },
     /// Not a fault kind.
     #[error(
-        "unknown fault kind {input:?}; known kinds: partition, loss, crash, join, leave, all, none"
+        "unknown fault kind {input:?}; known kinds: partition, loss, crash, join, leave, pause, all, none"
     )]
     Fault {
         /// The rejected text (truncated).
@@ -184,16 +184,20 @@ pub enum FaultKind {
     Join,
     /// A member leaves the cluster for good.
     Leave,
+    /// A member is paused (as by `SIGSTOP`), removed by an operator while paused, and resumed
+    /// with its stale view.
+    Pause,
 }
 
 impl FaultKind {
     /// Every kind, in canonical order.
-    pub const ALL: [FaultKind; 5] = [
+    pub const ALL: [FaultKind; 6] = [
         FaultKind::Partition,
         FaultKind::Loss,
         FaultKind::Crash,
         FaultKind::Join,
         FaultKind::Leave,
+        FaultKind::Pause,
     ];
 
     /// The name used on the command line.
@@ -204,6 +208,7 @@ impl FaultKind {
             FaultKind::Crash => "crash",
             FaultKind::Join => "join",
             FaultKind::Leave => "leave",
+            FaultKind::Pause => "pause",
         }
     }
 }
@@ -335,7 +340,7 @@ mod tests {
         assert_eq!("none".parse::<FaultSet>().unwrap().to_string(), "none");
         assert_eq!(
             FaultSet::all().to_string(),
-            "partition,loss,crash,join,leave"
+            "partition,loss,crash,join,leave,pause"
         );
         assert!("crash,bogus".parse::<FaultSet>().is_err());
     }

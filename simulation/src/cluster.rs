@@ -39,6 +39,7 @@ use chorus::node::{
 use chorus::NodeId;
 
 use crate::check::datapath::DataPathMonitor;
+use crate::check::dots::DotMonitor;
 use crate::disk::{Disk, DiskError};
 use crate::network::{DatagramFate, NetConfig, Network};
 use crate::rng::{self, SimRng};
@@ -207,12 +208,16 @@ struct Slot {
     crash_trap: Option<u32>,
     /// An operator removed this machine from the ring.
     removed: bool,
+    /// The process is paused ([`Cluster::pause`]): the events it would have handled meanwhile
+    /// (timer firings, sync completions), in order, handed to it when it resumes.
+    paused: Option<Vec<Event>>,
 }
 
 impl Slot {
     fn state(&self) -> ProcessState {
         match self.process {
             Process::NotStarted => ProcessState::NotStarted,
+            Process::Up(_) if self.paused.is_some() => ProcessState::Paused,
             Process::Up(_) => ProcessState::Up,
             Process::Leaving(_) => ProcessState::Leaving,
             Process::Left => ProcessState::Left,
@@ -347,6 +352,8 @@ pub struct Cluster {
     lost: BTreeMap<Vec<u8>, Duration>,
     /// The acknowledgement contract, checked at every message sent.
     datapath: DataPathMonitor,
+    /// No dot minted twice, checked at every data write.
+    dots: DotMonitor,
     /// Each slot's ring partition count (from its configuration at its last start).
     partitions: BTreeMap<usize, u32>,
 }
@@ -370,6 +377,7 @@ impl Cluster {
             next_client: 0,
             lost: BTreeMap::new(),
             datapath: DataPathMonitor::new(),
+            dots: DotMonitor::new(),
             partitions: BTreeMap::new(),
         }
     }
@@ -377,6 +385,11 @@ impl Cluster {
     /// The data-path monitor: violations of the acknowledgement contract seen so far.
     pub fn datapath(&self) -> &DataPathMonitor {
         &self.datapath
+    }
+
+    /// The dot monitor: dots minted twice seen so far.
+    pub fn dots(&self) -> &DotMonitor {
+        &self.dots
     }
 
     /// The current simulated time.
@@ -508,6 +521,7 @@ impl Cluster {
             clients: BTreeMap::new(),
             crash_trap: None,
             removed: false,
+            paused: None,
         });
         self.by_addr.insert(info.quic_addr, i);
         self.trace.text(
@@ -612,6 +626,8 @@ impl Cluster {
         }
         self.partitions
             .insert(node, config.membership.ring.partitions());
+        self.datapath
+            .partitions(node, config.membership.ring.partitions());
         let node_seed = rng::derive(self.seed, "node-rng", ((node as u64) << 32) | slot.epoch);
         let initial = persisted.ring.get(persisted.id).map(|e| e.status);
         let saved = Persisted {
@@ -724,6 +740,8 @@ impl Cluster {
     fn kill(&mut self, node: usize, why: &str) {
         let slot = &mut self.slots[node];
         slot.process = Process::Crashed;
+        // A paused process dies too (`SIGKILL` reaches a stopped process).
+        slot.paused = None;
         self.stats.outputs_lost += slot.outbox.len() as u64;
         slot.outbox.clear();
         slot.barrier = false;
@@ -769,14 +787,17 @@ impl Cluster {
         }
     }
 
-    /// Asks the running node `via` to remove the stopped machine `node` from the ring for good
-    /// (an operator's decision: the machine is gone). From now on the machine counts as
-    /// removed; it must not be started again.
+    /// Asks the running node `via` to remove the stopped or paused machine `node` from the ring
+    /// for good (an operator's decision: the machine is gone). From now on the machine counts
+    /// as removed; it must not be started again (a paused one may still resume, see
+    /// [`Cluster::pause`]).
     pub fn remove(&mut self, via: usize, node: usize) -> Result<(), ControlError> {
         let now = self.now;
         let target = self.slots.get(node).ok_or(ControlError::NoSuchNode(node))?;
         let state = target.state();
-        if state.is_running() {
+        // A paused machine may be written off too (nothing shows it running), and a removal
+        // may be asked again of a machine already written off, whatever it does since.
+        if state.is_running() && state != ProcessState::Paused && !target.removed {
             return Err(ControlError::Running { node, state });
         }
         let id = target.id;
@@ -785,7 +806,7 @@ impl Cluster {
             .get_mut(via)
             .ok_or(ControlError::NoSuchNode(via))?;
         let vstate = v.state();
-        let Some(n) = v.node_mut() else {
+        let Some(n) = v.node_mut().filter(|_| vstate != ProcessState::Paused) else {
             return Err(ControlError::NotRunning {
                 node: via,
                 state: vstate,
@@ -929,6 +950,16 @@ impl Cluster {
         self.drain(node);
     }
 
+    /// How many hints the disk of node `node` holds (synced or not).
+    pub fn hints_held(&self, node: usize) -> usize {
+        self.slots.get(node).map_or(0, |s| s.disk.hints())
+    }
+
+    /// Whether node `node` is paused ([`Cluster::pause`]).
+    pub fn paused(&self, node: usize) -> bool {
+        self.slots.get(node).is_some_and(|s| s.paused.is_some())
+    }
+
     /// Whether a node asked to leave has reported that it left ([`Output::Left`]).
     pub fn left_reported(&self, node: usize) -> bool {
         self.slots.get(node).is_some_and(|s| s.left_reported)
@@ -949,6 +980,9 @@ impl Cluster {
         };
         self.now = at;
         self.stats.events += 1;
+        let Some(event) = self.defer_if_paused(event) else {
+            return Step::Handled;
+        };
         match event {
             Event::Gossip { from, to, bytes } => self.arrive_gossip(from, to, bytes),
             Event::Message(m) => self.arrive_message(*m),
@@ -975,6 +1009,75 @@ impl Cluster {
             Event::Wake { actor, token } => return Step::Wake { actor, token },
         }
         Step::Handled
+    }
+
+    /// Keeps a timer firing or a sync completion for a paused process until it resumes;
+    /// returns every other event.
+    fn defer_if_paused(&mut self, event: Event) -> Option<Event> {
+        let (Event::Timer { node, epoch, .. } | Event::SyncDone { node, epoch }) = &event else {
+            return Some(event);
+        };
+        let slot = &mut self.slots[*node];
+        match &mut slot.paused {
+            Some(deferred) if slot.epoch == *epoch => {
+                deferred.push(event);
+                None
+            }
+            _ => Some(event),
+        }
+    }
+
+    /// Pauses the running node `node`, as `SIGSTOP` would: it keeps its state, its view and
+    /// its unperformed outputs, but handles nothing until [`Cluster::resume`] — timers and
+    /// sync completions wait for the resume, datagrams to it are lost, messages to it are
+    /// retransmitted until the stream times out, client connections are refused. A crash
+    /// still kills it.
+    pub fn pause(&mut self, node: usize) -> Result<(), ControlError> {
+        let slot = self
+            .slots
+            .get_mut(node)
+            .ok_or(ControlError::NoSuchNode(node))?;
+        let state = slot.state();
+        if state != ProcessState::Up {
+            return Err(ControlError::NotRunning { node, state });
+        }
+        slot.paused = Some(Vec::new());
+        self.trace.text(
+            self.now,
+            Kind::Process,
+            End::Node(node),
+            End::None,
+            format_args!("pause"),
+        );
+        Ok(())
+    }
+
+    /// Resumes the paused node `node` where it stopped: the timers and sync completions due
+    /// meanwhile reach it now, in order, and its waiting outputs are performed. Nothing
+    /// happens to a node that is not paused (it may have crashed meanwhile).
+    pub fn resume(&mut self, node: usize) -> Result<(), ControlError> {
+        let slot = self
+            .slots
+            .get_mut(node)
+            .ok_or(ControlError::NoSuchNode(node))?;
+        let Some(deferred) = slot.paused.take() else {
+            return Ok(());
+        };
+        for event in deferred {
+            self.queue.schedule(self.now, event);
+        }
+        self.trace.text(
+            self.now,
+            Kind::Process,
+            End::Node(node),
+            End::None,
+            format_args!("resume"),
+        );
+        self.pump(node);
+        if self.slots[node].state().is_running() {
+            self.observe(node);
+        }
+        Ok(())
     }
 
     /// What the per-step checker sees of a running node now.
@@ -1034,6 +1137,8 @@ impl Cluster {
             Some("partition")
         } else if !self.state(to).is_running() {
             Some("destination down")
+        } else if self.state(to) == ProcessState::Paused {
+            Some("destination paused")
         } else {
             None
         };
@@ -1071,19 +1176,23 @@ impl Cluster {
         let (from, to) = (m.from, m.to);
         let dst = &self.slots[to];
         let dst_running = dst.state().is_running();
+        // A paused destination does not read its streams: the sender retransmits.
+        let dst_paused = dst.state() == ProcessState::Paused;
         let sender_alive = self.slots[from].epoch == m.from_epoch && self.state(from).is_running();
         let verdict: Result<(), &'static str> = match m.to_epoch {
             // The connection belonged to a process that is gone.
             Some(e) if e != dst.epoch || !dst_running => {
                 Err("connection reset: destination restarted or crashed")
             }
-            _ if !self.net.blocked(from, to) && dst_running => Ok(()),
+            _ if !self.net.blocked(from, to) && dst_running && !dst_paused => Ok(()),
             // The path is cut or nobody listens yet: QUIC keeps retransmitting until it gives up.
             _ if !sender_alive => Err("sender gone before delivery"),
             _ if now + self.config.net.retransmit_after
                 > m.sent_at + self.config.net.stream_timeout =>
             {
-                Err(if dst_running {
+                Err(if dst_paused {
+                    "stream timeout: destination paused"
+                } else if dst_running {
                     "stream timeout: partition"
                 } else {
                     "stream timeout: destination down"
@@ -1198,7 +1307,7 @@ impl Cluster {
     fn pump(&mut self, node: usize) {
         loop {
             let slot = &mut self.slots[node];
-            if slot.barrier || !slot.state().is_running() {
+            if slot.barrier || !slot.state().is_running() || slot.paused.is_some() {
                 return;
             }
             if slot.outbox.is_empty() {
@@ -1265,7 +1374,14 @@ impl Cluster {
                 slot.left_written = Some(slot.meta_writes);
             }
             Output::Persist { seq, batch } => {
-                self.datapath.persisted(node, &batch, self.now);
+                {
+                    let slot = &self.slots[node];
+                    let disk = slot.disk.handle();
+                    let store = disk.lock();
+                    self.datapath
+                        .persisted(node, slot.epoch, &batch, self.now, &store);
+                }
+                self.dots.persisted(node, &batch, self.now);
                 let slot = &mut self.slots[node];
                 slot.disk.write_batch(&batch);
                 slot.data_written = slot.data_written.max(seq);

@@ -81,6 +81,16 @@ pub enum OpKind {
         /// The node asked.
         node: usize,
     },
+    /// Pause a node's process, as `SIGSTOP` would.
+    Pause {
+        /// The node slot.
+        node: usize,
+    },
+    /// Resume a paused node's process.
+    Resume {
+        /// The node slot.
+        node: usize,
+    },
     /// Cut the network (the partition's description).
     Partition(String),
     /// End the partition.
@@ -99,6 +109,8 @@ impl OpKind {
             | OpKind::Crash { node }
             | OpKind::Restart { node }
             | OpKind::Leave { node }
+            | OpKind::Pause { node }
+            | OpKind::Resume { node }
             | OpKind::Remove { node, .. } => Some(node),
             OpKind::Read { node, .. }
             | OpKind::Write { node, .. }
@@ -117,6 +129,8 @@ impl fmt::Display for OpKind {
             OpKind::Restart { node } => write!(f, "restart n{node}"),
             OpKind::Leave { node } => write!(f, "leave n{node}"),
             OpKind::Remove { node, via } => write!(f, "remove n{node} via n{via}"),
+            OpKind::Pause { node } => write!(f, "pause n{node}"),
+            OpKind::Resume { node } => write!(f, "resume n{node}"),
             OpKind::Read { key, node } => write!(f, "read {key} at n{node}"),
             OpKind::Write { key, value, node } => write!(f, "write {key}={value} at n{node}"),
             OpKind::Delete { key, node } => write!(f, "delete {key} at n{node}"),

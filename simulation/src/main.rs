@@ -60,7 +60,7 @@ struct Common {
     /// Length of the fault phase (e.g. 90s, 10m, 1h).
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     duration: Duration,
-    /// Fault kinds to inject: a comma-separated list of partition, loss, crash, join, leave
+    /// Fault kinds to inject: a comma-separated list of partition, loss, crash, join, leave, pause
     /// (or all, none).
     #[arg(long, default_value = "all")]
     faults: FaultSet,

@@ -36,6 +36,7 @@ use crate::trace::Trace;
 use crate::workload::crdt::{Crdt, CrdtConfig, HotCounter};
 use crate::workload::membership::{Membership, MembershipConfig};
 use crate::workload::nemesis::{Nemesis, NemesisConfig};
+use crate::workload::pause::{PauseConfig, PauseNemesis};
 use crate::workload::register::{LargeValues, Register, RegisterConfig};
 use crate::workload::{Ctx, Workload};
 
@@ -176,6 +177,12 @@ pub struct RunReport {
     /// Acknowledgements of replica writes and hints checked against the sender's disk as
     /// they left it ([`crate::check::datapath`]).
     pub acks_checked: u64,
+    /// Hint deletions checked against the acknowledgements their holder received
+    /// ([`crate::check::datapath`]).
+    pub hint_deletes_checked: u64,
+    /// Dotted register values written to disks and checked for a dot minted twice
+    /// ([`crate::check::dots`]).
+    pub dots_checked: u64,
     /// Wall-clock time the run took (not part of the deterministic result).
     pub wall: Duration,
 }
@@ -271,6 +278,9 @@ pub fn run(config: &RunConfig) -> Result<RunReport, SimError> {
             ..CrdtConfig::default()
         })));
     }
+    workloads.push(Box::new(PauseNemesis::new(PauseConfig::new(
+        config.faults.clone(),
+    ))));
     let mut sim = Simulation {
         cluster,
         history: History::new(),
@@ -348,6 +358,21 @@ pub fn run(config: &RunConfig) -> Result<RunReport, SimError> {
     for obs in sim.cluster.take_observations() {
         sim.safety.observe(end, &obs);
     }
+    let dots = sim.cluster.dots();
+    if !dots.violations().is_empty() {
+        let mut found = dots.violations().to_vec();
+        if dots.dropped() > 0 {
+            found.push(Violation {
+                checker: "dot-minted-twice",
+                at: end,
+                observer: None,
+                subject: None,
+                message: format!("... and {} more dots minted twice", dots.dropped()),
+            });
+        }
+        found.append(&mut violations);
+        violations = found;
+    }
     let datapath = sim.cluster.datapath();
     if !datapath.violations().is_empty() {
         let mut found = datapath.violations().to_vec();
@@ -388,6 +413,8 @@ pub fn run(config: &RunConfig) -> Result<RunReport, SimError> {
         end,
         stats: sim.cluster.stats().clone(),
         acks_checked: sim.cluster.datapath().checked(),
+        hint_deletes_checked: sim.cluster.datapath().hint_deletes_checked(),
+        dots_checked: sim.cluster.dots().checked(),
         history: sim.history,
         snapshot,
         wall: wall.elapsed(),
@@ -417,6 +444,8 @@ pub fn summary(r: &RunReport) -> String {
             OpKind::Restart { .. } => "restart",
             OpKind::Leave { .. } => "leave",
             OpKind::Remove { .. } => "remove",
+            OpKind::Pause { .. } => "pause",
+            OpKind::Resume { .. } => "resume",
             OpKind::Read { .. } => "read",
             OpKind::Write { .. } => "write",
             OpKind::Delete { .. } => "delete",
@@ -519,8 +548,10 @@ pub fn summary(r: &RunReport) -> String {
     );
     let _ = writeln!(
         s,
-        "data path: {} acknowledgements of replica writes and hints checked against the disk as they left",
-        r.acks_checked
+        "data path: {} acknowledgements of replica writes and hints checked against the disk as they left; {} hint deletions checked against their holder's acknowledgements; {} dotted values written checked for a dot minted twice",
+        r.acks_checked,
+        r.hint_deletes_checked,
+        r.dots_checked
     );
     let st = &r.stats;
     let dropped: u64 = st.dropped.values().sum();

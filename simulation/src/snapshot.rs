@@ -31,12 +31,18 @@ pub enum ProcessState {
     Left,
     /// Crashed (or failed to start) and not running.
     Crashed,
+    /// Running but stopped, as by `SIGSTOP` (a paused VM, a long GC pause): the process keeps
+    /// its state and its view, but takes no step, receives and sends nothing until resumed.
+    Paused,
 }
 
 impl ProcessState {
-    /// Whether a process is running (it takes inputs).
+    /// Whether a process exists (it takes inputs, or will once resumed if it is paused).
     pub fn is_running(self) -> bool {
-        matches!(self, ProcessState::Up | ProcessState::Leaving)
+        matches!(
+            self,
+            ProcessState::Up | ProcessState::Leaving | ProcessState::Paused
+        )
     }
 
     /// Lowercase name.
@@ -47,6 +53,7 @@ impl ProcessState {
             ProcessState::Leaving => "leaving",
             ProcessState::Left => "left",
             ProcessState::Crashed => "crashed",
+            ProcessState::Paused => "paused",
         }
     }
 }

@@ -14,20 +14,47 @@
 //!   a violation. (Unless the node deleted the key since the delivery — a partition dropped,
 //!   a tombstone purged — which proves nothing either way.)
 //!
+//! A hint holder deletes a hint only once a node acknowledged that it durably stored the hint's
+//! state (the owner merged it, or another node adopted it): a hint deleted on sending, or on an
+//! acknowledgement for something else, is a write whose last copy may vanish. The monitor
+//! checks this at every hint deletion, against what the holder was acknowledged:
+//!
+//! - it remembers each hint delivery the holder sends (`ReplicaMessage::Merge` answered with
+//!   `HintsMessage::Delivered`, or `HintsMessage::Adopt`) with the keys and states it carries;
+//! - when the holder receives `Delivered` for that delivery from the node it went to, the
+//!   entries not refused count as acknowledged (the receiver sends `Delivered` only once they
+//!   are durable there);
+//! - when the holder deletes a hint, the state the hint holds (read from its disk just before
+//!   the deletion applies) must be covered by what this process was acknowledged for the key;
+//!   otherwise: a violation. The only excuse is the holder's own durable data covering it — a
+//!   hint for a departed owner handed to the holder itself, which the node does without a
+//!   message (`hints.rs` deletes hints nowhere else).
+//!
 //! It decodes messages the way the node does and reads the simulated disk; it changes nothing.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use chorus::node::{CoordinatorMessage, HintsMessage, Object, PeerMessage, ReplicaMessage};
+use chorus::node::{
+    CoordinatorMessage, HintsMessage, MergeReply, Object, PeerMessage, ReplicaMessage,
+};
 use chorus::ring::partition_of;
-use chorus::storage::{data_key, split_hint_key, MemoryStore, Space, WriteBatch, WriteOp};
+use chorus::storage::{
+    data_key, split_hint_key, MemoryStore, ReadStore, Space, WriteBatch, WriteOp,
+};
 use chorus::NodeId;
 use serde::Deserialize;
 
 use super::Violation;
 
 const CHECKER: &str = "data-path";
+
+/// The name of the hint-deletion contract's violations.
+const HINT_CHECKER: &str = "hint-deletion";
+
+/// Most hint deliveries remembered at once (deliveries that time out are never acknowledged;
+/// the oldest are forgotten beyond this).
+const OFFERS_MAX: usize = 100_000;
 
 /// Most violations kept.
 const VIOLATIONS_MAX: usize = 32;
@@ -74,8 +101,20 @@ pub struct DataPathMonitor {
     deleted: HashMap<(usize, Vec<u8>), Duration>,
     /// When each slot last deleted a hint for each target.
     hints_deleted: HashMap<(usize, NodeId), Duration>,
+    /// Each slot's ring partition count.
+    partitions: HashMap<usize, u32>,
     /// Insertion order of `expected`, to forget the oldest beyond the bound.
     order: std::collections::VecDeque<(usize, u64, NodeId, u64)>,
+    /// Hint deliveries sent, by (holder slot, its process epoch, delivery): the node they went
+    /// to and the keys and states they carry.
+    offers: HashMap<(usize, u64, u64), (NodeId, Vec<(Vec<u8>, Object)>)>,
+    /// Insertion order of `offers`.
+    offers_order: std::collections::VecDeque<(usize, u64, u64)>,
+    /// Per (holder slot, process epoch, key): the merged states some node acknowledged
+    /// storing durably for this holder's hint deliveries.
+    hints_acked: HashMap<(usize, u64, Vec<u8>), Object>,
+    /// Hint deletions checked so far.
+    hint_deletes_checked: u64,
     violations: Vec<Violation>,
     dropped: usize,
     checked: u64,
@@ -102,8 +141,39 @@ impl DataPathMonitor {
         self.checked
     }
 
-    /// Slot `node` wrote `batch` to its disk at `at` (deletes excuse what they remove).
-    pub fn persisted(&mut self, node: usize, batch: &WriteBatch, at: Duration) {
+    /// Hint deletions checked against the acknowledgements so far.
+    pub fn hint_deletes_checked(&self) -> u64 {
+        self.hint_deletes_checked
+    }
+
+    fn report(&mut self, v: Violation) {
+        if self.violations.len() < VIOLATIONS_MAX {
+            self.violations.push(v);
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    /// Process `epoch` of slot `node` writes `batch` to its disk at `at`; `disk` is its disk
+    /// just before (deletes excuse what they remove from the acknowledgement check; a hint
+    /// deleted must have been acknowledged).
+    pub fn persisted(
+        &mut self,
+        node: usize,
+        epoch: u64,
+        batch: &WriteBatch,
+        at: Duration,
+        disk: &MemoryStore,
+    ) {
+        for op in batch.ops() {
+            if let WriteOp::Delete {
+                space: Space::Hints,
+                key,
+            } = op
+            {
+                self.hint_deleted(node, epoch, key, at, disk);
+            }
+        }
         for op in batch.ops() {
             match op {
                 WriteOp::Delete {
@@ -125,8 +195,69 @@ impl DataPathMonitor {
         }
     }
 
+    /// Checks the deletion of hint `hint_key` by process `epoch` of slot `node`.
+    fn hint_deleted(
+        &mut self,
+        node: usize,
+        epoch: u64,
+        hint_key: &[u8],
+        at: Duration,
+        disk: &MemoryStore,
+    ) {
+        let Some((target, seq)) = split_hint_key(hint_key) else {
+            return;
+        };
+        // Deleting what is not there (any more) deletes nothing.
+        let Some((key, object)) = disk
+            .get(Space::Hints, hint_key)
+            .ok()
+            .flatten()
+            .and_then(|b| chorus::node::hints::stored_hint_object(&b))
+        else {
+            return;
+        };
+        self.hint_deletes_checked += 1;
+        let acked = self.hints_acked.get(&(node, epoch, key.clone()));
+        if covers(acked, &object) {
+            return;
+        }
+        // Handed to the holder itself (a departed owner's key it now replicates).
+        let partitions = self.partitions.get(&node).copied().unwrap_or(0);
+        if partitions > 0 {
+            let own = disk
+                .get_durable(Space::Data, &data_key(partition_of(&key, partitions), &key))
+                .and_then(|b| Object::decode(b).ok());
+            if covers(own.as_ref(), &object) {
+                return;
+            }
+        }
+        self.report(Violation {
+            checker: HINT_CHECKER,
+            at,
+            observer: Some(node),
+            subject: None,
+            message: format!(
+                "deleted hint {seq} of {:?} for {target} before any node acknowledged storing it durably: a crash of the holder now loses the write",
+                String::from_utf8_lossy(&key)
+            ),
+        });
+    }
+
+    /// Slot `node` runs with `partitions` ring partitions (from its configuration).
+    pub fn partitions(&mut self, node: usize, partitions: u32) {
+        self.partitions.insert(node, partitions);
+    }
+
     /// Process `epoch` of slot `to` received `bytes` from node `from` at `at`.
     pub fn delivered(&mut self, at: Duration, to: usize, epoch: u64, from: NodeId, bytes: &[u8]) {
+        if matches!(tag(bytes), Some(("Hints", "Delivered"))) {
+            if let Ok(PeerMessage::Hints(HintsMessage::Delivered { batch, refused })) =
+                chorus::protocol::decode::<PeerMessage>(bytes)
+            {
+                self.hints_delivered(to, epoch, from, batch, &refused);
+            }
+            return;
+        }
         if !matches!(tag(bytes), Some(("Replica", "Write") | ("Hints", "Store"))) {
             return;
         }
@@ -168,6 +299,65 @@ impl DataPathMonitor {
         }
     }
 
+    /// Holder `to` (process `epoch`) was told by `from` that delivery `batch` is durable there,
+    /// but for the entries at the positions in `refused`.
+    fn hints_delivered(&mut self, to: usize, epoch: u64, from: NodeId, batch: u64, refused: &[u32]) {
+        let id = (to, epoch, batch);
+        // An acknowledgement from another node than the delivery went to proves nothing.
+        if self.offers.get(&id).is_none_or(|(dest, _)| *dest != from) {
+            return;
+        }
+        let Some((_, entries)) = self.offers.remove(&id) else {
+            return;
+        };
+        for (i, (key, object)) in entries.into_iter().enumerate() {
+            if refused.contains(&u32::try_from(i).unwrap_or(u32::MAX)) {
+                continue;
+            }
+            match self.hints_acked.entry((to, epoch, key)) {
+                std::collections::hash_map::Entry::Occupied(mut e) => {
+                    e.get_mut().merge(&object);
+                }
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(object);
+                }
+            }
+        }
+    }
+
+    /// Remembers a hint delivery process `epoch` of slot `from` sends to `to`.
+    fn hints_offered(&mut self, from: usize, epoch: u64, to: NodeId, bytes: &[u8]) {
+        let (batch, entries) = match chorus::protocol::decode::<PeerMessage>(bytes) {
+            Ok(PeerMessage::Replica(ReplicaMessage::Merge {
+                reply: MergeReply::Hints { batch },
+                entries,
+            })) => (
+                batch,
+                entries.into_iter().map(|e| (e.key, e.object)).collect(),
+            ),
+            Ok(PeerMessage::Hints(HintsMessage::Adopt { batch, hints })) => (
+                batch,
+                hints
+                    .into_iter()
+                    .map(|h| (h.entry.key, h.entry.object))
+                    .collect(),
+            ),
+            _ => return,
+        };
+        let id = (from, epoch, batch);
+        if self.offers.insert(id, (to, entries)).is_none() {
+            self.offers_order.push_back(id);
+        }
+        while self.offers.len() > OFFERS_MAX {
+            match self.offers_order.pop_front() {
+                Some(old) => {
+                    self.offers.remove(&old);
+                }
+                None => break,
+            }
+        }
+    }
+
     /// Process `epoch` of slot `from` sends `bytes` to node `to`; `disk` is its disk now and
     /// `partitions` its ring's partition count.
     #[allow(clippy::too_many_arguments)]
@@ -181,8 +371,13 @@ impl DataPathMonitor {
         disk: &MemoryStore,
         partitions: u32,
     ) {
-        if !matches!(tag(bytes), Some(("Coordinator", "Ack" | "Refused"))) {
-            return;
+        match tag(bytes) {
+            Some(("Coordinator", "Ack" | "Refused")) => {}
+            Some(("Replica", "Merge") | ("Hints", "Adopt")) => {
+                self.hints_offered(from, epoch, to, bytes);
+                return;
+            }
+            _ => return,
         }
         let req = match chorus::protocol::decode::<PeerMessage>(bytes) {
             Ok(PeerMessage::Coordinator(CoordinatorMessage::Ack { req })) => req,

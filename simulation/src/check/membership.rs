@@ -166,9 +166,11 @@ impl Checker for Liveness {
                 };
                 let expected = match s.process {
                     ProcessState::Up => Seen::Alive,
+                    // A paused process answers no probe.
                     ProcessState::Leaving
                     | ProcessState::Left
                     | ProcessState::Crashed
+                    | ProcessState::Paused
                     | ProcessState::NotStarted => Seen::Down,
                 };
                 if m.liveness != expected {
@@ -223,7 +225,9 @@ impl Checker for RingStatus {
                     ProcessState::Up => m.status == Status::Member,
                     ProcessState::Leaving => m.status >= Status::Leaving,
                     ProcessState::Left => m.status == Status::Left,
-                    ProcessState::Crashed | ProcessState::NotStarted => m.status != Status::Left,
+                    ProcessState::Crashed | ProcessState::Paused | ProcessState::NotStarted => {
+                        m.status != Status::Left
+                    }
                 };
                 if !ok {
                     let expected = match s.process {

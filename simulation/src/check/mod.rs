@@ -15,14 +15,17 @@
 //! - [`crdt`]: what clients of counters and sets saw (bounds on counters, permanent 2P-Set
 //!   removals, OR-Set adds that survive), and that replicas of CRDT keys converge.
 //! - [`safety`]: invariants checked after every simulated step.
-//! - [`datapath`]: the acknowledgement contract (nothing acknowledged before it is durable),
-//!   checked at every message a node sends.
+//! - [`datapath`]: the acknowledgement contract (nothing acknowledged before it is durable)
+//!   checked at every message a node sends, and the hint contract (no hint deleted before a
+//!   node acknowledged storing it) checked at every hint deletion.
+//! - [`dots`]: no dot minted twice, checked at every data write.
 //!
 //! Further checkers (CRDT bounds, convergence) plug in beside them by implementing the same
 //! trait and, when they need more state, by adding fields to [`NodeSnapshot`].
 
 pub mod crdt;
 pub mod datapath;
+pub mod dots;
 pub mod membership;
 pub mod merkle;
 pub mod register;

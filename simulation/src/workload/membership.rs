@@ -148,9 +148,11 @@ impl Membership {
         self.wakeups.schedule(cx, at, what);
     }
 
+    /// Running nodes the operator counts on: a machine written off while paused and resumed
+    /// since ([`crate::workload::pause`]) runs, but the operator no longer manages it.
     fn up_nodes(cx: &Ctx<'_>) -> Vec<usize> {
         (0..cx.cluster().len())
-            .filter(|&i| cx.cluster().state(i) == ProcessState::Up)
+            .filter(|&i| cx.cluster().state(i) == ProcessState::Up && !cx.cluster().removed(i))
             .collect()
     }
 

@@ -13,6 +13,8 @@
 //!   Both write the [`SHARED_KEYS`].
 //! - [`nemesis`]: the network nemesis — partitions and degraded periods — recorded as
 //!   operations of a client named `nemesis`, as Jepsen does.
+//! - [`pause`]: the pause nemesis — a member paused, removed by an operator while paused, and
+//!   resumed with its stale view.
 //!
 //! Workloads that send client requests ([`Ctx::request`]) get each answer back through
 //! [`Workload::reply`], which the cluster delivers like a wake-up.
@@ -20,6 +22,7 @@
 pub mod crdt;
 pub mod membership;
 pub mod nemesis;
+pub mod pause;
 pub mod register;
 
 use std::time::Duration;
