@@ -115,8 +115,12 @@ struct OperatorArgs {
 enum ClusterCommand {
     /// The node at --http leaves the cluster for good: it hands its partitions over and exits.
     Leave(OperatorArgs),
+    /// Cancel the leave of the node at --http while it is still handing its partitions over:
+    /// it stays a member and keeps its partitions.
+    CancelLeave(OperatorArgs),
     /// Write off a dead node for good: its partitions move to the others. Refused for a node
-    /// that is not down, unless --force.
+    /// that is not down, unless --force. The removal is signed with the cluster CA key, which
+    /// every node checks: no node can remove another on its own.
     Remove {
         /// The node's id (16 hex digits, as `chorus status` shows).
         node: String,
@@ -124,6 +128,10 @@ enum ClusterCommand {
         /// that still runs stops without handing its data off).
         #[arg(long)]
         force: bool,
+        /// The cluster CA's directory (ca.pem, ca.key, as `chorus cert ca` made it), whose key
+        /// signs the removal [default: $CHORUS_CA_DIR, else chorus-dev/ca].
+        #[arg(long)]
+        operator_ca: Option<PathBuf>,
         #[command(flatten)]
         target: OperatorArgs,
     },
@@ -241,6 +249,11 @@ struct ConnectionArgs {
     /// serves 8,192 at once from all clients together). Default: 1024.
     #[arg(long, value_name = "N")]
     quic_connection_in_flight_max: Option<usize>,
+    /// QUIC client connections that may be waiting for their hello at once, from all
+    /// addresses together; a new one beyond closes the oldest waiting one (so connections
+    /// that never authenticate cannot take the client slots). Default: 128.
+    #[arg(long, value_name = "N")]
+    quic_clients_unverified_max: Option<usize>,
 }
 
 impl ConnectionArgs {
@@ -295,6 +308,11 @@ impl ConnectionArgs {
                 self.quic_connection_in_flight_max,
                 "quic-connection-in-flight-max",
                 d.quic_connection_in_flight_max,
+            )?,
+            quic_clients_unverified_max: count(
+                self.quic_clients_unverified_max,
+                "quic-clients-unverified-max",
+                d.quic_clients_unverified_max,
             )?,
         })
     }
@@ -1046,26 +1064,54 @@ fn cert(command: CertCommand) -> Result<(), String> {
 }
 
 fn cluster_cmd(command: ClusterCommand) -> Result<(), String> {
-    let (target, path, what) = match &command {
-        ClusterCommand::Leave(t) => (t, "/v1/cluster/leave".to_owned(), "leaving"),
+    let (target, path, what, body) = match &command {
+        ClusterCommand::Leave(t) => (t, "/v1/cluster/leave".to_owned(), "leaving", None),
+        ClusterCommand::CancelLeave(t) => {
+            let addr = http_addr(&t.http)?;
+            let operator = dev::operator_token(t.operator_token_file.as_deref())?;
+            let agent = http_agent(Duration::from_secs(10));
+            let answer: serde_json::Value = http_json(
+                dev::with_operator(
+                    agent.delete(format!("http://{addr}/v1/cluster/leave")),
+                    &operator,
+                )
+                .call(),
+                "cancelling the leave",
+            )?;
+            println!("{answer}");
+            return Ok(());
+        }
         ClusterCommand::Remove {
             node,
             force,
+            operator_ca,
             target,
-        } => (
-            target,
-            format!(
-                "/v1/cluster/remove/{node}{}",
-                if *force { "?force=true" } else { "" }
-            ),
-            "removing",
-        ),
+        } => {
+            let id = node
+                .parse::<chorus::id::NodeId>()
+                .map_err(|e| format!("bad node id {node:?}: {e}"))?;
+            (
+                target,
+                format!(
+                    "/v1/cluster/remove/{id}{}",
+                    if *force { "?force=true" } else { "" }
+                ),
+                "removing",
+                Some(dev::removal_body(id, operator_ca.as_deref())?),
+            )
+        }
     };
     let addr = http_addr(&target.http)?;
     let operator = dev::operator_token(target.operator_token_file.as_deref())?;
     let agent = http_agent(Duration::from_secs(10));
+    let request = dev::with_operator(agent.post(format!("http://{addr}{path}")), &operator);
     let answer: serde_json::Value = http_json(
-        dev::with_operator(agent.post(format!("http://{addr}{path}")), &operator).send_empty(),
+        match body {
+            Some(body) => request
+                .header("content-type", "application/json")
+                .send(body),
+            None => request.send_empty(),
+        },
         what,
     )?;
     println!("{answer}");

@@ -41,6 +41,11 @@ pub enum OpKind {
         /// The node slot.
         node: usize,
     },
+    /// Cancel the leave of node `node` while it is still handing its partitions over.
+    CancelLeave {
+        /// The node slot.
+        node: usize,
+    },
     /// Ask node `via` to remove the dead node `node` from the ring for good (an operator's
     /// decision after a machine is lost).
     Remove {
@@ -99,6 +104,7 @@ impl OpKind {
             | OpKind::Crash { node }
             | OpKind::Restart { node }
             | OpKind::Leave { node }
+            | OpKind::CancelLeave { node }
             | OpKind::Remove { node, .. } => Some(node),
             OpKind::Read { node, .. }
             | OpKind::Write { node, .. }
@@ -116,6 +122,7 @@ impl fmt::Display for OpKind {
             OpKind::Crash { node } => write!(f, "crash n{node}"),
             OpKind::Restart { node } => write!(f, "restart n{node}"),
             OpKind::Leave { node } => write!(f, "leave n{node}"),
+            OpKind::CancelLeave { node } => write!(f, "cancel the leave of n{node}"),
             OpKind::Remove { node, via } => write!(f, "remove n{node} via n{via}"),
             OpKind::Read { key, node } => write!(f, "read {key} at n{node}"),
             OpKind::Write { key, value, node } => write!(f, "write {key}={value} at n{node}"),

@@ -416,6 +416,7 @@ pub fn summary(r: &RunReport) -> String {
             OpKind::Crash { .. } => "crash",
             OpKind::Restart { .. } => "restart",
             OpKind::Leave { .. } => "leave",
+            OpKind::CancelLeave { .. } => "cancel-leave",
             OpKind::Remove { .. } => "remove",
             OpKind::Read { .. } => "read",
             OpKind::Write { .. } => "write",

@@ -72,6 +72,9 @@ pub struct ConnectionOptions {
     /// Requests one QUIC client connection may have in flight over all its lanes (the node
     /// serves 8,192 at once from all clients together).
     pub quic_connection_in_flight_max: usize,
+    /// QUIC client connections that may be waiting for their hello at once, from all
+    /// addresses together; a new one beyond closes the oldest waiting one.
+    pub quic_clients_unverified_max: usize,
 }
 
 impl Default for ConnectionOptions {
@@ -85,6 +88,7 @@ impl Default for ConnectionOptions {
             quic_clients_per_address_max: 64,
             quic_client_idle_timeout: Duration::from_secs(120),
             quic_connection_in_flight_max: 1024,
+            quic_clients_unverified_max: 128,
         }
     }
 }

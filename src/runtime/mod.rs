@@ -541,6 +541,7 @@ async fn run_node(
             crate::api::quic::QuicLimits {
                 idle_timeout: caps.quic_client_idle_timeout,
                 connection_in_flight_max: caps.quic_connection_in_flight_max,
+                unverified_max: caps.quic_clients_unverified_max,
             },
         )
         .in_current_span(),
@@ -708,8 +709,11 @@ async fn run_node(
                     node.leave(epoch.elapsed());
                     let _ = reply.send(());
                 }
-                AdminRequest::Remove(id, force, reply) => {
-                    let _ = reply.send(node.remove(id, force, epoch.elapsed()));
+                AdminRequest::CancelLeave(reply) => {
+                    let _ = reply.send(node.cancel_leave(epoch.elapsed()));
+                }
+                AdminRequest::Remove(id, signature, force, reply) => {
+                    let _ = reply.send(node.remove(id, signature, force, epoch.elapsed()));
                 }
                 AdminRequest::Partitions(sizes, reply) => {
                     let mut list = node.partitions(epoch.elapsed());

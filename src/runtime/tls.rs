@@ -307,6 +307,9 @@ pub fn node_id_of_spki(spki: &[u8]) -> NodeId {
 /// ids to certificates. So a member cannot mint phantom members with keys of its own making.
 pub struct CertAuth {
     cert: Vec<u8>,
+    /// The public keys of the trusted CA certificates: an operator action (a removal) is
+    /// believed when one of them signed it.
+    operator_keys: Vec<Vec<u8>>,
     key: ring::signature::EcdsaKeyPair,
     rng: ring::rand::SystemRandom,
     verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
@@ -341,8 +344,24 @@ impl CertAuth {
             &rng,
         )
         .map_err(|e| TlsError::NoNodeId(format!("the node key cannot sign ring entries: {e}")))?;
+        let operator_keys = cert
+            .ca_certs
+            .iter()
+            .filter_map(|ca| {
+                let (_, parsed) = x509_parser::parse_x509_certificate(ca.as_ref()).ok()?;
+                Some(
+                    parsed
+                        .tbs_certificate
+                        .subject_pki
+                        .subject_public_key
+                        .data
+                        .to_vec(),
+                )
+            })
+            .collect();
         Ok(CertAuth {
             cert: leaf.as_ref().to_vec(),
+            operator_keys,
             key,
             rng,
             verifier,
@@ -362,6 +381,18 @@ impl crate::membership::EntryAuth for CertAuth {
             .sign(&self.rng, message)
             .map(|s| s.as_ref().to_vec())
             .unwrap_or_default()
+    }
+
+    fn verify_operator(&self, message: &[u8], signature: &[u8]) -> bool {
+        !signature.is_empty()
+            && self.operator_keys.iter().any(|key| {
+                ring::signature::UnparsedPublicKey::new(
+                    &ring::signature::ECDSA_P256_SHA256_ASN1,
+                    key,
+                )
+                .verify(message, signature)
+                .is_ok()
+            })
     }
 
     fn verify(&self, node: NodeId, key: &[u8], message: &[u8], signature: &[u8]) -> bool {
@@ -430,6 +461,26 @@ impl ClusterCa {
             cert_der: cert.der().clone(),
             issuer: Issuer::new(params, key),
         })
+    }
+
+    /// The operator's signature of `message` with the CA key (ECDSA P-256, ASN.1 DER): what
+    /// an operator action such as a removal carries, and what every node checks against the
+    /// CA certificate ([`CertAuth`]'s [`crate::membership::EntryAuth::verify_operator`]).
+    pub fn sign_operator(&self, message: &[u8]) -> Result<Vec<u8>, TlsError> {
+        let bad = |reason: String| TlsError::BadKey {
+            path: PathBuf::from(CA_KEY_FILE),
+            reason,
+        };
+        let rng = ring::rand::SystemRandom::new();
+        let key = ring::signature::EcdsaKeyPair::from_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+            &self.issuer.key().serialize_der(),
+            &rng,
+        )
+        .map_err(|e| bad(format!("the CA key is not an ECDSA P-256 key: {e}")))?;
+        key.sign(&rng, message)
+            .map(|s| s.as_ref().to_vec())
+            .map_err(|e| bad(format!("cannot sign: {e}")))
     }
 
     /// The CA certificate in PEM form (what nodes trust).
@@ -1370,6 +1421,32 @@ mod tests {
         let auth_c = CertAuth::new(&client).unwrap();
         let sig = auth_c.sign(b"entry");
         assert!(!auth_b.verify(id_c, &auth_c.public_key(), b"entry", &sig));
+    }
+
+    /// Issue 22, item 2: a removal is believed only when the CA key signed it; no node key,
+    /// and no other CA's key, makes one.
+    #[test]
+    fn only_the_ca_key_signs_operator_actions() {
+        use crate::membership::{removal_message, EntryAuth};
+        let ca = ClusterCa::generate("c").unwrap();
+        let (a, b) = (ca.issue_node("a").unwrap(), ca.issue_node("b").unwrap());
+        let (auth_a, auth_b) = (CertAuth::new(&a).unwrap(), CertAuth::new(&b).unwrap());
+        let m = removal_message(b.node_id().unwrap());
+        let sig = ca.sign_operator(&m).unwrap();
+        assert!(auth_a.verify_operator(&m, &sig));
+        assert!(!auth_a.verify_operator(&removal_message(a.node_id().unwrap()), &sig));
+        assert!(
+            !auth_a.verify_operator(&m, &auth_b.sign(&m)),
+            "a node's key"
+        );
+        assert!(!auth_a.verify_operator(&m, b""));
+        let rogue = ClusterCa::generate("rogue").unwrap();
+        assert!(!auth_a.verify_operator(&m, &rogue.sign_operator(&m).unwrap()));
+        // A CA loaded from its files signs as the one that made them.
+        let dir = TempDir::new("operator");
+        ca.save(&dir.0).unwrap();
+        let loaded = ClusterCa::load(&dir.0).unwrap();
+        assert!(auth_a.verify_operator(&m, &loaded.sign_operator(&m).unwrap()));
     }
 
     /// Issue 22, item 2: certificates say what they are for.

@@ -60,6 +60,13 @@ pub fn as_operator<B>(req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
     req.header("authorization", format!("Bearer {OPERATOR_TOKEN}"))
 }
 
+/// The body of `POST /v1/cluster/remove/{node}`: the removal of `node` signed with the key of
+/// the CA in `ca` (the operator's key), as `chorus cluster remove` sends it.
+pub fn removal_body(ca: &Path, node: &str) -> String {
+    chorus::runtime::dev::removal_body(node.parse().expect("a node id"), Some(ca))
+        .expect("signs the removal")
+}
+
 /// Creates a CA with `chorus cert ca` and returns its directory.
 pub fn make_ca(root: &Path, name: &str) -> PathBuf {
     let dir = root.join(name);
