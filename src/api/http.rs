@@ -8,7 +8,8 @@
 //!   [`super::status`]).
 //! - `GET /v1/openapi.json` → the OpenAPI 3.1 document of all of this (see [`super::openapi`]):
 //!   the router is built from the handlers' descriptions ([`routes`]), so the two agree.
-//! - `GET /v1/cluster` → the cluster as this node sees it ([`ClusterView`] as JSON).
+//! - `GET /v1/cluster` → the cluster as this node sees it ([`ClusterView`] as JSON, plus
+//!   `http_scheme`: `https` when this node serves HTTPS, else `http`).
 //! - `POST /v1/cluster/leave` → 202 `{"status":"leaving"}`; the node leaves gracefully and
 //!   exits once a majority of the ring's members confirmed its departure (until then
 //!   `GET /v1/cluster` lists the leave under `pending`).
@@ -163,6 +164,8 @@ pub struct ApiState {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// The status page's state (its request window is fed by both APIs).
     pub status: std::sync::Arc<super::status::StatusState>,
+    /// The HTTP API serves HTTPS (reported as `http_scheme` by `GET /v1/cluster`).
+    pub https: bool,
 }
 
 /// The routes of the HTTP API with their OpenAPI descriptions: each route comes from its
@@ -355,9 +358,23 @@ async fn cluster(State(api): State<ApiState>) -> Response {
         return unavailable();
     }
     match rx.await {
-        Ok(view) => Json(view).into_response(),
+        Ok(view) => Json(ClusterAnswer {
+            view,
+            http_scheme: if api.https { "https" } else { "http" },
+        })
+        .into_response(),
         Err(_) => unavailable(),
     }
+}
+
+/// `GET /v1/cluster`'s answer: the view, and the scheme this node's HTTP API serves (`http` or
+/// `https`; every node of a cluster is meant to serve the same one, and clients reach the
+/// members it lists with the scheme they reached it with).
+#[derive(Serialize)]
+struct ClusterAnswer {
+    #[serde(flatten)]
+    view: ClusterView,
+    http_scheme: &'static str,
 }
 
 /// `GET /v1/partitions`.

@@ -1,9 +1,11 @@
-//! Cluster PKI and TLS configuration for node-to-node QUIC.
+//! Cluster PKI and TLS configuration for node-to-node QUIC, and the HTTPS identity of the HTTP
+//! API.
 //!
 //! This module owns the cluster certificate authority ([`ClusterCa`]), node certificates
 //! ([`NodeCert`]), their files on disk, and turning them into quinn client and server
-//! configurations that enforce mutual TLS 1.3 under the cluster CA ([`quinn_configs`]). It uses
-//! the `ring` crypto provider, passed explicitly, never a process-wide default.
+//! configurations that enforce mutual TLS 1.3 under the cluster CA ([`quinn_configs`]), and the
+//! HTTP API's server certificate ([`HttpsIdentity`], from `chorus start --http-tls-dir`). It
+//! uses the `ring` crypto provider, passed explicitly, never a process-wide default.
 //!
 //! It opens no sockets and spawns no tasks: the transport (`runtime::transport`) does. It reads
 //! the wall clock only to pick certificate validity periods and to check a loaded certificate has
@@ -14,6 +16,13 @@
 //! A CA directory holds `ca.pem` (certificate) and `ca.key` (private key, mode 0600). A node
 //! directory is self-contained: `node.pem`, `node.key` (mode 0600) and a copy of the CA
 //! certificate as `ca.pem`, which is all a node needs to join the cluster.
+//!
+//! An HTTPS directory (`--http-tls-dir`) holds `cert.pem` (the server certificate, leaf first,
+//! then any intermediates) and `key.pem` (its private key, PKCS#8, PKCS#1 or SEC1 PEM): the
+//! operator's own certificate, from any CA clients trust. A node directory from
+//! `chorus cert issue` (no `cert.pem`, but `node.pem` and `node.key`) serves as one too: its
+//! certificate names the `--name` and `--san` names given at issue, and clients verify the
+//! names they connect to against those (see [`HttpsIdentity::load`]).
 //!
 //! # Trust model
 //!
@@ -71,6 +80,10 @@ pub const CA_KEY_FILE: &str = "ca.key";
 pub const NODE_CERT_FILE: &str = "node.pem";
 /// File name of the node private key in a node directory.
 pub const NODE_KEY_FILE: &str = "node.key";
+/// File name of the HTTPS server certificate (chain) in an HTTPS directory.
+pub const HTTPS_CERT_FILE: &str = "cert.pem";
+/// File name of the HTTPS server private key in an HTTPS directory.
+pub const HTTPS_KEY_FILE: &str = "key.pem";
 /// File name of a client certificate in a client directory.
 pub const CLIENT_CERT_FILE: &str = "client.pem";
 /// File name of a client private key in a client directory.
@@ -218,6 +231,27 @@ pub enum TlsError {
     /// A certificate's public key cannot be read, so no node id can be derived from it.
     #[error("cannot derive a node id from the certificate: {0}")]
     NoNodeId(String),
+    /// An HTTPS directory holds no server certificate.
+    #[error(
+        "{} holds no HTTPS certificate: put {HTTPS_CERT_FILE} (the chain, leaf first) and \
+         {HTTPS_KEY_FILE} in it, or use a node directory from `chorus cert issue` \
+         ({NODE_CERT_FILE}, {NODE_KEY_FILE})",
+        dir.display()
+    )]
+    NoHttpsCert {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// A certificate is outside its validity period.
+    #[error("{} is not valid now: it is valid from {not_before} to {not_after}", path.display())]
+    NotValidNow {
+        /// The certificate file.
+        path: PathBuf,
+        /// Start of validity.
+        not_before: String,
+        /// End of validity.
+        not_after: String,
+    },
     /// A certificate is not for the role it is used in (a client certificate given to a node,
     /// or one issued before certificates carried roles).
     #[error(
@@ -556,14 +590,22 @@ impl ClusterCa {
     /// Issues a node certificate for `name` (a DNS name or IP address), with subject alternative
     /// names [`NODE_SERVER_NAME`] and `name`, usable for both server and client authentication.
     pub fn issue_node(&self, name: &str) -> Result<NodeCert, TlsError> {
-        if name.is_empty() || ServerName::try_from(name).is_err() {
-            return Err(TlsError::InvalidNodeName {
-                name: name.to_owned(),
-            });
-        }
+        self.issue_node_with_names(name, &[])
+    }
+
+    /// Like [`ClusterCa::issue_node`], with more subject alternative names (DNS names or IP
+    /// addresses): every name HTTPS clients use to reach the node (`chorus start
+    /// --http-tls-dir` serves this certificate), including the IP address of its `--http`,
+    /// which is how clients reach the members they learn from `GET /v1/cluster`.
+    pub fn issue_node_with_names(&self, name: &str, extra: &[String]) -> Result<NodeCert, TlsError> {
         let mut sans = vec![NODE_SERVER_NAME.to_owned()];
-        if name != NODE_SERVER_NAME {
-            sans.push(name.to_owned());
+        for n in std::iter::once(name).chain(extra.iter().map(String::as_str)) {
+            if n.is_empty() || ServerName::try_from(n).is_err() {
+                return Err(TlsError::InvalidNodeName { name: n.to_owned() });
+            }
+            if !sans.iter().any(|s| s == n) {
+                sans.push(n.to_owned());
+            }
         }
         let mut params = CertificateParams::new(sans)?;
         params.distinguished_name = distinguished_name(name);
@@ -913,6 +955,113 @@ impl TlsFiles {
             key,
             ca_certs,
         })
+    }
+}
+
+/// The HTTP API's server certificate and the rustls configuration serving it (HTTP/1.1 over
+/// TLS 1.2 or 1.3, no client certificates: clients authenticate with tokens).
+#[derive(Clone)]
+pub struct HttpsIdentity {
+    /// The certificate file it was read from.
+    pub cert: PathBuf,
+    /// The key file it was read from.
+    pub key: PathBuf,
+    /// The DNS names and IP addresses the certificate names (what clients may connect to).
+    pub names: Vec<String>,
+    /// When the certificate expires (as the certificate says).
+    pub not_after: String,
+    config: Arc<rustls::ServerConfig>,
+}
+
+impl fmt::Debug for HttpsIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpsIdentity")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field("names", &self.names)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpsIdentity {
+    /// Reads the HTTPS identity in `dir`: `cert.pem` and `key.pem`, or, when neither exists,
+    /// a node directory's `node.pem` and `node.key`. The certificate must parse, be valid now
+    /// and match the key; errors name the file at fault. Nothing checks who signed it: that is
+    /// for clients to verify.
+    pub fn load(dir: &Path) -> Result<HttpsIdentity, TlsError> {
+        let (cert_path, key_path) = {
+            let cert = dir.join(HTTPS_CERT_FILE);
+            let key = dir.join(HTTPS_KEY_FILE);
+            let node_cert = dir.join(NODE_CERT_FILE);
+            if cert.exists() || key.exists() || !node_cert.exists() {
+                if !cert.exists() && !key.exists() {
+                    return Err(TlsError::NoHttpsCert {
+                        dir: dir.to_owned(),
+                    });
+                }
+                (cert, key)
+            } else {
+                (node_cert, dir.join(NODE_KEY_FILE))
+            }
+        };
+        let cert_pem = read_string(&cert_path)?;
+        let key_pem = read_string(&key_path)?;
+        let chain = parse_certs(&cert_path, &cert_pem)?;
+        let key =
+            PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| TlsError::BadKey {
+                path: key_path.clone(),
+                reason: e.to_string(),
+            })?;
+        check_keys_match(&cert_path, &key_path, &chain[0], key.clone_key())?;
+        let bad = |reason: String| TlsError::BadCertificate {
+            path: cert_path.clone(),
+            reason,
+        };
+        let (_, leaf) = x509_parser::parse_x509_certificate(chain[0].as_ref())
+            .map_err(|e| bad(e.to_string()))?;
+        let validity = leaf.validity();
+        let not_after = validity.not_after.to_string();
+        if !validity.is_valid() {
+            return Err(TlsError::NotValidNow {
+                path: cert_path.clone(),
+                not_before: validity.not_before.to_string(),
+                not_after,
+            });
+        }
+        let mut names = Vec::new();
+        if let Ok(Some(san)) = leaf.subject_alternative_name() {
+            for name in &san.value.general_names {
+                match name {
+                    x509_parser::extensions::GeneralName::DNSName(d) => names.push(d.to_string()),
+                    x509_parser::extensions::GeneralName::IPAddress(ip) => {
+                        let ip = match ip.len() {
+                            4 => <[u8; 4]>::try_from(*ip).ok().map(std::net::IpAddr::from),
+                            16 => <[u8; 16]>::try_from(*ip).ok().map(std::net::IpAddr::from),
+                            _ => None,
+                        };
+                        names.extend(ip.map(|ip| ip.to_string()));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(HttpsIdentity {
+            cert: cert_path,
+            key: key_path,
+            names,
+            not_after,
+            config: Arc::new(config),
+        })
+    }
+
+    /// The rustls server configuration.
+    pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        self.config.clone()
     }
 }
 
@@ -1481,5 +1630,69 @@ mod tests {
         }
         ca.issue_node(NODE_SERVER_NAME).unwrap();
         ca.issue_node("::1").unwrap();
+    }
+
+    #[test]
+    fn https_dirs_load_node_or_operator_certificates_and_name_the_bad_file() {
+        let ca = ClusterCa::generate("c").unwrap();
+        let node = ca
+            .issue_node_with_names("node-1", &["127.0.0.1".into(), "db.example.com".into()])
+            .unwrap();
+
+        // A node directory from `chorus cert issue` serves as it is, with its names.
+        let node_dir = TempDir::new("https-node");
+        node.save(&node_dir.0).unwrap();
+        let id = HttpsIdentity::load(&node_dir.0).unwrap();
+        assert_eq!(id.cert, node_dir.0.join(NODE_CERT_FILE));
+        for name in [NODE_SERVER_NAME, "node-1", "127.0.0.1", "db.example.com"] {
+            assert!(id.names.iter().any(|n| n == name), "{name} in {:?}", id.names);
+        }
+
+        // cert.pem + key.pem, with a chain (leaf, then the CA) in cert.pem.
+        let dir = TempDir::new("https-own");
+        let chain = format!("{}{}", node.cert_pem(), ca.cert_pem());
+        std::fs::write(dir.0.join(HTTPS_CERT_FILE), &chain).unwrap();
+        std::fs::write(dir.0.join(HTTPS_KEY_FILE), &node.key_pem).unwrap();
+        let id = HttpsIdentity::load(&dir.0).unwrap();
+        assert_eq!(id.cert, dir.0.join(HTTPS_CERT_FILE));
+        assert_eq!(id.key, dir.0.join(HTTPS_KEY_FILE));
+
+        // Nothing there: the error names the directory and the files it wants.
+        let empty = TempDir::new("https-empty");
+        let err = HttpsIdentity::load(&empty.0).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, TlsError::NoHttpsCert { .. }), "{msg}");
+        assert!(msg.contains(&empty.0.display().to_string()) && msg.contains("cert.pem"), "{msg}");
+
+        // cert.pem without key.pem: the missing key file is named.
+        let half = TempDir::new("https-half");
+        std::fs::write(half.0.join(HTTPS_CERT_FILE), &chain).unwrap();
+        let err = HttpsIdentity::load(&half.0).unwrap_err();
+        assert!(matches!(err, TlsError::Read { ref path, .. } if path.ends_with(HTTPS_KEY_FILE)), "{err}");
+
+        // A certificate file that is not PEM: named.
+        std::fs::write(half.0.join(HTTPS_KEY_FILE), &node.key_pem).unwrap();
+        std::fs::write(half.0.join(HTTPS_CERT_FILE), "not a certificate").unwrap();
+        let err = HttpsIdentity::load(&half.0).unwrap_err();
+        assert!(matches!(err, TlsError::BadCertificate { ref path, .. } if path.ends_with(HTTPS_CERT_FILE)), "{err}");
+        assert!(err.to_string().contains("cert.pem"), "{err}");
+
+        // A key file that is not PEM: named.
+        std::fs::write(half.0.join(HTTPS_CERT_FILE), &chain).unwrap();
+        std::fs::write(half.0.join(HTTPS_KEY_FILE), "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").unwrap();
+        let err = HttpsIdentity::load(&half.0).unwrap_err();
+        assert!(matches!(err, TlsError::BadKey { ref path, .. } if path.ends_with(HTTPS_KEY_FILE)), "{err}");
+
+        // Another certificate's key: both files named.
+        let other = ca.issue_node("node-2").unwrap();
+        std::fs::write(half.0.join(HTTPS_KEY_FILE), &other.key_pem).unwrap();
+        let err = HttpsIdentity::load(&half.0).unwrap_err();
+        assert!(matches!(err, TlsError::KeyMismatch { .. }), "{err}");
+
+        // Extra names are checked like the node name.
+        assert!(matches!(
+            ca.issue_node_with_names("node-1", &["bad name".into()]),
+            Err(TlsError::InvalidNodeName { ref name }) if name == "bad name"
+        ));
     }
 }

@@ -85,11 +85,17 @@ pub fn make_ca(root: &Path, name: &str) -> PathBuf {
 
 /// Issues a node certificate from the CA in `ca` into `out` with `chorus cert issue`.
 pub fn issue_cert(ca: &Path, name: &str, out: &Path) {
+    issue_cert_with(ca, name, out, &[]);
+}
+
+/// [`issue_cert`] with extra `chorus cert issue` flags (e.g. `--san 127.0.0.1`).
+pub fn issue_cert_with(ca: &Path, name: &str, out: &Path, extra: &[&str]) {
     let res = chorus()
         .args(["cert", "issue", "--ca"])
         .arg(ca)
         .args(["--name", name, "--out"])
         .arg(out)
+        .args(extra)
         .output()
         .unwrap();
     assert!(
