@@ -660,8 +660,7 @@ fn ring_plan_live(live: &str, args: &PlanArgs) -> Result<(), String> {
         match http_json::<Vec<PartitionInfo>>(
             dev::with_token(target.agent.get(&url)).call(),
             "partitions",
-        )
-        {
+        ) {
             Ok(parts) => {
                 for p in parts {
                     if let Some(b) = p.bytes {
@@ -955,11 +954,7 @@ impl Target {
     /// for `https://` only.
     fn new(flag: &str, ca: Option<&Path>, timeout: Duration) -> Result<Target, String> {
         let url = NodeUrl::parse(flag).map_err(|e| format!("--http {e}"))?;
-        let ca_pem = if url.https {
-            Some(read_ca(ca)?)
-        } else {
-            None
-        };
+        let ca_pem = if url.https { Some(read_ca(ca)?) } else { None };
         Ok(Target {
             agent: http_agent(timeout, ca_pem.as_deref())?,
             url,
@@ -1148,7 +1143,9 @@ fn cert(command: CertCommand) -> Result<(), String> {
             role,
         } => {
             if role == CertRoleArg::Client && !sans.is_empty() {
-                return Err("--san is for node certificates (client certificates name no host)".into());
+                return Err(
+                    "--san is for node certificates (client certificates name no host)".into(),
+                );
             }
             let ca = ClusterCa::load(&ca_dir).map_err(|e| e.to_string())?;
             std::fs::create_dir_all(&out)

@@ -27,7 +27,13 @@ fn write_secret(path: &Path, text: &str) {
 
 /// Starts a node that serves HTTPS with its own node certificate (issued with
 /// `--san 127.0.0.1`), requires [`CLIENT_TOKEN`] and has the operator token.
-fn start_https(root: &Path, name: &str, ca: &Path, join: &[SocketAddr], extra: &[&str]) -> NodeProc {
+fn start_https(
+    root: &Path,
+    name: &str,
+    ca: &Path,
+    join: &[SocketAddr],
+    extra: &[&str],
+) -> NodeProc {
     let data_dir = root.join(name);
     let tls_dir = data_dir.join("tls");
     issue_cert_with(ca, name, &tls_dir, &["--san", "127.0.0.1"]);
@@ -103,7 +109,13 @@ fn wait_https_members(agent: &ureq::Agent, node: &NodeProc, members: usize) -> s
             .count();
         (status == 200 && alive == members).then_some(view)
     })
-    .unwrap_or_else(|| panic!("{} never listed {members} members over HTTPS:\n{}", node.name, node.log()))
+    .unwrap_or_else(|| {
+        panic!(
+            "{} never listed {members} members over HTTPS:\n{}",
+            node.name,
+            node.log()
+        )
+    })
 }
 
 /// Runs the CLI with `args`, `CHORUS_TOKEN` set to `token` (or unset).
@@ -145,7 +157,11 @@ fn an_https_cluster_answers_the_cli_and_the_client_with_the_ca_and_the_token_onl
     wait_https_members(&agent, &b, 2);
     // The node says it serves HTTPS, and logged so at start.
     assert_eq!(view["http_scheme"], "https", "{view}");
-    assert!(a.log().contains("the HTTP API serves HTTPS only"), "{}", a.log());
+    assert!(
+        a.log().contains("the HTTP API serves HTTPS only"),
+        "{}",
+        a.log()
+    );
     let url_a = format!("https://{}", a.http);
     let url_b = format!("https://{}", b.http);
     let ca_arg = ca_pem.to_str().unwrap();
@@ -153,7 +169,10 @@ fn an_https_cluster_answers_the_cli_and_the_client_with_the_ca_and_the_token_onl
     let token_arg = token_file.to_str().unwrap();
 
     // `chorus status` over HTTPS, with the token; refused without it.
-    let out = cli(&["status", "--http", &url_a, "--ca", ca_arg], Some(CLIENT_TOKEN));
+    let out = cli(
+        &["status", "--http", &url_a, "--ca", ca_arg],
+        Some(CLIENT_TOKEN),
+    );
     assert!(out.status.success(), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     for m in view["members"].as_array().unwrap() {
@@ -165,22 +184,50 @@ fn an_https_cluster_answers_the_cli_and_the_client_with_the_ca_and_the_token_onl
 
     // Data commands: written through one node, read through the other.
     let out = cli(
-        &["put", "greeting", "hello over tls", "--node", &url_a, "--ca", ca_arg, "--token-file", token_arg],
+        &[
+            "put",
+            "greeting",
+            "hello over tls",
+            "--node",
+            &url_a,
+            "--ca",
+            ca_arg,
+            "--token-file",
+            token_arg,
+        ],
         None,
     );
     assert!(out.status.success(), "{}", text(&out));
     let out = cli(
-        &["get", "greeting", "--node", &url_b, "--ca", ca_arg, "--token-file", token_arg],
+        &[
+            "get",
+            "greeting",
+            "--node",
+            &url_b,
+            "--ca",
+            ca_arg,
+            "--token-file",
+            token_arg,
+        ],
         None,
     );
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello over tls");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "hello over tls"
+    );
     let out = cli(&["get", "greeting", "--node", &url_b, "--ca", ca_arg], None);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("unauthorized"), "{}", text(&out));
 
     // The status endpoints answer over HTTPS.
-    for path in ["/health", "/v1/status", "/v1/node", "/metrics", "/v1/partitions"] {
+    for path in [
+        "/health",
+        "/v1/status",
+        "/v1/node",
+        "/metrics",
+        "/v1/partitions",
+    ] {
         let (status, body) = get_https(&agent, a.http, path).expect(path);
         assert_eq!(status, 200, "{path}: {body}");
     }
@@ -189,13 +236,23 @@ fn an_https_cluster_answers_the_cli_and_the_client_with_the_ca_and_the_token_onl
     let operator = a.operator_token_path();
     let out = cli(
         &[
-            "repair", "--http", &url_a, "--ca", ca_arg, "--no-wait",
-            "--operator-token-file", operator.to_str().unwrap(),
+            "repair",
+            "--http",
+            &url_a,
+            "--ca",
+            ca_arg,
+            "--no-wait",
+            "--operator-token-file",
+            operator.to_str().unwrap(),
         ],
         Some(CLIENT_TOKEN),
     );
     assert!(out.status.success(), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("started"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("started"),
+        "{}",
+        text(&out)
+    );
 
     // A plain-HTTP request to the HTTPS port, token and all, gets no data: a 400 saying so.
     let mut s = std::net::TcpStream::connect(a.http).unwrap();
@@ -209,10 +266,20 @@ fn an_https_cluster_answers_the_cli_and_the_client_with_the_ca_and_the_token_onl
     let mut raw = String::new();
     let _ = s.read_to_string(&mut raw);
     assert!(raw.starts_with("HTTP/1.1 400"), "{raw}");
-    assert!(raw.contains("https_required") && !raw.contains("hello"), "{raw}");
+    assert!(
+        raw.contains("https_required") && !raw.contains("hello"),
+        "{raw}"
+    );
     let plain_url = format!("http://{}", a.http);
     let out = cli(
-        &["get", "greeting", "--node", &plain_url, "--token-file", token_arg],
+        &[
+            "get",
+            "greeting",
+            "--node",
+            &plain_url,
+            "--token-file",
+            token_arg,
+        ],
         None,
     );
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
@@ -225,24 +292,57 @@ fn an_https_cluster_answers_the_cli_and_the_client_with_the_ca_and_the_token_onl
     let other = make_ca(root, "other-ca");
     let other_pem = other.join("ca.pem");
     let out = cli(
-        &["status", "--http", &url_a, "--ca", other_pem.to_str().unwrap()],
+        &[
+            "status",
+            "--http",
+            &url_a,
+            "--ca",
+            other_pem.to_str().unwrap(),
+        ],
         Some(CLIENT_TOKEN),
     );
     assert!(!out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("not signed by the CA"), "{}", text(&out));
+    assert!(
+        text(&out).contains("not signed by the CA"),
+        "{}",
+        text(&out)
+    );
     let out = cli(
-        &["get", "greeting", "--node", &url_a, "--ca", other_pem.to_str().unwrap(), "--token-file", token_arg],
+        &[
+            "get",
+            "greeting",
+            "--node",
+            &url_a,
+            "--ca",
+            other_pem.to_str().unwrap(),
+            "--token-file",
+            token_arg,
+        ],
         None,
     );
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(text(&out).contains("not signed by the CA"), "{}", text(&out));
+    assert!(
+        text(&out).contains("not signed by the CA"),
+        "{}",
+        text(&out)
+    );
     // A host name the certificate does not carry is refused too.
     let out = cli(
-        &["status", "--http", &format!("https://localhost:{}", a.http.port()), "--ca", ca_arg],
+        &[
+            "status",
+            "--http",
+            &format!("https://localhost:{}", a.http.port()),
+            "--ca",
+            ca_arg,
+        ],
         Some(CLIENT_TOKEN),
     );
     assert!(!out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("does not name the host"), "{}", text(&out));
+    assert!(
+        text(&out).contains("does not name the host"),
+        "{}",
+        text(&out)
+    );
 
     // The Rust client.
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -279,9 +379,13 @@ fn an_https_cluster_answers_the_cli_and_the_client_with_the_ca_and_the_token_onl
             .unwrap_err();
         assert!(e.message.contains("not signed by the CA"), "{e}");
         // Plain HTTP to the HTTPS port: refused, saying why.
-        let e = Client::connect(client_config(plain_url.clone(), &ca_pem, Some(CLIENT_TOKEN)))
-            .await
-            .unwrap_err();
+        let e = Client::connect(client_config(
+            plain_url.clone(),
+            &ca_pem,
+            Some(CLIENT_TOKEN),
+        ))
+        .await
+        .unwrap_err();
         assert!(e.message.contains("HTTPS only"), "{e}");
         // https:// without a CA: a configuration error before anything is sent.
         let mut no_ca = client_config(url_a.clone(), &ca_pem, Some(CLIENT_TOKEN));
@@ -294,7 +398,13 @@ fn an_https_cluster_answers_the_cli_and_the_client_with_the_ca_and_the_token_onl
     let plain = NodeProc::start(root, "plain", &ca, &[]);
     plain.wait_serving();
     let out = cli(
-        &["status", "--http", &format!("https://{}", plain.http), "--ca", ca_arg],
+        &[
+            "status",
+            "--http",
+            &format!("https://{}", plain.http),
+            "--ca",
+            ca_arg,
+        ],
         None,
     );
     assert!(!out.status.success(), "{}", text(&out));
@@ -323,7 +433,9 @@ fn tls_handshakes_hold_places_under_the_caps_and_are_timed_out() {
     let agent = tls_agent(&ca_pem);
     wait_https_members(&agent, &node, 1);
     let http = node.http;
-    let tls = chorus::client::https::https_client_config(&std::fs::read_to_string(&ca_pem).unwrap()).unwrap();
+    let tls =
+        chorus::client::https::https_client_config(&std::fs::read_to_string(&ca_pem).unwrap())
+            .unwrap();
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async move {
@@ -355,11 +467,14 @@ fn tls_handshakes_hold_places_under_the_caps_and_are_timed_out() {
         for _ in 0..100 {
             let stream = connect().await;
             if let Ok(mut s) = connector.connect(name.clone(), stream).await {
-                s.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-                    .await
-                    .unwrap();
+                s.write_all(
+                    b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+                )
+                .await
+                .unwrap();
                 let mut buf = Vec::new();
-                let _ = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut buf)).await;
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut buf)).await;
                 answer = String::from_utf8_lossy(&buf).into_owned();
                 if answer.starts_with("HTTP/1.1 200") {
                     break;
@@ -370,7 +485,8 @@ fn tls_handshakes_hold_places_under_the_caps_and_are_timed_out() {
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     });
     assert!(
-        node.log().contains("did not complete its TLS handshake in time"),
+        node.log()
+            .contains("did not complete its TLS handshake in time"),
         "{}",
         node.log()
     );

@@ -867,3 +867,55 @@ fn one_quic_connection_cannot_take_the_whole_in_flight_budget() {
     let seen = seen.expect("the node's figures");
     assert!((1..=CAP).contains(&(seen as u64)), "{seen} in flight");
 }
+
+/// Review of issue 22 (a hostile peer's view): the node takes at most 128 QUIC handshakes in
+/// progress at once, shared by peers and clients, each held for the 3 s connect timeout. A
+/// sender that never sees an answer (spoofed source addresses) filled them with one Initial
+/// packet each, about 43 a second, and every new client and peer was refused. Now, past a
+/// quarter of the budget, a sender must first prove its address (a QUIC Retry): Initials that
+/// never answer hold at most that quarter, and real clients get in.
+#[test]
+fn initials_from_senders_that_never_answer_cannot_fill_the_handshake_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = make_ca(tmp.path(), "ca");
+    let node = NodeProc::start(tmp.path(), "n0", &ca, &[]);
+    node.wait_serving();
+    let ca_pem = std::fs::read_to_string(ca.join("ca.pem")).unwrap();
+    let cfg = chorus::client::quic_config(&ca_pem).unwrap();
+    let quic = node.quic;
+    // 240 Initials from 120 addresses, sent from sockets that never read an answer: the
+    // first flight of a handshake and nothing more, as from a spoofed address.
+    let mut proto = quinn_proto::Endpoint::new(
+        Arc::new(quinn_proto::EndpointConfig::default()),
+        None,
+        true,
+        None,
+    );
+    let mut sockets = Vec::new();
+    let mut buf = Vec::new();
+    for i in 0..240usize {
+        let from = std::net::Ipv4Addr::new(127, 0, 1, 2 + (i % 120) as u8);
+        let sock = std::net::UdpSocket::bind((from, 0)).unwrap();
+        let now = std::time::Instant::now();
+        let (_, mut conn) = proto
+            .connect(now, cfg.clone(), quic, "chorus-node")
+            .unwrap();
+        buf.clear();
+        let t = conn.poll_transmit(now, 1, &mut buf).expect("an Initial");
+        sock.send_to(&buf[..t.size], quic).unwrap();
+        sockets.push(sock);
+    }
+    // Within the 3 s those handshakes would hold their places, a real client connects.
+    let rt = runtime();
+    rt.block_on(async {
+        let client = tokio::time::timeout(
+            Duration::from_secs(2),
+            Client::connect(quic_client(&node, &ca)),
+        )
+        .await
+        .expect("connects in time")
+        .expect("connects");
+        client.put("through", "yes", None).await.unwrap();
+    });
+    drop(sockets);
+}

@@ -102,9 +102,13 @@ impl Unverified {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         waiting.retain(|(c, a)| !a.load(Ordering::Relaxed) && c.close_reason().is_none());
         while waiting.len() >= self.max {
-            let Some((oldest, _)) = waiting.pop_front() else {
+            let Some((oldest, said_hello)) = waiting.pop_front() else {
                 break;
             };
+            // Its hello may have been accepted since the `retain` above.
+            if said_hello.load(Ordering::Relaxed) {
+                continue;
+            }
             metrics::quic_connection_evicted_before_hello();
             info_limited!("connections", client = %oldest.remote_address(), "closing a client connection that has not said hello, to make room for a newer one");
             oldest.close(CLOSE_UNAUTHENTICATED, b"no accepted hello");

@@ -58,7 +58,11 @@ impl HttpShared {
 
     /// The pool of a member at `addr` (over HTTPS, its certificate must name that IP address).
     pub(crate) fn node(&self, addr: SocketAddr) -> HttpNode {
-        self.pool(addr, addr.to_string(), ServerName::IpAddress(addr.ip().into()))
+        self.pool(
+            addr,
+            addr.to_string(),
+            ServerName::IpAddress(addr.ip().into()),
+        )
     }
 
     /// The pool of a node the caller named by URL (over HTTPS, its certificate must name the
@@ -82,7 +86,11 @@ impl HttpShared {
     }
 
     /// `GET /v1/cluster` from `node`.
-    pub(crate) async fn cluster(&self, node: &HttpNode, wait: Duration) -> Result<ClusterView, Error> {
+    pub(crate) async fn cluster(
+        &self,
+        node: &HttpNode,
+        wait: Duration,
+    ) -> Result<ClusterView, Error> {
         self.get_json(node, "/v1/cluster", wait).await
     }
 

@@ -48,7 +48,11 @@ impl NodeUrl {
             (false, t)
         };
         let authority = rest.trim_end_matches('/');
-        let bad = || format!("{s:?} is not an address (expected IP:PORT, http://IP:PORT or https://HOST:PORT)");
+        let bad = || {
+            format!(
+                "{s:?} is not an address (expected IP:PORT, http://IP:PORT or https://HOST:PORT)"
+            )
+        };
         if authority.contains('/') {
             return Err(bad());
         }
@@ -137,9 +141,9 @@ pub fn explain_tls_error(e: &rustls::Error) -> String {
     use rustls::{CertificateError, Error as E, InvalidMessage};
     match e {
         E::InvalidCertificate(CertificateError::UnknownIssuer)
-        | E::InvalidCertificate(CertificateError::BadSignature) => format!(
-            "the node's certificate is not signed by the CA given (--ca / ca_pem): {e}"
-        ),
+        | E::InvalidCertificate(CertificateError::BadSignature) => {
+            format!("the node's certificate is not signed by the CA given (--ca / ca_pem): {e}")
+        }
         E::InvalidCertificate(
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
         ) => format!(
@@ -153,9 +157,9 @@ pub fn explain_tls_error(e: &rustls::Error) -> String {
             | CertificateError::NotValidYetContext { .. },
         ) => format!("the node's certificate is not valid now: {e}"),
         E::InvalidMessage(InvalidMessage::InvalidContentType)
-        | E::InvalidMessage(InvalidMessage::MessageTooLarge) => format!(
-            "the node did not answer in TLS: its port serves plain HTTP (use http://): {e}"
-        ),
+        | E::InvalidMessage(InvalidMessage::MessageTooLarge) => {
+            format!("the node did not answer in TLS: its port serves plain HTTP (use http://): {e}")
+        }
         _ => format!("TLS: {e}"),
     }
 }

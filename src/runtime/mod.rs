@@ -287,9 +287,17 @@ async fn run(options: NodeOptions) -> Result<(), RuntimeError> {
         });
     }
     let span = info_span!("node", id = %persisted.id);
-    run_node(options, node_tls, https, context_key, store, persisted, files)
-        .instrument(span)
-        .await
+    run_node(
+        options,
+        node_tls,
+        https,
+        context_key,
+        store,
+        persisted,
+        files,
+    )
+    .instrument(span)
+    .await
 }
 
 /// A data batch for the storage thread.

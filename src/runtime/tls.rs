@@ -597,7 +597,11 @@ impl ClusterCa {
     /// addresses): every name HTTPS clients use to reach the node (`chorus start
     /// --http-tls-dir` serves this certificate), including the IP address of its `--http`,
     /// which is how clients reach the members they learn from `GET /v1/cluster`.
-    pub fn issue_node_with_names(&self, name: &str, extra: &[String]) -> Result<NodeCert, TlsError> {
+    pub fn issue_node_with_names(
+        &self,
+        name: &str,
+        extra: &[String],
+    ) -> Result<NodeCert, TlsError> {
         let mut sans = vec![NODE_SERVER_NAME.to_owned()];
         for n in std::iter::once(name).chain(extra.iter().map(String::as_str)) {
             if n.is_empty() || ServerName::try_from(n).is_err() {
@@ -1645,7 +1649,11 @@ mod tests {
         let id = HttpsIdentity::load(&node_dir.0).unwrap();
         assert_eq!(id.cert, node_dir.0.join(NODE_CERT_FILE));
         for name in [NODE_SERVER_NAME, "node-1", "127.0.0.1", "db.example.com"] {
-            assert!(id.names.iter().any(|n| n == name), "{name} in {:?}", id.names);
+            assert!(
+                id.names.iter().any(|n| n == name),
+                "{name} in {:?}",
+                id.names
+            );
         }
 
         // cert.pem + key.pem, with a chain (leaf, then the CA) in cert.pem.
@@ -1662,26 +1670,42 @@ mod tests {
         let err = HttpsIdentity::load(&empty.0).unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, TlsError::NoHttpsCert { .. }), "{msg}");
-        assert!(msg.contains(&empty.0.display().to_string()) && msg.contains("cert.pem"), "{msg}");
+        assert!(
+            msg.contains(&empty.0.display().to_string()) && msg.contains("cert.pem"),
+            "{msg}"
+        );
 
         // cert.pem without key.pem: the missing key file is named.
         let half = TempDir::new("https-half");
         std::fs::write(half.0.join(HTTPS_CERT_FILE), &chain).unwrap();
         let err = HttpsIdentity::load(&half.0).unwrap_err();
-        assert!(matches!(err, TlsError::Read { ref path, .. } if path.ends_with(HTTPS_KEY_FILE)), "{err}");
+        assert!(
+            matches!(err, TlsError::Read { ref path, .. } if path.ends_with(HTTPS_KEY_FILE)),
+            "{err}"
+        );
 
         // A certificate file that is not PEM: named.
         std::fs::write(half.0.join(HTTPS_KEY_FILE), &node.key_pem).unwrap();
         std::fs::write(half.0.join(HTTPS_CERT_FILE), "not a certificate").unwrap();
         let err = HttpsIdentity::load(&half.0).unwrap_err();
-        assert!(matches!(err, TlsError::BadCertificate { ref path, .. } if path.ends_with(HTTPS_CERT_FILE)), "{err}");
+        assert!(
+            matches!(err, TlsError::BadCertificate { ref path, .. } if path.ends_with(HTTPS_CERT_FILE)),
+            "{err}"
+        );
         assert!(err.to_string().contains("cert.pem"), "{err}");
 
         // A key file that is not PEM: named.
         std::fs::write(half.0.join(HTTPS_CERT_FILE), &chain).unwrap();
-        std::fs::write(half.0.join(HTTPS_KEY_FILE), "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").unwrap();
+        std::fs::write(
+            half.0.join(HTTPS_KEY_FILE),
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
         let err = HttpsIdentity::load(&half.0).unwrap_err();
-        assert!(matches!(err, TlsError::BadKey { ref path, .. } if path.ends_with(HTTPS_KEY_FILE)), "{err}");
+        assert!(
+            matches!(err, TlsError::BadKey { ref path, .. } if path.ends_with(HTTPS_KEY_FILE)),
+            "{err}"
+        );
 
         // Another certificate's key: both files named.
         let other = ca.issue_node("node-2").unwrap();
