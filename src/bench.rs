@@ -112,9 +112,11 @@ impl std::str::FromStr for Distribution {
 pub struct BenchOptions {
     /// Any node's HTTP address.
     pub http: SocketAddr,
+    /// The nodes serve HTTPS (then `ca_pem` holds the CA their certificates chain to).
+    pub https: bool,
     /// QUIC or HTTP.
     pub protocol: Protocol,
-    /// The cluster CA certificate (PEM), for QUIC.
+    /// The cluster CA certificate (PEM), for QUIC and HTTPS.
     pub ca_pem: Option<String>,
     /// The client token, if the nodes require one.
     pub token: Option<String>,
@@ -739,7 +741,8 @@ pub fn run_many(
         let mut reports = Vec::new();
         let mut loaded = !options.load;
         for &(workload, protocol) in runs {
-            let mut config = Config::new([options.http.to_string()]);
+            let scheme = if options.https { "https" } else { "http" };
+            let mut config = Config::new([format!("{scheme}://{}", options.http)]);
             config.protocol = protocol;
             config.ca_pem = options.ca_pem.clone();
             config.token = options.token.clone();

@@ -22,12 +22,14 @@ use chorus::client::{
 #[derive(Args, Debug, Clone)]
 pub struct ClientArgs {
     /// HTTP address of a node (repeatable); the client learns the rest of the cluster from it.
+    /// `https://HOST:PORT` for nodes serving HTTPS (verified against --ca).
     #[arg(long, default_value = "127.0.0.1:7200", value_name = "IP:PORT")]
     node: Vec<String>,
     /// quic (needs the cluster CA: --ca) or http.
     #[arg(long, default_value = "http")]
     protocol: Protocol,
-    /// The cluster CA certificate, for --protocol quic [default: chorus-dev/ca/ca.pem].
+    /// The cluster CA certificate, for --protocol quic, and for https:// nodes the CA their
+    /// HTTPS certificates chain to [default: chorus-dev/ca/ca.pem].
     #[arg(long, value_name = "FILE")]
     ca: Option<PathBuf>,
     /// File holding the client token (or set CHORUS_TOKEN).
@@ -182,7 +184,8 @@ fn config_error(message: String) -> Error {
 async fn connect(args: &ClientArgs) -> Result<(Client, Options), Error> {
     let mut config = Config::new(args.node.clone());
     config.protocol = args.protocol;
-    if args.protocol == Protocol::Quic {
+    let https = args.node.iter().any(|n| n.trim().starts_with("https://"));
+    if args.protocol == Protocol::Quic || https {
         let path = args
             .ca
             .clone()

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use chorus::api::auth::Token;
 use chorus::bench::{self, BenchOptions, Distribution, Protocol, Workload};
+use chorus::client::NodeUrl;
 use chorus::node::{Liveness, PartitionInfo, RepairProgress};
 use chorus::runtime::dev::{self, DevOptions};
 use chorus::runtime::tls::{ClusterCa, TlsFiles};
@@ -102,9 +103,13 @@ enum TokenCommand {
 /// Where an operator command is sent, and its credential.
 #[derive(Args, Debug)]
 struct OperatorArgs {
-    /// HTTP address of the node to ask.
+    /// HTTP address of the node to ask (`https://HOST:PORT` for a node serving HTTPS).
     #[arg(long, default_value = "http://127.0.0.1:7200")]
     http: String,
+    /// For an https:// node: the CA certificate its HTTPS certificate must chain to
+    /// [default: chorus-dev/ca/ca.pem].
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
     /// File holding the operator token [default: $CHORUS_OPERATOR_TOKEN, else
     /// chorus-dev/operator.token].
     #[arg(long)]
@@ -115,8 +120,12 @@ struct OperatorArgs {
 enum ClusterCommand {
     /// The node at --http leaves the cluster for good: it hands its partitions over and exits.
     Leave(OperatorArgs),
+    /// Cancel the leave of the node at --http while it is still handing its partitions over:
+    /// it stays a member and keeps its partitions.
+    CancelLeave(OperatorArgs),
     /// Write off a dead node for good: its partitions move to the others. Refused for a node
-    /// that is not down, unless --force.
+    /// that is not down, unless --force. The removal is signed with the cluster CA key, which
+    /// every node checks: no node can remove another on its own.
     Remove {
         /// The node's id (16 hex digits, as `chorus status` shows).
         node: String,
@@ -124,6 +133,10 @@ enum ClusterCommand {
         /// that still runs stops without handing its data off).
         #[arg(long)]
         force: bool,
+        /// The cluster CA's directory (ca.pem, ca.key, as `chorus cert ca` made it), whose key
+        /// signs the removal [default: $CHORUS_CA_DIR, else chorus-dev/ca].
+        #[arg(long)]
+        operator_ca: Option<PathBuf>,
         #[command(flatten)]
         target: OperatorArgs,
     },
@@ -131,7 +144,7 @@ enum ClusterCommand {
 
 #[derive(Args, Debug)]
 struct StartArgs {
-    /// TOML file with any of: data_dir, listen, http, join (list), tls_dir, sync,
+    /// TOML file with any of: data_dir, listen, http, join (list), tls_dir, http_tls_dir, sync,
     /// anti_entropy_interval, tombstone_gc_interval, tombstone_gc_quiet, request_timeout_max,
     /// siblings_max, client_token_file, operator_token_file, http_hosts (list).
     /// Flags win.
@@ -152,6 +165,12 @@ struct StartArgs {
     /// Directory with ca.pem, node.pem and node.key [default: <data-dir>/tls].
     #[arg(long)]
     tls_dir: Option<PathBuf>,
+    /// Serve the HTTP API over HTTPS only, with the certificate in this directory: cert.pem
+    /// (the chain, leaf first) and key.pem, or a node directory from `chorus cert issue`
+    /// (node.pem, node.key; issue it with every name and IP address clients use, --san).
+    /// Default: plain HTTP.
+    #[arg(long, value_name = "DIR")]
+    http_tls_dir: Option<PathBuf>,
     /// When data writes count as durable: `always` syncs the write-ahead log before a write is
     /// acknowledged (many writes share one sync); `never` skips the sync (benchmarks only: a
     /// machine crash may lose acknowledged writes). Default: always.
@@ -220,6 +239,10 @@ struct ConnectionArgs {
     /// Seconds an HTTP request's body may take to arrive after its headers. Default: 30.
     #[arg(long, value_name = "SECONDS")]
     http_body_timeout: Option<u64>,
+    /// With --http-tls-dir: seconds a new connection may take to complete its TLS handshake.
+    /// Default: 10.
+    #[arg(long, value_name = "SECONDS")]
+    http_tls_handshake_timeout: Option<u64>,
     /// HTTP connections open at once. Default, and upper bound: what the open-file limit
     /// leaves once RocksDB's share and a reserve are set aside (logged at start).
     #[arg(long, value_name = "N")]
@@ -241,6 +264,11 @@ struct ConnectionArgs {
     /// serves 8,192 at once from all clients together). Default: 1024.
     #[arg(long, value_name = "N")]
     quic_connection_in_flight_max: Option<usize>,
+    /// QUIC client connections that may be waiting for their hello at once, from all
+    /// addresses together; a new one beyond closes the oldest waiting one (so connections
+    /// that never authenticate cannot take the client slots). Default: 128.
+    #[arg(long, value_name = "N")]
+    quic_clients_unverified_max: Option<usize>,
 }
 
 impl ConnectionArgs {
@@ -266,6 +294,11 @@ impl ConnectionArgs {
                 self.http_body_timeout,
                 "http-body-timeout",
                 d.http_body_timeout,
+            )?,
+            http_tls_handshake_timeout: secs(
+                self.http_tls_handshake_timeout,
+                "http-tls-handshake-timeout",
+                d.http_tls_handshake_timeout,
             )?,
             http_connections_max: match self.http_connections_max {
                 Some(0) => return Err("--http-connections-max must be at least 1".into()),
@@ -296,6 +329,11 @@ impl ConnectionArgs {
                 "quic-connection-in-flight-max",
                 d.quic_connection_in_flight_max,
             )?,
+            quic_clients_unverified_max: count(
+                self.quic_clients_unverified_max,
+                "quic-clients-unverified-max",
+                d.quic_clients_unverified_max,
+            )?,
         })
     }
 }
@@ -317,6 +355,7 @@ struct StartFile {
     #[serde(default)]
     join: Vec<SocketAddr>,
     tls_dir: Option<PathBuf>,
+    http_tls_dir: Option<PathBuf>,
     sync: Option<String>,
     anti_entropy_interval: Option<u64>,
     tombstone_gc_interval: Option<u64>,
@@ -356,7 +395,8 @@ struct DevArgs {
 
 #[derive(Args, Debug)]
 struct BenchArgs {
-    /// HTTP address of any node; the benchmark spreads over every live member.
+    /// HTTP address of any node (`https://IP:PORT` for nodes serving HTTPS); the benchmark
+    /// spreads over every live member.
     #[arg(long, alias = "node", default_value = "http://127.0.0.1:7200")]
     http: String,
     /// Operation mix: a (50% read / 50% update), b (95/5), c (read only), w (update only),
@@ -367,7 +407,8 @@ struct BenchArgs {
     /// quic or http; a comma list (`quic,http`) runs every workload over each, in one run.
     #[arg(long, default_value = "http", value_delimiter = ',')]
     protocol: Vec<Protocol>,
-    /// The cluster CA certificate, for QUIC [default: chorus-dev/ca/ca.pem].
+    /// The cluster CA certificate, for QUIC, and for https:// the CA the nodes' HTTPS
+    /// certificates chain to [default: chorus-dev/ca/ca.pem].
     #[arg(long, value_name = "FILE")]
     ca: Option<PathBuf>,
     /// File holding the client token, if the nodes require one (or set CHORUS_TOKEN).
@@ -408,9 +449,13 @@ struct BenchArgs {
 
 #[derive(Args, Debug)]
 struct StatusArgs {
-    /// HTTP address of any node.
+    /// HTTP address of any node (`https://HOST:PORT` for a node serving HTTPS).
     #[arg(long, default_value = "http://127.0.0.1:7200")]
     http: String,
+    /// For an https:// node: the CA certificate its HTTPS certificate must chain to
+    /// [default: chorus-dev/ca/ca.pem].
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
     /// Print the raw JSON.
     #[arg(long)]
     json: bool,
@@ -418,9 +463,13 @@ struct StatusArgs {
 
 #[derive(Args, Debug)]
 struct RepairArgs {
-    /// HTTP address of the node to repair from.
+    /// HTTP address of the node to repair from (`https://HOST:PORT` for HTTPS).
     #[arg(long, default_value = "http://127.0.0.1:7200")]
     http: String,
+    /// For an https:// node: the CA certificate its HTTPS certificate must chain to
+    /// [default: chorus-dev/ca/ca.pem].
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
     /// Repair only this partition.
     #[arg(long)]
     partition: Option<u16>,
@@ -460,9 +509,14 @@ enum CertCommand {
         /// Directory holding the CA.
         #[arg(long)]
         ca: PathBuf,
-        /// Name to put in the certificate (e.g. the host name).
+        /// Name to put in the certificate (e.g. the host name; a DNS name or an IP address).
         #[arg(long)]
         name: String,
+        /// Another DNS name or IP address for the node certificate (repeatable): every name
+        /// HTTPS clients use to reach the node (`chorus start --http-tls-dir` can serve this
+        /// certificate), including the IP address of its --http.
+        #[arg(long = "san", value_name = "NAME")]
+        sans: Vec<String>,
         /// Output directory: give a node's to `chorus start --tls-dir`.
         #[arg(long)]
         out: PathBuf,
@@ -488,6 +542,10 @@ struct PlanArgs {
     /// member for its partition sizes, which reads every key it holds.
     #[arg(long, value_name = "http://IP:PORT")]
     live: Option<String>,
+    /// With an https:// --live node: the CA certificate the nodes' HTTPS certificates chain
+    /// to [default: chorus-dev/ca/ca.pem].
+    #[arg(long, requires = "live", value_name = "FILE")]
+    ca: Option<PathBuf>,
     /// With --live: the node (16 hex digits) whose leave to plan.
     #[arg(long, requires = "live", conflicts_with = "add")]
     leave: Option<String>,
@@ -546,8 +604,11 @@ fn ring_plan_live(live: &str, args: &PlanArgs) -> Result<(), String> {
     if args.remove.is_some() {
         return Err("with --live, plan a departure with --leave ID".into());
     }
-    let addr = http_addr(live)?;
-    let view = dev::fetch_cluster(addr, Duration::from_secs(5))
+    // Target::new names the flag it usually reads; here the address came with --live.
+    let target = Target::new(live, args.ca.as_deref(), Duration::from_secs(600))
+        .map_err(|e| e.replacen("--http", "--live", 1))?;
+    let view = target
+        .cluster()
         .map_err(|e| format!("cannot reach {live}: {e}"))?;
     let config = RingConfig::new(view.ring.partitions, view.ring.vnodes)
         .map_err(|e| format!("the cluster reports an invalid ring: {e}"))?;
@@ -593,12 +654,13 @@ fn ring_plan_live(live: &str, args: &PlanArgs) -> Result<(), String> {
     let new =
         Ring::new(after.iter().copied().map(Member::new), config).map_err(|e| e.to_string())?;
     // The largest copy of each partition any current member reports.
-    let agent = http_agent(Duration::from_secs(600));
     let mut sizes: BTreeMap<PartitionId, u64> = BTreeMap::new();
     for m in &owners {
-        let url = format!("http://{}/v1/partitions?bytes=true", m.http_addr);
-        match http_json::<Vec<PartitionInfo>>(dev::with_token(agent.get(&url)).call(), "partitions")
-        {
+        let url = target.member_url(m.http_addr, "/v1/partitions?bytes=true");
+        match http_json::<Vec<PartitionInfo>>(
+            dev::with_token(target.agent.get(&url)).call(),
+            "partitions",
+        ) {
             Ok(parts) => {
                 for p in parts {
                     if let Some(b) = p.bytes {
@@ -652,6 +714,7 @@ fn start(args: StartArgs) -> Result<(), String> {
             args.join
         },
         tls_dir: args.tls_dir.or(file.tls_dir),
+        http_tls_dir: args.http_tls_dir.or(file.http_tls_dir),
         sync: match (args.sync, file.sync) {
             (Some(s), _) => s,
             (None, Some(s)) => s.parse().map_err(|e| format!("sync in --config: {e}"))?,
@@ -711,18 +774,12 @@ fn start(args: StartArgs) -> Result<(), String> {
 
 fn bench_cmd(args: BenchArgs) -> Result<(), String> {
     use std::io::IsTerminal;
-    let http = args
-        .http
-        .trim_start_matches("http://")
-        .trim_end_matches('/');
-    let addr: SocketAddr = http
-        .parse()
-        .map_err(|_| format!("--http {}: expected http://IP:PORT", args.http))?;
-    let ca_pem = if args.protocol.contains(&Protocol::Quic) {
+    let url = NodeUrl::parse(&args.http).map_err(|e| format!("--http {e}"))?;
+    let ca_pem = if args.protocol.contains(&Protocol::Quic) || url.https {
         let path = args
             .ca
             .clone()
-            .unwrap_or_else(|| PathBuf::from("chorus-dev/ca/ca.pem"));
+            .unwrap_or_else(|| PathBuf::from(DEV_CA_FILE));
         Some(std::fs::read_to_string(&path).map_err(|e| {
             format!(
                 "cannot read the cluster CA {} (give --ca FILE): {e}",
@@ -748,7 +805,8 @@ fn bench_cmd(args: BenchArgs) -> Result<(), String> {
         .collect();
     let reports = bench::run_many(
         BenchOptions {
-            http: addr,
+            http: url.addr,
+            https: url.https,
             protocol: args.protocol.first().copied().unwrap_or(Protocol::Http),
             ca_pem,
             token,
@@ -806,14 +864,9 @@ fn bench_cmd(args: BenchArgs) -> Result<(), String> {
 }
 
 fn status(args: StatusArgs) -> Result<(), String> {
-    let http = args
-        .http
-        .trim_start_matches("http://")
-        .trim_end_matches('/');
-    let addr: SocketAddr = http
-        .parse()
-        .map_err(|_| format!("--http {}: expected http://IP:PORT", args.http))?;
-    let view = dev::fetch_cluster(addr, Duration::from_secs(5))
+    let target = Target::new(&args.http, args.ca.as_deref(), Duration::from_secs(5))?;
+    let view = target
+        .cluster()
         .map_err(|e| format!("cannot reach {}: {e}", args.http))?;
     if args.json {
         println!(
@@ -867,9 +920,8 @@ fn status(args: StatusArgs) -> Result<(), String> {
         }
     }
     // Anti-entropy at a glance (older nodes without the endpoint are skipped).
-    let agent = http_agent(Duration::from_secs(5));
     if let Ok(parts) = http_json::<Vec<PartitionInfo>>(
-        dev::with_token(agent.get(format!("http://{addr}/v1/partitions"))).call(),
+        dev::with_token(target.agent.get(target.url("/v1/partitions"))).call(),
         "partitions",
     ) {
         let keys: u64 = parts.iter().map(|p| p.keys).sum();
@@ -887,20 +939,91 @@ fn status(args: StatusArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// The `host:port` of an `--http` flag.
-fn http_addr(flag: &str) -> Result<SocketAddr, String> {
-    flag.trim_start_matches("http://")
-        .trim_end_matches('/')
-        .parse()
-        .map_err(|_| format!("--http {flag}: expected http://IP:PORT"))
+/// Where the CLI's admin commands find the CA certificate for `https://` nodes when `--ca` is
+/// not given: the local development cluster's.
+const DEV_CA_FILE: &str = "chorus-dev/ca/ca.pem";
+
+/// The node an admin command talks to: its URL, and an agent that speaks its scheme.
+struct Target {
+    url: NodeUrl,
+    agent: ureq::Agent,
 }
 
-fn http_agent(timeout: Duration) -> ureq::Agent {
-    ureq::Agent::config_builder()
+impl Target {
+    /// `flag`: an `--http` value (`http://…` or `https://…`); `ca`: the `--ca` value, read
+    /// for `https://` only.
+    fn new(flag: &str, ca: Option<&Path>, timeout: Duration) -> Result<Target, String> {
+        let url = NodeUrl::parse(flag).map_err(|e| format!("--http {e}"))?;
+        let ca_pem = if url.https { Some(read_ca(ca)?) } else { None };
+        Ok(Target {
+            agent: http_agent(timeout, ca_pem.as_deref())?,
+            url,
+        })
+    }
+
+    /// The URL of `path` on this node.
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.url.base())
+    }
+
+    /// The URL of `path` on a member at its reported HTTP address, with this node's scheme
+    /// (every node of a cluster serves the same one).
+    fn member_url(&self, addr: SocketAddr, path: &str) -> String {
+        format!("{}://{addr}{path}", self.url.scheme())
+    }
+
+    /// `GET /v1/cluster`.
+    fn cluster(&self) -> Result<chorus::node::ClusterView, String> {
+        http_json(
+            dev::with_token(self.agent.get(self.url("/v1/cluster"))).call(),
+            "GET /v1/cluster",
+        )
+    }
+}
+
+/// The CA certificate (PEM) for `https://` nodes: `--ca`, else the development cluster's.
+fn read_ca(ca: Option<&Path>) -> Result<String, String> {
+    let path = ca.map_or_else(|| PathBuf::from(DEV_CA_FILE), Path::to_path_buf);
+    std::fs::read_to_string(&path).map_err(|e| {
+        format!(
+            "cannot read the CA certificate {} for https:// (give --ca FILE): {e}",
+            path.display()
+        )
+    })
+}
+
+/// An agent with a global timeout that hands error statuses back as answers; with `ca_pem`,
+/// it trusts only those CA certificates for `https://` (ring, no system roots).
+fn http_agent(timeout: Duration, ca_pem: Option<&str>) -> Result<ureq::Agent, String> {
+    let mut config = ureq::Agent::config_builder()
         .timeout_global(Some(timeout))
-        .http_status_as_error(false)
-        .build()
-        .into()
+        .http_status_as_error(false);
+    if let Some(pem) = ca_pem {
+        let certs = chorus::client::https::ca_certs(pem).map_err(|e| e.message)?;
+        let roots: Vec<ureq::tls::Certificate<'static>> = certs
+            .iter()
+            .map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned())
+            .collect();
+        config = config.tls_config(
+            ureq::tls::TlsConfig::builder()
+                .provider(ureq::tls::TlsProvider::Rustls)
+                .root_certs(ureq::tls::RootCerts::new_with_certs(&roots))
+                .unversioned_rustls_crypto_provider(std::sync::Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .build(),
+        );
+    }
+    Ok(config.build().into())
+}
+
+/// A ureq failure in plain words (TLS failures explained).
+fn ureq_error(e: &ureq::Error) -> String {
+    match e {
+        ureq::Error::Rustls(tls) => chorus::client::https::explain_tls_error(tls),
+        ureq::Error::Io(io) => chorus::client::https::explain_io_error(io),
+        other => other.to_string(),
+    }
 }
 
 /// Sends a request and decodes the JSON answer, turning an error answer into its message.
@@ -908,12 +1031,12 @@ fn http_json<T: serde::de::DeserializeOwned>(
     response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     what: &str,
 ) -> Result<T, String> {
-    let mut response = response.map_err(|e| format!("{what}: {e}"))?;
+    let mut response = response.map_err(|e| format!("{what}: {}", ureq_error(&e)))?;
     let status = response.status();
     let body = response
         .body_mut()
         .read_to_string()
-        .map_err(|e| format!("{what}: {e}"))?;
+        .map_err(|e| format!("{what}: {}", ureq_error(&e)))?;
     if !status.is_success() {
         let message = serde_json::from_str::<serde_json::Value>(&body)
             .ok()
@@ -925,9 +1048,10 @@ fn http_json<T: serde::de::DeserializeOwned>(
 }
 
 fn repair(args: RepairArgs) -> Result<(), String> {
-    let addr = http_addr(&args.http)?;
-    let agent = http_agent(Duration::from_secs(10));
-    let mut url = format!("http://{addr}/v1/repair");
+    let target = Target::new(&args.http, args.ca.as_deref(), Duration::from_secs(10))?;
+    let addr = target.url.authority();
+    let agent = &target.agent;
+    let mut url = target.url("/v1/repair");
     if let Some(p) = args.partition {
         url.push_str(&format!("?partition={p}"));
     }
@@ -948,7 +1072,7 @@ fn repair(args: RepairArgs) -> Result<(), String> {
     let mut last = None;
     loop {
         let p: RepairProgress = http_json(
-            dev::with_token(agent.get(format!("http://{addr}/v1/repair/{}", started.id))).call(),
+            dev::with_token(agent.get(target.url(&format!("/v1/repair/{}", started.id)))).call(),
             "reading the repair's progress",
         )?;
         let line = format!(
@@ -1014,15 +1138,23 @@ fn cert(command: CertCommand) -> Result<(), String> {
         CertCommand::Issue {
             ca: ca_dir,
             name,
+            sans,
             out,
             role,
         } => {
+            if role == CertRoleArg::Client && !sans.is_empty() {
+                return Err(
+                    "--san is for node certificates (client certificates name no host)".into(),
+                );
+            }
             let ca = ClusterCa::load(&ca_dir).map_err(|e| e.to_string())?;
             std::fs::create_dir_all(&out)
                 .map_err(|e| format!("cannot create {}: {e}", out.display()))?;
             match role {
                 CertRoleArg::Node => {
-                    let cert = ca.issue_node(&name).map_err(|e| e.to_string())?;
+                    let cert = ca
+                        .issue_node_with_names(&name, &sans)
+                        .map_err(|e| e.to_string())?;
                     cert.save(&out).map_err(|e| e.to_string())?;
                     TlsFiles::in_dir(&out).load().map_err(|e| e.to_string())?;
                     // The cluster's shared secret travels with the node certificate (a CA made
@@ -1046,26 +1178,49 @@ fn cert(command: CertCommand) -> Result<(), String> {
 }
 
 fn cluster_cmd(command: ClusterCommand) -> Result<(), String> {
-    let (target, path, what) = match &command {
-        ClusterCommand::Leave(t) => (t, "/v1/cluster/leave".to_owned(), "leaving"),
+    let (target, path, what, body) = match &command {
+        ClusterCommand::Leave(t) => (t, "/v1/cluster/leave".to_owned(), "leaving", None),
+        ClusterCommand::CancelLeave(t) => {
+            let node = Target::new(&t.http, t.ca.as_deref(), Duration::from_secs(10))?;
+            let operator = dev::operator_token(t.operator_token_file.as_deref())?;
+            let answer: serde_json::Value = http_json(
+                dev::with_operator(node.agent.delete(node.url("/v1/cluster/leave")), &operator)
+                    .call(),
+                "cancelling the leave",
+            )?;
+            println!("{answer}");
+            return Ok(());
+        }
         ClusterCommand::Remove {
             node,
             force,
+            operator_ca,
             target,
-        } => (
-            target,
-            format!(
-                "/v1/cluster/remove/{node}{}",
-                if *force { "?force=true" } else { "" }
-            ),
-            "removing",
-        ),
+        } => {
+            let id = node
+                .parse::<chorus::id::NodeId>()
+                .map_err(|e| format!("bad node id {node:?}: {e}"))?;
+            (
+                target,
+                format!(
+                    "/v1/cluster/remove/{id}{}",
+                    if *force { "?force=true" } else { "" }
+                ),
+                "removing",
+                Some(dev::removal_body(id, operator_ca.as_deref())?),
+            )
+        }
     };
-    let addr = http_addr(&target.http)?;
+    let node = Target::new(&target.http, target.ca.as_deref(), Duration::from_secs(10))?;
     let operator = dev::operator_token(target.operator_token_file.as_deref())?;
-    let agent = http_agent(Duration::from_secs(10));
+    let request = dev::with_operator(node.agent.post(node.url(&path)), &operator);
     let answer: serde_json::Value = http_json(
-        dev::with_operator(agent.post(format!("http://{addr}{path}")), &operator).send_empty(),
+        match body {
+            Some(body) => request
+                .header("content-type", "application/json")
+                .send(body),
+            None => request.send_empty(),
+        },
         what,
     )?;
     println!("{answer}");

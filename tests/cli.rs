@@ -53,7 +53,7 @@ fn bad_input_gets_a_clear_error() {
     for (args, expected) in [
         (
             &["ring", "plan", "--live", "not-an-address", "--add", "1"][..],
-            "expected http://IP:PORT",
+            "--live \"not-an-address\" is not an address",
         ),
         (
             &[
@@ -84,7 +84,7 @@ fn bad_input_gets_a_clear_error() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("expected http://IP:PORT"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("http://IP:PORT or https://HOST:PORT"));
 }
 
 #[test]

@@ -543,6 +543,87 @@ fn a_quic_client_flood_is_capped_per_address_and_idle_connections_close() {
     );
 }
 
+/// Issue 22, item 3 (from the review): connections that never say hello used to hold ordinary
+/// client slots for the whole hello timeout (30 s), so a few hundred of them from a handful of
+/// addresses (under the per-address cap each) locked every real client out. Now at most
+/// `--quic-clients-unverified-max` wait for their hello at once; each newer one closes the
+/// oldest waiting, and a real client, which says hello at once, gets in.
+#[test]
+fn connections_that_never_say_hello_cannot_lock_clients_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = make_ca(tmp.path(), "ca");
+    const SLOTS: usize = 128;
+    const UNVERIFIED: usize = 32;
+    // Set CHORUS_TEST_UNVERIFIED_MAX=100000 to see the lock-out this test guards against.
+    let unverified = std::env::var("CHORUS_TEST_UNVERIFIED_MAX")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(UNVERIFIED);
+    let node = NodeProc::start_with(
+        tmp.path(),
+        "n0",
+        &ca,
+        &[],
+        &[
+            "--quic-clients-max",
+            &SLOTS.to_string(),
+            "--quic-clients-unverified-max",
+            &unverified.to_string(),
+        ],
+    );
+    node.wait_serving();
+    let ca_pem = std::fs::read_to_string(ca.join("ca.pem")).unwrap();
+    let rt = runtime();
+    let quic = node.quic;
+    // 4 addresses × 48 silent connections: more than the node's 128 client slots, under the
+    // per-address cap (64) each.
+    let (endpoints, silent) = rt.block_on(async {
+        let cfg = chorus::client::quic_config(&ca_pem).unwrap();
+        let mut endpoints = Vec::new();
+        let mut silent = Vec::new();
+        for a in 2..6u8 {
+            let ep = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, a], 0))).unwrap();
+            for _ in 0..48 {
+                let connecting = ep.connect_with(cfg.clone(), quic, "chorus-node").unwrap();
+                if let Ok(Ok(c)) = tokio::time::timeout(Duration::from_secs(5), connecting).await {
+                    silent.push(c);
+                }
+            }
+            endpoints.push(ep);
+        }
+        (endpoints, silent)
+    });
+    assert!(
+        silent.len() >= SLOTS,
+        "the handshakes of {} silent connections completed",
+        silent.len()
+    );
+    // Well within the silent connections' 30 s hello timeout, a real client gets in.
+    rt.block_on(async {
+        let client = tokio::time::timeout(
+            Duration::from_secs(10),
+            Client::connect(quic_client(&node, &ca)),
+        )
+        .await
+        .expect("connects in time")
+        .expect("connects");
+        client.put("legit", "yes", None).await.unwrap();
+        let read = client.get("legit").await.unwrap();
+        assert_eq!(read.value, chorus::client::Value::One(b"yes".to_vec()));
+    });
+    // At most the budget of silent connections is still open; the rest were closed for it.
+    rt.block_on(async { tokio::time::sleep(Duration::from_millis(500)).await });
+    let open = silent.iter().filter(|c| c.close_reason().is_none()).count();
+    assert!(open <= UNVERIFIED, "{open} silent connections still open");
+    let page = fresh_metrics(node.http);
+    assert!(
+        counter(&page, "chorus_quic_connections_evicted_before_hello_total")
+            >= (silent.len() - UNVERIFIED) as f64,
+        "evictions not counted:\n{page}"
+    );
+    drop((silent, endpoints));
+}
+
 /// Issue 22, item 5: 2,000 malformed frames on one lane used to write 2,000 warnings. The
 /// refusal lines are rate-limited, and say how many were suppressed.
 #[test]
@@ -785,4 +866,56 @@ fn one_quic_connection_cannot_take_the_whole_in_flight_budget() {
     eprintln!("requests in flight on the node: {seen:?} (cap {CAP} per connection)");
     let seen = seen.expect("the node's figures");
     assert!((1..=CAP).contains(&(seen as u64)), "{seen} in flight");
+}
+
+/// Review of issue 22 (a hostile peer's view): the node takes at most 128 QUIC handshakes in
+/// progress at once, shared by peers and clients, each held for the 3 s connect timeout. A
+/// sender that never sees an answer (spoofed source addresses) filled them with one Initial
+/// packet each, about 43 a second, and every new client and peer was refused. Now, past a
+/// quarter of the budget, a sender must first prove its address (a QUIC Retry): Initials that
+/// never answer hold at most that quarter, and real clients get in.
+#[test]
+fn initials_from_senders_that_never_answer_cannot_fill_the_handshake_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = make_ca(tmp.path(), "ca");
+    let node = NodeProc::start(tmp.path(), "n0", &ca, &[]);
+    node.wait_serving();
+    let ca_pem = std::fs::read_to_string(ca.join("ca.pem")).unwrap();
+    let cfg = chorus::client::quic_config(&ca_pem).unwrap();
+    let quic = node.quic;
+    // 240 Initials from 120 addresses, sent from sockets that never read an answer: the
+    // first flight of a handshake and nothing more, as from a spoofed address.
+    let mut proto = quinn_proto::Endpoint::new(
+        Arc::new(quinn_proto::EndpointConfig::default()),
+        None,
+        true,
+        None,
+    );
+    let mut sockets = Vec::new();
+    let mut buf = Vec::new();
+    for i in 0..240usize {
+        let from = std::net::Ipv4Addr::new(127, 0, 1, 2 + (i % 120) as u8);
+        let sock = std::net::UdpSocket::bind((from, 0)).unwrap();
+        let now = std::time::Instant::now();
+        let (_, mut conn) = proto
+            .connect(now, cfg.clone(), quic, "chorus-node")
+            .unwrap();
+        buf.clear();
+        let t = conn.poll_transmit(now, 1, &mut buf).expect("an Initial");
+        sock.send_to(&buf[..t.size], quic).unwrap();
+        sockets.push(sock);
+    }
+    // Within the 3 s those handshakes would hold their places, a real client connects.
+    let rt = runtime();
+    rt.block_on(async {
+        let client = tokio::time::timeout(
+            Duration::from_secs(2),
+            Client::connect(quic_client(&node, &ca)),
+        )
+        .await
+        .expect("connects in time")
+        .expect("connects");
+        client.put("through", "yes", None).await.unwrap();
+    });
+    drop(sockets);
 }

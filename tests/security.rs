@@ -104,29 +104,82 @@ fn cluster_changes_need_the_operator_token_and_live_nodes_need_force() {
         );
     }
     // The operator token (scheme in lower case) on a live node without force: 409 not_down.
+    let ca = tmp.path().join("ca");
     let lower = format!("bearer {OPERATOR_TOKEN}");
-    let (status, body) = raw(h0, "POST", &remove, &[("Authorization", &lower)], "");
+    let json = ("Content-Type", "application/json");
+    let signed = removal_body(&ca, &ids[1]);
+    let (status, body) = raw(
+        h0,
+        "POST",
+        &remove,
+        &[("Authorization", &lower), json],
+        &signed,
+    );
     assert_eq!(
         (status, error_code(&body).as_str()),
         (409, "not_down"),
         "{body}"
     );
     assert!(body.contains("force"), "{body}");
+    // The operator token alone does not remove a node, even with force: the removal must be
+    // signed with the CA key, which every node checks (so no node, and no holder of a node's
+    // token, can write another off). Unsigned: 400; signed by another CA: 403.
+    let forced = format!("{remove}?force=true");
+    let (status, body) = raw(h0, "POST", &forced, &[("Authorization", &lower)], "");
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (400, "bad_request"),
+        "{body}"
+    );
+    assert!(body.contains("CA key"), "{body}");
+    let rogue = make_ca(tmp.path(), "rogue-ca");
+    let (status, body) = raw(
+        h0,
+        "POST",
+        &forced,
+        &[("Authorization", &lower), json],
+        &removal_body(&rogue, &ids[1]),
+    );
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (403, "not_signed"),
+        "{body}"
+    );
     // The CLI says the same, and fails.
     let out = chorus()
         .args(["cluster", "remove", &ids[1], "--http", &h0.to_string()])
+        .arg("--operator-ca")
+        .arg(&ca)
         .env("CHORUS_OPERATOR_TOKEN", OPERATOR_TOKEN)
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("not down"), "{err}");
-    // Without a token the CLI is refused too.
+    // Without a token the CLI is refused too, and without the CA key it sends nothing.
     let out = chorus()
         .args(["cluster", "remove", &ids[1], "--http", &h0.to_string()])
         .args(["--operator-token-file", "/nonexistent/operator.token"])
+        .arg("--operator-ca")
+        .arg(&ca)
         .output()
         .unwrap();
     assert!(!out.status.success());
+    let out = chorus()
+        .args([
+            "cluster",
+            "remove",
+            &ids[1],
+            "--force",
+            "--http",
+            &h0.to_string(),
+        ])
+        .args(["--operator-ca", "/nonexistent/ca"])
+        .env("CHORUS_OPERATOR_TOKEN", OPERATOR_TOKEN)
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("ca.pem"), "{err}");
 
     std::thread::sleep(Duration::from_secs(2));
     for n in &nodes {
@@ -159,6 +212,8 @@ fn cluster_changes_need_the_operator_token_and_live_nodes_need_force() {
         ])
         .args(["--operator-token-file"])
         .arg(nodes[0].operator_token_path())
+        .arg("--operator-ca")
+        .arg(&ca)
         .output()
         .unwrap();
     assert!(
@@ -244,6 +299,24 @@ fn browsers_strangers_and_guessers_are_refused() {
         (421, "unknown_host"),
         "{body}"
     );
+    // The status page too, and a bracketed address followed by a name (not a host header a
+    // browser sends, but no name this node serves either); `/health` answers any Host.
+    for (path, host) in [("/", "evil.example"), ("/v1/cluster", "[::1].evil.example")] {
+        let (status, body) = raw(
+            h,
+            "GET",
+            path,
+            &[("Authorization", &client), ("Host", host)],
+            "",
+        );
+        assert_eq!(
+            (status, error_code(&body).as_str()),
+            (421, "unknown_host"),
+            "GET {path} for {host}: {body}"
+        );
+    }
+    let (status, _) = raw(h, "GET", "/health", &[("Host", "evil.example")], "");
+    assert_eq!(status, 200, "health checks by address answer any Host");
     // A form-encoded (simple, cross-site-able) POST is refused and changes nothing.
     let update = r#"{"type":"gcounter","increment":5}"#;
     let (status, body) = raw(

@@ -33,8 +33,8 @@ use std::time::Duration;
 use chorus::crdt::OpLogPolicy;
 use chorus::membership::{NodeInfo, RingStatus};
 use chorus::node::{
-    ClientError, ClientReply, ClientRequest, ClusterView, Node, NodeConfig, NodeError, Object,
-    Output, Persisted, RemoveError, Timer,
+    CancelLeaveError, ClientError, ClientReply, ClientRequest, ClusterView, Node, NodeConfig,
+    NodeError, Object, Output, Persisted, RemoveError, Timer,
 };
 use chorus::NodeId;
 
@@ -156,6 +156,14 @@ pub enum ControlError {
     /// No more slots.
     #[error("too many nodes (at most {SLOTS_MAX})")]
     TooManyNodes,
+    /// The node refused to cancel its leave.
+    #[error("n{node} refused to cancel its leave: {source}")]
+    CancelLeave {
+        /// The node.
+        node: usize,
+        /// Why.
+        source: CancelLeaveError,
+    },
     /// The node refused the removal.
     #[error("n{via} refused to remove n{node}: {source}")]
     Remove {
@@ -814,8 +822,12 @@ impl Cluster {
         };
         let result = {
             let _log = crate::log::enter(via, now);
-            // The operator knows the machine is gone (it is not running): a forced removal.
-            n.remove(id, true, now)
+            // The operator knows the machine is gone (it is not running): a forced removal,
+            // signed with the (stand-in) operator key.
+            let signature = chorus::membership::InsecureTestAuth::operator_sign(
+                &chorus::membership::removal_message(id),
+            );
+            n.remove(id, signature, true, now)
         };
         result.map_err(|source| ControlError::Remove { via, node, source })?;
         self.slots[node].removed = true;
@@ -904,6 +916,43 @@ impl Cluster {
             format_args!("leave requested"),
         );
         self.drain(node);
+        Ok(())
+    }
+
+    /// Asks leaving node `node` to cancel its leave (an operator's `DELETE /v1/cluster/leave`):
+    /// once it accepts, it runs as an up node again.
+    pub fn cancel_leave(&mut self, node: usize) -> Result<(), ControlError> {
+        let now = self.now;
+        let slot = self
+            .slots
+            .get_mut(node)
+            .ok_or(ControlError::NoSuchNode(node))?;
+        let state = slot.state();
+        if state != ProcessState::Leaving {
+            return Err(ControlError::NotRunning { node, state });
+        }
+        let Process::Leaving(mut n) = std::mem::replace(&mut slot.process, Process::Left) else {
+            return Err(ControlError::NotRunning { node, state });
+        };
+        let result = {
+            let _log = crate::log::enter(node, now);
+            n.cancel_leave(now)
+        };
+        slot.process = match result {
+            Ok(()) => Process::Up(n),
+            Err(_) => Process::Leaving(n),
+        };
+        self.drain(node);
+        if let Err(source) = result {
+            return Err(ControlError::CancelLeave { node, source });
+        }
+        self.trace.text(
+            now,
+            Kind::Process,
+            End::Node(node),
+            End::None,
+            format_args!("leave cancelled"),
+        );
         Ok(())
     }
 

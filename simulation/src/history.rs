@@ -41,6 +41,11 @@ pub enum OpKind {
         /// The node slot.
         node: usize,
     },
+    /// Cancel the leave of node `node` while it is still handing its partitions over.
+    CancelLeave {
+        /// The node slot.
+        node: usize,
+    },
     /// Ask node `via` to remove the dead node `node` from the ring for good (an operator's
     /// decision after a machine is lost).
     Remove {
@@ -111,6 +116,7 @@ impl OpKind {
             | OpKind::Leave { node }
             | OpKind::Pause { node }
             | OpKind::Resume { node }
+            | OpKind::CancelLeave { node }
             | OpKind::Remove { node, .. } => Some(node),
             OpKind::Read { node, .. }
             | OpKind::Write { node, .. }
@@ -128,6 +134,7 @@ impl fmt::Display for OpKind {
             OpKind::Crash { node } => write!(f, "crash n{node}"),
             OpKind::Restart { node } => write!(f, "restart n{node}"),
             OpKind::Leave { node } => write!(f, "leave n{node}"),
+            OpKind::CancelLeave { node } => write!(f, "cancel the leave of n{node}"),
             OpKind::Remove { node, via } => write!(f, "remove n{node} via n{via}"),
             OpKind::Pause { node } => write!(f, "pause n{node}"),
             OpKind::Resume { node } => write!(f, "resume n{node}"),

@@ -443,6 +443,7 @@ pub fn summary(r: &RunReport) -> String {
             OpKind::Crash { .. } => "crash",
             OpKind::Restart { .. } => "restart",
             OpKind::Leave { .. } => "leave",
+            OpKind::CancelLeave { .. } => "cancel-leave",
             OpKind::Remove { .. } => "remove",
             OpKind::Pause { .. } => "pause",
             OpKind::Resume { .. } => "resume",

@@ -328,14 +328,21 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// Whether a `Host` header names this node: an IP literal, `localhost`, or a configured name.
 fn host_allowed(host: &str, names: &[String]) -> bool {
     let name = match host.strip_prefix('[') {
-        // [v6]:port
+        // `[v6]` or `[v6]:port`, and nothing else after the bracket.
         Some(rest) => {
-            return rest
-                .split(']')
-                .next()
-                .is_some_and(|a| a.parse::<IpAddr>().is_ok())
+            return rest.split_once(']').is_some_and(|(addr, tail)| {
+                addr.parse::<std::net::Ipv6Addr>().is_ok()
+                    && (tail.is_empty()
+                        || tail
+                            .strip_prefix(':')
+                            .is_some_and(|port| port.parse::<u16>().is_ok()))
+            })
         }
-        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+        None => match host.rsplit_once(':') {
+            Some((h, port)) if port.parse::<u16>().is_ok() => h,
+            Some(_) => return false,
+            None => host,
+        },
     };
     let name = name.trim_end_matches('.').to_ascii_lowercase();
     name.parse::<IpAddr>().is_ok()
@@ -403,7 +410,9 @@ pub(super) async fn guard(
     next: Next,
 ) -> Response {
     let need = need_of(request.method(), request.uri().path());
-    if need == Need::Nothing {
+    // `/health` answers whatever the Host (load balancers probe by address); everything else,
+    // the static status page included, only for a host this node serves (DNS rebinding).
+    if request.uri().path() == "/health" {
         return next.run(request).await;
     }
     if let Some(host) = request.headers().get(header::HOST) {
@@ -433,6 +442,9 @@ pub(super) async fn guard(
             };
             return super::http::error(status, "cross_site", why);
         }
+    }
+    if need == Need::Nothing {
+        return next.run(request).await;
     }
     let creds = &guard.credentials;
     if need == Need::Client && creds.client.is_none() {
@@ -596,6 +608,12 @@ mod tests {
             "evil.example:7200",
             "127.0.0.1.evil.example",
             "[evil]:1",
+            "[::1].evil.example",
+            "[::1]evil",
+            "[::1]:80.evil.example",
+            "[127.0.0.1]:1",
+            "localhost:http",
+            "127.0.0.1:99999",
             "x",
         ] {
             assert!(!host_allowed(bad, &names), "{bad}");

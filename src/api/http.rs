@@ -8,14 +8,22 @@
 //!   [`super::status`]).
 //! - `GET /v1/openapi.json` → the OpenAPI 3.1 document of all of this (see [`super::openapi`]):
 //!   the router is built from the handlers' descriptions ([`routes`]), so the two agree.
-//! - `GET /v1/cluster` → the cluster as this node sees it ([`ClusterView`] as JSON).
+//! - `GET /v1/cluster` → the cluster as this node sees it ([`ClusterView`] as JSON, plus
+//!   `http_scheme`: `https` when this node serves HTTPS, else `http`).
 //! - `POST /v1/cluster/leave` → 202 `{"status":"leaving"}`; the node leaves gracefully and
 //!   exits once a majority of the ring's members confirmed its departure (until then
 //!   `GET /v1/cluster` lists the leave under `pending`).
-//! - `POST /v1/cluster/remove/{node}` → 202 `{"status":"removing","node":"..."}`: an operator
-//!   writes off a dead node; its partitions move to the others. Progress shows under `pending`
-//!   in `GET /v1/cluster`. 400 for a malformed id, 404 for a node not in the ring, 409 when the
-//!   node is this one (use leave) or this node is leaving.
+//! - `DELETE /v1/cluster/leave` → 200 `{"status":"member"}`: cancels this node's leave while
+//!   it is still handing its partitions over; 409 `not_leaving`, or `leave_completed` once
+//!   `left` is recorded or the node was removed.
+//! - `POST /v1/cluster/remove/{node}[?force=true]` with `{"signature": "<base64url>"}` → 202
+//!   `{"status":"removing","node":"..."}`: an operator writes off a dead node; its partitions
+//!   move to the others. The signature is the operator's (the cluster CA key's) of the removal
+//!   ([`crate::membership::removal_message`]; `chorus cluster remove` makes it): every node
+//!   checks it, so no node can remove another. Progress shows under `pending` in
+//!   `GET /v1/cluster`. 400 for a malformed id or body, 403 `not_signed`, 404 for a node not
+//!   in the ring, 409 when the node is not seen down (without force), is this one (use
+//!   leave), or this node is leaving.
 //! - `GET /v1/partitions` → the partitions this node replicates, each with `partition`,
 //!   `root` (its Merkle root, hex), `keys`, `last_exchange` (seconds since its last finished
 //!   anti-entropy exchange, or null), `keys_repaired` and `bytes_sent`.
@@ -68,8 +76,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::id::NodeId;
 use crate::node::{
-    ClientError, ClientOp, ClientReply, ClientRequest, ClusterView, Context, PartitionInfo,
-    RemoveError, RepairProgress, RequestOptions,
+    CancelLeaveError, ClientError, ClientOp, ClientReply, ClientRequest, ClusterView, Context,
+    PartitionInfo, RemoveError, RepairProgress, RequestOptions,
 };
 
 /// Request header carrying a causal context.
@@ -91,9 +99,16 @@ pub enum AdminRequest {
     Cluster(oneshot::Sender<ClusterView>),
     /// Leave the cluster; answered once the leave has started.
     Leave(oneshot::Sender<()>),
-    /// Remove a dead node from the ring (the flag: even if SWIM does not report it down);
-    /// answered once the removal has started.
-    Remove(NodeId, bool, oneshot::Sender<Result<(), RemoveError>>),
+    /// Cancel this node's leave while it has not completed.
+    CancelLeave(oneshot::Sender<Result<(), CancelLeaveError>>),
+    /// Remove a node from the ring: its id, the operator's signature of the removal, and
+    /// `force` (even if SWIM does not report it down); answered once the removal has started.
+    Remove(
+        NodeId,
+        Vec<u8>,
+        bool,
+        oneshot::Sender<Result<(), RemoveError>>,
+    ),
     /// Report the partitions this node replicates with their Merkle figures (and, when the
     /// flag is set, the bytes each holds).
     Partitions(bool, oneshot::Sender<Vec<PartitionInfo>>),
@@ -149,6 +164,8 @@ pub struct ApiState {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// The status page's state (its request window is fed by both APIs).
     pub status: std::sync::Arc<super::status::StatusState>,
+    /// The HTTP API serves HTTPS (reported as `http_scheme` by `GET /v1/cluster`).
+    pub https: bool,
 }
 
 /// The routes of the HTTP API with their OpenAPI descriptions: each route comes from its
@@ -165,7 +182,7 @@ pub(super) fn routes() -> utoipa_axum::router::OpenApiRouter<ApiState> {
         .routes(routes!(status::node))
         .routes(routes!(status::status))
         .routes(routes!(cluster))
-        .routes(routes!(leave))
+        .routes(routes!(leave, cancel_leave))
         .routes(routes!(remove))
         .routes(routes!(partitions))
         .routes(routes!(repair, repair_latest))
@@ -341,9 +358,23 @@ async fn cluster(State(api): State<ApiState>) -> Response {
         return unavailable();
     }
     match rx.await {
-        Ok(view) => Json(view).into_response(),
+        Ok(view) => Json(ClusterAnswer {
+            view,
+            http_scheme: if api.https { "https" } else { "http" },
+        })
+        .into_response(),
         Err(_) => unavailable(),
     }
+}
+
+/// `GET /v1/cluster`'s answer: the view, and the scheme this node's HTTP API serves (`http` or
+/// `https`; every node of a cluster is meant to serve the same one, and clients reach the
+/// members it lists with the scheme they reached it with).
+#[derive(Serialize)]
+struct ClusterAnswer {
+    #[serde(flatten)]
+    view: ClusterView,
+    http_scheme: &'static str,
 }
 
 /// `GET /v1/partitions`.
@@ -521,11 +552,41 @@ async fn repair_status(api: ApiState, id: u64) -> Response {
     }
 }
 
-/// The answer to a leave.
+/// The answer to a leave, or to its cancellation.
 #[derive(Serialize, utoipa::ToSchema)]
 struct Leaving {
-    /// `leaving`.
+    /// `leaving`, or `member` once cancelled.
     status: &'static str,
+}
+
+/// `DELETE /v1/cluster/leave`.
+#[utoipa::path(delete, path = "/v1/cluster/leave", tag = "cluster",
+    responses(
+        (status = 200, description = "The leave is cancelled: the node stays a member and keeps \
+            its partitions", body = Leaving),
+        (status = 401, description = "No or a wrong operator token (`unauthorized`)", body = ErrorBody),
+        (status = 403, description = "The node has no operator token (`operator_disabled`)", body = ErrorBody),
+        (status = 409, description = "The node is not leaving (`not_leaving`), or its leave has \
+            completed (`left` recorded) or it was removed (`leave_completed`), or it began while \
+            the node was joining or the node restarted since (`not_cancellable`)", body = ErrorBody),
+        (status = 503, description = "The node is shutting down", body = ErrorBody)),
+    security(("operator_token" = [])))]
+async fn cancel_leave(State(api): State<ApiState>) -> Response {
+    let (tx, rx) = oneshot::channel();
+    if api.admin.send(AdminRequest::CancelLeave(tx)).await.is_err() {
+        return unavailable();
+    }
+    match rx.await {
+        Ok(Ok(())) => (StatusCode::OK, Json(Leaving { status: "member" })).into_response(),
+        Ok(Err(e @ CancelLeaveError::NotLeaving)) => {
+            error(StatusCode::CONFLICT, "not_leaving", e.to_string())
+        }
+        Ok(Err(e @ CancelLeaveError::NotCancellable)) => {
+            error(StatusCode::CONFLICT, "not_cancellable", e.to_string())
+        }
+        Ok(Err(e)) => error(StatusCode::CONFLICT, "leave_completed", e.to_string()),
+        Err(_) => unavailable(),
+    }
 }
 
 /// The answer to a removal.
@@ -566,9 +627,12 @@ async fn leave(State(api): State<ApiState>) -> Response {
     responses(
         (status = 202, description = "The node is written off; its partitions move to the \
             others (progress under `pending` in `GET /v1/cluster`)", body = Removing),
-        (status = 400, description = "Malformed node id (`bad_node_id`) or query", body = ErrorBody),
+        (status = 400, description = "Malformed node id (`bad_node_id`), query or body \
+            (`bad_request`)", body = ErrorBody),
         (status = 401, description = "No or a wrong operator token (`unauthorized`)", body = ErrorBody),
         (status = 403, description = "The node has no operator token (`operator_disabled`)", body = ErrorBody),
+        (status = 403, description = "The removal is not signed by the operator key, the \
+            cluster CA's (`not_signed`)", body = ErrorBody),
         (status = 404, description = "Not in the ring (`unknown_node`)", body = ErrorBody),
         (status = 409, description = "The node is not down as this node sees it and `force` \
             was not given (`not_down`), is this one (use leave), or this node is leaving \
@@ -579,10 +643,25 @@ async fn remove(
     State(api): State<ApiState>,
     Path(node): Path<String>,
     RawQuery(query): RawQuery,
+    body: Bytes,
 ) -> Response {
     let id = match node.parse::<NodeId>() {
         Ok(id) => id,
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad_node_id", e.to_string()),
+    };
+    let signature = match removal_signature(&body) {
+        Ok(s) => s,
+        Err(why) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!(
+                    "{why}: a removal carries the operator's signature of it, made with the \
+                     cluster CA key, as {{\"signature\": \"<base64url>\"}}; \
+                     `chorus cluster remove {id} --operator-ca <CA directory>` makes and sends it"
+                ),
+            )
+        }
     };
     let force = match query.as_deref().unwrap_or("") {
         "" | "force=false" => false,
@@ -598,7 +677,7 @@ async fn remove(
     let (tx, rx) = oneshot::channel();
     if api
         .admin
-        .send(AdminRequest::Remove(id, force, tx))
+        .send(AdminRequest::Remove(id, signature, force, tx))
         .await
         .is_err()
     {
@@ -619,9 +698,32 @@ async fn remove(
         Ok(Err(e @ RemoveError::NotDown { .. })) => {
             error(StatusCode::CONFLICT, "not_down", e.to_string())
         }
+        Ok(Err(e @ RemoveError::NotSigned(_))) => {
+            error(StatusCode::FORBIDDEN, "not_signed", e.to_string())
+        }
         Ok(Err(e)) => error(StatusCode::CONFLICT, "refused", e.to_string()),
         Err(_) => unavailable(),
     }
+}
+
+/// The operator's signature in a removal's body, `{"signature": "<base64url>"}`.
+fn removal_signature(body: &[u8]) -> Result<Vec<u8>, String> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        signature: String,
+    }
+    if body.is_empty() {
+        return Err("no signature".into());
+    }
+    let b: Body = serde_json::from_slice(body).map_err(|e| format!("bad body: {e}"))?;
+    let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(b.signature.trim_end_matches('='))
+        .map_err(|e| format!("the signature is not base64url: {e}"))?;
+    if sig.is_empty() || sig.len() > 512 {
+        return Err(format!("a signature of {} bytes", sig.len()));
+    }
+    Ok(sig)
 }
 
 /// Why a request was refused before reaching the core.

@@ -94,6 +94,9 @@ pub mod names {
     pub const QUIC_REFUSED: &str = "chorus_quic_connections_refused_total";
     /// QUIC client connections closed after sending nothing for the idle timeout.
     pub const QUIC_IDLE: &str = "chorus_quic_connections_closed_idle_total";
+    /// QUIC client connections closed, still waiting for their hello, to make room for a
+    /// newer one (the pre-hello budget, `--quic-clients-unverified-max`).
+    pub const QUIC_UNVERIFIED_EVICTED: &str = "chorus_quic_connections_evicted_before_hello_total";
     /// Log lines suppressed by the refusal-log rate limit, by `category`.
     pub const LOG_SUPPRESSED: &str = "chorus_log_lines_suppressed_total";
     /// Requests to an expensive endpoint refused (503) because as many were running, by
@@ -191,6 +194,10 @@ pub fn describe() {
     );
     describe_counter!(names::QUIC_IDLE, "QUIC client connections closed when idle");
     describe_counter!(
+        names::QUIC_UNVERIFIED_EVICTED,
+        "QUIC client connections without an accepted hello closed to make room for newer ones"
+    );
+    describe_counter!(
         names::LOG_SUPPRESSED,
         "Refusal log lines suppressed by the rate limit, by category"
     );
@@ -232,6 +239,11 @@ pub fn http_connections_open(n: usize) {
 /// A QUIC client connection closed when idle.
 pub fn quic_connection_idle() {
     counter!(names::QUIC_IDLE).increment(1);
+}
+
+/// A QUIC client connection without an accepted hello closed to make room for a newer one.
+pub fn quic_connection_evicted_before_hello() {
+    counter!(names::QUIC_UNVERIFIED_EVICTED).increment(1);
 }
 
 /// A refusal log line of `category` suppressed.

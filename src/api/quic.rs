@@ -8,7 +8,12 @@
 //!
 //! Bounds: a connection has at most `tls::CLIENT_LANES_MAX` lanes (QUIC's stream limit) and no
 //! unidirectional streams, and is closed unless one of its lanes says an accepted hello within
-//! [`FRAME_TIMEOUT`] (or at once when a hello is refused), and once it has had nothing in
+//! [`FRAME_TIMEOUT`] (or at once when a hello is refused); at most
+//! [`QuicLimits::unverified_max`] connections may be waiting for their hello at once, and a new
+//! one beyond that closes the oldest waiting one (so connections that never say hello hold
+//! only that many of the transport's client slots, however many addresses they come from, and
+//! a real client, which says hello within a round trip, is not locked out); it is closed once
+//! it has had nothing in
 //! flight and sent nothing for the idle timeout ([`QuicLimits`]); a lane holds at most
 //! [`LANE_IN_FLIGHT_MAX`] requests and the whole connection at most
 //! [`QuicLimits::connection_in_flight_max`] (beyond, it is not read, which pushes back on the
@@ -69,6 +74,47 @@ pub struct QuicLimits {
     pub idle_timeout: Duration,
     /// Requests one connection may have in flight over all its lanes.
     pub connection_in_flight_max: usize,
+    /// Connections waiting for an accepted hello at once; beyond, the oldest is closed.
+    pub unverified_max: usize,
+}
+
+/// Connections that have not said an accepted hello yet, oldest first (see the module
+/// documentation).
+struct Unverified {
+    max: usize,
+    waiting: std::sync::Mutex<std::collections::VecDeque<(quinn::Connection, Arc<AtomicBool>)>>,
+}
+
+impl Unverified {
+    fn new(max: usize) -> Self {
+        Unverified {
+            max: max.max(1),
+            waiting: Default::default(),
+        }
+    }
+
+    /// Registers a new connection (its `authenticated` flag is set by its first accepted
+    /// hello), first closing the oldest waiting ones when the budget is spent.
+    fn admit(&self, conn: &quinn::Connection, authenticated: &Arc<AtomicBool>) {
+        let mut waiting = self
+            .waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        waiting.retain(|(c, a)| !a.load(Ordering::Relaxed) && c.close_reason().is_none());
+        while waiting.len() >= self.max {
+            let Some((oldest, said_hello)) = waiting.pop_front() else {
+                break;
+            };
+            // Its hello may have been accepted since the `retain` above.
+            if said_hello.load(Ordering::Relaxed) {
+                continue;
+            }
+            metrics::quic_connection_evicted_before_hello();
+            info_limited!("connections", client = %oldest.remote_address(), "closing a client connection that has not said hello, to make room for a newer one");
+            oldest.close(CLOSE_UNAUTHENTICATED, b"no accepted hello");
+        }
+        waiting.push_back((conn.clone(), authenticated.clone()));
+    }
 }
 
 /// Connection error code: the connection was idle for the idle timeout.
@@ -80,8 +126,9 @@ pub async fn serve(
     api: ApiState,
     limits: QuicLimits,
 ) {
+    let unverified = Arc::new(Unverified::new(limits.unverified_max));
     while let Some(c) = connections.recv().await {
-        tokio::spawn(serve_connection(c, api.clone(), limits));
+        tokio::spawn(serve_connection(c, api.clone(), limits, unverified.clone()));
     }
 }
 
@@ -129,7 +176,12 @@ async fn idle_watchdog(
     }
 }
 
-async fn serve_connection(client: ClientConnection, api: ApiState, limits: QuicLimits) {
+async fn serve_connection(
+    client: ClientConnection,
+    api: ApiState,
+    limits: QuicLimits,
+    unverified: Arc<Unverified>,
+) {
     let conn = client.conn.clone();
     let remote = conn.remote_address();
     debug!(client = %remote, "QUIC client connected");
@@ -140,6 +192,7 @@ async fn serve_connection(client: ClientConnection, api: ApiState, limits: QuicL
     // A connection that has not opened a lane with an accepted hello within the frame timeout
     // gives its slot back.
     let authenticated = Arc::new(AtomicBool::new(false));
+    unverified.admit(&conn, &authenticated);
     let watchdog = {
         let conn = conn.clone();
         let authenticated = authenticated.clone();

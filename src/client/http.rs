@@ -1,8 +1,9 @@
 //! The client side of the HTTP API: a small pool of keep-alive HTTP/1.1 connections per node
-//! (hyper), and the translation of each operation to and from the API's requests and answers.
+//! (hyper, over TLS when the client was given `https://` addresses), and the translation of
+//! each operation to and from the API's requests and answers.
 
 use std::net::SocketAddr;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -12,10 +13,11 @@ use hyper::client::conn::http1;
 use hyper::header::{HeaderMap, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
 use serde::Deserialize;
 
 use super::{Answer, Config, CrdtRead, Error, ErrorKind, Failure, Op, Options, Read, Updated};
-use super::{Value, Written};
+use super::{NodeUrl, Value, Written};
 use crate::node::{ClusterView, Context, CrdtOp, CrdtValue};
 
 type Sender = http1::SendRequest<Full<Bytes>>;
@@ -31,42 +33,75 @@ const BODY_MAX: usize = 64 * 1024 * 1024;
 pub(crate) struct HttpShared {
     token: Option<String>,
     connect_timeout: Duration,
+    /// HTTPS: how node certificates are verified (`None`: plain HTTP).
+    tls: Option<tokio_rustls::TlsConnector>,
+}
+
+/// How a pooled connection is opened.
+#[derive(Clone)]
+struct Dial {
+    addr: SocketAddr,
+    /// HTTPS: the connector and the name the node's certificate must carry.
+    tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+    timeout: Duration,
 }
 
 impl HttpShared {
-    pub(crate) fn new(config: &Config) -> HttpShared {
+    /// `tls`: speak HTTPS, verifying node certificates with this configuration.
+    pub(crate) fn new(config: &Config, tls: Option<Arc<rustls::ClientConfig>>) -> HttpShared {
         HttpShared {
             token: config.token.clone(),
             connect_timeout: config.connect_timeout,
+            tls: tls.map(tokio_rustls::TlsConnector::from),
         }
     }
 
+    /// The pool of a member at `addr` (over HTTPS, its certificate must name that IP address).
     pub(crate) fn node(&self, addr: SocketAddr) -> HttpNode {
-        HttpNode {
+        self.pool(
             addr,
+            addr.to_string(),
+            ServerName::IpAddress(addr.ip().into()),
+        )
+    }
+
+    /// The pool of a node the caller named by URL (over HTTPS, its certificate must name the
+    /// URL's host).
+    pub(crate) fn seed(&self, url: &NodeUrl) -> Result<HttpNode, Error> {
+        let name = url.server_name().map_err(Error::config)?;
+        Ok(self.pool(url.addr, url.authority(), name))
+    }
+
+    fn pool(&self, addr: SocketAddr, host: String, name: ServerName<'static>) -> HttpNode {
+        HttpNode {
+            host,
             token: self.token.clone(),
-            connect_timeout: self.connect_timeout,
+            dial: Dial {
+                addr,
+                tls: self.tls.clone().map(|c| (c, name)),
+                timeout: self.connect_timeout,
+            },
             idle: Mutex::new(Vec::new()),
         }
     }
 
-    /// `GET /v1/cluster` from the node at `addr`.
+    /// `GET /v1/cluster` from `node`.
     pub(crate) async fn cluster(
         &self,
-        addr: SocketAddr,
+        node: &HttpNode,
         wait: Duration,
     ) -> Result<ClusterView, Error> {
-        self.get_json(addr, "/v1/cluster", wait).await
+        self.get_json(node, "/v1/cluster", wait).await
     }
 
-    /// `GET path` from the node at `addr`, whose 200 answer is `T` as JSON.
+    /// `GET path` from `node`, whose 200 answer is `T` as JSON.
     pub(crate) async fn get_json<T: serde::de::DeserializeOwned>(
         &self,
-        addr: SocketAddr,
+        node: &HttpNode,
         path: &str,
         wait: Duration,
     ) -> Result<T, Error> {
-        let node = self.node(addr);
+        let addr = node.dial.addr;
         let req = node.request(Method::GET, path.into(), Bytes::new());
         let (status, _, body) = node.send(req, wait).await.map_err(|f| match f {
             Failure::Answered(e) => e,
@@ -89,19 +124,38 @@ impl HttpShared {
 
 /// One node's pool.
 pub(crate) struct HttpNode {
-    addr: SocketAddr,
+    /// The `Host` header.
+    host: String,
     token: Option<String>,
-    connect_timeout: Duration,
+    dial: Dial,
     idle: Mutex<Vec<Sender>>,
 }
 
-async fn connect(addr: SocketAddr, wait: Duration) -> Result<Sender, String> {
-    let stream = tokio::time::timeout(wait, tokio::net::TcpStream::connect(addr))
+/// Opens a connection (TCP, then TLS over HTTPS, each within the dial's timeout).
+async fn connect(dial: &Dial) -> Result<Sender, String> {
+    let wait = dial.timeout;
+    let stream = tokio::time::timeout(wait, tokio::net::TcpStream::connect(dial.addr))
         .await
         .map_err(|_| format!("no TCP connection within {} ms", wait.as_millis()))?
         .map_err(|e| format!("cannot connect: {e}"))?;
     let _ = stream.set_nodelay(true);
-    let (sender, conn) = http1::handshake(TokioIo::new(stream))
+    match &dial.tls {
+        None => handshake(TokioIo::new(stream)).await,
+        Some((connector, name)) => {
+            let tls = tokio::time::timeout(wait, connector.connect(name.clone(), stream))
+                .await
+                .map_err(|_| format!("no TLS handshake within {} ms", wait.as_millis()))?
+                .map_err(|e| super::https::explain_io_error(&e))?;
+            handshake(TokioIo::new(tls)).await
+        }
+    }
+}
+
+async fn handshake<I>(io: I) -> Result<Sender, String>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, conn) = http1::handshake(io)
         .await
         .map_err(|e| format!("HTTP handshake: {e}"))?;
     tokio::spawn(async move {
@@ -271,7 +325,7 @@ impl HttpNode {
         let mut req = Request::builder()
             .method(method)
             .uri(path)
-            .header(hyper::header::HOST, self.addr.to_string());
+            .header(hyper::header::HOST, self.host.as_str());
         if let Some(t) = &self.token {
             req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
         }
@@ -298,12 +352,9 @@ impl HttpNode {
         let fresh = pooled.is_none();
         let mut sender = match pooled {
             Some(s) => s,
-            None => connect(self.addr, self.connect_timeout)
-                .await
-                .map_err(Failure::Unreached)?,
+            None => connect(&self.dial).await.map_err(Failure::Unreached)?,
         };
-        let addr = self.addr;
-        let connect_timeout = self.connect_timeout;
+        let dial = self.dial.clone();
         let exchange = async move {
             let mut req = req;
             // A pooled connection may have closed since it was idle: a request it hands back
@@ -320,9 +371,7 @@ impl HttpNode {
                         Some(unsent) if !retried => {
                             retried = true;
                             req = unsent;
-                            sender = connect(addr, connect_timeout)
-                                .await
-                                .map_err(Failure::Unreached)?;
+                            sender = connect(&dial).await.map_err(Failure::Unreached)?;
                         }
                         Some(_) => {
                             return Err(Failure::Unreached(format!("request: {}", e.error())))

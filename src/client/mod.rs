@@ -5,6 +5,9 @@
 //!
 //! - **Discovery**: given the HTTP addresses of one or more nodes, it learns the cluster from
 //!   `GET /v1/cluster` (the first seed that answers) and refreshes that view in the background.
+//! - **HTTPS**: given `https://` addresses (all or none of them), it speaks HTTPS to every node,
+//!   verifying certificates against [`Config::ca_pem`] only ([`https`]); members learned from
+//!   the cluster are reached with the same scheme at the IP address they report.
 //! - **Routing**: it computes each key's preference list from the ring the cluster reports
 //!   (placement is a pure function of the members) and sends the request straight to a healthy
 //!   replica, rotating among them, which saves the forwarding hop a non-replica would add.
@@ -53,9 +56,10 @@
 
 pub mod breaker;
 pub(crate) mod http;
+pub mod https;
 mod quic;
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
@@ -64,6 +68,7 @@ use serde::Serialize;
 
 use self::breaker::Breaker;
 pub use self::breaker::{BreakerConfig, BreakerState};
+pub use self::https::NodeUrl;
 pub use self::quic::quic_config;
 use crate::node::{ClusterView, Liveness};
 pub use crate::node::{Context, CrdtOp, CrdtValue};
@@ -103,12 +108,15 @@ impl std::fmt::Display for Protocol {
 /// How a [`Client`] reaches the cluster.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// HTTP addresses (`IP:PORT`, `host:port` or `http://IP:PORT`) of nodes to learn the
-    /// cluster from.
+    /// HTTP addresses (`IP:PORT`, `host:port`, `http://IP:PORT` or `https://HOST:PORT`) of
+    /// nodes to learn the cluster from. `https://` (for all of them, or none) makes the client
+    /// speak HTTPS to every node.
     pub nodes: Vec<String>,
     /// QUIC or HTTP.
     pub protocol: Protocol,
-    /// The cluster CA certificate (PEM) that node certificates must chain to (QUIC only).
+    /// The CA certificate(s) (PEM) that node certificates must chain to: the cluster CA for
+    /// QUIC; for HTTPS, whichever CA signed the nodes' HTTPS certificates (the cluster CA when
+    /// they use their node certificates). Needed for QUIC and for HTTPS.
     pub ca_pem: Option<String>,
     /// The client token, when the nodes require one.
     pub token: Option<String>,
@@ -314,6 +322,7 @@ impl Error {
             "unavailable" => ErrorKind::Unavailable,
             "overloaded" => ErrorKind::Overloaded,
             "shutting_down" => ErrorKind::ShuttingDown,
+            "https_required" => ErrorKind::Config,
             _ => ErrorKind::Internal,
         };
         Error {
@@ -430,13 +439,10 @@ impl std::fmt::Debug for Client {
     }
 }
 
-/// Parses `IP:PORT`, `host:port` or `http://IP:PORT[/]`.
+/// Parses `IP:PORT`, `host:port`, `http://IP:PORT[/]` or `https://HOST:PORT[/]` to the
+/// address it resolves to (see [`NodeUrl::parse`] to keep the scheme and host).
 pub fn parse_http_addr(s: &str) -> Result<SocketAddr, String> {
-    let t = s.trim().trim_start_matches("http://").trim_end_matches('/');
-    t.to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .ok_or_else(|| format!("{s:?} is not an address (expected IP:PORT or http://IP:PORT)"))
+    NodeUrl::parse(s).map(|u| u.addr)
 }
 
 impl Client {
@@ -449,9 +455,26 @@ impl Client {
         let seeds = config
             .nodes
             .iter()
-            .map(|s| parse_http_addr(s))
+            .map(|s| NodeUrl::parse(s))
             .collect::<Result<Vec<_>, _>>()
             .map_err(Error::config)?;
+        let https = seeds.iter().any(|s| s.https);
+        if https && !seeds.iter().all(|s| s.https) {
+            return Err(Error::config(
+                "the node addresses mix http:// and https://: a cluster serves one scheme",
+            ));
+        }
+        let tls = if https {
+            let pem = config.ca_pem.as_deref().ok_or_else(|| {
+                Error::config(
+                    "https:// needs the CA certificate that signed the nodes' HTTPS \
+                     certificates (ca_pem, --ca)",
+                )
+            })?;
+            Some(https::https_client_config(pem)?)
+        } else {
+            None
+        };
         let quic = match config.protocol {
             Protocol::Quic => {
                 let pem = config.ca_pem.as_deref().ok_or_else(|| {
@@ -461,17 +484,18 @@ impl Client {
             }
             Protocol::Http => None,
         };
-        let http = http::HttpShared::new(&config);
+        let http = http::HttpShared::new(&config, tls);
         let mut cluster = None;
         let mut errors = Vec::new();
-        for &seed in &seeds {
-            match http.cluster(seed, config.connect_timeout * 3).await {
+        for seed in &seeds {
+            let node = http.seed(seed)?;
+            match http.cluster(&node, config.connect_timeout * 3).await {
                 Ok(view) => {
                     cluster = Some(view);
                     break;
                 }
                 Err(e) if e.kind == ErrorKind::Unauthorized => return Err(e),
-                Err(e) => errors.push(format!("{seed}: {}", e.message)),
+                Err(e) => errors.push(format!("{}: {}", seed.base(), e.message)),
             }
         }
         let Some(cluster) = cluster else {
@@ -923,9 +947,10 @@ impl Inner {
                 != BreakerState::Closed
         });
         for node in order {
+            let pool = self.http.node(node.http_addr);
             match self
                 .http
-                .cluster(node.http_addr, self.config.connect_timeout * 3)
+                .cluster(&pool, self.config.connect_timeout * 3)
                 .await
             {
                 Ok(cluster) => {

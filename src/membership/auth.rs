@@ -1,12 +1,14 @@
 //! Who vouches for a ring entry: signatures over ring entries and removals.
 //!
 //! A node's ring entry (its status and addresses) is believed only when the node itself signed
-//! it, with the key its id is derived from; a removal only when a node that reached the
-//! `member` status signed it (see [`super::RingState`] for the rules). The core does no
-//! cryptography itself: the driver supplies an [`EntryAuth`] — the runtime one signs with the
-//! node's certificate key (ECDSA P-256) and derives ids as the transport does; the simulator
-//! and unit tests use [`InsecureTestAuth`], a deterministic stand-in. Both sides of a cluster
-//! must use the same kind.
+//! it, with the key its id is derived from; a removal only when the cluster's operator signed
+//! it, with the operator key (in a real cluster the CA key, which already decides who may be a
+//! node at all) — no node, member or not, can remove another (see [`super::RingState`] for
+//! the rules). The core does no cryptography itself: the driver supplies an [`EntryAuth`] —
+//! the runtime one signs with the node's certificate key (ECDSA P-256), derives ids as the
+//! transport does and checks removals against the CA certificates; the simulator and unit
+//! tests use [`InsecureTestAuth`], a deterministic stand-in. Both sides of a cluster must use
+//! the same kind.
 //!
 //! What is signed is a fixed, canonical byte string ([`entry_message`], [`removal_message`]),
 //! independent of the wire encoding, so every node checks the same bytes.
@@ -30,6 +32,9 @@ pub trait EntryAuth: Debug + Send + Sync {
     /// Whether `key` belongs to `node` (its id is derived from it) and `signature` is a valid
     /// signature of `message` under it.
     fn verify(&self, node: NodeId, key: &[u8], message: &[u8], signature: &[u8]) -> bool;
+    /// Whether `signature` is the operator's signature of `message` (an operator action such
+    /// as a removal, [`removal_message`]). No node key can make one.
+    fn verify_operator(&self, message: &[u8], signature: &[u8]) -> bool;
 }
 
 /// The bytes a node signs to vouch for its entry.
@@ -49,7 +54,7 @@ pub fn entry_message(node: NodeId, entry: &RingEntry) -> Vec<u8> {
     m
 }
 
-/// The bytes a member signs to remove `subject` from the ring.
+/// The bytes the operator signs to remove `subject` from the ring.
 pub fn removal_message(subject: NodeId) -> Vec<u8> {
     let mut m = Vec::with_capacity(32);
     m.extend_from_slice(b"chorus/ring-removal/v1\0");
@@ -96,6 +101,13 @@ impl InsecureTestAuth {
         let secret = blake3::derive_key("chorus insecure test ring secret", &Self::key_of(node));
         *blake3::keyed_hash(&secret, message).as_bytes()
     }
+
+    /// The stand-in operator's signature of `message` (what the simulator's and the tests'
+    /// operator sends with a removal).
+    pub fn operator_sign(message: &[u8]) -> Vec<u8> {
+        let secret = blake3::derive_key("chorus insecure test operator secret", b"operator");
+        blake3::keyed_hash(&secret, message).as_bytes().to_vec()
+    }
 }
 
 impl EntryAuth for InsecureTestAuth {
@@ -109,6 +121,10 @@ impl EntryAuth for InsecureTestAuth {
 
     fn verify(&self, node: NodeId, key: &[u8], message: &[u8], signature: &[u8]) -> bool {
         key == Self::key_of(node).as_slice() && signature == Self::tag(node, message).as_slice()
+    }
+
+    fn verify_operator(&self, message: &[u8], signature: &[u8]) -> bool {
+        signature == Self::operator_sign(message).as_slice()
     }
 }
 
@@ -144,5 +160,10 @@ mod tests {
         assert!(!auth.verify(a, &auth.public_key(), &m, &bad));
         // Messages of different kinds never coincide.
         assert_ne!(entry_message(a, &entry(7000)), removal_message(a));
+        // No node's signature is the operator's.
+        let rm = removal_message(b);
+        assert!(auth.verify_operator(&rm, &InsecureTestAuth::operator_sign(&rm)));
+        assert!(!auth.verify_operator(&rm, &auth.sign(&rm)));
+        assert!(!auth.verify_operator(&removal_message(a), &InsecureTestAuth::operator_sign(&rm)));
     }
 }

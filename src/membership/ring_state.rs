@@ -8,8 +8,9 @@ use serde::{Deserialize, Serialize};
 use super::auth::{entry_message, removal_message, EntryAuth};
 use crate::id::NodeId;
 
-/// Where a node stands in the ring. Statuses only move forward:
-/// `joining → member → leaving → left`.
+/// Where a node stands in the ring: `joining → member → leaving → left`. Statuses move
+/// forward, with one exception a node signs itself: a leave cancelled before `left` goes back
+/// from `leaving` to `member` (with a newer version, which is what the ring orders by).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 #[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
@@ -115,23 +116,29 @@ impl SignedEntry {
     }
 }
 
-/// An operator's removal of a node, signed by the member that took the request. It carries
-/// no key: it is checked against the key in the signer's own (signed) entry.
+/// An operator's removal of a node: the operator's signature of
+/// [`super::removal_message`] of the removed node ([`EntryAuth::verify_operator`]), and the
+/// node that took the request. Only the signature is trusted: no node can remove another.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Removal {
-    /// The node that signed it.
+    /// The node that took the operator's request and first spread it (for the record only).
     pub by: NodeId,
-    /// Its signature of [`super::removal_message`] of the removed node.
+    /// The operator's signature of [`super::removal_message`] of the removed node.
     pub sig: serde_bytes::ByteBuf,
 }
 
 impl Removal {
-    /// A removal of `subject` signed by node `by` with `auth` (which must be `by`'s).
-    pub fn sign(by: NodeId, subject: NodeId, auth: &dyn EntryAuth) -> Removal {
+    /// The operator's removal `signature`, taken by node `by`.
+    pub fn new(by: NodeId, signature: Vec<u8>) -> Removal {
         Removal {
             by,
-            sig: serde_bytes::ByteBuf::from(auth.sign(&removal_message(subject))),
+            sig: serde_bytes::ByteBuf::from(signature),
         }
+    }
+
+    /// Whether this is the operator's removal of `subject`.
+    pub fn verify(&self, subject: NodeId, auth: &dyn EntryAuth) -> bool {
+        auth.verify_operator(&removal_message(subject), &self.sig)
     }
 
     fn rank(&self) -> (NodeId, &[u8]) {
@@ -144,7 +151,7 @@ impl Removal {
 pub struct RingRecord {
     /// The node's newest entry, signed by itself.
     pub signed: SignedEntry,
-    /// A removal of the node, when a member removed it.
+    /// The operator's removal of the node, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub removal: Option<Removal>,
 }
@@ -188,8 +195,8 @@ impl RingRecord {
 pub struct MergeReport {
     /// Whether anything changed.
     pub changed: bool,
-    /// Entries or removals refused: bad or missing signature, a version above [`VERSION_MAX`],
-    /// or a removal by a node that never was a member.
+    /// Entries or removals refused: bad or missing signature (a removal must carry the
+    /// operator's), or a version above [`VERSION_MAX`].
     pub refused: u64,
     /// Records ignored because the sender may only speak for itself (it is not a ring owner).
     pub ignored: u64,
@@ -203,8 +210,7 @@ pub struct MergeReport {
 ///
 /// Received state goes through [`RingState::merge_verified`]: a node's entry is believed only
 /// when the node signed it (a peer cannot change another node's status, addresses or version),
-/// and a removal only when it is signed by a node whose own signed entry reached `member`
-/// (`member`, `leaving` or `left`: statuses only move forward, so the verdict never changes and
+/// and a removal only when the operator signed it (a verdict that depends on nothing else, so
 /// every node reaches the same state). A sender that owns no partitions in the receiver's ring
 /// (unknown, joining, or gone) may only speak for itself: the rest of what it sends is ignored.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -279,19 +285,10 @@ impl RingState {
         changed
     }
 
-    /// The key `node` signs removals with, if it may sign them: its own signed entry reached
-    /// `member` (it never goes back, so neither does the answer).
-    fn remover_key(&self, node: NodeId) -> Option<&[u8]> {
-        self.records
-            .get(&node)
-            .filter(|r| r.signed.entry.status >= RingStatus::Member)
-            .map(|r| r.signed.key.as_slice())
-    }
-
     /// Merges what node `from` sent (see the type's documentation for who is believed);
     /// `auth` checks signatures. Records of nodes other than `from` are ignored unless `from`
-    /// owns partitions in this ring; each signed entry must be its node's, each removal a
-    /// member's.
+    /// owns partitions in this ring; each signed entry must be its node's, each removal the
+    /// operator's.
     pub fn merge_verified(
         &mut self,
         from: NodeId,
@@ -317,7 +314,7 @@ impl RingState {
                 removals.push((node, r));
             }
         }
-        // Removals after the entries: the remover's entry may have come in the same state.
+        // Removals after the entries: the removed node's entry may have come in the same state.
         for (node, removal) in removals {
             report.changed |= self.merge_removal(node, removal, auth, &mut report);
         }
@@ -398,11 +395,7 @@ impl RingState {
         {
             return false;
         }
-        let valid = removal.by != node
-            && self.remover_key(removal.by).is_some_and(|key| {
-                auth.verify(removal.by, key, &removal_message(node), &removal.sig)
-            });
-        if !valid {
+        if !removal.verify(node, auth) {
             report.refused += 1;
             return false;
         }
@@ -480,13 +473,7 @@ mod tests {
             info_version: v,
             info: info(1000 + p),
         });
-        let removal = prop::option::of((1u64..5).prop_map(|by| {
-            Removal::sign(
-                NodeId::new(by),
-                NodeId::new(0),
-                &InsecureTestAuth::new(NodeId::new(by)),
-            )
-        }));
+        let removal = prop::option::of((1u64..5).prop_map(|by| operator_removal(by, 0)));
         prop::collection::btree_map((1u64..5).prop_map(NodeId::new), (entry, removal), 0..5)
             .prop_map(|records| {
                 let mut s = RingState::new();
@@ -532,15 +519,19 @@ mod tests {
         assert_eq!(s.owners().collect::<Vec<_>>(), vec![n]);
         let record = RingRecord {
             signed: s.record(n).unwrap().signed.clone(),
-            removal: Some(Removal::sign(
-                NodeId::new(2),
-                n,
-                &InsecureTestAuth::new(NodeId::new(2)),
-            )),
+            removal: Some(operator_removal(2, n.get())),
         };
         assert!(s.merge_record(n, &record));
         assert_eq!(s.get(n).unwrap().status, RingStatus::Left);
         assert_eq!(s.owners().count(), 0);
+    }
+
+    /// The test operator's removal of `subject`, taken by `by`.
+    fn operator_removal(by: u64, subject: u64) -> Removal {
+        Removal::new(
+            NodeId::new(by),
+            InsecureTestAuth::operator_sign(&removal_message(NodeId::new(subject))),
+        )
     }
 
     fn signed(n: u64, status: RingStatus, version: u64, port: u16) -> RingRecord {
@@ -557,8 +548,8 @@ mod tests {
     }
 
     /// Issue 22, item 2: a member forging another node's entry (a bumped version, its own
-    /// address), a phantom member, an absurd version or a removal by a node that never was a
-    /// member changes nothing, and each is counted.
+    /// address), a phantom member, an absurd version, or a removal signed by any node — a
+    /// joiner or a member — rather than the operator changes nothing, and each is counted.
     #[test]
     fn only_what_a_node_signed_itself_is_believed() {
         use RingStatus::*;
@@ -591,7 +582,8 @@ mod tests {
         assert_eq!((report.changed, report.refused), (false, 2));
         let report = mine.merge_verified(a, &absurd, &auth);
         assert_eq!((report.changed, report.refused), (false, 1));
-        // A removal of a by b's... signed by a joining node c: refused.
+        // A removal of a signed by a joining node c, and one signed by member b itself (with
+        // the key of its own ring entry): refused.
         let c = NodeId::new(3);
         let mut removal = RingState::new();
         removal.merge_record(c, &signed(3, Joining, 1, 30));
@@ -599,23 +591,50 @@ mod tests {
             a,
             &RingRecord {
                 signed: mine.record(a).unwrap().signed.clone(),
-                removal: Some(Removal::sign(c, a, &InsecureTestAuth::new(c))),
+                removal: Some(Removal::new(
+                    c,
+                    InsecureTestAuth::new(c).sign(&removal_message(a)),
+                )),
             },
         );
         let report = mine.merge_verified(a, &removal, &auth);
         assert_eq!(report.refused, 1);
+        let mut by_member = RingState::new();
+        by_member.merge_record(
+            a,
+            &RingRecord {
+                signed: mine.record(a).unwrap().signed.clone(),
+                removal: Some(Removal::new(
+                    b,
+                    InsecureTestAuth::new(b).sign(&removal_message(a)),
+                )),
+            },
+        );
+        let report = mine.merge_verified(b, &by_member, &auth);
+        assert_eq!((report.changed, report.refused), (false, 1));
+        // The operator's removal of a, but presented as the removal of b: refused.
+        let mut moved = RingState::new();
+        moved.merge_record(
+            b,
+            &RingRecord {
+                signed: mine.record(b).unwrap().signed.clone(),
+                removal: Some(operator_removal(1, a.get())),
+            },
+        );
+        let report = mine.merge_verified(b, &moved, &auth);
+        assert_eq!((report.changed, report.refused), (false, 1));
         assert_eq!(mine.get(a), before.get(a));
         assert_eq!(mine.get(b), before.get(b));
         assert_eq!(mine.get(c).map(|e| e.status), Some(Joining));
 
-        // What b signs itself is believed; so is a removal by member b.
+        // What b signs itself is believed; so is the operator's removal, whoever relays it.
         let mut real = RingState::new();
         real.merge_record(b, &signed(2, Leaving, 2, 21));
         real.merge_record(
             c,
             &RingRecord {
                 signed: signed(3, Joining, 1, 30).signed,
-                removal: Some(Removal::sign(b, c, &InsecureTestAuth::new(b))),
+                removal: Some(operator_removal(2, c.get())),
             },
         );
         let report = mine.merge_verified(b, &real, &auth);

@@ -44,9 +44,11 @@ impl PeerId {
 impl foca::Identity for PeerId {
     type Addr = SocketAddr;
 
+    /// The next generation; none past `u64::MAX` (foca then keeps the identity it has rather
+    /// than wrap to a generation every peer has seen superseded).
     fn renew(&self) -> Option<Self> {
         Some(PeerId {
-            generation: self.generation + 1,
+            generation: self.generation.checked_add(1)?,
             ..*self
         })
     }
@@ -171,10 +173,12 @@ pub struct RingBroadcastKey {
 }
 
 impl Invalidates for RingBroadcastKey {
+    /// A broadcast supersedes another of the same node when its entry ranks at least as high
+    /// (the ring's order: version first, then status — a cancelled leave's `member` of a newer
+    /// version supersedes the `leaving` before it) and it carries any removal the other does.
     fn invalidates(&self, other: &Self) -> bool {
         self.node == other.node
-            && self.status >= other.status
-            && self.info_version >= other.info_version
+            && (self.info_version, self.status) >= (other.info_version, other.status)
             && self.removed >= other.removed
     }
 }
@@ -283,6 +287,8 @@ mod tests {
         assert_eq!(new.addr(), old.addr());
         assert!(new.win_addr_conflict(&old));
         assert!(!old.win_addr_conflict(&new));
+        // The last generation cannot be renewed: wrapping to 0 would lose to every older one.
+        assert_eq!(peer(1, u64::MAX).renew(), None);
     }
 
     #[test]

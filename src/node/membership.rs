@@ -214,9 +214,37 @@ pub enum RemoveError {
         /// Its liveness as this node sees it.
         liveness: Liveness,
     },
-    /// This node is not a member yet: the others only believe removals signed by a member.
-    #[error("this node is not a ring member yet; ask a member to remove the node")]
-    NotMember,
+    /// The removal does not carry the operator's signature of it (in a real cluster: made
+    /// with the CA key, as `chorus cluster remove` does). No node can remove another.
+    #[error(
+        "the removal of node {0} is not signed by the cluster's operator key (the CA key): \
+         use `chorus cluster remove {0} --operator-ca <CA directory>`"
+    )]
+    NotSigned(NodeId),
+}
+
+/// Why a leave could not be cancelled. Nothing changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CancelLeaveError {
+    /// This node is not leaving.
+    #[error("this node is not leaving the cluster")]
+    NotLeaving,
+    /// The leave went too far to be undone: `left` is recorded (the others may already have
+    /// taken the partitions over), or an operator removed this node.
+    #[error("this node's leave has completed (or an operator removed it): it cannot be cancelled")]
+    Completed,
+    /// The leave began while this node was still joining (its copy of its partitions may be
+    /// incomplete), or it resumed after a restart (which cannot tell): becoming a member again
+    /// would serve reads from a copy that may miss acknowledged writes.
+    #[error(
+        "this node's leave cannot be cancelled: it began while the node was still joining, or \
+         the node restarted since, so it cannot prove it holds a complete copy of its \
+         partitions; let the leave complete and join a new node instead"
+    )]
+    NotCancellable,
+    /// This node's ring entry cannot take another version.
+    #[error("this node's ring entry version is exhausted")]
+    VersionExhausted,
 }
 
 /// Why the membership state cannot be set up.
@@ -255,6 +283,10 @@ struct Leave {
     confirmations: Confirmations,
     /// Whether [`Output::Left`] was emitted.
     done: bool,
+    /// Whether the leave may be cancelled: it began in this process while this node was a
+    /// member, so it holds a complete copy of its partitions. A joiner's copy may be
+    /// incomplete, and a leave resumed after a restart cannot tell which it was.
+    cancellable: bool,
 }
 
 /// The membership sub-machine.
@@ -379,6 +411,7 @@ impl Membership {
             phase,
             confirmations: Confirmations::default(),
             done: false,
+            cancellable: false,
         });
         let mut m = Membership {
             id,
@@ -540,6 +573,7 @@ impl Membership {
         if self.leave.is_some() {
             return;
         }
+        let cancellable = self.own_entry().status == RingStatus::Member;
         self.sign_own_status(RingStatus::Leaving);
         // The data path must hand this node's partitions over under the new placement first.
         self.handoff_done = false;
@@ -551,6 +585,7 @@ impl Membership {
                 ..Confirmations::default()
             },
             done: false,
+            cancellable,
         });
         info!(node = %self.id, "leaving the cluster");
         self.broadcast_own_entry();
@@ -561,18 +596,66 @@ impl Membership {
         self.after_input(now, out);
     }
 
+    /// Cancels this node's leave while it is still handing its partitions over (its ring
+    /// entry says `leaving`): it signs `member` again with the next version, which supersedes
+    /// `leaving` everywhere, keeps its partitions (it still held all of them: a leaving node
+    /// owns and stores its partitions until it is gone), and the placement goes back to it.
+    /// Once `left` is recorded the leave cannot be cancelled: the others may already have
+    /// taken the partitions over.
+    pub(crate) fn cancel_leave(
+        &mut self,
+        now: Duration,
+        out: &mut Outbox,
+    ) -> Result<(), CancelLeaveError> {
+        let removed = self
+            .lock_ring()
+            .record(self.id)
+            .is_some_and(|r| r.removal.is_some());
+        if removed {
+            return Err(CancelLeaveError::Completed);
+        }
+        match self.leave.as_ref() {
+            None => return Err(CancelLeaveError::NotLeaving),
+            Some(l) if l.phase != RingStatus::Leaving || l.done => {
+                return Err(CancelLeaveError::Completed)
+            }
+            Some(l) if !l.cancellable => return Err(CancelLeaveError::NotCancellable),
+            Some(_) => {}
+        }
+        if self.own_entry().status != RingStatus::Leaving {
+            return Err(CancelLeaveError::Completed);
+        }
+        if !self.sign_own_entry(RingStatus::Member) {
+            return Err(CancelLeaveError::VersionExhausted);
+        }
+        self.leave = None;
+        info!(node = %self.id, "leave cancelled: this node stays a member");
+        self.broadcast_own_entry();
+        // Persist `member` (the placement goes back to this node) before anyone hears of it.
+        self.refresh_ring(out);
+        self.push_changes(now, out);
+        self.after_input(now, out);
+        Ok(())
+    }
+
     /// Records that the dead node `node` is removed from the ring for good (an operator's
-    /// decision: its partitions move to the others) and pushes the change until a majority of
-    /// the members confirm it. Unless `force`, a node SWIM does not report down is refused.
+    /// decision, carried by the operator's `signature` of it: its partitions move to the
+    /// others) and pushes the change until a majority of the members confirm it. Unless
+    /// `force`, a node SWIM does not report down is refused.
     pub(crate) fn remove(
         &mut self,
         node: NodeId,
+        signature: Vec<u8>,
         force: bool,
         now: Duration,
         out: &mut Outbox,
     ) -> Result<(), RemoveError> {
         if node == self.id {
             return Err(RemoveError::Itself(node));
+        }
+        let removal = Removal::new(self.id, signature);
+        if !removal.verify(node, self.auth.as_ref()) {
+            return Err(RemoveError::NotSigned(node));
         }
         if self.leave.is_some() {
             return Err(RemoveError::Leaving);
@@ -590,16 +673,8 @@ impl Membership {
                 return Err(RemoveError::NotDown { node, liveness });
             }
         }
-        // The others believe removals signed by a node whose own entry reached `member`.
-        let signer_status = self
-            .lock_ring()
-            .record(self.id)
-            .map(|r| r.signed.entry.status);
-        if signer_status < Some(RingStatus::Member) {
-            return Err(RemoveError::NotMember);
-        }
         if record.removal.is_none() {
-            record.removal = Some(Removal::sign(self.id, node, self.auth.as_ref()));
+            record.removal = Some(removal);
             self.lock_ring().merge_record(node, &record);
         }
         warn!(node = %self.id, removed = %node, "removing a node from the ring by operator request");
@@ -1271,10 +1346,18 @@ impl Membership {
             .expect("own ring entry present")
     }
 
-    /// Signs and records a new entry of this node with `status` and the next version; returns
-    /// whether it could (versions are bounded by [`VERSION_MAX`]; reaching it takes a node
-    /// changing status or address every second for over a century).
+    /// Signs and records a new entry of this node with `status` (or its current status, if
+    /// that is further along) and the next version; returns whether it could (versions are
+    /// bounded by [`VERSION_MAX`]; reaching it takes a node changing status or address every
+    /// second for over a century).
     fn sign_own_status(&mut self, status: RingStatus) -> bool {
+        let current = self.own_entry().status;
+        self.sign_own_entry(current.max(status))
+    }
+
+    /// Signs and records a new entry of this node with exactly `status` and the next version
+    /// (a cancelled leave goes back from `leaving` to `member`: the newer version wins).
+    fn sign_own_entry(&mut self, status: RingStatus) -> bool {
         let Some(current) = self.lock_ring().record(self.id).map(|r| r.signed.entry) else {
             return false;
         };
@@ -1283,7 +1366,7 @@ impl Membership {
             return false;
         };
         let entry = RingEntry {
-            status: current.status.max(status),
+            status,
             info_version: version,
             info: self.info,
         };
@@ -1420,6 +1503,7 @@ impl Membership {
                 phase: RingStatus::Left,
                 confirmations: Confirmations::default(),
                 done: true,
+                cancellable: false,
             });
             if let Err(e) = self.swim.leave_cluster(&mut self.swim_effects) {
                 debug!(error = %e, "SWIM leave");

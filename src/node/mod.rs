@@ -77,8 +77,8 @@ pub use hints::{AdoptedHint, HintsMessage, HintsTimer};
 use journal::Journal;
 use membership::Membership;
 pub use membership::{
-    Liveness, MembershipConfig, MembershipError, MembershipMessage, MembershipTimer, PendingChange,
-    RemoveError, SyncReply,
+    CancelLeaveError, Liveness, MembershipConfig, MembershipError, MembershipMessage,
+    MembershipTimer, PendingChange, RemoveError, SyncReply,
 };
 pub use object::{
     Context, ContextError, ContextKey, ContextKind, CrdtOp, CrdtValue, Logged, Object, PartView,
@@ -841,11 +841,29 @@ impl Node {
         self.settle(now);
     }
 
-    /// Removes the dead node `node` from the ring for good (an operator's decision); the change
-    /// is pushed until a majority of the members confirm it ([`Node::removal_confirmed`]).
-    /// Unless `force`, a node SWIM does not report down is refused ([`RemoveError::NotDown`]).
-    pub fn remove(&mut self, node: NodeId, force: bool, now: Duration) -> Result<(), RemoveError> {
-        let r = self.membership.remove(node, force, now, &mut self.out);
+    /// Cancels this node's leave while it has not completed ([`CancelLeaveError`] otherwise;
+    /// nothing changes then): it stays a member and keeps its partitions.
+    pub fn cancel_leave(&mut self, now: Duration) -> Result<(), CancelLeaveError> {
+        let r = self.membership.cancel_leave(now, &mut self.out);
+        self.settle(now);
+        r
+    }
+
+    /// Removes the dead node `node` from the ring for good (an operator's decision, proven by
+    /// the operator's `signature` of [`crate::membership::removal_message`] of `node`, else
+    /// [`RemoveError::NotSigned`]); the change is pushed until a majority of the members
+    /// confirm it ([`Node::removal_confirmed`]). Unless `force`, a node SWIM does not report
+    /// down is refused ([`RemoveError::NotDown`]).
+    pub fn remove(
+        &mut self,
+        node: NodeId,
+        signature: Vec<u8>,
+        force: bool,
+        now: Duration,
+    ) -> Result<(), RemoveError> {
+        let r = self
+            .membership
+            .remove(node, signature, force, now, &mut self.out);
         self.settle(now);
         r
     }

@@ -663,6 +663,11 @@ fn a_node_asked_to_leave_while_joining_waits_until_it_knows_the_members() {
     net.run_for(Duration::from_secs(1));
     net.nodes.get_mut(&addr(1)).unwrap().leave(net.now);
     net.drain(addr(1));
+    // A joiner's copy may be incomplete: cancelling would make it a member serving it.
+    assert_eq!(
+        net.nodes.get_mut(&addr(1)).unwrap().cancel_leave(net.now),
+        Err(CancelLeaveError::NotCancellable)
+    );
     net.run_for(Duration::from_secs(10));
     assert!(
         !net.left.contains(&addr(1)),
@@ -706,6 +711,11 @@ fn a_leave_interrupted_by_a_crash_resumes_after_the_restart() {
     net.start(config(1, 2, vec![addr(0)]));
     net.start(config(2, 2, vec![addr(0)]));
     assert!(net.nodes[&addr(2)].has_left(), "resumed");
+    assert_eq!(
+        net.nodes.get_mut(&addr(2)).unwrap().cancel_leave(net.now),
+        Err(CancelLeaveError::NotCancellable),
+        "a restarted node cannot tell whether it was a member"
+    );
     net.run_for(Duration::from_secs(20));
     assert!(net.left.contains(&addr(2)));
     assert_eq!(member_of(&net.view(0), 2).unwrap().status, RingStatus::Left);
@@ -723,6 +733,76 @@ fn a_leave_interrupted_by_a_crash_resumes_after_the_restart() {
 }
 
 #[test]
+fn a_leave_can_be_cancelled_until_it_completes() {
+    let mut net = cluster(5);
+    assert_eq!(
+        net.nodes.get_mut(&addr(4)).unwrap().cancel_leave(net.now),
+        Err(CancelLeaveError::NotLeaving)
+    );
+    // Three members down: the leave cannot gather its majority and stays `leaving`.
+    for i in 1..4 {
+        net.crash(addr(i));
+    }
+    net.run_for(Duration::from_secs(15));
+    net.nodes.get_mut(&addr(4)).unwrap().leave(net.now);
+    net.drain(addr(4));
+    net.run_for(Duration::from_secs(10));
+    assert_eq!(
+        member_of(&net.view(0), 4).unwrap().status,
+        RingStatus::Leaving
+    );
+    net.nodes
+        .get_mut(&addr(4))
+        .unwrap()
+        .cancel_leave(net.now)
+        .unwrap();
+    net.drain(addr(4));
+    net.run_for(Duration::from_secs(5));
+    for i in [0, 4] {
+        let v = net.view(i);
+        assert_eq!(member_of(&v, 4).unwrap().status, RingStatus::Member, "n{i}");
+        assert!(v.pending.is_empty(), "n{i}: {:?}", v.pending);
+    }
+    assert!(!net.nodes[&addr(4)].has_left());
+    assert_eq!(
+        net.disks[&addr(4)]
+            .ring
+            .get(NodeId::new(104))
+            .unwrap()
+            .status,
+        RingStatus::Member,
+        "persisted"
+    );
+    // The members come back: nothing completes the cancelled leave, and it keeps its share.
+    for i in 1..4 {
+        net.start(config(i, 2, vec![addr(0)]));
+    }
+    net.run_for(Duration::from_secs(20));
+    assert!(!net.left.contains(&addr(4)));
+    for i in 0..5 {
+        let v = net.view(i);
+        let m = member_of(&v, 4).unwrap();
+        assert_eq!(m.status, RingStatus::Member, "n{i}");
+        assert!(m.partitions > 0, "n{i}: {m:?}");
+    }
+    // A leave that completed cannot be undone.
+    net.nodes.get_mut(&addr(4)).unwrap().leave(net.now);
+    net.drain(addr(4));
+    net.run_for(Duration::from_secs(20));
+    assert!(net.left.contains(&addr(4)));
+    assert_eq!(
+        net.nodes.get_mut(&addr(4)).unwrap().cancel_leave(net.now),
+        Err(CancelLeaveError::Completed)
+    );
+    assert_eq!(member_of(&net.view(0), 4).unwrap().status, RingStatus::Left);
+}
+
+/// The test operator's signature of the removal of `node`.
+fn operator_signature(node: NodeId) -> Vec<u8> {
+    crate::membership::InsecureTestAuth::operator_sign(&crate::membership::removal_message(node))
+}
+
+#[test]
 fn an_operator_removes_a_dead_node_and_a_revived_one_stops() {
     let mut net = cluster(4);
     net.crash(addr(3));
@@ -730,17 +810,47 @@ fn an_operator_removes_a_dead_node_and_a_revived_one_stops() {
     let dead = NodeId::new(103);
     let n0 = net.nodes.get_mut(&addr(0)).unwrap();
     assert_eq!(
-        n0.remove(NodeId::new(100), false, net.now),
+        n0.remove(
+            NodeId::new(100),
+            operator_signature(NodeId::new(100)),
+            false,
+            net.now
+        ),
         Err(RemoveError::Itself(NodeId::new(100)))
     );
     assert_eq!(
-        n0.remove(NodeId::new(999), false, net.now),
+        n0.remove(
+            NodeId::new(999),
+            operator_signature(NodeId::new(999)),
+            false,
+            net.now
+        ),
         Err(RemoveError::Unknown(NodeId::new(999)))
     );
+    // Without the operator's signature of this very removal, nothing is removed: a node's own
+    // signature, the operator's removal of another node, nothing at all.
+    use crate::membership::EntryAuth as _;
+    for sig in [
+        crate::membership::InsecureTestAuth::new(NodeId::new(100))
+            .sign(&crate::membership::removal_message(dead)),
+        operator_signature(NodeId::new(102)),
+        Vec::new(),
+    ] {
+        assert_eq!(
+            n0.remove(dead, sig, true, net.now),
+            Err(RemoveError::NotSigned(dead))
+        );
+    }
+    assert_eq!(n0.removal_confirmed(dead), None);
     // A live member is not removed without force, and nothing changes.
     let ring_before = n0.cluster_view();
     assert_eq!(
-        n0.remove(NodeId::new(102), false, net.now),
+        n0.remove(
+            NodeId::new(102),
+            operator_signature(NodeId::new(102)),
+            false,
+            net.now
+        ),
         Err(RemoveError::NotDown {
             node: NodeId::new(102),
             liveness: Liveness::Alive
@@ -748,7 +858,10 @@ fn an_operator_removes_a_dead_node_and_a_revived_one_stops() {
     );
     assert_eq!(n0.removal_confirmed(NodeId::new(102)), None);
     assert_eq!(n0.cluster_view().members, ring_before.members);
-    assert_eq!(n0.remove(dead, false, net.now), Ok(()));
+    assert_eq!(
+        n0.remove(dead, operator_signature(dead), false, net.now),
+        Ok(())
+    );
     assert_eq!(n0.removal_confirmed(dead), Some(false));
     net.drain(addr(0));
     net.run_for(Duration::from_secs(5));
@@ -2115,7 +2228,7 @@ fn a_removed_node_that_resumes_brings_no_purged_delete_back() {
     net.nodes
         .get_mut(&addr(0))
         .unwrap()
-        .remove(stalled, false, net.now)
+        .remove(stalled, operator_signature(stalled), false, net.now)
         .unwrap();
     net.run_for(Duration::from_secs(30));
     assert_eq!(net.nodes[&addr(0)].removal_confirmed(stalled), Some(true));

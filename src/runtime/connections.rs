@@ -21,6 +21,15 @@
 //! connection is closed after it too), and the request's body within the body timeout of its
 //! headers. Refusals, evictions and timeouts are counted in metrics and logged through the
 //! refusal-log rate limit.
+//!
+//! # HTTPS
+//!
+//! With a TLS configuration ([`serve_http`]'s `tls`, from `--http-tls-dir`) the port speaks
+//! HTTPS only. A connection takes its place in the table before its handshake, so handshakes
+//! count against the same caps and can be evicted like idle connections; the handshake must
+//! finish within its own timeout ([`ConnectionOptions::http_tls_handshake_timeout`]). A client
+//! whose first byte is not a TLS handshake record (plain HTTP) gets a plaintext `400` saying the
+//! port serves HTTPS, and the connection is closed: no request is read from it.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -57,6 +66,9 @@ pub struct ConnectionOptions {
     pub http_header_timeout: Duration,
     /// How long an HTTP request's body may take to arrive once its headers have.
     pub http_body_timeout: Duration,
+    /// With HTTPS: how long a new connection may take to complete its TLS handshake (counted
+    /// from its acceptance; the header timeout starts after it).
+    pub http_tls_handshake_timeout: Duration,
     /// HTTP connections open at once (`None`: what the open-file budget allows; a larger
     /// value is lowered to that).
     pub http_connections_max: Option<usize>,
@@ -72,6 +84,9 @@ pub struct ConnectionOptions {
     /// Requests one QUIC client connection may have in flight over all its lanes (the node
     /// serves 8,192 at once from all clients together).
     pub quic_connection_in_flight_max: usize,
+    /// QUIC client connections that may be waiting for their hello at once, from all
+    /// addresses together; a new one beyond closes the oldest waiting one.
+    pub quic_clients_unverified_max: usize,
 }
 
 impl Default for ConnectionOptions {
@@ -79,12 +94,14 @@ impl Default for ConnectionOptions {
         ConnectionOptions {
             http_header_timeout: Duration::from_secs(10),
             http_body_timeout: Duration::from_secs(30),
+            http_tls_handshake_timeout: Duration::from_secs(10),
             http_connections_max: None,
             http_connections_per_address_max: 256,
             quic_clients_max: 1024,
             quic_clients_per_address_max: 64,
             quic_client_idle_timeout: Duration::from_secs(120),
             quic_connection_in_flight_max: 1024,
+            quic_clients_unverified_max: 128,
         }
     }
 }
@@ -311,6 +328,8 @@ pub struct HttpLimits {
     pub header_timeout: Duration,
     /// See [`ConnectionOptions::http_body_timeout`].
     pub body_timeout: Duration,
+    /// See [`ConnectionOptions::http_tls_handshake_timeout`] (HTTPS only).
+    pub tls_handshake_timeout: Duration,
     /// Connections at once.
     pub connections_max: usize,
     /// Connections from one address at once.
@@ -321,13 +340,15 @@ pub struct HttpLimits {
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Serves `router` on `listener` within `limits` until `stop` fires (or its sender goes), then
-/// lets requests in progress finish.
+/// lets requests in progress finish. With `tls`, the port serves HTTPS only.
 pub async fn serve_http(
     listener: TcpListener,
     router: axum::Router,
     limits: HttpLimits,
+    tls: Option<Arc<rustls::ServerConfig>>,
     mut stop: oneshot::Receiver<()>,
 ) {
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let router = router.layer(axum::middleware::from_fn_with_state(
         limits.body_timeout,
         body_deadline,
@@ -350,7 +371,8 @@ pub async fn serve_http(
                             remote,
                             router.clone(),
                             ticket,
-                            limits.header_timeout,
+                            limits,
+                            tls.clone(),
                             shutdown_rx.clone(),
                         ));
                     }
@@ -397,16 +419,120 @@ impl Drop for Busy {
     }
 }
 
+/// The first byte of every TLS connection: a handshake record.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
 async fn serve_connection(
     stream: TcpStream,
     remote: SocketAddr,
     router: axum::Router,
     mut ticket: Ticket,
-    header_timeout: Duration,
+    limits: HttpLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    use hyper::service::Service as _;
     let _ = stream.set_nodelay(true);
+    let evicted = ticket.evicted.take();
+    let evicted = async move {
+        let evicted = match evicted {
+            Some(rx) => rx.await.is_ok(),
+            None => false,
+        };
+        if !evicted {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::pin!(evicted);
+    match tls {
+        None => {
+            let io = hyper_util::rt::TokioIo::new(stream);
+            serve_io(io, remote, router, &ticket, limits, evicted, shutdown).await;
+        }
+        Some(acceptor) => {
+            let handshake = tokio::time::timeout(
+                limits.tls_handshake_timeout,
+                tls_handshake(stream, remote, &acceptor),
+            );
+            let stream = tokio::select! {
+                done = handshake => match done {
+                    Ok(Some(stream)) => stream,
+                    Ok(None) => return,
+                    Err(_) => {
+                        metrics::http_connection_timed_out("tls_handshake");
+                        info_limited!("connections", client = %remote, timeout = ?limits.tls_handshake_timeout, "closing an HTTPS connection that did not complete its TLS handshake in time");
+                        return;
+                    }
+                },
+                () = &mut evicted => {
+                    metrics::http_connection_evicted();
+                    info_limited!("connections", client = %remote, "closing an HTTPS connection still in its handshake to make room for another address");
+                    return;
+                }
+                _ = shutdown.changed() => return,
+            };
+            let io = hyper_util::rt::TokioIo::new(stream);
+            serve_io(io, remote, router, &ticket, limits, evicted, shutdown).await;
+        }
+    }
+    drop(ticket);
+}
+
+/// The server side of a TLS handshake; `None` when it failed (logged). A client whose first
+/// byte shows plain HTTP is told, in plain HTTP, that this port serves HTTPS.
+async fn tls_handshake(
+    stream: TcpStream,
+    remote: SocketAddr,
+    acceptor: &tokio_rustls::TlsAcceptor,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let mut first = [0u8; 1];
+    match stream.peek(&mut first).await {
+        Ok(0) | Err(_) => return None,
+        Ok(_) => {}
+    }
+    if first[0] != TLS_HANDSHAKE_RECORD {
+        info_limited!("connections", client = %remote, "refusing a plain-HTTP request on the HTTPS port");
+        let body = "{\"error\":\"https_required\",\"message\":\"this port serves HTTPS only: use an https:// URL (and the CA that signed the node's certificate)\"}";
+        let response = format!(
+            "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut stream = stream;
+        // Read what the client sent before answering, and until it closes after: closing with
+        // unread bytes would reset the connection and could lose the answer.
+        let mut sink = [0u8; 4096];
+        let _ = stream.read(&mut sink).await;
+        let _ = stream.write_all(response.as_bytes()).await;
+        let _ = stream.shutdown().await;
+        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+        return None;
+    }
+    match acceptor.accept(stream).await {
+        Ok(stream) => Some(stream),
+        Err(e) => {
+            info_limited!("connections", client = %remote, error = %e, "TLS handshake failed");
+            None
+        }
+    }
+}
+
+/// Serves HTTP/1.1 on one connection (plain or TLS) until it ends, is evicted, or the server
+/// shuts down (then requests in progress finish).
+async fn serve_io<I, E>(
+    io: I,
+    remote: SocketAddr,
+    router: axum::Router,
+    ticket: &Ticket,
+    limits: HttpLimits,
+    mut evicted: Pin<&mut E>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    E: Future<Output = ()>,
+{
+    use hyper::service::Service as _;
+    let header_timeout = limits.header_timeout;
     let busy = ticket.busy.clone();
     let service = hyper_util::service::TowerToHyperService::new(router);
     let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
@@ -426,19 +552,8 @@ async fn serve_connection(
     builder
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(header_timeout);
-    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
-    let evicted = ticket.evicted.take();
-    let evicted = async move {
-        let evicted = match evicted {
-            Some(rx) => rx.await.is_ok(),
-            None => false,
-        };
-        if !evicted {
-            std::future::pending::<()>().await;
-        }
-    };
-    tokio::pin!(evicted);
     let mut draining = false;
     loop {
         tokio::select! {
@@ -453,7 +568,7 @@ async fn serve_connection(
                 }
                 break;
             }
-            () = &mut evicted, if !draining => {
+            () = evicted.as_mut(), if !draining => {
                 metrics::http_connection_evicted();
                 info_limited!("connections", client = %remote, "closing an idle HTTP connection to make room for another address");
                 break;
@@ -466,7 +581,6 @@ async fn serve_connection(
             }
         }
     }
-    drop(ticket);
 }
 
 /// Middleware: a request body must arrive whole within `limit` of the request's headers.

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::id::NodeId;
 use crate::node::{ClusterView, Liveness};
 use crate::runtime::tls::{ClusterCa, TlsFiles};
 
@@ -228,6 +229,36 @@ pub fn operator_token(file: Option<&Path>) -> Result<String, String> {
          --operator-token-file FILE or set CHORUS_OPERATOR_TOKEN"
             .into(),
     )
+}
+
+/// The body of `POST /v1/cluster/remove/{node}`: the operator's signature of the removal of
+/// `node`, made with the cluster CA key in `ca_dir` (default: `$CHORUS_CA_DIR`, else
+/// `chorus-dev/ca`, the local cluster's CA).
+pub fn removal_body(node: NodeId, ca_dir: Option<&Path>) -> Result<String, String> {
+    let dir = match ca_dir {
+        Some(d) => d.to_path_buf(),
+        None => match std::env::var_os("CHORUS_CA_DIR").filter(|d| !d.is_empty()) {
+            Some(d) => PathBuf::from(d),
+            None if Path::new("chorus-dev/ca").join("ca.key").exists() => {
+                PathBuf::from("chorus-dev/ca")
+            }
+            None => {
+                return Err(
+                    "a removal is signed with the cluster CA key: give --operator-ca DIR (the \
+                     directory `chorus cert ca` made, with ca.pem and ca.key) or set \
+                     CHORUS_CA_DIR"
+                        .into(),
+                )
+            }
+        },
+    };
+    let ca = ClusterCa::load(&dir).map_err(|e| e.to_string())?;
+    let sig = ca
+        .sign_operator(&crate::membership::removal_message(node))
+        .map_err(|e| e.to_string())?;
+    use base64::Engine as _;
+    let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sig);
+    Ok(serde_json::json!({ "signature": sig }).to_string())
 }
 
 /// Adds `Authorization: Bearer <operator token>` to an HTTP request.

@@ -103,6 +103,10 @@ pub struct NodeOptions {
     pub join: Vec<SocketAddr>,
     /// Directory with `ca.pem`, `node.pem` and `node.key`; defaults to `<data-dir>/tls`.
     pub tls_dir: Option<PathBuf>,
+    /// Serve the HTTP API over HTTPS only, with the certificate in this directory
+    /// (`cert.pem` and `key.pem`, or a node directory's `node.pem` and `node.key`: see
+    /// [`tls::HttpsIdentity::load`]). `None`: plain HTTP.
+    pub http_tls_dir: Option<PathBuf>,
     /// When data writes count as durable.
     pub sync: SyncPolicy,
     /// Keep hints for unreachable replicas (default true; off to test anti-entropy alone).
@@ -263,6 +267,11 @@ async fn run(options: NodeOptions) -> Result<(), RuntimeError> {
     })?;
     let node_tls = tls::TlsFiles::in_dir(&options.tls_dir()).load()?;
     let context_key = cluster_key::load(&options.tls_dir())?;
+    let https = options
+        .http_tls_dir
+        .as_deref()
+        .map(tls::HttpsIdentity::load)
+        .transpose()?;
     let cert_id = node_tls.node_id()?;
     // Before anything opens many files: RocksDB gets its share, HTTP connections the rest.
     let files = FileBudget::raise()?;
@@ -278,9 +287,17 @@ async fn run(options: NodeOptions) -> Result<(), RuntimeError> {
         });
     }
     let span = info_span!("node", id = %persisted.id);
-    run_node(options, node_tls, context_key, store, persisted, files)
-        .instrument(span)
-        .await
+    run_node(
+        options,
+        node_tls,
+        https,
+        context_key,
+        store,
+        persisted,
+        files,
+    )
+    .instrument(span)
+    .await
 }
 
 /// A data batch for the storage thread.
@@ -352,6 +369,7 @@ fn storage_thread(
 async fn run_node(
     options: NodeOptions,
     node_tls: tls::NodeCert,
+    https: Option<tls::HttpsIdentity>,
     context_key: crate::node::ContextKey,
     mut store: RocksStore,
     persisted: meta::BootInfo,
@@ -454,15 +472,31 @@ async fn run_node(
         generation = persisted.generation,
         %quic_addr,
         %http_addr,
+        http_scheme = if https.is_some() { "https" } else { "http" },
         sync = options.sync.as_str(),
         data_dir = %options.data_dir.display(),
         "node starting"
     );
 
+    match &https {
+        Some(h) => info!(
+            url = %format!("https://{http_addr}"),
+            cert = %h.cert.display(),
+            names = ?h.names,
+            not_after = %h.not_after,
+            tls_handshake_timeout_s = options.connections.http_tls_handshake_timeout.as_secs_f64(),
+            "the HTTP API serves HTTPS only"
+        ),
+        None => info!(
+            url = %format!("http://{http_addr}"),
+            "the HTTP API serves plain HTTP (give --http-tls-dir to serve HTTPS)"
+        ),
+    }
     let caps = &options.connections;
     let http_limits = connections::HttpLimits {
         header_timeout: caps.http_header_timeout,
         body_timeout: caps.http_body_timeout,
+        tls_handshake_timeout: caps.http_tls_handshake_timeout,
         connections_max: caps
             .http_connections_max
             .unwrap_or(files.http_connections)
@@ -533,6 +567,7 @@ async fn run_node(
             None
         },
         status: status_state.clone(),
+        https: https.is_some(),
     };
     let quic_api = tokio::spawn(
         crate::api::quic::serve(
@@ -541,13 +576,21 @@ async fn run_node(
             crate::api::quic::QuicLimits {
                 idle_timeout: caps.quic_client_idle_timeout,
                 connection_in_flight_max: caps.quic_connection_in_flight_max,
+                unverified_max: caps.quic_clients_unverified_max,
             },
         )
         .in_current_span(),
     );
     let router = http::router(api);
     let http_task = tokio::spawn(
-        connections::serve_http(http_listener, router, http_limits, http_stop_rx).in_current_span(),
+        connections::serve_http(
+            http_listener,
+            router,
+            http_limits,
+            https.map(|h| h.server_config()),
+            http_stop_rx,
+        )
+        .in_current_span(),
     );
 
     let epoch = Instant::now();
@@ -708,8 +751,11 @@ async fn run_node(
                     node.leave(epoch.elapsed());
                     let _ = reply.send(());
                 }
-                AdminRequest::Remove(id, force, reply) => {
-                    let _ = reply.send(node.remove(id, force, epoch.elapsed()));
+                AdminRequest::CancelLeave(reply) => {
+                    let _ = reply.send(node.cancel_leave(epoch.elapsed()));
+                }
+                AdminRequest::Remove(id, signature, force, reply) => {
+                    let _ = reply.send(node.remove(id, signature, force, epoch.elapsed()));
                 }
                 AdminRequest::Partitions(sizes, reply) => {
                     let mut list = node.partitions(epoch.elapsed());

@@ -1,9 +1,11 @@
-//! Cluster PKI and TLS configuration for node-to-node QUIC.
+//! Cluster PKI and TLS configuration for node-to-node QUIC, and the HTTPS identity of the HTTP
+//! API.
 //!
 //! This module owns the cluster certificate authority ([`ClusterCa`]), node certificates
 //! ([`NodeCert`]), their files on disk, and turning them into quinn client and server
-//! configurations that enforce mutual TLS 1.3 under the cluster CA ([`quinn_configs`]). It uses
-//! the `ring` crypto provider, passed explicitly, never a process-wide default.
+//! configurations that enforce mutual TLS 1.3 under the cluster CA ([`quinn_configs`]), and the
+//! HTTP API's server certificate ([`HttpsIdentity`], from `chorus start --http-tls-dir`). It
+//! uses the `ring` crypto provider, passed explicitly, never a process-wide default.
 //!
 //! It opens no sockets and spawns no tasks: the transport (`runtime::transport`) does. It reads
 //! the wall clock only to pick certificate validity periods and to check a loaded certificate has
@@ -14,6 +16,13 @@
 //! A CA directory holds `ca.pem` (certificate) and `ca.key` (private key, mode 0600). A node
 //! directory is self-contained: `node.pem`, `node.key` (mode 0600) and a copy of the CA
 //! certificate as `ca.pem`, which is all a node needs to join the cluster.
+//!
+//! An HTTPS directory (`--http-tls-dir`) holds `cert.pem` (the server certificate, leaf first,
+//! then any intermediates) and `key.pem` (its private key, PKCS#8, PKCS#1 or SEC1 PEM): the
+//! operator's own certificate, from any CA clients trust. A node directory from
+//! `chorus cert issue` (no `cert.pem`, but `node.pem` and `node.key`) serves as one too: its
+//! certificate names the `--name` and `--san` names given at issue, and clients verify the
+//! names they connect to against those (see [`HttpsIdentity::load`]).
 //!
 //! # Trust model
 //!
@@ -71,6 +80,10 @@ pub const CA_KEY_FILE: &str = "ca.key";
 pub const NODE_CERT_FILE: &str = "node.pem";
 /// File name of the node private key in a node directory.
 pub const NODE_KEY_FILE: &str = "node.key";
+/// File name of the HTTPS server certificate (chain) in an HTTPS directory.
+pub const HTTPS_CERT_FILE: &str = "cert.pem";
+/// File name of the HTTPS server private key in an HTTPS directory.
+pub const HTTPS_KEY_FILE: &str = "key.pem";
 /// File name of a client certificate in a client directory.
 pub const CLIENT_CERT_FILE: &str = "client.pem";
 /// File name of a client private key in a client directory.
@@ -218,6 +231,27 @@ pub enum TlsError {
     /// A certificate's public key cannot be read, so no node id can be derived from it.
     #[error("cannot derive a node id from the certificate: {0}")]
     NoNodeId(String),
+    /// An HTTPS directory holds no server certificate.
+    #[error(
+        "{} holds no HTTPS certificate: put {HTTPS_CERT_FILE} (the chain, leaf first) and \
+         {HTTPS_KEY_FILE} in it, or use a node directory from `chorus cert issue` \
+         ({NODE_CERT_FILE}, {NODE_KEY_FILE})",
+        dir.display()
+    )]
+    NoHttpsCert {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// A certificate is outside its validity period.
+    #[error("{} is not valid now: it is valid from {not_before} to {not_after}", path.display())]
+    NotValidNow {
+        /// The certificate file.
+        path: PathBuf,
+        /// Start of validity.
+        not_before: String,
+        /// End of validity.
+        not_after: String,
+    },
     /// A certificate is not for the role it is used in (a client certificate given to a node,
     /// or one issued before certificates carried roles).
     #[error(
@@ -307,6 +341,9 @@ pub fn node_id_of_spki(spki: &[u8]) -> NodeId {
 /// ids to certificates. So a member cannot mint phantom members with keys of its own making.
 pub struct CertAuth {
     cert: Vec<u8>,
+    /// The public keys of the trusted CA certificates: an operator action (a removal) is
+    /// believed when one of them signed it.
+    operator_keys: Vec<Vec<u8>>,
     key: ring::signature::EcdsaKeyPair,
     rng: ring::rand::SystemRandom,
     verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
@@ -341,8 +378,24 @@ impl CertAuth {
             &rng,
         )
         .map_err(|e| TlsError::NoNodeId(format!("the node key cannot sign ring entries: {e}")))?;
+        let operator_keys = cert
+            .ca_certs
+            .iter()
+            .filter_map(|ca| {
+                let (_, parsed) = x509_parser::parse_x509_certificate(ca.as_ref()).ok()?;
+                Some(
+                    parsed
+                        .tbs_certificate
+                        .subject_pki
+                        .subject_public_key
+                        .data
+                        .to_vec(),
+                )
+            })
+            .collect();
         Ok(CertAuth {
             cert: leaf.as_ref().to_vec(),
+            operator_keys,
             key,
             rng,
             verifier,
@@ -362,6 +415,18 @@ impl crate::membership::EntryAuth for CertAuth {
             .sign(&self.rng, message)
             .map(|s| s.as_ref().to_vec())
             .unwrap_or_default()
+    }
+
+    fn verify_operator(&self, message: &[u8], signature: &[u8]) -> bool {
+        !signature.is_empty()
+            && self.operator_keys.iter().any(|key| {
+                ring::signature::UnparsedPublicKey::new(
+                    &ring::signature::ECDSA_P256_SHA256_ASN1,
+                    key,
+                )
+                .verify(message, signature)
+                .is_ok()
+            })
     }
 
     fn verify(&self, node: NodeId, key: &[u8], message: &[u8], signature: &[u8]) -> bool {
@@ -430,6 +495,26 @@ impl ClusterCa {
             cert_der: cert.der().clone(),
             issuer: Issuer::new(params, key),
         })
+    }
+
+    /// The operator's signature of `message` with the CA key (ECDSA P-256, ASN.1 DER): what
+    /// an operator action such as a removal carries, and what every node checks against the
+    /// CA certificate ([`CertAuth`]'s [`crate::membership::EntryAuth::verify_operator`]).
+    pub fn sign_operator(&self, message: &[u8]) -> Result<Vec<u8>, TlsError> {
+        let bad = |reason: String| TlsError::BadKey {
+            path: PathBuf::from(CA_KEY_FILE),
+            reason,
+        };
+        let rng = ring::rand::SystemRandom::new();
+        let key = ring::signature::EcdsaKeyPair::from_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+            &self.issuer.key().serialize_der(),
+            &rng,
+        )
+        .map_err(|e| bad(format!("the CA key is not an ECDSA P-256 key: {e}")))?;
+        key.sign(&rng, message)
+            .map(|s| s.as_ref().to_vec())
+            .map_err(|e| bad(format!("cannot sign: {e}")))
     }
 
     /// The CA certificate in PEM form (what nodes trust).
@@ -505,14 +590,26 @@ impl ClusterCa {
     /// Issues a node certificate for `name` (a DNS name or IP address), with subject alternative
     /// names [`NODE_SERVER_NAME`] and `name`, usable for both server and client authentication.
     pub fn issue_node(&self, name: &str) -> Result<NodeCert, TlsError> {
-        if name.is_empty() || ServerName::try_from(name).is_err() {
-            return Err(TlsError::InvalidNodeName {
-                name: name.to_owned(),
-            });
-        }
+        self.issue_node_with_names(name, &[])
+    }
+
+    /// Like [`ClusterCa::issue_node`], with more subject alternative names (DNS names or IP
+    /// addresses): every name HTTPS clients use to reach the node (`chorus start
+    /// --http-tls-dir` serves this certificate), including the IP address of its `--http`,
+    /// which is how clients reach the members they learn from `GET /v1/cluster`.
+    pub fn issue_node_with_names(
+        &self,
+        name: &str,
+        extra: &[String],
+    ) -> Result<NodeCert, TlsError> {
         let mut sans = vec![NODE_SERVER_NAME.to_owned()];
-        if name != NODE_SERVER_NAME {
-            sans.push(name.to_owned());
+        for n in std::iter::once(name).chain(extra.iter().map(String::as_str)) {
+            if n.is_empty() || ServerName::try_from(n).is_err() {
+                return Err(TlsError::InvalidNodeName { name: n.to_owned() });
+            }
+            if !sans.iter().any(|s| s == n) {
+                sans.push(n.to_owned());
+            }
         }
         let mut params = CertificateParams::new(sans)?;
         params.distinguished_name = distinguished_name(name);
@@ -862,6 +959,113 @@ impl TlsFiles {
             key,
             ca_certs,
         })
+    }
+}
+
+/// The HTTP API's server certificate and the rustls configuration serving it (HTTP/1.1 over
+/// TLS 1.2 or 1.3, no client certificates: clients authenticate with tokens).
+#[derive(Clone)]
+pub struct HttpsIdentity {
+    /// The certificate file it was read from.
+    pub cert: PathBuf,
+    /// The key file it was read from.
+    pub key: PathBuf,
+    /// The DNS names and IP addresses the certificate names (what clients may connect to).
+    pub names: Vec<String>,
+    /// When the certificate expires (as the certificate says).
+    pub not_after: String,
+    config: Arc<rustls::ServerConfig>,
+}
+
+impl fmt::Debug for HttpsIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpsIdentity")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field("names", &self.names)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpsIdentity {
+    /// Reads the HTTPS identity in `dir`: `cert.pem` and `key.pem`, or, when neither exists,
+    /// a node directory's `node.pem` and `node.key`. The certificate must parse, be valid now
+    /// and match the key; errors name the file at fault. Nothing checks who signed it: that is
+    /// for clients to verify.
+    pub fn load(dir: &Path) -> Result<HttpsIdentity, TlsError> {
+        let (cert_path, key_path) = {
+            let cert = dir.join(HTTPS_CERT_FILE);
+            let key = dir.join(HTTPS_KEY_FILE);
+            let node_cert = dir.join(NODE_CERT_FILE);
+            if cert.exists() || key.exists() || !node_cert.exists() {
+                if !cert.exists() && !key.exists() {
+                    return Err(TlsError::NoHttpsCert {
+                        dir: dir.to_owned(),
+                    });
+                }
+                (cert, key)
+            } else {
+                (node_cert, dir.join(NODE_KEY_FILE))
+            }
+        };
+        let cert_pem = read_string(&cert_path)?;
+        let key_pem = read_string(&key_path)?;
+        let chain = parse_certs(&cert_path, &cert_pem)?;
+        let key =
+            PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| TlsError::BadKey {
+                path: key_path.clone(),
+                reason: e.to_string(),
+            })?;
+        check_keys_match(&cert_path, &key_path, &chain[0], key.clone_key())?;
+        let bad = |reason: String| TlsError::BadCertificate {
+            path: cert_path.clone(),
+            reason,
+        };
+        let (_, leaf) = x509_parser::parse_x509_certificate(chain[0].as_ref())
+            .map_err(|e| bad(e.to_string()))?;
+        let validity = leaf.validity();
+        let not_after = validity.not_after.to_string();
+        if !validity.is_valid() {
+            return Err(TlsError::NotValidNow {
+                path: cert_path.clone(),
+                not_before: validity.not_before.to_string(),
+                not_after,
+            });
+        }
+        let mut names = Vec::new();
+        if let Ok(Some(san)) = leaf.subject_alternative_name() {
+            for name in &san.value.general_names {
+                match name {
+                    x509_parser::extensions::GeneralName::DNSName(d) => names.push(d.to_string()),
+                    x509_parser::extensions::GeneralName::IPAddress(ip) => {
+                        let ip = match ip.len() {
+                            4 => <[u8; 4]>::try_from(*ip).ok().map(std::net::IpAddr::from),
+                            16 => <[u8; 16]>::try_from(*ip).ok().map(std::net::IpAddr::from),
+                            _ => None,
+                        };
+                        names.extend(ip.map(|ip| ip.to_string()));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(HttpsIdentity {
+            cert: cert_path,
+            key: key_path,
+            names,
+            not_after,
+            config: Arc::new(config),
+        })
+    }
+
+    /// The rustls server configuration.
+    pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        self.config.clone()
     }
 }
 
@@ -1372,6 +1576,32 @@ mod tests {
         assert!(!auth_b.verify(id_c, &auth_c.public_key(), b"entry", &sig));
     }
 
+    /// Issue 22, item 2: a removal is believed only when the CA key signed it; no node key,
+    /// and no other CA's key, makes one.
+    #[test]
+    fn only_the_ca_key_signs_operator_actions() {
+        use crate::membership::{removal_message, EntryAuth};
+        let ca = ClusterCa::generate("c").unwrap();
+        let (a, b) = (ca.issue_node("a").unwrap(), ca.issue_node("b").unwrap());
+        let (auth_a, auth_b) = (CertAuth::new(&a).unwrap(), CertAuth::new(&b).unwrap());
+        let m = removal_message(b.node_id().unwrap());
+        let sig = ca.sign_operator(&m).unwrap();
+        assert!(auth_a.verify_operator(&m, &sig));
+        assert!(!auth_a.verify_operator(&removal_message(a.node_id().unwrap()), &sig));
+        assert!(
+            !auth_a.verify_operator(&m, &auth_b.sign(&m)),
+            "a node's key"
+        );
+        assert!(!auth_a.verify_operator(&m, b""));
+        let rogue = ClusterCa::generate("rogue").unwrap();
+        assert!(!auth_a.verify_operator(&m, &rogue.sign_operator(&m).unwrap()));
+        // A CA loaded from its files signs as the one that made them.
+        let dir = TempDir::new("operator");
+        ca.save(&dir.0).unwrap();
+        let loaded = ClusterCa::load(&dir.0).unwrap();
+        assert!(auth_a.verify_operator(&m, &loaded.sign_operator(&m).unwrap()));
+    }
+
     /// Issue 22, item 2: certificates say what they are for.
     #[test]
     fn roles_are_marked_and_checked() {
@@ -1404,5 +1634,89 @@ mod tests {
         }
         ca.issue_node(NODE_SERVER_NAME).unwrap();
         ca.issue_node("::1").unwrap();
+    }
+
+    #[test]
+    fn https_dirs_load_node_or_operator_certificates_and_name_the_bad_file() {
+        let ca = ClusterCa::generate("c").unwrap();
+        let node = ca
+            .issue_node_with_names("node-1", &["127.0.0.1".into(), "db.example.com".into()])
+            .unwrap();
+
+        // A node directory from `chorus cert issue` serves as it is, with its names.
+        let node_dir = TempDir::new("https-node");
+        node.save(&node_dir.0).unwrap();
+        let id = HttpsIdentity::load(&node_dir.0).unwrap();
+        assert_eq!(id.cert, node_dir.0.join(NODE_CERT_FILE));
+        for name in [NODE_SERVER_NAME, "node-1", "127.0.0.1", "db.example.com"] {
+            assert!(
+                id.names.iter().any(|n| n == name),
+                "{name} in {:?}",
+                id.names
+            );
+        }
+
+        // cert.pem + key.pem, with a chain (leaf, then the CA) in cert.pem.
+        let dir = TempDir::new("https-own");
+        let chain = format!("{}{}", node.cert_pem(), ca.cert_pem());
+        std::fs::write(dir.0.join(HTTPS_CERT_FILE), &chain).unwrap();
+        std::fs::write(dir.0.join(HTTPS_KEY_FILE), &node.key_pem).unwrap();
+        let id = HttpsIdentity::load(&dir.0).unwrap();
+        assert_eq!(id.cert, dir.0.join(HTTPS_CERT_FILE));
+        assert_eq!(id.key, dir.0.join(HTTPS_KEY_FILE));
+
+        // Nothing there: the error names the directory and the files it wants.
+        let empty = TempDir::new("https-empty");
+        let err = HttpsIdentity::load(&empty.0).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, TlsError::NoHttpsCert { .. }), "{msg}");
+        assert!(
+            msg.contains(&empty.0.display().to_string()) && msg.contains("cert.pem"),
+            "{msg}"
+        );
+
+        // cert.pem without key.pem: the missing key file is named.
+        let half = TempDir::new("https-half");
+        std::fs::write(half.0.join(HTTPS_CERT_FILE), &chain).unwrap();
+        let err = HttpsIdentity::load(&half.0).unwrap_err();
+        assert!(
+            matches!(err, TlsError::Read { ref path, .. } if path.ends_with(HTTPS_KEY_FILE)),
+            "{err}"
+        );
+
+        // A certificate file that is not PEM: named.
+        std::fs::write(half.0.join(HTTPS_KEY_FILE), &node.key_pem).unwrap();
+        std::fs::write(half.0.join(HTTPS_CERT_FILE), "not a certificate").unwrap();
+        let err = HttpsIdentity::load(&half.0).unwrap_err();
+        assert!(
+            matches!(err, TlsError::BadCertificate { ref path, .. } if path.ends_with(HTTPS_CERT_FILE)),
+            "{err}"
+        );
+        assert!(err.to_string().contains("cert.pem"), "{err}");
+
+        // A key file that is not PEM: named.
+        std::fs::write(half.0.join(HTTPS_CERT_FILE), &chain).unwrap();
+        std::fs::write(
+            half.0.join(HTTPS_KEY_FILE),
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let err = HttpsIdentity::load(&half.0).unwrap_err();
+        assert!(
+            matches!(err, TlsError::BadKey { ref path, .. } if path.ends_with(HTTPS_KEY_FILE)),
+            "{err}"
+        );
+
+        // Another certificate's key: both files named.
+        let other = ca.issue_node("node-2").unwrap();
+        std::fs::write(half.0.join(HTTPS_KEY_FILE), &other.key_pem).unwrap();
+        let err = HttpsIdentity::load(&half.0).unwrap_err();
+        assert!(matches!(err, TlsError::KeyMismatch { .. }), "{err}");
+
+        // Extra names are checked like the node name.
+        assert!(matches!(
+            ca.issue_node_with_names("node-1", &["bad name".into()]),
+            Err(TlsError::InvalidNodeName { ref name }) if name == "bad name"
+        ));
     }
 }

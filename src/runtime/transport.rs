@@ -34,7 +34,7 @@
 //! flight, handshake and stream durations. Nothing a peer sends can panic this module.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -101,6 +101,55 @@ const STREAM_FRAMED: u8 = b'F';
 
 /// Incoming handshakes in progress at once; beyond, new ones are refused.
 const HANDSHAKES_MAX: usize = 128;
+
+/// Handshakes in progress beyond which a sender whose address QUIC has not validated yet is
+/// first asked to prove it (a Retry: one more round trip, no state kept). Initials from
+/// spoofed source addresses, which never see the Retry, then hold at most this many places
+/// for the connect timeout, and everyone else still gets in.
+const HANDSHAKES_UNVALIDATED_MAX: usize = HANDSHAKES_MAX / 4;
+
+/// Handshakes in progress from one IP address beyond which a sender is asked to prove its
+/// address even when the node is not busy (a proven address goes on: clients and nodes on one
+/// host legitimately open many connections at once; the global budget bounds them).
+const HANDSHAKES_PER_ADDRESS_MAX: usize = 16;
+
+/// Handshakes in progress per source IP address (see [`HANDSHAKES_PER_ADDRESS_MAX`]).
+#[derive(Default)]
+struct HandshakesByAddress(std::sync::Mutex<HashMap<IpAddr, usize>>);
+
+/// One handshake's place under its address's share; given back when dropped.
+struct AddressPlace {
+    table: Arc<HandshakesByAddress>,
+    ip: IpAddr,
+}
+
+impl HandshakesByAddress {
+    /// A place for a handshake from `ip`, unless it already has its share in progress.
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<AddressPlace> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= HANDSHAKES_PER_ADDRESS_MAX {
+            return None;
+        }
+        *n += 1;
+        Some(AddressPlace {
+            table: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for AddressPlace {
+    fn drop(&mut self) {
+        let mut map = self.table.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
 
 /// Messages up to this size travel on the connection's framed stream; larger ones get their own.
 pub const SMALL_MESSAGE_BYTES: usize = 64 * 1024;
@@ -972,9 +1021,22 @@ async fn accept_loop(
     // Handshakes in progress have their own, smaller budget: a stranger without a certificate
     // can hold a handshake slot for the connect timeout at most, never a connection slot.
     let handshakes = Arc::new(Semaphore::new(HANDSHAKES_MAX));
-    let mut refused = 0u64;
+    let by_address = Arc::new(HandshakesByAddress::default());
+    let (mut refused, mut retried) = (0u64, 0u64);
     while let Some(incoming) = endpoint.accept().await {
         let remote = incoming.remote_address();
+        let busy = HANDSHAKES_MAX - handshakes.available_permits();
+        let place = by_address.take(remote.ip());
+        let unproven = !incoming.remote_address_validated() && incoming.may_retry();
+        if unproven && (busy >= HANDSHAKES_UNVALIDATED_MAX || place.is_none()) {
+            retried += 1;
+            if retried.is_power_of_two() {
+                debug!(peer = %remote, retried, busy, "handshakes under load: asking senders to prove their address");
+            }
+            // Only fails for a validated address, which `unproven` excludes.
+            let _ = incoming.retry();
+            continue;
+        }
         let Ok(pending) = handshakes.clone().try_acquire_owned() else {
             refused += 1;
             if refused.is_power_of_two() {
@@ -990,7 +1052,7 @@ async fn accept_loop(
         tokio::spawn(async move {
             let handshake = async { incoming.accept()?.await };
             let result = timeout(limits.connect_timeout, handshake).await;
-            drop(pending);
+            drop((pending, place));
             match result {
                 Ok(Ok(conn)) if alpn_of(&conn).as_deref() == Some(CLIENT_ALPN) => {
                     hand_over_client(conn, &clients);

@@ -60,6 +60,13 @@ pub fn as_operator<B>(req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
     req.header("authorization", format!("Bearer {OPERATOR_TOKEN}"))
 }
 
+/// The body of `POST /v1/cluster/remove/{node}`: the removal of `node` signed with the key of
+/// the CA in `ca` (the operator's key), as `chorus cluster remove` sends it.
+pub fn removal_body(ca: &Path, node: &str) -> String {
+    chorus::runtime::dev::removal_body(node.parse().expect("a node id"), Some(ca))
+        .expect("signs the removal")
+}
+
 /// Creates a CA with `chorus cert ca` and returns its directory.
 pub fn make_ca(root: &Path, name: &str) -> PathBuf {
     let dir = root.join(name);
@@ -78,11 +85,17 @@ pub fn make_ca(root: &Path, name: &str) -> PathBuf {
 
 /// Issues a node certificate from the CA in `ca` into `out` with `chorus cert issue`.
 pub fn issue_cert(ca: &Path, name: &str, out: &Path) {
+    issue_cert_with(ca, name, out, &[]);
+}
+
+/// [`issue_cert`] with extra `chorus cert issue` flags (e.g. `--san 127.0.0.1`).
+pub fn issue_cert_with(ca: &Path, name: &str, out: &Path, extra: &[&str]) {
     let res = chorus()
         .args(["cert", "issue", "--ca"])
         .arg(ca)
         .args(["--name", name, "--out"])
         .arg(out)
+        .args(extra)
         .output()
         .unwrap();
     assert!(
@@ -403,8 +416,9 @@ pub fn start_cluster_with(root: &Path, n: usize, extra: &[&str]) -> (Vec<NodePro
 
 /// Waits until every running node lists exactly `ids`, all alive members.
 pub fn wait_members(nodes: &[NodeProc], ids: &[String]) {
+    // Generous for a loaded 2-core machine: the wait ends as soon as the cluster is formed.
     for n in nodes.iter().filter(|n| n.child.is_some()) {
-        let ok = wait_for(Duration::from_secs(20), || {
+        let ok = wait_for(Duration::from_secs(60), || {
             n.view().filter(|v| {
                 all_alive(v, ids)
                     && v.members

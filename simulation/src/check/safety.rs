@@ -6,7 +6,8 @@
 //! records a [`Violation`] the moment an invariant breaks:
 //!
 //! - **ring status never moves backwards**: within one process, no node's ring entry regresses
-//!   (`joining → member → leaving → left` only forward) or disappears;
+//!   (`joining → member → leaving → left` only forward, except a cancelled leave: `leaving`
+//!   back to `member` with a newer version) or disappears;
 //! - **generations never drop**: each start of a slot has a newer generation than the last,
 //!   and within one process the generation SWIM knows for a node never decreases;
 //! - **a node that left never serves again**: once a slot reported that its leave completed,
@@ -36,8 +37,9 @@ const VIOLATIONS_MAX: usize = 32;
 /// Watches every step of a run; see the module documentation.
 #[derive(Debug, Default)]
 pub struct SafetyMonitor {
-    /// Per (slot, subject): the process it was seen in and the furthest status seen there.
-    statuses: BTreeMap<(usize, NodeId), (u64, RingStatus)>,
+    /// Per (slot, subject): the process it was seen in, the furthest status seen there, and
+    /// the version of the entry that had it.
+    statuses: BTreeMap<(usize, NodeId), (u64, RingStatus, u64)>,
     /// Per (slot, subject): the process and the newest SWIM generation seen there.
     swim_generations: BTreeMap<(usize, NodeId), (u64, u64)>,
     /// Per slot: the generation of its last start.
@@ -98,7 +100,7 @@ impl SafetyMonitor {
                 self.started(at, *slot, *id, *epoch, *generation);
                 // What the process starts from counts as its first status.
                 let status = initial.unwrap_or(RingStatus::Joining);
-                self.statuses.insert((*slot, *id), (*epoch, status));
+                self.statuses.insert((*slot, *id), (*epoch, status, 0));
             }
             Observation::Stopped { slot, id, .. } => {
                 if let Some(set) = self.running.get_mut(id) {
@@ -170,8 +172,8 @@ impl SafetyMonitor {
         let before = self
             .statuses
             .get(&(slot, n.id))
-            .filter(|(epoch, _)| *epoch == n.epoch)
-            .map(|&(_, s)| s);
+            .filter(|(epoch, _, _)| *epoch == n.epoch)
+            .map(|&(_, s, _)| s);
         // (A joining node asked to leave goes straight to `leaving`: that is no promotion.)
         let promoted = before == Some(RingStatus::Joining) && own == Some(RingStatus::Member);
         if promoted && !n.founder {
@@ -213,13 +215,18 @@ impl SafetyMonitor {
         // Ring entries only move forward within one process, and never disappear.
         let mut regressions = Vec::new();
         for (subject, entry) in n.ring.iter() {
-            let seen = self
-                .statuses
-                .entry((slot, subject))
-                .or_insert((n.epoch, entry.status));
+            let seen = self.statuses.entry((slot, subject)).or_insert((
+                n.epoch,
+                entry.status,
+                entry.info_version,
+            ));
+            // The one way back: the node itself cancelled its leave, with a newer version.
+            let cancelled = seen.1 == RingStatus::Leaving
+                && entry.status == RingStatus::Member
+                && entry.info_version > seen.2;
             if seen.0 != n.epoch {
-                *seen = (n.epoch, entry.status);
-            } else if entry.status < seen.1 {
+                *seen = (n.epoch, entry.status, entry.info_version);
+            } else if entry.status < seen.1 && !cancelled {
                 regressions.push(format!(
                     "ring entry of {subject} went back from {} to {}",
                     seen.1.as_str(),
@@ -227,12 +234,13 @@ impl SafetyMonitor {
                 ));
             } else {
                 seen.1 = entry.status;
+                seen.2 = entry.info_version;
             }
         }
         let vanished: Vec<NodeId> = self
             .statuses
             .range((slot, NodeId::new(0))..=(slot, NodeId::new(u64::MAX)))
-            .filter(|(&(_, subject), &(epoch, _))| {
+            .filter(|(&(_, subject), &(epoch, _, _))| {
                 epoch == n.epoch && n.ring.get(subject).is_none()
             })
             .map(|(&(_, subject), _)| subject)
@@ -517,6 +525,32 @@ mod tests {
         // And an entry that disappears.
         m.observe(t(3), &seen(0, 1, ring(&[me]), &[]));
         assert!(m.violations()[1].message.contains("disappeared"));
+    }
+
+    /// A cancelled leave goes from `leaving` back to `member` with a newer version; the same
+    /// step without a newer version is a regression.
+    #[test]
+    fn only_a_cancelled_leave_goes_back_to_member() {
+        let mut m = SafetyMonitor::new();
+        let me = (0, RingStatus::Member);
+        let mut r = ring(&[me, (1, RingStatus::Leaving)]);
+        m.observe(t(1), &seen(0, 1, r.clone(), &[]));
+        let back = |version| RingEntry {
+            status: RingStatus::Member,
+            info_version: version,
+            info: r.get(id(1)).unwrap().info,
+        };
+        // The same version: a regression.
+        let mut same = ring(&[me]);
+        same.merge_entry(id(1), &back(1));
+        m.observe(t(2), &seen(0, 1, same, &[]));
+        assert_eq!(m.violations().len(), 1, "{:#?}", m.violations());
+        // A newer version: a cancelled leave.
+        let mut m = SafetyMonitor::new();
+        m.observe(t(1), &seen(0, 1, r.clone(), &[]));
+        r.merge_entry(id(1), &back(2));
+        m.observe(t(2), &seen(0, 1, r, &[]));
+        assert!(m.violations().is_empty(), "{:#?}", m.violations());
     }
 
     #[test]

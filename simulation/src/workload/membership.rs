@@ -15,10 +15,12 @@
 //!   - `join` a new machine, seeded with up to three running nodes (what an operator would
 //!     pass to `--join`), while the cluster has fewer than `nodes + size_slack` machines.
 //!   - `leave`: ask a running node to leave (at least two stay up), while the cluster has more
-//!     than `nodes - size_slack` machines.
+//!     than `nodes - size_slack` machines. Some leaves are followed, a random while later, by
+//!     a `cancel-leave` (the operator changed their mind): it succeeds while the node still
+//!     hands its partitions over, and is refused once it recorded `left`.
 //!
 //! A `join` completes `ok` when the node reports itself a ring `member`; a `leave` when the node
-//! reports that its leave completed; a `remove` when the node asked reports the removal
+//! reports that its leave completed (`failed` when it was cancelled); a `remove` when the node asked reports the removal
 //! confirmed by a majority. There is no timeout: the [`crate::check::membership::Operations`]
 //! checker demands that every one completes within a bound after the heal. An operation whose
 //! node crashes first completes `indeterminate`; a node that restarts in the middle of a leave
@@ -80,6 +82,10 @@ pub struct MembershipConfig {
     pub new_address_probability: f64,
     /// A machine lost for good is removed this long after its crash (uniform).
     pub remove_delay: (Duration, Duration),
+    /// Probability that a leave is followed by an attempt to cancel it.
+    pub cancel_leave_probability: f64,
+    /// The attempt comes this long after the leave (uniform).
+    pub cancel_leave_delay: (Duration, Duration),
 }
 
 impl MembershipConfig {
@@ -102,6 +108,8 @@ impl MembershipConfig {
             crash_deadline: Duration::from_millis(500),
             new_address_probability: 0.2,
             remove_delay: (Duration::from_secs(5), Duration::from_secs(40)),
+            cancel_leave_probability: 0.25,
+            cancel_leave_delay: (Duration::from_millis(200), Duration::from_secs(20)),
         }
     }
 }
@@ -114,6 +122,7 @@ enum Pending {
     Remove(usize),
     PollJoin { op: OpId, node: usize },
     PollLeave { op: OpId, node: usize },
+    CancelLeave(usize),
     PollRemove { op: OpId, node: usize, via: usize },
 }
 
@@ -189,6 +198,8 @@ impl Membership {
         let state = cx.cluster().state(node);
         if cx.cluster().left_reported(node) {
             cx.complete(op, Outcome::Ok);
+        } else if state == ProcessState::Up {
+            cx.complete(op, Outcome::Failed("the leave was cancelled".into()));
         } else if !state.is_running() {
             cx.complete(
                 op,
@@ -304,7 +315,14 @@ impl Membership {
                 if let Some(node) = pick(cx.rng(), &up) {
                     let op = cx.invoke(OpKind::Leave { node });
                     match cx.cluster_mut().leave(node) {
-                        Ok(()) => self.poll_leave(cx, op, node),
+                        Ok(()) => {
+                            self.poll_leave(cx, op, node);
+                            if rng::chance(cx.rng(), self.config.cancel_leave_probability) {
+                                let (low, high) = self.config.cancel_leave_delay;
+                                let at = cx.now() + rng::uniform(cx.rng(), low, high);
+                                self.schedule(cx, at, Pending::CancelLeave(node));
+                            }
+                        }
                         Err(e) => cx.complete(op, Outcome::Failed(e.to_string())),
                     }
                 }
@@ -432,6 +450,17 @@ impl Workload for Membership {
             Pending::Bootstrap(node) => self.join(cx, node),
             Pending::PollJoin { op, node } => self.poll_join(cx, op, node),
             Pending::PollLeave { op, node } => self.poll_leave(cx, op, node),
+            // Only a node still leaving (not crashed meanwhile) is asked, and only before the
+            // heal (after it, the operator lets every change finish).
+            Pending::CancelLeave(node) => {
+                if !self.quiesced && cx.cluster().state(node) == ProcessState::Leaving {
+                    let op = cx.invoke(OpKind::CancelLeave { node });
+                    match cx.cluster_mut().cancel_leave(node) {
+                        Ok(()) => cx.complete(op, Outcome::Ok),
+                        Err(e) => cx.complete(op, Outcome::Failed(e.to_string())),
+                    }
+                }
+            }
             Pending::PollRemove { op, node, via } => self.poll_remove(cx, op, node, via),
             Pending::Remove(node) => self.remove(cx, node),
             Pending::NextFault if !self.quiesced => self.next_fault(cx),
