@@ -1,7 +1,6 @@
 //! The per-step monitors fail on the violations they exist for, fed by hand: a hint deleted
-//! before anyone acknowledged storing it, a dot minted twice. And the pause nemesis: a node
-//! paused, removed while paused and resumed is refused and stops, and a normal run pauses
-//! nodes.
+//! before anyone acknowledged storing it, a dot minted twice. And the pause nemesis: a default
+//! run pauses a member, removes it while paused, resumes it, and passes.
 
 use std::time::Duration;
 
@@ -22,7 +21,11 @@ fn t(ms: u64) -> Duration {
 
 fn register(actor: u64, value: &str) -> Object {
     let mut r = Register::new();
-    r.put(NodeId::new(actor), &VersionVector::new(), value.as_bytes().to_vec());
+    r.put(
+        NodeId::new(actor),
+        &VersionVector::new(),
+        value.as_bytes().to_vec(),
+    );
     Object::Register(r)
 }
 
@@ -170,4 +173,40 @@ fn a_dot_minted_twice_is_caught_at_the_write() {
     let v = &m.violations()[0];
     assert_eq!(v.at, t(4));
     assert!(v.message.contains("a dot was minted twice"), "{v}");
+}
+
+/// A default run pauses a member, has it removed by the operator while paused, resumes it, and
+/// passes every checker (the members refuse the resumed node's data-path traffic and it stops),
+/// with both per-step monitors at work.
+#[test]
+fn a_default_run_pauses_removes_and_resumes_a_member_and_passes() {
+    let report = chorus_sim::sim::run(&chorus_sim::sim::RunConfig::new(7)).unwrap();
+    assert!(report.passed(), "{}", chorus_sim::sim::summary(&report));
+    let ops = report.history.ops();
+    let done = |f: &dyn Fn(&chorus_sim::history::OpKind) -> Option<usize>| -> Vec<usize> {
+        ops.iter()
+            .filter(|o| o.outcome == Some(chorus_sim::history::Outcome::Ok))
+            .filter_map(|o| f(&o.kind))
+            .collect()
+    };
+    use chorus_sim::history::OpKind;
+    let paused = done(&|k| match k {
+        OpKind::Pause { node } => Some(*node),
+        _ => None,
+    });
+    let resumed = done(&|k| match k {
+        OpKind::Resume { node } => Some(*node),
+        _ => None,
+    });
+    let removed = done(&|k| match k {
+        OpKind::Remove { node, .. } => Some(*node),
+        _ => None,
+    });
+    assert!(!paused.is_empty(), "seed 7 pauses a member");
+    for n in &paused {
+        assert!(resumed.contains(n), "n{n} resumed");
+        assert!(removed.contains(n), "n{n} removed while paused");
+    }
+    assert!(report.hint_deletes_checked > 0);
+    assert!(report.dots_checked > 0);
 }

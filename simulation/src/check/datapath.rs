@@ -56,6 +56,9 @@ const HINT_CHECKER: &str = "hint-deletion";
 /// the oldest are forgotten beyond this).
 const OFFERS_MAX: usize = 100_000;
 
+/// A hint delivery as sent: the node it went to, and the keys and states it carries.
+type Offer = (NodeId, Vec<(Vec<u8>, Object)>);
+
 /// Most violations kept.
 const VIOLATIONS_MAX: usize = 32;
 
@@ -107,7 +110,7 @@ pub struct DataPathMonitor {
     order: std::collections::VecDeque<(usize, u64, NodeId, u64)>,
     /// Hint deliveries sent, by (holder slot, its process epoch, delivery): the node they went
     /// to and the keys and states they carry.
-    offers: HashMap<(usize, u64, u64), (NodeId, Vec<(Vec<u8>, Object)>)>,
+    offers: HashMap<(usize, u64, u64), Offer>,
     /// Insertion order of `offers`.
     offers_order: std::collections::VecDeque<(usize, u64, u64)>,
     /// Per (holder slot, process epoch, key): the merged states some node acknowledged
@@ -301,7 +304,14 @@ impl DataPathMonitor {
 
     /// Holder `to` (process `epoch`) was told by `from` that delivery `batch` is durable there,
     /// but for the entries at the positions in `refused`.
-    fn hints_delivered(&mut self, to: usize, epoch: u64, from: NodeId, batch: u64, refused: &[u32]) {
+    fn hints_delivered(
+        &mut self,
+        to: usize,
+        epoch: u64,
+        from: NodeId,
+        batch: u64,
+        refused: &[u32],
+    ) {
         let id = (to, epoch, batch);
         // An acknowledgement from another node than the delivery went to proves nothing.
         if self.offers.get(&id).is_none_or(|(dest, _)| *dest != from) {

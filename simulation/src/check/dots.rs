@@ -43,7 +43,10 @@ fn fingerprint(v: &RegisterValue) -> Fingerprint {
 
 fn show(f: &Fingerprint) -> String {
     match f {
-        Some(h) => format!("a value with hash {}", &blake3::Hash::from(*h).to_hex()[..12]),
+        Some(h) => format!(
+            "a value with hash {}",
+            &blake3::Hash::from(*h).to_hex()[..12]
+        ),
         None => "a tombstone".to_owned(),
     }
 }
