@@ -14,8 +14,9 @@
 //!   exits once a majority of the ring's members confirmed its departure (until then
 //!   `GET /v1/cluster` lists the leave under `pending`).
 //! - `DELETE /v1/cluster/leave` → 200 `{"status":"member"}`: cancels this node's leave while
-//!   it is still handing its partitions over; 409 `not_leaving`, or `leave_completed` once
-//!   `left` is recorded or the node was removed.
+//!   it is still handing its partitions over; 409 `not_leaving`, `leave_completed` once
+//!   `left` is recorded or the node was removed, or `not_cancellable` for a leave that began
+//!   while the node was joining or that resumed after a restart.
 //! - `POST /v1/cluster/remove/{node}[?force=true]` with `{"signature": "<base64url>"}` → 202
 //!   `{"status":"removing","node":"..."}`: an operator writes off a dead node; its partitions
 //!   move to the others. The signature is the operator's (the cluster CA key's) of the removal
