@@ -401,6 +401,8 @@ fn a_paused_node_removed_then_resumed_changes_nothing() {
         });
         assert!(removed.is_some(), "{}: {:?}", n.name, n.view());
     }
+    // The members took over its partitions: they answer reads of them once caught up.
+    wait_caught_up(&nodes[..3]);
     // Half the keys get a new value, the other half are deleted (with their contexts).
     let (changed, deleted) = keys.split_at(keys.len() / 2);
     for k in changed {

@@ -442,6 +442,15 @@ impl Cluster {
         self.slots.get(node)?.node().map(Node::cluster_view)
     }
 
+    /// How many partitions a running node replicates but has not caught up yet (it refuses
+    /// their reads meanwhile).
+    pub fn catching_up(&self, node: usize) -> Option<usize> {
+        self.slots
+            .get(node)?
+            .node()
+            .map(|n| n.data_stats().partitions_catching_up)
+    }
+
     /// A running node's own ring status.
     pub fn own_status(&self, node: usize) -> Option<RingStatus> {
         Some(self.slots.get(node)?.node()?.own_status())

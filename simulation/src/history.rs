@@ -236,6 +236,8 @@ pub struct DataOp {
     pub context: Option<VersionVector>,
     /// Whether it is one of the reads done after the heal to judge what survived.
     pub final_read: bool,
+    /// The request's options (`r`, `w`, `strict`).
+    pub options: RequestOptions,
     /// What came back, once something did.
     pub result: Option<DataResult>,
 }
@@ -511,6 +513,12 @@ impl History {
     /// Every register operation's details, in invocation order.
     pub fn data(&self) -> &[DataOp] {
         &self.data
+    }
+
+    /// What register operations sent, to edit (checker tests build histories with it).
+    #[cfg(test)]
+    pub fn data_mut(&mut self) -> &mut [DataOp] {
+        &mut self.data
     }
 
     /// Records what a CRDT operation sent.

@@ -24,7 +24,8 @@ use chorus_sim::profile::{Profile, TINY_OP_LOG};
 use chorus_sim::sim::{self, RunConfig};
 use chorus_sim::trace::Trace;
 
-/// A cluster of `n` nodes, started and given ten seconds to form.
+/// A cluster of `n` nodes, started and given until [`at`]`(10)` to form and to catch up the
+/// partitions each replicates (a node refuses reads of a partition until it has).
 fn cluster(n: usize, config: ClusterConfig, seed: u64) -> Cluster {
     let mut c = Cluster::new(config, seed, Trace::new(false));
     for i in 0..n {
@@ -35,9 +36,21 @@ fn cluster(n: usize, config: ClusterConfig, seed: u64) -> Cluster {
         c.start(i).unwrap();
     }
     let mut replies = BTreeMap::new();
-    run_to(&mut c, Duration::from_secs(10), &mut replies);
+    run_to(&mut c, at(10), &mut replies);
+    for i in 0..n {
+        assert_eq!(c.catching_up(i), Some(0), "n{i} caught up by {:?}", at(10));
+    }
     c
 }
+
+/// Time `s` of a scenario: seconds after the start, counted from a cluster formed at `s = 10`
+/// (formation and catch-up take the first [`FORMED`] seconds).
+fn at(s: u64) -> Duration {
+    Duration::from_secs(s - 10 + FORMED)
+}
+
+/// When [`cluster`] hands over a formed, caught-up cluster.
+const FORMED: u64 = 40;
 
 /// Runs the cluster to `t`, keeping every client reply by token.
 fn run_to(c: &mut Cluster, t: Duration, replies: &mut BTreeMap<u64, ClientReply>) {
@@ -98,7 +111,7 @@ fn a_replayed_op_id_at_w3_is_acknowledged_by_every_replica() {
     let mut c = cluster(3, ClusterConfig::default(), 21);
     let mut replies = BTreeMap::new();
     c.client_request(0, 0, 1, incr("hits", "op-1", Some(3)));
-    run_to(&mut c, secs(12), &mut replies);
+    run_to(&mut c, at(12), &mut replies);
     match replies.remove(&1) {
         Some(ClientReply::Updated(u)) => assert_eq!(u.acks, 3, "{u:?}"),
         other => panic!("the first update failed: {other:?}"),
@@ -108,7 +121,7 @@ fn a_replayed_op_id_at_w3_is_acknowledged_by_every_replica() {
         let mut request = incr("hits", "op-1", Some(3));
         request.options.strict = token == 4;
         c.client_request(node, 0, token, request);
-        run_to(&mut c, secs(12 + token), &mut replies);
+        run_to(&mut c, at(12 + token), &mut replies);
         match replies.remove(&token) {
             Some(ClientReply::Updated(u)) => {
                 assert!(u.replayed, "through n{node}: {u:?}");
@@ -119,7 +132,7 @@ fn a_replayed_op_id_at_w3_is_acknowledged_by_every_replica() {
         }
     }
     c.client_request(1, 0, 9, read("hits", 3));
-    run_to(&mut c, secs(20), &mut replies);
+    run_to(&mut c, at(20), &mut replies);
     match replies.remove(&9) {
         Some(ClientReply::Read(r)) => assert_eq!(r.crdt, Some(CrdtValue::Counter(1))),
         other => panic!("the read failed: {other:?}"),
@@ -156,7 +169,7 @@ fn a_key_created_as_a_register_and_a_counter_on_two_sides_ends_contested_everywh
         },
     };
     c.client_request(replicas[0], 0, 1, put("old", None));
-    run_to(&mut c, secs(11), &mut replies);
+    run_to(&mut c, at(11), &mut replies);
     let context = match replies.remove(&1) {
         Some(ClientReply::Written(w)) => w.context,
         other => panic!("the first write failed: {other:?}"),
@@ -172,7 +185,7 @@ fn a_key_created_as_a_register_and_a_counter_on_two_sides_ends_contested_everywh
         },
     };
     c.client_request(replicas[0], 0, 2, delete);
-    run_to(&mut c, secs(12), &mut replies);
+    run_to(&mut c, at(12), &mut replies);
     assert!(
         matches!(replies.remove(&2), Some(ClientReply::Written(_))),
         "the delete was acknowledged by all three"
@@ -182,12 +195,12 @@ fn a_key_created_as_a_register_and_a_counter_on_two_sides_ends_contested_everywh
     c.network_mut().partition(Partition::Split {
         side: left.into_iter().collect(),
     });
-    run_to(&mut c, secs(30), &mut replies);
+    run_to(&mut c, at(30), &mut replies);
     let mut register = put("left", None);
     register.options.w = None;
     c.client_request(replicas[0], 0, 3, register);
     c.client_request(replicas[1], 0, 4, incr(key, "right-1", None));
-    run_to(&mut c, secs(40), &mut replies);
+    run_to(&mut c, at(40), &mut replies);
     match replies.remove(&3) {
         Some(ClientReply::Written(w)) => assert_eq!(w.values, vec![b"left".to_vec()]),
         other => panic!("the register write on the left failed: {other:?}"),
@@ -198,7 +211,7 @@ fn a_key_created_as_a_register_and_a_counter_on_two_sides_ends_contested_everywh
     }
     assert!(c.network_mut().heal_partition());
     // Hints, read repair and anti-entropy (every 15 s) bring the sides together.
-    run_to(&mut c, secs(100), &mut replies);
+    run_to(&mut c, at(100), &mut replies);
     let snapshot = c.snapshot();
     let copies: Vec<&Object> = replicas
         .iter()
@@ -225,7 +238,7 @@ fn a_key_created_as_a_register_and_a_counter_on_two_sides_ends_contested_everywh
         .sum::<u64>();
     assert_eq!(merged, 0, "no merge refused");
     c.client_request(others[1], 0, 5, read(key, 3));
-    run_to(&mut c, secs(105), &mut replies);
+    run_to(&mut c, at(105), &mut replies);
     let r = match replies.remove(&5) {
         Some(ClientReply::Read(r)) => r,
         other => panic!("the read failed: {other:?}"),
@@ -270,18 +283,18 @@ fn a_hot_counter_with_a_tiny_op_log_counts_a_retried_id_once() {
     };
     // Every replica has the key.
     c.client_request(0, 0, 1, incr("hot", "first", Some(3)));
-    run_to(&mut c, secs(11), &mut replies);
+    run_to(&mut c, at(11), &mut replies);
     ok(&mut replies, 1);
     c.network_mut().partition(Partition::Isolate { node: 2 });
     c.client_request(0, 0, 2, incr("hot", "retried", None));
-    run_to(&mut c, secs(12), &mut replies);
+    run_to(&mut c, at(12), &mut replies);
     ok(&mut replies, 2);
     // The client did not hear back (say), and retries through n2, which has not seen it.
     c.client_request(2, 0, 3, incr("hot", "retried", Some(1)));
-    run_to(&mut c, secs(13), &mut replies);
+    run_to(&mut c, at(13), &mut replies);
     let u = ok(&mut replies, 3);
     assert!(!u.replayed, "n2 applies it again: {u:?}");
-    let mut t = secs(13);
+    let mut t = at(13);
     let mut forgot = 0;
     for i in 0..20u64 {
         c.client_request(0, 0, 10 + i, incr("hot", &format!("more-{i}"), None));

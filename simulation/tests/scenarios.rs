@@ -8,6 +8,11 @@ use chorus_sim::cluster::ProcessState;
 use chorus_sim::history::Outcome;
 use chorus_sim::sim::{self, RunConfig};
 
+/// Time the scenarios below add to their own schedules, written for a cluster that formed by
+/// t = 10 s: formation now ends once every node has caught up the partitions it gained, which
+/// waits for the placement to stand for a few seconds.
+const FORMING: Duration = Duration::from_secs(30);
+
 #[test]
 fn a_fault_free_cluster_forms_and_passes_every_checker() {
     for seed in 0..4 {
@@ -38,7 +43,9 @@ fn a_fault_free_cluster_forms_and_passes_every_checker() {
         // beyond the size bound (413, nothing applied) and, while nodes
         // are still joining (and for a few seconds after, while the last joiner's ring entry
         // spreads), requests a replica refuses because its view of the ring differs.
-        let formed = joins.iter().filter_map(|o| o.end).max().unwrap() + Duration::from_secs(5);
+        // (A node answers reads of the partitions it gained once the placement has stood for
+        // a few seconds and it has caught them up with the other replicas.)
+        let formed = joins.iter().filter_map(|o| o.end).max().unwrap() + FORMING;
         let data = report
             .history
             .ops()
@@ -203,7 +210,7 @@ fn a_coordinator_that_lost_a_write_never_mints_its_dot_again() {
         for i in 0..3 {
             c.start(i).unwrap();
         }
-        let run_to = |c: &mut Cluster, t: Duration| while c.step(t) != Step::Idle {};
+        let run_to = |c: &mut Cluster, t: Duration| while c.step(t + FORMING) != Step::Idle {};
         run_to(&mut c, Duration::from_secs(10));
         let put = |value: &str| ClientRequest {
             key: b"k".to_vec(),
@@ -279,7 +286,7 @@ fn a_counter_increment_lost_in_a_crash_is_never_overwritten() {
         for i in 0..3 {
             c.start(i).unwrap();
         }
-        let run_to = |c: &mut Cluster, t: Duration| while c.step(t) != Step::Idle {};
+        let run_to = |c: &mut Cluster, t: Duration| while c.step(t + FORMING) != Step::Idle {};
         run_to(&mut c, Duration::from_secs(10));
         let incr = |op_id: &str| ClientRequest {
             key: b"hits".to_vec(),
@@ -350,8 +357,9 @@ fn anti_entropy_alone_brings_back_a_replica_that_missed_writes() {
         for i in 0..3 {
             c.start(i).unwrap();
         }
-        let run_to =
-            |c: &mut Cluster, t: u64| while c.step(Duration::from_secs(t)) != Step::Idle {};
+        let run_to = |c: &mut Cluster, t: u64| {
+            while c.step(Duration::from_secs(t) + FORMING) != Step::Idle {}
+        };
         run_to(&mut c, 10);
         c.crash(2).unwrap();
         run_to(&mut c, 20);
@@ -432,7 +440,7 @@ fn a_delete_stays_deleted_through_tombstone_gc_but_purging_without_asking_brings
         }
         let mut replies: BTreeMap<u64, ClientReply> = BTreeMap::new();
         let run_to = |c: &mut Cluster, secs: u64, replies: &mut BTreeMap<u64, ClientReply>| loop {
-            match c.step(Duration::from_secs(secs)) {
+            match c.step(Duration::from_secs(secs) + FORMING) {
                 Step::Idle => break,
                 Step::Reply { token, reply, .. } => {
                     replies.insert(token, *reply);

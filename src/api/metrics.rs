@@ -63,6 +63,8 @@ pub mod names {
     pub const OP_IDS_FORGOTTEN: &str = "chorus_op_ids_forgotten_total";
     /// Keys this node holds.
     pub const KEYS: &str = "chorus_keys";
+    /// Partitions replicated here but not caught up yet.
+    pub const CATCHING_UP: &str = "chorus_partitions_catching_up";
     /// Register tombstones purged since start.
     pub const TOMBSTONES_PURGED: &str = "chorus_tombstones_purged";
     /// Keys repaired by anti-entropy since start (over this node's partitions).
@@ -160,6 +162,10 @@ pub fn describe() {
         "Operation ids forgotten before it was safe since start (memory bounds), by reason"
     );
     describe_gauge!(names::KEYS, "Keys held");
+    describe_gauge!(
+        names::CATCHING_UP,
+        "Partitions this node replicates but has not caught up with the other replicas yet (it refuses their reads)"
+    );
     describe_gauge!(names::TOMBSTONES_PURGED, "Tombstones purged since start");
     describe_gauge!(names::AE_KEYS, "Keys repaired by anti-entropy since start");
     describe_gauge!(names::AE_BYTES, "Bytes sent by anti-entropy since start");
@@ -420,6 +426,7 @@ pub fn sample(view: &ClusterView, partitions: &[PartitionInfo]) {
         gauge!(names::IN_FLIGHT).set(d.requests_in_flight as f64);
         gauge!(names::TYPE_CONFLICTS).set(d.type_conflicts as f64);
         gauge!(names::KEYS).set(d.keys_held as f64);
+        gauge!(names::CATCHING_UP).set(d.partitions_catching_up as f64);
         gauge!(names::TOMBSTONES_PURGED).set(d.tombstones_purged as f64);
         gauge!(names::AE_IN_FLIGHT).set(d.exchanges_in_flight as f64);
         counter!(names::READ_REPAIRS).absolute(d.read_repairs);

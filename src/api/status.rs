@@ -209,6 +209,9 @@ pub struct NodeStats {
     pub handoff_pending: u64,
     /// Keys this node holds.
     pub keys_held: u64,
+    /// Partitions this node replicates but has not caught up yet (it refuses their reads).
+    #[serde(default)]
+    pub partitions_catching_up: u64,
     /// Anti-entropy exchanges in flight.
     pub exchanges_in_flight: u64,
     /// Read repairs sent since start.
@@ -330,6 +333,7 @@ fn own_stats(state: &StatusState, view: &ClusterView) -> NodeStats {
         hints_delivered: d.hints_delivered,
         handoff_pending: d.handoff_pending as u64,
         keys_held: d.keys_held,
+        partitions_catching_up: d.partitions_catching_up as u64,
         exchanges_in_flight: d.exchanges_in_flight as u64,
         read_repairs: d.read_repairs,
         siblings_refused: d.siblings_refused,

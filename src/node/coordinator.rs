@@ -387,14 +387,14 @@ impl Coordinator {
             .filter(|&n| n != fx.me && fx.topo.is_alive(n))
             .collect();
         // The key's type is what its replicas hold: learn it from a majority of them (this node
-        // counting when it is one with a complete copy), or apply nothing.
+        // counting when it is one with a complete copy of the partition), or apply nothing.
         let majority = primaries.len() / 2 + 1;
-        let me = usize::from(primaries.contains(&fx.me) && fx.topo.complete);
+        let me = usize::from(primaries.contains(&fx.me) && fx.topo.holds(p));
         let need = majority.saturating_sub(me);
         if asked.len() < need {
             let error = unavailable(
                 &format!(
-                    "the key has no copy here and only {} of its {} replicas are reachable to say what it holds; nothing was applied",
+                    "the key has no complete copy here and only {} of its {} replicas are reachable to say what it holds; nothing was applied",
                     asked.len() + me,
                     primaries.len()
                 ),
@@ -413,6 +413,7 @@ impl Coordinator {
                 ReplicaMessage::Read {
                     req,
                     key: r.key.clone(),
+                    look: true,
                 }
                 .into(),
             );
@@ -633,6 +634,7 @@ impl Coordinator {
                         ReplicaMessage::Read {
                             req,
                             key: key.clone(),
+                            look: false,
                         }
                         .into(),
                     );
@@ -867,6 +869,7 @@ impl Coordinator {
                         ReplicaMessage::Read {
                             req,
                             key: r.key.clone(),
+                            look: false,
                         }
                         .into(),
                     );
@@ -1013,6 +1016,7 @@ impl Coordinator {
                         ReplicaMessage::Read {
                             req,
                             key: r.key.clone(),
+                            look: false,
                         }
                         .into(),
                     );

@@ -742,8 +742,10 @@ impl Membership {
             placement_version: self.placement_version,
             leaving: self.own_entry().status >= RingStatus::Leaving,
             member: self.own_entry().status == RingStatus::Member,
-            // The router fills it in from the sync sub-machine.
+            // The router fills these in from the sync sub-machine.
             complete: false,
+            held: Default::default(),
+            catching_up: 0,
             left: self.own_entry().status == RingStatus::Left,
             settled,
             // The router fills it in from the ring state.

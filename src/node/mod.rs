@@ -53,7 +53,7 @@ pub mod replica;
 pub mod sync;
 mod topology;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -582,6 +582,11 @@ pub struct DataStats {
     /// Keys this node holds (every partition, owned or not yet dropped).
     #[serde(default)]
     pub keys_held: u64,
+    /// Partitions this node replicates but has not caught up with the other replicas since it
+    /// became one (a join, a leave or a removal moved them here): it refuses reads of them,
+    /// and coordinators ask another replica.
+    #[serde(default)]
+    pub partitions_catching_up: usize,
     /// Register tombstones purged since start (every member agreed; see tombstone GC).
     #[serde(default)]
     pub tombstones_purged: u64,
@@ -618,6 +623,11 @@ pub struct Node {
     handoff_done: bool,
     /// What the sync sub-machine last said about a joining node's intake.
     intake_ready: Option<Vec<NodeId>>,
+    /// Nodes this node has seen in the ring as members, leaving or gone (see
+    /// `refresh_topology`), and whether the first placement (the persisted one, at start)
+    /// was taken in.
+    tenures_seen: BTreeSet<NodeId>,
+    topo_primed: bool,
     /// How long each replica write acknowledgement released since the driver last took them
     /// waited for durability (at most [`ACK_WAITS_MAX`]; see [`Node::take_ack_waits`]).
     ack_waits: Vec<Duration>,
@@ -732,6 +742,8 @@ impl Node {
             staged: Vec::new(),
             handoff_done: false,
             intake_ready: None,
+            tenures_seen: BTreeSet::new(),
+            topo_primed: false,
             ack_waits: Vec::new(),
             refused_senders: 0,
             warned_senders: std::collections::BTreeSet::new(),
@@ -973,6 +985,11 @@ impl Node {
             if self.refresh_topology(now) {
                 continue;
             }
+            // Partitions this node gained are answered for once they caught up.
+            if self.sync.catch_up(&mut fx!(self, now)) {
+                self.set_held();
+                continue;
+            }
             if !self.staged.is_empty() {
                 let keys = std::mem::take(&mut self.staged);
                 self.sync.note_staged(keys, &mut fx!(self, now));
@@ -1016,12 +1033,38 @@ impl Node {
             .filter(|(_, e)| e.status != RingStatus::Left)
             .map(|(id, _)| id)
             .collect();
+        // A node seen leaving or gone that this node never saw a member (it joined and left,
+        // or was removed, while this one was down or cut off) may have replicated, for a while,
+        // partitions this node replicates now: the writes of that while did not come here.
+        let mut missed = false;
+        for (id, e) in self.membership.ring_state().iter() {
+            let seen = match e.status {
+                RingStatus::Joining => continue,
+                RingStatus::Member => true,
+                RingStatus::Leaving | RingStatus::Left => false,
+            };
+            if self.tenures_seen.insert(id) && !seen && self.topo_primed && id != self.id {
+                missed = true;
+            }
+        }
+        self.topo_primed = true;
         let staged = self.replica.staged_keys();
         self.topo.complete = self.sync.complete();
+        if missed {
+            self.sync.forget_held(&mut fx!(self, now));
+        }
         self.sync.topology_changed(&staged, &mut fx!(self, now));
         self.topo.complete = self.sync.complete();
+        self.sync.catch_up(&mut fx!(self, now));
+        self.set_held();
         self.hints.deliver(&mut fx!(self, now));
         true
+    }
+
+    /// Copies the sync sub-machine's complete copies into the topology.
+    fn set_held(&mut self) {
+        self.topo.held = self.sync.held().clone();
+        self.topo.catching_up = self.sync.catching_up();
     }
 
     fn transmit(&mut self, to: NodeId, message: PeerMessage) {
@@ -1101,6 +1144,7 @@ impl Node {
             exchanges_in_flight: self.sync.exchanges_in_flight(),
             keys_dropped: self.replica.keys_dropped(),
             keys_held: self.sync.keys_held(),
+            partitions_catching_up: self.topo.catching_up,
             tombstones_purged: self.replica.tombstones_purged(),
             gc_rounds: self.sync.gc_rounds(),
             read_repairs: self.coordinator.read_repairs(),

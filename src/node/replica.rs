@@ -71,6 +71,11 @@ pub enum ReplicaMessage {
         /// The key.
         #[serde(with = "serde_bytes")]
         key: Vec<u8>,
+        /// The coordinator asks what the key holds before it applies an update (its type and
+        /// contents, which the update is merged with), not to answer a client's read: a
+        /// replica still catching up the key's partition answers with what it has.
+        #[serde(default)]
+        look: bool,
     },
     /// Merge many keys (hints handed back, a partition handed off) and acknowledge all of them
     /// once durable.
@@ -674,23 +679,37 @@ impl Replica {
                     }
                 }
             },
-            ReplicaMessage::Read { req, key } => {
+            ReplicaMessage::Read { req, key, look } => {
+                let p = fx.topo.partition(&key);
+                // (A look is answered from any copy of a partition this node replicates: the
+                // merge with the update keeps whatever it lacks elsewhere.)
+                let complete = fx.topo.holds(p) || (look && fx.topo.replicates(p));
+                let refuse = |message: &str| {
+                    let error = ClientError::Unavailable {
+                        message: message.into(),
+                        indeterminate: false,
+                        acks: 0,
+                        needed: 1,
+                    };
+                    CoordinatorMessage::Refused { req, error }
+                };
                 let reply = match self.load(&key) {
-                    // A node that does not replicate the key (a coordinator with an older view
-                    // of the ring asked, and this node dropped the partition, or never held
-                    // it), or whose copy is not complete (asked to leave while it was still
-                    // pulling its partitions), must not answer "absent": that would count for
-                    // the read quorum.
-                    Ok(None)
-                        if !fx.topo.complete || !fx.topo.replicates(fx.topo.partition(&key)) =>
-                    {
-                        let error = ClientError::Unavailable {
-                            message: "this node does not replicate the key".into(),
-                            indeterminate: false,
-                            acks: 0,
-                            needed: 1,
-                        };
-                        CoordinatorMessage::Refused { req, error }
+                    // A node whose copy of the key's partition is not complete must not answer
+                    // "absent", which would count for the read quorum: it does not replicate
+                    // the key (a coordinator with an older view of the ring asked, and this
+                    // node dropped the partition, or never held it), or it became a replica
+                    // and has not caught up with the others yet (a join, a leave or a
+                    // removal moved the partition here), or it never was a member with its
+                    // data (asked to leave while still joining). The coordinator asks another
+                    // replica instead.
+                    Ok(None) if !complete => {
+                        refuse("this node has no complete copy of the key's partition")
+                    }
+                    // Nor may it answer from such a copy: a counter or a register there may lack
+                    // acknowledged updates (a partition it has not caught up yet, or one it
+                    // stopped replicating, which may never have been complete here).
+                    Ok(Some(_)) if !complete => {
+                        refuse("this node has no complete copy of the key's partition")
                     }
                     Ok(object) => CoordinatorMessage::ReadReply { req, object },
                     Err(error) => CoordinatorMessage::Refused { req, error },
@@ -752,7 +771,11 @@ impl Replica {
                     });
                     return;
                 }
-                if !looked && matches!(self.load(&key), Ok(None)) {
+                // Without a copy here, or with a copy of a partition this node has not caught
+                // up yet (it may lack the key's type, updates, or the record of an operation id
+                // being retried), the coordinator first learns what the other replicas hold.
+                let partial = !fx.topo.holds(fx.topo.partition(&key));
+                if !looked && (partial || matches!(self.load(&key), Ok(None))) {
                     fx.calls.push_back(Call::Absent { req, op, context });
                     return;
                 }

@@ -288,7 +288,26 @@ fn cluster(n: u64) -> Net {
         net.start(config(i, 1, vec![addr(0)]));
     }
     net.run_for(Duration::from_secs(10));
+    net.until_caught_up();
     net
+}
+
+impl Net {
+    /// Runs until every running node has caught up every partition it replicates (it answers
+    /// reads of them all), for at most a simulated minute.
+    fn until_caught_up(&mut self) {
+        for _ in 0..60 {
+            if self
+                .nodes
+                .values()
+                .all(|n| n.data_stats().partitions_catching_up == 0)
+            {
+                return;
+            }
+            self.run_for(Duration::from_secs(1));
+        }
+        panic!("the nodes did not catch up within a minute");
+    }
 }
 
 #[test]
@@ -1242,6 +1261,7 @@ fn writes_answered_but_waiting_for_a_silent_replica_do_not_count_against_the_cap
         net.start(c);
     }
     net.run_for(Duration::from_secs(10));
+    net.until_caught_up();
     net.crash(addr(2));
     for i in 0..12u32 {
         let key = format!("k{i}");
@@ -1658,6 +1678,7 @@ fn hostile_anti_entropy_messages_change_nothing() {
         AeMessage::Buckets {
             xid: 77,
             buckets: vec![(65535, Digest::ZERO)],
+            complete: true,
         },
         AeMessage::Diff {
             xid: 78,
@@ -1699,6 +1720,7 @@ fn gc_cluster(n: u64) -> Net {
         net.start(gc_config(i, 1, vec![addr(0)]));
     }
     net.run_for(Duration::from_secs(10));
+    net.until_caught_up();
     net
 }
 
@@ -1902,6 +1924,7 @@ fn a_write_of_another_type_on_a_replica_without_its_copy_is_refused_and_replicas
         net.start(no_hints_config(i, 1, vec![addr(0)]));
     }
     net.run_for(Duration::from_secs(10));
+    net.until_caught_up();
     net.crash(addr(2));
     net.run_for(Duration::from_secs(8));
     let w2 = RequestOptions {
@@ -2158,6 +2181,7 @@ fn the_sibling_guard_refuses_blind_writes_beyond_the_bound_and_reports_the_key()
         net.start(guarded(i, vec![addr(0)]));
     }
     net.run_for(Duration::from_secs(10));
+    net.until_caught_up();
     for n in 0..4 {
         let w = written(net.put(0, b"hot", format!("v{n}").as_bytes(), None));
         assert_eq!(w.values.len(), n + 1);
@@ -2270,6 +2294,83 @@ fn a_removed_node_that_resumes_brings_no_purged_delete_back() {
             "{:?} came back: {:?}",
             String::from_utf8_lossy(k),
             r.values
+        );
+    }
+}
+
+#[test]
+fn a_node_that_just_gained_a_partition_answers_dont_know_not_absent_until_it_caught_up() {
+    // Four nodes, N = 3: each partition is on three of them. n3 dies and n0 removes it: n0
+    // becomes a replica, at once, of every partition it did not hold, before any of their
+    // data reached it.
+    let mut net = cluster(4);
+    let ring = net.nodes[&addr(0)].placement().unwrap().clone();
+    let n0 = NodeId::new(100);
+    let n3 = NodeId::new(103);
+    let keys: Vec<String> = (0..400)
+        .map(|i| format!("gained:{i}"))
+        .filter(|k| {
+            let owners = ring.preference_list(ring.partition_of(k.as_bytes()), 3);
+            owners.contains(&n3) && !owners.contains(&n0)
+        })
+        .take(20)
+        .collect();
+    assert_eq!(keys.len(), 20, "the ring spreads keys over every node");
+    let all = RequestOptions {
+        w: Some(3),
+        strict: true,
+        ..RequestOptions::default()
+    };
+    for k in &keys {
+        let op = ClientOp::Put {
+            value: k.as_bytes().to_vec(),
+            context: None,
+        };
+        let w = written(net.request(1, k.as_bytes(), op, all));
+        assert_eq!(w.acks, 3, "{k}: on every replica");
+    }
+    assert!(keys.iter().all(|k| net.nodes[&addr(0)]
+        .local_object(k.as_bytes())
+        .unwrap()
+        .is_none()));
+    net.crash(addr(3));
+    net.run_for(Duration::from_secs(10));
+    net.nodes
+        .get_mut(&addr(0))
+        .unwrap()
+        .remove(n3, operator_signature(n3), false, net.now)
+        .unwrap();
+    net.drain(addr(0));
+    // n0 now replicates every one of these keys, holds none of them yet, and reads at r=1
+    // through it ask it first: it must not say "absent" (another replica answers instead).
+    for k in &keys {
+        let owners = net.nodes[&addr(0)]
+            .placement()
+            .unwrap()
+            .preference_list(ring.partition_of(k.as_bytes()), 3);
+        assert!(owners.contains(&n0), "{k}: n0 gained it");
+        let r = net.get(0, k.as_bytes(), 1);
+        assert_eq!(
+            r.values,
+            vec![k.as_bytes().to_vec()],
+            "{k} read at r=1 via n0"
+        );
+    }
+    // Once it caught up with the other replicas, it answers from its own copy.
+    net.run_for(Duration::from_secs(30));
+    for k in &keys {
+        assert!(
+            net.nodes[&addr(0)]
+                .local_object(k.as_bytes())
+                .unwrap()
+                .is_some(),
+            "{k}: n0 caught up"
+        );
+        let r = net.get(0, k.as_bytes(), 1);
+        assert_eq!(
+            r.values,
+            vec![k.as_bytes().to_vec()],
+            "{k} after the catch-up"
         );
     }
 }

@@ -42,6 +42,12 @@ pub(crate) struct Topology {
     /// data (a node asked to leave while still joining never was, so an absent key there
     /// proves nothing). Set by the router from the sync sub-machine's persisted record.
     pub(crate) complete: bool,
+    /// Partitions this node replicates whose copy is complete: it caught up with the other
+    /// replicas after it became one (see the sync sub-machine's notes on complete copies).
+    /// Only these may answer a read, and only these may say a key is absent.
+    pub(crate) held: BTreeSet<PartitionId>,
+    /// Partitions this node replicates in the current placement but has not caught up yet.
+    pub(crate) catching_up: usize,
     /// No node in the ring state is joining or leaving: no ring change is in flight as far as
     /// this node knows.
     pub(crate) settled: bool,
@@ -70,6 +76,8 @@ impl Default for Topology {
             joining: false,
             member: false,
             complete: false,
+            held: BTreeSet::new(),
+            catching_up: 0,
             settled: false,
             with_me: None,
             peers: BTreeSet::new(),
@@ -143,6 +151,11 @@ impl Topology {
             && self.ring.is_some()
             && ids(&self.ring) == ids(&self.future)
             && self.owners().into_iter().all(|o| self.is_alive(o))
+    }
+
+    /// Whether this node's copy of partition `p` is complete (see `held`).
+    pub(crate) fn holds(&self, p: PartitionId) -> bool {
+        self.held.contains(&p)
     }
 
     /// Whether `node` is reachable (this node always is).

@@ -287,6 +287,15 @@ fn formed(nodes: &[DevNode]) -> Option<Vec<ClusterView>> {
         if alive != nodes.len() || view.members.len() != nodes.len() {
             return None;
         }
+        // Formed means serving: a node that just joined answers reads of its partitions once
+        // it has caught up with the other replicas.
+        if view
+            .data
+            .as_ref()
+            .is_some_and(|d| d.partitions_catching_up > 0)
+        {
+            return None;
+        }
         views.push(view);
     }
     Some(views)

@@ -414,7 +414,21 @@ pub fn start_cluster_with(root: &Path, n: usize, extra: &[&str]) -> (Vec<NodePro
     (nodes, ids)
 }
 
-/// Waits until every running node lists exactly `ids`, all alive members.
+/// Waits until every running node of `nodes` has caught up every partition it replicates
+/// (after a removal or a leave the others gain partitions, and refuse their reads until then).
+pub fn wait_caught_up(nodes: &[NodeProc]) {
+    for n in nodes.iter().filter(|n| n.child.is_some()) {
+        let ok = wait_for(Duration::from_secs(60), || {
+            n.view()
+                .and_then(|v| v.data)
+                .filter(|d| d.partitions_catching_up == 0)
+        });
+        assert!(ok.is_some(), "{}: {:?}\n{}", n.name, n.view(), n.log());
+    }
+}
+
+/// Waits until every running node lists exactly `ids`, all alive members, and has caught up
+/// every partition it replicates (it answers reads of all of them).
 pub fn wait_members(nodes: &[NodeProc], ids: &[String]) {
     // Generous for a loaded 2-core machine: the wait ends as soon as the cluster is formed.
     for n in nodes.iter().filter(|n| n.child.is_some()) {
@@ -424,6 +438,9 @@ pub fn wait_members(nodes: &[NodeProc], ids: &[String]) {
                     && v.members
                         .iter()
                         .all(|m| m.status == chorus::membership::RingStatus::Member)
+                    && v.data
+                        .as_ref()
+                        .is_none_or(|d| d.partitions_catching_up == 0)
             })
         });
         assert!(ok.is_some(), "{}: {:?}\n{}", n.name, n.view(), n.log());

@@ -521,6 +521,7 @@ mod tests {
                 ReplicaMessage::Read {
                     req: 1,
                     key: b"k".to_vec(),
+                    look: false,
                 }
                 .into(),
                 ("Replica", "Read"),

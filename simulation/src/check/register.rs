@@ -11,6 +11,18 @@
 //! - [`NoPhantoms`]: every value any read or write returned was written by some client.
 //! - [`ConcurrentSiblings`]: no answer shows two values one of which a client's context had
 //!   already superseded: siblings are only ever truly concurrent writes.
+//! - [`StrictWritesSeen`]: a read (at any `r`, `r=1` included, through joins, leaves,
+//!   removals and crashes too) never answers that no replica knows a key that a `strict` write
+//!   acknowledged by all [`REPLICAS`] replicas wrote before the read began, unless a delete may
+//!   have removed it since (or it was lost with removed machines). Every replica holds such a
+//!   write, so a replica that says "absent" for it answered for a copy it does not fully have
+//!   (a node that just became a replica of the key's partition must say "don't know"). Reads
+//!   while some node may still act on an older placement are not judged: during a network
+//!   partition and [`VIEW_SETTLE`] after it heals, after a node restarts or resumes, and after
+//!   the placement changes (see `stale_view_windows`). A node that has not heard of a new
+//!   placement yet still answers for its old one: Chorus agrees on the ring by gossip, not by
+//!   consensus. What this checker holds the nodes to is the rest: a node that knows it gained a
+//!   partition never answers for it before it has caught up.
 //!
 //! From the snapshot:
 //!
@@ -22,11 +34,12 @@
 //!   that were each accepted always merge.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use chorus::causality::{Dot, RegisterValue, VersionVector};
 
 use super::{CheckInput, Checker, Violation};
-use crate::history::{DataOp, DataResult, OpKind, Operation, Outcome};
+use crate::history::{DataOp, DataResult, History, OpKind, Operation, Outcome};
 
 /// Every register checker.
 pub fn all() -> Vec<Box<dyn Checker>> {
@@ -35,6 +48,7 @@ pub fn all() -> Vec<Box<dyn Checker>> {
         Box::new(DeletesStay),
         Box::new(NoPhantoms),
         Box::new(ConcurrentSiblings),
+        Box::new(StrictWritesSeen),
         Box::new(HintsDrained),
         Box::new(DotsUnique),
         Box::new(MergesStored),
@@ -294,6 +308,141 @@ impl Checker for DeletesStay {
     }
 }
 
+/// Replicas per key in the simulated cluster (the node's default N).
+pub const REPLICAS: usize = 3;
+
+/// How long after a heal, a restart or a resume nodes may still act on an older placement.
+pub const VIEW_SETTLE: Duration = Duration::from_secs(10);
+
+/// Times at which some node may act on a placement older than the cluster's: while a network
+/// partition is in force and [`VIEW_SETTLE`] after it heals; [`VIEW_SETTLE`] after a node
+/// restarts or resumes; and [`VIEW_SETTLE`] after the placement changes (a join or a leave
+/// completes, an operator removes a node, a leave is cancelled). A node cut off while the others change the ring (or down, or paused,
+/// meanwhile) keeps replicating what it replicated, and cannot know better until gossip reaches
+/// it: Chorus agrees on ring changes by gossip, not by consensus, so no read is promised to see
+/// a write made under a placement its replicas have not heard of yet.
+fn stale_view_windows(history: &History) -> Vec<(Duration, Duration)> {
+    let mut windows = Vec::new();
+    let mut cut_since: Option<Duration> = None;
+    for op in history.ops() {
+        match op.kind {
+            OpKind::Partition(_) => {
+                cut_since.get_or_insert(op.start);
+            }
+            OpKind::Heal => {
+                if let Some(from) = cut_since.take() {
+                    windows.push((from, op.start + VIEW_SETTLE));
+                }
+            }
+            OpKind::Restart { .. }
+            | OpKind::Resume { .. }
+            | OpKind::Remove { .. }
+            | OpKind::CancelLeave { .. } => {
+                windows.push((op.start, op.end.unwrap_or(op.start) + VIEW_SETTLE));
+            }
+            // The placement changes when a joiner becomes a member and when a leave completes;
+            // gossip takes a moment to carry that to every coordinator.
+            OpKind::Join { .. } | OpKind::Leave { .. } => {
+                if let Some(end) = op.end {
+                    windows.push((end, end + VIEW_SETTLE));
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some(from) = cut_since {
+        windows.push((from, Duration::MAX));
+    }
+    windows
+}
+
+/// No read answers "no replica knows the key" after a `strict` write on every replica.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StrictWritesSeen;
+
+impl Checker for StrictWritesSeen {
+    fn name(&self) -> &'static str {
+        "strict-writes-seen"
+    }
+
+    fn check(&self, input: &CheckInput<'_>, out: &mut Vec<Violation>) {
+        let all = entries(input);
+        let removed: BTreeSet<chorus::NodeId> = input
+            .snapshot
+            .nodes
+            .iter()
+            .filter(|n| n.removed)
+            .map(|n| n.id)
+            .collect();
+        // Acknowledged strict writes on every replica, per key.
+        let mut strict: BTreeMap<&str, Vec<&Entry<'_>>> = BTreeMap::new();
+        for w in &all {
+            let on_every_replica = w.data.options.strict && w.data.options.w == Some(REPLICAS);
+            if !on_every_replica || w.value().is_none() || w.op.outcome != Some(Outcome::Ok) {
+                continue;
+            }
+            if let Some(DataResult::Written { acked_by, .. }) = &w.data.result {
+                if acked_by.iter().all(|n| removed.contains(n)) {
+                    // Every node that held it was lost for good.
+                    continue;
+                }
+            }
+            strict.entry(w.data.key.as_str()).or_default().push(w);
+        }
+        let stale = stale_view_windows(input.history);
+        for r in &all {
+            let unknown = matches!(
+                &r.data.result,
+                Some(DataResult::Read { values, context: None }) if values.is_empty()
+            );
+            if !unknown || r.op.outcome != Some(Outcome::Ok) {
+                continue;
+            }
+            let read_end = r.op.end.unwrap_or(r.op.start);
+            if stale
+                .iter()
+                .any(|&(from, to)| from <= read_end && r.op.start <= to)
+            {
+                continue;
+            }
+            let Some(writes) = strict.get(r.data.key.as_str()) else {
+                continue;
+            };
+            for w in writes {
+                let Some(w_end) = w.op.end.filter(|&e| e < r.op.start) else {
+                    continue;
+                };
+                // A delete that may have covered it (one invoked after the write began: a
+                // context from before cannot hold the write's dot) may have been purged since.
+                let deleted = all.iter().any(|d| {
+                    d.data.key == r.data.key
+                        && matches!(d.op.kind, OpKind::Delete { .. })
+                        && !matches!(d.op.outcome, Some(Outcome::Failed(_)))
+                        && d.op.start >= w.op.start
+                        && d.op.start < read_end
+                });
+                if deleted || input.lost_after(&r.data.key, Some(w_end)) {
+                    continue;
+                }
+                out.push(violation(
+                    self.name(),
+                    input,
+                    format!(
+                        "{} (r={}) at t={:.3}s answered that no replica knows {}, after {} (strict, w={REPLICAS}) was acknowledged at t={:.3}s",
+                        r.op.kind,
+                        r.data.options.r.map_or("default".to_owned(), |n| n.to_string()),
+                        r.op.start.as_secs_f64(),
+                        r.data.key,
+                        w.op.kind,
+                        w_end.as_secs_f64()
+                    ),
+                ));
+                break;
+            }
+        }
+    }
+}
+
 /// Every value returned was written by some client.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoPhantoms;
@@ -494,11 +643,11 @@ impl Checker for DotsUnique {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
 
     use chorus::causality::Register;
     use chorus::node::DataStats;
     use chorus::node::Object;
+    use chorus::node::RequestOptions;
     use chorus::NodeId;
 
     use super::*;
@@ -568,6 +717,7 @@ mod tests {
                 key: "k".into(),
                 context: ctx,
                 final_read: false,
+                options: RequestOptions::default(),
                 result: None,
             });
             if let Some((n, c)) = dot {
@@ -598,6 +748,7 @@ mod tests {
                 key: "k".into(),
                 context: Some(ctx),
                 final_read: false,
+                options: RequestOptions::default(),
                 result: None,
             });
             self.0.complete(op, t(at + 1), Outcome::Ok);
@@ -617,6 +768,7 @@ mod tests {
                 key: "k".into(),
                 context: None,
                 final_read,
+                options: RequestOptions::default(),
                 result: None,
             });
             self.0.data_result(
@@ -722,6 +874,7 @@ mod tests {
             key: "k".into(),
             context: None,
             final_read: false,
+            options: RequestOptions::default(),
             result: None,
         });
         let vs = run(&LostWrites, &h.0, &snapshot());
@@ -767,6 +920,72 @@ mod tests {
         snap.nodes[0] = node(0, true);
         let vs = run(&DeletesStay, &h.0, &snap);
         assert!(vs.is_empty(), "n0 was removed for good: {vs:#?}");
+    }
+
+    /// Sets the options of the last operation recorded.
+    fn with_options(h: &mut H, options: RequestOptions) {
+        let i = h.0.data().len() - 1;
+        h.0.data_mut()[i].options = options;
+    }
+
+    #[test]
+    fn a_read_that_misses_a_strict_write_on_every_replica_is_caught() {
+        let every = RequestOptions {
+            w: Some(REPLICAS),
+            strict: true,
+            ..RequestOptions::default()
+        };
+        let one = RequestOptions {
+            r: Some(1),
+            ..RequestOptions::default()
+        };
+        let mut h = H(History::new());
+        h.write(10, "a", None, Some((1, 1)), Outcome::Ok);
+        with_options(&mut h, every);
+        // Found, then "nobody knows the key" at r=1.
+        h.read(20, &["a"], false);
+        h.read(30, &[], false);
+        with_options(&mut h, one);
+        let snap = snapshot();
+        let vs = run(&StrictWritesSeen, &h.0, &snap);
+        assert_eq!(vs.len(), 1, "the second read said nobody knows k: {vs:#?}");
+        assert!(vs[0].message.contains("read k at n1 (r=1)"), "{}", vs[0]);
+        // Lost with machines an operator removed: excused.
+        let mut moved = snap.clone();
+        moved.lost.insert(b"k".to_vec(), t(25));
+        assert!(run(&StrictWritesSeen, &h.0, &moved).is_empty());
+
+        // A write that is not on every replica, or not strict, may be missed by a read.
+        for options in [
+            RequestOptions::default(),
+            RequestOptions {
+                w: Some(REPLICAS),
+                ..RequestOptions::default()
+            },
+            RequestOptions {
+                strict: true,
+                ..RequestOptions::default()
+            },
+        ] {
+            let mut h = H(History::new());
+            h.write(10, "a", None, Some((1, 1)), Outcome::Ok);
+            with_options(&mut h, options);
+            h.read(30, &[], false);
+            assert!(
+                run(&StrictWritesSeen, &h.0, &snap).is_empty(),
+                "{options:?}"
+            );
+        }
+
+        // A delete since (its tombstone may have been purged), or a read that began before the
+        // write ended: no violation.
+        let mut h = H(History::new());
+        h.write(10, "a", None, Some((1, 1)), Outcome::Ok);
+        with_options(&mut h, every);
+        h.read(11, &[], false);
+        h.delete(20, vv(&[(1, 1)]));
+        h.read(30, &[], false);
+        assert!(run(&StrictWritesSeen, &h.0, &snap).is_empty());
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! Each client runs one operation at a time against a node picked at random among those
 //! serving: a read (sometimes with `r=1` or `r=3`), a write with the context of its last read or
 //! write of the key, a blind write (no context: a sibling by design), or a delete with its
-//! context; writes sometimes use `w=1`, `w=3` or `strict`. Values are unique in a run
+//! context; writes sometimes use `w=1`, `w=3`, `strict`, or both `w=3` and `strict` (on every
+//! replica: any later read at any `r` must find the key, through joins, leaves and removals). Values are unique in a run
 //! (`c<client>-<n>`), so checkers can tell every write apart. Every operation goes into the
 //! history with what it sent and got back ([`DataOp`]); its outcome is `ok`, `failed` (certainly
 //! not applied) or `indeterminate` (it may have been).
@@ -23,6 +24,13 @@
 //! context, which is what the register clients and checkers use. With
 //! [`LargeValues`] some operations go to keys `b<i>` whose values are hundreds of KiB, named in
 //! the history by [`value_name`].
+//!
+//! A prober watches reads while ownership changes: it writes [`RegisterConfig::stable_keys`]
+//! keys `e<i>` once each with `w=N` and `strict` (on every replica, retried until acknowledged;
+//! nothing deletes them), then every [`RegisterConfig::probe_every`] reads one of them at `r=1`
+//! through every serving node. Joins, leaves and removals move partitions to nodes that do not
+//! hold them yet, and a read at `r=1` through such a node asks it first: it must say "don't
+//! know", never "absent" (the `strict-writes-seen` checker).
 //!
 //! After the heal it stops writing and reads every key it touched with `r=N` every few seconds:
 //! the [`crate::check::register`] checkers judge the latest of these final reads.
@@ -60,6 +68,10 @@ pub struct RegisterConfig {
     pub shared: bool,
     /// Also write large values (see [`LargeValues`]).
     pub large: Option<LargeValues>,
+    /// Keys the prober writes once on every replica (0: no prober).
+    pub stable_keys: usize,
+    /// How often the prober reads one of them at `r=1` through every serving node.
+    pub probe_every: Duration,
 }
 
 impl Default for RegisterConfig {
@@ -73,6 +85,8 @@ impl Default for RegisterConfig {
             n: 3,
             shared: true,
             large: None,
+            stable_keys: 16,
+            probe_every: Duration::from_millis(250),
         }
     }
 }
@@ -144,6 +158,10 @@ enum Pending {
     /// Create every shared key of the generation starting now.
     Race,
     FinalRound,
+    /// Write stable key `i` (again, after a failure).
+    Stable(usize),
+    /// Read stable keys at `r=1` through every serving node.
+    Probe,
 }
 
 #[derive(Debug, Default)]
@@ -169,6 +187,8 @@ struct InFlight {
     op: OpId,
     key: String,
     write: bool,
+    /// The write of stable key `i`.
+    stable: Option<usize>,
 }
 
 /// See the module documentation.
@@ -184,6 +204,8 @@ pub struct Register {
     retired: Vec<(String, Duration, bool)>,
     /// Shared keys touched (read at the end).
     shared: BTreeSet<String>,
+    /// Stable keys whose write on every replica was acknowledged.
+    stable_written: BTreeSet<usize>,
 }
 
 impl Register {
@@ -199,6 +221,7 @@ impl Register {
             quiesced: false,
             retired: Vec::new(),
             shared: BTreeSet::new(),
+            stable_written: BTreeSet::new(),
         }
     }
 
@@ -210,6 +233,10 @@ impl Register {
         format!("b{i}")
     }
 
+    fn stable_key(i: usize) -> String {
+        format!("e{i}")
+    }
+
     /// Every key the clients wrote or may write (not the keys taken through a life).
     fn keys(&self) -> Vec<String> {
         let mut keys: Vec<String> = (0..self.config.keys).map(Self::key).collect();
@@ -217,6 +244,7 @@ impl Register {
         if let Some(l) = self.config.large {
             keys.extend((0..l.keys).map(Self::large_key));
         }
+        keys.extend((0..self.config.stable_keys).map(Self::stable_key));
         keys
     }
 
@@ -241,6 +269,20 @@ impl Register {
         request: ClientRequest,
         final_read: bool,
     ) {
+        self.send_as(cx, client, None, node, kind, request, final_read);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn send_as(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        client: Option<usize>,
+        stable: Option<usize>,
+        node: usize,
+        kind: OpKind,
+        request: ClientRequest,
+        final_read: bool,
+    ) {
         let key = String::from_utf8_lossy(&request.key).into_owned();
         let write = request.op.is_write();
         let context = match &request.op {
@@ -255,6 +297,7 @@ impl Register {
             key: key.clone(),
             context,
             final_read,
+            options: request.options,
             result: None,
         });
         self.next_token += 1;
@@ -266,9 +309,65 @@ impl Register {
                 op,
                 key,
                 write,
+                stable,
             },
         );
         cx.request(node, token, request);
+    }
+
+    /// Writes stable key `i` on every replica (blind: a retry after an indeterminate attempt
+    /// makes a sibling, which is harmless).
+    fn write_stable(&mut self, cx: &mut Ctx<'_>, i: usize) {
+        if self.quiesced {
+            return;
+        }
+        let serving = Self::serving(cx);
+        let Some(node) = pick(cx.rng(), &serving) else {
+            let at = cx.now() + Duration::from_secs(1);
+            self.wakeups.schedule(cx, at, Pending::Stable(i));
+            return;
+        };
+        let key = Self::stable_key(i);
+        let value = format!("{key}-{}", cx.now().as_millis());
+        let request = ClientRequest {
+            key: key.clone().into_bytes(),
+            op: ClientOp::Put {
+                value: value.clone().into_bytes(),
+                context: None,
+            },
+            options: RequestOptions {
+                w: Some(self.config.n),
+                strict: true,
+                ..RequestOptions::default()
+            },
+        };
+        let kind = OpKind::Write { key, value, node };
+        self.send_as(cx, None, Some(i), node, kind, request, false);
+    }
+
+    /// Reads a random written stable key at `r=1` through every serving node.
+    fn probe(&mut self, cx: &mut Ctx<'_>) {
+        if self.quiesced {
+            return;
+        }
+        let written: Vec<usize> = self.stable_written.iter().copied().collect();
+        for node in Self::serving(cx) {
+            let Some(i) = pick(cx.rng(), &written) else {
+                break;
+            };
+            let key = Self::stable_key(i);
+            let request = ClientRequest {
+                key: key.clone().into_bytes(),
+                op: ClientOp::Get,
+                options: RequestOptions {
+                    r: Some(1),
+                    ..RequestOptions::default()
+                },
+            };
+            self.send(cx, None, node, OpKind::Read { key, node }, request, false);
+        }
+        let at = cx.now() + self.config.probe_every;
+        self.wakeups.schedule(cx, at, Pending::Probe);
     }
 
     fn next_op(&mut self, cx: &mut Ctx<'_>, client: usize) {
@@ -321,7 +420,13 @@ impl Register {
             options.w = match cx.rng().random_range(0..20) {
                 0..=11 => None,
                 12..=14 => Some(1),
-                15..=17 => Some(self.config.n),
+                15 | 16 => Some(self.config.n),
+                // On every replica, and only on replicas: any later read must see it (the
+                // `strict-writes-seen` checker).
+                17 => {
+                    options.strict = true;
+                    Some(self.config.n)
+                }
                 _ => {
                     options.strict = true;
                     None
@@ -529,6 +634,14 @@ impl Workload for Register {
             let at = super::next_generation(self.config.warmup);
             self.wakeups.schedule(cx, at, Pending::Race);
         }
+        if self.config.stable_keys > 0 {
+            for i in 0..self.config.stable_keys {
+                self.wakeups
+                    .schedule(cx, self.config.warmup, Pending::Stable(i));
+            }
+            let at = self.config.warmup + self.config.probe_every;
+            self.wakeups.schedule(cx, at, Pending::Probe);
+        }
     }
 
     fn wake(&mut self, token: u64, cx: &mut Ctx<'_>) {
@@ -536,6 +649,8 @@ impl Workload for Register {
             Some(Pending::Next(c)) => self.next_op(cx, c),
             Some(Pending::Race) => self.race(cx),
             Some(Pending::FinalRound) => self.final_round(cx),
+            Some(Pending::Stable(i)) => self.write_stable(cx, i),
+            Some(Pending::Probe) => self.probe(cx),
             None => {}
         }
     }
@@ -601,6 +716,14 @@ impl Workload for Register {
                 }
             }
         };
+        if let Some(i) = f.stable {
+            if outcome == Outcome::Ok {
+                self.stable_written.insert(i);
+            } else {
+                let at = cx.now() + Duration::from_secs(1);
+                self.wakeups.schedule(cx, at, Pending::Stable(i));
+            }
+        }
         cx.complete(f.op, outcome);
         if let Some(c) = f.client {
             self.think(cx, c);

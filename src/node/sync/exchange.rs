@@ -72,6 +72,10 @@ pub enum AeMessage {
         xid: u64,
         /// (bucket, digest) for every bucket of every differing group.
         buckets: Vec<(u16, Digest)>,
+        /// Whether the responder's copy of the partition is complete (it replicates it and
+        /// has caught up): a catch-up counts only exchanges with such a copy.
+        #[serde(default)]
+        complete: bool,
     },
     /// Step 3: one page of the initiator's walk.
     Keys {
@@ -139,6 +143,8 @@ struct Exchange {
     bytes_sent: u64,
     /// The repair run it belongs to.
     run: Option<u64>,
+    /// The responder said its copy of the partition is complete.
+    peer_complete: bool,
 }
 
 /// Per-partition anti-entropy figures.
@@ -163,6 +169,10 @@ struct RepairRun {
     failed: u64,
     /// A joining node's intake: a failed exchange is tried again rather than counted.
     retry: bool,
+    /// Partitions with an exchange that finished with a replica whose copy is complete.
+    reached: BTreeSet<PartitionId>,
+    /// The (partition, replica) exchanges that finished (not skipped for a peer down).
+    answered: BTreeSet<(PartitionId, NodeId)>,
 }
 
 /// Progress of a repair, as `chorus repair` and `POST /v1/repair` report it.
@@ -235,6 +245,11 @@ pub(crate) struct AntiEntropy {
     seen_version: Option<u64>,
     /// A joining node's intake: the owners it was planned for, and its run.
     intake: Option<(Vec<NodeId>, u64)>,
+    /// A member's catch-up of partitions it replicates without a complete copy: what was
+    /// planned (each partition with its replicas), and the run.
+    catch_up: Option<(BTreeMap<PartitionId, Vec<NodeId>>, u64)>,
+    /// Bumped whenever an exchange of a run ends (so callers can tell when to look again).
+    run_events: u64,
 }
 
 impl AntiEntropy {
@@ -254,7 +269,81 @@ impl AntiEntropy {
             next_run: 1,
             seen_version: None,
             intake: None,
+            catch_up: None,
+            run_events: 0,
         }
+    }
+
+    /// Changes whenever an exchange of the catch-up run ends.
+    pub(crate) fn run_events(&self) -> u64 {
+        self.run_events
+    }
+
+    /// For a member: compares each partition of `gaps` (which it replicates without a
+    /// complete copy) with each of the partition's other listed replicas, and returns those
+    /// now caught up: every exchange of it finished, at least one of them with a peer that
+    /// answered (a partition with no other replica is caught up at once). Planned on the first
+    /// call for a set of gaps, and planned again when a gap appears or its replicas change;
+    /// an exchange that fails is tried again, and a partition whose peers were all down when
+    /// its turn came is compared again later.
+    pub(crate) fn catch_up(
+        &mut self,
+        gaps: BTreeMap<PartitionId, Vec<NodeId>>,
+        me: NodeId,
+    ) -> Vec<PartitionId> {
+        if gaps.is_empty() {
+            if let Some((_, old)) = self.catch_up.take() {
+                self.runs.retain(|r| r.id != old);
+            }
+            return Vec::new();
+        }
+        if let Some((plan, id)) = &mut self.catch_up {
+            let same = gaps.iter().all(|(p, o)| plan.get(p) == Some(o));
+            if let Some(run) = self.runs.iter_mut().find(|r| r.id == *id).filter(|_| same) {
+                // Partitions that are no longer gaps (caught up, or no longer replicated here)
+                // leave the plan: one that comes back is planned afresh, never taken as done
+                // on an exchange from before it left.
+                plan.retain(|p, _| gaps.contains_key(p));
+                run.queue.retain(|(p, _)| gaps.contains_key(p));
+                run.open.retain(|p, _| gaps.contains_key(p));
+                run.reached.retain(|p| gaps.contains_key(p));
+                run.answered.retain(|(p, _)| gaps.contains_key(p));
+                let mut done = Vec::new();
+                for (p, replicas) in &gaps {
+                    if run.open.get(p).is_some_and(|&n| n > 0) {
+                        continue;
+                    }
+                    let others: Vec<NodeId> =
+                        replicas.iter().copied().filter(|&n| n != me).collect();
+                    // Caught up: compared with a replica whose copy is complete, or with every
+                    // other replica when none has one (they all gained the partition after
+                    // every holder was removed: nobody holds more).
+                    let all_answered = others.iter().all(|&o| run.answered.contains(&(*p, o)));
+                    if others.is_empty() || run.reached.contains(p) || all_answered {
+                        done.push(*p);
+                    } else {
+                        // No complete copy answered (a replica holding one was down when its
+                        // turn came): compare again.
+                        for peer in others {
+                            run.queue.push_back((*p, peer));
+                            *run.open.entry(*p).or_insert(0) += 1;
+                        }
+                    }
+                }
+                return done;
+            }
+            let old = *id;
+            self.runs.retain(|r| r.id != old);
+        }
+        let id = self.add_run(
+            gaps.iter().map(|(p, o)| (*p, o.clone())).collect(),
+            true,
+            me,
+        );
+        self.catch_up = Some((gaps, id));
+        // Partitions with no other replica are done at once; the others on later calls.
+        self.run_events = self.run_events.wrapping_add(1);
+        Vec::new()
     }
 
     /// For a joining node: the current owners (sorted) once it has pulled every partition it
@@ -377,6 +466,8 @@ impl AntiEntropy {
             bytes_sent: 0,
             failed: 0,
             retry,
+            reached: BTreeSet::new(),
+            answered: BTreeSet::new(),
         });
         self.evict_runs();
         id
@@ -586,6 +677,7 @@ impl AntiEntropy {
                 keys_repaired: 0,
                 bytes_sent: bytes,
                 run,
+                peer_complete: false,
             },
         );
     }
@@ -602,6 +694,14 @@ impl AntiEntropy {
             }
         }
         if let Some(id) = x.run {
+            if ok {
+                if let Some(r) = self.runs.iter_mut().find(|r| r.id == id) {
+                    r.answered.insert((x.p, x.peer));
+                    if x.peer_complete {
+                        r.reached.insert(x.p);
+                    }
+                }
+            }
             self.exchange_done(id, x.p, x.peer, ok, x.keys_repaired, x.bytes_sent);
         }
     }
@@ -615,6 +715,9 @@ impl AntiEntropy {
         keys: u64,
         bytes: u64,
     ) {
+        if self.catch_up.as_ref().is_some_and(|(_, c)| *c == run) {
+            self.run_events = self.run_events.wrapping_add(1);
+        }
         let Some(r) = self.runs.iter_mut().find(|r| r.id == run) else {
             return;
         };
@@ -634,7 +737,10 @@ impl AntiEntropy {
                 r.partitions_done += 1;
             }
         }
-        if r.queue.is_empty() && r.open.values().all(|&n| n == 0) {
+        // (A catch-up run, which a member may re-plan and re-fill often, is told of by the
+        // sync sub-machine as its partitions come back.)
+        let catch_up = self.catch_up.as_ref().is_some_and(|(_, c)| *c == run);
+        if !catch_up && r.queue.is_empty() && r.open.values().all(|&n| n == 0) {
             info!(
                 run = r.id,
                 partitions = r.partitions.len(),
@@ -694,12 +800,22 @@ impl AntiEntropy {
                     let st = self.stats.entry(p).or_default();
                     st.bytes_sent = st.bytes_sent.saturating_add(18 * buckets.len() as u64);
                 }
+                let complete = fx.topo.holds(p);
                 fx.send(
                     from,
-                    SyncMessage::Ae(AeMessage::Buckets { xid, buckets }).into(),
+                    SyncMessage::Ae(AeMessage::Buckets {
+                        xid,
+                        buckets,
+                        complete,
+                    })
+                    .into(),
                 );
             }
-            AeMessage::Buckets { xid, buckets } => {
+            AeMessage::Buckets {
+                xid,
+                buckets,
+                complete,
+            } => {
                 let Some(x) = self.exchanges.get_mut(&xid) else {
                     return;
                 };
@@ -707,6 +823,7 @@ impl AntiEntropy {
                     return;
                 }
                 x.heard_at = fx.now;
+                x.peer_complete = complete;
                 let tree = trees.entry(x.p).or_default();
                 let mut set = BucketSet::default();
                 for (b, d) in buckets {

@@ -12,8 +12,8 @@
 //!    node that may still hold an old owner's copy — whether it agrees ([`GcMessage::Query`]).
 //! 2. A member agrees to a key only if its own copy is that exact state or it holds nothing
 //!    of the key, the copy is durable, it has sent no state of the key to another node within
-//!    the *quiet* window, and its node-wide conditions hold: it is a member whose copy is
-//!    complete, the ring is stable (nobody joining or leaving, no pending placement, every
+//!    the *quiet* window, and its node-wide conditions hold: it is a member whose copy of every
+//!    partition it replicates is complete (caught up since it became a replica), the ring is stable (nobody joining or leaving, no pending placement, every
 //!    owner reachable) with the same owners as the asker's, it holds no hints, and it has run
 //!    for at least the quiet window ([`GcMessage::Vote`]).
 //! 3. When every member agreed to a key, every member deletes its copy if it is still exactly
@@ -269,6 +269,7 @@ impl Gc {
     fn may_agree(&self, hints_held: usize, fx: &Effects<'_>) -> bool {
         fx.topo.member
             && fx.topo.complete
+            && fx.topo.catching_up == 0
             && !fx.topo.joining
             && !fx.topo.leaving
             && fx.topo.stable()

@@ -30,6 +30,23 @@
 //! deletes a copy only if it is unchanged since the page was read, and retires its dot-minting
 //! actor when it does (see the replica's note on dots).
 //!
+//! # Complete copies
+//!
+//! A replica may answer a read, and say a key is absent, only for a partition whose copy holds
+//! every write acknowledged before: [`Sync::held`], persisted with the handoff record. A node
+//! becomes a replica of partitions it has no complete copy of when it joins (it pulled them
+//! during its intake, but writes went on to the other owners until they saw it a member), when
+//! another node leaves (its handoff may still be on the way) or is removed (nothing comes from
+//! it), and when it regains a partition it had stopped replicating. Each such partition is
+//! caught up by an anti-entropy exchange with each of its other current replicas
+//! ([`exchange::AntiEntropy::catch_up`]): once those finished, at least one with a peer that
+//! answered, the partition is held, and until then the replica answers "don't know" and the
+//! coordinator asks another. A peer that is down is not waited for (its writes reach the
+//! others, or come later by anti-entropy). Not covered: a write whose coordinator still uses
+//! the placement from before the change and that reaches no replica this node compared with
+//! after the write (gossip closes that window within seconds; handoff from an old owner that
+//! took such a write brings it).
+//!
 //! # Purging tombstones
 //!
 //! Register tombstones are purged by [`gc`]: the node first in a partition's preference list
@@ -77,6 +94,12 @@ const PUSHES_IN_FLIGHT_MAX: usize = 4;
 
 /// Most local copies dropped per tick, over all partitions.
 const DROP_KEYS_PER_TICK: usize = 4096;
+
+/// How long a placement must have stood before this node starts catching up partitions it
+/// gained: coordinators that do not know the placement yet still write to the old replicas
+/// only, so an exchange made at once could miss their writes. Gossip brings a healthy cluster
+/// to the new placement well within this.
+const CATCH_UP_SETTLE: Duration = Duration::from_secs(5);
 
 /// How long a placement must have stood before this node drops copies it no longer owns.
 /// Coordinators whose view of the ring is older still send reads here; gossip brings a
@@ -153,6 +176,10 @@ struct Record {
     /// This node was a member with this data: its copy of the partitions it owns is complete.
     #[serde(default)]
     complete: bool,
+    /// Partitions this node replicates whose copy it knows complete (see the module notes on
+    /// complete copies). A record from before this field catches every partition up once.
+    #[serde(default)]
+    held: BTreeSet<PartitionId>,
 }
 
 /// The sync sub-machine.
@@ -177,6 +204,11 @@ pub(crate) struct Sync {
     gc: gc::Gc,
     /// Keys a new owner refused to store since start (their push stays pending).
     refused: u64,
+    /// The placement version and anti-entropy run events `held` was last brought up to date
+    /// with.
+    catch_up_seen: Option<(u64, u64)>,
+    /// Partitions replicated here but not caught up, as of the last look.
+    catching_up: usize,
 }
 
 impl Sync {
@@ -215,6 +247,8 @@ impl Sync {
             ae: exchange::AntiEntropy::new(ae, first_batch.rotate_left(32)),
             gc: gc::Gc::new(gc, first_batch.rotate_left(16)),
             refused: 0,
+            catch_up_seen: None,
+            catching_up: 0,
         })
     }
 
@@ -235,6 +269,99 @@ impl Sync {
     /// Whether this node was a member with its data (the topology's `complete`).
     pub(crate) fn complete(&self) -> bool {
         self.record.complete
+    }
+
+    /// Partitions this node replicates with a complete copy (the topology's `held`).
+    pub(crate) fn held(&self) -> &BTreeSet<PartitionId> {
+        &self.record.held
+    }
+
+    /// Brings the set of complete copies up to date with the placement and with the catch-up
+    /// exchanges (see the module notes); returns whether it changed. Cheap when neither moved.
+    pub(crate) fn catch_up(&mut self, fx: &mut Effects<'_>) -> bool {
+        let mark = (fx.topo.placement_version, self.ae.run_events());
+        if self.catch_up_seen == Some(mark) {
+            return false;
+        }
+        self.catch_up_seen = Some(mark);
+        let mine: BTreeMap<PartitionId, Vec<NodeId>> = if fx.topo.left || fx.topo.joining {
+            // Left: it serves nothing. Joining: its pulled copies are snapshots; once a member
+            // it catches up again (writes made during its intake went to the other owners).
+            BTreeMap::new()
+        } else if (fx.topo.member || fx.topo.leaving) && fx.topo.ring.is_some() {
+            fx.topo
+                .partition_ids()
+                .map(|p| (p, fx.topo.primaries(p)))
+                .filter(|(_, replicas)| replicas.contains(&fx.me))
+                .collect()
+        } else {
+            // Its own status or the placement is not known yet.
+            return false;
+        };
+        let before = self.record.held.len();
+        // A partition this node stops replicating is no longer known complete: if it comes
+        // back, the writes made meanwhile went elsewhere.
+        self.record.held.retain(|p| mine.contains_key(p));
+        let mut changed = self.record.held.len() != before;
+        let gaps: BTreeMap<PartitionId, Vec<NodeId>> = mine
+            .into_iter()
+            .filter(|(p, _)| !self.record.held.contains(p))
+            .collect();
+        let gaps_before = gaps.len();
+        let settled = self.placement_since.is_some_and(|(v, at)| {
+            v == fx.topo.placement_version && fx.now >= at + CATCH_UP_SETTLE
+        });
+        // (A partition with no other replica has nobody to wait for.)
+        let alone = gaps.values().all(|r| r.iter().all(|&n| n == fx.me));
+        let done = if settled || alone {
+            self.ae.catch_up(gaps, fx.me)
+        } else {
+            // Looked at again on a tick, once the placement has stood long enough.
+            Vec::new()
+        };
+        let catching_up = gaps_before - done.len();
+        if !done.is_empty() {
+            self.record.held.extend(done.iter().copied());
+            changed = true;
+            debug!(
+                partitions = done.len(),
+                still_catching_up = catching_up,
+                "partitions caught up: this node answers reads of them"
+            );
+            if catching_up == 0 {
+                info!(
+                    partitions = self.record.held.len(),
+                    "every partition this node replicates is caught up"
+                );
+            }
+        }
+        if changed {
+            self.persist(fx);
+        }
+        let counted = catching_up != self.catching_up;
+        self.catching_up = catching_up;
+        changed || counted
+    }
+
+    /// This node may have missed a placement in which others replicated partitions it holds
+    /// (a node joined and left, or was removed, while this one was down or cut off): no copy
+    /// here is known complete any more, and every partition is caught up again.
+    pub(crate) fn forget_held(&mut self, fx: &mut Effects<'_>) {
+        if !self.record.held.is_empty() {
+            warn!(
+                partitions = self.record.held.len(),
+                "this node missed a placement change; it catches up every partition before answering reads of it"
+            );
+            self.record.held.clear();
+            self.persist(fx);
+        }
+        self.catch_up_seen = None;
+    }
+
+    /// Partitions this node replicates but has not caught up yet (as of the last
+    /// [`Sync::catch_up`]).
+    pub(crate) fn catching_up(&self) -> usize {
+        self.catching_up
     }
 
     /// Keys a new owner refused to store since start (each push stays pending).
@@ -486,6 +613,10 @@ impl Sync {
     ) {
         match timer {
             SyncTimer::Tick => {
+                if self.catching_up > 0 {
+                    // The settle delay may have passed, or a peer come back.
+                    self.catch_up_seen = None;
+                }
                 if !fx.topo.left {
                     self.progress(fx);
                     self.drop_unowned(fx);
