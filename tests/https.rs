@@ -107,7 +107,11 @@ fn wait_https_members(agent: &ureq::Agent, node: &NodeProc, members: usize) -> s
             .iter()
             .filter(|m| m["liveness"] == "alive" && m["status"] == "member")
             .count();
-        (status == 200 && alive == members).then_some(view)
+        // Formed means serving: every partition caught up (see `wait_members`).
+        let caught_up = view["data"]["partitions_catching_up"]
+            .as_u64()
+            .is_none_or(|n| n == 0);
+        (status == 200 && alive == members && caught_up).then_some(view)
     })
     .unwrap_or_else(|| {
         panic!(

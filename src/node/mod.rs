@@ -65,7 +65,7 @@ use tracing::{debug, warn};
 use crate::id::NodeId;
 use crate::membership::{EntryAuth, NodeInfo, RingState, RingStatus};
 use crate::protocol;
-use crate::ring::{Ring, RingConfig};
+use crate::ring::{Member, Ring, RingConfig};
 use crate::storage::{ReadStore, StoreError, WriteBatch};
 
 pub use client::{
@@ -624,7 +624,7 @@ pub struct Node {
     /// What the sync sub-machine last said about a joining node's intake.
     intake_ready: Option<Vec<NodeId>>,
     /// Nodes this node has seen in the ring as members, leaving or gone (see
-    /// `refresh_topology`), and whether the first placement (the persisted one, at start)
+    /// `missed_placements`), and whether the first placement (the persisted one, at start)
     /// was taken in.
     tenures_seen: BTreeSet<NodeId>,
     topo_primed: bool,
@@ -1025,6 +1025,7 @@ impl Node {
             return false;
         }
         self.topo_version = Some(v);
+        let before = self.topo.ring.take();
         self.topo = self.membership.topology(self.replicas);
         self.topo.peers = self
             .membership
@@ -1033,25 +1034,11 @@ impl Node {
             .filter(|(_, e)| e.status != RingStatus::Left)
             .map(|(id, _)| id)
             .collect();
-        // A node seen leaving or gone that this node never saw a member (it joined and left,
-        // or was removed, while this one was down or cut off) may have replicated, for a while,
-        // partitions this node replicates now: the writes of that while did not come here.
-        let mut missed = false;
-        for (id, e) in self.membership.ring_state().iter() {
-            let seen = match e.status {
-                RingStatus::Joining => continue,
-                RingStatus::Member => true,
-                RingStatus::Leaving | RingStatus::Left => false,
-            };
-            if self.tenures_seen.insert(id) && !seen && self.topo_primed && id != self.id {
-                missed = true;
-            }
-        }
-        self.topo_primed = true;
+        let suspect = self.missed_placements(before.as_ref());
         let staged = self.replica.staged_keys();
         self.topo.complete = self.sync.complete();
-        if missed {
-            self.sync.forget_held(&mut fx!(self, now));
+        if !suspect.is_empty() {
+            self.sync.forget_held(&suspect, &mut fx!(self, now));
         }
         self.sync.topology_changed(&staged, &mut fx!(self, now));
         self.topo.complete = self.sync.complete();
@@ -1059,6 +1046,65 @@ impl Node {
         self.set_held();
         self.hints.deliver(&mut fx!(self, now));
         true
+    }
+
+    /// Partitions this node replicates now and may have missed writes of, because placements
+    /// came and went that it never saw (it was down or cut off meanwhile): while another node
+    /// replicated them in its stead, the writes went there. Two signs, given the placement
+    /// `before` this refresh:
+    ///
+    /// - a node first seen gone (`left`) that was never seen a member or leaving: it may have
+    ///   been one, unseen, and taken partitions from this node for that while (a failed join
+    ///   that an operator removed looks the same; only the partitions it would have taken
+    ///   from this node are suspected);
+    /// - the owner set changed by more than one node at once: an intermediate placement may
+    ///   have moved a partition away and back; every partition whose replicas changed is
+    ///   suspected.
+    ///
+    /// (A change seen as it happens needs nothing: a partition this node stops replicating is no
+    /// longer complete, and one it gains is caught up.)
+    fn missed_placements(&mut self, before: Option<&Ring>) -> BTreeSet<crate::ring::PartitionId> {
+        let mut missed = Vec::new();
+        for (id, e) in self.membership.ring_state().iter() {
+            match e.status {
+                RingStatus::Joining => {}
+                RingStatus::Member | RingStatus::Leaving => {
+                    self.tenures_seen.insert(id);
+                }
+                RingStatus::Left => {
+                    if self.tenures_seen.insert(id) && self.topo_primed && id != self.id {
+                        missed.push(id);
+                    }
+                }
+            }
+        }
+        self.topo_primed = true;
+        let mut suspect = BTreeSet::new();
+        let Some(now) = self.topo.ring.as_ref() else {
+            return suspect;
+        };
+        let (n, me) = (self.topo.n, self.id);
+        let mine = |r: &Ring, p| r.preference_list(p, n).contains(&me);
+        for x in missed {
+            let members = now.members().iter().copied().chain([Member::new(x)]);
+            let Ok(with_x) = Ring::new(members, now.config()) else {
+                continue;
+            };
+            suspect.extend(
+                self.topo
+                    .partition_ids()
+                    .filter(|&p| mine(now, p) && !mine(&with_x, p)),
+            );
+        }
+        if let Some(before) = before {
+            let ids = |r: &Ring| r.members().iter().map(|m| m.id).collect::<BTreeSet<_>>();
+            if ids(before).symmetric_difference(&ids(now)).count() > 1 {
+                suspect.extend(self.topo.partition_ids().filter(|&p| {
+                    mine(now, p) && before.preference_list(p, n) != now.preference_list(p, n)
+                }));
+            }
+        }
+        suspect
     }
 
     /// Copies the sync sub-machine's complete copies into the topology.

@@ -681,9 +681,11 @@ impl Replica {
             },
             ReplicaMessage::Read { req, key, look } => {
                 let p = fx.topo.partition(&key);
-                // (A look is answered from any copy of a partition this node replicates: the
-                // merge with the update keeps whatever it lacks elsewhere.)
-                let complete = fx.topo.holds(p) || (look && fx.topo.replicates(p));
+                // (A look is answered from any copy of a partition this node replicates, once it
+                // was a member with its data: the merge with the update keeps whatever it lacks
+                // elsewhere.)
+                let complete =
+                    fx.topo.holds(p) || (look && fx.topo.complete && fx.topo.replicates(p));
                 let refuse = |message: &str| {
                     let error = ClientError::Unavailable {
                         message: message.into(),

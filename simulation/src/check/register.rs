@@ -18,8 +18,8 @@
 //!   write, so a replica that says "absent" for it answered for a copy it does not fully have
 //!   (a node that just became a replica of the key's partition must say "don't know"). Reads
 //!   while some node may still act on an older placement are not judged: during a network
-//!   partition and [`VIEW_SETTLE`] after it heals, after a node restarts or resumes, and after
-//!   the placement changes (see `stale_view_windows`). A node that has not heard of a new
+//!   partition and [`VIEW_SETTLE`] after it heals or a node restarts or resumes, and
+//!   [`GOSSIP_SETTLE`] after the placement changes (see `stale_view_windows`). A node that has not heard of a new
 //!   placement yet still answers for its old one: Chorus agrees on the ring by gossip, not by
 //!   consensus. What this checker holds the nodes to is the rest: a node that knows it gained a
 //!   partition never answers for it before it has caught up.
@@ -314,9 +314,14 @@ pub const REPLICAS: usize = 3;
 /// How long after a heal, a restart or a resume nodes may still act on an older placement.
 pub const VIEW_SETTLE: Duration = Duration::from_secs(10);
 
+/// How long after a placement change every node has heard of it, when nothing else is wrong:
+/// shorter than the nodes' own wait before they catch up a partition they gained, so a node
+/// that answers for one before it has caught up is judged.
+pub const GOSSIP_SETTLE: Duration = Duration::from_secs(3);
+
 /// Times at which some node may act on a placement older than the cluster's: while a network
 /// partition is in force and [`VIEW_SETTLE`] after it heals; [`VIEW_SETTLE`] after a node
-/// restarts or resumes; and [`VIEW_SETTLE`] after the placement changes (a join or a leave
+/// restarts or resumes; and [`GOSSIP_SETTLE`] after the placement changes (a join or a leave
 /// completes, an operator removes a node, a leave is cancelled). A node cut off while the others change the ring (or down, or paused,
 /// meanwhile) keeps replicating what it replicated, and cannot know better until gossip reaches
 /// it: Chorus agrees on ring changes by gossip, not by consensus, so no read is promised to see
@@ -334,17 +339,17 @@ fn stale_view_windows(history: &History) -> Vec<(Duration, Duration)> {
                     windows.push((from, op.start + VIEW_SETTLE));
                 }
             }
-            OpKind::Restart { .. }
-            | OpKind::Resume { .. }
-            | OpKind::Remove { .. }
-            | OpKind::CancelLeave { .. } => {
+            OpKind::Restart { .. } | OpKind::Resume { .. } => {
                 windows.push((op.start, op.end.unwrap_or(op.start) + VIEW_SETTLE));
+            }
+            OpKind::Remove { .. } | OpKind::CancelLeave { .. } => {
+                windows.push((op.start, op.end.unwrap_or(op.start) + GOSSIP_SETTLE));
             }
             // The placement changes when a joiner becomes a member and when a leave completes;
             // gossip takes a moment to carry that to every coordinator.
             OpKind::Join { .. } | OpKind::Leave { .. } => {
                 if let Some(end) = op.end {
-                    windows.push((end, end + VIEW_SETTLE));
+                    windows.push((end, end + GOSSIP_SETTLE));
                 }
             }
             _ => {}

@@ -37,15 +37,29 @@
 //! becomes a replica of partitions it has no complete copy of when it joins (it pulled them
 //! during its intake, but writes went on to the other owners until they saw it a member), when
 //! another node leaves (its handoff may still be on the way) or is removed (nothing comes from
-//! it), and when it regains a partition it had stopped replicating. Each such partition is
-//! caught up by an anti-entropy exchange with each of its other current replicas
-//! ([`exchange::AntiEntropy::catch_up`]): once those finished, at least one with a peer that
-//! answered, the partition is held, and until then the replica answers "don't know" and the
-//! coordinator asks another. A peer that is down is not waited for (its writes reach the
-//! others, or come later by anti-entropy). Not covered: a write whose coordinator still uses
-//! the placement from before the change and that reaches no replica this node compared with
-//! after the write (gossip closes that window within seconds; handoff from an old owner that
-//! took such a write brings it).
+//! it), and when it regains a partition it had stopped replicating. Once the placement has
+//! stood [`CATCH_UP_SETTLE`] (coordinators still on the old one write to the old replicas
+//! only), each such partition is caught up by an anti-entropy exchange with each of its other
+//! reachable replicas ([`exchange::AntiEntropy::catch_up`]). It is held once those finished and
+//! one of them was with a replica whose own copy is complete (the responder says so), or every
+//! other replica answered and none has one (every holder was removed: nobody holds more).
+//! Until then the replica answers "don't know" and the coordinator asks another; an update it
+//! coordinates first learns what the other replicas hold (the look, which replicas answer from
+//! any copy they have). A peer that is down is not waited for unless it is the only one that
+//! could hold a complete copy.
+//!
+//! A node that missed placements (down or cut off while others joined and left) cannot tell
+//! from the placement it sees now; the router suspects the partitions such a placement could
+//! have moved away and back (a node first seen gone that was never seen a member, or an owner
+//! set that jumped by more than one node), and [`Sync::forget_held`] drops them.
+//!
+//! Not covered: a node that has not heard of a new placement yet still answers for its old one
+//! (ring changes spread by gossip, not consensus: a node cut off while the others change the
+//! ring, one just restarted, or any node for the moment gossip takes); a write whose
+//! coordinator still used the old placement and that reached no replica this node compared with
+//! after the write (handoff from an old owner that took such a write brings it later); a
+//! catch-up exchange whose repaired keys failed to merge still counts; a data directory
+//! restored from an older copy keeps its record.
 //!
 //! # Purging tombstones
 //!
@@ -343,16 +357,18 @@ impl Sync {
         changed || counted
     }
 
-    /// This node may have missed a placement in which others replicated partitions it holds
-    /// (a node joined and left, or was removed, while this one was down or cut off): no copy
-    /// here is known complete any more, and every partition is caught up again.
-    pub(crate) fn forget_held(&mut self, fx: &mut Effects<'_>) {
-        if !self.record.held.is_empty() {
+    /// This node may have missed writes of partitions `suspect` (placements came and went
+    /// while it was down or cut off, see the router's `missed_placements`): their copies here
+    /// are no longer known complete, and are caught up again before it answers reads of them.
+    pub(crate) fn forget_held(&mut self, suspect: &BTreeSet<PartitionId>, fx: &mut Effects<'_>) {
+        let before = self.record.held.len();
+        self.record.held.retain(|p| !suspect.contains(p));
+        let forgotten = before - self.record.held.len();
+        if forgotten > 0 {
             warn!(
-                partitions = self.record.held.len(),
-                "this node missed a placement change; it catches up every partition before answering reads of it"
+                partitions = forgotten,
+                "this node missed placement changes; it catches those partitions up before answering reads of them"
             );
-            self.record.held.clear();
             self.persist(fx);
         }
         self.catch_up_seen = None;
