@@ -38,7 +38,7 @@ use chorus::node::{
 };
 use chorus::NodeId;
 
-use crate::check::datapath::DataPathMonitor;
+use crate::check::datapath::{Asked, DataPathMonitor};
 use crate::check::dots::DotMonitor;
 use crate::disk::{Disk, DiskError};
 use crate::network::{DatagramFate, NetConfig, Network};
@@ -184,6 +184,15 @@ enum Process {
     Crashed,
 }
 
+/// A client request in flight at a node.
+struct ClientCall {
+    /// The workload that sent it, and its token.
+    actor: usize,
+    token: u64,
+    /// What a success must prove (writes and updates; `None` for reads).
+    asked: Option<Asked>,
+}
+
 struct Slot {
     id: NodeId,
     info: NodeInfo,
@@ -210,12 +219,16 @@ struct Slot {
     data_reported: u64,
     /// The sync in flight: (data batch, metadata writes) it covers.
     sync_in_flight: Option<(u64, u64)>,
-    /// Client requests in flight at this node: handle → (workload, token, is a write).
-    clients: BTreeMap<u64, (usize, u64, bool)>,
+    /// Client requests in flight at this node, by handle.
+    clients: BTreeMap<u64, ClientCall>,
     /// Crash after performing this many more outputs.
     crash_trap: Option<u32>,
     /// An operator removed this machine from the ring.
     removed: bool,
+    /// The write quorum its current (or last) process uses when a request names none.
+    default_w: usize,
+    /// Its replicas per key (N).
+    ring_n: usize,
     /// The process is paused ([`Cluster::pause`]): the events it would have handled meanwhile
     /// (timer firings, sync completions), in order, handed to it when it resumes.
     paused: Option<Vec<Event>>,
@@ -538,6 +551,8 @@ impl Cluster {
             clients: BTreeMap::new(),
             crash_trap: None,
             removed: false,
+            default_w: 0,
+            ring_n: 0,
             paused: None,
         });
         self.by_addr.insert(info.quic_addr, i);
@@ -645,6 +660,8 @@ impl Cluster {
             .insert(node, config.membership.ring.partitions());
         self.datapath
             .partitions(node, config.membership.ring.partitions());
+        slot.default_w = config.data.w;
+        slot.ring_n = config.membership.replicas;
         let node_seed = rng::derive(self.seed, "node-rng", ((node as u64) << 32) | slot.epoch);
         let initial = persisted.ring.get(persisted.id).map(|e| e.status);
         let saved = Persisted {
@@ -786,10 +803,18 @@ impl Cluster {
     /// Clients of a process that stopped lose their connection: a write's fate is unknown.
     fn lose_clients(&mut self, node: usize) {
         let lost = std::mem::take(&mut self.slots[node].clients);
-        for (_, (actor, token, write)) in lost {
+        for (
+            _,
+            ClientCall {
+                actor,
+                token,
+                asked,
+            },
+        ) in lost
+        {
             let reply = ClientReply::Failed(ClientError::Unavailable {
                 message: "connection lost: the node stopped".into(),
-                indeterminate: write,
+                indeterminate: asked.is_some(),
                 acks: 0,
                 needed: 1,
             });
@@ -1000,7 +1025,34 @@ impl Cluster {
         };
         self.next_client += 1;
         let handle = self.next_client;
-        slot.clients.insert(handle, (actor, token, write));
+        // The node's default W is bounded by the replicas that exist as the coordinating node
+        // sees them: this node's view when it replicates the key, else that of the replica it
+        // forwards the request to, unknown here (then only one acknowledgement is certain).
+        let placement = slot.node().and_then(Node::placement);
+        let default_w = placement.map_or(1, |ring| {
+            let replicas = slot.ring_n.min(ring.member_count()).max(1);
+            let own = ring
+                .preference_list(ring.partition_of(&request.key), slot.ring_n)
+                .contains(&slot.id);
+            if own {
+                slot.default_w.min(replicas).max(1)
+            } else {
+                1
+            }
+        });
+        let asked = write.then(|| Asked {
+            key: request.key.clone(),
+            w: request.options.w.unwrap_or(default_w),
+            at: now,
+        });
+        slot.clients.insert(
+            handle,
+            ClientCall {
+                actor,
+                token,
+                asked,
+            },
+        );
         if let Some(n) = slot.node_mut() {
             let _log = crate::log::enter(node, now);
             n.handle_client(handle, request, now);
@@ -1446,7 +1498,15 @@ impl Cluster {
                 self.request_sync(node);
             }
             Output::Reply { client, reply } => {
-                if let Some((actor, token, _)) = self.slots[node].clients.remove(&client) {
+                if let Some(ClientCall {
+                    actor,
+                    token,
+                    asked,
+                }) = self.slots[node].clients.remove(&client)
+                {
+                    if let Some(asked) = asked {
+                        self.check_reply(node, &asked, &reply);
+                    }
                     let latency = self.net.latency(node, node);
                     self.queue.schedule(
                         self.now + latency,
@@ -1459,6 +1519,24 @@ impl Cluster {
                 }
             }
         }
+    }
+
+    /// Checks a successful write's acknowledgers against their disks
+    /// ([`DataPathMonitor::replied`]).
+    fn check_reply(&mut self, node: usize, asked: &Asked, reply: &ClientReply) {
+        if !matches!(reply, ClientReply::Written(_) | ClientReply::Updated(_)) {
+            return;
+        }
+        let handles: Vec<_> = self.slots.iter().map(|s| (s.id, s.disk.handle())).collect();
+        let stores: Vec<_> = handles.iter().map(|(id, h)| (*id, h.lock())).collect();
+        let op_ids_kept = self.config.op_log.is_none();
+        self.datapath
+            .replied(self.now, node, asked, reply, op_ids_kept, |id| {
+                stores
+                    .iter()
+                    .position(|(i, _)| *i == id)
+                    .map(|slot| (slot, &*stores[slot].1))
+            });
     }
 
     /// A metadata write went to the disk: later outputs wait until a sync covers it.

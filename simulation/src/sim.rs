@@ -180,6 +180,9 @@ pub struct RunReport {
     /// Hint deletions checked against the acknowledgements their holder received
     /// ([`crate::check::datapath`]).
     pub hint_deletes_checked: u64,
+    /// Successful write and update replies whose acknowledgers were checked against their
+    /// disks ([`crate::check::datapath`]).
+    pub replies_checked: u64,
     /// Dotted register values written to disks and checked for a dot minted twice
     /// ([`crate::check::dots`]).
     pub dots_checked: u64,
@@ -414,6 +417,7 @@ pub fn run(config: &RunConfig) -> Result<RunReport, SimError> {
         stats: sim.cluster.stats().clone(),
         acks_checked: sim.cluster.datapath().checked(),
         hint_deletes_checked: sim.cluster.datapath().hint_deletes_checked(),
+        replies_checked: sim.cluster.datapath().replies_checked(),
         dots_checked: sim.cluster.dots().checked(),
         history: sim.history,
         snapshot,
@@ -549,9 +553,10 @@ pub fn summary(r: &RunReport) -> String {
     );
     let _ = writeln!(
         s,
-        "data path: {} acknowledgements of replica writes and hints checked against the disk as they left; {} hint deletions checked against their holder's acknowledgements; {} dotted values written checked for a dot minted twice",
+        "data path: {} acknowledgements of replica writes and hints checked against the disk as they left; {} hint deletions checked against their holder's acknowledgements; {} successful write replies checked against their acknowledgers' disks; {} dotted values written checked for a dot minted twice",
         r.acks_checked,
         r.hint_deletes_checked,
+        r.replies_checked,
         r.dots_checked
     );
     let st = &r.stats;

@@ -791,6 +791,23 @@ impl Object {
         }
     }
 
+    /// Whether the operation log of a CRDT part records an update with operation id `id`
+    /// (false for a register, and for an id the log has forgotten).
+    pub fn knows_op(&self, id: &str) -> bool {
+        match self {
+            Object::Register(_) => false,
+            Object::GCounter(c) | Object::PNCounter(c) => c.log().contains(id),
+            Object::TwoPSet(s) => s.log.contains(id),
+            Object::ORSet(s) => s.log.contains(id),
+            Object::Contested(p) => {
+                p.gcounter.as_ref().is_some_and(|c| c.log().contains(id))
+                    || p.pncounter.as_ref().is_some_and(|c| c.log().contains(id))
+                    || p.twopset.as_ref().is_some_and(|s| s.log.contains(id))
+                    || p.orset.as_ref().is_some_and(|s| s.log.contains(id))
+            }
+        }
+    }
+
     /// Whether the state is only a register's tombstones (what tombstone GC may purge).
     pub fn is_tombstone(&self) -> bool {
         matches!(self, Object::Register(r) if r.is_deleted())

@@ -30,6 +30,11 @@
 //!   hint for a departed owner handed to the holder itself, which the node does without a
 //!   message (`hints.rs` deletes hints nowhere else).
 //!
+//! A coordinator answers a write as done only once `w` distinct nodes acknowledged it, its
+//! own acknowledgement counting only once its copy is durable. That acknowledgement never
+//! crosses the network, so the checks above cannot see it counted early or twice; the
+//! `replies` check judges every successful reply against the disks of the nodes it names.
+//!
 //! It decodes messages the way the node does and reads the simulated disk; it changes nothing.
 
 use std::collections::HashMap;
@@ -46,6 +51,9 @@ use chorus::NodeId;
 use serde::Deserialize;
 
 use super::Violation;
+
+mod replies;
+pub use replies::{Asked, REPLY_CHECKER};
 
 const CHECKER: &str = "data-path";
 
@@ -118,6 +126,8 @@ pub struct DataPathMonitor {
     hints_acked: HashMap<(usize, u64, Vec<u8>), Object>,
     /// Hint deletions checked so far.
     hint_deletes_checked: u64,
+    /// Successful client replies checked against their acknowledgers' disks so far.
+    replies_checked: u64,
     violations: Vec<Violation>,
     dropped: usize,
     checked: u64,
@@ -142,6 +152,11 @@ impl DataPathMonitor {
     /// Acknowledgements checked against the disk so far.
     pub fn checked(&self) -> u64 {
         self.checked
+    }
+
+    /// Successful write and update replies checked against their acknowledgers' disks so far.
+    pub fn replies_checked(&self) -> u64 {
+        self.replies_checked
     }
 
     /// Hint deletions checked against the acknowledgements so far.

@@ -17,7 +17,9 @@
 //! - [`safety`]: invariants checked after every simulated step.
 //! - [`datapath`]: the acknowledgement contract (nothing acknowledged before it is durable)
 //!   checked at every message a node sends, and the hint contract (no hint deleted before a
-//!   node acknowledged storing it) checked at every hint deletion.
+//!   node acknowledged storing it) checked at every hint deletion, and the coordinator's
+//!   side (a success names `w` distinct nodes, each holding the write durably) checked at
+//!   every successful client reply.
 //! - [`dots`]: no dot minted twice, checked at every data write.
 //!
 //! Further checkers (CRDT bounds, convergence) plug in beside them by implementing the same
