@@ -112,6 +112,8 @@ pub struct DataPathMonitor {
     deleted: HashMap<(usize, Vec<u8>), Duration>,
     /// When each slot last deleted a hint for each target.
     hints_deleted: HashMap<(usize, NodeId), Duration>,
+    /// When each slot last deleted a hint of each key (for any target).
+    hint_keys_deleted: HashMap<(usize, Vec<u8>), Duration>,
     /// Each slot's ring partition count.
     partitions: HashMap<usize, u32>,
     /// Insertion order of `expected`, to forget the oldest beyond the bound.
@@ -234,6 +236,7 @@ impl DataPathMonitor {
         else {
             return;
         };
+        self.hint_keys_deleted.insert((node, key.clone()), at);
         self.hint_deletes_checked += 1;
         let acked = self.hints_acked.get(&(node, epoch, key.clone()));
         if covers(acked, &object) {

@@ -5,8 +5,13 @@
 //! message check of [`super::DataPathMonitor::sending`] cannot see it counted too early or
 //! twice; this check can. "Holds it" is judged from the reply itself: a register write's dot
 //! is in the causal context of the node's durable copy, a CRDT update's operation id is in its
-//! durable operation log. A node that deleted the key (or a hint) since the request began
-//! proves nothing either way and is excused.
+//! durable operation log. A node that deleted its copy of the key, or a hint of it, since the
+//! request began proves nothing either way and is excused.
+//!
+//! What it does not see: whether an acknowledger holds the write *because of this request*
+//! (anti-entropy or a later write may have brought it), the default `w` of a request the
+//! receiving node forwarded (the replica it went to resolves it; judged as 1 here), and
+//! updates in runs with the tiny operation-log profile (ids are forgotten within a request).
 
 use std::time::Duration;
 
@@ -92,6 +97,15 @@ impl DataPathMonitor {
         }
         for &node in acked_by {
             let Some((slot, disk)) = ackers(node) else {
+                self.report(Violation {
+                    checker: REPLY_CHECKER,
+                    at,
+                    observer: Some(coordinator),
+                    subject: None,
+                    message: format!(
+                        "answered a write of {key:?} as done counting an acknowledgement from {node}, which is no node of the cluster"
+                    ),
+                });
                 continue;
             };
             if self.holds(slot, disk, asked, &proof) {
@@ -135,9 +149,9 @@ impl DataPathMonitor {
             .any(|(k, o)| k == asked.key && proof.shown_by(&o));
         in_hint
             || self
-                .hints_deleted
-                .iter()
-                .any(|(&(s, _), &d)| s == slot && d >= asked.at)
+                .hint_keys_deleted
+                .get(&(slot, asked.key.clone()))
+                .is_some_and(|&d| d >= asked.at)
     }
 }
 
