@@ -60,6 +60,18 @@ pub enum CoordinatorMessage {
         /// The copy.
         object: Option<Object>,
     },
+    /// The answer to a look ([`ReplicaMessage::Read`] with `look`) from a replica that has not
+    /// caught up the key's partition, with the copy it has (`None`: none): what the copy
+    /// holds is worth merging, but neither it nor its absence says what the key's replicas
+    /// hold, so it counts toward no quorum. (A variant of its own rather than a field of
+    /// `ReadReply`, so that a node of an earlier version drops it instead of counting it, and
+    /// still decodes every `ReadReply`.)
+    PartialCopy {
+        /// The request.
+        req: u64,
+        /// The copy.
+        object: Option<Object>,
+    },
     /// The sender could not do its part of request `req`.
     Refused {
         /// The request.
@@ -140,7 +152,10 @@ enum State {
         context: Option<Context>,
         asked: Vec<NodeId>,
         replies: BTreeMap<NodeId, Option<Object>>,
-        /// Replies needed: with this node, a majority of the key's replicas.
+        /// Replies from replicas with a complete copy of the key's partition (the others
+        /// are merged but count toward nothing).
+        complete: usize,
+        /// Complete replies needed: with this node, a majority of the key's replicas.
         need: usize,
     },
     Writing {
@@ -171,6 +186,13 @@ struct Request {
     /// The type a CRDT update is for.
     update_type: Option<&'static str>,
     state: State,
+}
+
+/// A replica's answer to a look: its copy, if any, and whether that copy is partial (see
+/// [`CoordinatorMessage::ReadReply`]).
+struct Looked {
+    object: Option<Object>,
+    partial: bool,
 }
 
 /// The coordinator sub-machine.
@@ -264,13 +286,27 @@ impl Coordinator {
             }
             CoordinatorMessage::Ack { req } => self.on_ack(req, from, fx),
             CoordinatorMessage::ReadReply { req, object } => {
-                if matches!(
-                    self.requests.get(&req).map(|r| &r.state),
-                    Some(State::Looking { .. })
-                ) {
-                    self.on_look_reply(req, from, Some(object), fx)
+                if self.looking(req) {
+                    let reply = Some(Looked {
+                        object,
+                        partial: false,
+                    });
+                    self.on_look_reply(req, from, reply, fx)
                 } else {
                     self.on_read_reply(req, from, Some(object), fx)
+                }
+            }
+            CoordinatorMessage::PartialCopy { req, object } => {
+                if self.looking(req) {
+                    let reply = Some(Looked {
+                        object,
+                        partial: true,
+                    });
+                    self.on_look_reply(req, from, reply, fx)
+                } else {
+                    // Only a look is answered from a partial copy: this one is late (the
+                    // request moved on) or forged, and counts for nothing.
+                    debug!(req, %from, "ignored a partial copy that answers no look");
                 }
             }
             CoordinatorMessage::Refused { req, error } => {
@@ -425,6 +461,7 @@ impl Coordinator {
             context,
             asked,
             replies: BTreeMap::new(),
+            complete: 0,
             need,
         };
         if need == 0 {
@@ -434,12 +471,20 @@ impl Coordinator {
         }
     }
 
+    /// Whether request `req` is asking the key's replicas what the key holds.
+    fn looking(&self, req: u64) -> bool {
+        matches!(
+            self.requests.get(&req).map(|r| &r.state),
+            Some(State::Looking { .. })
+        )
+    }
+
     /// A replica answered a look (`Some`: with its copy, if any) or refused it (`None`).
     fn on_look_reply(
         &mut self,
         req: u64,
         from: NodeId,
-        reply: Option<Option<Object>>,
+        reply: Option<Looked>,
         fx: &mut Effects<'_>,
     ) {
         let Some(r) = self.requests.get_mut(&req) else {
@@ -449,6 +494,7 @@ impl Coordinator {
             op,
             asked,
             replies,
+            complete,
             need,
             ..
         } = &mut r.state
@@ -461,7 +507,7 @@ impl Coordinator {
         let need = *need;
         if let Some(held) = reply
             .as_ref()
-            .and_then(Option::as_ref)
+            .and_then(|l| l.object.as_ref())
             .filter(|o| !o.allows(op.type_name()))
             .map(Object::type_name)
         {
@@ -475,17 +521,22 @@ impl Coordinator {
             }
             return;
         }
-        // A refusal (a replica that could not read) is no answer.
+        // A refusal (a replica that could not read) is no answer; a partial copy is merged
+        // but counts toward nothing.
         match reply {
-            Some(o) => {
-                replies.insert(from, o);
+            Some(Looked { object, partial }) => {
+                replies.insert(from, object);
+                *complete += usize::from(!partial);
             }
             None => asked.retain(|&n| n != from),
         }
-        let (got, left) = (replies.len(), asked.len());
-        if got >= left && got >= need {
+        let (got, left, complete) = (replies.len(), asked.len(), *complete);
+        // Those that could still count: the complete replies, and the asked not answered
+        // (every reply is from an asked node: `got <= left`).
+        let possible = complete + left.saturating_sub(got);
+        if got >= left && complete >= need {
             self.apply_after_look(req, fx);
-        } else if left < need {
+        } else if possible < need {
             let error = unavailable(
                 "too few replicas could say what the key holds; nothing was applied",
                 false,
@@ -934,11 +985,16 @@ impl Coordinator {
                 answer(origin, ClientReply::Failed(error), fx);
             }
             State::Writing { answered: true, .. } => {}
-            State::Looking { replies, .. } => {
+            State::Looking {
+                replies,
+                complete,
+                need,
+                ..
+            } => {
                 // Nothing was applied yet.
                 let error = unavailable(
                     &format!(
-                        "timed out after {} ms while reading the key's type ({} replies)",
+                        "timed out after {} ms while reading the key's type ({} replies, {complete} of them from complete copies; {need} needed); nothing was applied",
                         r.opts.timeout.as_millis(),
                         replies.len()
                     ),
@@ -984,10 +1040,10 @@ impl Coordinator {
         let Some(r) = self.requests.get_mut(&req) else {
             return;
         };
-        if let State::Looking { replies, need, .. } = &r.state {
-            // Slow replicas: go on once a majority answered (else keep waiting, until the
-            // deadline).
-            if replies.len() >= *need {
+        if let State::Looking { complete, need, .. } = &r.state {
+            // Slow replicas: go on once a majority with complete copies answered (else keep
+            // waiting, until the deadline).
+            if *complete >= *need {
                 self.apply_after_look(req, fx);
             } else {
                 fx.set_timer(self.config.hedge_after, CoordinatorTimer::Hedge { req });

@@ -73,7 +73,8 @@ pub enum ReplicaMessage {
         key: Vec<u8>,
         /// The coordinator asks what the key holds before it applies an update (its type and
         /// contents, which the update is merged with), not to answer a client's read: a
-        /// replica still catching up the key's partition answers with what it has.
+        /// replica still catching up the key's partition answers with what it has
+        /// ([`CoordinatorMessage::PartialCopy`]).
         #[serde(default)]
         look: bool,
     },
@@ -683,7 +684,8 @@ impl Replica {
                 let p = fx.topo.partition(&key);
                 // (A look is answered from any copy of a partition this node replicates, once it
                 // was a member with its data: the merge with the update keeps whatever it lacks
-                // elsewhere.)
+                // elsewhere. A partial copy answers as such: it, or its absence, says nothing of
+                // what the key's replicas hold, and counts toward no majority.)
                 let complete =
                     fx.topo.holds(p) || (look && fx.topo.complete && fx.topo.replicates(p));
                 let refuse = |message: &str| {
@@ -712,6 +714,9 @@ impl Replica {
                     // stopped replicating, which may never have been complete here).
                     Ok(Some(_)) if !complete => {
                         refuse("this node has no complete copy of the key's partition")
+                    }
+                    Ok(object) if !fx.topo.holds(p) => {
+                        CoordinatorMessage::PartialCopy { req, object }
                     }
                     Ok(object) => CoordinatorMessage::ReadReply { req, object },
                     Err(error) => CoordinatorMessage::Refused { req, error },

@@ -2374,3 +2374,84 @@ fn a_node_that_just_gained_a_partition_answers_dont_know_not_absent_until_it_cau
         );
     }
 }
+
+/// Issue 21, item 4 (a residual): a replica that has not caught up the key's partition answers
+/// a look (what does the key hold, before a write to a key the coordinator has no copy of)
+/// from the copy it has. Its "absent" says nothing about what the key's replicas hold, so it
+/// must not count toward the majority the coordinator waits for. Here the one reachable
+/// replica with the key (a counter) is frozen: a register write through a replica without the
+/// key must be refused, not applied on top of nothing.
+#[test]
+fn a_look_answered_by_a_replica_still_catching_up_counts_for_nothing() {
+    let mut net = Net::new();
+    net.start(no_hints_config(0, 1, vec![]));
+    for i in 1..4 {
+        net.start(no_hints_config(i, 1, vec![addr(0)]));
+    }
+    net.run_for(Duration::from_secs(10));
+    net.until_caught_up();
+    let ring = net.nodes[&addr(0)].placement().unwrap().clone();
+    let (n0, n1, n3) = (NodeId::new(100), NodeId::new(101), NodeId::new(103));
+    let key = (0..400)
+        .map(|i| format!("look:{i}"))
+        .find(|k| {
+            let owners = ring.preference_list(ring.partition_of(k.as_bytes()), 3);
+            owners.contains(&n0) && !owners.contains(&n1)
+        })
+        .expect("the ring spreads keys over every node");
+    let key = key.as_bytes();
+    // The counter reaches n2 and n3 while n0 is down (no hints: n0 never hears of it).
+    net.crash(addr(0));
+    net.run_for(Duration::from_secs(8));
+    let w2 = RequestOptions {
+        w: Some(2),
+        ..RequestOptions::default()
+    };
+    let first = update_with(
+        &mut net,
+        2,
+        key,
+        CrdtOp::GCounter { increment: 1 },
+        "g1",
+        w2,
+    );
+    assert!(matches!(first, ClientReply::Updated(_)), "{first:?}");
+    net.start(no_hints_config(0, 2, vec![addr(1)]));
+    net.run_for(Duration::from_secs(3));
+    assert!(net.nodes[&addr(0)].local_object(key).unwrap().is_none());
+    // n3 dies and is removed: n1 becomes a replica of the key, and holds nothing of it yet.
+    net.crash(addr(3));
+    net.run_for(Duration::from_secs(10));
+    net.nodes
+        .get_mut(&addr(0))
+        .unwrap()
+        .remove(n3, operator_signature(n3), false, net.now)
+        .unwrap();
+    net.drain(addr(0));
+    net.run_for(Duration::from_secs(1));
+    assert!(net.nodes[&addr(1)].data_stats().partitions_catching_up > 0);
+    assert!(net.nodes[&addr(1)].local_object(key).unwrap().is_none());
+    net.pause(addr(2));
+    let put = net.request(
+        0,
+        key,
+        ClientOp::Put {
+            value: b"oops".to_vec(),
+            context: None,
+        },
+        w2,
+    );
+    assert!(
+        matches!(&put, ClientReply::Failed(ClientError::Unavailable { message, .. })
+            if message.contains("0 of them from complete copies; 1 needed")),
+        "a write applied on a look only a catching-up replica answered: {put:?}"
+    );
+    // Nothing of it anywhere once n2 is back and the replicas converged: the key is the
+    // counter, alone.
+    net.resume(addr(2));
+    net.run_for(Duration::from_secs(130));
+    let r = net.get(0, key, 3);
+    assert_eq!(r.type_name.as_deref(), Some("gcounter"), "{r:?}");
+    assert_eq!(r.crdt, Some(CrdtValue::Counter(1)));
+    assert!(r.values.is_empty(), "{r:?}");
+}
