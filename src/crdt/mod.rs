@@ -35,7 +35,7 @@ mod twopset;
 pub use gcounter::GCounter;
 pub use oplog::{
     check_op_id, ActorMark, Application, Applied, Counter, Forgotten, OpIdError, OpKey, OpLog,
-    OpLogPolicy, Record, Site, OP_ID_BYTES_MAX, PER_ACTOR_MAX_LIMIT,
+    OpLogPolicy, Record, RowClaim, Site, NOTHING_HELD, OP_ID_BYTES_MAX, PER_ACTOR_MAX_LIMIT,
 };
 pub use orset::{ORSet, RemoveOutcome};
 pub use pncounter::PNCounter;

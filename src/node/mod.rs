@@ -81,8 +81,8 @@ pub use membership::{
     MembershipTimer, PendingChange, RemoveError, SyncReply,
 };
 pub use object::{
-    Context, ContextError, ContextKey, ContextKind, CrdtOp, CrdtValue, Logged, Object, PartView,
-    Parts, TypeConflict, UpdateEffect,
+    Context, ContextError, ContextKey, ContextKind, CrdtOp, CrdtValue, HeldSeqs, Logged, Object,
+    PartView, Parts, TypeConflict, UpdateEffect,
 };
 pub use replica::{MergeEntry, MergeReply, ReplicaMessage};
 pub use sync::{AeMessage, PartitionInfo, RepairProgress, SyncMessage, SyncTimer};

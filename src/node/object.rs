@@ -9,11 +9,16 @@
 //! the binding (a context of key A sent with key B is refused) and refuses counters near the
 //! encoding limit, so no client can make a key's state undecodable. This module does no I/O.
 
+use std::collections::BTreeMap;
+
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use crate::causality::{Register, VersionVector, COUNTER_MAX};
-use crate::crdt::{Applied, Counter, Crdt, Forgotten, ORSet, OpLog, OpLogPolicy, Site, TwoPSet};
+use crate::crdt::{
+    Applied, Counter, Crdt, Forgotten, ORSet, OpLog, OpLogPolicy, RowClaim, Site, TwoPSet,
+    NOTHING_HELD,
+};
 use crate::id::NodeId;
 use crate::protocol::{self, WireError};
 use crate::ring::key_hash;
@@ -660,23 +665,81 @@ impl Object {
     /// stores, with the key's current `replicas` as it sees them: rows of other sets, or of
     /// other nodes, are dropped.
     pub fn observe(&mut self, node: NodeId, replicas: &[NodeId]) {
+        self.observe_parts(node, replicas, |_| RowClaim::State);
+    }
+
+    /// [`Object::observe`] for a replica whose copy may be lost in a crash until it is
+    /// durable: each row claims only what `durable` (the replica's durable copy, see
+    /// [`Object::held_seqs`]) holds, or stays as it is when that copy is not known (`None`).
+    pub fn observe_durable(
+        &mut self,
+        node: NodeId,
+        replicas: &[NodeId],
+        durable: Option<&HeldSeqs>,
+    ) {
+        self.observe_parts(node, replicas, |part| {
+            durable.map_or(RowClaim::Unchanged, |h| h.claim(part))
+        });
+    }
+
+    fn observe_parts<'h>(
+        &mut self,
+        node: NodeId,
+        replicas: &[NodeId],
+        claim: impl Fn(&'static str) -> RowClaim<'h>,
+    ) {
         match self {
             Object::Register(_) => {}
-            Object::GCounter(c) | Object::PNCounter(c) => c.observe(node, replicas),
-            Object::TwoPSet(s) => s.log.observe(node, replicas),
-            Object::ORSet(s) => s.log.observe(node, replicas),
+            Object::GCounter(c) => c.observe_claiming(node, replicas, claim(GCOUNTER)),
+            Object::PNCounter(c) => c.observe_claiming(node, replicas, claim(PNCOUNTER)),
+            Object::TwoPSet(s) => s.log.observe_claiming(node, replicas, claim(TWOPSET)),
+            Object::ORSet(s) => s.log.observe_claiming(node, replicas, claim(ORSET)),
             Object::Contested(p) => {
-                for c in [&mut p.gcounter, &mut p.pncounter].into_iter().flatten() {
-                    c.observe(node, replicas);
+                if let Some(c) = &mut p.gcounter {
+                    c.observe_claiming(node, replicas, claim(GCOUNTER));
+                }
+                if let Some(c) = &mut p.pncounter {
+                    c.observe_claiming(node, replicas, claim(PNCOUNTER));
                 }
                 if let Some(s) = &mut p.twopset {
-                    s.log.observe(node, replicas);
+                    s.log.observe_claiming(node, replicas, claim(TWOPSET));
                 }
                 if let Some(s) = &mut p.orset {
-                    s.log.observe(node, replicas);
+                    s.log.observe_claiming(node, replicas, claim(ORSET));
                 }
             }
         }
+    }
+
+    /// How far this state holds each actor's operation records, by part: what a replica's
+    /// rows may claim while this is its durable copy.
+    pub fn held_seqs(&self) -> HeldSeqs {
+        let mut held = BTreeMap::new();
+        let mut note = |part: &'static str, log: &OpLog| {
+            held.insert(part, log.held_seqs());
+        };
+        match self {
+            Object::Register(_) => {}
+            Object::GCounter(c) => note(GCOUNTER, c.log()),
+            Object::PNCounter(c) => note(PNCOUNTER, c.log()),
+            Object::TwoPSet(s) => note(TWOPSET, &s.log),
+            Object::ORSet(s) => note(ORSET, &s.log),
+            Object::Contested(p) => {
+                if let Some(c) = &p.gcounter {
+                    note(GCOUNTER, c.log());
+                }
+                if let Some(c) = &p.pncounter {
+                    note(PNCOUNTER, c.log());
+                }
+                if let Some(s) = &p.twopset {
+                    note(TWOPSET, &s.log);
+                }
+                if let Some(s) = &p.orset {
+                    note(ORSET, &s.log);
+                }
+            }
+        }
+        HeldSeqs(held)
     }
 
     /// Whether two states of a key hold the same data, leaving aside the replica rows of
@@ -811,6 +874,19 @@ impl Object {
     /// Whether the state is only a register's tombstones (what tombstone GC may purge).
     pub fn is_tombstone(&self) -> bool {
         matches!(self, Object::Register(r) if r.is_deleted())
+    }
+}
+
+/// How far a replica's durable copy of a key holds each actor's operation records, by part
+/// type ([`Object::held_seqs`]): all a replica's rows may claim (see the op log's
+/// "Stability": a crash takes back what is not durable).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HeldSeqs(BTreeMap<&'static str, BTreeMap<NodeId, u64>>);
+
+impl HeldSeqs {
+    /// What a row of part `part` may claim.
+    pub fn claim(&self, part: &str) -> RowClaim<'_> {
+        RowClaim::Upto(self.0.get(part).unwrap_or(&NOTHING_HELD))
     }
 }
 
@@ -1126,6 +1202,7 @@ mod tests {
         let site = crate::crdt::Site {
             node: NodeId::new(1),
             replicas: &replicas,
+            claim: RowClaim::State,
         };
         counter
             .apply(NodeId::new(1), "op", 1, 0, Default::default(), site)

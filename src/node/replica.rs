@@ -29,6 +29,19 @@
 //!   purged tombstone (its *dot floor*), and a register write to a key that holds no entry of
 //!   the actor mints above it ([`Register::put_above`]). Retiring the actor on every purge
 //!   would add an entry per purge round to the clocks of keys written afterwards.
+//!
+//! # Op-log rows claim only what is durable
+//!
+//! A CRDT key's op log keeps, per replica, a row saying how far that replica holds each actor's
+//! records; an actor forgets a record once every replica's row claims it (see
+//! [`crate::crdt::OpLog`]). A state this replica stores leaves it before it is durable (a
+//! coordinator's fan-out, a read, anti-entropy), and a crash takes it back: had its row
+//! claimed the state, an actor could forget a record that this replica, restarted, then
+//! applies again from a client's retry — counted twice, for good. So the row a stored state
+//! carries for this node claims only its *durable* copy: the copy in the store when no staged
+//! state of the key awaits durability (the overlay holds none), and otherwise stays as it was
+//! (every claim it made was durable when made, and durable copies only grow). Rows lag the
+//! state by a write; anti-entropy brings them up.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -39,13 +52,13 @@ use super::client::ClientError;
 use super::coordinator::CoordinatorMessage;
 use super::hints::HintsMessage;
 use super::object::{
-    Context, CrdtOp, Object, TypeConflict, UpdateEffect, UpdateError, OBJECT_BYTES_MAX,
+    Context, CrdtOp, HeldSeqs, Object, TypeConflict, UpdateEffect, UpdateError, OBJECT_BYTES_MAX,
     OBJECT_WRITE_BYTES_MAX,
 };
 use super::sync::SyncMessage;
 use super::{Call, Effects};
 use crate::causality::{Dot, VersionVector};
-use crate::crdt::{OpLogPolicy, Site};
+use crate::crdt::{OpLogPolicy, RowClaim, Site};
 use crate::id::NodeId;
 use crate::merkle::{leaf, Digest};
 use crate::storage::{data_key, split_data_key, ReadStore, Space};
@@ -620,16 +633,20 @@ impl Replica {
         fx: &mut Effects<'_>,
     ) -> Result<u64, ClientError> {
         let skey = self.storage_key(key);
+        let staged = self.overlay.contains_key(&skey);
         let (merged, old) = match self.load_storage_key(&skey)? {
             None => {
                 let mut o = incoming.clone();
-                o.observe(fx.me, &replicas_of(key, fx));
+                let durable = (!staged).then(HeldSeqs::default);
+                o.observe_durable(fx.me, &replicas_of(key, fx), durable.as_ref());
                 (o, None)
             }
             Some((mut mine, old)) => {
                 let before = mine.clone();
+                // Rows claim only what this node holds durably (module notes).
+                let durable = (!staged).then(|| mine.held_seqs());
                 mine.merge(incoming);
-                mine.observe(fx.me, &replicas_of(key, fx));
+                mine.observe_durable(fx.me, &replicas_of(key, fx), durable.as_ref());
                 if mine != before && mine.is_contested() && !before.is_contested() {
                     self.type_conflicts += 1;
                     warn!(key = ?String::from_utf8_lossy(key), types = ?mine.live_types(), "the key is now contested: writes of several types raced");
@@ -810,10 +827,14 @@ impl Replica {
         fx: &mut Effects<'_>,
     ) -> Result<Minted, ClientError> {
         let skey = self.storage_key(key);
+        let staged = self.overlay.contains_key(&skey);
         let (mut current, old) = match self.load_storage_key(&skey)? {
             Some((o, d)) => (Some(o), Some(d)),
             None => (None, None),
         };
+        // What this node's op-log rows may claim: its durable copy (module notes).
+        let durable =
+            (!staged).then(|| current.as_ref().map(Object::held_seqs).unwrap_or_default());
         // Start from what the other replicas hold (the key's type and contents).
         let seeded = seed.is_some();
         if let Some(seed) = seed {
@@ -830,6 +851,9 @@ impl Replica {
                 let site = Site {
                     node: fx.me,
                     replicas: &replicas,
+                    claim: durable
+                        .as_ref()
+                        .map_or(RowClaim::Unchanged, |h| h.claim(op.type_name())),
                 };
                 let (mut object, effect) = Object::apply_update(
                     current,
@@ -844,7 +868,7 @@ impl Replica {
                     UpdateError::TypeConflict(c) => conflict(c),
                     UpdateError::Invalid(why) => ClientError::BadRequest(why),
                 })?;
-                object.observe(fx.me, &replicas);
+                object.observe_durable(fx.me, &replicas, durable.as_ref());
                 self.forgotten_early += u64::from(effect.forgotten.early);
                 self.forgotten_unstable += u64::from(effect.forgotten.unstable);
                 // A replayed id changed nothing (unless the seed did): the earlier update's
@@ -864,7 +888,7 @@ impl Replica {
                     Object::write_register(current, |r| r.put_above(actor, seen, value, floor))
                         .map_err(conflict)?;
                 self.check_siblings(key, before, &object)?;
-                object.observe(fx.me, &replicas_of(key, fx));
+                object.observe_durable(fx.me, &replicas_of(key, fx), durable.as_ref());
                 (object, MintOutcome::Dot(dot), true)
             }
             MintOp::Delete => {
@@ -874,7 +898,7 @@ impl Replica {
                 let (mut object, dot) =
                     Object::write_register(current, |r| r.delete_above(actor, seen, floor))
                         .map_err(conflict)?;
-                object.observe(fx.me, &replicas_of(key, fx));
+                object.observe_durable(fx.me, &replicas_of(key, fx), durable.as_ref());
                 (object, MintOutcome::Dot(dot), true)
             }
         };

@@ -2014,7 +2014,9 @@ fn keys_created_with_two_types_at_once_converge_to_one_contested_state() {
         matches!(net.replies.remove(&9002), Some(ClientReply::Updated(_))),
         "the counter update was acknowledged"
     );
-    net.run_for(Duration::from_secs(70));
+    // Within two anti-entropy intervals every replica holds the same state (op-id rows claim
+    // only what is durable, so they reach the others a round after the data).
+    net.run_for(Duration::from_secs(130));
     let states: Vec<Object> = (0..3)
         .map(|i| net.nodes[&addr(i)].local_object(&key).unwrap().unwrap())
         .collect();
@@ -2454,4 +2456,58 @@ fn a_look_answered_by_a_replica_still_catching_up_counts_for_nothing() {
     assert_eq!(r.type_name.as_deref(), Some("gcounter"), "{r:?}");
     assert_eq!(r.crdt, Some(CrdtValue::Counter(1)));
     assert!(r.values.is_empty(), "{r:?}");
+}
+
+/// Issue 20, defect 2 (the crash case), the replica's side: a state leaves a node before it is
+/// durable (a coordinator sends an update to the other replicas at once), and a crash would
+/// take it back. So the op-log row that state carries for the node claims only the node's
+/// durable copy: nothing after the key's first update, the first update after the second.
+/// (Had it claimed the state, an actor could forget a record that the node, restarted, then
+/// applies again from a retry: the unit case `a_replica_that_crashes_never_lets_an_operation_count_twice`.)
+#[test]
+fn the_row_a_coordinator_sends_claims_only_its_durable_copy() {
+    let mut net = cluster(3);
+    let key = b"rows";
+    let w3 = RequestOptions {
+        w: Some(3),
+        ..RequestOptions::default()
+    };
+    let ring = net.nodes[&addr(0)].placement().unwrap().clone();
+    let replicas = ring.preference_list(ring.partition_of(key), 3);
+    let n0 = NodeId::new(100);
+    let actor = net.nodes[&addr(0)].actor();
+    let row_at = |net: &Net, i: u64| -> Option<BTreeMap<NodeId, u64>> {
+        match net.nodes[&addr(i)].local_object(key).unwrap() {
+            Some(Object::GCounter(c)) => c.log().row(n0, &replicas).cloned(),
+            other => panic!("not a counter: {other:?}"),
+        }
+    };
+    let first = update_with(
+        &mut net,
+        0,
+        key,
+        CrdtOp::GCounter { increment: 1 },
+        "r1",
+        w3,
+    );
+    assert!(matches!(first, ClientReply::Updated(_)), "{first:?}");
+    assert_eq!(
+        row_at(&net, 1),
+        None,
+        "n0 held nothing durably when it sent r1"
+    );
+    let second = update_with(
+        &mut net,
+        0,
+        key,
+        CrdtOp::GCounter { increment: 1 },
+        "r2",
+        w3,
+    );
+    assert!(matches!(second, ClientReply::Updated(_)), "{second:?}");
+    assert_eq!(
+        row_at(&net, 1),
+        Some(BTreeMap::from([(actor, 1)])),
+        "n0 held r1, not r2, durably when it sent r2"
+    );
 }

@@ -1324,6 +1324,7 @@ mod tests {
         let site = Site {
             node: NodeId::new(1),
             replicas: &[],
+            claim: chorus::crdt::RowClaim::State,
         };
         let (set, _) = Object::apply_update(
             None,
@@ -1471,6 +1472,7 @@ mod tests {
             let site = chorus::crdt::Site {
                 node: NodeId::new(1),
                 replicas: &[],
+                claim: chorus::crdt::RowClaim::State,
             };
             c.apply(NodeId::new(1), "op", n, 0, policy, site).unwrap();
             Object::GCounter(c)

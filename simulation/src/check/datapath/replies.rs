@@ -158,7 +158,7 @@ impl DataPathMonitor {
 #[cfg(test)]
 mod tests {
     use chorus::causality::{Register, VersionVector};
-    use chorus::crdt::{OpLogPolicy, Site};
+    use chorus::crdt::{OpLogPolicy, RowClaim, Site};
     use chorus::node::{Context, CrdtOp, CrdtValue, UpdateResult, WriteResult};
     use chorus::storage::WriteBatch;
 
@@ -305,6 +305,7 @@ mod tests {
         let site = Site {
             node: id(1),
             replicas: &[],
+            claim: RowClaim::State,
         };
         let (counter, _) =
             Object::apply_update(None, id(1), &op, "op-1", 0, OpLogPolicy::default(), site)
