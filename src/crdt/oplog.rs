@@ -34,9 +34,11 @@
 //!   the new set, so they carry that duplicate too. Not covered yet (open): a join, or a
 //!   former owner partitioned with a stale view, moves a key away from a replica whose last
 //!   writes follow after the set changed; a duplicate whose only copy waits in a hint (hint
-//!   holders' rows never count). A replica's row claims only what it holds durably
-//!   ([`RowClaim`]): a crash takes back what is not, and a row that claimed it could let an
-//!   actor forget a record the restarted replica then applies again.
+//!   holders' rows never count) or in a message delayed past the window, such as one a
+//!   process applied and sent just before it crashed (its restarted successor's row does not
+//!   account for it). A replica's row claims only what it holds durably ([`RowClaim`]): a
+//!   crash takes back what is not, and a row that claimed it could let an actor forget a
+//!   record the restarted replica then applies again.
 //! - **Age.** A retry can arrive late; a record is kept at least [`OpLogPolicy::window_ms`]
 //!   (by its actor's clock) after it was applied, so a retry within that window is recognised
 //!   through any replica.
@@ -201,8 +203,8 @@ pub struct Record {
 pub struct OpLog {
     marks: BTreeMap<NodeId, ActorMark>,
     records: Vec<Record>,
-    /// Per replica node and replica set: the newest sequence number of each actor its copy
-    /// held when it last stored the key as a replica of that set (see "Stability").
+    /// Per replica node and replica set: the newest sequence number of each actor its durable
+    /// copy held when it last stored the key as a replica of that set (see "Stability").
     rows: BTreeMap<RowKey, BTreeMap<NodeId, u64>>,
 }
 
@@ -570,7 +572,8 @@ impl Crdt for OpLog {
         }
         for (key, row) in &other.rows {
             // Both are the same replica's rows (for one set) from different times: the later
-            // holds the earlier (its copy only grows), so the join is the entrywise maximum.
+            // holds the earlier (its durable copy only grows while it replicates the key), so
+            // the join is the entrywise maximum.
             let mine = self.rows.entry(*key).or_default();
             for (actor, &seq) in row {
                 let s = mine.entry(*actor).or_default();

@@ -39,9 +39,14 @@
 //! claimed the state, an actor could forget a record that this replica, restarted, then
 //! applies again from a client's retry — counted twice, for good. So the row a stored state
 //! carries for this node claims only its *durable* copy: the copy in the store when no staged
-//! state of the key awaits durability (the overlay holds none), and otherwise stays as it was
-//! (every claim it made was durable when made, and durable copies only grow). Rows lag the
-//! state by a write; anti-entropy brings them up.
+//! state of the key awaits durability (the overlay holds none), else the newest staged state
+//! the journal reported durable (so a key written without pause still moves its row, a group
+//! commit behind), and the row stays as it was while neither is known. Rows lag the state by
+//! a write; anti-entropy brings them up. "Durable" is what the storage reports: with `--sync
+//! never` a machine crash (not a process crash) can take back what a row claimed. Still
+//! open: a duplicate that a process applied and sent just before it crashed, delivered late
+//! (held in a hint, a delayed message) after an actor forgot the operation (the op log's
+//! "Stability" notes).
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -308,7 +313,10 @@ pub(crate) struct Replica {
     /// `None`: the key's deletion is staged (a dropped copy).
     overlay: BTreeMap<Vec<u8>, (u64, Option<Held>)>,
     /// Overlay entries in journal order, to prune once durable.
-    staged: VecDeque<(u64, Vec<u8>)>,
+    staged: VecDeque<(u64, Vec<u8>, HeldSeqs)>,
+    /// For each key in the overlay, how far its newest durable copy holds each actor's op-log
+    /// records (what this node's rows may claim; see the module notes).
+    durable_held: BTreeMap<Vec<u8>, HeldSeqs>,
     /// Who mints this process's dots.
     actor: NodeId,
     partitions: u32,
@@ -348,6 +356,7 @@ impl Replica {
             store,
             overlay: BTreeMap::new(),
             staged: VecDeque::new(),
+            durable_held: BTreeMap::new(),
             actor,
             partitions,
             cache: Cache::new(cache_bytes),
@@ -459,11 +468,15 @@ impl Replica {
     /// Stages `object` as the new local copy, replacing the one with leaf digest `old`;
     /// returns its journal number. A client `write` is held to the write bound (see
     /// [`Replica::check_write_size`]), a merge to the stored bound only.
+    ///
+    /// `durable` is what [`Replica::durable_claim`] said before the change: when no state of
+    /// the key was staged, it is the durable copy this state replaces.
     fn stage(
         &mut self,
         skey: Vec<u8>,
         object: Object,
         old: Option<Digest>,
+        durable: Option<HeldSeqs>,
         write: bool,
         fx: &mut Effects<'_>,
     ) -> Result<u64, ClientError> {
@@ -495,9 +508,14 @@ impl Replica {
             old,
             new: Some(new),
         });
-        self.overlay
+        let held = object.held_seqs();
+        let previous = self
+            .overlay
             .insert(skey.clone(), (seq, Some((object, new))));
-        self.staged.push_back((seq, skey));
+        if let (None, Some(d)) = (previous, durable) {
+            self.durable_held.insert(skey.clone(), d);
+        }
+        self.staged.push_back((seq, skey, held));
         Ok(seq)
     }
 
@@ -592,7 +610,7 @@ impl Replica {
                 new: None,
             });
             self.overlay.insert(skey.clone(), (seq, None));
-            self.staged.push_back((seq, skey));
+            self.staged.push_back((seq, skey, HeldSeqs::default()));
             dropped += 1;
         }
         if purge {
@@ -633,18 +651,17 @@ impl Replica {
         fx: &mut Effects<'_>,
     ) -> Result<u64, ClientError> {
         let skey = self.storage_key(key);
-        let staged = self.overlay.contains_key(&skey);
-        let (merged, old) = match self.load_storage_key(&skey)? {
+        let loaded = self.load_storage_key(&skey)?;
+        // Rows claim only what this node holds durably (module notes).
+        let durable = self.durable_claim(&skey, loaded.as_ref().map(|(o, _)| o));
+        let (merged, old) = match loaded {
             None => {
                 let mut o = incoming.clone();
-                let durable = (!staged).then(HeldSeqs::default);
                 o.observe_durable(fx.me, &replicas_of(key, fx), durable.as_ref());
                 (o, None)
             }
             Some((mut mine, old)) => {
                 let before = mine.clone();
-                // Rows claim only what this node holds durably (module notes).
-                let durable = (!staged).then(|| mine.held_seqs());
                 mine.merge(incoming);
                 mine.observe_durable(fx.me, &replicas_of(key, fx), durable.as_ref());
                 if mine != before && mine.is_contested() && !before.is_contested() {
@@ -657,7 +674,7 @@ impl Replica {
                 (mine, Some(old))
             }
         };
-        self.stage(skey, merged, old, false, fx)
+        self.stage(skey, merged, old, durable, false, fx)
     }
 
     /// Handles a message from node `from`.
@@ -827,14 +844,12 @@ impl Replica {
         fx: &mut Effects<'_>,
     ) -> Result<Minted, ClientError> {
         let skey = self.storage_key(key);
-        let staged = self.overlay.contains_key(&skey);
         let (mut current, old) = match self.load_storage_key(&skey)? {
             Some((o, d)) => (Some(o), Some(d)),
             None => (None, None),
         };
         // What this node's op-log rows may claim: its durable copy (module notes).
-        let durable =
-            (!staged).then(|| current.as_ref().map(Object::held_seqs).unwrap_or_default());
+        let durable = self.durable_claim(&skey, current.as_ref());
         // Start from what the other replicas hold (the key's type and contents).
         let seeded = seed.is_some();
         if let Some(seed) = seed {
@@ -903,7 +918,7 @@ impl Replica {
             }
         };
         let durable_at = if changed {
-            self.stage(skey, object.clone(), old, true, fx)?
+            self.stage(skey, object.clone(), old, durable, true, fx)?
         } else {
             self.durable_point(&skey, fx)
         };
@@ -914,15 +929,31 @@ impl Replica {
         })
     }
 
+    /// How far this node's durable copy of storage key `skey` holds each actor's op-log
+    /// records, `loaded` being its copy as reads see it: that copy when no state of the key
+    /// is staged (the store's copy is durable), else the newest staged state known durable
+    /// (`None`: not known, the rows stay as they are).
+    fn durable_claim(&self, skey: &[u8], loaded: Option<&Object>) -> Option<HeldSeqs> {
+        if self.overlay.contains_key(skey) {
+            self.durable_held.get(skey).cloned()
+        } else {
+            Some(loaded.map(Object::held_seqs).unwrap_or_default())
+        }
+    }
+
     /// Everything up to journal number `seq` is durable: drop it from the overlay (the store has
     /// it now).
     pub(crate) fn durable(&mut self, seq: u64) {
-        while self.staged.front().is_some_and(|(s, _)| *s <= seq) {
-            let Some((s, skey)) = self.staged.pop_front() else {
+        while self.staged.front().is_some_and(|(s, _, _)| *s <= seq) {
+            let Some((s, skey, held)) = self.staged.pop_front() else {
                 break;
             };
             if self.overlay.get(&skey).is_some_and(|(cur, _)| *cur == s) {
                 self.overlay.remove(&skey);
+                self.durable_held.remove(&skey);
+            } else {
+                // A newer state of the key is staged: this one is its durable copy now.
+                self.durable_held.insert(skey, held);
             }
         }
     }
