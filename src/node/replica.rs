@@ -951,7 +951,7 @@ impl Replica {
             if self.overlay.get(&skey).is_some_and(|(cur, _)| *cur == s) {
                 self.overlay.remove(&skey);
                 self.durable_held.remove(&skey);
-            } else {
+            } else if self.overlay.contains_key(&skey) {
                 // A newer state of the key is staged: this one is its durable copy now.
                 self.durable_held.insert(skey, held);
             }
