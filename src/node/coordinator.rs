@@ -188,8 +188,8 @@ struct Request {
     state: State,
 }
 
-/// A replica's answer to a look: its copy, if any, and whether that copy is partial (see
-/// [`CoordinatorMessage::ReadReply`]).
+/// A replica's answer to a look: its copy, if any, and whether that copy is partial (sent as
+/// [`CoordinatorMessage::PartialCopy`]).
 struct Looked {
     object: Option<Object>,
     partial: bool,
