@@ -356,8 +356,9 @@ impl OpLog {
     /// row for that set becomes the state's sequence numbers (see "Stability"), and rows of
     /// other sets, or of nodes outside this one, are dropped (only rows of the current set
     /// count, and without pruning every node that ever stored the key would keep a row for
-    /// good: past [`ROWS_DECODE_MAX`], a state that no longer decodes). A replica calls it on
-    /// every state of the key it stores.
+    /// good: past [`ROWS_DECODE_MAX`], a state that no longer decodes). For a state stored
+    /// durably as it is; a replica whose stored state may still be lost in a crash calls
+    /// [`OpLog::observe_claiming`] with what it holds durably.
     pub fn observe(&mut self, node: NodeId, replicas: &[NodeId]) {
         self.observe_claiming(node, replicas, RowClaim::State);
     }

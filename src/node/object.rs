@@ -661,9 +661,9 @@ impl Object {
     }
 
     /// Notes that replica `node` holds this state (every CRDT part's operation log keeps a row
-    /// per replica, see [`crate::crdt::OpLog::observe`]). A replica calls it on every state it
-    /// stores, with the key's current `replicas` as it sees them: rows of other sets, or of
-    /// other nodes, are dropped.
+    /// per replica, see [`crate::crdt::OpLog::observe`]), with the key's current `replicas` as
+    /// it sees them: rows of other sets, or of other nodes, are dropped. For a state stored
+    /// durably as it is; the node's replica uses [`Object::observe_durable`].
     pub fn observe(&mut self, node: NodeId, replicas: &[NodeId]) {
         self.observe_parts(node, replicas, |_| RowClaim::State);
     }
