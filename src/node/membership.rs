@@ -966,14 +966,32 @@ impl Membership {
         *self.refusals.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Members whose confirmation counts for a change of `subject`: the ring's members (status
-    /// `member`) other than the subject and this node.
+    /// Nodes whose confirmation counts for a change of `subject`, other than the subject and
+    /// this node: the ring's members (status `member`); when there are none, the other nodes
+    /// that own partitions (leaving); when there are none of those either, the joining ones.
+    /// So a change is confirmed only once another node holds it and it outlives a crash of
+    /// this node; only a node alone in the ring confirms a change by itself
+    /// (`chorus-sim run --seed 449`: a removal taken while every other member was leaving
+    /// counted as confirmed by nobody, was lost with the node that took it, and the leaves
+    /// waited for good to hand partitions to the dead node).
     fn confirmers(&self, subject: NodeId) -> BTreeSet<NodeId> {
-        self.lock_ring()
-            .iter()
-            .filter(|&(n, e)| n != self.id && n != subject && e.status == RingStatus::Member)
-            .map(|(n, _)| n)
-            .collect()
+        let ring = self.lock_ring();
+        let tiers: [fn(RingStatus) -> bool; 3] = [
+            |s| s == RingStatus::Member,
+            RingStatus::owns_partitions,
+            |s| s != RingStatus::Left,
+        ];
+        for counts in tiers {
+            let nodes: BTreeSet<NodeId> = ring
+                .iter()
+                .filter(|&(n, e)| n != self.id && n != subject && counts(e.status))
+                .map(|(n, _)| n)
+                .collect();
+            if !nodes.is_empty() {
+                return nodes;
+            }
+        }
+        BTreeSet::new()
     }
 
     /// Whether a majority of the members confirmed a change. A node that has not caught up

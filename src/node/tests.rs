@@ -674,6 +674,58 @@ fn a_leave_waits_for_a_majority_of_the_ring_members_not_of_swim() {
     }
 }
 
+/// Found by `chorus-sim run --seed 449`: with every other member leaving, a removal had no
+/// one to confirm it, counted as confirmed at once, and was lost with the node that took it.
+/// The leaving nodes then waited for good to hand partitions to the dead node.
+#[test]
+fn a_removal_is_confirmed_only_once_another_node_holds_it_even_when_the_others_are_leaving() {
+    let mut net = cluster(3);
+    net.crash(addr(2));
+    net.run_for(Duration::from_secs(10));
+    let dead = NodeId::new(102);
+    // n1 leaves; its partitions would go to n0 and the dead n2, so the leave waits.
+    net.nodes.get_mut(&addr(1)).unwrap().leave(net.now);
+    net.drain(addr(1));
+    net.run_for(Duration::from_secs(3));
+    assert_eq!(
+        member_of(&net.view(0), 1).unwrap().status,
+        RingStatus::Leaving
+    );
+    assert!(!net.left.contains(&addr(1)));
+    // n0 is the only member left: the operator removes n2 through it while n1 hears nothing.
+    net.pause(addr(1));
+    let n0 = net.nodes.get_mut(&addr(0)).unwrap();
+    assert_eq!(
+        n0.remove(dead, operator_signature(dead), false, net.now),
+        Ok(())
+    );
+    assert_eq!(
+        n0.removal_confirmed(dead),
+        Some(false),
+        "no other node holds the removal yet"
+    );
+    net.drain(addr(0));
+    net.run_for(Duration::from_secs(5));
+    assert_eq!(net.nodes[&addr(0)].removal_confirmed(dead), Some(false));
+    let pending = net.view(0).pending;
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert_eq!((pending[0].confirmed, pending[0].needed), (0, 1));
+    // n1 hears of it: the removal is confirmed, n1 holds it, and n1's leave completes.
+    net.resume(addr(1));
+    net.run_for(Duration::from_secs(10));
+    assert_eq!(net.nodes[&addr(0)].removal_confirmed(dead), Some(true));
+    assert!(
+        net.left.contains(&addr(1)),
+        "n1 hands its partitions to n0 alone"
+    );
+    let ring = net.disks[&addr(1)].ring.clone();
+    assert_eq!(
+        ring.get(dead).map(|e| e.status),
+        Some(RingStatus::Left),
+        "n1 persisted the removal"
+    );
+}
+
 #[test]
 fn a_node_asked_to_leave_while_joining_waits_until_it_knows_the_members() {
     let mut net = Net::new();

@@ -16,7 +16,8 @@
 //! - **a node knows itself**: a running node's ring state always holds its own entry;
 //! - **members are made by members**: a node that did not found the cluster becomes a member
 //!   only while its ring state shows another member (or a leaving node, which still owns its
-//!   partitions) it could have caught up from.
+//!   partitions) it could have caught up from, unless every other node that was ever a member
+//!   left, signed `left` after handing its partitions over, or was removed.
 //!
 //! It depends only on the observation types of [`crate::snapshot`] and the node's own types.
 
@@ -46,6 +47,13 @@ pub struct SafetyMonitor {
     generations: BTreeMap<usize, u64>,
     /// Slots whose leave completed.
     left: BTreeSet<usize>,
+    /// Slots whose own ring state showed themselves `left`: their partitions were handed to
+    /// their future owners (or an operator removed them), though the leave may still be
+    /// gathering confirmations of `left` before it completes.
+    signed_left: BTreeSet<usize>,
+    /// Slots that became members because the ring had emptied (every other member gone), by
+    /// the node id they did it as: joiners that take the ring over together.
+    heirs: BTreeMap<usize, NodeId>,
     /// Slots an operator removed for good.
     removed: BTreeSet<usize>,
     /// Slots seen as a member (by their own ring state) at some point.
@@ -185,11 +193,27 @@ impl SafetyMonitor {
             });
             // Every machine that was ever a member left or was removed: the ring has no member
             // to catch up from, and the joiners carry it on (with whatever the removals lost).
+            // A last member that handed its partitions over and signed `left` counts as gone
+            // even before its leave completes, and so does a fellow joiner that took the ring
+            // over at the same time, while this node still sees it joining (seed 493: three
+            // joiners took the ring over from the last member, which signed `left` a few
+            // milliseconds before it reported the leave complete).
+            let fellow_heir = |s: usize| {
+                self.heirs
+                    .get(&s)
+                    .is_some_and(|&h| n.ring.get(h).map(|e| e.status) == Some(RingStatus::Joining))
+            };
             let ring_emptied = self.members_ever.iter().any(|&s| s != slot)
-                && self
-                    .members_ever
-                    .iter()
-                    .all(|s| *s == slot || self.left.contains(s) || self.removed.contains(s));
+                && self.members_ever.iter().all(|&s| {
+                    s == slot
+                        || self.left.contains(&s)
+                        || self.signed_left.contains(&s)
+                        || self.removed.contains(&s)
+                        || fellow_heir(s)
+                });
+            if !other_member && ring_emptied {
+                self.heirs.insert(slot, n.id);
+            }
             if !other_member && !ring_emptied {
                 self.report(
                     at,
@@ -203,6 +227,9 @@ impl SafetyMonitor {
         }
         if own == Some(RingStatus::Member) {
             self.members_ever.insert(slot);
+        }
+        if own == Some(RingStatus::Left) {
+            self.signed_left.insert(slot);
         }
         if self.left.contains(&slot) && n.process == ProcessState::Up {
             self.report(
@@ -464,6 +491,60 @@ mod tests {
         m.observe(t(10), &Observation::Removed { slot: 5 });
         promote(&mut m, 6);
         assert_eq!(m.violations().len(), 2, "{:#?}", m.violations());
+    }
+
+    /// Seed 493: the last member handed its partitions to three joiners and signed `left`; the
+    /// joiners became members a few milliseconds before the leave reported itself complete.
+    /// Until the last member signed `left`, a joiner that promotes itself without it is caught.
+    #[test]
+    fn joiners_may_take_the_ring_over_from_a_last_member_that_signed_left() {
+        let founder = |ring: RingState| {
+            Observation::Node(NodeObservation {
+                slot: 0,
+                epoch: 1,
+                id: id(0),
+                process: ProcessState::Leaving,
+                ring,
+                generations: BTreeMap::new(),
+                left_reported: false,
+                founder: true,
+            })
+        };
+        let gone = ring(&[(0, RingStatus::Left), (1, RingStatus::Member)]);
+        for signed in [false, true] {
+            let mut m = SafetyMonitor::new();
+            m.observe(t(1), &founder(ring(&[(0, RingStatus::Member)])));
+            let joining = ring(&[(0, RingStatus::Leaving), (1, RingStatus::Joining)]);
+            m.observe(t(2), &seen(1, 1, joining, &[]));
+            if signed {
+                // n0 signs `left` after its handoff.
+                m.observe(t(3), &founder(ring(&[(0, RingStatus::Left)])));
+            }
+            m.observe(t(4), &seen(1, 1, gone.clone(), &[]));
+            let caught = usize::from(!signed);
+            assert_eq!(m.violations().len(), caught, "{:#?}", m.violations());
+        }
+        // Two joiners take the ring over at once, each still seeing the other joining; a third
+        // that has never heard of them promotes itself while they are members: caught.
+        let mut m = SafetyMonitor::new();
+        m.observe(t(1), &founder(ring(&[(0, RingStatus::Member)])));
+        for me in [1, 2, 3] {
+            let joining = ring(&[(0, RingStatus::Leaving), (me, RingStatus::Joining)]);
+            m.observe(t(2), &seen(me as usize, 1, joining, &[]));
+        }
+        m.observe(t(3), &founder(ring(&[(0, RingStatus::Left)])));
+        for (me, other) in [(1, 2), (2, 1)] {
+            let r = ring(&[
+                (0, RingStatus::Left),
+                (me, RingStatus::Member),
+                (other, RingStatus::Joining),
+            ]);
+            m.observe(t(4), &seen(me as usize, 1, r, &[]));
+        }
+        assert!(m.violations().is_empty(), "{:#?}", m.violations());
+        let r = ring(&[(0, RingStatus::Left), (3, RingStatus::Member)]);
+        m.observe(t(5), &seen(3, 1, r, &[]));
+        assert_eq!(m.violations().len(), 1, "{:#?}", m.violations());
     }
 
     /// Seed 1094 of 10 minutes: every member was leaving, and a joiner that had pulled its
