@@ -13,7 +13,10 @@
 //! majority of the ring's members (status `member`, not the subject, not this node) must answer
 //! that they recorded the change (they persist before answering). Until then the change keeps
 //! being pushed every ring-sync period and is reported as pending, with who is still missing.
-//! Nodes that are leaving or have left never count as confirmers.
+//! Nodes that have left never count as confirmers. A removal taken while no other member
+//! remains waits for a majority of the leaving nodes instead (or, with none, of the joining
+//! ones), so that another node holds it; a leave never waits for other leaving nodes (see
+//! `Membership::confirmers`).
 //!
 //! A leave has two phases. In `leaving` the node still owns its partitions and stays in SWIM
 //! (this is where partition handoff belongs); once a majority recorded `leaving`, the node
@@ -967,20 +970,31 @@ impl Membership {
     }
 
     /// Nodes whose confirmation counts for a change of `subject`, other than the subject and
-    /// this node: the ring's members (status `member`); when there are none, the other nodes
-    /// that own partitions (leaving); when there are none of those either, the joining ones.
-    /// So a change is confirmed only once another node holds it and it outlives a crash of
-    /// this node; only a node alone in the ring confirms a change by itself
-    /// (`chorus-sim run --seed 449`: a removal taken while every other member was leaving
-    /// counted as confirmed by nobody, was lost with the node that took it, and the leaves
-    /// waited for good to hand partitions to the dead node).
+    /// this node: the ring's members (status `member`).
+    ///
+    /// For an operator's removal of another node, when there are no such members, the other
+    /// nodes that own partitions (leaving) count instead, and when there are none of those
+    /// either, the joining ones: a removal is confirmed only once another node holds it, so it
+    /// outlives a crash of the node that took it; only a node alone in the ring confirms one by
+    /// itself (`chorus-sim run --seed 449`: a removal taken while every other member was
+    /// leaving counted as confirmed by nobody, was lost with the node that took it, and the
+    /// leaves waited for good to hand partitions to the dead node). A dead node among those
+    /// is removed the same way, which takes it out of this set.
+    ///
+    /// This node's own leave counts members only: with none left, it hands its partitions to
+    /// the joiners (see `future_owners`) without waiting for the other leaving nodes, one of
+    /// which may be dead and cannot be removed by a node that is leaving itself.
     fn confirmers(&self, subject: NodeId) -> BTreeSet<NodeId> {
         let ring = self.lock_ring();
-        let tiers: [fn(RingStatus) -> bool; 3] = [
-            |s| s == RingStatus::Member,
-            RingStatus::owns_partitions,
-            |s| s != RingStatus::Left,
-        ];
+        let tiers: &[fn(RingStatus) -> bool] = if subject == self.id {
+            &[|s| s == RingStatus::Member]
+        } else {
+            &[
+                |s| s == RingStatus::Member,
+                RingStatus::owns_partitions,
+                |s| s != RingStatus::Left,
+            ]
+        };
         for counts in tiers {
             let nodes: BTreeSet<NodeId> = ring
                 .iter()

@@ -726,6 +726,53 @@ fn a_removal_is_confirmed_only_once_another_node_holds_it_even_when_the_others_a
     );
 }
 
+/// With no member left, a leave hands its partitions to the joiners without waiting for the
+/// other leaving nodes: one of them may be dead, and a leaving node cannot remove it (found by
+/// a hostile review of the fix for seed 449, which first let leaves wait for leaving nodes).
+#[test]
+fn a_leave_with_no_member_left_does_not_wait_for_a_dead_leaving_node() {
+    let mut net = cluster(2);
+    net.start(config(2, 1, vec![addr(0)]));
+    net.run_for(Duration::from_millis(2500));
+    assert_eq!(
+        member_of(&net.view(2), 2).unwrap().status,
+        RingStatus::Joining
+    );
+    // n1 starts leaving and dies at once (frozen for good): the others see it leaving.
+    net.nodes.get_mut(&addr(1)).unwrap().leave(net.now);
+    net.drain(addr(1));
+    net.pause(addr(1));
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(
+        member_of(&net.view(0), 1).unwrap().status,
+        RingStatus::Leaving
+    );
+    net.nodes.get_mut(&addr(0)).unwrap().leave(net.now);
+    net.drain(addr(0));
+    net.run_for(Duration::from_secs(30));
+    assert!(
+        net.left.contains(&addr(0)),
+        "n0 handed everything to the joiner and left: {:?}",
+        net.view(0).pending
+    );
+    // The operator writes off the dead n1 through the joiner, which then carries the ring on.
+    let dead = NodeId::new(101);
+    let n2 = net.nodes.get_mut(&addr(2)).unwrap();
+    assert_eq!(
+        n2.remove(dead, operator_signature(dead), false, net.now),
+        Ok(())
+    );
+    net.drain(addr(2));
+    net.run_for(Duration::from_secs(30));
+    let v = net.view(2);
+    assert_eq!(
+        member_of(&v, 2).unwrap().status,
+        RingStatus::Member,
+        "{v:#?}"
+    );
+    assert_eq!(member_of(&v, 1).unwrap().status, RingStatus::Left);
+}
+
 #[test]
 fn a_node_asked_to_leave_while_joining_waits_until_it_knows_the_members() {
     let mut net = Net::new();

@@ -17,7 +17,8 @@
 //! - **members are made by members**: a node that did not found the cluster becomes a member
 //!   only while its ring state shows another member (or a leaving node, which still owns its
 //!   partitions) it could have caught up from, unless every other node that was ever a member
-//!   left, signed `left` after handing its partitions over, or was removed.
+//!   left, was removed, signed `left` after handing its partitions to this joiner, or is a
+//!   fellow joiner it handed them to as well, still seen joining here.
 //!
 //! It depends only on the observation types of [`crate::snapshot`] and the node's own types.
 
@@ -47,10 +48,11 @@ pub struct SafetyMonitor {
     generations: BTreeMap<usize, u64>,
     /// Slots whose leave completed.
     left: BTreeSet<usize>,
-    /// Slots whose own ring state showed themselves `left`: their partitions were handed to
-    /// their future owners (or an operator removed them), though the leave may still be
-    /// gathering confirmations of `left` before it completes.
-    signed_left: BTreeSet<usize>,
+    /// Slots whose own ring state showed themselves `left` (their partitions were handed to
+    /// their future owners, though the leave may still be gathering confirmations of `left`
+    /// before it completes), with the joiners they handed them to: the joining nodes in their
+    /// ring when they signed it, if it listed no other member (none otherwise).
+    handed_to: BTreeMap<usize, BTreeSet<NodeId>>,
     /// Slots that became members because the ring had emptied (every other member gone), by
     /// the node id they did it as: joiners that take the ring over together.
     heirs: BTreeMap<usize, NodeId>,
@@ -193,22 +195,27 @@ impl SafetyMonitor {
             });
             // Every machine that was ever a member left or was removed: the ring has no member
             // to catch up from, and the joiners carry it on (with whatever the removals lost).
-            // A last member that handed its partitions over and signed `left` counts as gone
-            // even before its leave completes, and so does a fellow joiner that took the ring
-            // over at the same time, while this node still sees it joining (seed 493: three
-            // joiners took the ring over from the last member, which signed `left` a few
-            // milliseconds before it reported the leave complete).
+            // A last member that signed `left` after handing its partitions to this node counts
+            // as gone even before its leave completes, and so does a fellow joiner it handed them
+            // to as well, which became a member while this node still sees it joining (seed
+            // 493: three joiners took the ring over from the last member, which signed `left` a
+            // few milliseconds before it reported the leave complete).
+            let handed_to_me = |s: usize| self.handed_to.get(&s).is_some_and(|h| h.contains(&n.id));
             let fellow_heir = |s: usize| {
-                self.heirs
-                    .get(&s)
-                    .is_some_and(|&h| n.ring.get(h).map(|e| e.status) == Some(RingStatus::Joining))
+                self.heirs.get(&s).is_some_and(|&h| {
+                    n.ring.get(h).map(|e| e.status) == Some(RingStatus::Joining)
+                        && self
+                            .handed_to
+                            .values()
+                            .any(|to| to.contains(&n.id) && to.contains(&h))
+                })
             };
             let ring_emptied = self.members_ever.iter().any(|&s| s != slot)
                 && self.members_ever.iter().all(|&s| {
                     s == slot
                         || self.left.contains(&s)
-                        || self.signed_left.contains(&s)
                         || self.removed.contains(&s)
+                        || handed_to_me(s)
                         || fellow_heir(s)
                 });
             if !other_member && ring_emptied {
@@ -228,8 +235,20 @@ impl SafetyMonitor {
         if own == Some(RingStatus::Member) {
             self.members_ever.insert(slot);
         }
-        if own == Some(RingStatus::Left) {
-            self.signed_left.insert(slot);
+        if own == Some(RingStatus::Left) && !self.handed_to.contains_key(&slot) {
+            let others = |status: RingStatus| -> BTreeSet<NodeId> {
+                n.ring
+                    .iter()
+                    .filter(|&(id, e)| id != n.id && e.status == status)
+                    .map(|(id, _)| id)
+                    .collect()
+            };
+            let to = if others(RingStatus::Member).is_empty() {
+                others(RingStatus::Joining)
+            } else {
+                BTreeSet::new()
+            };
+            self.handed_to.insert(slot, to);
         }
         if self.left.contains(&slot) && n.process == ProcessState::Up {
             self.report(
@@ -517,22 +536,29 @@ mod tests {
             let joining = ring(&[(0, RingStatus::Leaving), (1, RingStatus::Joining)]);
             m.observe(t(2), &seen(1, 1, joining, &[]));
             if signed {
-                // n0 signs `left` after its handoff.
-                m.observe(t(3), &founder(ring(&[(0, RingStatus::Left)])));
+                // n0 signs `left` after its handoff to n1.
+                let r = ring(&[(0, RingStatus::Left), (1, RingStatus::Joining)]);
+                m.observe(t(3), &founder(r));
             }
             m.observe(t(4), &seen(1, 1, gone.clone(), &[]));
             let caught = usize::from(!signed);
             assert_eq!(m.violations().len(), caught, "{:#?}", m.violations());
         }
         // Two joiners take the ring over at once, each still seeing the other joining; a third
-        // that has never heard of them promotes itself while they are members: caught.
+        // that n0 did not hand its partitions to promotes itself while they are members, still
+        // seeing them joining: caught.
         let mut m = SafetyMonitor::new();
         m.observe(t(1), &founder(ring(&[(0, RingStatus::Member)])));
         for me in [1, 2, 3] {
             let joining = ring(&[(0, RingStatus::Leaving), (me, RingStatus::Joining)]);
             m.observe(t(2), &seen(me as usize, 1, joining, &[]));
         }
-        m.observe(t(3), &founder(ring(&[(0, RingStatus::Left)])));
+        let r = ring(&[
+            (0, RingStatus::Left),
+            (1, RingStatus::Joining),
+            (2, RingStatus::Joining),
+        ]);
+        m.observe(t(3), &founder(r));
         for (me, other) in [(1, 2), (2, 1)] {
             let r = ring(&[
                 (0, RingStatus::Left),
@@ -542,7 +568,12 @@ mod tests {
             m.observe(t(4), &seen(me as usize, 1, r, &[]));
         }
         assert!(m.violations().is_empty(), "{:#?}", m.violations());
-        let r = ring(&[(0, RingStatus::Left), (3, RingStatus::Member)]);
+        let r = ring(&[
+            (0, RingStatus::Left),
+            (1, RingStatus::Joining),
+            (2, RingStatus::Joining),
+            (3, RingStatus::Member),
+        ]);
         m.observe(t(5), &seen(3, 1, r, &[]));
         assert_eq!(m.violations().len(), 1, "{:#?}", m.violations());
     }
