@@ -25,8 +25,8 @@
 //!
 //! # Joining
 //!
-//! A joining node becomes a `member` once it has caught up with a member's ring state and the
-//! data path reported ([`Membership::set_data_ready`]) that it pulled every partition it will
+//! A joining node becomes a `member` once it has caught up with the ring state of a node that
+//! owns partitions (a member, or a leaving node) and the data path reported ([`Membership::set_data_ready`]) that it pulled every partition it will
 //! own from the ring's current owners; a change of owners in between asks for it again. Its
 //! ring must still list another member when it does: a joiner never promotes itself while the
 //! only owners are leaving (every member left, or was removed, since it caught up). The leaving
@@ -186,8 +186,9 @@ pub struct PendingChange {
     pub needed: usize,
     /// Members whose confirmation is still missing.
     pub waiting_for: Vec<String>,
-    /// Whether this node has caught up with a member's ring state; until it has, it cannot
-    /// know the members and the change waits.
+    /// Whether this node has caught up with the ring state of a node that owns partitions (a
+    /// member or a leaving node); until it has, it cannot know the members and the change
+    /// waits.
     pub caught_up: bool,
 }
 
@@ -311,7 +312,8 @@ pub(crate) struct Membership {
     ring_seen: RingState,
     placement: Option<Ring>,
     rng: Xoshiro256PlusPlus,
-    /// Whether a ring member has sent us its full ring state since we started.
+    /// Whether a node that owns partitions (a member, or a leaving node) has sent us its full
+    /// ring state since we started.
     synced: bool,
     /// Whether SWIM has at least one active member (foca's `Active` / `Idle`).
     swim_connected: bool,
@@ -885,18 +887,25 @@ impl Membership {
         out: &mut Outbox,
     ) {
         let knew_all = state.covers(&self.lock_ring());
-        // A member's view counts for catching up only if it was a member before this message:
-        // a stranger's own entry (all this message can teach us of a non-owner) is no view of
-        // the ring.
-        let from_member = self.lock_ring().get(from).map(|e| e.status) == Some(RingStatus::Member);
+        // An owner's view (a member, or a leaving node, which still owns its partitions) counts
+        // for catching up only if it was an owner before this message: a stranger's own entry
+        // (all this message can teach us of a non-owner) is no view of the ring. A leaving owner
+        // counts too: a joiner that first heard of the last member just before it started
+        // leaving would otherwise wait for good, holding every partition handed to it.
+        let owner = |m: &Self| {
+            m.lock_ring()
+                .get(from)
+                .is_some_and(|e| e.status.owns_partitions())
+        };
+        let from_owner = owner(self);
         let report = self
             .lock_ring()
             .merge_verified(from, &state, self.auth.as_ref());
         self.note_refusals(from, report);
         // Persist before answering: an answer confirms what we now know.
         self.refresh_ring(out);
-        if from_member && self.lock_ring().get(from).map(|e| e.status) == Some(RingStatus::Member) {
-            // Caught up with a member's view of the ring: a joining node may become a member
+        if from_owner && owner(self) {
+            // Caught up with an owner's view of the ring: a joining node may become a member
             // (once it pulled its partitions, which the data path plans from the topology).
             if !self.synced {
                 self.synced = true;
@@ -1603,8 +1612,8 @@ impl Membership {
 /// When no member remains but some owners are still leaving (the last members left or were
 /// removed while others were leaving), the joining nodes: they cannot become members with no
 /// member to catch up from, so the leaving owners hand their partitions to them instead, and
-/// they carry the ring on once the leaves complete. Only for a node that has caught up with a
-/// member (`synced`): before that, a ring without members may just be one it has not heard of
+/// they carry the ring on once the leaves complete. Only for a node that has caught up with an
+/// owner (`synced`): before that, a ring without members may just be one it has not heard of
 /// yet (a node asked to leave while still joining may know nobody but other newcomers), and
 /// nothing is handed to anyone.
 fn future_owners(s: &RingState, synced: bool) -> Vec<NodeId> {

@@ -773,6 +773,34 @@ fn a_leave_with_no_member_left_does_not_wait_for_a_dead_leaving_node() {
     assert_eq!(member_of(&v, 1).unwrap().status, RingStatus::Left);
 }
 
+/// A joiner counts as caught up with the ring when a node that owns partitions answers it,
+/// leaving or not: when the last member started leaving before it answered the joiner twice
+/// (the first answer only introduces it), the joiner received every partition and then waited
+/// for good, a joiner with no member left to catch up from.
+#[test]
+fn a_joiner_the_last_member_hands_everything_to_before_it_caught_up_carries_the_ring_on() {
+    let mut net = cluster(1);
+    written(net.put(0, b"apples", b"red", None));
+    net.start(config(1, 1, vec![addr(0)]));
+    net.run_for(Duration::from_millis(300));
+    assert_eq!(
+        member_of(&net.view(1), 1).unwrap().status,
+        RingStatus::Joining
+    );
+    net.nodes.get_mut(&addr(0)).unwrap().leave(net.now);
+    net.drain(addr(0));
+    net.run_for(Duration::from_secs(30));
+    assert!(net.left.contains(&addr(0)), "{:?}", net.view(0).pending);
+    let v = net.view(1);
+    assert_eq!(
+        member_of(&v, 1).unwrap().status,
+        RingStatus::Member,
+        "{:?}",
+        v.pending
+    );
+    assert_eq!(net.get(1, b"apples", 1).values, vec![b"red".to_vec()]);
+}
+
 #[test]
 fn a_node_asked_to_leave_while_joining_waits_until_it_knows_the_members() {
     let mut net = Net::new();
