@@ -25,9 +25,10 @@
 //!
 //! # Joining
 //!
-//! A joining node becomes a `member` once it has caught up with the ring state of a node that
-//! owns partitions (a member, or a leaving node) and the data path reported ([`Membership::set_data_ready`]) that it pulled every partition it will
-//! own from the ring's current owners; a change of owners in between asks for it again. Its
+//! A joining node becomes a `member` once it has caught up with the ring state of a member
+//! (one it knew as a member before, even if it is leaving by now) and the data path reported
+//! ([`Membership::set_data_ready`]) that it pulled every partition it will own from the ring's
+//! current owners; a change of owners in between asks for it again. Its
 //! ring must still list another member when it does: a joiner never promotes itself while the
 //! only owners are leaving (every member left, or was removed, since it caught up). The leaving
 //! owners then hand their partitions to the joining nodes (the future placement), and once they
@@ -186,9 +187,8 @@ pub struct PendingChange {
     pub needed: usize,
     /// Members whose confirmation is still missing.
     pub waiting_for: Vec<String>,
-    /// Whether this node has caught up with the ring state of a node that owns partitions (a
-    /// member or a leaving node); until it has, it cannot know the members and the change
-    /// waits.
+    /// Whether this node has caught up with a member's ring state (the member may have started
+    /// leaving since); until it has, it cannot know the members and the change waits.
     pub caught_up: bool,
 }
 
@@ -312,8 +312,8 @@ pub(crate) struct Membership {
     ring_seen: RingState,
     placement: Option<Ring>,
     rng: Xoshiro256PlusPlus,
-    /// Whether a node that owns partitions (a member, or a leaving node) has sent us its full
-    /// ring state since we started.
+    /// Whether a node known as a member has sent us its full ring state since we started (it
+    /// may have started leaving since).
     synced: bool,
     /// Whether SWIM has at least one active member (foca's `Active` / `Idle`).
     swim_connected: bool,
@@ -887,24 +887,25 @@ impl Membership {
         out: &mut Outbox,
     ) {
         let knew_all = state.covers(&self.lock_ring());
-        // An owner's view (a member, or a leaving node, which still owns its partitions) counts
-        // for catching up only if it was an owner before this message: a stranger's own entry
-        // (all this message can teach us of a non-owner) is no view of the ring. A leaving owner
-        // counts too: a joiner that first heard of the last member just before it started
-        // leaving would otherwise wait for good, holding every partition handed to it.
-        let owner = |m: &Self| {
-            m.lock_ring()
-                .get(from)
-                .is_some_and(|e| e.status.owns_partitions())
-        };
-        let from_owner = owner(self);
+        // A member's view counts for catching up only if it was a member before this message:
+        // a stranger's own entry (all this message can teach us of a non-owner) is no view of
+        // the ring. It still counts if the member started leaving in the meantime (it still
+        // owns its partitions): a joiner that first heard of the last member just before it
+        // started leaving would otherwise wait for good, holding every partition handed to it.
+        // A node never seen as a member does not count even if it is leaving now: a joiner
+        // asked to leave goes straight to `leaving` without ever having caught up itself.
+        let from_member = self.lock_ring().get(from).map(|e| e.status) == Some(RingStatus::Member);
         let report = self
             .lock_ring()
             .merge_verified(from, &state, self.auth.as_ref());
         self.note_refusals(from, report);
         // Persist before answering: an answer confirms what we now know.
         self.refresh_ring(out);
-        if from_owner && owner(self) {
+        let still_owner = self
+            .lock_ring()
+            .get(from)
+            .is_some_and(|e| e.status.owns_partitions());
+        if from_member && still_owner {
             // Caught up with an owner's view of the ring: a joining node may become a member
             // (once it pulled its partitions, which the data path plans from the topology).
             if !self.synced {
@@ -1612,8 +1613,8 @@ impl Membership {
 /// When no member remains but some owners are still leaving (the last members left or were
 /// removed while others were leaving), the joining nodes: they cannot become members with no
 /// member to catch up from, so the leaving owners hand their partitions to them instead, and
-/// they carry the ring on once the leaves complete. Only for a node that has caught up with an
-/// owner (`synced`): before that, a ring without members may just be one it has not heard of
+/// they carry the ring on once the leaves complete. Only for a node that has caught up with a
+/// member (`synced`): before that, a ring without members may just be one it has not heard of
 /// yet (a node asked to leave while still joining may know nobody but other newcomers), and
 /// nothing is handed to anyone.
 fn future_owners(s: &RingState, synced: bool) -> Vec<NodeId> {
@@ -1707,6 +1708,29 @@ mod tests {
             reply: SyncReply::Never,
         };
         m.handle_message(NodeId::new(from), message, now, &mut Outbox::new());
+    }
+
+    /// A member that started leaving still vouches for the ring it knows; a node never seen as
+    /// a member does not, even once it is leaving (a joiner asked to leave goes straight to
+    /// `leaving` without having caught up itself: found by a hostile review).
+    #[test]
+    fn a_joiner_catches_up_from_a_member_even_once_it_leaves_but_never_from_a_leaving_newcomer() {
+        use RingStatus::*;
+        let me = 9;
+        let t = Duration::from_secs;
+        let mut m = membership(me, vec![info(8).quic_addr]);
+        m.start(t(0), &mut Outbox::new());
+        sync_from(&mut m, 8, ring(&[(8, Joining), (me, Joining)]), t(1));
+        sync_from(&mut m, 8, ring(&[(8, Leaving), (me, Joining)]), t(2));
+        sync_from(&mut m, 8, ring(&[(8, Leaving), (me, Joining)]), t(3));
+        assert!(!m.synced, "a newcomer that left is no view of the ring");
+        sync_from(&mut m, 1, ring(&[(1, Member), (me, Joining)]), t(4));
+        assert!(
+            !m.synced,
+            "a stranger's first message is no view of the ring"
+        );
+        sync_from(&mut m, 1, ring(&[(1, Leaving), (me, Joining)]), t(5));
+        assert!(m.synced, "caught up with n1, a member that started leaving");
     }
 
     /// Issue 21, item 7 (sim seed 1094): a joiner caught up with a member, then every member
