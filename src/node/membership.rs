@@ -906,7 +906,7 @@ impl Membership {
             .get(from)
             .is_some_and(|e| e.status.owns_partitions());
         if from_member && still_owner {
-            // Caught up with an owner's view of the ring: a joining node may become a member
+            // Caught up with a member's view of the ring: a joining node may become a member
             // (once it pulled its partitions, which the data path plans from the topology).
             if !self.synced {
                 self.synced = true;
