@@ -610,7 +610,7 @@ pub struct Node {
     coordinator: coordinator::Coordinator,
     replica: replica::Replica,
     hints: hints::Hints,
-    sync: sync::Sync,
+    sync: sync::PartitionSync,
     topo: Topology,
     topo_version: Option<u64>,
     journal: Journal<Deferred>,
@@ -714,7 +714,7 @@ impl Node {
                 d.hint_batch_max,
                 rand::Rng::next_u64(&mut rng),
             )?,
-            sync: sync::Sync::new(
+            sync: sync::PartitionSync::new(
                 Box::new(store),
                 d.handoff_interval,
                 d.handoff_batch_max,

@@ -9,7 +9,7 @@
 //! only once the owner acknowledged the page durably; a page not acknowledged in time is sent
 //! again. Keys staged while a push is under way, or in a partition this node no longer owns,
 //! are pushed on their own. A leaving node reports through
-//! [`Sync::handoff_complete`] when every partition it holds is with all of its future owners:
+//! [`PartitionSync::handoff_complete`] when every partition it holds is with all of its future owners:
 //! only then may its leave move to `left`. The record of who received what is persisted
 //! (`handoff` in the metadata), so a restart does not push everything again.
 //!
@@ -33,7 +33,7 @@
 //! # Complete copies
 //!
 //! A replica may answer a read, and say a key is absent, only for a partition whose copy holds
-//! every write acknowledged before: [`Sync::held`], persisted with the handoff record. A node
+//! every write acknowledged before: [`PartitionSync::held`], persisted with the handoff record. A node
 //! becomes a replica of partitions it has no complete copy of when it joins (it pulled them
 //! during its intake, but writes went on to the other owners until they saw it a member), when
 //! another node leaves (its handoff may still be on the way) or is removed (nothing comes from
@@ -51,7 +51,7 @@
 //! A node that missed placements (down or cut off while others joined and left) cannot tell
 //! from the placement it sees now; the router suspects the partitions such a placement could
 //! have moved away and back (a node first seen gone that was never seen a member, or an owner
-//! set that jumped by more than one node), and [`Sync::forget_held`] drops them.
+//! set that jumped by more than one node), and [`PartitionSync::forget_held`] drops them.
 //!
 //! Not covered: a node that has not heard of a new placement yet still answers for its old one
 //! (ring changes spread by gossip, not consensus: a node cut off while the others change the
@@ -196,8 +196,9 @@ struct Record {
     held: BTreeSet<PartitionId>,
 }
 
-/// The sync sub-machine.
-pub(crate) struct Sync {
+/// The sync sub-machine: handoff, anti-entropy, tombstone GC and complete copies, per
+/// partition (named so as not to shadow the standard `Sync` trait).
+pub(crate) struct PartitionSync {
     store: Box<dyn ReadStore>,
     interval: Duration,
     batch_max: usize,
@@ -225,7 +226,7 @@ pub(crate) struct Sync {
     catching_up: usize,
 }
 
-impl Sync {
+impl PartitionSync {
     /// The sync sub-machine with the handoff record in `store`.
     pub(crate) fn new(
         store: Box<dyn ReadStore>,
@@ -246,7 +247,7 @@ impl Sync {
             },
         };
         let trees = rebuild_trees(&*store)?;
-        Ok(Sync {
+        Ok(PartitionSync {
             store,
             interval,
             batch_max: batch_max.max(1),
@@ -375,7 +376,7 @@ impl Sync {
     }
 
     /// Partitions this node replicates but has not caught up yet (as of the last
-    /// [`Sync::catch_up`]).
+    /// [`PartitionSync::catch_up`]).
     pub(crate) fn catching_up(&self) -> usize {
         self.catching_up
     }
