@@ -3,11 +3,14 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use chorus::client::{BreakerState, Client, Config, CrdtOp, ErrorKind, Options, Protocol, Value};
+use chorus::client::{
+    BreakerState, Client, Config, CrdtOp, Error, ErrorKind, Options, Protocol, Value,
+};
 use chorus::protocol::client::{
     encode_frame, ClientMessage, FrameHeader, ServerMessage, FRAME_HEADER_BYTES,
 };
@@ -40,6 +43,38 @@ fn show(v: &Value) -> String {
         }
         other => format!("{other:?}"),
     }
+}
+
+/// The shopping cart, written the way an application should use the client library (the
+/// README points here): read, change, write back with the context, so that two devices adding
+/// at once leave siblings that the next change merges (a cart is the union of its items)
+/// instead of one silently replacing the other. Visits and items ever added are CRDTs, which
+/// merge by themselves. Returns the cart as written.
+async fn add_to_cart(
+    client: &Client,
+    user: &str,
+    items: &[&str],
+) -> Result<BTreeSet<String>, Error> {
+    let key = format!("cart:{user}");
+    let read = client.get(&key).await?;
+    let mut cart = BTreeSet::new();
+    for value in read.value.values() {
+        cart.extend(
+            String::from_utf8_lossy(value)
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned),
+        );
+    }
+    cart.extend(items.iter().map(|s| s.to_string()));
+    let joined = cart.iter().cloned().collect::<Vec<_>>().join(",");
+    // The context says which versions this write replaces.
+    client.put(&key, joined, read.context.as_ref()).await?;
+    client.incr(format!("visits:{user}"), 1).await?;
+    client
+        .set_add("items-ever-added", items.iter().copied())
+        .await?;
+    Ok(cart)
 }
 
 /// Every operation, recorded without contexts (they name the coordinators, which differ).
@@ -233,6 +268,41 @@ fn client_library_cli_and_breakers_on_a_three_node_cluster() {
         assert_eq!(n.breaker, BreakerState::Closed, "{n:?}");
     }
     assert_eq!(quic.nodes().len(), 3);
+
+    // The cart: two devices add at once (both read before either writes), so the cart has
+    // two siblings; the next change merges them and supersedes both.
+    rt.block_on(async {
+        let (phone, laptop) = (&quic, &http);
+        assert_eq!(
+            add_to_cart(phone, "alice", &["apple"]).await.unwrap().len(),
+            1
+        );
+        let seen_by_phone = phone.get("cart:alice").await.unwrap();
+        let seen_by_laptop = laptop.get("cart:alice").await.unwrap();
+        let ctx = |r: &chorus::client::Read| r.context.clone();
+        phone
+            .put("cart:alice", "apple,pear", ctx(&seen_by_phone).as_ref())
+            .await
+            .unwrap();
+        laptop
+            .put("cart:alice", "apple,fig", ctx(&seen_by_laptop).as_ref())
+            .await
+            .unwrap();
+        let both = phone.get("cart:alice").await.unwrap();
+        assert!(
+            matches!(&both.value, Value::Siblings(v) if v.len() == 2),
+            "{both:?}"
+        );
+        let cart = add_to_cart(laptop, "alice", &["kiwi"]).await.unwrap();
+        let want: BTreeSet<String> = ["apple", "fig", "kiwi", "pear"].map(String::from).into();
+        assert_eq!(cart, want);
+        let after = phone.get("cart:alice").await.unwrap();
+        assert_eq!(after.value, Value::One(b"apple,fig,kiwi,pear".to_vec()));
+        assert_eq!(phone.counter("visits:alice").await.unwrap(), 2);
+        let (mut ever, _) = phone.set("items-ever-added").await.unwrap();
+        ever.sort();
+        assert_eq!(ever, ["apple", "kiwi"]);
+    });
 
     // 2. The CLI.
     let node = nodes[0].http.to_string();

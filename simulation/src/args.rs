@@ -19,7 +19,7 @@ pub enum ArgError {
         /// The rejected text (truncated).
         input: String,
         /// What is wrong with it.
-        reason: &'static str,
+        reason: String,
     },
     /// Not a seed range.
     #[error("invalid seed range {input:?}: {reason} (examples: 0..200, 7..=7)")]
@@ -47,56 +47,26 @@ fn shown(input: &str) -> String {
 /// simulated time never overflows.
 const DURATION_MAX: Duration = Duration::from_secs(1000 * 24 * 3600);
 
-/// Parses a duration: one or more `<integer><unit>` parts with units `h`, `m`, `s`, `ms`
-/// (`1h30m`, `90s`, `250ms`); a bare integer means seconds.
+/// Parses a duration: a bare integer means seconds; anything else is read by `humantime`
+/// (`1h30m`, `90s`, `250ms`, `1m 30s`). At most [`DURATION_MAX`], in whole milliseconds.
 pub fn parse_duration(input: &str) -> Result<Duration, ArgError> {
-    let err = |reason| ArgError::Duration {
+    let err = |reason: String| ArgError::Duration {
         input: shown(input),
         reason,
     };
     let text = input.trim();
-    if text.is_empty() {
-        return Err(err("empty"));
+    let d = if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        Duration::from_secs(text.parse().map_err(|_| err("number too large".into()))?)
+    } else {
+        humantime::parse_duration(text).map_err(|e| err(e.to_string()))?
+    };
+    if d > DURATION_MAX {
+        return Err(err("longer than 1000 days".into()));
     }
-    if text.bytes().all(|b| b.is_ascii_digit()) {
-        let secs: u64 = text.parse().map_err(|_| err("number too large"))?;
-        return checked(Duration::from_secs(secs)).ok_or_else(|| err("longer than 1000 days"));
+    if d.subsec_nanos() % 1_000_000 != 0 {
+        return Err(err("finer than a millisecond".into()));
     }
-    let mut total = Duration::ZERO;
-    let mut rest = text;
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(|b| b.is_ascii_digit()).count();
-        if digits == 0 {
-            return Err(err("expected a number before each unit"));
-        }
-        let value: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| err("number too large"))?;
-        rest = &rest[digits..];
-        let unit_len = rest.bytes().take_while(|b| b.is_ascii_alphabetic()).count();
-        let unit_ms: u64 = match &rest[..unit_len] {
-            "h" => 3_600_000,
-            "m" => 60_000,
-            "s" => 1_000,
-            "ms" => 1,
-            "" => return Err(err("missing unit after a number")),
-            _ => return Err(err("unknown unit; use h, m, s or ms")),
-        };
-        rest = &rest[unit_len..];
-        let part = value
-            .checked_mul(unit_ms)
-            .map(Duration::from_millis)
-            .ok_or_else(|| err("longer than 1000 days"))?;
-        total = total
-            .checked_add(part)
-            .and_then(checked)
-            .ok_or_else(|| err("longer than 1000 days"))?;
-    }
-    Ok(total)
-}
-
-fn checked(d: Duration) -> Option<Duration> {
-    (d <= DURATION_MAX).then_some(d)
+    Ok(d)
 }
 
 /// Formats a duration the way [`parse_duration`] reads it back (`1h`, `5m`, `90s`, `1m30s`,
@@ -285,6 +255,8 @@ mod tests {
             ("1h", 3_600_000),
             ("1h30m", 5_400_000),
             ("1m30s", 90_000),
+            ("1m 30s", 90_000),
+            ("1.5h", 5_400_000),
             ("250ms", 250),
             ("45", 45_000),
         ];
@@ -303,9 +275,9 @@ mod tests {
             "",
             "s",
             "10x",
-            "1.5h",
             "-3s",
-            "10 m",
+            "1.5ms",
+            "1500us",
             "99999999999999999999s",
             "25000h",
             "h1",

@@ -1,9 +1,9 @@
-//! Writes seed inputs for the fuzz targets (`chorus::fuzzing`) under `<dir>/<target>/`
-//! (default `fuzz/corpus`): real encoded messages, captured from a small in-process cluster
-//! run on simulated time, plus hand-made tokens, frames and JSON bodies.
+//! Seed inputs for the fuzz targets (`chorus::fuzzing`), written under `<dir>/<target>/`:
+//! real encoded messages, captured from a small in-process cluster run on simulated time,
+//! plus hand-made tokens, frames and JSON bodies.
 //!
 //! ```text
-//! cargo run --release --no-default-features --example fuzz_seeds [dir]
+//! cargo run --release -p chorus-sim -- fuzz-seeds [--dir fuzz/corpus]
 //! ```
 //!
 //! Each seed is named by its content's hash, so running it again adds nothing new. The
@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use chorus::fuzzing::FUZZ_KEY;
@@ -391,10 +391,9 @@ fn cluster_seeds(seeds: &mut Seeds) -> Vec<Context> {
     contexts
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = std::env::args()
-        .nth(1)
-        .map_or_else(|| PathBuf::from("fuzz/corpus"), PathBuf::from);
+/// Runs the capture cluster and writes every seed under `dir` (one directory per target);
+/// returns a one-line summary. With `verbose`, the summary also lists every captured kind.
+pub fn write_corpus(dir: &Path, verbose: bool) -> Result<String, Box<dyn std::error::Error>> {
     let mut seeds = Seeds::default();
     let contexts = cluster_seeds(&mut seeds);
 
@@ -493,8 +492,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             g.to_be_bytes().to_vec(),
         );
     }
-    let mut n = seeds.write(&dir)?;
-    n += out.write(&dir)?;
+    let mut n = seeds.write(dir)?;
+    n += out.write(dir)?;
     let summary: BTreeMap<&str, usize> =
         seeds
             .by_target
@@ -505,13 +504,58 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 m
             });
     let kinds: BTreeSet<&String> = seeds.by_target.values().flat_map(|k| k.keys()).collect();
-    if std::env::var_os("FUZZ_SEEDS_VERBOSE").is_some() {
-        println!("{kinds:#?}");
-    }
-    println!(
+    let mut text = format!(
         "wrote {n} seeds under {} ({summary:?}; {} kinds of captured message and state)",
         dir.display(),
         kinds.len()
     );
-    Ok(())
+    if verbose {
+        text.push_str(&format!("\n{kinds:#?}"));
+    }
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The files under `dir`, by target.
+    fn listing(dir: &Path) -> BTreeMap<String, BTreeSet<String>> {
+        let names = |d: &Path| -> BTreeSet<String> {
+            std::fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        };
+        names(dir)
+            .into_iter()
+            .map(|t| (t.clone(), names(&dir.join(&t))))
+            .collect()
+    }
+
+    #[test]
+    fn every_target_gets_seeds_and_a_second_run_adds_nothing() {
+        let dir = std::env::temp_dir().join(format!("chorus-fuzz-seeds-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let summary = write_corpus(&dir, false).unwrap();
+        let first = listing(&dir);
+        let targets: Vec<&str> = first.keys().map(String::as_str).collect();
+        assert_eq!(
+            targets,
+            [
+                "client_frame",
+                "context",
+                "crdt_body",
+                "peer_message",
+                "stored_state"
+            ],
+            "{summary}"
+        );
+        // Captured traffic, not only the hand-made inputs: peer messages of many kinds.
+        assert!(first["peer_message"].len() >= 20, "{summary}");
+        assert!(first.values().all(|files| !files.is_empty()), "{summary}");
+        write_corpus(&dir, false).unwrap();
+        assert_eq!(listing(&dir), first, "the capture is deterministic");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -33,6 +33,8 @@
 //!   many seeds.
 //! - [`log`]: optional printing of the core's own log lines, stamped with simulated time.
 //! - [`args`]: parsing of durations, seed ranges and fault lists for the command line.
+//! - [`fuzz_seeds`]: the fuzz targets' seed corpus, captured from a small simulated cluster
+//!   (`chorus-sim fuzz-seeds`).
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
@@ -40,6 +42,7 @@ pub mod args;
 pub mod check;
 pub mod cluster;
 pub mod disk;
+pub mod fuzz_seeds;
 pub mod history;
 pub mod log;
 pub mod network;

@@ -50,6 +50,17 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Write seed inputs for the fuzz targets (see `.dev/fuzz`), captured from a small
+    /// simulated cluster, under `<dir>/<target>/`. Seeds are named by their content's hash, so
+    /// a second run adds nothing new.
+    FuzzSeeds {
+        /// The corpus directory.
+        #[arg(long, default_value = "fuzz/corpus")]
+        dir: std::path::PathBuf,
+        /// Also list every kind of captured message and state.
+        #[arg(long)]
+        verbose: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -111,6 +122,18 @@ fn main() -> ExitCode {
             let mut config = common.config(seed);
             config.trace = trace;
             run_one(&config)
+        }
+        Command::FuzzSeeds { dir, verbose } => {
+            match chorus_sim::fuzz_seeds::write_corpus(&dir, verbose) {
+                Ok(summary) => {
+                    emit(&summary);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("chorus-sim: cannot write the fuzz seeds: {e}");
+                    ExitCode::from(1)
+                }
+            }
         }
         Command::Sweep {
             seeds,

@@ -764,25 +764,16 @@ pub(super) fn key_after(uri: &Uri, prefix: &str, limits: &Limits) -> Result<Vec<
     Ok(key)
 }
 
+/// `s` percent-decoded, or `None` when a `%` is not followed by two hex digits (the decoder
+/// would keep such a `%` as it is; a key must be encoded exactly).
 fn percent_decode(s: &str) -> Option<Vec<u8>> {
     let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = b.get(i + 1..i + 3)?;
-            if !hex.iter().all(u8::is_ascii_hexdigit) {
-                return None;
-            }
-            let hex = std::str::from_utf8(hex).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    Some(out)
+    let well_formed = b.iter().enumerate().all(|(i, &c)| {
+        c != b'%'
+            || b.get(i + 1..i + 3)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+    });
+    well_formed.then(|| percent_encoding::percent_decode(b).collect())
 }
 
 /// `r`, `w`, `strict`, `timeout_ms` from the query string; anything else is refused.

@@ -164,17 +164,16 @@ where
     Ok(sender)
 }
 
+/// The bytes a key keeps as they are in a path: RFC 3986's unreserved characters.
+const KEY_KEPT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// Percent-encodes every byte but the unreserved ones.
 fn encode_key(key: &[u8]) -> String {
-    let mut out = String::with_capacity(key.len() * 3);
-    for &b in key {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::percent_encode(key, KEY_KEPT).to_string()
 }
 
 fn query(options: Options, extra: Option<&str>) -> String {
