@@ -16,8 +16,8 @@ mod partition;
 mod placement;
 pub mod plan;
 
-pub use partition::{key_hash, partition_of, PartitionId, DEFAULT_PARTITIONS, MAX_PARTITIONS};
+pub use partition::{key_hash, partition_of, PartitionId, DEFAULT_PARTITIONS, PARTITIONS_MAX};
 pub use placement::{
-    Member, Ring, RingConfig, RingError, Walk, DEFAULT_VNODES, MAX_MEMBERS, MAX_TOKENS, MAX_VNODES,
-    MAX_WEIGHT,
+    Member, Ring, RingConfig, RingError, Walk, DEFAULT_VNODES, MEMBERS_MAX, TOKENS_MAX, VNODES_MAX,
+    WEIGHT_MAX,
 };

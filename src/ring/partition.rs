@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_PARTITIONS: u32 = 256;
 
 /// The largest supported number of partitions (every [`PartitionId`] fits in a `u16`).
-pub const MAX_PARTITIONS: u32 = 1 << 16;
+pub const PARTITIONS_MAX: u32 = 1 << 16;
 
 /// Domain-separation key for hashing keys to partitions. Changing it re-partitions every key.
 const KEY_HASH_KEY: &[u8; 32] = b"chorus/ring/v1/key-to-partition.";
@@ -44,7 +44,7 @@ impl PartitionId {
 
     /// Partition number `index`, if it is below `partitions` (and `partitions` is valid).
     pub fn checked(index: u32, partitions: u32) -> Option<Self> {
-        if index < partitions && partitions <= MAX_PARTITIONS {
+        if index < partitions && partitions <= PARTITIONS_MAX {
             u16::try_from(index).ok().map(PartitionId)
         } else {
             None
@@ -76,20 +76,20 @@ pub fn key_hash(key: &[u8]) -> u64 {
 ///
 /// # Panics
 ///
-/// If `partitions` is not in `1..=MAX_PARTITIONS`. The partition count comes from a validated
+/// If `partitions` is not in `1..=PARTITIONS_MAX`. The partition count comes from a validated
 /// [`RingConfig`](super::RingConfig), never from a peer; prefer
 /// [`Ring::partition_of`](super::Ring::partition_of), which cannot fail.
 pub fn partition_of(key: &[u8], partitions: u32) -> PartitionId {
     assert!(
-        (1..=MAX_PARTITIONS).contains(&partitions),
-        "partition count {partitions} outside 1..={MAX_PARTITIONS}"
+        (1..=PARTITIONS_MAX).contains(&partitions),
+        "partition count {partitions} outside 1..={PARTITIONS_MAX}"
     );
     partition_of_hash(key_hash(key), partitions)
 }
 
 /// The partition that owns hash `h` (see [`partition_of`]); `partitions` must be valid.
 pub(crate) fn partition_of_hash(h: u64, partitions: u32) -> PartitionId {
-    debug_assert!((1..=MAX_PARTITIONS).contains(&partitions));
+    debug_assert!((1..=PARTITIONS_MAX).contains(&partitions));
     let p = (u128::from(h) * u128::from(partitions)) >> 64;
     // p < partitions <= 2^16, so it fits.
     PartitionId(p as u16)
@@ -100,7 +100,7 @@ pub(crate) fn partition_of_hash(h: u64, partitions: u32) -> PartitionId {
 /// Its preference list starts at the first token at or after this point. Using the midpoint
 /// rather than the start keeps the ring symmetric around each partition's keys.
 pub(crate) fn partition_position(p: u32, partitions: u32) -> u64 {
-    debug_assert!(p < partitions && partitions <= MAX_PARTITIONS);
+    debug_assert!(p < partitions && partitions <= PARTITIONS_MAX);
     let num = (2 * u128::from(p) + 1) << 64;
     // (2p+1) / 2Q < 1, so the quotient fits in 64 bits.
     (num / (2 * u128::from(partitions))) as u64
@@ -130,7 +130,7 @@ mod tests {
                     key_hash(k),
                     partition_of(k, 256).get(),
                     partition_of(k, 1024).get(),
-                    partition_of(k, MAX_PARTITIONS).get(),
+                    partition_of(k, PARTITIONS_MAX).get(),
                 )
             })
             .collect();
@@ -154,7 +154,7 @@ mod tests {
 
     #[test]
     fn hash_extremes_map_to_first_and_last_partition() {
-        for q in [1, 2, 3, 7, 256, 1000, MAX_PARTITIONS] {
+        for q in [1, 2, 3, 7, 256, 1000, PARTITIONS_MAX] {
             assert_eq!(partition_of_hash(0, q).get(), 0);
             assert_eq!(u32::from(partition_of_hash(u64::MAX, q).get()), q - 1);
         }
@@ -165,7 +165,7 @@ mod tests {
         assert_eq!(partition_position(0, 1), 1 << 63);
         assert_eq!(partition_position(0, 2), 1 << 62);
         assert_eq!(partition_position(1, 2), 3 << 62);
-        for q in [3, 256, MAX_PARTITIONS] {
+        for q in [3, 256, PARTITIONS_MAX] {
             let mut prev = None;
             for p in 0..q {
                 let pos = partition_position(p, q);
@@ -189,10 +189,10 @@ mod tests {
         assert_eq!(PartitionId::checked(255, 256), Some(PartitionId::new(255)));
         assert_eq!(PartitionId::checked(256, 256), None);
         assert_eq!(
-            PartitionId::checked(65535, MAX_PARTITIONS),
+            PartitionId::checked(65535, PARTITIONS_MAX),
             Some(PartitionId::new(65535))
         );
-        assert_eq!(PartitionId::checked(0, MAX_PARTITIONS + 1), None);
+        assert_eq!(PartitionId::checked(0, PARTITIONS_MAX + 1), None);
     }
 
     #[test]
@@ -209,20 +209,20 @@ mod tests {
 
         #[test]
         fn partition_is_in_range(key in proptest::collection::vec(any::<u8>(), 0..64),
-                                 q in 1..=MAX_PARTITIONS) {
+                                 q in 1..=PARTITIONS_MAX) {
             let p = partition_of(&key, q);
             prop_assert!(u32::from(p.get()) < q);
             prop_assert_eq!(p, partition_of(&key, q));
         }
 
         #[test]
-        fn partitions_are_monotone_in_hash(a: u64, b: u64, q in 1..=MAX_PARTITIONS) {
+        fn partitions_are_monotone_in_hash(a: u64, b: u64, q in 1..=PARTITIONS_MAX) {
             let (lo, hi) = (a.min(b), a.max(b));
             prop_assert!(partition_of_hash(lo, q) <= partition_of_hash(hi, q));
         }
 
         #[test]
-        fn ranges_are_equal_within_one(q in 1..=MAX_PARTITIONS, p_frac in 0.0f64..1.0) {
+        fn ranges_are_equal_within_one(q in 1..=PARTITIONS_MAX, p_frac in 0.0f64..1.0) {
             // Partition p owns [ceil(p 2^64 / q), ceil((p+1) 2^64 / q)): check both boundaries.
             let p = ((f64::from(q) * p_frac) as u32).min(q - 1);
             let start = ((u128::from(p) << 64).div_ceil(u128::from(q))) as u64;

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::partition::{
     first_u64, key_hash, partition_of_hash, partition_position, PartitionId, DEFAULT_PARTITIONS,
-    MAX_PARTITIONS,
+    PARTITIONS_MAX,
 };
 use crate::id::NodeId;
 
@@ -29,16 +29,16 @@ use crate::id::NodeId;
 pub const DEFAULT_VNODES: u32 = 64;
 
 /// The largest supported number of virtual nodes per unit of weight.
-pub const MAX_VNODES: u32 = 1024;
+pub const VNODES_MAX: u32 = 1024;
 
 /// The largest supported member weight (relative capacity).
-pub const MAX_WEIGHT: f64 = 64.0;
+pub const WEIGHT_MAX: f64 = 64.0;
 
 /// The largest supported number of ring members.
-pub const MAX_MEMBERS: usize = 4096;
+pub const MEMBERS_MAX: usize = 4096;
 
 /// The largest supported number of tokens on one ring (bounds memory to a few tens of MiB).
-pub const MAX_TOKENS: u64 = 1 << 20;
+pub const TOKENS_MAX: u64 = 1 << 20;
 
 /// How many leading members of each partition's walk are precomputed. Preference lists and
 /// walks up to this length are read from a table; longer walks scan the tokens.
@@ -59,13 +59,13 @@ pub struct RingConfig {
 }
 
 impl RingConfig {
-    /// A configuration with `partitions` partitions (1 to [`MAX_PARTITIONS`]) and `vnodes` tokens
-    /// per unit of weight (1 to [`MAX_VNODES`]).
+    /// A configuration with `partitions` partitions (1 to [`PARTITIONS_MAX`]) and `vnodes` tokens
+    /// per unit of weight (1 to [`VNODES_MAX`]).
     pub fn new(partitions: u32, vnodes: u32) -> Result<Self, RingError> {
-        if !(1..=MAX_PARTITIONS).contains(&partitions) {
+        if !(1..=PARTITIONS_MAX).contains(&partitions) {
             return Err(RingError::InvalidPartitions { partitions });
         }
-        if !(1..=MAX_VNODES).contains(&vnodes) {
+        if !(1..=VNODES_MAX).contains(&vnodes) {
             return Err(RingError::InvalidVnodes { vnodes });
         }
         Ok(RingConfig { partitions, vnodes })
@@ -85,7 +85,7 @@ impl RingConfig {
     /// `weight` must be valid (see [`Member`]).
     pub fn tokens_for(self, weight: f64) -> u32 {
         debug_assert!(weight_is_valid(weight));
-        // At most MAX_VNODES × MAX_WEIGHT = 65536, so the cast is exact.
+        // At most VNODES_MAX × WEIGHT_MAX = 65536, so the cast is exact.
         ((f64::from(self.vnodes) * weight).round() as u32).max(1)
     }
 }
@@ -129,7 +129,7 @@ impl TryFrom<RawRingConfig> for RingConfig {
 ///
 /// A member of weight `w` owns `round(vnodes × w)` tokens (at least one), so it receives about
 /// `w` times the data of a member of weight 1. Weights must be finite, positive and at most
-/// [`MAX_WEIGHT`]; [`Ring::new`] rejects anything else.
+/// [`WEIGHT_MAX`]; [`Ring::new`] rejects anything else.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Member {
     /// The node.
@@ -175,23 +175,23 @@ impl From<&Member> for Member {
 }
 
 fn weight_is_valid(weight: f64) -> bool {
-    weight.is_finite() && weight > 0.0 && weight <= MAX_WEIGHT
+    weight.is_finite() && weight > 0.0 && weight <= WEIGHT_MAX
 }
 
 /// Why a ring or ring configuration could not be built. Building has no side effects: on error
 /// nothing was created or changed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RingError {
-    /// The partition count is outside `1..=MAX_PARTITIONS`.
+    /// The partition count is outside `1..=PARTITIONS_MAX`.
     #[error(
-        "partition count {partitions} is out of range: it must be between 1 and {MAX_PARTITIONS}"
+        "partition count {partitions} is out of range: it must be between 1 and {PARTITIONS_MAX}"
     )]
     InvalidPartitions {
         /// The rejected count.
         partitions: u32,
     },
-    /// The virtual node count is outside `1..=MAX_VNODES`.
-    #[error("virtual node count {vnodes} is out of range: it must be between 1 and {MAX_VNODES}")]
+    /// The virtual node count is outside `1..=VNODES_MAX`.
+    #[error("virtual node count {vnodes} is out of range: it must be between 1 and {VNODES_MAX}")]
     InvalidVnodes {
         /// The rejected count.
         vnodes: u32,
@@ -199,8 +199,8 @@ pub enum RingError {
     /// The member set is empty.
     #[error("a ring needs at least one member")]
     NoMembers,
-    /// The member set is larger than [`MAX_MEMBERS`].
-    #[error("{count} ring members is too many: at most {MAX_MEMBERS} are supported")]
+    /// The member set is larger than [`MEMBERS_MAX`].
+    #[error("{count} ring members is too many: at most {MEMBERS_MAX} are supported")]
     TooManyMembers {
         /// How many members were given.
         count: usize,
@@ -211,9 +211,9 @@ pub enum RingError {
         /// The repeated node.
         id: NodeId,
     },
-    /// A weight is not finite, not positive or above [`MAX_WEIGHT`].
+    /// A weight is not finite, not positive or above [`WEIGHT_MAX`].
     #[error(
-        "node {id} has weight {weight}: a weight must be finite, above 0 and at most {MAX_WEIGHT}"
+        "node {id} has weight {weight}: a weight must be finite, above 0 and at most {WEIGHT_MAX}"
     )]
     InvalidWeight {
         /// The node.
@@ -221,8 +221,8 @@ pub enum RingError {
         /// Its rejected weight.
         weight: f64,
     },
-    /// The members' weights and the virtual node count add up to more than [`MAX_TOKENS`].
-    #[error("the ring would have {tokens} tokens but at most {MAX_TOKENS} are supported: lower the virtual node count or the weights")]
+    /// The members' weights and the virtual node count add up to more than [`TOKENS_MAX`].
+    #[error("the ring would have {tokens} tokens but at most {TOKENS_MAX} are supported: lower the virtual node count or the weights")]
     TooManyTokens {
         /// How many tokens the ring would have.
         tokens: u64,
@@ -255,7 +255,7 @@ struct TokenLayout {
 
 impl TokenLayout {
     fn new(vnodes: u32) -> Self {
-        debug_assert!((1..=MAX_VNODES).contains(&vnodes));
+        debug_assert!((1..=VNODES_MAX).contains(&vnodes));
         // Map the van der Corput points i / 2^bits (bit-reversed) onto the cells and keep each
         // cell's first hit. The points are at most one cell apart, so every cell is hit.
         let bits = vnodes.next_power_of_two().trailing_zeros();
@@ -298,7 +298,7 @@ impl TokenLayout {
 /// membership change builds a new ring.
 ///
 /// Lookups are cheap: the first few members of every partition's walk are precomputed, so a
-/// preference list of up to 8 members is a table read. Memory is bounded by [`MAX_TOKENS`] tokens
+/// preference list of up to 8 members is a table read. Memory is bounded by [`TOKENS_MAX`] tokens
 /// and `partitions × 8` precomputed entries.
 #[derive(Clone)]
 pub struct Ring {
@@ -320,7 +320,7 @@ impl Ring {
     ///
     /// Accepts anything that converts into [`Member`]: members, node ids (weight 1) or
     /// `(NodeId, weight)` pairs, in any order. Fails if there are no members, too many, a node
-    /// appears twice, a weight is invalid, or the ring would exceed [`MAX_TOKENS`] tokens.
+    /// appears twice, a weight is invalid, or the ring would exceed [`TOKENS_MAX`] tokens.
     pub fn new<I>(members: I, config: RingConfig) -> Result<Ring, RingError>
     where
         I: IntoIterator,
@@ -330,7 +330,7 @@ impl Ring {
         if members.is_empty() {
             return Err(RingError::NoMembers);
         }
-        if members.len() > MAX_MEMBERS {
+        if members.len() > MEMBERS_MAX {
             return Err(RingError::TooManyMembers {
                 count: members.len(),
             });
@@ -349,14 +349,14 @@ impl Ring {
             .iter()
             .map(|m| u64::from(config.tokens_for(m.weight)))
             .sum();
-        if total > MAX_TOKENS {
+        if total > TOKENS_MAX {
             return Err(RingError::TooManyTokens { tokens: total });
         }
 
         let layout = TokenLayout::new(config.vnodes);
         let mut tokens = Vec::with_capacity(total as usize);
         for (index, m) in members.iter().enumerate() {
-            // index < MAX_MEMBERS, so it fits in u32.
+            // index < MEMBERS_MAX, so it fits in u32.
             let member = index as u32;
             for j in 0..config.tokens_for(m.weight) {
                 tokens.push(Token {
@@ -371,7 +371,7 @@ impl Ring {
             .map(|p| {
                 let position = partition_position(p, config.partitions);
                 let i = tokens.partition_point(|t| t.position < position);
-                // i <= tokens.len() <= MAX_TOKENS, so it fits in u32.
+                // i <= tokens.len() <= TOKENS_MAX, so it fits in u32.
                 if i == tokens.len() {
                     0
                 } else {
@@ -740,9 +740,9 @@ mod tests {
             Err(RingError::InvalidPartitions { partitions: 0 })
         );
         assert_eq!(
-            RingConfig::new(MAX_PARTITIONS + 1, 64),
+            RingConfig::new(PARTITIONS_MAX + 1, 64),
             Err(RingError::InvalidPartitions {
-                partitions: MAX_PARTITIONS + 1
+                partitions: PARTITIONS_MAX + 1
             })
         );
         assert_eq!(
@@ -750,12 +750,12 @@ mod tests {
             Err(RingError::InvalidVnodes { vnodes: 0 })
         );
         assert_eq!(
-            RingConfig::new(256, MAX_VNODES + 1),
+            RingConfig::new(256, VNODES_MAX + 1),
             Err(RingError::InvalidVnodes {
-                vnodes: MAX_VNODES + 1
+                vnodes: VNODES_MAX + 1
             })
         );
-        assert!(RingConfig::new(MAX_PARTITIONS, MAX_VNODES).is_ok());
+        assert!(RingConfig::new(PARTITIONS_MAX, VNODES_MAX).is_ok());
         let c = config(256, 64);
         assert_eq!(c.tokens_for(1.0), 64);
         assert_eq!(c.tokens_for(2.0), 128);
@@ -806,22 +806,22 @@ mod tests {
             Ring::new([(NodeId::new(7), 1.0), (NodeId::new(7), 2.0)], c),
             Err(RingError::DuplicateMember { id: NodeId::new(7) })
         );
-        for weight in [0.0, -1.0, f64::NAN, f64::INFINITY, MAX_WEIGHT * 1.01] {
+        for weight in [0.0, -1.0, f64::NAN, f64::INFINITY, WEIGHT_MAX * 1.01] {
             match Ring::new([(NodeId::new(1), 1.0), (NodeId::new(2), weight)], c) {
                 Err(RingError::InvalidWeight { id, .. }) => assert_eq!(id, NodeId::new(2)),
                 other => panic!("weight {weight}: {other:?}"),
             }
         }
-        let many: Vec<NodeId> = (0..=MAX_MEMBERS as u64).map(NodeId::new).collect();
+        let many: Vec<NodeId> = (0..=MEMBERS_MAX as u64).map(NodeId::new).collect();
         assert_eq!(
             Ring::new(&many, c),
             Err(RingError::TooManyMembers {
-                count: MAX_MEMBERS + 1
+                count: MEMBERS_MAX + 1
             })
         );
-        let heavy = (0..20).map(|i| (NodeId::new(i), MAX_WEIGHT));
+        let heavy = (0..20).map(|i| (NodeId::new(i), WEIGHT_MAX));
         assert_eq!(
-            Ring::new(heavy, config(256, MAX_VNODES)),
+            Ring::new(heavy, config(256, VNODES_MAX)),
             Err(RingError::TooManyTokens { tokens: 20 * 65536 })
         );
         let msg = RingError::InvalidWeight {
@@ -884,7 +884,7 @@ mod tests {
 
     #[test]
     fn token_layout_spreads_every_prefix() {
-        for v in 1..=MAX_VNODES {
+        for v in 1..=VNODES_MAX {
             let layout = TokenLayout::new(v);
             let cells: BTreeSet<u32> = layout.order.iter().copied().collect();
             assert_eq!(cells.len(), v as usize, "order is a permutation for {v}");

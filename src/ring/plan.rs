@@ -16,7 +16,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::partition::{first_u64, PartitionId, DEFAULT_PARTITIONS};
-use super::placement::{Ring, RingConfig, RingError, DEFAULT_VNODES, MAX_MEMBERS};
+use super::placement::{Ring, RingConfig, RingError, DEFAULT_VNODES, MEMBERS_MAX};
 use crate::id::NodeId;
 
 /// The default replication factor N of a plan.
@@ -111,8 +111,8 @@ pub enum PlanError {
         /// How many there are.
         members: u32,
     },
-    /// M, or M plus the added members, is above [`MAX_MEMBERS`].
-    #[error("{members} members is too many: at most {MAX_MEMBERS} are supported")]
+    /// M, or M plus the added members, is above [`MEMBERS_MAX`].
+    #[error("{members} members is too many: at most {MEMBERS_MAX} are supported")]
     TooManyMembers {
         /// The requested member count.
         members: u64,
@@ -187,7 +187,7 @@ impl Placement {
                     share: count as f64 / total as f64,
                 })
                 .collect(),
-            // n.min(members) <= MAX_MEMBERS, so it fits.
+            // n.min(members) <= MEMBERS_MAX, so it fits.
             replicas: n.min(ring.member_count()) as u32,
             total,
             mean,
@@ -280,7 +280,7 @@ pub fn plan(request: &PlanRequest) -> Result<PlanReport, PlanError> {
         Some(Change::Remove(k)) => u64::from(m - k),
     };
     let largest = after_count.max(u64::from(m));
-    if largest > MAX_MEMBERS as u64 {
+    if largest > MEMBERS_MAX as u64 {
         return Err(PlanError::TooManyMembers { members: largest });
     }
     let config = RingConfig::new(request.partitions, request.vnodes)?;
@@ -562,8 +562,8 @@ mod tests {
     fn sample_ids_are_pinned_and_distinct() {
         let first: Vec<u64> = (0..3).map(|i| sample_member_id(i).get()).collect();
         assert_eq!(first, PINNED_SAMPLES);
-        let all: BTreeSet<NodeId> = (0..MAX_MEMBERS as u32).map(sample_member_id).collect();
-        assert_eq!(all.len(), MAX_MEMBERS);
+        let all: BTreeSet<NodeId> = (0..MEMBERS_MAX as u32).map(sample_member_id).collect();
+        assert_eq!(all.len(), MEMBERS_MAX);
     }
 
     const PINNED_SAMPLES: [u64; 3] = [
@@ -734,7 +734,7 @@ mod tests {
             ),
             (
                 PlanRequest {
-                    vnodes: MAX_VNODES_FOR_TEST,
+                    vnodes: TEST_VNODES_MAX,
                     ..PlanRequest::new(2000)
                 },
                 "tokens but at most",
@@ -746,7 +746,7 @@ mod tests {
         }
     }
 
-    const MAX_VNODES_FOR_TEST: u32 = super::super::MAX_VNODES;
+    const TEST_VNODES_MAX: u32 = super::super::VNODES_MAX;
 
     #[test]
     fn json_report_shape() {

@@ -49,6 +49,10 @@ const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Most keys a responder reads for one page (when it holds many the initiator lacks).
 const RESPONDER_SCAN_MAX: usize = 4096;
+/// Bytes one group digest costs the byte budget (its 16-byte digest).
+const GROUP_COST_BYTES: u64 = 16;
+/// Bytes one bucket digest costs the byte budget (its index, 2 bytes, and its 16-byte digest).
+const BUCKET_COST_BYTES: u64 = 18;
 
 /// Most digests one [`AeMessage::Keys`] may carry, and most keys one [`AeMessage::Diff`] may
 /// want (a decoder limit on what a peer may ask of this node).
@@ -662,7 +666,7 @@ impl AntiEntropy {
         self.next_xid = self.next_xid.wrapping_add(1);
         let groups = trees.entry(p).or_default().groups().to_vec();
         debug!(xid, partition = %p, %peer, "anti-entropy exchange started");
-        let bytes = (groups.len() * 16) as u64;
+        let bytes = groups.len() as u64 * GROUP_COST_BYTES;
         fx.send(
             peer,
             SyncMessage::Ae(AeMessage::Compare { xid, p, groups }).into(),
@@ -798,7 +802,9 @@ impl AntiEntropy {
                     .collect::<Vec<_>>();
                 if !buckets.is_empty() {
                     let st = self.stats.entry(p).or_default();
-                    st.bytes_sent = st.bytes_sent.saturating_add(18 * buckets.len() as u64);
+                    st.bytes_sent = st
+                        .bytes_sent
+                        .saturating_add(buckets.len() as u64 * BUCKET_COST_BYTES);
                 }
                 let complete = fx.topo.holds(p);
                 fx.send(
