@@ -832,6 +832,34 @@ fn a_node_asked_to_leave_while_joining_waits_until_it_knows_the_members() {
     );
 }
 
+/// Seed 1221 (sweep 1000..2000): a joiner asked to leave before it knew any member saw itself
+/// as the only node owning partitions, took every partition for caught up, and answered
+/// "absent" at r=1 for keys written on every replica long before.
+#[test]
+fn a_node_asked_to_leave_while_joining_never_answers_absent_for_what_it_never_held() {
+    let mut net = cluster(1);
+    written(net.put(0, b"apples", b"red", None));
+    // n1 joins through n0, which is frozen: n1 knows no member when it is asked to leave.
+    net.pause(addr(0));
+    net.start(config(1, 1, vec![addr(0)]));
+    net.run_for(Duration::from_secs(1));
+    net.nodes.get_mut(&addr(1)).unwrap().leave(net.now);
+    net.drain(addr(1));
+    net.run_for(Duration::from_secs(1));
+    let options = RequestOptions {
+        r: Some(1),
+        ..RequestOptions::default()
+    };
+    match net.request(1, b"apples", ClientOp::Get, options) {
+        ClientReply::Failed(ClientError::Unavailable { .. }) => {}
+        other => panic!("a node that never held the key's partition answered {other:?}"),
+    }
+    net.resume(addr(0));
+    net.run_for(Duration::from_secs(10));
+    assert!(net.left.contains(&addr(1)), "{:?}", net.view(1).pending);
+    assert_eq!(net.get(0, b"apples", 1).values, vec![b"red".to_vec()]);
+}
+
 #[test]
 fn a_leave_interrupted_by_a_crash_resumes_after_the_restart() {
     let mut net = cluster(3);

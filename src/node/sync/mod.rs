@@ -299,20 +299,25 @@ impl PartitionSync {
             return false;
         }
         self.catch_up_seen = Some(mark);
-        let mine: BTreeMap<PartitionId, Vec<NodeId>> = if fx.topo.left || fx.topo.joining {
-            // Left: it serves nothing. Joining: its pulled copies are snapshots; once a member
-            // it catches up again (writes made during its intake went to the other owners).
-            BTreeMap::new()
-        } else if (fx.topo.member || fx.topo.leaving) && fx.topo.ring.is_some() {
-            fx.topo
-                .partition_ids()
-                .map(|p| (p, fx.topo.primaries(p)))
-                .filter(|(_, replicas)| replicas.contains(&fx.me))
-                .collect()
-        } else {
-            // Its own status or the placement is not known yet.
-            return false;
-        };
+        let never_a_member = fx.topo.leaving && !self.record.complete;
+        let mine: BTreeMap<PartitionId, Vec<NodeId>> =
+            if fx.topo.left || fx.topo.joining || never_a_member {
+                // Left: it serves nothing. Joining: its pulled copies are snapshots; once a member
+                // it catches up again (writes made during its intake went to the other owners).
+                // Leaving without ever having been a member with this data (asked to leave while
+                // joining): it never will be, so nothing it holds is known complete; seeing itself
+                // as the only node owning partitions (it knew no member yet) proves nothing.
+                BTreeMap::new()
+            } else if (fx.topo.member || fx.topo.leaving) && fx.topo.ring.is_some() {
+                fx.topo
+                    .partition_ids()
+                    .map(|p| (p, fx.topo.primaries(p)))
+                    .filter(|(_, replicas)| replicas.contains(&fx.me))
+                    .collect()
+            } else {
+                // Its own status or the placement is not known yet.
+                return false;
+            };
         let before = self.record.held.len();
         // A partition this node stops replicating is no longer known complete: if it comes
         // back, the writes made meanwhile went elsewhere.
