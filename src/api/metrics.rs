@@ -12,6 +12,8 @@
 //! The node core records nothing itself (it stays deterministic); the driver and the API layer
 //! do. With no recorder installed (tests, tools) every call here is a no-op.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Instant;
 
 use metrics::{counter, gauge, histogram};
@@ -311,6 +313,31 @@ impl ConnectionMeter {
                 _ = tick.tick() => self.add(),
             }
         }
+    }
+}
+
+impl crate::runtime::recorder::Metering for ConnectionMeter {
+    fn until_closed(&mut self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(self.run())
+    }
+}
+
+/// The transport's metrics: refused peer and client connections, and peer connection traffic
+/// (handed to [`crate::runtime::transport::Transport::bind_with_endpoint_config`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TransportMetrics;
+
+impl crate::runtime::recorder::Recorder for TransportMetrics {
+    fn peer_refused_not_a_node(&self) {
+        counter!(names::PEERS_REFUSED, "reason" => "not_a_node").increment(1);
+    }
+
+    fn client_connection_refused(&self, reason: &'static str) {
+        connection_refused("quic", reason);
+    }
+
+    fn meter_peer(&self, conn: &quinn::Connection) -> Box<dyn crate::runtime::recorder::Metering> {
+        Box::new(ConnectionMeter::new("peer", conn.clone()))
     }
 }
 

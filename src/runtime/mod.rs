@@ -17,6 +17,7 @@ pub mod cluster_key;
 pub mod connections;
 pub mod dev;
 pub mod ratelog;
+pub mod recorder;
 pub mod tls;
 pub mod transport;
 
@@ -382,6 +383,7 @@ async fn run_node(
         server_cfg,
         client_cfg,
         transport::Limits::default(),
+        std::sync::Arc::new(crate::api::metrics::TransportMetrics),
     )?;
     let quic_addr = transport.local_addr();
     let credentials = crate::api::auth::Credentials {

@@ -49,6 +49,7 @@ use tokio::time::{timeout, timeout_at, Instant};
 use tracing::{debug, error, info, warn};
 
 use super::connections::{ConnTable, Ticket};
+pub use super::recorder::{Metering, NoMetrics, Recorder};
 use super::tls::{node_id_of, peer_role_check, CLIENT_ALPN, NODE_SERVER_NAME};
 use crate::id::NodeId;
 use crate::warn_limited;
@@ -76,10 +77,9 @@ static NOT_A_NODE_REFUSED: AtomicU64 = AtomicU64::new(0);
 
 /// Counts (in metrics and in [`NOT_A_NODE_REFUSED`]) and logs a refused peer connection; the
 /// log is rate-limited to the 1st, 2nd, 4th, 8th, ... refusal, each line saying how many so far.
-fn refuse_not_a_node(conn: &Connection, remote: SocketAddr, error: &str) {
+fn refuse_not_a_node(recorder: &dyn Recorder, conn: &Connection, remote: SocketAddr, error: &str) {
     let n = NOT_A_NODE_REFUSED.fetch_add(1, Ordering::Relaxed) + 1;
-    metrics::counter!(crate::api::metrics::names::PEERS_REFUSED, "reason" => "not_a_node")
-        .increment(1);
+    recorder.peer_refused_not_a_node();
     if n.is_power_of_two() {
         warn!(peer = %remote, %error, refused = n, "refused a peer connection: not a node certificate (log lines are rate-limited; `refused` counts them all)");
     } else {
@@ -340,6 +340,8 @@ struct Shared {
     inbound: Mutex<Option<mpsc::Sender<Inbound>>>,
     /// Set by [`Transport::serve_clients`]; taken on close.
     clients: ClientSink,
+    /// Where metrics go.
+    recorder: Arc<dyn Recorder>,
 }
 
 impl Shared {
@@ -426,7 +428,8 @@ impl Transport {
     /// with `client_config` (both from `tls::quinn_configs`), with a random stateless-reset key.
     ///
     /// Returns the transport and the channel of everything peers send. Must be called inside a
-    /// tokio runtime; the transport's tasks run on that runtime.
+    /// tokio runtime; the transport's tasks run on that runtime. Records nothing in metrics
+    /// (see [`Transport::bind_with_endpoint_config`]).
     pub fn bind(
         listen: SocketAddr,
         server_config: ServerConfig,
@@ -439,19 +442,21 @@ impl Transport {
             server_config,
             client_config,
             limits,
+            Arc::new(NoMetrics),
         )
     }
 
     /// Like [`Transport::bind`], with an explicit endpoint configuration. Pass
     /// `NodeCert::endpoint_config()` so that after a restart on the same address peers learn at
     /// once (by stateless reset) that their old connections are gone, instead of after the idle
-    /// timeout.
+    /// timeout. What the transport counts goes to `recorder`.
     pub fn bind_with_endpoint_config(
         listen: SocketAddr,
         endpoint_config: EndpointConfig,
         server_config: ServerConfig,
         client_config: ClientConfig,
         limits: Limits,
+        recorder: Arc<dyn Recorder>,
     ) -> Result<(Transport, mpsc::Receiver<Inbound>), TransportError> {
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|_| TransportError::NoRuntime)?;
@@ -480,6 +485,7 @@ impl Transport {
             closed: AtomicBool::new(false),
             inbound: Mutex::new(Some(inbound_tx.clone())),
             clients: Arc::new(Mutex::new(None)),
+            recorder,
         });
         runtime.spawn(accept_loop(
             endpoint,
@@ -489,6 +495,7 @@ impl Transport {
             Arc::new(Semaphore::new(
                 shared.limits.peers_max.min(Semaphore::MAX_PERMITS),
             )),
+            shared.recorder.clone(),
         ));
         info!(addr = %local_addr, "QUIC transport listening");
         let guard = Arc::new(CloseGuard(shared.clone()));
@@ -836,7 +843,7 @@ async fn peer_task(shared: Arc<Shared>, to: SocketAddr, id: u64, mut rx: mpsc::R
                             return;
                         }
                         Err(PeerCertError::NotANode(error)) => {
-                            refuse_not_a_node(&conn, to, &error);
+                            refuse_not_a_node(&*shared.recorder, &conn, to, &error);
                             shared.remove_peer(to, id);
                             return;
                         }
@@ -849,6 +856,7 @@ async fn peer_task(shared: Arc<Shared>, to: SocketAddr, id: u64, mut rx: mpsc::R
                             inbound,
                             shared.limits.clone(),
                             None,
+                            shared.recorder.clone(),
                         ));
                     }
                     shared.set_conn(to, id, Some(conn.clone()));
@@ -1017,6 +1025,7 @@ async fn accept_loop(
     clients: ClientSink,
     limits: Limits,
     slots: Arc<Semaphore>,
+    recorder: Arc<dyn Recorder>,
 ) {
     // Handshakes in progress have their own, smaller budget: a stranger without a certificate
     // can hold a handshake slot for the connect timeout at most, never a connection slot.
@@ -1049,13 +1058,14 @@ async fn accept_loop(
         let limits = limits.clone();
         let slots = slots.clone();
         let clients = clients.clone();
+        let recorder = recorder.clone();
         tokio::spawn(async move {
             let handshake = async { incoming.accept()?.await };
             let result = timeout(limits.connect_timeout, handshake).await;
             drop((pending, place));
             match result {
                 Ok(Ok(conn)) if alpn_of(&conn).as_deref() == Some(CLIENT_ALPN) => {
-                    hand_over_client(conn, &clients);
+                    hand_over_client(conn, &clients, &*recorder);
                 }
                 Ok(Ok(conn)) => {
                     let Ok(slot) = slots.try_acquire_owned() else {
@@ -1064,7 +1074,7 @@ async fn accept_loop(
                         return;
                     };
                     debug!(peer = %remote, "accepted peer connection");
-                    serve_connection(conn, inbound, limits, Some(slot)).await;
+                    serve_connection(conn, inbound, limits, Some(slot), recorder).await;
                 }
                 Ok(Err(error)) => {
                     // Unknown CA, missing client certificate, wrong ALPN, ...
@@ -1090,7 +1100,7 @@ fn alpn_of(conn: &Connection) -> Option<Vec<u8>> {
 
 /// Gives a client connection to the client API, or closes it when none serves or too many are
 /// open.
-fn hand_over_client(conn: Connection, clients: &ClientSink) {
+fn hand_over_client(conn: Connection, clients: &ClientSink, recorder: &dyn Recorder) {
     let remote = conn.remote_address();
     let sink = clients
         .lock()
@@ -1104,7 +1114,7 @@ fn hand_over_client(conn: Connection, clients: &ClientSink) {
     let slot = match slots.admit(remote.ip(), false) {
         Ok(slot) => slot,
         Err(why) => {
-            crate::api::metrics::connection_refused("quic", why.label());
+            recorder.client_connection_refused(why.label());
             warn_limited!("connections", client = %remote, reason = why.label(), "refusing a QUIC client connection: {why}");
             conn.close(CLOSE_SHUTDOWN, b"too many connections");
             return;
@@ -1125,6 +1135,7 @@ async fn serve_connection(
     inbound: mpsc::Sender<Inbound>,
     limits: Limits,
     _slot: Option<OwnedSemaphorePermit>,
+    recorder: Arc<dyn Recorder>,
 ) {
     let from = conn.remote_address();
     let peer = match peer_node(&conn) {
@@ -1135,11 +1146,11 @@ async fn serve_connection(
             return;
         }
         Err(PeerCertError::NotANode(error)) => {
-            refuse_not_a_node(&conn, from, &error);
+            refuse_not_a_node(&*recorder, &conn, from, &error);
             return;
         }
     };
-    let mut meter = crate::api::metrics::ConnectionMeter::new("peer", conn.clone());
+    let mut meter = recorder.meter_peer(&conn);
     let datagrams = async {
         loop {
             match conn.read_datagram().await {
@@ -1178,7 +1189,7 @@ async fn serve_connection(
     // The connection's handling ends when reading ends, as before metering; the meter runs
     // beside it, and its drop adds the last bytes.
     let metering = async {
-        meter.run().await;
+        meter.until_closed().await;
         std::future::pending::<std::convert::Infallible>().await
     };
     tokio::select! {
@@ -1335,7 +1346,14 @@ mod tests {
         limits: Limits,
     ) -> Result<(Transport, mpsc::Receiver<Inbound>), TransportError> {
         let (server, client) = quinn_configs(node, &[PEER_ALPN]).expect("configs");
-        Transport::bind_with_endpoint_config(addr, node.endpoint_config(), server, client, limits)
+        Transport::bind_with_endpoint_config(
+            addr,
+            node.endpoint_config(),
+            server,
+            client,
+            limits,
+            Arc::new(NoMetrics),
+        )
     }
 
     /// Waits for the next inbound payload, or `None` after `wait`.
@@ -1595,6 +1613,7 @@ mod tests {
                 server,
                 client_cfg,
                 test_limits(),
+                Arc::new(NoMetrics),
             )
             .unwrap();
             let mut clients = a.serve_clients(4, 4);
