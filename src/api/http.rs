@@ -1,5 +1,5 @@
 //! The HTTP API (axum). Handlers never touch the node core: they send an [`AdminRequest`] or a
-//! [`ClientCall`] to the driver task that owns the core and await its answer.
+//! [`CoreCall`] to the driver task that owns the core and await its answer.
 //!
 //! Cluster endpoints:
 //! - `GET /health` → 200 once the node serves.
@@ -124,7 +124,7 @@ pub enum AdminRequest {
 
 /// A client request for the node core, with where to send its answer.
 #[derive(Debug)]
-pub struct ClientCall {
+pub struct CoreCall {
     /// The request.
     pub request: ClientRequest,
     /// Where the answer goes.
@@ -154,7 +154,7 @@ pub struct ApiState {
     /// Admin requests to the driver.
     pub admin: mpsc::Sender<AdminRequest>,
     /// Client requests to the driver.
-    pub clients: mpsc::Sender<ClientCall>,
+    pub clients: mpsc::Sender<CoreCall>,
     /// The node's sync policy, reported on writes.
     pub sync: &'static str,
     /// Size limits.
@@ -829,7 +829,7 @@ pub(super) async fn call(api: &ApiState, request: ClientRequest) -> Result<Clien
     let write = request.op.is_write();
     let (tx, rx) = oneshot::channel();
     let request_id = REQUEST_ID.try_with(std::sync::Arc::clone).ok();
-    match api.clients.try_send(ClientCall {
+    match api.clients.try_send(CoreCall {
         request,
         reply: tx,
         request_id,

@@ -2,7 +2,7 @@
 //! `chorus-client/1`) with the protocol of [`crate::protocol::client`].
 //!
 //! Like the HTTP handlers, nothing here touches the node core: each request becomes a
-//! [`ClientCall`] to the driver task, and its [`ClientReply`] goes back on the lane it came on.
+//! [`CoreCall`] to the driver task, and its [`ClientReply`] goes back on the lane it came on.
 //! This module owns the lanes: reading frames, checking the hello's token, bounding what one
 //! lane may have in flight, and writing answers in batches.
 //!
@@ -36,7 +36,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{timeout, timeout_at, Instant};
 use tracing::{debug, warn};
 
-use super::http::{AdminRequest, ApiState, ClientCall};
+use super::http::{AdminRequest, ApiState, CoreCall};
 use super::metrics;
 use crate::node::{ClientError, ClientReply};
 use crate::protocol::client::{
@@ -413,7 +413,7 @@ async fn serve_lane(
                     let (tx, rx) = oneshot::channel();
                     // QUIC requests are numbered per lane by the client; there is no
                     // request id header to echo.
-                    let call = ClientCall {
+                    let call = CoreCall {
                         request,
                         reply: tx,
                         request_id: None,

@@ -32,13 +32,13 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tracing::debug;
 
-use super::client::{
-    ClientError, ClientOp, ClientReply, ClientRequest, DataConfig, ReadResult, Resolved,
-    UpdateResult, WriteResult,
-};
 use super::hints::HintsMessage;
 use super::object::{Context, Object};
 use super::replica::{MintOp, MintOutcome, Minted, ReplicaCall, ReplicaMessage};
+use super::request::{
+    ClientError, ClientOp, ClientReply, ClientRequest, DataConfig, ReadResult, Resolved,
+    UpdateResult, WriteResult,
+};
 use super::{Call, Effects, Output};
 use crate::id::NodeId;
 

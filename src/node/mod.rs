@@ -43,13 +43,13 @@
 //! tolerate. The core owns no socket, clock, thread or ambient randomness: randomness comes from
 //! a seed the driver passes in. The tokio runtime and the simulator drive this same type.
 
-pub mod client;
 pub mod coordinator;
 pub mod hints;
 mod journal;
 pub mod membership;
 pub mod object;
 pub mod replica;
+pub mod request;
 pub mod sync;
 mod topology;
 
@@ -68,10 +68,6 @@ use crate::protocol;
 use crate::ring::{Member, Ring, RingConfig};
 use crate::storage::{ReadStore, StoreError, WriteBatch};
 
-pub use client::{
-    ClientError, ClientOp, ClientReply, ClientRequest, DataConfig, ReadResult, RequestOptions,
-    UpdateResult, WriteResult, SIBLINGS_MAX_DEFAULT,
-};
 pub use coordinator::{CoordinatorMessage, CoordinatorTimer};
 pub use hints::{AdoptedHint, HintsMessage, HintsTimer};
 use journal::Journal;
@@ -85,6 +81,10 @@ pub use object::{
     PartView, Parts, TypeConflict, UpdateEffect,
 };
 pub use replica::{MergeEntry, MergeReply, ReplicaMessage};
+pub use request::{
+    ClientError, ClientOp, ClientReply, ClientRequest, DataConfig, ReadResult, RequestOptions,
+    UpdateResult, WriteResult, SIBLINGS_MAX_DEFAULT,
+};
 pub use sync::{AeMessage, PartitionInfo, RepairProgress, SyncMessage, SyncTimer};
 use topology::Topology;
 

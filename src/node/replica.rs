@@ -53,13 +53,13 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::{Deserialize, Serialize};
 use tracing::{error, warn};
 
-use super::client::ClientError;
 use super::coordinator::CoordinatorMessage;
 use super::hints::HintsMessage;
 use super::object::{
     Context, CrdtOp, HeldSeqs, Object, TypeConflict, UpdateEffect, UpdateError, OBJECT_BYTES_MAX,
     OBJECT_WRITE_BYTES_MAX,
 };
+use super::request::ClientError;
 use super::sync::SyncMessage;
 use super::{Call, Effects};
 use crate::causality::{Dot, VersionVector};

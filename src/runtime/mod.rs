@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
-use crate::api::http::{self, AdminRequest, ClientCall};
+use crate::api::http::{self, AdminRequest, CoreCall};
 use crate::api::status::PeerStatsRequest;
 use crate::id::NodeId;
 use crate::membership::NodeInfo;
@@ -547,7 +547,7 @@ async fn run_node(
     let status_state = std::sync::Arc::new(crate::api::status::StatusState::new(stats_tx));
     let mut stats_asked: HashMap<u64, (NodeId, oneshot::Sender<Vec<u8>>)> = HashMap::new();
     let mut next_stats = 0u64;
-    let (client_tx, mut client_rx) = mpsc::channel::<ClientCall>(4096);
+    let (client_tx, mut client_rx) = mpsc::channel::<CoreCall>(4096);
     let (http_stop_tx, http_stop_rx) = oneshot::channel::<()>();
     let api = http::ApiState {
         admin: admin_tx,
