@@ -505,16 +505,12 @@ impl ClusterCa {
             path: PathBuf::from(CA_KEY_FILE),
             reason,
         };
-        let rng = ring::rand::SystemRandom::new();
-        let key = ring::signature::EcdsaKeyPair::from_pkcs8(
-            &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
-            &self.issuer.key().serialize_der(),
-            &rng,
-        )
-        .map_err(|e| bad(format!("the CA key is not an ECDSA P-256 key: {e}")))?;
-        key.sign(&rng, message)
-            .map(|s| s.as_ref().to_vec())
-            .map_err(|e| bad(format!("cannot sign: {e}")))
+        // Nodes check operator signatures as ECDSA P-256 (ASN.1), whatever key rcgen loaded.
+        let key = self.issuer.key();
+        if key.algorithm() != &rcgen::PKCS_ECDSA_P256_SHA256 {
+            return Err(bad("the CA key is not an ECDSA P-256 key".into()));
+        }
+        rcgen::SigningKey::sign(key, message).map_err(|e| bad(format!("cannot sign: {e}")))
     }
 
     /// The CA certificate in PEM form (what nodes trust).
@@ -1188,35 +1184,11 @@ fn distinguished_name(common_name: &str) -> DistinguishedName {
     name
 }
 
-/// Valid from [`BACKDATE_DAYS`] before today (UTC) for `days` days.
+/// Valid from [`BACKDATE_DAYS`] before today (UTC midnight) for `days` days.
 fn set_validity(params: &mut CertificateParams, days: u32) {
-    let today = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() / 86_400);
-    let today = i64::try_from(today).unwrap_or(i64::MAX / 2);
-    let (y, m, d) = civil_from_days(today - i64::from(BACKDATE_DAYS));
-    params.not_before = rcgen::date_time_ymd(y, m, d);
-    let (y, m, d) = civil_from_days(today + i64::from(days));
-    params.not_after = rcgen::date_time_ymd(y, m, d);
-}
-
-/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i32, u8, u8) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    // Day and month are in range by construction; years stay within i32 for any real clock.
-    (
-        i32::try_from(year).unwrap_or(9999),
-        u8::try_from(month).unwrap_or(1),
-        u8::try_from(day).unwrap_or(1),
-    )
+    let today = time::OffsetDateTime::from(SystemTime::now()).replace_time(time::Time::MIDNIGHT);
+    params.not_before = today - time::Duration::days(BACKDATE_DAYS.into());
+    params.not_after = today + time::Duration::days(days.into());
 }
 
 fn root_store(path: &Path, certs: &[CertificateDer<'static>]) -> Result<RootCertStore, TlsError> {
@@ -1376,11 +1348,18 @@ mod tests {
     }
 
     #[test]
-    fn civil_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(-1), (1969, 12, 31));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-        assert_eq!(civil_from_days(20_454), (2026, 1, 1));
+    fn certificates_are_valid_from_yesterday_midnight_for_the_days_asked() {
+        let mut params = CertificateParams::default();
+        set_validity(&mut params, 30);
+        let now = time::OffsetDateTime::now_utc();
+        assert_eq!(params.not_before.time(), time::Time::MIDNIGHT);
+        assert_eq!(params.not_before.offset(), time::UtcOffset::UTC);
+        assert!(params.not_before < now - time::Duration::days(1) + time::Duration::minutes(1));
+        assert!(params.not_before > now - time::Duration::days(2));
+        assert_eq!(
+            params.not_after - params.not_before,
+            time::Duration::days(31)
+        );
     }
 
     #[test]
