@@ -15,7 +15,10 @@ fn bad_arguments_are_clear_errors() {
     let cases: &[(&[&str], &str)] = &[
         (&["run", "--seed", "x"], "invalid value 'x'"),
         (&["run"], "--seed"),
-        (&["run", "--seed", "1", "--duration", "10x"], "unknown time unit"),
+        (
+            &["run", "--seed", "1", "--duration", "10x"],
+            "unknown time unit",
+        ),
         (
             &["run", "--seed", "1", "--duration", "1.5ms"],
             "finer than a millisecond",
