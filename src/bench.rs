@@ -264,13 +264,25 @@ impl std::fmt::Display for Report {
     }
 }
 
-/// Parses `500ms`, `30s`, `2m`, `1h30m` (`humantime`'s syntax); a bare number means seconds.
+/// Parses `500ms`, `30s`, `2m`, `1h30m`, `1m 30s` (`humantime`'s syntax); a bare number
+/// (`5`, `1.5`) means seconds. Never panics: text humantime could overflow on (over 40
+/// characters, or a number of more than 11 digits) is refused first.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let d = match s.parse::<u64>() {
-        Ok(secs) => Duration::from_secs(secs),
-        Err(_) => humantime::parse_duration(s)
-            .map_err(|e| format!("bad duration {s:?}: {e} (e.g. 30s, 500ms, 2m)"))?,
+    let bad = |why: &str| format!("bad duration {s:?}: {why} (e.g. 30s, 500ms, 2m)");
+    let longest_number = s
+        .split(|c: char| !c.is_ascii_digit())
+        .map(str::len)
+        .max()
+        .unwrap_or(0);
+    if s.len() > 40 || longest_number > 11 {
+        return Err(bad("too long"));
+    }
+    let d = if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        let secs: f64 = s.parse().map_err(|_| bad("not a number"))?;
+        Duration::try_from_secs_f64(secs).map_err(|e| bad(&e.to_string()))?
+    } else {
+        humantime::parse_duration(s).map_err(|e| bad(&e.to_string()))?
     };
     if d.is_zero() {
         return Err(format!("duration {s:?} must be positive"));
@@ -806,8 +818,16 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
         assert!(parse_duration("0s").is_err());
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1m 30s"), Ok(Duration::from_secs(90)));
+        // humantime's units beyond hours parse; `chorus bench` then caps the run at 7 days.
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
         assert!(parse_duration("1q").is_err());
+        assert!(parse_duration("+5").is_err());
+        // What humantime would overflow on (and panic) is refused before it sees it.
+        assert!(parse_duration("18446744073709551615s500ms500ms").is_err());
+        assert!(parse_duration(&"9".repeat(41)).is_err());
         assert!(parse_duration("fast").is_err());
     }
 }

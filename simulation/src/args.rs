@@ -49,12 +49,22 @@ const DURATION_MAX: Duration = Duration::from_secs(1000 * 24 * 3600);
 
 /// Parses a duration: a bare integer means seconds; anything else is read by `humantime`
 /// (`1h30m`, `90s`, `250ms`, `1m 30s`). At most [`DURATION_MAX`], in whole milliseconds.
+/// Text humantime could overflow on (over 40 characters, or a number of more than 11 digits)
+/// is refused before it sees it.
 pub fn parse_duration(input: &str) -> Result<Duration, ArgError> {
     let err = |reason: String| ArgError::Duration {
         input: shown(input),
         reason,
     };
     let text = input.trim();
+    let longest_number = text
+        .split(|c: char| !c.is_ascii_digit())
+        .map(str::len)
+        .max()
+        .unwrap_or(0);
+    if text.len() > 40 || longest_number > 11 {
+        return Err(err("number too large".into()));
+    }
     let d = if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
         Duration::from_secs(text.parse().map_err(|_| err("number too large".into()))?)
     } else {
@@ -256,6 +266,8 @@ mod tests {
             ("1h30m", 5_400_000),
             ("1m30s", 90_000),
             ("1m 30s", 90_000),
+            ("10 m", 600_000),
+            ("1d", 86_400_000),
             ("1.5h", 5_400_000),
             ("250ms", 250),
             ("45", 45_000),
@@ -279,6 +291,8 @@ mod tests {
             "1.5ms",
             "1500us",
             "99999999999999999999s",
+            "18446744073709551615s500ms500ms",
+            "+5",
             "25000h",
             "h1",
         ] {

@@ -534,11 +534,10 @@ mod tests {
     }
 
     #[test]
-    fn every_target_gets_seeds_and_a_second_run_adds_nothing() {
-        let dir = std::env::temp_dir().join(format!("chorus-fuzz-seeds-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let summary = write_corpus(&dir, false).unwrap();
-        let first = listing(&dir);
+    fn every_target_gets_seeds_and_a_second_run_writes_the_same_ones() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let summary = write_corpus(a.path(), false).unwrap();
+        let first = listing(a.path());
         let targets: Vec<&str> = first.keys().map(String::as_str).collect();
         assert_eq!(
             targets,
@@ -554,8 +553,11 @@ mod tests {
         // Captured traffic, not only the hand-made inputs: peer messages of many kinds.
         assert!(first["peer_message"].len() >= 20, "{summary}");
         assert!(first.values().all(|files| !files.is_empty()), "{summary}");
-        write_corpus(&dir, false).unwrap();
-        assert_eq!(listing(&dir), first, "the capture is deterministic");
-        std::fs::remove_dir_all(&dir).unwrap();
+        // Files are named by their content's hash: equal listings are equal seeds.
+        write_corpus(b.path(), false).unwrap();
+        assert_eq!(listing(b.path()), first, "the capture is deterministic");
+        // A run into a corpus that has them adds nothing.
+        write_corpus(a.path(), false).unwrap();
+        assert_eq!(listing(a.path()), first);
     }
 }

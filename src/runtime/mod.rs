@@ -139,7 +139,8 @@ pub struct NodeOptions {
 }
 
 /// Installs the process-wide Prometheus recorder, as `chorus start` does (once per process; a
-/// second node in the same process shares it). Public for the metrics-overhead benchmark.
+/// second node in the same process shares it). The metrics-overhead measurement
+/// (`api::metrics`) installs it too.
 pub fn install_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
     use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
     static HANDLE: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =

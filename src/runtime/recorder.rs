@@ -1,6 +1,6 @@
 //! What the transport reports for metrics, as a trait: the transport knows no metric names
-//! and imports nothing of the API layer; the API layer implements the trait
-//! (`api::metrics::TransportMetrics`). A leaf: it imports nothing of the crate but quinn's
+//! and does not import `api::metrics`; the API layer implements the trait
+//! (`api::metrics::TransportMetrics`). A leaf: it imports nothing of the crate, only quinn's
 //! connection type.
 
 use std::future::Future;
